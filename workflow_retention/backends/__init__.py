@@ -1,0 +1,45 @@
+"""Backend registry: URL scheme -> ``"module:Class"``, resolved lazily (as Celery's ``by_url``)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from workflow_retention.base import StorageBackend
+from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.urls import redact_url, split_url
+
+BACKENDS: dict[str, str] = {
+    "memory": "workflow_retention.backends.memory:MemoryBackend",
+    "file": "workflow_retention.backends.file:FileBackend",
+    "sqlite": "workflow_retention.backends.sql.sqlite:SQLiteBackend",
+    "postgresql": "workflow_retention.backends.sql.postgres:PostgresBackend",
+    "postgres": "workflow_retention.backends.sql.postgres:PostgresBackend",
+    "mysql": "workflow_retention.backends.sql.mysql:MySQLBackend",
+    "cassandra": "workflow_retention.backends.cassandra:CassandraBackend",
+    "dynamodb": "workflow_retention.backends.dynamodb:DynamoDBBackend",
+}
+
+
+def resolve(scheme: str) -> type[StorageBackend]:
+    """Return the backend class for a URL scheme (``postgresql+psycopg`` counts as ``postgresql``)."""
+    base = scheme.lower().split("+", 1)[0]
+    try:
+        target = BACKENDS[base]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown storage URL scheme {scheme!r}; valid schemes: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    module_name, _, attr = target.partition(":")
+    return getattr(import_module(module_name), attr)
+
+
+def by_url(url: str, **options: Any) -> StorageBackend:
+    """Build the backend for ``url``. ``options`` (e.g. ``batch_size``) go to its constructor."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"storage URL must look like scheme://...; got {redact_url(str(url))!r}; "
+            f"valid schemes: {', '.join(sorted(BACKENDS))}"
+        )
+    parts = split_url(url)
+    return resolve(parts.scheme).from_url(url, **options)

@@ -1,0 +1,316 @@
+"""In-process store with pyworkflow-engine's ``InMemoryStorageBackend`` structure.
+
+``MemoryBackend(store=instance)`` purges a live
+``pyworkflow.storage.memory.InMemoryStorageBackend``; ``memory://NAME`` uses a
+named store of this process (see :func:`get_store`), which only makes sense
+when the engine runs in the same process.
+
+Every batch runs under the store's own ``_lock``, so it is atomic against the
+engine: re-check, cascade and run removal happen together. The engine keeps
+no ordered index (by time, parent or run) for its dicts, so each batch makes
+one pass over the dicts under that lock to pick the next keyset page and the
+batch's children, keeping this backend's own memory O(batch size).
+"""
+
+from __future__ import annotations
+
+import heapq
+import sys
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.planning import RunRef, drop_invalid, plan_deletion, split_roots
+from workflow_retention.report import Kind, age_bucket
+from workflow_retention.seed import SeedRun
+from workflow_retention.timeutil import parse_timestamp
+from workflow_retention.urls import split_url
+
+_STORES: dict[str, Any] = {}
+_STORES_LOCK = threading.Lock()
+_TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
+
+
+class MemoryStore:
+    """An empty store with the engine's in-memory attributes (used when pyworkflow is not installed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        for name in ("_runs", "_events", "_event_sequences", "_steps", "_hooks", "_schedules",
+                     "_idempotency_index", "_token_index", "_cancellation_flags", "_streams",
+                     "_signals", "_signal_sequences", "_subscriptions", "_checkpoints"):
+            setattr(self, name, {})
+        self._acknowledgments: set[tuple[str, str]] = set()
+
+
+def get_store(name: str = "default") -> Any:
+    """The process-wide store called ``name`` (created on first use)."""
+    with _STORES_LOCK:
+        if name not in _STORES:
+            try:
+                from pyworkflow.storage.memory import InMemoryStorageBackend
+            except ImportError:
+                _STORES[name] = MemoryStore()
+            else:
+                _STORES[name] = InMemoryStorageBackend()
+        return _STORES[name]
+
+
+def _value(status: Any) -> str:
+    return str(getattr(status, "value", status))
+
+
+def _ref(run: Any) -> RunRef:
+    return RunRef.parse(run.run_id, run.status, run.updated_at, run.parent_run_id, run)
+
+
+class MemoryBackend(StorageBackend):
+    name = "memory"
+    capabilities = frozenset({"schedules", "streams", "scheduled_signals"})
+
+    def __init__(self, store: Any | None = None, *, store_name: str = "default", **options: Any) -> None:
+        super().__init__(url=options.pop("url", f"memory://{store_name}"), **options)
+        self.store = store if store is not None else get_store(store_name)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryBackend:
+        parts = split_url(url)
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigurationError(f"memory URL must be memory:// or memory://NAME; got {url!r}")
+        return cls(store_name=parts.netloc or "default", url=url, **options)
+
+    def _check(self) -> dict[str, object]:
+        return {"runs": len(self.store._runs), "store": type(self.store).__name__}
+
+    # -- purge ------------------------------------------------------------------
+
+    def _purge(self, job: PurgeJob) -> None:
+        cursor = ""
+        while True:
+            with self.store._lock:
+                page = self._next_page(job.cutoff, cursor, job.batch_size)
+                if not page:
+                    break
+                cursor = page[-1].run_id
+                safe = drop_invalid(page, job.report)
+                parents = {r.parent_run_id: self._ref_of(r.parent_run_id) for r in safe if r.parent_run_id}
+                roots = split_roots(safe, parents, job.cutoff)
+                if roots:
+                    self._delete_plan(job, plan_deletion(roots, self._children_of, job.cutoff))
+        self._purge_aux(job)
+
+    def _delete_plan(self, job: PurgeJob, plan: Any) -> None:
+        """Boundary, then re-check every planned run and delete, all under the store lock."""
+        deletable, held = plan.order()
+        if not deletable:
+            job.report.held += len(held)
+            return
+        job.boundary([r.run_id for r in deletable])
+        changed = {r.run_id for r in deletable
+                   if (fresh := self._ref_of(r.run_id)) is None or not r.same_version(fresh)}
+        deletable, held = plan.order(survivors=changed)
+        job.report.changed += len(changed)
+        job.report.held += len(held)
+        self._delete(job, deletable)
+
+    def _ref_of(self, run_id: str | None) -> RunRef | None:
+        run = self.store._runs.get(run_id) if run_id else None
+        return _ref(run) if run is not None else None
+
+    def _next_page(self, cutoff: datetime, cursor: str, size: int) -> list[RunRef]:
+        """The next ``size`` expired (or corrupt) runs with run_id > ``cursor`` (one pass, O(size) memory)."""
+        expired = (ref for run in self.store._runs.values()
+                   if run.run_id > cursor and ((ref := _ref(run)).is_expired(cutoff) or ref.corrupt))
+        return heapq.nsmallest(size, expired, key=lambda r: r.run_id)
+
+    def _children_of(self, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
+        wanted = set(parent_ids)
+        found: dict[str, list[RunRef]] = {}
+        for run in self.store._runs.values():
+            if run.parent_run_id in wanted:
+                found.setdefault(run.parent_run_id, []).append(_ref(run))
+        return found
+
+    def _delete(self, job: PurgeJob, runs: list[RunRef]) -> None:
+        store, counts = self.store, job.report.counts
+        ids = {r.run_id for r in runs}
+        if not ids:
+            return
+        steps = [k for k, s in store._steps.items() if s.run_id in ids]
+        checkpoints = [k for k in store._checkpoints if k.partition(":")[0] in ids]
+        hooks = [k for k in store._hooks if k[0] in ids]
+        tokens = [t for t, v in store._token_index.items() if v[0] in ids]
+        keys = [r.data.idempotency_key for r in runs
+                if r.data.idempotency_key and store._idempotency_index.get(r.data.idempotency_key) == r.run_id]
+        counts[Kind.RUNS] += len(runs)
+        counts[Kind.EVENTS] += sum(len(store._events.get(i, ())) for i in ids)
+        counts[Kind.EVENT_COUNTERS] += sum(1 for i in ids if i in store._event_sequences)
+        counts[Kind.CANCELLATION_FLAGS] += sum(1 for i in ids if i in store._cancellation_flags)
+        for kind, found in ((Kind.STEPS, steps), (Kind.CHECKPOINTS, checkpoints), (Kind.HOOKS, hooks),
+                            (Kind.HOOK_TOKENS, tokens), (Kind.IDEMPOTENCY_KEYS, keys)):
+            counts[kind] += len(found)
+        if job.dry_run:
+            return
+        for collection, found in ((store._steps, steps), (store._checkpoints, checkpoints),
+                                  (store._hooks, hooks), (store._token_index, tokens),
+                                  (store._idempotency_index, keys)):
+            for key in found:
+                collection.pop(key, None)
+        for run_id in ids:
+            for collection in (store._events, store._event_sequences, store._cancellation_flags):
+                collection.pop(run_id, None)
+        for ref in runs:  # children first
+            store._runs.pop(ref.run_id, None)
+
+    def _purge_aux(self, job: PurgeJob) -> None:
+        """Soft-deleted schedules and stream data older than the cutoff."""
+        store, cutoff, report = self.store, job.cutoff, job.report
+        with store._lock:
+            schedules = [sid for sid, s in store._schedules.items()
+                         if _value(s.status) == "deleted" and s.updated_at is not None
+                         and parse_timestamp(s.updated_at) < cutoff]
+            subs = [k for k, s in store._subscriptions.items()
+                    if s.get("status") in _TERMINAL_SUBSCRIPTIONS and _older(s.get("created_at"), cutoff)]
+            scheduled = getattr(store, "_scheduled_signals", {})
+            delivered = [k for k, s in scheduled.items() if s.get("delivered") and _older(s.get("due_at"), cutoff)]
+            old_signals = {sid: [s for s in sigs if _older(s.get("published_at"), cutoff)]
+                           for sid, sigs in store._signals.items()}
+            gone = {s["signal_id"] for sigs in old_signals.values() for s in sigs}
+            acks = [a for a in store._acknowledgments if a[0] in gone]
+            report.add(Kind.SCHEDULES, len(schedules))
+            report.add(Kind.SUBSCRIPTIONS, len(subs))
+            report.add(Kind.SCHEDULED_SIGNALS, len(delivered))
+            report.add(Kind.SIGNALS, len(gone))
+            report.add(Kind.ACKNOWLEDGMENTS, len(acks))
+            if job.dry_run:
+                return
+            for collection, keys in ((store._schedules, schedules), (store._subscriptions, subs),
+                                     (scheduled, delivered)):
+                for key in keys:
+                    collection.pop(key, None)
+            for sid, old in old_signals.items():
+                if old:
+                    store._signals[sid] = [s for s in store._signals[sid] if s["signal_id"] not in gone]
+            store._acknowledgments.difference_update(acks)
+
+    # -- orphans ----------------------------------------------------------------
+
+    def _orphan_sources(self) -> dict[str, tuple[Any, Any]]:
+        """kind -> (collection, function giving the run_id an entry names)."""
+        store = self.store
+        return {
+            Kind.EVENTS: (store._events, lambda k, v: k),
+            Kind.EVENT_COUNTERS: (store._event_sequences, lambda k, v: k),
+            Kind.STEPS: (store._steps, lambda k, v: v.run_id),
+            Kind.CHECKPOINTS: (store._checkpoints, lambda k, v: k.partition(":")[0] if ":" in k else None),
+            Kind.HOOKS: (store._hooks, lambda k, v: k[0]),
+            Kind.HOOK_TOKENS: (store._token_index, lambda k, v: v[0]),
+            Kind.CANCELLATION_FLAGS: (store._cancellation_flags, lambda k, v: k),
+            Kind.IDEMPOTENCY_KEYS: (store._idempotency_index, lambda k, v: v),
+        }
+
+    def _sweep_orphans(self, job: OrphanJob) -> None:
+        """Per kind, keyset pages of orphan keys; each page re-checked and deleted under the lock."""
+        store, report = self.store, job.report
+        report.bytes_estimated = True
+        for kind, (collection, owner) in self._orphan_sources().items():
+            cursor: Any = None
+            while True:
+                with store._lock:
+                    orphans = (k for k, v in collection.items()
+                               if (cursor is None or k > cursor) and owner(k, v) is not None
+                               and owner(k, v) not in store._runs and _old_enough(kind, v, job.not_after))
+                    page = heapq.nsmallest(job.batch_size, orphans)
+                    if not page:
+                        break
+                    cursor = page[-1]
+                    job.boundary([str(k) for k in page])
+                    page = [k for k in page if k in collection and owner(k, collection[k]) not in store._runs]
+                    report.add(kind, len(page))
+                    report.bytes += sum(sys.getsizeof(collection[k]) for k in page)
+                    if not job.dry_run:
+                        for key in page:
+                            del collection[key]
+
+    # -- census and seed --------------------------------------------------------
+
+    def _census(self, job: CensusJob) -> None:
+        store, census = self.store, job.census
+        with store._lock:
+            for run in store._runs.values():
+                census.runs_by_status[_value(run.status)] += 1
+                ref = _ref(run)
+                if ref.updated_at is not None:
+                    census.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
+            census.count(Kind.RUNS, len(store._runs))
+            census.count(Kind.EVENTS, sum(len(v) for v in store._events.values()))
+            for kind, collection in ((Kind.STEPS, store._steps), (Kind.CHECKPOINTS, store._checkpoints),
+                                     (Kind.HOOKS, store._hooks), (Kind.HOOK_TOKENS, store._token_index),
+                                     (Kind.CANCELLATION_FLAGS, store._cancellation_flags),
+                                     (Kind.IDEMPOTENCY_KEYS, store._idempotency_index),
+                                     (Kind.SCHEDULES, store._schedules)):
+                census.count(kind, len(collection))
+
+    def _prepare_seed(self) -> None:
+        pass
+
+    def _write_seed(self, runs: list[SeedRun]) -> None:
+        make = _factories(self.store)
+        store = self.store
+        with store._lock:
+            for seed in runs:
+                run = make["run"](seed.run)
+                store._runs[run.run_id] = run
+                store._events[run.run_id] = [make["event"]({**e, "sequence": i}) for i, e in enumerate(seed.events)]
+                store._event_sequences[run.run_id] = len(seed.events)
+                if run.idempotency_key:
+                    store._idempotency_index[run.idempotency_key] = run.run_id
+                for step in seed.steps:
+                    store._steps[step["step_id"]] = make["step"](step)
+                for hook in seed.hooks:
+                    store._hooks[(hook["run_id"], hook["hook_id"])] = make["hook"](hook)
+                    store._token_index[hook["token"]] = (hook["run_id"], hook["hook_id"])
+                store._checkpoints.update(seed.checkpoints)
+                if seed.cancel_flag:
+                    store._cancellation_flags[run.run_id] = True
+
+
+def _old_enough(kind: str, value: Any, not_after: datetime) -> bool:
+    """Grace period: an entry that records when it was written must predate ``not_after``."""
+    if kind == Kind.EVENTS:
+        stamps = [getattr(e, "timestamp", None) for e in value or ()]
+    else:
+        stamps = [getattr(value, "updated_at", None), getattr(value, "created_at", None)]
+    stamps = [s for s in stamps if s is not None]
+    return all(_older(s, not_after) for s in stamps)
+
+
+def _older(value: Any, cutoff: datetime) -> bool:
+    try:
+        return value is not None and parse_timestamp(value) < cutoff
+    except ValueError:
+        return False
+
+
+def _factories(store: Any) -> dict[str, Any]:
+    """Build records as the store's engine would: pyworkflow's classes if it is pyworkflow's store."""
+    if type(store).__module__.startswith("pyworkflow"):
+        from pyworkflow.engine.events import Event, EventType
+        from pyworkflow.storage.schemas import Hook, StepExecution, WorkflowRun
+
+        def event(d: dict) -> Any:
+            return Event(event_id=d["event_id"], run_id=d["run_id"], type=EventType(d["type"]),
+                         timestamp=datetime.fromisoformat(d["timestamp"]), data=d["data"], sequence=d["sequence"])
+
+        return {"run": WorkflowRun.from_dict, "step": StepExecution.from_dict, "hook": Hook.from_dict,
+                "event": event}
+
+    def record(d: dict) -> SimpleNamespace:
+        return SimpleNamespace(**{k: (datetime.fromisoformat(v) if k.endswith("_at") and isinstance(v, str)
+                                      or k == "timestamp" else v) for k, v in d.items()})
+
+    return {"run": record, "step": record, "hook": record, "event": record}

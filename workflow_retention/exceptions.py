@@ -1,0 +1,51 @@
+"""The errors workflow-retention raises.
+
+Every error is a :class:`RetentionError`. Driver errors are translated into
+:class:`StorageError` and chained with ``from exc`` so the original traceback
+is kept.
+"""
+
+from __future__ import annotations
+
+
+class RetentionError(Exception):
+    """Base class of every error raised by workflow-retention."""
+
+
+class ConfigurationError(RetentionError, ValueError):
+    """A setting, URL or argument is invalid.
+
+    The message names the setting and the expected form.
+    """
+
+
+class BackendUnavailableError(RetentionError, ImportError):
+    """The driver a backend needs is not installed."""
+
+    def __init__(self, backend: str, extra: str, exc: BaseException | None = None) -> None:
+        super().__init__(
+            f"the {backend} backend needs its driver: pip install 'workflow-retention[{extra}]'"
+            + (f" ({exc})" if exc else "")
+        )
+
+
+class StorageError(RetentionError):
+    """The store failed or rejected an operation (the driver error is chained)."""
+
+
+class PurgeStopped(RetentionError):
+    """A purge stopped at a batch boundary on purpose.
+
+    Raised from an ``on_batch`` callback (for example when the singleton lock's
+    lease is lost). ``delete_old_runs`` catches it, records the reason in the
+    report and returns the partial report; everything deleted so far is
+    complete, and the next run resumes.
+    """
+
+
+class LeaseLostError(PurgeStopped):
+    """The singleton lock was lost, so this worker must stop deleting."""
+
+
+class LockHeldError(RetentionError):
+    """Another purge holds the singleton lock."""

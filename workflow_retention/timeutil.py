@@ -1,0 +1,67 @@
+"""Timestamps and durations: one place that parses what stores contain."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from workflow_retention.exceptions import ConfigurationError
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def require_aware(value: datetime, name: str = "older_than") -> datetime:
+    """Return ``value`` in UTC; a naive or non-datetime value raises ValueError."""
+    if not isinstance(value, datetime):
+        raise ConfigurationError(f"{name} must be a timezone-aware datetime, got {value!r}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ConfigurationError(
+            f"{name} must be timezone-aware (for example "
+            f"datetime(2026, 1, 1, tzinfo=timezone.utc)); got the naive datetime {value.isoformat()}"
+        )
+    return value.astimezone(UTC)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Parse a stored timestamp into an aware UTC datetime.
+
+    Accepts datetimes (naive ones are UTC wall-clock, as MySQL and Cassandra
+    return them) and ISO-8601 strings with any UTC offset or ``Z``. Anything
+    else raises ValueError, so a corrupt record is never mistaken for an old one.
+    """
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        dt = datetime.fromisoformat(text)
+    else:
+        raise ValueError(f"not a timestamp: {value!r}")
+    if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def parse_iso_datetime(text: str, name: str) -> datetime:
+    """Parse a user-supplied ISO-8601 datetime; it must carry an offset."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name}: expected an ISO-8601 datetime with offset, e.g. 2026-01-31T00:00:00+00:00; got {text!r}"
+        ) from exc
+    return require_aware(value, name)
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    """Parse ``30s``, ``15m``, ``1h``, ``7d`` or ``2w`` into a timedelta."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ConfigurationError(f"{name}: expected a duration such as 30m, 1h or 7d; got {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
