@@ -33,8 +33,10 @@ demo: install
 	$(VENV)/bin/workflow-retention purge --storage sqlite:///$(CURDIR)/$(DEMO_DIR)/pyworkflow.db --days 30
 
 # Quickstart 2: the whole test suite (the services it needs are started by the tests).
+# pytest exit code 5 (no tests collected) is a failure, never a silent green.
 test: install services
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	@$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: install services
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

@@ -1,0 +1,71 @@
+"""One timed purge in a fresh process: ``python -m benchmarks.child TARGET SLOT URL CUTOFF BATCH N NOW``.
+
+Prints one JSON line: seconds, runs, peak RSS (VmHWM, reset right before the
+purge) and RSS growth during the purge, plus whatever the target adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+
+
+def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n: str, now_text: str) -> None:
+    from workflow_retention.backends import by_url
+
+    target = importlib.import_module(f"benchmarks.targets.{target_name}")
+    cutoff, now = datetime.fromisoformat(cutoff_text), datetime.fromisoformat(now_text)
+    if hasattr(target, "setup_in_child"):  # in-process stores are seeded in the measuring process
+        target.setup_in_child(url, slot, int(n), now)
+    gc.collect()
+    _reset_peak()
+    before = _status_kb("VmRSS")
+    out: dict = {"slot": slot}
+    started = time.perf_counter()
+    if slot == "ours":
+        if hasattr(target, "run_ours"):
+            out.update(target.run_ours(url, cutoff, int(batch)))
+        else:
+            report = by_url(url, batch_size=int(batch)).delete_old_runs(cutoff)
+            out.update(runs=report.runs, held=report.held, batches=report.batches, counts=dict(report.counts))
+    elif slot == "baseline":
+        result = target.baseline(url, cutoff)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        if isinstance(result, int):
+            out["runs"] = result
+        elif isinstance(result, dict):
+            out.update(result)
+    elif slot == "floor":
+        result = target.floor(url, cutoff)
+        if isinstance(result, dict):
+            out.update(result)
+    else:
+        raise SystemExit(f"unknown slot {slot!r}")
+    out["seconds"] = round(time.perf_counter() - started, 3)
+    out["peak_rss_mb"] = round(_status_kb("VmHWM") / 1024, 1)
+    out["rss_growth_mb"] = round((_status_kb("VmHWM") - before) / 1024, 1)
+    if hasattr(target, "extra_in_child"):
+        out.update(target.extra_in_child(url, slot))
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

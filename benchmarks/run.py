@@ -1,0 +1,108 @@
+"""Our purge against pyworkflow-engine 0.4.0's ``delete_old_runs`` on identical data, in the same run.
+
+``python -m benchmarks.run TARGET --n 2000 10000 [--slots ours baseline floor] [--batch-size 500]``
+
+For each N the target seeds one isolated store per slot with the same
+``workflow_retention.seed.generate(N, now=NOW, seed=1)`` data; each purge runs
+in a fresh process (``benchmarks.child``) so that its peak RSS is its own.
+Results are appended to ``benchmarks/results/<target>.jsonl`` and printed as a
+Markdown table for ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+COLUMNS = ("target", "n", "slot", "runs", "seconds", "runs_per_s", "peak_rss_mb", "rss_growth_mb")
+
+
+def run_child(target: str, slot: str, url: str, cutoff: datetime, batch: int, n: int, now: datetime,
+              timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.child", target, slot, url, cutoff.isoformat(), str(batch), str(n),
+           now.isoformat()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:
+        return {"slot": slot, "error": f"timed out after {timeout:.0f}s"}
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"slot": slot, "error": f"exit {proc.returncode}: {tail[0][:300]}"}
+    return json.loads(line[len("RESULT "):])
+
+
+def bench(target_name: str, sizes: list[int], slots: list[str], batch: int, timeout: float,
+          max_baseline_n: int | None) -> list[dict]:
+    target = importlib.import_module(f"benchmarks.targets.{target_name}")
+    rows = []
+    for n in sizes:
+        now = datetime.now(UTC).replace(microsecond=0)
+        cutoff = now - timedelta(days=30)
+        for slot in slots:
+            if slot == "floor" and not hasattr(target, "floor"):
+                continue
+            if slot == "baseline" and max_baseline_n and n > max_baseline_n:
+                rows.append({"target": target_name, "n": n, "slot": slot,
+                             "error": f"not run above N={max_baseline_n} (see notes)"})
+                continue
+            seeded = time.perf_counter()
+            url = target.prepare(n, slot, now)
+            seed_s = round(time.perf_counter() - seeded, 1)
+            try:
+                row = run_child(target_name, slot, url, cutoff, batch, n, now, timeout)
+                if hasattr(target, "extra"):
+                    row.update(target.extra(url, slot))
+            finally:
+                target.cleanup(url)
+            row.update(target=target_name, n=n, seed_s=seed_s)
+            if row.get("runs") and row.get("seconds"):
+                row["runs_per_s"] = round(row["runs"] / row["seconds"], 1)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    extra_keys = sorted({k for r in rows for k in r} - set(COLUMNS) - {"counts", "seed_s", "error", "held", "batches"})
+    head = list(COLUMNS) + extra_keys + ["note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r.get(k, "")) for k in COLUMNS + tuple(extra_keys)] + [r.get("error", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target")
+    p.add_argument("--n", type=int, nargs="+", default=[2000, 10000])
+    p.add_argument("--slots", nargs="+", default=["ours", "baseline", "floor"])
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--timeout", type=float, default=3600, help="per purge, seconds")
+    p.add_argument("--max-baseline-n", type=int, help="skip the baseline above this N (say why in the notes)")
+    args = p.parse_args(argv)
+    rows = bench(args.target, args.n, args.slots, args.batch_size, args.timeout, args.max_baseline_n)
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"command": "python -m benchmarks.run " + " ".join(argv or sys.argv[1:]),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
+            "cpus": os.cpu_count()}
+    with (RESULTS / f"{args.target}.jsonl").open("a") as fh:
+        for row in rows:
+            fh.write(json.dumps({**meta, **row}) + "\n")
+    print(f"\n`{meta['command']}` ({meta['date']}, Python {meta['python']}, {meta['cpus']} CPUs)\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Hold and ordering rules for parents and children, independent of any store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from workflow_retention.planning import RunRef, is_safe_run_id, plan_deletion, split_roots
+from workflow_retention.timeutil import parse_timestamp
+
+CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
+OLD = CUTOFF - timedelta(days=1)
+
+
+def ref(run_id, status="completed", when=OLD, parent=None):
+    return RunRef.parse(run_id, status, when, parent)
+
+
+def test_children_go_first_and_a_surviving_child_holds_its_ancestors() -> None:
+    runs = {r.run_id: r for r in [ref("p"), ref("c", parent="p"), ref("g", parent="c"), ref("q"),
+                                  ref("q_live", "running", parent="q"), ref("q_old", parent="q")]}
+
+    def children_of(ids):
+        return {i: [r for r in runs.values() if r.parent_run_id == i] for i in ids}
+
+    expired = [r for r in runs.values() if r.is_expired(CUTOFF)]
+    roots = split_roots(expired, runs, CUTOFF)
+    assert {r.run_id for r in roots} == {"p", "q"}
+    deletable, held = plan_deletion(roots, children_of, CUTOFF).order()
+    assert [r.run_id for r in deletable if r.run_id in "pcg"] == ["g", "c", "p"]
+    assert {r.run_id for r in deletable} == {"g", "c", "p", "q_old"}
+    assert [r.run_id for r in held] == ["q"]
+
+
+def test_a_changed_run_keeps_its_ancestors() -> None:
+    runs = {"p": ref("p"), "c": ref("c", parent="p")}
+    plan = plan_deletion([runs["p"]], lambda ids: {i: [r for r in runs.values() if r.parent_run_id == i]
+                                                   for i in ids}, CUTOFF)
+    deletable, held = plan.order(survivors={"c"})
+    assert deletable == [] and held == [runs["p"]]
+
+
+def test_cycles_never_delete() -> None:
+    a, b = ref("a", parent="b"), ref("b", parent="a")
+    plan = plan_deletion([a], lambda ids: {"a": [b], "b": [a]}, CUTOFF)
+    deletable, _ = plan.order()
+    assert deletable == []
+
+
+def test_expiry_is_strict_and_offset_aware() -> None:
+    assert not ref("x", when=CUTOFF).is_expired(CUTOFF)
+    assert ref("x", when=(CUTOFF - timedelta(seconds=1)).astimezone(timezone(timedelta(hours=5)))).is_expired(CUTOFF)
+    assert not ref("x", when=(CUTOFF + timedelta(hours=1)).astimezone(timezone(timedelta(hours=-7))).isoformat()
+                   ).is_expired(CUTOFF)
+    assert ref("x", when="2026-05-31T23:59:59Z").is_expired(CUTOFF)
+    assert ref("x", when=datetime(2026, 5, 31, 23)).is_expired(CUTOFF)  # naive = UTC wall clock
+    assert not ref("x", "running").is_expired(CUTOFF)
+    corrupt = ref("x", when="yesterday")
+    assert corrupt.corrupt and not corrupt.is_expired(CUTOFF)
+    assert parse_timestamp("2026-01-01T00:00:00+05:00") == datetime(2025, 12, 31, 19, tzinfo=UTC)
+
+
+def test_safe_run_ids() -> None:
+    assert is_safe_run_id("run_0123456789abcdef") and is_safe_run_id("sched_daily-re_1a2b3c4d")
+    for bad in ("../etc", "a/b", "run:x", "", ".", "..", "a\x00b", "run*", "x" * 300, None, 3, "a..b"):
+        assert not is_safe_run_id(bad), bad

@@ -1,0 +1,5 @@
+import sys
+
+from workflow_retention.cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""The ``workflow-retention`` command: purge, check, seed, orphans, audit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from workflow_retention import config
+from workflow_retention.backends import by_url
+from workflow_retention.base import BatchInfo, StorageBackend
+from workflow_retention.exceptions import ConfigurationError, RetentionError
+from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
+from workflow_retention.seed import generate
+from workflow_retention.timeutil import parse_duration, parse_iso_datetime, utcnow
+
+log = logging.getLogger("workflow_retention.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+def _positive_days(text: str) -> int:
+    try:
+        return config.parse_retention_days(text) or 0
+    except ConfigurationError:
+        raise argparse.ArgumentTypeError(f"--days must be a positive integer, e.g. 30; got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workflow-retention", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def storage(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--storage", metavar="URL",
+                        help=f"storage URL; default: ${config.STORAGE_URL} or PyWorkflow's PYWORKFLOW_STORAGE_* variables")
+        sp.add_argument("--batch-size", type=int, help="runs per batch (default: $%s or 500)" % config.BATCH_SIZE)
+
+    purge = sub.add_parser("purge", help="delete terminal runs older than the cutoff")
+    storage(purge)
+    when = purge.add_mutually_exclusive_group()
+    when.add_argument("--days", type=_positive_days, help=f"cutoff = now - N days (default: ${config.RETENTION_DAYS})")
+    when.add_argument("--older-than", metavar="ISO8601", help="explicit cutoff, with a UTC offset")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+    purge.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    check = sub.add_parser("check", help="validate the configuration and the connection")
+    storage(check)
+
+    seed = sub.add_parser("seed", help="write a realistic sample store in the PyWorkflow layout")
+    storage(seed)
+    seed.add_argument("--runs", type=int, default=1000, help="number of runs (default 1000)")
+    seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    seed.add_argument("--max-age-days", type=float, default=120.0, help="ages spread over this many days")
+
+    orphans = sub.add_parser("orphans", help="find and delete data whose run record is gone")
+    storage(orphans)
+    orphans.add_argument("--dry-run", action="store_true", help="count orphans; change nothing")
+    orphans.add_argument("--grace", default="1h", help="leave data younger than this alone (default 1h)")
+    orphans.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    audit = sub.add_parser("audit", help="show what the store holds and what a purge would delete")
+    storage(audit)
+    audit.add_argument("--days", type=_positive_days, help=f"preview a purge with this cutoff (default: ${config.RETENTION_DAYS})")
+    audit.add_argument("--grace", default="1h", help="orphan grace period (default 1h)")
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+class Progress:
+    """Progress lines on stderr, at most one a second, from the first second on."""
+
+    def __init__(self, label: str, stream: Any = None) -> None:
+        self.label, self.stream = label, stream or sys.stderr
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, info: BatchInfo) -> None:
+        self.tick(f"batch {info.index}, {sum(info.report.counts.values()):,} records so far")
+
+    def tick(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.started >= 1 and now - self.last >= 1:
+            self.last = now
+            print(f"{self.label}: {text} ({now - self.started:.0f}s)", file=self.stream, flush=True)
+
+
+def _backend(args: argparse.Namespace, settings: config.Settings) -> StorageBackend:
+    url = args.storage or settings.require_storage_url()
+    return by_url(url, batch_size=settings.batch_size if args.batch_size is None else args.batch_size)
+
+
+def _table(title: str, rows: Sequence[tuple[str, Any]]) -> str:
+    width = max([len(k) for k, _ in rows] + [10])
+    lines = [title] + [f"  {k:<{width}}  {v:>14,}" if isinstance(v, int) else f"  {k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def format_purge(r: PurgeReport) -> str:
+    head = [("cutoff", r.cutoff.isoformat() if r.cutoff else "-"),
+            ("runs" + (" (would delete)" if r.dry_run else " deleted"), r.runs),
+            ("held (child survives)", r.held), ("changed (kept)", r.changed), ("skipped (invalid)", r.skipped)]
+    kinds = [(k, n) for k, n in sorted(r.counts.items()) if k != "runs"]
+    text = _table(f"purge {r.backend}{'  [DRY RUN]' if r.dry_run else ''}", head)
+    text += "\n" + _table("data" + (" that would go" if r.dry_run else " deleted"), kinds or [("(nothing)", 0)])
+    text += f"\n  batches {r.batches}, {r.duration_s:.2f}s"
+    if r.stopped:
+        text += f"\n  STOPPED: {r.stopped}"
+    return text + _warnings(r.warnings, r.warnings_total)
+
+
+def format_orphans(r: OrphanReport) -> str:
+    rows = [(k, n) for k, n in sorted(r.counts.items())] or [("(none)", 0)]
+    verb = "found" if r.dry_run else "deleted"
+    text = _table(f"orphans {verb} in {r.backend}{'  [DRY RUN]' if r.dry_run else ''} (grace {timedelta(seconds=r.grace_s)})", rows)
+    size = f"{r.bytes:,} bytes{' (estimate)' if r.bytes_estimated else ''}"
+    text += f"\n  total {r.total:,}, {size} {'reclaimable' if r.dry_run else 'freed'}, {r.duration_s:.2f}s"
+    return text + _warnings(r.warnings, r.warnings_total)
+
+
+def format_audit(a: AuditReport) -> str:
+    c = a.census
+    parts = [f"audit {a.backend} at {a.generated_at.isoformat()}",
+             _table("runs by status", sorted(c.runs_by_status.items()) or [("(none)", 0)]),
+             _table("runs by age (updated_at)", [(k, n) for k, n in c.to_dict()["runs_by_age"].items()] or [("(none)", 0)]),
+             _table("data per kind" + (" (bytes estimated)" if c.bytes_estimated else ""),
+                    [(k, f"{s.count:>14,}  {s.bytes:>14,} B") for k, s in sorted(c.kinds.items())])]
+    if a.purge is not None:
+        parts.append(format_purge(a.purge))
+    parts.append(format_orphans(a.orphans))
+    return "\n\n".join(parts) + f"\n\naudit took {a.duration_s:.2f}s"
+
+
+def _warnings(warnings: list[str], total: int) -> str:
+    if not total:
+        return ""
+    more = f"\n    ... and {total - len(warnings)} more" if total > len(warnings) else ""
+    return f"\n  WARNINGS ({total}):\n" + "\n".join(f"    {w}" for w in warnings) + more
+
+
+def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.older_than:
+        cutoff = parse_iso_datetime(args.older_than, "--older-than")
+    else:
+        days = args.days or settings.retention_days
+        if not days:
+            raise ConfigurationError(f"give --days N or --older-than ISO8601, or set {config.RETENTION_DAYS}")
+        cutoff = utcnow() - timedelta(days=days)
+    with _backend(args, settings) as backend:
+        report = backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=Progress("purge"))
+    print(report.to_json(indent=2) if args.json else format_purge(report))
+    return EXIT_STOPPED if report.stopped else EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
+    print(f"settings: {settings}")
+    with _backend(args, settings) as backend:
+        facts = backend.check()
+    print(_table("storage OK", [(k, v) for k, v in facts.items()]))
+    return EXIT_OK
+
+
+def _cmd_seed(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.runs < 0:
+        raise ConfigurationError(f"--runs must be >= 0; got {args.runs}")
+    with _backend(args, settings) as backend:
+        started = time.monotonic()
+        n = backend.seed(generate(args.runs, seed=args.seed, max_age_days=args.max_age_days))
+    print(f"seeded {n:,} runs into {backend.url} in {time.monotonic() - started:.2f}s")
+    return EXIT_OK
+
+
+def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
+    grace = parse_duration(args.grace, "--grace")
+    with _backend(args, settings) as backend:
+        report = backend.sweep_orphans(grace=grace, dry_run=args.dry_run, on_batch=Progress("orphans"))
+    print(report.to_json(indent=2) if args.json else format_orphans(report))
+    return EXIT_STOPPED if report.stopped else EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
+    days = args.days or settings.retention_days
+    progress = Progress("audit")
+    with _backend(args, settings) as backend:
+        report = backend.audit(older_than=utcnow() - timedelta(days=days) if days else None,
+                               grace=parse_duration(args.grace, "--grace"),
+                               on_progress=lambda what, n: progress.tick(f"{what} {n:,}"))
+    print(report.to_json(indent=2) if args.json else format_audit(report))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
+    "purge": _cmd_purge, "check": _cmd_check, "seed": _cmd_seed, "orphans": _cmd_orphans, "audit": _cmd_audit,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = config.load_settings()
+        return COMMANDS[args.command](args, settings)
+    except ConfigurationError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_USAGE
+    except RetentionError as exc:
+        log.error("%s failed: %s", args.command, exc)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - exit non-zero with an error line, never a traceback-less green
+        log.error("%s failed: %s: %s", args.command, type(exc).__name__, exc, exc_info=args.verbose)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
