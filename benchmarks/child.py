@@ -43,7 +43,7 @@ def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n:
         if hasattr(target, "run_ours"):
             out.update(target.run_ours(url, cutoff, int(batch)))
         else:
-            report = by_url(url, batch_size=int(batch)).delete_old_runs(cutoff)
+            report = by_url(url, batch_size=int(batch) or None).delete_old_runs(cutoff)
             out.update(runs=report.runs, held=report.held, batches=report.batches, counts=dict(report.counts))
     elif slot == "baseline":
         result = target.baseline(url, cutoff)

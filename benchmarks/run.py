@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("target")
     p.add_argument("--n", type=int, nargs="+", default=[2000, 10000])
     p.add_argument("--slots", nargs="+", default=["ours", "baseline", "floor"])
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=0, help="0: the backend's default")
     p.add_argument("--timeout", type=float, default=3600, help="per purge, seconds")
     p.add_argument("--max-baseline-n", type=int, help="skip the baseline above this N (say why in the notes)")
     args = p.parse_args(argv)

@@ -166,10 +166,12 @@ class StorageBackend(ABC):
     name: ClassVar[str] = ""
     #: Capability flags: differences between stores that tests and callers may rely on.
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: Batch size when none is given (a store may afford larger or need smaller batches).
+    default_batch_size: ClassVar[int] = DEFAULT_BATCH_SIZE
 
-    def __init__(self, *, url: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, *, url: str | None = None, batch_size: int | None = None) -> None:
         self.url = redact_url(url or f"{self.name}://")
-        self.batch_size = validate_batch_size(batch_size)
+        self.batch_size = validate_batch_size(batch_size if batch_size is not None else self.default_batch_size)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"

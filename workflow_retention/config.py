@@ -6,7 +6,9 @@ naming the variable and the expected form.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,9 +29,17 @@ LOCK_TTL = "PYWORKFLOW_RETENTION_LOCK_TTL"
 REPAIR_ORPHANS = "PYWORKFLOW_RETENTION_REPAIR_ORPHANS"
 ORPHAN_GRACE = "PYWORKFLOW_RETENTION_ORPHAN_GRACE"
 BROKER = "PYWORKFLOW_CELERY_BROKER"
+LOCK_KEY = "PYWORKFLOW_RETENTION_LOCK_KEY"
+SCHEDULE = "PYWORKFLOW_RETENTION_SCHEDULE"
+SCHEDULE_JITTER = "PYWORKFLOW_RETENTION_SCHEDULE_JITTER"
+QUEUE = "PYWORKFLOW_RETENTION_QUEUE"
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
 DEFAULT_LOCK_TTL = timedelta(minutes=5)
+LOCK_KEY_PREFIX = "workflow-retention:lock"
+DEFAULT_SCHEDULE = "03:00"
+DEFAULT_JITTER = timedelta(hours=1)
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 
 #: Every variable this package reads: name -> (default, meaning). The README table mirrors it.
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -39,13 +49,17 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "PYWORKFLOW_STORAGE_PATH": ("./pyworkflow_data (file), ./pyworkflow_data/pyworkflow.db (sqlite)", "Directory or database file of file and SQLite stores."),
     "PYWORKFLOW_POSTGRES_HOST/PORT/USER/PASSWORD/DATABASE": ("localhost, 5432, pyworkflow, empty, pyworkflow", "PostgreSQL connection, as PyWorkflow reads it."),
     "PYWORKFLOW_MYSQL_HOST/PORT/USER/PASSWORD/DATABASE": ("localhost, 3306, pyworkflow, empty, pyworkflow", "MySQL connection, as PyWorkflow reads it."),
-    BATCH_SIZE: (str(DEFAULT_BATCH_SIZE), "Runs per batch (one short transaction each); 1 to 10000."),
+    BATCH_SIZE: (f"the backend's ({DEFAULT_BATCH_SIZE} for most)", "Runs per batch (one short transaction each); 1 to 10000."),
     ENABLED: ("true", "Kill switch for the Celery task: false turns it off."),
     LOCK_URL: ("the broker, if it is Redis", "Redis URL of the singleton lock."),
     LOCK_TTL: ("5m", "Lease of the singleton lock; renewed every TTL/3 while a purge runs."),
     REPAIR_ORPHANS: ("false", "true: the Celery task also sweeps orphans after the purge."),
     ORPHAN_GRACE: ("1h", "Orphans younger than this are left alone."),
     BROKER: (DEFAULT_BROKER, "Broker of the ready-made worker app (workflow_retention.worker)."),
+    LOCK_KEY: (f"{LOCK_KEY_PREFIX}:<hash of the storage URL>", "Redis key of the singleton lock; purges of the same store must share it."),
+    SCHEDULE: (DEFAULT_SCHEDULE, "When the Celery beat entry runs: a daily time HH:MM in the Celery app's timezone (UTC by default), or an interval such as 6h or 30s."),
+    SCHEDULE_JITTER: ("1h", "A daily run starts up to this much after SCHEDULE; the offset is fixed per lock key, so every beat of one deployment picks the same minute. 0s disables it."),
+    QUEUE: ("the app's default queue", "Celery queue of the retention task (the ready-made worker consumes it)."),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -56,7 +70,7 @@ _FALSE = {"0", "false", "no", "off"}
 class Settings:
     retention_days: int | None
     storage_url: str | None
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None
     enabled: bool = True
     lock_url: str | None = None
     lock_ttl: timedelta = DEFAULT_LOCK_TTL
@@ -64,6 +78,8 @@ class Settings:
     orphan_grace: timedelta = DEFAULT_GRACE
     broker_url: str = DEFAULT_BROKER
     storage_error: str | None = field(default=None, repr=False)
+    lock_key: str = LOCK_KEY_PREFIX
+    explicit_lock_url: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (f"Settings(retention_days={self.retention_days}, storage_url={self._safe(self.storage_url)}, "
@@ -81,6 +97,73 @@ class Settings:
         if self.storage_url is None:
             raise ConfigurationError(self.storage_error or "no storage configured")
         return self.storage_url
+
+    def lock_url_for(self, broker_url: str | None) -> str:
+        """The singleton lock's Redis URL: LOCK_URL if set, else ``broker_url`` if it is Redis."""
+        if self.explicit_lock_url:
+            if not self.explicit_lock_url.startswith(REDIS_URL_PREFIXES):
+                raise ConfigurationError(f"{LOCK_URL} must be a Redis URL (redis://host:6379/0, rediss://..., "
+                                         f"unix:///path); got {self._safe(self.explicit_lock_url)!r}")
+            return self.explicit_lock_url
+        if isinstance(broker_url, str) and broker_url.startswith(REDIS_URL_PREFIXES):
+            return broker_url
+        raise ConfigurationError(
+            f"{LOCK_URL} is not set and the Celery broker ({self._safe(broker_url) if isinstance(broker_url, str) else 'unset'}) "
+            f"is not Redis: set {LOCK_URL} to a Redis URL for the singleton lock, e.g. redis://localhost:6379/0"
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """When the Celery beat entry runs: daily at ``daily_at`` (hour, minute) or ``every`` interval."""
+
+    daily_at: tuple[int, int] | None
+    every: timedelta | None
+    jitter: timedelta
+    queue: str | None
+    lock_key: str
+
+
+_DAILY = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
+
+
+def parse_schedule(raw: str) -> tuple[tuple[int, int] | None, timedelta | None]:
+    """``HH:MM`` (daily) or a duration such as ``6h`` (interval)."""
+    if match := _DAILY.match(raw):
+        return (int(match.group(1)), int(match.group(2))), None
+    expected = f"{SCHEDULE} must be a daily time HH:MM (e.g. 03:00) or an interval such as 6h or 30s"
+    try:
+        every = parse_duration(raw, SCHEDULE)
+    except ConfigurationError:
+        raise ConfigurationError(f"{expected}; got {raw!r}") from None
+    if every <= timedelta(0):
+        raise ConfigurationError(f"{expected} (an interval above 0); got {raw!r}")
+    return None, every
+
+
+def lock_key_for(storage_url: str | None) -> str:
+    """The default lock key: one per store, so deployments sharing a Redis do not block each other."""
+    if not storage_url:
+        return LOCK_KEY_PREFIX
+    return f"{LOCK_KEY_PREFIX}:{hashlib.sha256(redact_url(storage_url).encode()).hexdigest()[:12]}"
+
+
+def load_schedule(env: Mapping[str, str] | None = None) -> ScheduleSettings:
+    """Read the beat-entry settings only, so a bad purge setting cannot break a worker's start-up."""
+    env = os.environ if env is None else env
+    daily_at, every = parse_schedule(env.get(SCHEDULE) or DEFAULT_SCHEDULE)
+    jitter = parse_duration(env[SCHEDULE_JITTER], SCHEDULE_JITTER) if env.get(SCHEDULE_JITTER) else DEFAULT_JITTER
+    if jitter >= timedelta(days=1):
+        raise ConfigurationError(f"{SCHEDULE_JITTER} must be less than a day (e.g. 1h or 0s); got {env[SCHEDULE_JITTER]!r}")
+    storage_url = env.get(STORAGE_URL) or None
+    if storage_url is None:
+        try:
+            storage_url = storage_url_from_env(env)
+        except ConfigurationError:
+            storage_url = None
+    return ScheduleSettings(daily_at=daily_at, every=every, jitter=jitter,
+                            queue=(env.get(QUEUE) or "").strip() or None,
+                            lock_key=(env.get(LOCK_KEY) or "").strip() or lock_key_for(storage_url))
 
 
 def parse_retention_days(raw: str | None) -> int | None:
@@ -161,7 +244,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         retention_days=parse_retention_days(env.get(RETENTION_DAYS)),
         storage_url=storage_url,
-        batch_size=validate_batch_size(env[BATCH_SIZE], BATCH_SIZE) if env.get(BATCH_SIZE) else DEFAULT_BATCH_SIZE,
+        batch_size=validate_batch_size(env[BATCH_SIZE], BATCH_SIZE) if env.get(BATCH_SIZE) else None,
         enabled=parse_bool(ENABLED, env.get(ENABLED), True),
         lock_url=lock_url,
         lock_ttl=lock_ttl,
@@ -169,4 +252,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         orphan_grace=parse_duration(env[ORPHAN_GRACE], ORPHAN_GRACE) if env.get(ORPHAN_GRACE) else DEFAULT_GRACE,
         broker_url=broker,
         storage_error=storage_error,
+        lock_key=(env.get(LOCK_KEY) or "").strip() or lock_key_for(storage_url),
+        explicit_lock_url=env.get(LOCK_URL) or None,
     )

@@ -38,7 +38,7 @@ def test_bad_settings_name_the_variable(name: str, value: str, pattern: str) -> 
 
 def test_defaults() -> None:
     s = load_settings({})
-    assert (s.retention_days, s.batch_size, s.enabled, s.repair_orphans) == (None, 500, True, False)
+    assert (s.retention_days, s.batch_size, s.enabled, s.repair_orphans) == (None, None, True, False)
     assert s.lock_ttl == timedelta(minutes=5) and s.orphan_grace == timedelta(hours=1)
     assert s.lock_url == s.broker_url == "redis://localhost:6379/0"
     with pytest.raises(ConfigurationError, match="no storage configured: set PYWORKFLOW_RETENTION_STORAGE_URL"):

@@ -24,7 +24,7 @@ from typing import Any
 
 from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.planning import RunRef, drop_invalid, plan_deletion, split_roots
+from workflow_retention.planning import TERMINAL_STATUSES, RunRef, drop_invalid, plan_deletion, split_roots
 from workflow_retention.report import Kind, age_bucket
 from workflow_retention.seed import SeedRun
 from workflow_retention.timeutil import parse_timestamp
@@ -64,6 +64,16 @@ def _value(status: Any) -> str:
     return str(getattr(status, "value", status))
 
 
+def _maybe_expired(run: Any, cutoff: datetime) -> bool:
+    """Cheap pre-filter; RunRef decides exactly (unusual values pass through to it)."""
+    if _value(run.status) not in TERMINAL_STATUSES:
+        return False
+    updated = run.updated_at
+    if isinstance(updated, datetime) and updated.tzinfo is not None:
+        return updated < cutoff
+    return True
+
+
 def _ref(run: Any) -> RunRef:
     return RunRef.parse(run.run_id, run.status, run.updated_at, run.parent_run_id, run)
 
@@ -71,6 +81,9 @@ def _ref(run: Any) -> RunRef:
 class MemoryBackend(StorageBackend):
     name = "memory"
     capabilities = frozenset({"schedules", "streams", "scheduled_signals"})
+    # A batch is one hold of the store's lock plus one pass over its dicts; larger
+    # batches amortize the pass (this backend's own memory stays O(batch)).
+    default_batch_size = 5000
 
     def __init__(self, store: Any | None = None, *, store_name: str = "default", **options: Any) -> None:
         super().__init__(url=options.pop("url", f"memory://{store_name}"), **options)
@@ -89,13 +102,12 @@ class MemoryBackend(StorageBackend):
     # -- purge ------------------------------------------------------------------
 
     def _purge(self, job: PurgeJob) -> None:
-        cursor = ""
+        cursor: str | None = ""
         while True:
             with self.store._lock:
-                page = self._next_page(job.cutoff, cursor, job.batch_size)
-                if not page:
+                page, cursor = self._next_page(job.cutoff, cursor, job.batch_size)
+                if cursor is None:
                     break
-                cursor = page[-1].run_id
                 safe = drop_invalid(page, job.report)
                 parents = {r.parent_run_id: self._ref_of(r.parent_run_id) for r in safe if r.parent_run_id}
                 roots = split_roots(safe, parents, job.cutoff)
@@ -121,11 +133,16 @@ class MemoryBackend(StorageBackend):
         run = self.store._runs.get(run_id) if run_id else None
         return _ref(run) if run is not None else None
 
-    def _next_page(self, cutoff: datetime, cursor: str, size: int) -> list[RunRef]:
-        """The next ``size`` expired (or corrupt) runs with run_id > ``cursor`` (one pass, O(size) memory)."""
-        expired = (ref for run in self.store._runs.values()
-                   if run.run_id > cursor and ((ref := _ref(run)).is_expired(cutoff) or ref.corrupt))
-        return heapq.nsmallest(size, expired, key=lambda r: r.run_id)
+    def _next_page(self, cutoff: datetime, cursor: str, size: int) -> tuple[list[RunRef], str | None]:
+        """The next expired (or corrupt) runs after ``cursor`` and the new cursor (None: done).
+
+        One pass over the runs, O(size) memory.
+        """
+        runs = self.store._runs
+        ids = heapq.nsmallest(size, (run_id for run_id, run in runs.items()
+                                     if run_id > cursor and _maybe_expired(run, cutoff)))
+        refs = [_ref(runs[run_id]) for run_id in ids]
+        return [ref for ref in refs if ref.is_expired(cutoff) or ref.corrupt], (ids[-1] if ids else None)
 
     def _children_of(self, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
         wanted = set(parent_ids)
@@ -141,7 +158,7 @@ class MemoryBackend(StorageBackend):
         if not ids:
             return
         steps = [k for k, s in store._steps.items() if s.run_id in ids]
-        checkpoints = [k for k in store._checkpoints if k.partition(":")[0] in ids]
+        checkpoints = [k for k in store._checkpoints if k[:k.find(":")] in ids]
         hooks = [k for k in store._hooks if k[0] in ids]
         tokens = [t for t, v in store._token_index.items() if v[0] in ids]
         keys = [r.data.idempotency_key for r in runs
