@@ -1,0 +1,190 @@
+"""The SQL backends' shared core: engine, transactions, retries, error translation, dialect hooks.
+
+One SQLAlchemy Core implementation serves SQLite, PostgreSQL and MySQL; a
+dialect subclass supplies only what really differs (see the "dialect hooks"
+section): how timestamps are bound and compared, keyset predicates, the
+step-checkpoint match, row locking, timeouts and which driver errors are
+worth a retry. The purge, orphan sweep, census and seeder live in the
+mixins of :mod:`.purge`, :mod:`.sweeps` and :mod:`.seeding`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from functools import cached_property
+from typing import Any, ClassVar, TypeVar
+
+from sqlalchemy import ColumnElement, Engine, MetaData, Select, and_, func, or_, select, tuple_
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from workflow_retention.backends.sql.purge import PurgeMixin
+from workflow_retention.backends.sql.schema import Types, build_metadata
+from workflow_retention.backends.sql.seeding import SeedMixin
+from workflow_retention.backends.sql.sweeps import SweepMixin
+from workflow_retention.base import StorageBackend
+from workflow_retention.exceptions import ConfigurationError, StorageError
+
+log = logging.getLogger("workflow_retention.sql")
+T = TypeVar("T")
+
+def like_prefix(run_id: str) -> str:
+    """``LIKE`` pattern for ``<run_id>:...`` with ``!`` as the escape character."""
+    return re.sub(r"([!%_])", r"!\1", run_id) + ":%"
+
+
+def positive(value: object, name: str) -> float:
+    """A timeout or delay option: a positive number of seconds."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number > 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds; got {value!r}")
+    return number
+
+
+class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
+    """Base of the SQLite, PostgreSQL and MySQL backends (not registered itself)."""
+
+    capabilities = frozenset({"schedules", "streams"})
+    #: Column types of the dialect's pyworkflow schema.
+    types: ClassVar[Types]
+    #: True when ``column < value`` in SQL is the exact instant comparison (typed timestamps).
+    exact_time: ClassVar[bool] = True
+    #: SQLSTATEs / error codes retried with backoff (deadlock, serialization failure).
+    retry_attempts: ClassVar[int] = 6
+
+    def __init__(self, *, url: str, statement_timeout: float = 30.0, lock_timeout: float = 10.0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(url=url, batch_size=batch_size)
+        self.statement_timeout = positive(statement_timeout, "statement_timeout")
+        self.lock_timeout = positive(lock_timeout, "lock_timeout")
+        self._engine: Engine | None = None
+        #: Transactions retried after a deadlock or serialization failure (for logs and tests).
+        self.retries = 0
+
+    # -- connection -------------------------------------------------------------
+
+    @cached_property
+    def metadata(self) -> MetaData:
+        return build_metadata(self.types)
+
+    def table(self, name: str) -> Any:
+        return self.metadata.tables[name]
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._create_engine()
+        return self._engine
+
+    def open(self) -> None:
+        self.engine  # noqa: B018 - builds the engine; connections are made on first use
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _check(self) -> dict[str, object]:
+        with self.translated("check"), self.read() as conn:
+            missing = [name for name in ("workflow_runs", "events", "hooks", "checkpoints")
+                       if not self.engine.dialect.has_table(conn, name)]
+            if missing:
+                raise StorageError(f"{self.url} is not a PyWorkflow store: table(s) {', '.join(missing)} missing")
+            runs = conn.execute(select(func.count()).select_from(self.table("workflow_runs"))).scalar_one()
+            return {"runs": runs, "server": self.server_version(conn)}
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A short read transaction (closed before any ``on_batch`` call)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def write(self, body: Callable[[Connection], T]) -> T:
+        """Run ``body`` in one write transaction; retry it on deadlock or serialization failure."""
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(**self.write_options())
+                    with conn.begin():
+                        return body(conn)
+            except DBAPIError as exc:
+                if attempt == self.retry_attempts or not self.retryable(exc):
+                    raise
+                delay = min(2.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                self.retries += 1
+                log.warning("%s: %s; retrying the batch in %.2fs (attempt %d of %d)", self.url,
+                            type(exc.orig).__name__, delay, attempt + 1, self.retry_attempts)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def translated(self, what: str) -> Iterator[None]:
+        """Driver and SQLAlchemy errors become :class:`StorageError` (chained), loud and named."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+            raise StorageError(f"{what} failed on {self.url}: {type(orig).__name__}: {first}") from exc
+
+    # -- dialect hooks ------------------------------------------------------------
+
+    def _create_engine(self) -> Engine:
+        raise NotImplementedError
+
+    def write_options(self) -> dict[str, Any]:
+        """Execution options of a write transaction (SQLite: ``BEGIN IMMEDIATE``)."""
+        return {}
+
+    def retryable(self, exc: DBAPIError) -> bool:
+        return False
+
+    def server_version(self, conn: Connection) -> str:
+        return ".".join(map(str, self.engine.dialect.server_version_info or ()))
+
+    def db_time(self, when: datetime) -> Any:
+        """An aware UTC datetime as this dialect binds it to a timestamp column."""
+        return when
+
+    def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
+        """SQL for ``column < when``: exact on typed columns, a superset where it cannot be (SQLite)."""
+        return column < self.db_time(when)
+
+    def after(self, columns: Sequence[ColumnElement], values: Sequence[Any]) -> ColumnElement:
+        """Keyset predicate ``(columns) > (values)`` in index order."""
+        if len(columns) == 1:
+            return columns[0] > values[0]
+        return tuple_(*columns) > tuple_(*values)
+
+    def expanded_after(self, columns: Sequence[ColumnElement], values: Sequence[Any]) -> ColumnElement:
+        """``(a, b) > (x, y)`` written as ``a > x OR (a = x AND b > y)`` (for optimizers without row values)."""
+        terms = []
+        for i, column in enumerate(columns):
+            equal = [columns[j] == values[j] for j in range(i)]
+            terms.append(and_(*equal, column > values[i]))
+        return or_(*terms)
+
+    def checkpoints_of(self, column: ColumnElement, run_ids: Sequence[str]) -> ColumnElement:
+        """Step checkpoints ``<run_id>:<step_id>`` of ``run_ids`` (exact, through the primary key)."""
+        return or_(*[and_(column >= f"{run_id}:", column < f"{run_id};") for run_id in run_ids])
+
+    def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
+        """SQL for the run_id part of a checkpoint key (before the first ``:``)."""
+        raise NotImplementedError
+
+    def lock(self, stmt: Select) -> Select:
+        """Lock the selected run rows until the transaction ends."""
+        return stmt.with_for_update()
+
+    def table_bytes(self, conn: Connection) -> dict[str, int]:
+        """Bytes per table (data and indexes), as far as the server tells."""
+        return {}

@@ -1,0 +1,134 @@
+"""PostgreSQL: pyworkflow-engine's PostgreSQL store through psycopg 3 (``postgresql://user:pw@host:port/db``).
+
+Live-engine safety: each batch is one READ COMMITTED transaction that locks
+the batch's run rows with ``SELECT ... FOR UPDATE`` (in run_id order),
+re-reads them and deletes; an engine write to one of those rows waits for
+at most one batch, and a write that landed before the lock is seen by the
+re-check. A child inserted concurrently needs a key-share lock on its
+parent row, so it cannot slip in under a locked parent.
+
+Every connection carries ``statement_timeout``, ``lock_timeout`` and
+``idle_in_transaction_session_timeout``, so nothing can hang; deadlocks
+(40P01) and serialization failures (40001) are retried with jittered
+exponential backoff, anything else is raised.
+
+Step checkpoints are matched by primary-key range when the column's
+collation orders by code point (C, POSIX, C.UTF-8, ucs_basic, the builtin
+provider); under a linguistic collation a range would be wrong, so an
+escaped ``LIKE`` is used instead, which is exact and uses an index only if
+one with ``text_pattern_ops`` exists (a warning says so). ``?schema=NAME``
+selects a schema through ``search_path``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import unquote
+
+from sqlalchemy import Boolean, ColumnElement, Engine, Text, create_engine, func, or_
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
+
+from workflow_retention.backends.sql.base import SQLBackend, like_prefix
+from workflow_retention.backends.sql.schema import Types
+from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
+from workflow_retention.urls import query_params, split_url
+
+log = logging.getLogger("workflow_retention.sql")
+
+QUERY = {"schema", "sslmode", "sslrootcert", "connect_timeout", "application_name"}
+RETRY_SQLSTATES = {"40P01", "40001"}
+CODEPOINT_COLLATIONS = {"C", "POSIX", "C.UTF-8", "C.utf8", "C.UTF8", "ucs_basic"}
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
+
+
+class PostgresBackend(SQLBackend):
+    name = "postgresql"
+    capabilities = frozenset({"schedules", "streams", "scheduled_signals"})
+    types = Types(id=Text(), name=Text(), status=Text(), short=Text(), long=Text(), json=JSONB(),
+                  ts=TIMESTAMP(timezone=True), flag=Boolean(), long_default="'{0}'", now_default=True,
+                  streams_v5=True)
+
+    def __init__(self, *, host: str = "localhost", port: int = 5432, user: str = "pyworkflow",
+                 password: str = "", database: str = "pyworkflow", schema: str | None = None,
+                 query: dict[str, str] | None = None, url: str | None = None, **options: Any) -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailableError("PostgreSQL", "postgres", exc) from exc
+        if schema is not None and not _SCHEMA.match(schema):
+            raise ConfigurationError(f"PostgreSQL schema must be a lower-case identifier such as "
+                                     f"pyworkflow; got {schema!r}")
+        self._sa_url = URL.create("postgresql+psycopg", username=user, password=password or None, host=host,
+                                  port=port, database=database, query=query or {})
+        self.schema = schema
+        self._codepoint: bool | None = None
+        super().__init__(url=url or f"postgresql://{user}@{host}:{port}/{database}", **options)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresBackend:
+        parts = split_url(url)
+        database = parts.path.lstrip("/")
+        if not parts.hostname or not database or "/" in database:
+            raise ConfigurationError(f"PostgreSQL URL must be postgresql://user:password@host:5432/database"
+                                     f"[?schema=NAME]; got {url!r}")
+        params = query_params(parts, QUERY, url)
+        schema = params.pop("schema", None)
+        return cls(host=parts.hostname, port=parts.port or 5432, user=unquote(parts.username or "pyworkflow"),
+                   password=unquote(parts.password or ""), database=unquote(database), schema=schema,
+                   query=params, url=url, **options)
+
+    def _create_engine(self) -> Engine:
+        ms = {"statement_timeout": self.statement_timeout, "lock_timeout": self.lock_timeout,
+              "idle_in_transaction_session_timeout": max(60.0, 2 * self.statement_timeout)}
+        settings = [f"-c {k}={int(v * 1000)}" for k, v in ms.items()]
+        if self.schema:
+            settings.append(f"-c search_path={self.schema}")
+        connect_args: dict[str, Any] = {"options": " ".join(settings)}
+        if "connect_timeout" not in self._sa_url.query:
+            connect_args["connect_timeout"] = 10
+        return create_engine(self._sa_url, hide_parameters=True, pool_pre_ping=True,
+                             isolation_level="READ COMMITTED", connect_args=connect_args)
+
+    def retryable(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES
+
+    def server_version(self, conn: Connection) -> str:
+        return "PostgreSQL " + conn.exec_driver_sql("SHOW server_version").scalar_one()
+
+    def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
+        return func.split_part(column, ":", 1)
+
+    def checkpoints_of(self, column: ColumnElement, run_ids: Any) -> ColumnElement:
+        if self._codepoint is None:
+            self._codepoint = self._codepoint_collation()
+            if not self._codepoint:
+                log.warning("%s: checkpoints.step_run_id has a linguistic collation; step checkpoints are "
+                            "matched with LIKE, which scans the table unless an index with text_pattern_ops "
+                            "exists: CREATE INDEX ON checkpoints (step_run_id text_pattern_ops)", self.url)
+        if self._codepoint:
+            return super().checkpoints_of(column, run_ids)
+        return or_(*[column.like(like_prefix(run_id), escape="!") for run_id in run_ids])
+
+    def _codepoint_collation(self) -> bool:
+        with self.read() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT co.collname, co.collprovider, co.collcollate FROM pg_attribute a "
+                "JOIN pg_collation co ON co.oid = a.attcollation "
+                "WHERE a.attrelid = to_regclass('checkpoints') AND a.attname = 'step_run_id'").first()
+            if row is None or row.collname == "default":
+                db = conn.exec_driver_sql("SELECT * FROM pg_database WHERE datname = current_database()")
+                info = db.mappings().one()
+                provider, collate = info.get("datlocprovider", "c"), info["datcollate"]
+            else:
+                provider, collate = row.collprovider, row.collcollate
+        return provider == "b" or (provider == "c" and collate in CODEPOINT_COLLATIONS)
+
+    def table_bytes(self, conn: Connection) -> dict[str, int]:
+        rows = conn.exec_driver_sql(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+            "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace").all()
+        return {name: int(size) for name, size in rows}

@@ -1,0 +1,220 @@
+"""The SQL purge: candidate pages, per-batch plan, one short locking transaction per batch.
+
+Discovery: there is no index on ``updated_at``; since ``updated_at >=
+created_at``, ``created_at < cutoff`` bounds the candidates and
+``idx_runs_created_at_run_id`` serves a keyset scan on ``(created_at,
+run_id)``. Each page is read in its own short read transaction; expiry is
+then decided exactly in Python (:class:`RunRef`), which is what makes
+SQLite's offset-carrying text timestamps safe.
+
+Live engine: after ``on_batch`` (called with no transaction open) the batch's
+runs are locked (``SELECT ... FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``) and
+re-read; a run whose status or ``updated_at`` moved, or that gained a child
+meanwhile, survives with its ancestors. Within the same transaction the
+child tables are deleted explicitly (so each kind is counted; SQLite only
+cascades with its per-connection pragma anyway), then the runs level by
+level, leaves first, because MySQL checks the parent reference row by row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Connection
+
+from workflow_retention.planning import (
+    TERMINAL_STATUSES,
+    Plan,
+    RunRef,
+    drop_invalid,
+    is_safe_run_id,
+    plan_deletion,
+    split_roots,
+)
+from workflow_retention.report import Kind
+
+if TYPE_CHECKING:
+    from workflow_retention.base import PurgeJob
+
+#: Child tables of a run, keyed by ``run_id``, in deletion order, with their report kind.
+RUN_CHILDREN = (("events", Kind.EVENTS), ("steps", Kind.STEPS), ("hooks", Kind.HOOKS),
+                ("cancellation_flags", Kind.CANCELLATION_FLAGS))
+
+
+class PurgeMixin:
+    """``_purge`` for :class:`~workflow_retention.backends.sql.base.SQLBackend`."""
+
+    def _purge(self, job: PurgeJob) -> None:
+        with self.translated("purge"):
+            cursor: tuple[Any, str] | None = None
+            while True:
+                with self.read() as conn:
+                    rows = conn.execute(self._candidates(job, cursor)).all()
+                    plan = self._plan(conn, job, rows) if rows else None
+                if not rows:
+                    break
+                cursor = (rows[-1].created_at, rows[-1].run_id)
+                if plan is not None:
+                    self._purge_batch(job, plan)
+                if len(rows) < job.batch_size:
+                    break
+            self._purge_aux(job)
+
+    # -- selection (read transaction) -----------------------------------------------
+
+    def _candidates(self, job: PurgeJob, cursor: tuple[Any, str] | None) -> Any:
+        r = self.table("workflow_runs").c
+        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at).where(
+            self.before(r.created_at, job.cutoff), r.status.in_(sorted(TERMINAL_STATUSES)))
+        if self.exact_time:
+            stmt = stmt.where(r.updated_at < self.db_time(job.cutoff))
+        if cursor is not None:
+            stmt = stmt.where(self.after((r.created_at, r.run_id), cursor))
+        return self.candidate_hint(stmt).order_by(r.created_at, r.run_id).limit(job.batch_size)
+
+    def candidate_hint(self, stmt: Any) -> Any:
+        return stmt
+
+    def _plan(self, conn: Connection, job: PurgeJob, rows: Sequence[Any]) -> Plan | None:
+        cutoff = job.cutoff
+        refs = [RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id) for row in rows]
+        page = drop_invalid([r for r in refs if r.is_expired(cutoff) or r.corrupt], job.report)
+        if not page:
+            return None
+        parent_ids = sorted({r.parent_run_id for r in page if r.parent_run_id})
+        parents = self._refs(conn, parent_ids)
+        roots = split_roots(page, parents, cutoff)
+        if not roots:
+            return None
+        return plan_deletion(roots, lambda ids: self._children(conn, ids), cutoff)
+
+    def _refs(self, conn: Connection, run_ids: Sequence[str], lock: bool = False) -> dict[str, RunRef]:
+        r = self.table("workflow_runs").c
+        found: dict[str, RunRef] = {}
+        for chunk in _chunks(sorted(run_ids)):
+            stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(r.run_id.in_(chunk))
+            if lock:
+                stmt = self.lock(stmt.order_by(r.run_id))
+            for row in conn.execute(stmt):
+                found[row.run_id] = _guarded(RunRef.parse(row.run_id, row.status, row.updated_at,
+                                                          row.parent_run_id))
+        return found
+
+    def _children(self, conn: Connection, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
+        r = self.table("workflow_runs").c
+        found: dict[str, list[RunRef]] = {}
+        for chunk in _chunks(sorted(parent_ids)):
+            stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(r.parent_run_id.in_(chunk))
+            for row in conn.execute(stmt):
+                ref = _guarded(RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id))
+                found.setdefault(row.parent_run_id, []).append(ref)
+        return found
+
+    # -- one batch ---------------------------------------------------------------------
+
+    def _purge_batch(self, job: PurgeJob, plan: Plan) -> None:
+        deletable, held = plan.order()
+        if not deletable:
+            job.report.held += len(held)
+            return
+        job.boundary([r.run_id for r in deletable])
+        if job.dry_run:
+            with self.read() as conn:
+                counts = self._cascade(conn, plan, deletable, dry_run=True)
+            job.report.held += len(held)
+            job.report.merge(counts)
+            return
+        ids = [r.run_id for r in deletable]
+        changed, held_now, counts = self.write(lambda conn: self._delete_batch(conn, _copy(plan), ids))
+        job.report.changed += changed
+        job.report.held += held_now
+        job.report.merge(counts)
+
+    def _delete_batch(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[int, int, Counter]:
+        """Lock, re-check, delete. Returns (changed, held, counts); retried as a whole on deadlock."""
+        fresh = self._refs(conn, ids, lock=True)
+        changed = {i for i in ids if i not in fresh or not plan.nodes[i].same_version(fresh[i])}
+        survivors = set(changed)
+        for parent, kids in self._children(conn, ids).items():
+            for kid in kids:
+                if kid.run_id not in plan.nodes:  # a child created since planning holds its parent
+                    survivors.add(kid.run_id)
+                    plan.nodes[kid.run_id] = kid
+                    plan.children.setdefault(parent, []).append(kid.run_id)
+        deletable, held = plan.order(survivors=frozenset(survivors))
+        return len(changed), len(held), self._cascade(conn, plan, deletable, dry_run=False)
+
+    def _cascade(self, conn: Connection, plan: Plan, runs: list[RunRef], dry_run: bool) -> Counter:
+        """Delete (or count) the runs' child rows, checkpoints, then the runs, leaves first."""
+        counts: Counter = Counter()
+        ids = [r.run_id for r in runs]
+        if not ids:
+            return counts
+        for name, kind in RUN_CHILDREN:
+            column = self.table(name).c.run_id
+            for chunk in _chunks(ids):
+                counts[kind] += self._apply(conn, name, column.in_(chunk), dry_run)
+        checkpoint = self.table("checkpoints").c.step_run_id
+        for chunk in _chunks(ids, 256):
+            counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", self.checkpoints_of(checkpoint, _padded(chunk)),
+                                                    dry_run)
+        run_id = self.table("workflow_runs").c.run_id
+        for level in _levels(plan, ids):
+            for chunk in _chunks(level):
+                counts[Kind.RUNS] += self._apply(conn, "workflow_runs", run_id.in_(chunk), dry_run)
+        return +counts
+
+    def _apply(self, conn: Connection, name: str, where: Any, dry_run: bool) -> int:
+        table = self.table(name)
+        if dry_run:
+            return conn.execute(select(func.count()).select_from(table).where(where)).scalar_one()
+        return conn.execute(delete(table).where(where)).rowcount
+
+    # -- the baseline's other sweeps ------------------------------------------------------
+
+    def _purge_aux(self, job: PurgeJob) -> None:
+        for sweep in self.aux_sweeps(job.cutoff):
+            self.run_sweep(job, sweep)
+            job.report.skipped += sweep.skipped
+
+
+def _guarded(ref: RunRef) -> RunRef:
+    """A run with an unsafe id is never planned for deletion: as a child it holds its parent."""
+    if not is_safe_run_id(ref.run_id):
+        ref.updated_at = None
+    return ref
+
+
+def _copy(plan: Plan) -> Plan:
+    """A plan a transaction attempt may extend (new children) without affecting a retry."""
+    return Plan(plan.cutoff, dict(plan.nodes), {k: list(v) for k, v in plan.children.items()}, list(plan.roots))
+
+
+def _levels(plan: Plan, ids: list[str]) -> list[list[str]]:
+    """``ids`` (children first) grouped by height in the plan: leaves, then their parents..."""
+    height: dict[str, int] = {}
+    chosen = set(ids)
+    for run_id in ids:
+        kids = [height[k] for k in plan.children.get(run_id, []) if k in chosen]
+        height[run_id] = 1 + max(kids) if kids else 0
+    levels: list[list[str]] = [[] for _ in range(max(height.values()) + 1)]
+    for run_id in ids:
+        levels[height[run_id]].append(run_id)
+    return levels
+
+
+def _padded(ids: Sequence[str]) -> list[str]:
+    """``ids`` repeated up to a power of two: a handful of statement shapes, so the compiled-statement
+    cache (and memory) does not grow with every batch size a purge happens to produce."""
+    size = 1
+    while size < len(ids):
+        size *= 2
+    return list(ids) + [ids[-1]] * (size - len(ids))
+
+
+def _chunks(items: Sequence[str], size: int = 1000) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

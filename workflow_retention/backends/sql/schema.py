@@ -1,0 +1,272 @@
+"""pyworkflow-engine 0.4.0's SQL schema as SQLAlchemy Core tables, one builder for every dialect.
+
+The tables, columns, defaults, keys and index names are those the engine's
+``storage/sqlite.py``, ``postgres.py`` and ``mysql.py`` create (PostgreSQL: as
+after its migrations v2 and v5, which add ``idx_events_run_id_step_id_type``
+and ``idx_subscriptions_stream_run``). ``create_all`` on a fresh database
+therefore produces a store the engine reads and writes as its own. Only the
+column types differ per dialect; :class:`Types` holds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.types import TypeEngine, UserDefinedType
+
+#: Table options pyworkflow uses on MySQL (ignored by the other dialects).
+MYSQL_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
+
+#: The migration versions pyworkflow-engine 0.4.0 records on a fresh store.
+SCHEMA_VERSIONS = {
+    1: "Baseline: original schema",
+    2: "Add step_id column to events table for optimized has_event() queries",
+    3: "Restructure signals table: PK (stream_id, stream_run_id, sequence), drop and recreate",
+    4: "Drop FK constraints referencing streams table — streams are code-defined",
+    5: "Add stream_run_id to stream_subscriptions (+index) and create scheduled_signals table for "
+       "time-delayed signal delivery",
+    6: "Add parent_run_id + parent_hook_token to stream_subscriptions for hook-based parent workflow resumption",
+    7: "Add result column to stream_subscriptions for step output payloads",
+}
+
+
+class IsoText(UserDefinedType):
+    """SQLite's ``TIMESTAMP`` columns as pyworkflow uses them: ISO-8601 text, passed through unparsed."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "TIMESTAMP"
+
+
+@dataclass(frozen=True)
+class Types:
+    """Column types of one dialect (``json`` is the type of pyworkflow's JSONB columns on PostgreSQL)."""
+
+    id: TypeEngine
+    name: TypeEngine
+    status: TypeEngine
+    short: TypeEngine  # events.type, schedules.timezone
+    long: TypeEngine
+    json: TypeEngine
+    ts: TypeEngine
+    flag: TypeEngine  # recover_on_worker_loss
+    long_default: str  # how a default on a long text column is written
+    now_default: bool  # pyworkflow declares DEFAULT NOW() on some timestamp columns (PostgreSQL)
+    streams_v5: bool  # PostgreSQL: stream_subscriptions' v5-v7 columns and scheduled_signals
+    loose_pk: bool = False  # SQLite: pyworkflow's single-column primary keys are not declared NOT NULL
+
+
+def _d(types: Types, value: str) -> Any:
+    return text(types.long_default.format(value))
+
+
+def _pk(t: Types, name: str, type_: TypeEngine, *args: Any) -> Column:
+    return Column(name, type_, *args, primary_key=True, nullable=t.loose_pk, autoincrement=False)
+
+
+def build_metadata(t: Types) -> MetaData:
+    md = MetaData()
+    now = {"server_default": text("NOW()")} if t.now_default else {}
+    runs = Table(
+        "workflow_runs", md,
+        _pk(t, "run_id", t.id),
+        Column("workflow_name", t.name, nullable=False),
+        Column("status", t.status, nullable=False),
+        Column("created_at", t.ts, nullable=False),
+        Column("updated_at", t.ts, nullable=False),
+        Column("started_at", t.ts),
+        Column("completed_at", t.ts),
+        Column("input_args", t.long, nullable=False, server_default=_d(t, "[]")),
+        Column("input_kwargs", t.long, nullable=False, server_default=_d(t, "{}")),
+        Column("result", t.long),
+        Column("error", t.long),
+        Column("idempotency_key", t.name),
+        Column("max_duration", t.name),
+        Column("metadata", t.long, server_default=_d(t, "{}")),
+        Column("recovery_attempts", Integer, server_default=text("0")),
+        Column("max_recovery_attempts", Integer, server_default=text("3")),
+        Column("recover_on_worker_loss", t.flag, server_default=text("1" if isinstance(t.flag, Integer) else "TRUE")),
+        Column("parent_run_id", t.id, ForeignKey("workflow_runs.run_id")),
+        Column("nesting_depth", Integer, server_default=text("0")),
+        Column("continued_from_run_id", t.id),
+        Column("continued_to_run_id", t.id),
+        **MYSQL_OPTIONS,
+    )
+    c = runs.c
+    Index("idx_runs_status", c.status)
+    Index("idx_runs_workflow_name", c.workflow_name)
+    Index("idx_runs_created_at", c.created_at.desc())
+    Index("idx_runs_created_at_run_id", c.created_at.desc(), c.run_id.desc())
+    Index("idx_runs_idempotency_key", c.idempotency_key, unique=True,
+          sqlite_where=c.idempotency_key.isnot(None), postgresql_where=c.idempotency_key.isnot(None))
+    Index("idx_runs_parent_run_id", c.parent_run_id)
+
+    def run_fk() -> ForeignKey:
+        return ForeignKey("workflow_runs.run_id", ondelete="CASCADE")
+
+    events = Table(
+        "events", md,
+        _pk(t, "event_id", t.id),
+        Column("run_id", t.id, run_fk(), nullable=False),
+        Column("sequence", Integer, nullable=False),
+        Column("type", t.short, nullable=False),
+        Column("timestamp", t.ts, nullable=False),
+        Column("data", t.long, nullable=False, server_default=_d(t, "{}")),
+        Column("step_id", t.id),
+        **MYSQL_OPTIONS,
+    )
+    Index("idx_events_run_id_sequence", events.c.run_id, events.c.sequence)
+    Index("idx_events_run_id_type", events.c.run_id, events.c.type)
+    Index("idx_events_run_id_step_id_type", events.c.run_id, events.c.step_id, events.c.type)
+
+    steps = Table(
+        "steps", md,
+        _pk(t, "step_id", t.id),
+        Column("run_id", t.id, run_fk(), nullable=False),
+        Column("step_name", t.name, nullable=False),
+        Column("status", t.status, nullable=False),
+        Column("created_at", t.ts, nullable=False),
+        Column("started_at", t.ts),
+        Column("completed_at", t.ts),
+        Column("input_args", t.long, nullable=False, server_default=_d(t, "[]")),
+        Column("input_kwargs", t.long, nullable=False, server_default=_d(t, "{}")),
+        Column("result", t.long),
+        Column("error", t.long),
+        Column("retry_count", Integer, server_default=text("0")),
+        **MYSQL_OPTIONS,
+    )
+    Index("idx_steps_run_id", steps.c.run_id)
+
+    hooks = Table(
+        "hooks", md,
+        Column("run_id", t.id, run_fk(), nullable=False),
+        Column("hook_id", t.id, nullable=False),
+        Column("token", t.id, nullable=False, unique=True),
+        Column("created_at", t.ts, nullable=False),
+        Column("received_at", t.ts),
+        Column("expires_at", t.ts),
+        Column("status", t.status, nullable=False),
+        Column("payload", t.long),
+        Column("metadata", t.long, server_default=_d(t, "{}")),
+        PrimaryKeyConstraint("run_id", "hook_id"),
+        **MYSQL_OPTIONS,
+    )
+    Index("idx_hooks_token", hooks.c.token, unique=True)
+    Index("idx_hooks_run_id", hooks.c.run_id)
+    Index("idx_hooks_status", hooks.c.status)
+
+    schedules = Table(
+        "schedules", md,
+        _pk(t, "schedule_id", t.id),
+        Column("workflow_name", t.name, nullable=False),
+        Column("spec", t.long, nullable=False),
+        Column("spec_type", t.status, nullable=False),
+        Column("timezone", t.short),
+        Column("input_args", t.long, nullable=False, server_default=_d(t, "[]")),
+        Column("input_kwargs", t.long, nullable=False, server_default=_d(t, "{}")),
+        Column("status", t.status, nullable=False),
+        Column("overlap_policy", t.status, nullable=False),
+        Column("next_run_time", t.ts),
+        Column("last_run_time", t.ts),
+        Column("running_run_ids", t.long, server_default=_d(t, "[]")),
+        Column("metadata", t.long, server_default=_d(t, "{}")),
+        Column("created_at", t.ts, nullable=False),
+        Column("updated_at", t.ts, nullable=False),
+        Column("paused_at", t.ts),
+        Column("deleted_at", t.ts),
+        **MYSQL_OPTIONS,
+    )
+    Index("idx_schedules_status", schedules.c.status)
+    Index("idx_schedules_next_run_time", schedules.c.next_run_time)
+    Index("idx_schedules_workflow_name", schedules.c.workflow_name)
+
+    Table("cancellation_flags", md,
+          _pk(t, "run_id", t.id, run_fk()),
+          Column("created_at", t.ts, nullable=False),
+          **MYSQL_OPTIONS)
+    Table("checkpoints", md,
+          _pk(t, "step_run_id", t.id),
+          Column("data", t.json, nullable=False),
+          Column("created_at", t.ts, nullable=False, **now),
+          Column("updated_at", t.ts, nullable=False, **now),
+          **MYSQL_OPTIONS)
+    Table("streams", md,
+          _pk(t, "stream_id", t.id),
+          Column("status", t.status, nullable=False, server_default=text("'active'")),
+          Column("created_at", t.ts, nullable=False, **now),
+          Column("metadata", t.json, server_default=_d(t, "{}")),
+          **MYSQL_OPTIONS)
+    _stream_tables(md, t, now)
+    Table("schema_versions", md,
+          _pk(t, "version", Integer),
+          Column("applied_at", t.ts, nullable=False),
+          Column("description", Text),
+          **MYSQL_OPTIONS)
+    return md
+
+
+def _stream_tables(md: MetaData, t: Types, now: dict[str, Any]) -> None:
+    signals = Table(
+        "signals", md,
+        Column("stream_run_id", t.id, nullable=False),
+        Column("sequence", Integer, nullable=False, autoincrement=False),
+        Column("signal_id", t.id, nullable=False),
+        Column("stream_id", t.id, nullable=False),
+        Column("signal_type", t.id, nullable=False),
+        Column("payload", t.json, nullable=False, server_default=_d(t, "{}")),
+        Column("published_at", t.ts, nullable=False, **now),
+        Column("source_run_id", t.id),
+        Column("metadata", t.json, server_default=_d(t, "{}")),
+        PrimaryKeyConstraint("stream_id", "stream_run_id", "sequence"),
+        **MYSQL_OPTIONS,
+    )
+    Index("idx_signals_signal_id", signals.c.signal_id, unique=True)
+    v5 = [Column("stream_run_id", t.id), Column("parent_run_id", t.id), Column("parent_hook_token", t.id),
+          Column("result", t.json)] if t.streams_v5 else []
+    subs = Table(
+        "stream_subscriptions", md,
+        Column("stream_id", t.id, nullable=False),
+        Column("step_run_id", t.id, nullable=False),
+        Column("signal_types", t.json, nullable=False, server_default=_d(t, "[]")),
+        Column("status", t.status, nullable=False, server_default=text("'waiting'")),
+        *v5,
+        Column("created_at", t.ts, nullable=False, **now),
+        PrimaryKeyConstraint("stream_id", "step_run_id"),
+        **MYSQL_OPTIONS,
+    )
+    Index("idx_subscriptions_status", subs.c.stream_id, subs.c.status)
+    Table("signal_acknowledgments", md,
+          Column("signal_id", t.id, nullable=False),
+          Column("step_run_id", t.id, nullable=False),
+          Column("acknowledged_at", t.ts, nullable=False, **now),
+          PrimaryKeyConstraint("signal_id", "step_run_id"),
+          **MYSQL_OPTIONS)
+    if t.streams_v5:
+        Index("idx_subscriptions_stream_run", subs.c.stream_id, subs.c.stream_run_id)
+        scheduled = Table(
+            "scheduled_signals", md,
+            _pk(t, "id", t.id),
+            Column("stream_id", t.id, nullable=False),
+            Column("signal_type", t.id, nullable=False),
+            Column("payload", t.json, nullable=False, server_default=_d(t, "{}")),
+            Column("due_at", t.ts, nullable=False),
+            Column("stream_run_id", t.id),
+            Column("metadata", t.json, server_default=_d(t, "{}")),
+            Column("delivered", Boolean, nullable=False, server_default=text("FALSE")),
+            Column("created_at", t.ts, nullable=False, **now),
+        )
+        Index("idx_scheduled_signals_due", scheduled.c.delivered, scheduled.c.due_at)

@@ -1,0 +1,117 @@
+"""SQLite: pyworkflow-engine's SQLite store (``sqlite:///abs/path.db``).
+
+Timestamps are ISO-8601 text with whatever offset they were written with,
+and the engine compares them as strings; that is wrong across offsets, so
+SQL only narrows (the cutoff is widened by the largest UTC offset plus
+margin, 15 h) and Python decides on parsed instants.
+
+Live-engine safety: a batch's write transaction starts with ``BEGIN
+IMMEDIATE`` (the database's single writer lock), re-reads the batch's runs
+and deletes in the same transaction; the engine's writers wait on
+``busy_timeout`` for at most one batch. Reads run in plain short ``BEGIN``
+transactions that are closed before ``on_batch`` is called, so the engine
+can commit in between. ``PRAGMA foreign_keys=ON`` is set on every
+connection, as the engine does (it is per connection in SQLite), though the
+cascade deletes its child rows explicitly anyway.
+
+The database file must exist except for ``seed``, which creates it: a typo
+in a path never leaves an empty database behind.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from sqlalchemy import ColumnElement, Engine, Integer, Text, create_engine, event, func
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import QueuePool
+
+from workflow_retention.backends.sql.base import SQLBackend
+from workflow_retention.backends.sql.schema import IsoText, Types
+from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.urls import split_url
+
+#: Largest UTC offset in use (+14:00) plus margin: the SQL pre-filter's widening.
+OFFSET_MARGIN = timedelta(hours=15)
+
+
+class SQLiteBackend(SQLBackend):
+    name = "sqlite"
+    capabilities = frozenset({"schedules", "streams", "corruptible_timestamps"})
+    types = Types(id=Text(), name=Text(), status=Text(), short=Text(), long=Text(), json=Text(), ts=IsoText(),
+                  flag=Integer(), long_default="'{0}'", now_default=False, streams_v5=False,
+                  loose_pk=True)
+    exact_time = False
+
+    def __init__(self, path: str | Path, *, url: str | None = None, **options: Any) -> None:
+        self.path = Path(path)
+        if not self.path.is_absolute():
+            raise ConfigurationError(f"the SQLite database path must be absolute; got {str(path)!r}")
+        super().__init__(url=url or f"sqlite://{self.path}", **options)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
+        parts = split_url(url)
+        path = unquote(parts.path)
+        if parts.scheme.lower() not in ("sqlite", "sqlite+pysqlite") or parts.netloc or parts.query \
+                or not path.startswith("/") or path.endswith("/"):
+            raise ConfigurationError(
+                f"SQLite URL must be sqlite:///absolute/path/to/pyworkflow.db; got {url!r}")
+        if path.startswith("//"):  # SQLAlchemy's spelling sqlite:////abs/path
+            path = path[1:]
+        return cls(path, url=url, **options)
+
+    def _create_engine(self) -> Engine:
+        uri = f"file:{quote(self.path.as_posix())}?mode=rw"
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, check_same_thread=False)
+
+        engine = create_engine("sqlite+pysqlite://", creator=connect, poolclass=QueuePool, hide_parameters=True)
+
+        @event.listens_for(engine, "connect")
+        def on_connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+            dbapi_connection.execute("PRAGMA foreign_keys = ON")
+
+        @event.listens_for(engine, "begin")
+        def on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("sqlite_immediate")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    def before_create(self) -> None:
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(self.path).close()
+
+    def write_options(self) -> dict[str, Any]:
+        return {"sqlite_immediate": True}
+
+    def server_version(self, conn: Connection) -> str:
+        return f"SQLite {sqlite3.sqlite_version}"
+
+    def db_time(self, when: datetime) -> Any:
+        return when.isoformat()
+
+    def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
+        return column < (when + OFFSET_MARGIN).isoformat()
+
+    def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
+        return func.substr(column, 1, func.instr(column, ":") - 1)
+
+    def lock(self, stmt: Any) -> Any:
+        return stmt  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def table_bytes(self, conn: Connection) -> dict[str, int]:
+        try:
+            rows = conn.exec_driver_sql("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").all()
+        except SQLAlchemyError:  # dbstat is an optional compile-time feature
+            return {}
+        return {name: int(size or 0) for name, size in rows}
