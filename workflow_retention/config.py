@@ -33,6 +33,7 @@ LOCK_KEY = "PYWORKFLOW_RETENTION_LOCK_KEY"
 SCHEDULE = "PYWORKFLOW_RETENTION_SCHEDULE"
 SCHEDULE_JITTER = "PYWORKFLOW_RETENTION_SCHEDULE_JITTER"
 QUEUE = "PYWORKFLOW_RETENTION_QUEUE"
+RESULT_BACKEND = "PYWORKFLOW_CELERY_RESULT_BACKEND"
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
 DEFAULT_LOCK_TTL = timedelta(minutes=5)
@@ -60,6 +61,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     SCHEDULE: (DEFAULT_SCHEDULE, "When the Celery beat entry runs: a daily time HH:MM in the Celery app's timezone (UTC by default), or an interval such as 6h or 30s."),
     SCHEDULE_JITTER: ("1h", "A daily run starts up to this much after SCHEDULE; the offset is fixed per lock key, so every beat of one deployment picks the same minute. 0s disables it."),
     QUEUE: ("the app's default queue", "Celery queue of the retention task (the ready-made worker consumes it)."),
+    RESULT_BACKEND: ("unset (results not stored)", "Result backend of the ready-made worker app, e.g. redis://localhost:6379/1."),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -107,9 +109,10 @@ class Settings:
             return self.explicit_lock_url
         if isinstance(broker_url, str) and broker_url.startswith(REDIS_URL_PREFIXES):
             return broker_url
+        broker = self._safe(broker_url) if isinstance(broker_url, str) else "unset"
         raise ConfigurationError(
-            f"{LOCK_URL} is not set and the Celery broker ({self._safe(broker_url) if isinstance(broker_url, str) else 'unset'}) "
-            f"is not Redis: set {LOCK_URL} to a Redis URL for the singleton lock, e.g. redis://localhost:6379/0"
+            f"{LOCK_URL} is not set and the Celery broker ({broker}) is not Redis: "
+            f"set {LOCK_URL} to a Redis URL for the singleton lock, e.g. redis://localhost:6379/0"
         )
 
 
@@ -154,7 +157,8 @@ def load_schedule(env: Mapping[str, str] | None = None) -> ScheduleSettings:
     daily_at, every = parse_schedule(env.get(SCHEDULE) or DEFAULT_SCHEDULE)
     jitter = parse_duration(env[SCHEDULE_JITTER], SCHEDULE_JITTER) if env.get(SCHEDULE_JITTER) else DEFAULT_JITTER
     if jitter >= timedelta(days=1):
-        raise ConfigurationError(f"{SCHEDULE_JITTER} must be less than a day (e.g. 1h or 0s); got {env[SCHEDULE_JITTER]!r}")
+        raise ConfigurationError(
+            f"{SCHEDULE_JITTER} must be less than a day (e.g. 1h or 0s); got {env[SCHEDULE_JITTER]!r}")
     storage_url = env.get(STORAGE_URL) or None
     if storage_url is None:
         try:
@@ -164,6 +168,16 @@ def load_schedule(env: Mapping[str, str] | None = None) -> ScheduleSettings:
     return ScheduleSettings(daily_at=daily_at, every=every, jitter=jitter,
                             queue=(env.get(QUEUE) or "").strip() or None,
                             lock_key=(env.get(LOCK_KEY) or "").strip() or lock_key_for(storage_url))
+
+
+def worker_app_config(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Celery configuration of the ready-made worker app (:mod:`workflow_retention.worker`)."""
+    env = os.environ if env is None else env
+    conf: dict[str, object] = {"broker_url": env.get(BROKER) or DEFAULT_BROKER,
+                               "result_backend": env.get(RESULT_BACKEND) or None}
+    if queue := (env.get(QUEUE) or "").strip():
+        conf["task_default_queue"] = queue
+    return conf
 
 
 def parse_retention_days(raw: str | None) -> int | None:
