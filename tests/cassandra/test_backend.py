@@ -1,0 +1,112 @@
+"""Cassandra backend settings and errors: URL forms, masking, clear failures (the real server where one is needed)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.harness.cassandra import CassandraHarness, CassandraServer
+from tests.scenario import CUTOFF
+from workflow_retention.backends import by_url
+from workflow_retention.backends.cassandra import CassandraBackend
+from workflow_retention.backends.cassandra import session as session_module
+from workflow_retention.backends.cassandra.runs import date_buckets, hour_buckets
+from workflow_retention.backends.cassandra.settings import parse_url
+from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError, StorageError
+
+
+def test_url_forms() -> None:
+    s = parse_url("cassandra://app:s3cr%2Ft@db1,db2:9142/retention?local_dc=eu-west&read_consistency=one"
+                  "&write_consistency=QUORUM&protocol_version=4&concurrency=8&request_timeout=12.5")
+    assert s.contact_points == ("db1", "db2") and s.port == 9142 and s.keyspace == "retention"
+    assert (s.username, s.password, s.local_dc) == ("app", "s3cr/t", "eu-west")
+    assert (s.read_consistency, s.write_consistency, s.protocol_version) == ("ONE", "QUORUM", 4)
+    assert (s.concurrency, s.request_timeout) == (8, 12.5)
+    default = parse_url("cassandra://localhost")
+    assert (default.port, default.keyspace, default.protocol_version) == (9042, "pyworkflow", None)
+    assert default.read_consistency == default.write_consistency == "LOCAL_QUORUM"
+    assert parse_url("cassandra://h1:9043,h2:9043/ks").port == 9043
+    assert parse_url("cassandra://[::1]:9042/ks").contact_points == ("::1",)
+
+
+@pytest.mark.parametrize(("url", "names"), [
+    ("cassandra://h/ks?read_consistency=MOST", "read_consistency"),
+    ("cassandra://h/ks?serial_consistency=QUORUM", "serial_consistency"),
+    ("cassandra://h/ks?protocol_version=2", "protocol_version"),
+    ("cassandra://h/ks?protocol_version=v4", "protocol_version"),
+    ("cassandra://h/ks?concurrency=0", "concurrency"),
+    ("cassandra://h/ks?colour=blue", "allowed: concurrency"),
+    ("cassandra://h/bad-keyspace", "keyspace"),
+    ("cassandra://h1:9042,h2:9043/ks", "same port"),
+    ("cassandra:///ks", "names no host"),
+])
+def test_bad_settings_are_named(url: str, names: str) -> None:
+    with pytest.raises(ConfigurationError, match=names):
+        parse_url(url)
+
+
+def test_password_is_masked_everywhere(caplog: pytest.LogCaptureFixture) -> None:
+    url = "cassandra://app:hunter2@127.0.0.1:1/ks?connect_timeout=1"
+    backend = by_url(url)
+    assert isinstance(backend, CassandraBackend)
+    assert "hunter2" not in repr(backend) and "hunter2" not in backend.url and "***" in backend.url
+    assert "hunter2" not in repr(backend.settings)
+    with caplog.at_level(logging.DEBUG), pytest.raises(StorageError) as failure:
+        backend.delete_old_runs(datetime.now(UTC))
+    assert "hunter2" not in str(failure.value) and "hunter2" not in caplog.text
+    assert failure.value.__cause__ is not None  # the driver's NoHostAvailable, chained
+    with pytest.raises(ConfigurationError) as bad:
+        parse_url("cassandra://app:hunter2@h/ks?x=1")
+    assert "hunter2" not in str(bad.value)
+
+
+def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "DRIVER_MISSING", ImportError("No module named 'cassandra'"))
+    with pytest.raises(BackendUnavailableError, match=r"workflow-retention\[cassandra\]"):
+        by_url("cassandra://localhost/ks")
+
+
+def test_buckets_cover_every_offset() -> None:
+    noon = datetime(2025, 3, 10, 11, 0)
+    assert date_buckets(noon) == ["2025-03-09", "2025-03-10", "2025-03-11"]
+    assert date_buckets(datetime(2025, 3, 10, 3, 0)) == ["2025-03-09", "2025-03-10"]
+    assert date_buckets(datetime(2025, 3, 10, 13, 0)) == ["2025-03-10", "2025-03-11"]
+    hours = hour_buckets(datetime(2025, 3, 10, 8, 30))
+    assert hours[0] == "2025-03-09-20" and hours[-1] == "2025-03-10-22" and len(hours) == 27
+
+
+def test_a_missing_keyspace_fails_clearly(cassandra_service: CassandraServer) -> None:
+    backend = CassandraBackend.from_url(cassandra_service.url("no_such_keyspace"))
+    try:
+        with pytest.raises(StorageError, match="no_such_keyspace"):
+            backend.delete_old_runs(CUTOFF)
+        with pytest.raises(StorageError, match="no_such_keyspace"):
+            backend.check()
+    finally:
+        backend.close()
+
+
+def test_check_reports_the_cluster_and_rejects_a_foreign_keyspace(cassandra_harness: CassandraHarness) -> None:
+    cassandra_harness.pyworkflow()
+    facts = cassandra_harness.retention().check()
+    assert facts["keyspace"] == cassandra_harness.keyspace and facts["release_version"]
+    cassandra_harness.execute("DROP TABLE {ks}.hooks_by_token")
+    try:
+        with pytest.raises(StorageError, match="layout"):
+            cassandra_harness.retention().check()
+    finally:
+        cassandra_harness.execute('CREATE TABLE {ks}.hooks_by_token ("token" TEXT PRIMARY KEY, run_id TEXT, '
+                                  "hook_id TEXT)")
+
+
+def test_statement_counts_are_kept(cassandra_harness: CassandraHarness) -> None:
+    from tests.scenario import OLD, add_run
+
+    cassandra_harness.run(add_run(cassandra_harness.pyworkflow(), "run_one", "completed", OLD))
+    backend = cassandra_harness.retention()
+    backend.delete_old_runs(CUTOFF - timedelta(0))
+    assert backend.requests["delete_run_if"] == 1 and backend.statements["delete_status_rows"] == 8
+    backend.close()
+    assert backend.statements["delete_run_if"] == 1  # kept across close()

@@ -1,0 +1,130 @@
+"""What the real server accepts: the baseline's discovery is rejected, every statement of ours runs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+
+import pytest
+
+from tests.harness.cassandra import CassandraHarness, CassandraServer
+from tests.scenario import CUTOFF, NOW, OLD, add_run
+from workflow_retention.backends.cassandra import CassandraBackend
+from workflow_retention.backends.cassandra.cql import SOURCES, STATEMENTS, TABLES
+from workflow_retention.seed import generate
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_the_server_rejects_the_baselines_discovery_query(cassandra_harness: CassandraHarness) -> None:
+    from cassandra import InvalidRequest
+
+    h = cassandra_harness
+    h.run(add_run(h.pyworkflow(), "run_old", "completed", OLD))
+    with pytest.raises(InvalidRequest, match="date_bucket must be restricted"):
+        h.run(h.pyworkflow().delete_old_runs(CUTOFF))
+    with pytest.raises(InvalidRequest, match="date_bucket must be restricted"):
+        h.execute("SELECT run_id FROM {ks}.runs_by_status WHERE status = 'completed'")
+    assert "run_old" in {i.key for i in h.inventory() if i.kind == "runs"}, "the baseline deleted something"
+    # ... and the same server answers our purge.
+    assert h.retention().delete_old_runs(CUTOFF).runs == 1
+
+
+def test_statements_are_legal_cql_as_written() -> None:
+    for name, cql in STATEMENTS.items():
+        assert "ALLOW FILTERING" not in cql.upper(), name
+        assert not re.search(r'(?<![\w"])token(?![\w"])(?!\s*\()', cql), f"{name}: bare column token"
+        where = cql.partition(" WHERE ")[2]
+        assert not cql.startswith(("SELECT", "DELETE")) or "token(" in where or " = ?" in where \
+            or " IN ?" in where or name == "release_version", name
+
+
+def test_the_server_prepares_every_statement(cassandra_harness: CassandraHarness) -> None:
+    """Preparing is where Cassandra checks partition-key restrictions and filtering: all must pass."""
+    cassandra_harness.pyworkflow()  # the keyspace exists, with pyworkflow's own tables
+    backend = cassandra_harness.retention()
+    for name in STATEMENTS:
+        backend.cql.prepared(name)
+
+
+def _raw_extras(server: CassandraServer, ks: str) -> None:
+    """What a seed does not hold: a soft-deleted schedule, a dangling index row, streams, orphans."""
+    rows = [
+        ("schedules (schedule_id, workflow_name, status, updated_at, next_run_time)",
+         ("sched_gone", "wf", "deleted", OLD, OLD)),
+        ("schedules_by_workflow (workflow_name, schedule_id, status)", ("wf", "sched_gone", "deleted")),
+        ("schedules_by_status (status, schedule_id, workflow_name)", ("deleted", "sched_gone", "wf")),
+        ("schedules_by_status (status, schedule_id, workflow_name)", ("deleted", "sched_lost", "wf")),
+        ("due_schedules (hour_bucket, next_run_time, schedule_id, status)",
+         (OLD.strftime("%Y-%m-%d-%H"), OLD, "sched_gone", "active")),
+        ("signals (stream_id, stream_run_id, sequence, signal_id, published_at)", ("s", "sr", 0, "sig_old", OLD)),
+        ("signal_acknowledgments (signal_id, step_run_id, acknowledged_at)", ("sig_old", "st", OLD)),
+        ("stream_subscriptions (stream_id, step_run_id, status, created_at)", ("s", "st", "completed", OLD)),
+        ("streams (stream_id, status, created_at)", ("s", "active", OLD)),
+    ]
+    run = server.session.execute
+    for target, values in rows:
+        run(f"INSERT INTO {ks}.{target} VALUES ({', '.join(['%s'] * len(values))})", values)
+    event_time = _uuid(OLD)
+    for table, columns, values in ORPHAN_ROWS:
+        marks = ", ".join(["%s"] * len(values))
+        run(f"INSERT INTO {ks}.{table} ({columns}) VALUES ({marks})",
+            tuple(event_time if v is _EVENT_TIME else v for v in values))
+
+
+def _uuid(when):
+    from cassandra.util import uuid_from_time
+
+    return uuid_from_time(when)
+
+
+_EVENT_TIME = object()
+#: One row naming the run "run_gone" (which has no record) in every table that names runs.
+ORPHAN_ROWS = [
+    ("events", "run_id, event_time, type", ("run_gone", _EVENT_TIME, "workflow.started")),
+    ("steps", "run_id, step_id, status", ("run_gone", "step_gone", "completed")),
+    ("hooks", 'run_id, hook_id, "token", status', ("run_gone", "hook_gone", "run_gone:hook_gone", "pending")),
+    ("cancellation_flags", "run_id, created_at", ("run_gone", OLD)),
+    ("checkpoints", "step_run_id, data", ("run_gone:step_gone", "{}")),
+    ("runs_by_idempotency_key", "idempotency_key, run_id", ("key_gone", "run_gone")),
+    ("hooks_by_token", '"token", run_id, hook_id', ("run_gone:hook_gone", "run_gone", "hook_gone")),
+    ("steps_by_id", "step_id, run_id", ("step_gone", "run_gone")),
+    ("hooks_by_id", "hook_id, run_id", ("hook_gone", "run_gone")),
+    ("runs_by_status", "status, date_bucket, created_at, run_id, workflow_name",
+     ("running", OLD.strftime("%Y-%m-%d"), OLD, "run_gone", "wf")),
+    ("runs_by_workflow", "workflow_name, date_bucket, created_at, run_id, status",
+     ("wf", OLD.strftime("%Y-%m-%d"), OLD, "run_gone", "running")),
+    ("runs_by_parent", "parent_run_id, created_at, run_id, status", ("run_some_parent", OLD, "run_gone", "running")),
+]
+
+
+def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraServer) -> None:
+    """One workload that makes the backend issue every statement it has, on the real server."""
+    server = cassandra_service
+    keyspace = f"{server.prefix}_coverage"
+    backend = CassandraBackend.from_url(server.url(keyspace), batch_size=20)
+    pw = server.pyworkflow(keyspace)
+    loop = asyncio.new_event_loop()
+    try:
+        backend.seed(generate(60, now=NOW, seed=3))  # a missing keyspace: our own DDL creates the layout
+        loop.run_until_complete(pw.connect())
+        loop.run_until_complete(add_run(pw, "run_unique_hook", "completed", OLD, hooks=("hook_only_mine",)))
+        _raw_extras(server, keyspace)
+        backend.check()
+        audit = backend.audit(older_than=CUTOFF)
+        orphans = backend.sweep_orphans(grace=timedelta(0))
+        report = backend.delete_old_runs(CUTOFF)
+        assert orphans.total == len(ORPHAN_ROWS), dict(orphans.counts)
+        assert {s.table for s in SOURCES} == {table for table, _, _ in ORPHAN_ROWS}
+        assert report.runs == audit.purge.runs > 0
+        assert report.counts["schedules"] == 1 and report.counts["signals"] == 1
+        executed = set(backend.statements)
+        missing = sorted(set(STATEMENTS) - executed)
+        assert not missing, f"statements never executed by the server: {missing}"
+        assert {f"ddl:{t}" for t in TABLES} | {"ddl:keyspace"} <= executed
+    finally:
+        backend.close()
+        loop.run_until_complete(pw.disconnect())
+        loop.close()
+        server.session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)

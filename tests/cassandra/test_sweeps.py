@@ -1,0 +1,70 @@
+"""The baseline's other sweeps on Cassandra: soft-deleted schedules and aged stream data, in legal CQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from tests.conformance.checks import snapshot
+from tests.harness.cassandra import CassandraHarness
+from tests.scenario import CUTOFF, NOW, OLD
+from workflow_retention.report import Kind
+
+
+def _rows(h: CassandraHarness, kind: str) -> set[str]:
+    return {i.key for i in h.inventory() if i.kind == kind}
+
+
+def test_soft_deleted_schedules_go_with_every_index_row(cassandra_harness: CassandraHarness) -> None:
+    from pyworkflow.storage.schemas import Schedule, ScheduleSpec
+
+    h, pw = cassandra_harness, cassandra_harness.pyworkflow()
+    for sid in ("sched_old", "sched_new", "sched_active"):
+        h.run(pw.create_schedule(Schedule(schedule_id=sid, workflow_name="wf", spec=ScheduleSpec(cron="0 3 * * *"),
+                                          created_at=OLD, next_run_time=OLD + timedelta(hours=5))))
+    with h.frozen(OLD):
+        h.run(pw.delete_schedule("sched_old"))
+    h.run(pw.delete_schedule("sched_new"))
+    assert any("sched_old" in k for k in _rows(h, "due_schedules")), "soft delete keeps the due row"
+    before = snapshot(h.inventory())
+    dry = h.retention().delete_old_runs(CUTOFF, dry_run=True)
+    assert snapshot(h.inventory()) == before
+    report = h.retention().delete_old_runs(CUTOFF)
+    assert dict(dry.counts) == dict(report.counts) == {Kind.SCHEDULES: 1}
+    left = [i for i in h.inventory() if "sched_old" in i.key]
+    assert left == []
+    assert h.run(pw.get_schedule("sched_new")) is not None and h.run(pw.get_schedule("sched_active")) is not None
+    assert {s.schedule_id for s in h.run(pw.list_schedules(workflow_name="wf"))} == {"sched_new", "sched_active"}
+
+
+def test_aged_stream_data_goes(cassandra_harness: CassandraHarness) -> None:
+    from cassandra import InvalidRequest
+
+    h, pw = cassandra_harness, cassandra_harness.pyworkflow()
+    with pytest.raises(InvalidRequest):  # pyworkflow's publish_signal restricts half a partition key
+        h.run(pw.publish_signal("sig_x", "stream_a", "tick", {}, stream_run_id="srun_1"))
+    with h.frozen(OLD):
+        h.run(pw.create_stream("stream_a", {"purpose": "test"}))
+        for step in ("sstep_terminated", "sstep_completed", "sstep_waiting"):
+            h.run(pw.register_stream_subscription("stream_a", step, ["tick"], stream_run_id="srun_1"))
+        h.run(pw.update_subscription_status("stream_a", "sstep_terminated", "terminated"))
+        h.run(pw.update_subscription_status("stream_a", "sstep_completed", "completed"))
+        h.run(pw.acknowledge_signal("sig_old", "sstep_completed"))
+    h.run(pw.register_stream_subscription("stream_a", "sstep_recent", ["tick"], stream_run_id="srun_1"))
+    h.run(pw.update_subscription_status("stream_a", "sstep_recent", "completed"))
+    h.run(pw.acknowledge_signal("sig_new", "sstep_recent"))
+    for seq, (sid, when) in enumerate((("sig_old", OLD), ("sig_new", NOW))):  # as publish_signal writes them
+        h.execute("INSERT INTO {ks}.signals (stream_run_id, sequence, signal_id, stream_id, signal_type, payload, "
+                  "published_at, source_run_id, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                  ("srun_1", seq, sid, "stream_a", "tick", json.dumps({"n": seq}), when, None, "{}"))
+    dry = h.retention().delete_old_runs(CUTOFF, dry_run=True)
+    report = h.retention().delete_old_runs(CUTOFF)
+    expected = {Kind.SIGNALS: 1, Kind.ACKNOWLEDGMENTS: 1, Kind.SUBSCRIPTIONS: 2}
+    assert dict(dry.counts) == dict(report.counts) == expected
+    assert _rows(h, "signals") == {"stream_a|srun_1|1"}
+    assert _rows(h, "signal_acknowledgments") == {"sig_new|sstep_recent"}
+    assert _rows(h, "stream_subscriptions") == {"stream_a|sstep_waiting", "stream_a|sstep_recent"}
+    assert _rows(h, "streams") == {"stream_a"}
+    assert h.retention().delete_old_runs(CUTOFF).counts == {}

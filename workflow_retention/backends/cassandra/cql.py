@@ -1,0 +1,238 @@
+"""Every CQL statement the Cassandra backend issues, by name.
+
+The backend executes statements only by name from :data:`STATEMENTS` (or a
+DDL statement from :data:`TABLES`), so this module is the complete list a
+reviewer, or the test that proves a real server accepts each of them, has to
+look at. Rules every statement follows:
+
+* it restricts the whole partition key (``=`` or ``IN`` on the partition key;
+  on a composite partition key ``IN`` only on its last column), or it is a
+  paged ``token()`` range scan (``WHERE token(pk) > ?`` bound to the
+  partitioner's minimum token and paged by the driver);
+* no ``ALLOW FILTERING``;
+* the column ``token`` is always written quoted (a reserved word in 2.1).
+"""
+
+from __future__ import annotations
+
+RUN_COLUMNS = "run_id, status, updated_at, created_at, parent_run_id, workflow_name, idempotency_key"
+RUN_STATUSES = ("pending", "running", "suspended", "completed", "failed", "interrupted", "cancelled",
+                "continued_as_new")
+SCHEDULE_STATUSES = ("active", "paused", "deleted")
+TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
+
+
+class Source:
+    """A table scanned row by row for orphans and the census.
+
+    ``columns`` are selected (their sizes make the bytes estimate), ``key``
+    is the full primary key, ``owner`` the column naming the run (None: the
+    run is the prefix of the key before ``:``, as for step checkpoints),
+    ``written`` the column whose ``WRITETIME`` dates the row, ``pointer``
+    whether the row is a lookup pointing to a run (deleted ``IF run_id = ?``).
+    """
+
+    def __init__(self, table: str, kind: str, columns: str, key: str, owner: str | None, written: str,
+                 pointer: bool = False, partition_columns: int = 1) -> None:
+        self.table, self.kind, self.owner, self.written, self.pointer = table, kind, owner, written, pointer
+        self.columns = [c.strip() for c in columns.split(",")]
+        self.key = [c.strip() for c in key.split(",")]
+        self.partition = ", ".join(self.key[:partition_columns])
+
+    @property
+    def scan_name(self) -> str:
+        return f"scan_{self.table}"
+
+    @property
+    def delete_name(self) -> str:
+        return f"orphan_{self.table}"
+
+    def scan_cql(self) -> str:
+        return (f"SELECT {', '.join(self.columns)}, WRITETIME({self.written}) AS written FROM {self.table} "
+                f"WHERE token({self.partition}) > ?")
+
+    def delete_cql(self) -> str:
+        where = " AND ".join(f"{c} = ?" for c in self.key)
+        return f"DELETE FROM {self.table} WHERE {where}" + (" IF run_id = ?" if self.pointer else "")
+
+
+def _sources() -> list[Source]:
+    from workflow_retention.report import Kind
+
+    return [
+        Source("events", Kind.EVENTS, "run_id, event_time, event_id, type, timestamp, data",
+               "run_id, event_time", "run_id", "type"),
+        Source("steps", Kind.STEPS, "run_id, step_id, step_name, status, created_at, updated_at, input_args, "
+               "input_kwargs, result, error", "run_id, step_id", "run_id", "status"),
+        Source("hooks", Kind.HOOKS, 'run_id, hook_id, "token", url, status, created_at, payload, name, metadata',
+               "run_id, hook_id", "run_id", "status"),
+        Source("cancellation_flags", Kind.CANCELLATION_FLAGS, "run_id, created_at", "run_id", "run_id",
+               "created_at"),
+        Source("checkpoints", Kind.CHECKPOINTS, "step_run_id, data, updated_at", "step_run_id", None, "data"),
+        Source("runs_by_idempotency_key", Kind.IDEMPOTENCY_KEYS, "idempotency_key, run_id", "idempotency_key",
+               "run_id", "run_id", pointer=True),
+        Source("hooks_by_token", Kind.HOOK_TOKENS, '"token", run_id, hook_id', '"token"', "run_id", "run_id",
+               pointer=True),
+        Source("steps_by_id", Kind.INDEX_ENTRIES, "step_id, run_id", "step_id", "run_id", "run_id", pointer=True),
+        Source("hooks_by_id", Kind.INDEX_ENTRIES, "hook_id, run_id", "hook_id", "run_id", "run_id", pointer=True),
+        Source("runs_by_status", Kind.INDEX_ENTRIES, "status, date_bucket, created_at, run_id, workflow_name",
+               "status, date_bucket, created_at, run_id", "run_id", "workflow_name", partition_columns=2),
+        Source("runs_by_workflow", Kind.INDEX_ENTRIES, "workflow_name, date_bucket, created_at, run_id, status",
+               "workflow_name, date_bucket, created_at, run_id", "run_id", "status", partition_columns=2),
+        Source("runs_by_parent", Kind.INDEX_ENTRIES, "parent_run_id, created_at, run_id, status",
+               "parent_run_id, created_at, run_id", "run_id", "status"),
+    ]
+
+
+SOURCES: list[Source] = _sources()
+
+#: Tables counted by the census that name no run: (table, partition key columns, kind).
+OTHER_TABLES = [("schedules", "schedule_id", "schedules"), ("streams", "stream_id", "streams"),
+                ("signals", "stream_id, stream_run_id", "signals"),
+                ("stream_subscriptions", "stream_id", "subscriptions"),
+                ("signal_acknowledgments", "signal_id", "acknowledgments")]
+
+STATEMENTS: dict[str, str] = {
+    # -- the purge: discovery, planning, re-check --------------------------------------
+    "scan_runs": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE token(run_id) > ?",
+    "runs_in": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE run_id IN ?",
+    "children_in": "SELECT parent_run_id, run_id FROM runs_by_parent WHERE parent_run_id IN ?",
+    # -- the purge: what a run owns -------------------------------------------------------
+    "events_in": "SELECT run_id FROM events WHERE run_id IN ?",
+    "steps_in": "SELECT run_id, step_id FROM steps WHERE run_id IN ?",
+    "hooks_in": 'SELECT run_id, hook_id, "token" FROM hooks WHERE run_id IN ?',
+    "flags_in": "SELECT run_id FROM cancellation_flags WHERE run_id IN ?",
+    "idempotency_in": "SELECT idempotency_key, run_id FROM runs_by_idempotency_key WHERE idempotency_key IN ?",
+    "steps_by_id_in": "SELECT step_id, run_id FROM steps_by_id WHERE step_id IN ?",
+    "hooks_by_id_in": "SELECT hook_id, run_id FROM hooks_by_id WHERE hook_id IN ?",
+    "tokens_in": 'SELECT "token", run_id FROM hooks_by_token WHERE "token" IN ?',
+    # -- the purge: deletes, index rows first, the run row last ------------------------------
+    "delete_idempotency_if": "DELETE FROM runs_by_idempotency_key WHERE idempotency_key = ? IF run_id = ?",
+    "delete_step_by_id_if": "DELETE FROM steps_by_id WHERE step_id = ? IF run_id = ?",
+    "delete_hook_by_id_if": "DELETE FROM hooks_by_id WHERE hook_id = ? IF run_id = ?",
+    "delete_tokens_in": 'DELETE FROM hooks_by_token WHERE "token" IN ?',
+    "delete_status_rows": "DELETE FROM runs_by_status WHERE status = ? AND date_bucket IN ? "
+                          "AND created_at = ? AND run_id = ?",
+    "delete_workflow_rows": "DELETE FROM runs_by_workflow WHERE workflow_name = ? AND date_bucket IN ? "
+                            "AND created_at = ? AND run_id = ?",
+    "delete_parent_row": "DELETE FROM runs_by_parent WHERE parent_run_id = ? AND created_at = ? AND run_id = ?",
+    "delete_children_in": "DELETE FROM runs_by_parent WHERE parent_run_id IN ?",
+    "delete_events_in": "DELETE FROM events WHERE run_id IN ?",
+    "delete_steps_in": "DELETE FROM steps WHERE run_id IN ?",
+    "delete_hooks_in": "DELETE FROM hooks WHERE run_id IN ?",
+    "delete_flags_in": "DELETE FROM cancellation_flags WHERE run_id IN ?",
+    "delete_run_if": "DELETE FROM workflow_runs WHERE run_id = ? IF status = ? AND updated_at = ?",
+    # -- the purge: step checkpoints (keyed <run_id>:<step_id>, found by a scan) ---------------
+    "scan_checkpoint_keys": "SELECT step_run_id FROM checkpoints WHERE token(step_run_id) > ?",
+    "delete_checkpoints_in": "DELETE FROM checkpoints WHERE step_run_id IN ?",
+    # -- the purge: soft-deleted schedules ------------------------------------------------------
+    "schedules_by_status": "SELECT schedule_id FROM schedules_by_status WHERE status = ?",
+    "schedules_in": "SELECT schedule_id, status, updated_at, workflow_name, next_run_time FROM schedules "
+                    "WHERE schedule_id IN ?",
+    "delete_due_schedule": "DELETE FROM due_schedules WHERE hour_bucket IN ? AND next_run_time = ? "
+                           "AND schedule_id = ?",
+    "delete_schedule_by_workflow": "DELETE FROM schedules_by_workflow WHERE workflow_name = ? AND schedule_id = ?",
+    "delete_schedule_if": "DELETE FROM schedules WHERE schedule_id = ? IF status = ? AND updated_at = ?",
+    "delete_schedule_by_status": "DELETE FROM schedules_by_status WHERE status IN ? AND schedule_id = ?",
+    # -- the purge: aged stream data ----------------------------------------------------------
+    "scan_signals": "SELECT stream_id, stream_run_id, sequence, signal_id, published_at FROM signals "
+                    "WHERE token(stream_id, stream_run_id) > ?",
+    "acks_in": "SELECT signal_id FROM signal_acknowledgments WHERE signal_id IN ?",
+    "delete_acks_in": "DELETE FROM signal_acknowledgments WHERE signal_id IN ?",
+    "delete_signal": "DELETE FROM signals WHERE stream_id = ? AND stream_run_id = ? AND sequence = ?",
+    "scan_subscriptions": "SELECT stream_id, step_run_id, status, created_at FROM stream_subscriptions "
+                          "WHERE token(stream_id) > ?",
+    "delete_subscription": "DELETE FROM stream_subscriptions WHERE stream_id = ? AND step_run_id = ?",
+    # -- seeding (pyworkflow-engine 0.4.0's writes) ------------------------------------------------
+    "insert_run": "INSERT INTO workflow_runs (run_id, workflow_name, status, created_at, updated_at, started_at, "
+                  "completed_at, input_args, input_kwargs, result, error, idempotency_key, max_duration, context, "
+                  "recovery_attempts, max_recovery_attempts, recover_on_worker_loss, parent_run_id, nesting_depth, "
+                  "continued_from_run_id, continued_to_run_id) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "insert_idempotency": "INSERT INTO runs_by_idempotency_key (idempotency_key, run_id) VALUES (?, ?)",
+    "insert_status_row": "INSERT INTO runs_by_status (status, date_bucket, created_at, run_id, workflow_name) "
+                         "VALUES (?, ?, ?, ?, ?)",
+    "insert_workflow_row": "INSERT INTO runs_by_workflow (workflow_name, date_bucket, created_at, run_id, status) "
+                           "VALUES (?, ?, ?, ?, ?)",
+    "insert_parent_row": "INSERT INTO runs_by_parent (parent_run_id, created_at, run_id, status) "
+                         "VALUES (?, ?, ?, ?)",
+    "insert_event": "INSERT INTO events (run_id, event_time, event_id, type, timestamp, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+    "insert_step": "INSERT INTO steps (run_id, step_id, step_name, status, created_at, updated_at, started_at, "
+                   "completed_at, input_args, input_kwargs, result, error, attempt, max_retries, retry_after, "
+                   "retry_delay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "insert_step_by_id": "INSERT INTO steps_by_id (step_id, run_id) VALUES (?, ?)",
+    "insert_hook": 'INSERT INTO hooks (run_id, hook_id, "token", url, status, created_at, received_at, expires_at, '
+                   "payload, name, payload_schema, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "insert_hook_by_id": "INSERT INTO hooks_by_id (hook_id, run_id) VALUES (?, ?)",
+    "insert_hook_by_token": 'INSERT INTO hooks_by_token ("token", run_id, hook_id) VALUES (?, ?, ?)',
+    "insert_checkpoint": "INSERT INTO checkpoints (step_run_id, data, created_at, updated_at) VALUES (?, ?, ?, ?)",
+    "insert_flag": "INSERT INTO cancellation_flags (run_id, created_at) VALUES (?, ?)",
+    # -- check ---------------------------------------------------------------------------------
+    "release_version": "SELECT release_version FROM system.local",
+}
+
+for _source in SOURCES:
+    STATEMENTS[_source.scan_name] = _source.scan_cql()
+    STATEMENTS[_source.delete_name] = _source.delete_cql()
+for _table, _pk, _kind in OTHER_TABLES:
+    STATEMENTS[f"count_{_table}"] = f"SELECT {_pk} FROM {_table} WHERE token({_pk}) > ?"
+
+#: Statements that write (executed at the write consistency; the others at the read consistency).
+WRITES = frozenset(n for n, q in STATEMENTS.items() if q.startswith(("INSERT", "DELETE", "UPDATE")))
+#: Lightweight transactions (``IF ...``): Paxos at the serial consistency.
+CONDITIONAL = frozenset(n for n, q in STATEMENTS.items() if " IF " in q)
+
+#: pyworkflow-engine 0.4.0's tables (storage/cassandra.py), "token" quoted; created by ``seed`` if missing.
+TABLES: dict[str, str] = {
+    "workflow_runs": "run_id TEXT PRIMARY KEY, workflow_name TEXT, status TEXT, created_at TIMESTAMP, "
+                     "updated_at TIMESTAMP, started_at TIMESTAMP, completed_at TIMESTAMP, input_args TEXT, "
+                     "input_kwargs TEXT, result TEXT, error TEXT, idempotency_key TEXT, max_duration TEXT, "
+                     "context TEXT, recovery_attempts INT, max_recovery_attempts INT, recover_on_worker_loss BOOLEAN, "
+                     "parent_run_id TEXT, nesting_depth INT, continued_from_run_id TEXT, continued_to_run_id TEXT",
+    "runs_by_idempotency_key": "idempotency_key TEXT PRIMARY KEY, run_id TEXT",
+    "events": "run_id TEXT, event_time TIMEUUID, event_id TEXT, type TEXT, timestamp TIMESTAMP, data TEXT, "
+              "PRIMARY KEY (run_id, event_time)) WITH CLUSTERING ORDER BY (event_time ASC",
+    "steps": "run_id TEXT, step_id TEXT, step_name TEXT, status TEXT, created_at TIMESTAMP, updated_at TIMESTAMP, "
+             "started_at TIMESTAMP, completed_at TIMESTAMP, input_args TEXT, input_kwargs TEXT, result TEXT, "
+             "error TEXT, attempt INT, max_retries INT, retry_after TIMESTAMP, retry_delay TEXT, "
+             "PRIMARY KEY (run_id, step_id)",
+    "steps_by_id": "step_id TEXT PRIMARY KEY, run_id TEXT",
+    "hooks": 'run_id TEXT, hook_id TEXT, "token" TEXT, url TEXT, status TEXT, created_at TIMESTAMP, '
+             "received_at TIMESTAMP, expires_at TIMESTAMP, payload TEXT, name TEXT, payload_schema TEXT, "
+             "metadata TEXT, PRIMARY KEY (run_id, hook_id)",
+    "hooks_by_id": "hook_id TEXT PRIMARY KEY, run_id TEXT",
+    "hooks_by_token": '"token" TEXT PRIMARY KEY, run_id TEXT, hook_id TEXT',
+    "cancellation_flags": "run_id TEXT PRIMARY KEY, created_at TIMESTAMP",
+    "checkpoints": "step_run_id TEXT PRIMARY KEY, data TEXT, created_at TIMESTAMP, updated_at TIMESTAMP",
+    "streams": "stream_id TEXT PRIMARY KEY, status TEXT, created_at TIMESTAMP, metadata TEXT",
+    "signals": "stream_run_id TEXT, sequence INT, signal_id TEXT, stream_id TEXT, signal_type TEXT, payload TEXT, "
+               "published_at TIMESTAMP, source_run_id TEXT, metadata TEXT, "
+               "PRIMARY KEY ((stream_id, stream_run_id), sequence)) WITH CLUSTERING ORDER BY (sequence ASC",
+    "stream_subscriptions": "stream_id TEXT, step_run_id TEXT, signal_types TEXT, status TEXT, "
+                            "created_at TIMESTAMP, PRIMARY KEY (stream_id, step_run_id)",
+    "signal_acknowledgments": "signal_id TEXT, step_run_id TEXT, acknowledged_at TIMESTAMP, "
+                              "PRIMARY KEY (signal_id, step_run_id)",
+    "schedules": "schedule_id TEXT PRIMARY KEY, workflow_name TEXT, spec TEXT, spec_type TEXT, timezone TEXT, "
+                 "args TEXT, kwargs TEXT, status TEXT, overlap_policy TEXT, created_at TIMESTAMP, "
+                 "updated_at TIMESTAMP, last_run_at TIMESTAMP, next_run_time TIMESTAMP, last_run_id TEXT, "
+                 "running_run_ids TEXT, buffered_count INT",
+    "schedules_by_workflow": "workflow_name TEXT, schedule_id TEXT, status TEXT, "
+                             "PRIMARY KEY (workflow_name, schedule_id)",
+    "schedules_by_status": "status TEXT, schedule_id TEXT, workflow_name TEXT, PRIMARY KEY (status, schedule_id)",
+    "due_schedules": "hour_bucket TEXT, next_run_time TIMESTAMP, schedule_id TEXT, status TEXT, "
+                     "PRIMARY KEY (hour_bucket, next_run_time, schedule_id)) "
+                     "WITH CLUSTERING ORDER BY (next_run_time ASC, schedule_id ASC",
+    "runs_by_status": "status TEXT, date_bucket TEXT, created_at TIMESTAMP, run_id TEXT, workflow_name TEXT, "
+                      "PRIMARY KEY ((status, date_bucket), created_at, run_id)) "
+                      "WITH CLUSTERING ORDER BY (created_at DESC, run_id DESC",
+    "runs_by_workflow": "workflow_name TEXT, date_bucket TEXT, created_at TIMESTAMP, run_id TEXT, status TEXT, "
+                        "PRIMARY KEY ((workflow_name, date_bucket), created_at, run_id)) "
+                        "WITH CLUSTERING ORDER BY (created_at DESC, run_id DESC",
+    "runs_by_parent": "parent_run_id TEXT, created_at TIMESTAMP, run_id TEXT, status TEXT, "
+                      "PRIMARY KEY (parent_run_id, created_at, run_id)",
+}
+
+
+def create_table(name: str) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {name} ({TABLES[name]})"

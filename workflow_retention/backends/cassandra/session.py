@@ -1,0 +1,243 @@
+"""The driver session: named prepared statements, bounded concurrency, paged token scans.
+
+Every request goes through :class:`Cql`, which prepares the statements of
+:mod:`.cql` once, runs them at the configured consistency, keeps at most
+``concurrency`` requests in flight, counts requests and statements per
+statement name (the benchmarks' "statements per purged run"), and turns any
+driver error into :class:`StorageError` naming the statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from workflow_retention.backends.cassandra.cql import CONDITIONAL, STATEMENTS, WRITES
+from workflow_retention.backends.cassandra.settings import CassandraSettings
+from workflow_retention.exceptions import BackendUnavailableError, RetentionError, StorageError
+
+try:
+    from cassandra import ConsistencyLevel
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.concurrent import execute_concurrent
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+    from cassandra.query import BatchStatement, BatchType
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    DRIVER_MISSING: ImportError | None = exc
+else:
+    DRIVER_MISSING = None
+
+log = logging.getLogger("workflow_retention.cassandra")
+
+#: Keys per ``IN (...)`` list: a bounded fan-out for the coordinator.
+IN_CHUNK = 50
+#: Rows per page of the ``IN`` reads (a chunk of runs' events fits in one page).
+IN_FETCH = 2000
+MIN_TOKENS = {"Murmur3Partitioner": -(2**63), "RandomPartitioner": -1}
+
+
+def require_driver() -> None:
+    if DRIVER_MISSING is not None:
+        raise BackendUnavailableError("cassandra", "cassandra", DRIVER_MISSING)
+
+
+def chunks(items: Iterable[Any], size: int = IN_CHUNK) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Cql:
+    """A connected session that executes the statements of :mod:`.cql` by name."""
+
+    def __init__(self, settings: CassandraSettings) -> None:
+        require_driver()
+        self.settings = settings
+        self.cluster: Any = None
+        self.session: Any = None
+        self.keyspace_ready = False
+        self._prepared: dict[str, Any] = {}
+        self.requests: Counter = Counter()
+        self.statements: Counter = Counter()
+
+    # -- connection ----------------------------------------------------------------
+
+    def connect(self) -> None:
+        s = self.settings
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=s.local_dc)),
+            consistency_level=ConsistencyLevel.name_to_value[s.read_consistency],
+            serial_consistency_level=ConsistencyLevel.name_to_value[s.serial_consistency],
+            request_timeout=s.request_timeout)
+        options: dict[str, Any] = {"contact_points": list(s.contact_points), "port": s.port,
+                                   "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
+                                   "connect_timeout": s.connect_timeout, "schema_metadata_enabled": False}
+        if s.protocol_version is not None:
+            options["protocol_version"] = s.protocol_version
+        if s.username:
+            options["auth_provider"] = PlainTextAuthProvider(username=s.username, password=s.password or "")
+        with self._guard("connect"):
+            self.cluster = Cluster(**options)
+            self.session = self.cluster.connect()
+        self.use_keyspace(quiet=True)
+
+    def use_keyspace(self, quiet: bool = False) -> bool:
+        try:
+            self.session.set_keyspace(self.settings.keyspace)
+        except Exception as exc:
+            if not quiet:
+                raise StorageError(f"keyspace {self.settings.keyspace!r} is not usable: {exc}") from exc
+            return False
+        self.keyspace_ready = True
+        self._prepared.clear()
+        return True
+
+    def require_keyspace(self) -> None:
+        if not self.keyspace_ready:
+            self.use_keyspace()
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.shutdown()
+        self.cluster = self.session = None
+        self.keyspace_ready = False
+        self._prepared.clear()
+
+    @property
+    def min_token(self) -> int:
+        partitioner = (self.cluster.metadata.partitioner or "").rsplit(".", 1)[-1]
+        if partitioner not in MIN_TOKENS:
+            raise StorageError(f"token range scans support {', '.join(MIN_TOKENS)}; "
+                               f"this cluster uses {partitioner or 'an unknown partitioner'}")
+        return MIN_TOKENS[partitioner]
+
+    # -- statements ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except RetentionError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"Cassandra statement {name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    def prepared(self, name: str) -> Any:
+        statement = self._prepared.get(name)
+        if statement is None:
+            with self._guard(name):
+                statement = self.session.prepare(STATEMENTS[name])
+            if name in WRITES:
+                statement.consistency_level = ConsistencyLevel.name_to_value[self.settings.write_consistency]
+            statement.is_idempotent = name not in CONDITIONAL and not name.startswith("insert_")
+            self._prepared[name] = statement
+        return statement
+
+    def _count(self, name: str, requests: int = 1, statements: int | None = None) -> None:
+        self.requests[name] += requests
+        self.statements[name] += requests if statements is None else statements
+
+    def bound(self, name: str, params: Sequence[Any], fetch_size: int | None = None) -> Any:
+        with self._guard(name):
+            statement = self.prepared(name).bind(tuple(params))
+        if fetch_size is not None:
+            statement.fetch_size = fetch_size
+        return statement
+
+    def execute(self, name: str, params: Sequence[Any] = (), *, fetch_size: int | None = None,
+                paging_state: bytes | None = None) -> Any:
+        statement = self.bound(name, params, fetch_size)
+        self._count(name)
+        with self._guard(name):
+            return self.session.execute(statement, paging_state=paging_state)
+
+    def pages(self, name: str, params: Sequence[Any], fetch_size: int) -> Iterator[list[Any]]:
+        """Pages of at most ``fetch_size`` rows; the driver's paging state is the cursor."""
+        state = None
+        while True:
+            result = self.execute(name, params, fetch_size=fetch_size, paging_state=state)
+            yield list(result.current_rows)
+            state = result.paging_state
+            if not state:
+                return
+
+    def scan(self, name: str, page_size: int) -> Iterator[list[Any]]:
+        """A paged ``token()`` range scan over the whole ring (``WHERE token(pk) > min``)."""
+        yield from self.pages(name, (self.min_token,), page_size)
+
+    def concurrent(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Run ``(name, params)`` pairs with at most ``concurrency`` in flight; results in order."""
+        if not items:
+            return []
+        work = [(self.bound(name, params, IN_FETCH), None) for name, params in items]
+        for name, _ in items:
+            self._count(name)
+        with self._guard(items[0][0] if len({n for n, _ in items}) == 1 else "concurrent"):
+            results = execute_concurrent(self.session, work, concurrency=self.settings.concurrency,
+                                         raise_on_first_error=True)
+            return [result for _, result in results]
+
+    def rows_in(self, name: str, keys: Iterable[Any]) -> list[Any]:
+        """Rows of ``name`` (an ``... IN ?`` read) for ``keys``, in chunks of :data:`IN_CHUNK`."""
+        return self.reads_in({name: keys})[name]
+
+    def reads_in(self, reads: dict[str, Iterable[Any]]) -> dict[str, list[Any]]:
+        """Several ``IN`` reads at once (one round of concurrent requests): name -> rows."""
+        work = [(name, (chunk,)) for name, keys in reads.items() for chunk in chunks(dict.fromkeys(keys))]
+        found: dict[str, list[Any]] = {name: [] for name in reads}
+        for (name, _), result in zip(work, self.concurrent(work)):
+            found[name].extend(result.current_rows)
+            while result.has_more_pages:
+                self._count(name)
+                with self._guard(name):
+                    result.fetch_next_page()
+                found[name].extend(result.current_rows)
+        return found
+
+    def delete_in(self, name: str, keys: Iterable[Any]) -> None:
+        self.deletes_in({name: keys})
+
+    def deletes_in(self, deletes: dict[str, Iterable[Any]]) -> None:
+        """Several ``DELETE ... WHERE pk IN ?`` statements at once, in chunks of :data:`IN_CHUNK`."""
+        self.concurrent([(name, (chunk,)) for name, keys in deletes.items() for chunk in chunks(dict.fromkeys(keys))])
+
+    def conditional(self, name: str, params_list: Sequence[Sequence[Any]]) -> list[bool]:
+        """Lightweight transactions; returns whether each was applied."""
+        return [bool(result.was_applied) for result in self.concurrent([(name, p) for p in params_list])]
+
+    def unlogged_batches(self, batches: Sequence[Sequence[tuple[str, Sequence[Any]]]]) -> None:
+        """Each inner list becomes one UNLOGGED batch (one request); batches run concurrently."""
+        work = []
+        for members in batches:
+            if not members:
+                continue
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED,
+                                   consistency_level=ConsistencyLevel.name_to_value[self.settings.write_consistency])
+            for name, params in members:
+                batch.add(self.prepared(name), tuple(params))
+                self.statements[name] += 1
+            self.requests["unlogged_batch"] += 1
+            work.append((batch, ()))
+        if work:
+            with self._guard("unlogged_batch"):
+                execute_concurrent(self.session, work, concurrency=self.settings.concurrency,
+                                   raise_on_first_error=True)
+
+    def ddl(self, name: str, cql: str) -> None:
+        """A schema statement (seeding only); counted as ``ddl:<name>``."""
+        self._count(f"ddl:{name}")
+        with self._guard(f"ddl:{name}"):
+            self.session.execute(cql, timeout=max(self.settings.request_timeout, 60.0))
+
+    def summary(self) -> dict[str, int]:
+        return {"requests": sum(self.requests.values()), "statements": sum(self.statements.values())}
