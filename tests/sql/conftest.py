@@ -60,3 +60,24 @@ def run_row(harness: Any, run_id: str, status: str, updated: Any, created: Any =
     return {"run_id": run_id, "workflow_name": "t", "status": status, "updated_at": ts(updated),
             "created_at": ts(created if created is not None else updated), "parent_run_id": parent,
             "input_args": "[]", "input_kwargs": "{}", "nesting_depth": 1 if parent else 0}
+
+
+def holds_nothing(harness: Any, backend: Any) -> bool:
+    """True when ``backend`` holds no transaction, hence no lock, on the store.
+
+    Asked from outside where the server can tell (PostgreSQL ``pg_stat_activity``,
+    InnoDB's transaction list); for SQLite, from the sqlite3 connection's own state.
+    """
+    session = backend._session
+    if session is None:
+        return True
+    driver = session.connection.driver_connection
+    if harness.name == "sqlite":
+        return not driver.in_transaction
+    with harness.raw().connect() as conn:
+        if harness.name == "postgres":
+            state = conn.exec_driver_sql(f"SELECT state FROM pg_stat_activity WHERE pid = {driver.info.backend_pid}")
+            return state.scalar_one() == "idle"
+        trx = conn.exec_driver_sql("SELECT COUNT(*) FROM information_schema.innodb_trx "
+                                   f"WHERE trx_mysql_thread_id = {driver.thread_id()}")
+        return trx.scalar_one() == 0

@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from tests.conformance.checks import assert_no_orphans, run_ids
-from tests.sql.conftest import engine_like_pyworkflow
+from tests.sql.conftest import engine_like_pyworkflow, holds_nothing
 from workflow_retention.planning import TERMINAL_STATUSES
 from workflow_retention.seed import generate
 from workflow_retention.timeutil import parse_timestamp
@@ -112,7 +112,7 @@ def test_concurrent_writers_during_a_purge(sql: Any) -> None:
 
     with Writers(sql, backend, candidates) as writers:
         def on_batch(info: Any) -> None:
-            assert backend.engine.pool.checkedout() == 0, "a connection is held across on_batch"
+            assert holds_nothing(sql, backend), "a transaction or lock is held across on_batch"
             writers.current = list(info.run_ids)
             time.sleep(0.02)  # the engine gets to write between selection and deletion
 

@@ -12,7 +12,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from tests.conformance.checks import assert_no_orphans, run_ids, snapshot
-from tests.sql.conftest import engine_like_pyworkflow, insert_rows, run_row
+from tests.sql.conftest import engine_like_pyworkflow, holds_nothing, insert_rows, run_row
 from workflow_retention.exceptions import StorageError
 from workflow_retention.seed import generate
 
@@ -33,7 +33,7 @@ class Transactions:
         self.done: list[dict[str, Any]] = []
         self.statements: list[str] = []
         self.offsets: list[Any] = []
-        self._open: dict[int, dict[str, Any]] = {}
+        self._open: dict[int, dict[str, Any]] = {}  # SQLAlchemy connection -> its open transaction
         event.listen(engine, "begin", self._begin)
         event.listen(engine, "commit", self._end)
         event.listen(engine, "rollback", self._end)
@@ -59,28 +59,36 @@ class Transactions:
                 tx["runs_deleted"] += cursor.rowcount
 
 
-def test_every_transaction_is_bounded_by_one_batch(sql: Any) -> None:
+def test_every_transaction_is_bounded_by_one_batch(sql: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = sql.retention(batch_size=20)
     backend.seed(generate(200, now=NOW, seed=5, child_share=0.0))
     tx = Transactions(backend.engine)
+    cascades: list[tuple[int, int]] = []  # (runs, transactions begun so far)
+    original = type(backend)._cascade
+
+    def cascade(self: Any, conn: Any, plan: Any, runs: list, dry_run: bool) -> Any:
+        assert conn.in_transaction() and not dry_run
+        cascades.append((len(runs), len(tx.done)))
+        return original(self, conn, plan, runs, dry_run)
+
+    monkeypatch.setattr(type(backend), "_cascade", cascade)
     report = backend.delete_old_runs(CUTOFF, on_batch=lambda info: None)
-    writes = [t for t in tx.done if t["writes"]]
-    run_batches = [t for t in writes if t["runs_deleted"]]
-    assert report.runs > 60 and len(run_batches) == -(-report.runs // 20)
-    assert all(t["runs_deleted"] <= 20 for t in run_batches)
-    assert sum(t["runs_deleted"] for t in run_batches) == report.runs
+    assert report.runs > 60 and len(cascades) == -(-report.runs // 20)
+    assert all(n <= 20 for n, _ in cascades) and sum(n for n, _ in cascades) == report.runs
+    assert len({done for _, done in cascades}) == len(cascades), "two batches shared a transaction"
+    assert max(t["seconds"] for t in tx.done) < 5
     selects = [s for s in tx.statements if "FROM workflow_runs" in s and "LIMIT" in s.upper()]
     assert selects and set(tx.offsets) <= {0}
     assert all("created_at <" in s and "ORDER BY workflow_runs.created_at, workflow_runs.run_id" in s
                for s in selects if "status IN" in s)
 
 
-def test_no_connection_is_held_while_on_batch_runs(sql: Any) -> None:
+def test_no_transaction_or_lock_is_held_while_on_batch_runs(sql: Any) -> None:
     backend = sql.retention(batch_size=2)
     old_runs(sql)
-    seen: list[int] = []
-    backend.delete_old_runs(CUTOFF, on_batch=lambda info: seen.append(backend.engine.pool.checkedout()))
-    assert seen and set(seen) == {0}
+    seen: list[bool] = []
+    backend.delete_old_runs(CUTOFF, on_batch=lambda info: seen.append(holds_nothing(sql, backend)))
+    assert len(seen) == 3 and all(seen)
 
 
 def test_session_timeouts_are_set_on_every_connection(sql: Any) -> None:

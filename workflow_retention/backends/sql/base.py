@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, MetaData, Select, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Engine, MetaData, Select, TextClause, and_, func, or_, select, text, tuple_
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -37,6 +37,13 @@ T = TypeVar("T")
 def like_prefix(run_id: str) -> str:
     """``LIKE`` pattern for ``<run_id>:...`` with ``!`` as the escape character."""
     return re.sub(r"([!%_])", r"!\1", run_id) + ":%"
+
+
+def _power_of_two(n: int) -> int:
+    size = 1
+    while size < n:
+        size *= 2
+    return size
 
 
 def positive(value: object, name: str) -> float:
@@ -58,8 +65,12 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
     types: ClassVar[Types]
     #: True when ``column < value`` in SQL is the exact instant comparison (typed timestamps).
     exact_time: ClassVar[bool] = True
-    #: SQLSTATEs / error codes retried with backoff (deadlock, serialization failure).
+    #: Attempts of a batch transaction that hits a deadlock or serialization failure.
     retry_attempts: ClassVar[int] = 6
+    #: Ids per statement (IN lists, OR terms): well under every driver's parameter limit.
+    id_chunk: ClassVar[int] = 1000
+    #: Run ids per step-checkpoint statement (each adds one range or LIKE term).
+    checkpoint_chunk: ClassVar[int] = 256
 
     def __init__(self, *, url: str, statement_timeout: float = 30.0, lock_timeout: float = 10.0,
                  batch_size: int | None = None) -> None:
@@ -67,6 +78,8 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
         self.statement_timeout = positive(statement_timeout, "statement_timeout")
         self.lock_timeout = positive(lock_timeout, "lock_timeout")
         self._engine: Engine | None = None
+        self._session: Connection | None = None
+        self._checkpoint_sql: dict[tuple[int, bool], TextClause] = {}
         #: Transactions retried after a deadlock or serialization failure (for logs and tests).
         self.retries = 0
 
@@ -103,16 +116,43 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
             return {"runs": runs, "server": self.server_version(conn)}
 
     @contextmanager
+    def session(self) -> Iterator[None]:
+        """Use one connection for a whole purge, sweep or census (one pool checkout and ping).
+
+        Between transactions it is idle: it holds no lock and no transaction while
+        ``on_batch`` runs.
+        """
+        if self._session is not None:
+            yield
+            return
+        with self.engine.connect() as conn:
+            self._session = conn
+            try:
+                yield
+            finally:
+                self._session = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        if self._session is not None:
+            yield self._session
+        else:
+            with self.engine.connect() as conn:
+                yield conn
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A short read transaction (closed before any ``on_batch`` call)."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A short read (closed before any ``on_batch`` call)."""
+        with self._connection() as conn:
+            conn.execution_options(**self.read_options())
+            with conn.begin():
+                yield conn
 
     def write(self, body: Callable[[Connection], T]) -> T:
         """Run ``body`` in one write transaction; retry it on deadlock or serialization failure."""
         for attempt in range(1, self.retry_attempts + 1):
             try:
-                with self.engine.connect() as conn:
+                with self._connection() as conn:
                     conn.execution_options(**self.write_options())
                     with conn.begin():
                         return body(conn)
@@ -140,6 +180,10 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
 
     def _create_engine(self) -> Engine:
         raise NotImplementedError
+
+    def read_options(self) -> dict[str, Any]:
+        """Execution options of a read (PostgreSQL: autocommit, no BEGIN/COMMIT round trips)."""
+        return {}
 
     def write_options(self) -> dict[str, Any]:
         """Execution options of a write transaction (SQLite: ``BEGIN IMMEDIATE``)."""
@@ -173,9 +217,36 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
             terms.append(and_(*equal, column > values[i]))
         return or_(*terms)
 
-    def checkpoints_of(self, column: ColumnElement, run_ids: Sequence[str]) -> ColumnElement:
-        """Step checkpoints ``<run_id>:<step_id>`` of ``run_ids`` (exact, through the primary key)."""
-        return or_(*[and_(column >= f"{run_id}:", column < f"{run_id};") for run_id in run_ids])
+    def among(self, column: ColumnElement, values: Sequence[str]) -> ColumnElement:
+        """``column IN (values)``."""
+        return column.in_(values)
+
+    def checkpoint_ranges(self) -> bool:
+        """True when ``step_run_id`` sorts by code point, so ``[<id>:, <id>;)`` is exactly the prefix
+        ``<id>:`` (a primary-key range); otherwise an escaped ``LIKE`` is used."""
+        return True
+
+    def checkpoint_match(self, run_ids: Sequence[str]) -> tuple[TextClause, dict[str, str]]:
+        """WHERE clause (with its parameters) matching the step checkpoints ``<run_id>:<step_id>`` of ``run_ids``.
+
+        Written as text, with the ids padded to a power of two (the last one repeated): building
+        hundreds of SQLAlchemy expressions per batch would cost more than the deletes, and a few
+        statement shapes keep cached statements, and memory, from growing with every batch size.
+        """
+        run_ids = list(run_ids) + [run_ids[-1]] * (_power_of_two(len(run_ids)) - len(run_ids))
+        ranges = self.checkpoint_ranges()
+        key = (len(run_ids), ranges)
+        clause = self._checkpoint_sql.get(key)
+        if clause is None:
+            terms = [f"(step_run_id >= :cp_lo{i} AND step_run_id < :cp_hi{i})" if ranges
+                     else f"step_run_id LIKE :cp_like{i} ESCAPE '!'" for i in range(len(run_ids))]
+            clause = self._checkpoint_sql[key] = text(" OR ".join(terms))
+        if ranges:
+            params = {f"cp_lo{i}": f"{r}:" for i, r in enumerate(run_ids)}
+            params.update({f"cp_hi{i}": f"{r};" for i, r in enumerate(run_ids)})
+        else:
+            params = {f"cp_like{i}": like_prefix(r) for i, r in enumerate(run_ids)}
+        return clause, params
 
     def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
         """SQL for the run_id part of a checkpoint key (before the first ``:``)."""

@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from sqlalchemy import Boolean, ColumnElement, Engine, String, create_engine, event, func, or_
+from sqlalchemy import Boolean, ColumnElement, Engine, String, create_engine, event, func
 from sqlalchemy.dialects.mysql import DATETIME, LONGTEXT
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
-from workflow_retention.backends.sql.base import SQLBackend, like_prefix
+from workflow_retention.backends.sql.base import SQLBackend
 from workflow_retention.backends.sql.schema import Types
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
 from workflow_retention.urls import query_params, split_url
@@ -105,8 +105,8 @@ class MySQLBackend(SQLBackend):
     def after(self, columns: Any, values: Any) -> ColumnElement:
         return self.expanded_after(columns, values)  # range access on the composite index
 
-    def checkpoints_of(self, column: ColumnElement, run_ids: Any) -> ColumnElement:
-        return or_(*[column.like(like_prefix(run_id), escape="!") for run_id in run_ids])
+    def checkpoint_ranges(self) -> bool:
+        return False  # a case-insensitive collation: LIKE matches as every engine lookup does
 
     def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
         return func.substring_index(column, ":", 1)

@@ -48,7 +48,7 @@ class PurgeMixin:
     """``_purge`` for :class:`~workflow_retention.backends.sql.base.SQLBackend`."""
 
     def _purge(self, job: PurgeJob) -> None:
-        with self.translated("purge"):
+        with self.translated("purge"), self.session():
             cursor: tuple[Any, str] | None = None
             while True:
                 with self.read() as conn:
@@ -66,8 +66,12 @@ class PurgeMixin:
     # -- selection (read transaction) -----------------------------------------------
 
     def _candidates(self, job: PurgeJob, cursor: tuple[Any, str] | None) -> Any:
-        r = self.table("workflow_runs").c
-        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at).where(
+        runs = self.table("workflow_runs")
+        parent = runs.alias("parent")
+        r, p = runs.c, parent.c
+        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at, p.run_id.label("p_run_id"),
+                      p.status.label("p_status"), p.updated_at.label("p_updated_at"))
+        stmt = stmt.select_from(runs.outerjoin(parent, p.run_id == r.parent_run_id)).where(
             self.before(r.created_at, job.cutoff), r.status.in_(sorted(TERMINAL_STATUSES)))
         if self.exact_time:
             stmt = stmt.where(r.updated_at < self.db_time(job.cutoff))
@@ -84,8 +88,8 @@ class PurgeMixin:
         page = drop_invalid([r for r in refs if r.is_expired(cutoff) or r.corrupt], job.report)
         if not page:
             return None
-        parent_ids = sorted({r.parent_run_id for r in page if r.parent_run_id})
-        parents = self._refs(conn, parent_ids)
+        parents = {row.parent_run_id: _guarded(RunRef.parse(row.p_run_id, row.p_status, row.p_updated_at))
+                   for row in rows if row.p_run_id is not None}
         roots = split_roots(page, parents, cutoff)
         if not roots:
             return None
@@ -94,8 +98,8 @@ class PurgeMixin:
     def _refs(self, conn: Connection, run_ids: Sequence[str], lock: bool = False) -> dict[str, RunRef]:
         r = self.table("workflow_runs").c
         found: dict[str, RunRef] = {}
-        for chunk in _chunks(sorted(run_ids)):
-            stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(r.run_id.in_(chunk))
+        for chunk in _chunks(sorted(run_ids), self.id_chunk):
+            stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(self.among(r.run_id, chunk))
             if lock:
                 stmt = self.lock(stmt.order_by(r.run_id))
             for row in conn.execute(stmt):
@@ -106,8 +110,8 @@ class PurgeMixin:
     def _children(self, conn: Connection, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
         r = self.table("workflow_runs").c
         found: dict[str, list[RunRef]] = {}
-        for chunk in _chunks(sorted(parent_ids)):
-            stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(r.parent_run_id.in_(chunk))
+        for chunk in _chunks(sorted(parent_ids), self.id_chunk):
+            stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(self.among(r.parent_run_id, chunk))
             for row in conn.execute(stmt):
                 ref = _guarded(RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id))
                 found.setdefault(row.parent_run_id, []).append(ref)
@@ -155,23 +159,22 @@ class PurgeMixin:
             return counts
         for name, kind in RUN_CHILDREN:
             column = self.table(name).c.run_id
-            for chunk in _chunks(ids):
-                counts[kind] += self._apply(conn, name, column.in_(chunk), dry_run)
-        checkpoint = self.table("checkpoints").c.step_run_id
-        for chunk in _chunks(ids, 256):
-            counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", self.checkpoints_of(checkpoint, _padded(chunk)),
-                                                    dry_run)
+            for chunk in _chunks(ids, self.id_chunk):
+                counts[kind] += self._apply(conn, name, self.among(column, chunk), dry_run)
+        for chunk in _chunks(ids, self.checkpoint_chunk):
+            where, params = self.checkpoint_match(chunk)
+            counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", where, dry_run, params)
         run_id = self.table("workflow_runs").c.run_id
         for level in _levels(plan, ids):
-            for chunk in _chunks(level):
-                counts[Kind.RUNS] += self._apply(conn, "workflow_runs", run_id.in_(chunk), dry_run)
+            for chunk in _chunks(level, self.id_chunk):
+                counts[Kind.RUNS] += self._apply(conn, "workflow_runs", self.among(run_id, chunk), dry_run)
         return +counts
 
-    def _apply(self, conn: Connection, name: str, where: Any, dry_run: bool) -> int:
+    def _apply(self, conn: Connection, name: str, where: Any, dry_run: bool, params: Any = None) -> int:
         table = self.table(name)
         if dry_run:
-            return conn.execute(select(func.count()).select_from(table).where(where)).scalar_one()
-        return conn.execute(delete(table).where(where)).rowcount
+            return conn.execute(select(func.count()).select_from(table).where(where), params).scalar_one()
+        return conn.execute(delete(table).where(where), params).rowcount
 
     # -- the baseline's other sweeps ------------------------------------------------------
 
@@ -204,15 +207,6 @@ def _levels(plan: Plan, ids: list[str]) -> list[list[str]]:
     for run_id in ids:
         levels[height[run_id]].append(run_id)
     return levels
-
-
-def _padded(ids: Sequence[str]) -> list[str]:
-    """``ids`` repeated up to a power of two: a handful of statement shapes, so the compiled-statement
-    cache (and memory) does not grow with every batch size a purge happens to produce."""
-    size = 1
-    while size < len(ids):
-        size *= 2
-    return list(ids) + [ids[-1]] * (size - len(ids))
 
 
 def _chunks(items: Sequence[str], size: int = 1000) -> Iterable[Sequence[str]]:

@@ -51,7 +51,11 @@ class SeedMixin:
         with self.translated("seeding"), self.engine.begin() as conn:
             for name, batch in rows.items():
                 if batch:
-                    conn.execute(insert(self.table(name)), batch)
+                    self.bulk_insert(conn, self.table(name), batch)
+
+    def bulk_insert(self, conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+        """Dialect hook: insert many rows fast (a multi-row INSERT; PostgreSQL uses COPY)."""
+        conn.execute(insert(table), rows)
 
     def _seed_rows(self, seed: SeedRun, rows: dict[str, list[dict[str, Any]]]) -> None:
         ts, js = self._ts, self._json

@@ -91,6 +91,9 @@ class SQLiteBackend(SQLBackend):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             sqlite3.connect(self.path).close()
 
+    def read_options(self) -> dict[str, Any]:
+        return {"sqlite_immediate": False}
+
     def write_options(self) -> dict[str, Any]:
         return {"sqlite_immediate": True}
 

@@ -74,6 +74,10 @@ class SweepMixin:
     """Sweeps, orphan repair and census for :class:`~workflow_retention.backends.sql.base.SQLBackend`."""
 
     def run_sweep(self, job: PurgeJob | OrphanJob, sweep: Sweep) -> None:
+        with self.session():
+            self._run_sweep(job, sweep)
+
+    def _run_sweep(self, job: PurgeJob | OrphanJob, sweep: Sweep) -> None:
         t = sweep.table
         keys = [t.c[k] for k in sweep.keys]
         size = [func.coalesce(func.length(cast(sweep.size, Text)), 0).label("wr_size")] if sweep.size is not None else []
@@ -109,7 +113,7 @@ class SweepMixin:
         if job.dry_run:
             deleted = len(chosen)
         else:
-            match = keys[0].in_([k[0] for k in chosen]) if len(keys) == 1 else tuple_(*keys).in_(chosen)
+            match = self.among(keys[0], [k[0] for k in chosen]) if len(keys) == 1 else tuple_(*keys).in_(chosen)
             stmt = delete(sweep.table).where(match)
             if sweep.recheck is not None:
                 stmt = stmt.where(sweep.recheck)
@@ -193,7 +197,7 @@ class SweepMixin:
     def _census(self, job: CensusJob) -> None:
         census, tables = job.census, self.metadata.tables
         census.bytes_estimated = True
-        with self.translated("audit"):
+        with self.translated("audit"), self.session():
             with self.read() as conn:
                 runs = tables["workflow_runs"]
                 for status, n in conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)):
