@@ -53,7 +53,7 @@ class Selection:
             return None
 
     def _runs(self, *, report: bool) -> Iterator[RunRef]:
-        """Stream ``(entry name, RunRef)`` for every run file; unreadable ones reported once (``report``)."""
+        """Stream a RunRef per run file; unusable files are reported when ``report`` (the first pass)."""
         for entry in self.layout.entries(RUNS):
             if not entry.name.endswith(".json"):
                 continue
