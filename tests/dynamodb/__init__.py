@@ -1,0 +1,1 @@
+"""DynamoDB-specific tests, and the DynamoDB Local server the test setup starts."""

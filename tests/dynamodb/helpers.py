@@ -1,0 +1,27 @@
+"""Shared pieces of the DynamoDB tests: a backend on the harness's table with a faulty client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.dynamodb.faults import FaultyClient
+from tests.dynamodb.local import REGION
+from tests.harness.dynamodb import DynamoDBHarness
+
+
+def faulty_backend(h: DynamoDBHarness, **options: Any) -> tuple[Any, FaultyClient]:
+    """Our backend on the test's table, through a :class:`FaultyClient` around a real client."""
+    import boto3
+    from botocore.config import Config
+
+    from workflow_retention.backends.dynamodb import DynamoDBBackend
+
+    real = boto3.client("dynamodb", endpoint_url=h.endpoint, region_name=REGION,
+                        config=Config(retries={"max_attempts": 1}, max_pool_connections=16))
+    client = FaultyClient(real)
+    backend = DynamoDBBackend(h.table, region=REGION, endpoint_url=h.endpoint, client=client, **options)
+    return h.track(backend), client
+
+
+def markers(h: DynamoDBHarness) -> set[str]:
+    return {i.run_id for i in h.inventory() if i.kind == "retention_markers"}

@@ -1,0 +1,120 @@
+"""The commit order on DynamoDB: a run changed at any moment keeps everything; a crash at any point
+leaves a state the next purge completes (markers first, conditional delete, cascade, markers last)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conformance.checks import assert_no_orphans, items_of, run_ids
+from tests.dynamodb.faults import Crash
+from tests.dynamodb.helpers import faulty_backend, markers
+from tests.harness.dynamodb import DynamoDBHarness
+from tests.scenario import CUTOFF, Scenario, build
+
+
+@pytest.fixture
+def scenario(dynamodb_harness: DynamoDBHarness) -> Scenario:
+    return dynamodb_harness.run(build(dynamodb_harness, dynamodb_harness.pyworkflow()))
+
+
+def writes(prefix: str, request: str = "DeleteRequest") -> Any:
+    """Matches a BatchWriteItem holding a ``request`` for a key whose PK starts with ``prefix``."""
+    def matches(params: dict[str, Any]) -> bool:
+        for reqs in params["RequestItems"].values():
+            for req in reqs:
+                body = req.get(request)
+                if body and (body.get("Key") or body.get("Item"))["PK"]["S"].startswith(prefix):
+                    return True
+        return False
+
+    return matches
+
+
+def nth(n: int) -> Any:
+    calls: list[int] = []
+    return lambda params: calls.append(1) or len(calls) == n
+
+
+CRASH_POINTS = {
+    "markers-written": ("batch_write_item", writes("RETENTION#", "PutRequest")),
+    "first-commit": ("delete_item", nth(1)),
+    "after-some-commits": ("delete_item", nth(3)),
+    "tokens-and-flags": ("batch_write_item", writes("TOKEN#")),
+    "hooks-and-partitions": ("batch_write_item", writes("RUN#")),
+    "cascade-lookups": ("query", nth(12)),
+    "before-the-scan": ("scan", nth(1)),
+    "checkpoints": ("batch_write_item", writes("CHECKPOINT#")),
+    "markers-dropped": ("batch_write_item", writes("RETENTION#")),
+}
+
+
+@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
+def test_crash_at_any_point_then_rerun_ends_clean(dynamodb_harness: DynamoDBHarness, scenario: Scenario,
+                                                  point: str) -> None:
+    h = dynamodb_harness
+    survivors = scenario.kept | scenario.held
+    before = items_of(h.inventory(), survivors)
+    backend, client = faulty_backend(h, batch_size=3)
+    client.crash_when(*CRASH_POINTS[point])
+    with pytest.raises(Crash):
+        backend.delete_old_runs(CUTOFF)
+    backend.close()
+    assert items_of(h.inventory(), survivors) == before, "a crash touched a run that must be kept"
+    h.retention().delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert run_ids(items) == survivors
+    assert_no_orphans(items)
+    assert items_of(items, survivors) == before
+    assert not markers(h)
+
+
+def test_run_changed_after_its_marker_keeps_everything(dynamodb_harness: DynamoDBHarness,
+                                                       scenario: Scenario) -> None:
+    """The engine writes between step 1 (marker) and step 2 (conditional delete)."""
+    from pyworkflow.storage.schemas import RunStatus
+
+    h = dynamodb_harness
+    pw = h.pyworkflow()
+    seen: dict[str, Any] = {}
+
+    def engine_updates_the_run(params: dict[str, Any]) -> None:
+        victim = params["Key"]["PK"]["S"][len("RUN#"):]
+        h.run(pw.update_run_status(victim, RunStatus.FAILED))
+        seen.update(victim=victim, items=items_of(h.inventory(), {victim}))
+
+    backend, client = faulty_backend(h, workers=1)  # the engine call runs on the caller's thread
+    client.before("delete_item", 1, engine_updates_the_run)
+    report = backend.delete_old_runs(CUTOFF)
+    victim = seen["victim"]
+    items = h.inventory()
+    kept = items_of(items, {victim})
+    assert kept == {k: v for k, v in seen["items"].items() if k[0] != "retention_markers"}
+    assert victim in run_ids(items) and report.changed == 1
+    assert_no_orphans(items)
+    assert not markers(h)
+    ancestors, node = set(), victim
+    while node in scenario.parents:
+        node = scenario.parents[node]
+        ancestors.add(node)
+    assert run_ids(items) == scenario.kept | scenario.held | {victim} | (ancestors & scenario.deleted)
+
+
+def test_run_gone_before_its_commit_is_cascaded_not_counted(dynamodb_harness: DynamoDBHarness,
+                                                            scenario: Scenario) -> None:
+    """Someone else (here: a raw delete, as pyworkflow's own purge does) removes the run item first."""
+    h = dynamodb_harness
+    gone: dict[str, str] = {}
+
+    def someone_deletes_it(params: dict[str, Any]) -> None:
+        h.client.delete_item(TableName=h.table, Key=params["Key"])
+        gone["id"] = params["Key"]["PK"]["S"][len("RUN#"):]
+
+    backend, client = faulty_backend(h, workers=1)
+    client.before("delete_item", 1, someone_deletes_it)
+    report = backend.delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert report.runs == len(scenario.deleted) - 1 and report.changed == 0
+    assert run_ids(items) == scenario.kept | scenario.held
+    assert_no_orphans(items)

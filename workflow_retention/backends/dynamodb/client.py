@@ -1,0 +1,262 @@
+"""The DynamoDB calls retention makes, with retries, a deadline, a write-rate cap and capacity accounting.
+
+botocore's own retries are switched off (``max_attempts=1``) so that this
+module alone decides: throttling and 5xx errors, ``UnprocessedItems`` and
+``UnprocessedKeys`` are retried with exponential backoff and full jitter until
+they succeed or the deadline passes; passing it raises :class:`StorageError`
+naming what is still undone. Every other error is raised at once as
+:class:`StorageError` with the driver error chained. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from workflow_retention.base import chunked
+from workflow_retention.exceptions import StorageError
+
+from .layout import Item
+
+log = logging.getLogger("workflow_retention.dynamodb")
+
+RETRYABLE = frozenset({
+    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+    "InternalServerError", "ServiceUnavailable",
+})
+WRITE_BATCH, READ_BATCH = 25, 100
+BACKOFF_BASE, BACKOFF_CAP = 0.05, 5.0
+
+
+@dataclass
+class Capacity:
+    """What this process asked of the table: items written and capacity units the service reported."""
+
+    items_written: int = 0
+    write_units: float = 0.0
+    read_units: float = 0.0
+    calls: int = 0
+    retries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, response: dict[str, Any], *, write: bool) -> None:
+        used = response.get("ConsumedCapacity") or []
+        units = sum(float(e.get("CapacityUnits") or 0) for e in (used if isinstance(used, list) else [used]))
+        with self.lock:
+            self.calls += 1
+            if write:
+                self.write_units += units
+            else:
+                self.read_units += units
+
+    def as_dict(self) -> dict[str, float]:
+        return {"items_written": self.items_written, "write_units_reported": round(self.write_units, 1), "read_units_reported": round(self.read_units, 1),
+                "calls": self.calls, "retries": self.retries}
+
+
+class RateLimiter:
+    """Caps write capacity units per second (one second of burst), shared by all threads."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate, self.clock, self.sleep = per_second, clock, sleep
+        self._free_at = clock() - 1.0
+        self._lock = threading.Lock()
+
+    def spend(self, units: float) -> None:
+        with self._lock:
+            now = self.clock()
+            self._free_at = max(self._free_at, now - 1.0) + units / self.rate
+            wait = self._free_at - now
+        if wait > 0:
+            self.sleep(wait)
+
+
+class Deadline:
+    """Backoff with full jitter until ``seconds`` have passed since the first attempt."""
+
+    def __init__(self, seconds: float, what: str, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self.what, self.clock, self.sleep = what, clock, sleep
+        self.ends = clock() + seconds
+        self.seconds = seconds
+        self.attempt = 0
+
+    def wait(self, pending: str) -> None:
+        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** self.attempt))
+        self.attempt += 1
+        if self.clock() + delay > self.ends:
+            raise StorageError(f"DynamoDB {self.what}: still {pending} after retrying for {self.seconds:g}s "
+                               f"({self.attempt} attempts); nothing was skipped, rerun to finish")
+        self.sleep(delay)
+
+
+class Table:
+    """One table through one boto3 client (thread-safe), for the backend's threads."""
+
+    def __init__(self, client: Any, name: str, *, deadline_s: float, max_wcu: float | None = None,
+                 workers: int = 8, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client, self.name, self.deadline_s = client, name, deadline_s
+        self.clock, self.sleep = clock, sleep
+        self.limiter = RateLimiter(max_wcu, clock, sleep) if max_wcu else None
+        self.capacity = Capacity()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dynamodb-retention") \
+            if workers > 1 else None
+        self.segments = workers
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``fn`` over ``items`` on the worker threads, in order.
+
+        On the first error the calls not started yet are cancelled and the
+        running ones waited for, so nothing keeps writing after it is raised.
+        """
+        if self.pool is None or len(items) <= 1:
+            return [fn(i) for i in items]
+        futures = [self.pool.submit(fn, i) for i in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
+
+    # -- one call ----------------------------------------------------------------
+
+    def call(self, op: str, *, write_units: float = 0, passthrough: str = "", deadline: Deadline | None = None,
+             **params: Any) -> dict[str, Any]:
+        """``client.<op>(**params)`` retried on throttling until the deadline; errors become StorageError.
+
+        A ClientError whose code is ``passthrough`` is raised as it is, for the
+        caller. ``deadline``: one shared with the caller's own retries.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if op not in ("batch_write_item", "batch_get_item"):
+            params["TableName"] = self.name
+        deadline = deadline or Deadline(self.deadline_s, op, self.clock, self.sleep)
+        while True:
+            if self.limiter and write_units:
+                self.limiter.spend(write_units)
+            try:
+                response = getattr(self.client, op)(ReturnConsumedCapacity="TOTAL", **params)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == passthrough:  # e.g. a failed condition: billed as a write all the same
+                    if write_units:
+                        with self.capacity.lock:
+                            self.capacity.items_written += 1
+                    raise
+                if code not in RETRYABLE:
+                    raise translate(exc, op, self.name) from exc
+                log.debug("DynamoDB %s throttled (%s); backing off", op, code)
+            except BotoCoreError as exc:
+                raise translate(exc, op, self.name) from exc
+            else:
+                self.capacity.record(response, write=bool(write_units))
+                if op in ("delete_item", "put_item", "update_item"):
+                    with self.capacity.lock:
+                        self.capacity.items_written += 1
+                return response
+            with self.capacity.lock:
+                self.capacity.retries += 1
+            deadline.wait("throttled")
+
+    def pages(self, op: str, **params: Any) -> Iterator[list[Item]]:
+        """Query (or a single-segment Scan), one page (``Limit`` items evaluated) at a time, keyset-paged."""
+        while True:
+            response = self.call(op, **params)
+            yield response.get("Items", [])
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return
+            params["ExclusiveStartKey"] = last
+
+    def scan(self, **params: Any) -> Iterator[list[Item]]:
+        """A parallel Scan: one page of each segment (one per worker) fetched at a time, on the threads.
+
+        Memory holds at most one page per segment; every segment is keyset-paged.
+        """
+        segments = self.segments
+        starts: dict[int, Any] = dict.fromkeys(range(segments))
+
+        def fetch(segment: int) -> tuple[int, dict[str, Any]]:
+            page = dict(params, **({"Segment": segment, "TotalSegments": segments} if segments > 1 else {}))
+            if starts[segment]:
+                page["ExclusiveStartKey"] = starts[segment]
+            return segment, self.call("scan", **page)
+
+        while starts:
+            for segment, response in self.map(fetch, sorted(starts)):
+                yield response.get("Items", [])
+                if response.get("LastEvaluatedKey"):
+                    starts[segment] = response["LastEvaluatedKey"]
+                else:
+                    del starts[segment]
+
+    # -- batches -----------------------------------------------------------------
+
+    def get_many(self, keys: Sequence[Item], projection: dict[str, Any] | None = None) -> list[Item]:
+        """Strongly consistent BatchGetItem of ``keys`` (missing ones are simply absent)."""
+        unique = list({(k["PK"]["S"], k["SK"]["S"]): k for k in keys}.values())
+        return [item for part in self.map(lambda c: self._get_chunk(c, projection or {}),
+                                          list(chunked(unique, READ_BATCH))) for item in part]
+
+    def _get_chunk(self, keys: list[Item], projection: dict[str, Any]) -> list[Item]:
+        found: list[Item] = []
+        request = {self.name: {"Keys": keys, "ConsistentRead": True, **projection}}
+        deadline = Deadline(self.deadline_s, "BatchGetItem", self.clock, self.sleep)
+        while request:
+            response = self.call("batch_get_item", RequestItems=request, deadline=deadline)
+            found += response.get("Responses", {}).get(self.name, [])
+            request = response.get("UnprocessedKeys") or {}
+            if request:
+                deadline.wait(f"{len(request[self.name]['Keys'])} unprocessed keys")
+        return found
+
+    def delete_many(self, keys: Sequence[Item], *, parallel: bool = True) -> None:
+        """BatchWriteItem deletes, 25 per request, until every key is processed (or the deadline).
+
+        ``parallel=False`` on a worker thread (the pool must not wait on itself).
+        """
+        self.write_many([{"DeleteRequest": {"Key": k}} for k in keys], parallel=parallel)
+
+    def put_many(self, items: Sequence[Item]) -> None:
+        self.write_many([{"PutRequest": {"Item": i}} for i in items])
+
+    def write_many(self, requests: list[dict[str, Any]], *, parallel: bool = True) -> None:
+        chunks = list(chunked(requests, WRITE_BATCH))
+        if parallel:
+            self.map(self._write_chunk, chunks)
+        else:
+            for chunk in chunks:
+                self._write_chunk(chunk)
+
+    def _write_chunk(self, requests: list[dict[str, Any]]) -> None:
+        request = {self.name: requests}
+        deadline = Deadline(self.deadline_s, "BatchWriteItem", self.clock, self.sleep)
+        while request:
+            pending = len(request[self.name])
+            response = self.call("batch_write_item", RequestItems=request, write_units=pending, deadline=deadline)
+            request = response.get("UnprocessedItems") or {}
+            left = len(request.get(self.name, []))
+            with self.capacity.lock:
+                self.capacity.items_written += pending - left
+            if left:
+                deadline.wait(f"{left} unprocessed writes")
+
+
+def translate(exc: Exception, what: str, table: str) -> StorageError:
+    error = getattr(exc, "response", {}).get("Error", {})
+    return StorageError(f"DynamoDB {what} on table {table!r} failed: "
+                        f"{error.get('Code', type(exc).__name__)}: {error.get('Message', exc)}")

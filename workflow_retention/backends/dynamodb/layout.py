@@ -1,0 +1,224 @@
+"""pyworkflow-engine 0.4.0's single-table DynamoDB layout: keys, item kinds and item encoding.
+
+Everything here is pure (no I/O): key builders, the kind and owning run of a
+raw item, a size estimate, and the items pyworkflow's ``DynamoDBStorageBackend``
+would write for a seed run (its ``_dict_to_item`` encoding: ``None`` dropped,
+numbers as ``N`` strings, ``context``/``metadata``/event ``data`` as JSON text).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from workflow_retention.report import Kind
+from workflow_retention.timeutil import parse_timestamp
+
+Item = dict[str, dict[str, Any]]  # a raw item, as the low-level client returns it
+
+RUN_SK = "#METADATA"
+COUNTER_SK = "#EVENT_COUNTER"
+MARKER_PREFIX = "RETENTION#PURGE#"
+MARKER_SHARDS = 16
+TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
+
+# Items the purge's one table Scan looks at: step checkpoints (no index names
+# them) and stream data (which has no index at all).
+SCANNED_PREFIXES = ("CHECKPOINT#", "STREAM_RUN#", "STREAMSUB#", "SIGACK#")
+
+
+def s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def key(pk: str, sk: str) -> Item:
+    return {"PK": s(pk), "SK": s(sk)}
+
+
+def run_key(run_id: str) -> Item:
+    return key(f"RUN#{run_id}", RUN_SK)
+
+
+def flag_key(run_id: str) -> Item:
+    return key(f"CANCEL#{run_id}", "#FLAG")
+
+
+def marker_key(run_id: str) -> Item:
+    """Where the purge records a run it committed to deleting (16 partitions, so writes spread)."""
+    return key(f"{MARKER_PREFIX}{zlib.crc32(run_id.encode()) % MARKER_SHARDS:02d}", run_id)
+
+
+def marker_partitions() -> list[str]:
+    return [f"{MARKER_PREFIX}{n:02d}" for n in range(MARKER_SHARDS)]
+
+
+def key_of(item: Item) -> Item:
+    return {"PK": item["PK"], "SK": item["SK"]}
+
+
+def text(item: Mapping[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    return value.get("S") if isinstance(value, dict) else None
+
+
+def stamp(item: Mapping[str, Any], *names: str) -> datetime | None:
+    """The first of ``names`` that holds a parseable timestamp."""
+    for name in names:
+        try:
+            return parse_timestamp(text(item, name))
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def checkpoint_owners(step_run_id: str) -> list[str]:
+    """Run ids a ``<run_id>:<step_id>`` checkpoint key may belong to, shortest first.
+
+    Engine run ids contain no ``:``, so the owner is the text before the first
+    one; longer prefixes are listed so that a run whose id contains ``:`` is
+    never mistaken for a missing one. Stream-step checkpoints have no ``:``.
+    """
+    parts = step_run_id.split(":")
+    return [":".join(parts[:n]) for n in range(1, len(parts))]
+
+
+def classify(item: Item) -> tuple[str | None, str | None, datetime | None]:
+    """``(kind, owning run_id, write time)`` of a raw item; kind None for what retention ignores.
+
+    The run record itself has kind ``runs``. ``owner`` is None for items that
+    belong to no run (schedules, streams). Checkpoints name their shortest
+    candidate owner (see :func:`checkpoint_owners`).
+    """
+    pk, sk = item["PK"]["S"], item["SK"]["S"]
+    head, _, rest = pk.partition("#")
+    if head == "RUN":
+        if sk == RUN_SK:
+            return Kind.RUNS, rest, stamp(item, "updated_at")
+        if sk == COUNTER_SK:
+            return Kind.EVENT_COUNTERS, rest, None
+        if sk.startswith("EVENT#"):
+            return Kind.EVENTS, rest, stamp(item, "timestamp")
+        if sk.startswith("STEP#"):
+            return Kind.STEPS, rest, stamp(item, "created_at")
+        return None, rest, None
+    if head == "HOOK":
+        return Kind.HOOKS, text(item, "run_id"), stamp(item, "created_at")
+    if head == "TOKEN":
+        return Kind.HOOK_TOKENS, text(item, "run_id"), None
+    if head == "CANCEL":
+        return Kind.CANCELLATION_FLAGS, rest, stamp(item, "created_at")
+    if head == "CHECKPOINT":
+        owners = checkpoint_owners(rest)
+        return Kind.CHECKPOINTS, owners[0] if owners else None, stamp(item, "updated_at", "created_at")
+    if pk.startswith(MARKER_PREFIX):
+        return Kind.INDEX_ENTRIES, sk, stamp(item, "created_at")
+    other = {"SCHEDULE": Kind.SCHEDULES, "STREAM": Kind.STREAMS, "STREAM_RUN": Kind.SIGNALS,
+             "STREAMSUB": Kind.SUBSCRIPTIONS, "SIGACK": Kind.ACKNOWLEDGMENTS}
+    return other.get(head), None, None
+
+
+def _value_size(value: Mapping[str, Any]) -> int:
+    (tag, inner), = value.items()
+    if tag in ("S", "B"):
+        return len(inner.encode()) if isinstance(inner, str) else len(inner)
+    if tag == "N":
+        return len(str(inner).lstrip("-").replace(".", "")) // 2 + 1
+    if tag == "L":
+        return 3 + sum(1 + _value_size(v) for v in inner)
+    if tag == "M":
+        return 3 + sum(1 + len(k.encode()) + _value_size(v) for k, v in inner.items())
+    if tag in ("SS", "NS", "BS"):
+        return sum(len(str(v)) for v in inner)
+    return 1  # BOOL, NULL
+
+
+def item_size(item: Item) -> int:
+    """DynamoDB's item size rule (attribute names plus values), an estimate in bytes."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+# -- encoding, as pyworkflow's _serialize_value / _dict_to_item -------------------------
+
+
+def encode(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, (int, float)):
+        return {"N": str(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, list):
+        return {"L": [encode(v) for v in value]}
+    if isinstance(value, dict):
+        return {"M": {k: encode(v) for k, v in value.items()}}
+    return {"S": str(value)}
+
+
+def to_item(data: Mapping[str, Any]) -> Item:
+    return {k: encode(v) for k, v in data.items() if v is not None}
+
+
+_RUN_FIELDS = ("run_id", "workflow_name", "status", "created_at", "updated_at", "started_at", "completed_at",
+               "input_args", "input_kwargs", "result", "error", "idempotency_key", "max_duration")
+_RUN_TAIL = ("recovery_attempts", "max_recovery_attempts", "recover_on_worker_loss", "parent_run_id",
+             "nesting_depth", "continued_from_run_id", "continued_to_run_id")
+_STEP_FIELDS = ("step_id", "run_id", "step_name", "status", "created_at", "started_at", "completed_at",
+                "input_args", "input_kwargs", "result", "error")
+_HOOK_FIELDS = ("hook_id", "run_id", "token", "created_at", "received_at", "expires_at", "status", "payload")
+
+
+def run_items(seed: Any) -> Iterable[Item]:
+    """Every item pyworkflow-engine writes for ``seed`` (a :class:`workflow_retention.seed.SeedRun`)."""
+    run = seed.run
+    run_id = run["run_id"]
+    item = {"PK": f"RUN#{run_id}", "SK": RUN_SK, "entity_type": "run", **{f: run.get(f) for f in _RUN_FIELDS},
+            "context": json.dumps(run.get("context") or {}), **{f: run.get(f) for f in _RUN_TAIL},
+            "GSI1PK": "RUNS", "GSI1SK": f"{run['status']}#{run['updated_at']}",
+            "GSI2PK": f"WORKFLOW#{run['workflow_name']}", "GSI2SK": run["created_at"]}
+    if run.get("idempotency_key"):
+        item["GSI3PK"] = f"IDEMPOTENCY#{run['idempotency_key']}"
+    if run.get("parent_run_id"):
+        item.update(GSI4PK=f"PARENT#{run['parent_run_id']}", GSI4SK=f"CHILD#{run_id}")
+    yield to_item(item)
+    if seed.events:
+        yield to_item({"PK": f"RUN#{run_id}", "SK": COUNTER_SK, "seq": len(seed.events)})
+    for seq, event in enumerate(seed.events):
+        yield to_item({"PK": f"RUN#{run_id}", "SK": f"EVENT#{seq:05d}", "entity_type": "event",
+                       "event_id": event["event_id"], "run_id": run_id, "sequence": seq, "type": event["type"],
+                       "timestamp": event["timestamp"], "data": json.dumps(event["data"])})
+    for step in seed.steps:
+        attempt = step.get("attempt", 1)
+        yield to_item({"PK": f"RUN#{run_id}", "SK": f"STEP#{step['step_id']}", "entity_type": "step",
+                       **{f: step.get(f) for f in _STEP_FIELDS}, "retry_count": attempt - 1 if attempt > 0 else 0})
+    for hook in seed.hooks:
+        hook_pk = f"HOOK#{run_id}#{hook['hook_id']}"
+        yield to_item({"PK": hook_pk, "SK": RUN_SK, "entity_type": "hook", **{f: hook.get(f) for f in _HOOK_FIELDS},
+                       "metadata": json.dumps(hook.get("metadata") or {}), "GSI1PK": f"RUN_HOOKS#{run_id}",
+                       "GSI1SK": f"{hook['status']}#{hook['created_at']}"})
+        yield to_item({"PK": f"TOKEN#{hook['token']}", "SK": hook_pk, "entity_type": "hook_token",
+                       "hook_id": hook["hook_id"], "run_id": run_id})
+    for step_run_id, data in seed.checkpoints.items():
+        yield to_item({"PK": f"CHECKPOINT#{step_run_id}", "SK": "#DATA", "entity_type": "checkpoint",
+                       "step_run_id": step_run_id, "data": json.dumps(data), "created_at": run["created_at"],
+                       "updated_at": run["created_at"]})
+    if seed.cancel_flag:
+        yield to_item({"PK": f"CANCEL#{run_id}", "SK": "#FLAG", "entity_type": "cancellation", "run_id": run_id,
+                       "created_at": run["updated_at"]})
+
+
+TABLE_SCHEMA: dict[str, Any] = {
+    "KeySchema": [{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
+    "AttributeDefinitions": [{"AttributeName": n, "AttributeType": "S"} for n in (
+        "PK", "SK", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "GSI3PK", "GSI4PK", "GSI4SK", "GSI5PK", "GSI5SK")],
+    "GlobalSecondaryIndexes": [
+        {"IndexName": f"GSI{n}", "Projection": {"ProjectionType": "ALL"},
+         "KeySchema": [{"AttributeName": f"GSI{n}PK", "KeyType": "HASH"}]
+         + ([] if n == 3 else [{"AttributeName": f"GSI{n}SK", "KeyType": "RANGE"}])}
+        for n in range(1, 6)],
+    "BillingMode": "PAY_PER_REQUEST",
+}

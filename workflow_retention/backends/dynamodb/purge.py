@@ -1,0 +1,226 @@
+"""One purge of a pyworkflow DynamoDB table (the design is in the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+from uuid import uuid4
+
+from workflow_retention.base import PurgeJob, chunked
+from workflow_retention.planning import TERMINAL_STATUSES, RunRef, drop_invalid, is_safe_run_id, split_roots
+from workflow_retention.report import Kind
+from workflow_retention.timeutil import utcnow
+
+from . import expr
+from .client import Table
+from .layout import COUNTER_SK, RUN_SK, Item, flag_key, key, key_of, marker_key, marker_partitions, run_key, s, text
+from .runs import RUN_FIELDS, get_runs, plan_order, run_ref
+from .sweeps import ScanPass, Schedules
+
+log = logging.getLogger("workflow_retention.dynamodb")
+
+HOOK_FIELDS = ("PK", "SK", "token", "run_id")
+COMMITTED = ("deleted", "gone")  # outcomes after which the run item is gone
+TIME_SLACK = timedelta(hours=14)  # the largest UTC offset a GSI1SK timestamp can carry
+SCAN_PAGE = 1000
+PARTITION_PAGE = 200
+
+
+class Purge:
+    def __init__(self, table: Table, job: PurgeJob) -> None:
+        self.table, self.job, self.report = table, job, job.report
+        self.cutoff, self.dry = job.cutoff, job.dry_run
+        self.purge_id = uuid4().hex
+        self.started = utcnow().isoformat()
+        self.page = max(job.batch_size, SCAN_PAGE)
+        self.cascaded = 0  # runs whose cascade this purge ran (or, in a dry run, would run)
+
+    def run(self) -> None:
+        self.resume()
+        for page in chunked(self.expired_runs(), self.job.batch_size):
+            self.batch(page)
+        ScanPass(self).run()
+        if not self.dry:
+            self.drop_markers()
+        Schedules(self).run()
+
+    # -- selection ------------------------------------------------------------------
+
+    def expired_runs(self) -> Iterator[RunRef]:
+        """Expired (or unreadable) terminal runs, streamed from GSI1 one status range at a time.
+
+        GSI1SK holds ``<status>#<timestamp>`` with the writer's UTC offset, and
+        that timestamp is never later than ``updated_at``; so every expired run
+        sorts below ``<status>#<cutoff + 14 h>``. ``updated_at`` decides.
+        """
+        high = (self.cutoff + TIME_SLACK + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        for status in sorted(TERMINAL_STATUSES):
+            params = expr.query("GSI1PK", "RUNS", index="GSI1", fields=RUN_FIELDS, limit=self.job.batch_size,
+                                sk_between=("GSI1SK", f"{status}#", f"{status}#{high}"))
+            for page in self.table.pages("query", **params):
+                for ref in map(run_ref, page):
+                    if ref.is_expired(self.cutoff) or ref.corrupt:
+                        yield ref
+
+    def batch(self, page: list[RunRef]) -> None:
+        safe = drop_invalid(page, self.report)
+        parents = get_runs(self.table, {r.parent_run_id for r in safe if r.parent_run_id})
+        roots = split_roots(safe, parents, self.cutoff)
+        if not roots:
+            return
+        plan, unsafe = plan_order(self.table, roots, self.cutoff, self.report)
+        deletable, held = plan.order(survivors=unsafe)
+        if not deletable:
+            self.report.held += len(held)
+            return
+        self.job.boundary([r.run_id for r in deletable])
+        if self.dry:
+            done = [r.run_id for r in deletable]
+            self.report.add(Kind.RUNS, len(done))
+        else:
+            done, held = self.commit(plan, unsafe)
+        self.report.held += len(held)
+        self.cascade(done)
+
+    # -- commit: markers first, then each run item's conditional delete, children first ------
+
+    def commit(self, plan: Any, unsafe: set[str]) -> tuple[list[str], list[RunRef]]:
+        """Commit the plan's runs; return (ids to cascade, held runs).
+
+        Each run's marker is written first; its item's conditional delete is
+        then the commit. A run that changed keeps its item, and with it every
+        other item, and its marker is removed again; its ancestors are not
+        attempted. A run already gone (deleted by someone else) is cascaded
+        but not counted.
+        """
+        survivors = set(unsafe)
+        planned, _ = plan.order(survivors=survivors)
+        self.table.put_many([self.marker(r.run_id) for r in planned])
+        outcome: dict[str, str] = {}
+        for level in self.levels(plan, planned):
+            allowed = {r.run_id for r in plan.order(survivors=survivors)[0]}
+            attempt = [r for r in level if r.run_id in allowed]
+            for ref, result in zip(attempt, self.table.map(self.delete_run, attempt)):
+                outcome[ref.run_id] = result
+                if result == "changed":
+                    survivors.add(ref.run_id)
+        self.table.delete_many([marker_key(r.run_id) for r in planned if outcome.get(r.run_id) not in COMMITTED])
+        _, held = plan.order(survivors=survivors)
+        self.report.changed += len(survivors - unsafe)
+        self.report.add(Kind.RUNS, sum(1 for result in outcome.values() if result == "deleted"))
+        return [i for i, result in outcome.items() if result in COMMITTED], held
+
+    @staticmethod
+    def levels(plan: Any, order: list[RunRef]) -> list[list[RunRef]]:
+        """``order`` (children first) grouped by height: leaves, then their parents, and so on."""
+        height: dict[str, int] = {}
+        for ref in order:
+            kids = [height[c] for c in plan.children.get(ref.run_id, []) if c in height]
+            height[ref.run_id] = 1 + max(kids) if kids else 0
+        levels: list[list[RunRef]] = [[] for _ in range(1 + max(height.values(), default=-1))]
+        for ref in order:
+            levels[height[ref.run_id]].append(ref)
+        return levels
+
+    def delete_run(self, ref: RunRef) -> str:
+        """``deleted``, ``changed`` (status or updated_at differ) or ``gone`` (no item)."""
+        from botocore.exceptions import ClientError
+
+        raw = ref.data
+        try:
+            self.table.call("delete_item", Key=run_key(ref.run_id), write_units=1,
+                            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                            passthrough="ConditionalCheckFailedException",
+                            **expr.condition({"status": raw["status"], "updated_at": raw["updated_at"]}))
+        except ClientError as exc:
+            return "changed" if exc.response.get("Item") else "gone"
+        return "deleted"
+
+    def marker(self, run_id: str) -> Item:
+        return {**marker_key(run_id), "entity_type": s("retention_purge"), "run_id": s(run_id),
+                "purge_id": s(self.purge_id), "created_at": s(utcnow().isoformat())}
+
+    # -- cascade: everything else of committed runs -----------------------------------
+
+    def cascade(self, run_ids: list[str]) -> None:
+        """Token items and flags first (tokens are found through the hooks), then hooks and the partitions."""
+        if not run_ids:
+            return
+        self.cascaded += len(run_ids)
+        hooks = [h for part in self.table.map(self.hooks_of, run_ids) for h in part]
+        derived = [key(f"TOKEN#{text(h, 'token')}", h["PK"]["S"]) for h in hooks if text(h, "token")]
+        found = self.table.get_many(derived + [flag_key(r) for r in run_ids], expr.projection("PK", "SK"))
+        tokens = [k for k in found if k["PK"]["S"].startswith("TOKEN#")]
+        self.report.add(Kind.HOOK_TOKENS, len(tokens))
+        self.report.add(Kind.CANCELLATION_FLAGS, len(found) - len(tokens))
+        self.report.add(Kind.HOOKS, len(hooks))
+        if not self.dry:
+            self.table.delete_many(found)
+        rest = expr.keys_only(hooks)
+        for counts, keys in self.table.map(self.clear_partition, run_ids):
+            self.report.merge(counts)
+            rest += keys
+        if not self.dry:
+            self.table.delete_many(rest)
+
+    def hooks_of(self, run_id: str) -> list[Item]:
+        params = expr.query("GSI1PK", f"RUN_HOOKS#{run_id}", index="GSI1", fields=HOOK_FIELDS)
+        return [h for page in self.table.pages("query", **params) for h in page if text(h, "run_id") == run_id]
+
+    def clear_partition(self, run_id: str) -> tuple[Counter, list[Item]]:
+        """Count events, the event counter and steps under ``RUN#<id>`` (on a worker thread).
+
+        Returns the keys of the last page for the caller to delete with the
+        batch's other keys (fewer, fuller requests); longer partitions are
+        deleted page by page here, so memory stays bounded.
+        """
+        counts: Counter = Counter()
+        pending: list[Item] = []
+        params = expr.query("PK", f"RUN#{run_id}", fields=("PK", "SK"), limit=PARTITION_PAGE)
+        for page in self.table.pages("query", **params):
+            if pending and not self.dry:
+                self.table.delete_many(pending, parallel=False)
+            pending = []
+            for item in page:
+                sk = item["SK"]["S"]
+                if sk == RUN_SK:  # the live record (dry run), or one written after the commit: keep it
+                    if not self.dry:
+                        log.warning("run %s was written again after its purge committed; its record is kept",
+                                    run_id)
+                    continue
+                counts[Kind.EVENTS if sk.startswith("EVENT#") else Kind.STEPS if sk.startswith("STEP#")
+                       else Kind.EVENT_COUNTERS if sk == COUNTER_SK else Kind.INDEX_ENTRIES] += 1
+                pending.append(key_of(item))
+        return counts, pending
+
+    def resume(self) -> None:
+        """Finish the cascades of runs an earlier, interrupted purge committed (their markers remain)."""
+        occupied = [p for p, page in self.table.map(self.first_markers, marker_partitions()) if page]
+        for partition in occupied:
+            params = expr.query("PK", partition, fields=("SK",), limit=self.job.batch_size)
+            for page in self.table.pages("query", **params):
+                ids = [i["SK"]["S"] for i in page if is_safe_run_id(i["SK"]["S"])]
+                alive = get_runs(self.table, ids)
+                ids = [i for i in ids if i not in alive]
+                if ids:
+                    self.job.boundary(ids)
+                    self.cascade(ids)
+
+    def first_markers(self, partition: str) -> tuple[str, list[Item]]:
+        response = self.table.call("query", **expr.query("PK", partition, fields=("SK",), limit=1))
+        return partition, response.get("Items", [])
+
+    # -- markers ------------------------------------------------------------------------
+
+    def drop_markers(self) -> None:
+        """Delete this purge's markers and those it resumed, now that every cascade is complete."""
+        self.table.map(self.drop_partition, marker_partitions())
+
+    def drop_partition(self, partition: str) -> None:
+        params = expr.query("PK", partition, fields=("PK", "SK", "purge_id", "created_at"), limit=SCAN_PAGE)
+        for page in self.table.pages("query", **params):
+            self.table.delete_many([key_of(i) for i in page if text(i, "purge_id") == self.purge_id
+                                    or (text(i, "created_at") or "") < self.started], parallel=False)

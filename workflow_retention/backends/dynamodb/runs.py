@@ -1,0 +1,48 @@
+"""Reading run records: by key (BatchGetItem), by parent (GSI4), and the deletion plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from workflow_retention.planning import RunRef, is_safe_run_id, plan_deletion
+
+from . import expr
+from .client import Table
+from .layout import Item, run_key, text
+
+RUN_FIELDS = ("PK", "status", "updated_at", "parent_run_id")
+
+
+def run_ref(item: Item) -> RunRef:
+    raw = {"status": text(item, "status"), "updated_at": text(item, "updated_at")}
+    return RunRef.parse(item["PK"]["S"][len("RUN#"):], raw["status"], raw["updated_at"],
+                        text(item, "parent_run_id"), raw)
+
+
+def get_runs(table: Table, ids: Iterable[str]) -> dict[str, RunRef]:
+    """The run records of ``ids`` that exist (strongly consistent)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    items = table.get_many([run_key(i) for i in wanted], expr.projection(*RUN_FIELDS))
+    return {ref.run_id: ref for ref in map(run_ref, items)}
+
+
+def children_of(table: Table, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
+    """Child runs of each parent, from the parent index GSI4 (one paged Query per parent)."""
+    def one(parent: str) -> tuple[str, list[RunRef]]:
+        params = expr.query("GSI4PK", f"PARENT#{parent}", index="GSI4", fields=RUN_FIELDS)
+        return parent, [run_ref(i) for page in table.pages("query", **params) for i in page]
+
+    return dict(table.map(one, list(parent_ids)))
+
+
+def plan_order(table: Table, roots: list[RunRef], cutoff: Any, report: Any = None) -> tuple[Any, set[str]]:
+    """The deletion plan of ``roots``; runs with unsafe ids (and so their ancestors) are never deleted."""
+    plan = plan_deletion(roots, lambda ids: children_of(table, ids), cutoff)
+    unsafe = {i for i in plan.nodes if not is_safe_run_id(i)}
+    if report is not None:
+        for run_id in sorted(unsafe):
+            report.warn(f"child run_id {run_id!r} is not a safe identifier; it and its ancestors are kept")
+    return plan, unsafe

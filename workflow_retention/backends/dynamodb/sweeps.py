@@ -1,0 +1,116 @@
+"""The purge's other sweeps: its one table Scan (checkpoints no index names, stream data) and schedules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workflow_retention.planning import is_safe_run_id
+from workflow_retention.report import Kind
+
+from . import expr
+from .layout import SCANNED_PREFIXES, TERMINAL_SUBSCRIPTIONS, Item, checkpoint_owners, key_of, marker_key, stamp, text
+from .runs import get_runs, plan_order
+
+if TYPE_CHECKING:
+    from .purge import Purge
+
+SCAN_FIELDS = ("PK", "SK", "status", "created_at", "published_at", "acknowledged_at")
+
+
+class ScanPass:
+    """One paged Scan after the batches, joined page by page against the purge markers."""
+
+    def __init__(self, purge: Purge) -> None:
+        self.purge, self.table, self.report = purge, purge.table, purge.report
+        self.cutoff, self.dry = purge.cutoff, purge.dry
+
+    def run(self) -> None:
+        params = expr.scan_prefixes(SCANNED_PREFIXES, SCAN_FIELDS, limit=self.purge.page)
+        for page in self.table.scan(**params):
+            doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
+                if self.purge.cascaded else []
+            stream = self.old_stream_items(page)
+            if not doomed and not stream:
+                continue
+            self.purge.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
+            self.report.add(Kind.CHECKPOINTS, len(doomed))
+            for kind, _ in stream:
+                self.report.add(kind)
+            if not self.dry:
+                self.table.delete_many([key_of(i) for _, i in doomed + stream])
+
+    def doomed_checkpoints(self, items: list[Item]) -> list[tuple[str, Item]]:
+        """Checkpoints of runs this purge deletes: marked runs whose record is gone (a dry run asks the plan)."""
+        by_owner: dict[str, list[tuple[Item, list[str]]]] = {}
+        for item in items:
+            owners = checkpoint_owners(item["PK"]["S"][len("CHECKPOINT#"):])
+            if owners and is_safe_run_id(owners[0]):
+                by_owner.setdefault(owners[0], []).append((item, owners[1:]))
+        if not by_owner:
+            return []
+        marked = {i["SK"]["S"] for i in self.table.get_many([marker_key(o) for o in by_owner],
+                                                             expr.projection("PK", "SK"))}
+        longer = {p for entries in by_owner.values() for _, extra in entries for p in extra}
+        alive = set(get_runs(self.table, marked | longer))
+        doomed = marked - alive  # a marked run whose record exists was never committed
+        if self.dry:
+            doomed |= self.would_delete(set(by_owner) - marked)
+        return [(o, item) for o in sorted(doomed) for item, extra in by_owner[o] if not alive.intersection(extra)]
+
+    def would_delete(self, ids: set[str]) -> set[str]:
+        roots = [r for r in get_runs(self.table, ids).values() if r.is_expired(self.cutoff)]
+        if not roots:
+            return set()
+        plan, unsafe = plan_order(self.table, roots, self.cutoff)
+        return {r.run_id for r in plan.order(survivors=unsafe)[0]} & ids
+
+    def old_stream_items(self, page: list[Item]) -> list[tuple[str, Item]]:
+        out = []
+        for item in page:
+            pk, sk = item["PK"]["S"], item["SK"]["S"]
+            if pk.startswith("STREAM_RUN#") and sk.startswith("SIGNAL#"):
+                kind, when = Kind.SIGNALS, stamp(item, "published_at")
+            elif pk.startswith("STREAMSUB#") and text(item, "status") in TERMINAL_SUBSCRIPTIONS:
+                kind, when = Kind.SUBSCRIPTIONS, stamp(item, "created_at")
+            elif pk.startswith("SIGACK#"):
+                kind, when = Kind.ACKNOWLEDGMENTS, stamp(item, "acknowledged_at")
+            else:
+                continue
+            if when is not None and when < self.cutoff:
+                out.append((kind, item))
+        return out
+
+
+class Schedules:
+    """Soft-deleted schedules (stored status ``deleted``) last updated before the cutoff, from GSI1."""
+
+    def __init__(self, purge: Purge) -> None:
+        self.purge, self.table, self.report = purge, purge.table, purge.report
+        self.cutoff, self.dry = purge.cutoff, purge.dry
+
+    def run(self) -> None:
+        params = expr.query("GSI1PK", "SCHEDULES", index="GSI1", sk_prefix=("GSI1SK", "deleted#"),
+                            fields=("PK", "SK", "status", "updated_at"), limit=self.purge.job.batch_size)
+        for page in self.table.pages("query", **params):
+            old = [i for i in page if text(i, "status") == "deleted"
+                   and (when := stamp(i, "updated_at")) is not None and when < self.cutoff]
+            if not old:
+                continue
+            self.purge.job.boundary([i["PK"]["S"] for i in old])
+            if self.dry:
+                self.report.add(Kind.SCHEDULES, len(old))
+                continue
+            deleted = self.table.map(self.delete_schedule, old)
+            self.report.add(Kind.SCHEDULES, sum(deleted))
+
+    def delete_schedule(self, item: Item) -> bool:
+        """Delete unless it changed since it was read (``update_schedule`` rewrites the whole item)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.table.call("delete_item", Key=key_of(item), write_units=1,
+                            passthrough="ConditionalCheckFailedException",
+                            **expr.condition({"status": "deleted", "updated_at": text(item, "updated_at") or ""}))
+        except ClientError:
+            return False
+        return True
