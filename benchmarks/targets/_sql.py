@@ -67,7 +67,7 @@ def doomed_query(cutoff: Any) -> tuple[str, dict[str, Any]]:
 
 
 def floor(url: str, cutoff: datetime) -> dict[str, Any]:
-    backend = by_url(url)
+    backend = by_url(url, statement_timeout=7200, lock_timeout=7200)  # one statement per table: no limit
     dialect = backend.engine.dialect.name
     doomed, params = doomed_query(backend.db_time(cutoff))
     create = {"sqlite": "CREATE TEMP TABLE doomed AS ", "postgresql": "CREATE TEMP TABLE doomed ON COMMIT DROP AS ",

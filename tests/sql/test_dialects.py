@@ -139,3 +139,19 @@ def test_a_missing_sqlite_file_is_an_error_and_is_not_created(tmp_path: Any) -> 
     with pytest.raises(StorageError, match="unable to open"):
         by_url(f"sqlite://{target}").delete_old_runs(CUTOFF)
     assert not target.exists()
+
+
+def test_pyworkflow_environment_variables_reach_the_sql_backends(tmp_path: Any) -> None:
+    from workflow_retention.config import load_settings
+
+    pg = by_url(load_settings({"PYWORKFLOW_STORAGE_TYPE": "postgres", "PYWORKFLOW_POSTGRES_HOST": "db.internal",
+                               "PYWORKFLOW_POSTGRES_PASSWORD": "p@ss:w/rd", "PYWORKFLOW_POSTGRES_DATABASE": "wf"})
+                .require_storage_url())
+    assert (pg._sa_url.host, pg._sa_url.port, pg._sa_url.username, pg._sa_url.password, pg._sa_url.database) == \
+        ("db.internal", 5432, "pyworkflow", "p@ss:w/rd", "wf")
+    my = by_url(load_settings({"PYWORKFLOW_STORAGE_BACKEND": "mysql", "PYWORKFLOW_MYSQL_PORT": "3307"})
+                .require_storage_url())
+    assert (my._sa_url.host, my._sa_url.port, my._sa_url.database) == ("localhost", 3307, "pyworkflow")
+    lite = by_url(load_settings({"PYWORKFLOW_STORAGE_TYPE": "sqlite",
+                                 "PYWORKFLOW_STORAGE_PATH": str(tmp_path / "a b.db")}).require_storage_url())
+    assert lite.path == tmp_path / "a b.db"

@@ -34,6 +34,7 @@ from workflow_retention.exceptions import ConfigurationError, StorageError
 log = logging.getLogger("workflow_retention.sql")
 T = TypeVar("T")
 
+
 def like_prefix(run_id: str) -> str:
     """``LIKE`` pattern for ``<run_id>:...`` with ``!`` as the escape character."""
     return re.sub(r"([!%_])", r"!\1", run_id) + ":%"
