@@ -50,7 +50,7 @@ async def add_run(pw: Any, run_id: str, status: str, updated_at: datetime, *, pa
         parent_run_id=parent, nesting_depth=depth, input_args='["x"]', context={"k": 1}))
     if not extras:
         return
-    step_id = f"step_charge_{run_id[-6:]}"
+    step_id = f"step_charge_{run_id.removeprefix('run_')}"
     for kind in (EventType.WORKFLOW_STARTED, EventType.STEP_STARTED, EventType.STEP_COMPLETED):
         await pw.record_event(Event(run_id=run_id, type=kind, timestamp=created,
                                     data={"step_id": step_id, "run": run_id}))
@@ -109,7 +109,8 @@ async def _aux(h: Harness, pw: Any, sc: Scenario) -> None:
     if "schedules" in h.capabilities:
         for sid in ("sched_deleted_old", "sched_deleted_new", "sched_active"):
             await pw.create_schedule(Schedule(schedule_id=sid, workflow_name="conformance",
-                                              spec=ScheduleSpec(cron="0 3 * * *"), created_at=OLD))
+                                              spec=ScheduleSpec(cron="0 3 * * *"), created_at=OLD,
+                                              updated_at=OLD))  # PostgreSQL/MySQL: NOT NULL, no default
         with h.frozen(OLD):
             await pw.delete_schedule("sched_deleted_old")
         await pw.delete_schedule("sched_deleted_new")

@@ -50,7 +50,7 @@ async def _view(pw: Any, run_id: str) -> dict[str, Any]:
     events = await pw.get_events(run_id)
     hooks = await pw.list_hooks(run_id=run_id)
     steps = await pw.list_steps(run_id)
-    step_id = f"step_charge_{run_id[-6:]}"
+    step_id = f"step_charge_{run_id.removeprefix('run_')}"
     return {
         "run": run.to_dict(),
         "events": [(e.event_id, e.type.value, e.sequence, e.data) for e in events],
