@@ -22,6 +22,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from benchmarks.data import PROFILES
+
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ("target", "n", "slot", "runs", "seconds", "runs_per_s", "peak_rss_mb", "rss_growth_mb")
 
@@ -91,11 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="0: the backend's default")
     p.add_argument("--timeout", type=float, default=3600, help="per purge, seconds")
     p.add_argument("--max-baseline-n", type=int, help="skip the baseline above this N (say why in the notes)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="mixed", help="data set (see benchmarks/data.py)")
     args = p.parse_args(argv)
+    os.environ["BENCH_PROFILE"] = args.profile  # read by the targets, here and in the child processes
     rows = bench(args.target, args.n, args.slots, args.batch_size, args.timeout, args.max_baseline_n)
     RESULTS.mkdir(exist_ok=True)
     meta = {"command": "python -m benchmarks.run " + " ".join(argv or sys.argv[1:]),
             "date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
+            "profile": args.profile,
             "cpus": os.cpu_count()}
     with (RESULTS / f"{args.target}.jsonl").open("a") as fh:
         for row in rows:

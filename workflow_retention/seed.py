@@ -69,14 +69,15 @@ def _run_dict(run_id: str, name: str, status: str, created: datetime, updated: d
 
 
 def _build(rng: random.Random, index: int, now: datetime, max_age_days: float,
-           parent: SeedRun | None) -> SeedRun:
+           parent: SeedRun | None, outlive_share: float) -> SeedRun:
     run_id = "run_" + hashlib.sha256(f"{rng.random()}:{index}".encode()).hexdigest()[:16]
     name = parent.run["workflow_name"] + "_child" if parent else rng.choice(WORKFLOWS)
     live = rng.random() < 0.15
-    status = _pick(rng, LIVE_MIX if live else TERMINAL_MIX)
+    outlives = parent is not None and rng.random() < outlive_share
+    status = _pick(rng, LIVE_MIX if live and (outlives or not parent) else TERMINAL_MIX)
     if parent:
         updated = datetime.fromisoformat(parent.run["updated_at"]) - timedelta(seconds=rng.randint(1, 60))
-        if rng.random() < 0.2:  # a child that outlives its parent
+        if outlives:  # a child that outlives its parent: recent, sometimes still live
             updated = now - timedelta(hours=rng.uniform(0, 24))
     else:
         updated = now - timedelta(days=rng.uniform(0, max_age_days))
@@ -127,11 +128,14 @@ def _build(rng: random.Random, index: int, now: datetime, max_age_days: float,
 
 
 def generate(n: int, *, now: datetime | None = None, seed: int = 42,
-             max_age_days: float = 120.0, child_share: float = 0.1) -> Iterator[SeedRun]:
+             max_age_days: float = 120.0, child_share: float = 0.1,
+             outlive_share: float = 0.2) -> Iterator[SeedRun]:
     """Yield ``n`` runs with ages spread uniformly over ``max_age_days``.
 
     About 85 % are terminal; about ``child_share`` are child runs of an
-    earlier run, some of which outlive their parent (which is then held).
+    earlier run, ``outlive_share`` of which outlive their parent (recent, and
+    sometimes still live), so an expired parent is held. The other children
+    are terminal and finished before their parent.
     The output depends only on ``n``, ``now`` and ``seed``.
     """
     if n < 0:
@@ -141,7 +145,7 @@ def generate(n: int, *, now: datetime | None = None, seed: int = 42,
     last_root: SeedRun | None = None
     for index in range(n):
         parent = last_root if last_root is not None and rng.random() < child_share else None
-        run = _build(rng, index, now, max_age_days, parent)
+        run = _build(rng, index, now, max_age_days, parent, outlive_share)
         if parent is None:
             last_root = run
         yield run

@@ -4,7 +4,7 @@ The cluster is ``CASSANDRA_CONTACT_POINTS`` (+ ``CASSANDRA_PORT``,
 ``CASSANDRA_PROTOCOL_VERSION``) if set, else the local Apache Cassandra 2.1.0
 of the test setup (``tests.cassandra_local``), started by the runner process
 on first use and stopped at its exit. Every slot gets its own keyspace,
-seeded identically with ``generate(n, now=now, seed=1)``.
+seeded identically with ``bench_runs(n, now)``.
 
 Besides time and memory each row reports, for our purge, ``requests`` (round
 trips) and ``statements`` (CQL statements the server executed, each member of
@@ -30,7 +30,7 @@ from typing import Any
 
 from workflow_retention.backends import by_url
 from workflow_retention.backends.cassandra.cql import TABLES
-from workflow_retention.seed import generate
+from benchmarks.data import bench_runs
 
 _SERVER: dict[str, Any] = {}
 _ROWS_BEFORE: dict[str, dict[str, int]] = {}
@@ -69,7 +69,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
     url = _url(f"bench_{slot}_{n}_{uuid.uuid4().hex[:8]}")
     backend = by_url(url, batch_size=1000)
     try:
-        backend.seed(generate(n, now=now, seed=1))
+        backend.seed(bench_runs(n, now))
         _ROWS_BEFORE[url] = _count_rows(backend)
     finally:
         backend.close()

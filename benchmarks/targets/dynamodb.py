@@ -3,7 +3,7 @@
 The endpoint is ``DYNAMODB_ENDPOINT_URL`` if set, else the npm package's
 DynamoDB Local jar, started by the runner process on first use and stopped at
 its exit (dummy credentials are set for that case only). Every slot gets its
-own table, seeded identically with ``generate(n, now=now, seed=1)``.
+own table, seeded identically with ``bench_runs(n, now)``.
 
 Besides time and memory each row reports the write cost of the purge:
 ``write_units`` counts item writes the way DynamoDB bills them for items up to
@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from workflow_retention.backends import by_url
-from workflow_retention.seed import generate
+from benchmarks.data import bench_runs
 
 _SERVER: dict[str, Any] = {}
 _DUMMY = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
@@ -53,7 +53,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
     url = f"dynamodb://bench_{slot}_{n}_{uuid.uuid4().hex[:8]}?region=us-east-1&endpoint_url={_endpoint()}"
     backend = by_url(url, batch_size=1000)
     try:
-        backend.seed(generate(n, now=now, seed=1))
+        backend.seed(bench_runs(n, now))
     finally:
         backend.close()
     return url

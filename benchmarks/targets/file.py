@@ -17,7 +17,7 @@ from pathlib import Path
 
 from workflow_retention.backends import by_url
 from workflow_retention.backends.file import FileBackend
-from workflow_retention.seed import generate
+from benchmarks.data import bench_runs
 
 PREFIX = "wr-bench-file-"
 
@@ -25,7 +25,7 @@ PREFIX = "wr-bench-file-"
 def prepare(n: int, slot: str, now: datetime) -> str:
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{slot}-"))
     url = f"file://{root / 'store'}"
-    by_url(url, batch_size=2000).seed(generate(n, now=now, seed=1))
+    by_url(url, batch_size=2000).seed(bench_runs(n, now))
     return url
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from workflow_retention.backends.memory import MemoryBackend, get_store
-from workflow_retention.seed import generate
+from benchmarks.data import bench_runs
 
 
 def prepare(n: int, slot: str, now: datetime) -> str:
@@ -13,7 +13,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
 
 
 def setup_in_child(url: str, slot: str, n: int, now: datetime) -> None:
-    MemoryBackend(get_store(url.split("://", 1)[1])).seed(generate(n, now=now, seed=1))
+    MemoryBackend(get_store(url.split("://", 1)[1])).seed(bench_runs(n, now))
 
 
 def baseline(url: str, cutoff: datetime):

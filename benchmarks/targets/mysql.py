@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import workflow_retention.backends.sql.mysql  # noqa: F401 - imported before the child's clock starts
 from benchmarks.targets import _sql
 from workflow_retention.backends import by_url
-from workflow_retention.seed import generate
+from benchmarks.data import bench_runs
 
 try:  # imported before the child starts its clock
     import aiomysql
@@ -61,7 +61,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
     _admin(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     url = urlsplit(SERVER)._replace(path=f"/{database}").geturl()
     backend = by_url(url, batch_size=5000)
-    backend.seed(generate(n, now=now, seed=1))
+    backend.seed(bench_runs(n, now))
     backend.close()
     return url
 

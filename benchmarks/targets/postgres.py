@@ -2,7 +2,7 @@
 (default ``postgresql://root@127.0.0.1:5432/test``).
 
 The first slot of each N seeds a template database
-(``by_url(url).seed(generate(n, now=now, seed=1))``, then ``VACUUM ANALYZE``);
+(``by_url(url).seed(bench_runs(n, now))``, then ``VACUUM ANALYZE``);
 every slot gets ``CREATE DATABASE ... TEMPLATE`` of it, so all slots start
 from byte-identical data without seeding 100,000 runs three times. Templates
 are dropped when the runner exits.
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import workflow_retention.backends.sql.postgres  # noqa: F401 - imported before the child's clock starts
 from benchmarks.targets import _sql
 from workflow_retention.backends import by_url
-from workflow_retention.seed import generate
+from benchmarks.data import bench_runs
 
 try:
     from pyworkflow.storage.postgres import PostgresStorageBackend
@@ -61,7 +61,7 @@ def _template(n: int, now: datetime) -> str:
         _admin(f"CREATE DATABASE {name}")
         atexit.register(_admin, f"DROP DATABASE IF EXISTS {name}")
         backend = by_url(_url(name), batch_size=5000)
-        backend.seed(generate(n, now=now, seed=1))
+        backend.seed(bench_runs(n, now))
         with backend.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
         backend.close()

@@ -20,7 +20,7 @@ from typing import Any
 import workflow_retention.backends.sql.sqlite  # noqa: F401 - imported before the child's clock starts
 from benchmarks.targets import _sql
 from workflow_retention.backends import by_url
-from workflow_retention.seed import generate
+from benchmarks.data import bench_runs
 
 try:  # imported before the child starts its clock
     from pyworkflow.storage.sqlite import SQLiteStorageBackend
@@ -34,7 +34,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
     directory = Path(tempfile.mkdtemp(prefix=f"wr_bench_{slot}_"))
     url = f"sqlite://{directory}/pyworkflow.db"
     backend = by_url(url, batch_size=2000)
-    backend.seed(generate(n, now=now, seed=1))
+    backend.seed(bench_runs(n, now))
     backend.close()
     return url
 

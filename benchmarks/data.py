@@ -1,0 +1,25 @@
+"""The benchmark data set, identical for every slot of a run.
+
+``BENCH_PROFILE`` (set by ``benchmarks.run --profile``) picks it:
+
+* ``mixed`` (default): the seeder's defaults; about 2 % of runs are child runs
+  that outlive their expired parent, so the parent is held. pyworkflow-engine
+  0.4.0's own purge fails on such a parent on PostgreSQL and SQLite.
+* ``no-holds``: the same, except no child outlives its parent, so the
+  baseline can finish and its speed can be compared at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import datetime
+
+from workflow_retention.seed import SeedRun, generate
+
+PROFILES = {"mixed": {}, "no-holds": {"outlive_share": 0.0}}
+
+
+def bench_runs(n: int, now: datetime) -> Iterator[SeedRun]:
+    profile = os.environ.get("BENCH_PROFILE", "mixed")
+    return generate(n, now=now, seed=1, **PROFILES[profile])
