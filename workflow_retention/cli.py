@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     def storage(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--storage", metavar="URL",
                         help=f"storage URL; default: ${config.STORAGE_URL} or PyWorkflow's PYWORKFLOW_STORAGE_* variables")
-        sp.add_argument("--batch-size", type=int, help="runs per batch (default: $%s or 500)" % config.BATCH_SIZE)
+        sp.add_argument("--batch-size", type=int, help="runs per batch (default: $%s or the backend's)" % config.BATCH_SIZE)
 
     purge = sub.add_parser("purge", help="delete terminal runs older than the cutoff")
     storage(purge)

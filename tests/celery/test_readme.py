@@ -16,9 +16,9 @@ from workflow_retention.config import lock_key_for
 
 pytestmark = pytest.mark.slow
 
-#: Where the section lives (the lead moves it into README.md and repoints these two).
-SOURCE = ROOT / "docs" / "fragments" / "celery.md"
-HEADING = "### Add to an existing Celery deployment"
+#: Where the section lives.
+SOURCE = ROOT / "README.md"
+HEADING = "## Add to an existing Celery deployment"
 
 APPS = {
     "plain-celery-app": """

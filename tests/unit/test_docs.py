@@ -1,0 +1,32 @@
+"""The README stays true to the code: every setting documented, CI runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from workflow_retention.config import VARIABLES
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_variable_is_in_the_configuration_table() -> None:
+    table = README[README.index("## Configuration"):README.index("## Backends")]
+    missing = [name for name in VARIABLES if f"`{name}`" not in table]
+    assert not missing, missing
+
+
+def test_quickstart_is_two_commands_and_ci_runs_the_test_one() -> None:
+    quick = README[README.index("## Quickstart"):README.index("## Command line")]
+    commands = re.search(r"```sh\n(.*?)```", quick, re.S).group(1).strip().splitlines()
+    assert [c.split("#")[0].strip() for c in commands] == ["make demo", "make test"]
+    assert re.search(r"^make test$", (ROOT / ".ci" / "run").read_text(), re.M)
+
+
+def test_every_registered_scheme_is_in_the_backends_table() -> None:
+    from workflow_retention.backends import BACKENDS
+
+    table = README[README.index("## Backends"):README.index("## Add to an existing Celery deployment")]
+    for scheme in set(BACKENDS) - {"postgres"}:
+        assert f"`{scheme}://" in table, scheme
