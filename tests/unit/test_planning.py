@@ -63,3 +63,4 @@ def test_safe_run_ids() -> None:
     assert is_safe_run_id("run_0123456789abcdef") and is_safe_run_id("sched_daily-re_1a2b3c4d")
     for bad in ("../etc", "a/b", "run:x", "", ".", "..", "a\x00b", "run*", "x" * 300, None, 3, "a..b"):
         assert not is_safe_run_id(bad), bad
+

@@ -64,6 +64,19 @@ def _value(status: Any) -> str:
     return str(getattr(status, "value", status))
 
 
+def _checkpoint_owner(key: str, runs: dict) -> str | None:
+    """The run a ``<run_id>:<step_id>`` key belongs to: the longest prefix that is a run, else the first.
+
+    A run id may itself contain ':' (the engine never makes one, but a store may hold one); its
+    checkpoints must not be taken for another run's.
+    """
+    cuts = [i for i, ch in enumerate(key) if ch == ":"]
+    for cut in reversed(cuts):
+        if key[:cut] in runs:
+            return key[:cut]
+    return key[:cuts[0]] if cuts else None
+
+
 def _maybe_expired(run: Any, cutoff: datetime) -> bool:
     """Cheap pre-filter; RunRef decides exactly (unusual values pass through to it)."""
     if _value(run.status) not in TERMINAL_STATUSES:
@@ -158,7 +171,8 @@ class MemoryBackend(StorageBackend):
         if not ids:
             return
         steps = [k for k, s in store._steps.items() if s.run_id in ids]
-        checkpoints = [k for k in store._checkpoints if k[:k.find(":")] in ids]
+        checkpoints = [k for k in store._checkpoints
+                       if k[:k.find(":")] in ids and _checkpoint_owner(k, store._runs) in ids]
         hooks = [k for k in store._hooks if k[0] in ids]
         tokens = [t for t, v in store._token_index.items() if v[0] in ids]
         keys = [r.data.idempotency_key for r in runs
@@ -223,7 +237,7 @@ class MemoryBackend(StorageBackend):
             Kind.EVENTS: (store._events, lambda k, v: k),
             Kind.EVENT_COUNTERS: (store._event_sequences, lambda k, v: k),
             Kind.STEPS: (store._steps, lambda k, v: v.run_id),
-            Kind.CHECKPOINTS: (store._checkpoints, lambda k, v: k.partition(":")[0] if ":" in k else None),
+            Kind.CHECKPOINTS: (store._checkpoints, lambda k, v: _checkpoint_owner(k, store._runs)),
             Kind.HOOKS: (store._hooks, lambda k, v: k[0]),
             Kind.HOOK_TOKENS: (store._token_index, lambda k, v: v[0]),
             Kind.CANCELLATION_FLAGS: (store._cancellation_flags, lambda k, v: k),

@@ -1,0 +1,37 @@
+"""Memory-backend details the shared conformance suite does not reach."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from workflow_retention.backends.memory import MemoryBackend, MemoryStore, _checkpoint_owner
+from workflow_retention.seed import generate
+
+
+def test_checkpoint_owner_prefers_an_existing_longer_run_id() -> None:
+    runs = {"run": 1, "run:hostile": 2}
+    assert _checkpoint_owner("run:hostile:step_1", runs) == "run:hostile"
+    assert _checkpoint_owner("run:step_1", runs) == "run"
+    assert _checkpoint_owner("gone:step_1", runs) == "gone"
+    assert _checkpoint_owner("stream_step_x", runs) is None
+
+
+def test_a_colon_run_ids_checkpoints_survive_the_purge_and_the_sweep_of_its_prefix_run() -> None:
+    now = datetime.now(UTC)
+    store = MemoryStore()
+    backend = MemoryBackend(store)
+    seeded = list(generate(2, now=now, seed=3))
+    backend.seed(seeded)
+    victim = seeded[0]
+    for seed in seeded:
+        store._runs[seed.run_id].status = "completed"
+        store._runs[seed.run_id].updated_at = now - timedelta(days=90)
+        store._runs[seed.run_id].parent_run_id = None
+    hostile = f"{victim.run_id}:evil"
+    store._runs[hostile] = type(store._runs[victim.run_id])(**{**vars(store._runs[victim.run_id]),
+                                                                  "run_id": hostile, "status": "running"})
+    store._checkpoints[f"{hostile}:step_1"] = {"keep": True}
+    backend.delete_old_runs(now - timedelta(days=30))
+    assert victim.run_id not in store._runs and f"{hostile}:step_1" in store._checkpoints
+    backend.sweep_orphans(grace=timedelta(0))
+    assert f"{hostile}:step_1" in store._checkpoints
