@@ -24,21 +24,36 @@ def backend(request: pytest.FixtureRequest):
     return request.getfixturevalue(f"{request.param}_harness")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``orphan_kind``: one case per (backend, kind of orphan that backend can hold)."""
-    if "orphan_kind" not in metafunc.fixturenames:
-        return
+def _harness_class(name: str):
     import importlib
 
-    pairs = []
-    for name in BACKENDS:
-        cls = getattr(importlib.import_module(f"tests.harness.{name}"), "HARNESS_CLASS", None)
-        kinds = sorted(cls.orphan_kinds) if cls is not None else ["(not implemented)"]
-        pairs += [pytest.param(name, kind, id=f"{name}-{kind}") for kind in kinds]
-    metafunc.parametrize(("kind_backend", "orphan_kind"), pairs, indirect=["kind_backend"])
+    return importlib.import_module(f"tests.harness.{name}").HARNESS_CLASS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Cases that exist only where a store can hold them (capability flags, as Django's BaseCacheTests).
+
+    ``orphan_kind``: one case per (backend, kind of orphan that backend can hold).
+    ``capable_backend``: the backends whose harness has every capability the test's
+    ``requires`` marker names (typed timestamp columns cannot hold a corrupt value, say).
+    """
+    if "orphan_kind" in metafunc.fixturenames:
+        pairs = [pytest.param(name, kind, id=f"{name}-{kind}")
+                 for name in BACKENDS for kind in sorted(_harness_class(name).orphan_kinds)]
+        metafunc.parametrize(("kind_backend", "orphan_kind"), pairs, indirect=["kind_backend"])
+    if "capable_backend" in metafunc.fixturenames:
+        needed = {c for m in metafunc.definition.iter_markers("requires") for c in m.args}
+        names = [n for n in BACKENDS if needed <= _harness_class(n).capabilities]
+        metafunc.parametrize("capable_backend", names, indirect=True)
 
 
 @pytest.fixture
 def kind_backend(request: pytest.FixtureRequest):
     """Like ``backend``, parametrised together with ``orphan_kind``."""
+    return request.getfixturevalue(f"{request.param}_harness")
+
+
+@pytest.fixture
+def capable_backend(request: pytest.FixtureRequest):
+    """Like ``backend``, over the backends with the capabilities the test ``requires``."""
     return request.getfixturevalue(f"{request.param}_harness")

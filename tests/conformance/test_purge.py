@@ -183,10 +183,10 @@ def test_unsafe_run_id_is_skipped_and_reported(backend: Harness) -> None:
     assert report.skipped == 1 and "run:hostile" in report.warnings[0]
 
 
-def test_corrupt_updated_at_is_skipped_and_reported(backend: Harness, scenario: Scenario) -> None:
-    if "corruptible_timestamps" not in backend.capabilities:
-        # Typed timestamp columns cannot hold an unreadable value: nothing to test.
-        return
+@pytest.mark.requires("corruptible_timestamps")
+def test_corrupt_updated_at_is_skipped_and_reported(capable_backend: Harness) -> None:
+    backend = capable_backend
+    scenario = backend.run(build(backend, backend.pyworkflow()))
     backend.corrupt_updated_at("run_exp_completed")
     report = purge(backend)
     assert "run_exp_completed" in run_ids(backend.inventory())
