@@ -9,7 +9,7 @@ every child run is deletable. An expired run that is not deletable is *held*
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -142,6 +142,35 @@ def plan_deletion(roots: Sequence[RunRef], children_of: ChildrenOf, cutoff: date
                         nxt.append(kid.run_id)
         frontier = nxt
     return plan
+
+
+def split_plan(plan: Plan, size: int) -> Iterator[Plan]:
+    """Cut ``plan`` into plans of about ``size`` runs, roots in run_id order, each root with its descendants.
+
+    A family (a root and the descendants planned under it) is never split, so
+    children still go before their parent within one batch.
+    """
+    group: list[str] = []
+    count = 0
+    for root in sorted(plan.roots):
+        group.append(root)
+        count += _family_size(plan, root)
+        if count >= size:
+            yield Plan(plan.cutoff, plan.nodes, plan.children, group)
+            group, count = [], 0
+    if group:
+        yield Plan(plan.cutoff, plan.nodes, plan.children, group)
+
+
+def _family_size(plan: Plan, root: str) -> int:
+    seen = {root}
+    stack = [root]
+    while stack:
+        for kid in plan.children.get(stack.pop(), ()):
+            if kid not in seen and kid in plan.nodes:
+                seen.add(kid)
+                stack.append(kid)
+    return len(seen)
 
 
 def drop_invalid(refs: Sequence[RunRef], report: Any) -> list[RunRef]:

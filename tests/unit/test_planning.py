@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from workflow_retention.planning import RunRef, is_safe_run_id, plan_deletion, split_roots
+from workflow_retention.planning import RunRef, is_safe_run_id, plan_deletion, split_plan, split_roots
 from workflow_retention.timeutil import parse_timestamp
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -64,3 +64,16 @@ def test_safe_run_ids() -> None:
     for bad in ("../etc", "a/b", "run:x", "", ".", "..", "a\x00b", "run*", "x" * 300, None, 3, "a..b"):
         assert not is_safe_run_id(bad), bad
 
+
+
+def test_a_window_is_cut_into_batches_in_run_id_order_without_splitting_a_family() -> None:
+    runs = {r.run_id: r for r in [ref("d"), ref("b"), ref("a"), ref("c"), ref("b1", parent="b"),
+                                  ref("b2", parent="b1"), ref("e")]}
+    roots = [runs[i] for i in ("d", "b", "a", "c", "e")]
+    plan = plan_deletion(roots, lambda ids: {i: [r for r in runs.values() if r.parent_run_id == i]
+                                             for i in ids}, CUTOFF)
+    batches = list(split_plan(plan, 2))
+    assert [b.roots for b in batches] == [["a", "b"], ["c", "d"], ["e"]]
+    orders = [[r.run_id for r in b.order()[0]] for b in batches]
+    assert orders == [["a", "b2", "b1", "b"], ["c", "d"], ["e"]]  # b's family stays whole, children first
+    assert sorted(sum(orders, [])) == sorted(runs)
