@@ -1,11 +1,14 @@
-"""The SQL purge: candidate pages, per-batch plan, one short locking transaction per batch.
+"""The SQL purge: candidate windows, batches in run_id order, one short locking transaction per batch.
 
 Discovery: there is no index on ``updated_at``; since ``updated_at >=
 created_at``, ``created_at < cutoff`` bounds the candidates and
 ``idx_runs_created_at_run_id`` serves a keyset scan on ``(created_at,
-run_id)``. Each page is read in its own short read transaction; expiry is
-then decided exactly in Python (:class:`RunRef`), which is what makes
-SQLite's offset-carrying text timestamps safe.
+run_id)``. Each page (a window of ``window_batches`` batches) is read in
+its own short read transaction; expiry is then decided exactly in Python
+(:class:`RunRef`), which is what makes SQLite's offset-carrying text
+timestamps safe. The window is planned as a whole and cut into batches in
+run_id order (:func:`split_plan`), so each batch's deletes stay in a narrow
+slice of the run_id-led indexes.
 
 Live engine: after ``on_batch`` (called with no transaction open) the batch's
 runs are locked (``SELECT ... FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``) and
