@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +114,24 @@ def rows_left(url: str) -> dict[str, Any]:
         out["orphans_left"] = orphans
     backend.close()
     return out
+
+
+async def connected(storage: Any) -> Any:
+    """A pyworkflow storage backend after its own ``connect()``."""
+    await storage.connect()
+    return storage
+
+
+def pyworkflow_baseline(open_storage: Callable[[], Awaitable[Any]], cutoff: datetime) -> dict[str, Any]:
+    """pyworkflow-engine's ``delete_old_runs(cutoff)`` on the storage ``open_storage()`` returns, timed."""
+    async def purge() -> int:
+        storage = await open_storage()
+        try:
+            return await storage.delete_old_runs(cutoff)
+        finally:
+            await storage.disconnect()
+
+    return timed_baseline(lambda: asyncio.run(purge()))
 
 
 def timed_baseline(call: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ on an aiomysql pool set up as its ``connect()`` would (``autocommit=True``; its
 character ','`` before sending anything (``",".join("%s" * 5)``), so it deletes
 nothing. :func:`baseline_fixed` runs the same statements with that one bug
 fixed, on the same kind of pool; it is not a slot of the runner (run it by
-hand, see docs/fragments/sql.md).
+hand, see docs/backends/sql.md).
 """
 
 from __future__ import annotations
@@ -74,14 +74,7 @@ async def _pyworkflow(url: str) -> Any:
 
 
 def baseline(url: str, cutoff: datetime) -> dict[str, Any]:
-    async def purge() -> int:
-        pw = await _pyworkflow(url)
-        try:
-            return await pw.delete_old_runs(cutoff)
-        finally:
-            await pw.disconnect()
-
-    return _sql.timed_baseline(lambda: asyncio.run(purge()))
+    return _sql.pyworkflow_baseline(lambda: _pyworkflow(url), cutoff)
 
 
 def baseline_fixed(url: str, cutoff: datetime) -> dict[str, Any]:

@@ -16,7 +16,6 @@ failure, after all its other deletes, is what is reported.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import uuid
@@ -77,15 +76,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
 
 
 def baseline(url: str, cutoff: datetime) -> dict[str, Any]:
-    async def purge() -> int:
-        pw = PostgresStorageBackend(dsn=url)
-        await pw.connect()
-        try:
-            return await pw.delete_old_runs(cutoff)
-        finally:
-            await pw.disconnect()
-
-    return _sql.timed_baseline(lambda: asyncio.run(purge()))
+    return _sql.pyworkflow_baseline(lambda: _sql.connected(PostgresStorageBackend(dsn=url)), cutoff)
 
 
 def extra(url: str, slot: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ exits without committing).
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 from datetime import datetime
@@ -40,15 +39,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
 
 
 def baseline(url: str, cutoff: datetime) -> dict[str, Any]:
-    async def purge() -> int:
-        pw = SQLiteStorageBackend(db_path=url.split("://", 1)[1])
-        await pw.connect()
-        try:
-            return await pw.delete_old_runs(cutoff)
-        finally:
-            await pw.disconnect()
-
-    return _sql.timed_baseline(lambda: asyncio.run(purge()))
+    return _sql.pyworkflow_baseline(lambda: _sql.connected(SQLiteStorageBackend(db_path=url.split("://", 1)[1])), cutoff)
 
 
 def extra(url: str, slot: str) -> dict[str, Any]:

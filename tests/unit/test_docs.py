@@ -30,3 +30,13 @@ def test_every_registered_scheme_is_in_the_backends_table() -> None:
     table = README[README.index("## Backends"):README.index("## Add to an existing Celery deployment")]
     for scheme in set(BACKENDS) - {"postgres"}:
         assert f"`{scheme}://" in table, scheme
+
+
+def test_every_relative_link_in_the_docs_points_at_a_file() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
