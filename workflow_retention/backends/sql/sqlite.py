@@ -73,7 +73,10 @@ class SQLiteBackend(SQLBackend):
         uri = f"file:{quote(self.path.as_posix())}?mode=rw"
 
         def connect() -> sqlite3.Connection:
-            return sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, check_same_thread=False)
+            # A small statement cache: every IN-list length is its own SQL text, and the default 128
+            # prepared statements of up to 1,000 parameters each cost ~20 MB of RSS for no reuse.
+            return sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, check_same_thread=False,
+                                   cached_statements=16)
 
         engine = create_engine("sqlite+pysqlite://", creator=connect, poolclass=QueuePool, hide_parameters=True)
 
