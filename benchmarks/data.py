@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import Any
 
 from workflow_retention.seed import SeedRun, generate
 
@@ -23,3 +24,18 @@ PROFILES = {"mixed": {}, "no-holds": {"outlive_share": 0.0}}
 def bench_runs(n: int, now: datetime) -> Iterator[SeedRun]:
     profile = os.environ.get("BENCH_PROFILE", "mixed")
     return generate(n, now=now, seed=1, **PROFILES[profile])
+
+
+def seed_store(url: str, n: int, now: datetime, batch_size: int = 1000,
+               then: Callable[[Any], None] | None = None) -> str:
+    """Seed ``bench_runs(n, now)`` into the store at ``url`` with our seeder; ``then(backend)`` before closing."""
+    from workflow_retention.backends import by_url
+
+    backend = by_url(url, batch_size=batch_size)
+    try:
+        backend.seed(bench_runs(n, now))
+        if then is not None:
+            then(backend)
+    finally:
+        backend.close()
+    return url

@@ -30,7 +30,7 @@ from typing import Any
 
 from workflow_retention.backends import by_url
 from workflow_retention.backends.cassandra.cql import TABLES
-from benchmarks.data import bench_runs
+from benchmarks.data import seed_store
 
 _SERVER: dict[str, Any] = {}
 _ROWS_BEFORE: dict[str, dict[str, int]] = {}
@@ -67,13 +67,7 @@ def _count_rows(backend: Any) -> dict[str, int]:
 
 def prepare(n: int, slot: str, now: datetime) -> str:
     url = _url(f"bench_{slot}_{n}_{uuid.uuid4().hex[:8]}")
-    backend = by_url(url, batch_size=1000)
-    try:
-        backend.seed(bench_runs(n, now))
-        _ROWS_BEFORE[url] = _count_rows(backend)
-    finally:
-        backend.close()
-    return url
+    return seed_store(url, n, now, then=lambda backend: _ROWS_BEFORE.__setitem__(url, _count_rows(backend)))
 
 
 def run_ours(url: str, cutoff: datetime, batch: int) -> dict[str, Any]:

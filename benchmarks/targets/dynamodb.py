@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from workflow_retention.backends import by_url
-from benchmarks.data import bench_runs
+from benchmarks.data import seed_store
 
 _SERVER: dict[str, Any] = {}
 _DUMMY = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
@@ -51,12 +51,7 @@ def _parts(url: str) -> tuple[str, str, str]:
 
 def prepare(n: int, slot: str, now: datetime) -> str:
     url = f"dynamodb://bench_{slot}_{n}_{uuid.uuid4().hex[:8]}?region=us-east-1&endpoint_url={_endpoint()}"
-    backend = by_url(url, batch_size=1000)
-    try:
-        backend.seed(bench_runs(n, now))
-    finally:
-        backend.close()
-    return url
+    return seed_store(url, n, now)
 
 
 def run_ours(url: str, cutoff: datetime, batch: int) -> dict[str, Any]:

@@ -22,8 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import workflow_retention.backends.sql.mysql  # noqa: F401 - imported before the child's clock starts
 from benchmarks.targets import _sql
-from workflow_retention.backends import by_url
-from benchmarks.data import bench_runs
+from benchmarks.data import seed_store
 
 try:  # imported before the child starts its clock
     import aiomysql
@@ -60,10 +59,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
     database = f"wr_bench_{slot}_{uuid.uuid4().hex[:8]}"
     _admin(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     url = urlsplit(SERVER)._replace(path=f"/{database}").geturl()
-    backend = by_url(url, batch_size=5000)
-    backend.seed(bench_runs(n, now))
-    backend.close()
-    return url
+    return seed_store(url, n, now, batch_size=5000)
 
 
 async def _pyworkflow(url: str) -> Any:

@@ -25,8 +25,7 @@ from urllib.parse import urlsplit
 
 import workflow_retention.backends.sql.postgres  # noqa: F401 - imported before the child's clock starts
 from benchmarks.targets import _sql
-from workflow_retention.backends import by_url
-from benchmarks.data import bench_runs
+from benchmarks.data import seed_store
 
 try:
     from pyworkflow.storage.postgres import PostgresStorageBackend
@@ -53,17 +52,18 @@ def _database(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
 
+def _vacuum_analyze(backend: Any) -> None:
+    with backend.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
+
+
 def _template(n: int, now: datetime) -> str:
     key = (n, now.isoformat())
     if key not in _templates:
         name = f"wr_bench_tpl_{uuid.uuid4().hex[:8]}"
         _admin(f"CREATE DATABASE {name}")
         atexit.register(_admin, f"DROP DATABASE IF EXISTS {name}")
-        backend = by_url(_url(name), batch_size=5000)
-        backend.seed(bench_runs(n, now))
-        with backend.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
-        backend.close()
+        seed_store(_url(name), n, now, batch_size=5000, then=_vacuum_analyze)
         _templates[key] = name
     return _templates[key]
 

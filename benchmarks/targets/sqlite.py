@@ -18,8 +18,7 @@ from typing import Any
 
 import workflow_retention.backends.sql.sqlite  # noqa: F401 - imported before the child's clock starts
 from benchmarks.targets import _sql
-from workflow_retention.backends import by_url
-from benchmarks.data import bench_runs
+from benchmarks.data import seed_store
 
 try:  # imported before the child starts its clock
     from pyworkflow.storage.sqlite import SQLiteStorageBackend
@@ -32,10 +31,7 @@ run_ours, floor = _sql.run_ours, _sql.floor
 def prepare(n: int, slot: str, now: datetime) -> str:
     directory = Path(tempfile.mkdtemp(prefix=f"wr_bench_{slot}_"))
     url = f"sqlite://{directory}/pyworkflow.db"
-    backend = by_url(url, batch_size=2000)
-    backend.seed(bench_runs(n, now))
-    backend.close()
-    return url
+    return seed_store(url, n, now, batch_size=2000)
 
 
 def baseline(url: str, cutoff: datetime) -> dict[str, Any]:
