@@ -31,6 +31,18 @@ def split_url(url: str) -> SplitResult:
     return parts
 
 
+def server_and_database(url: str, form: str) -> tuple[SplitResult, str]:
+    """The parts of a ``scheme://user:password@host:port/database`` URL and its database name.
+
+    Anything else is an error that states ``form`` and shows the URL with its password masked.
+    """
+    parts = split_url(url)
+    database = parts.path.lstrip("/")
+    if not parts.hostname or not database or "/" in database:
+        raise ConfigurationError(f"{form}; got {redact_url(url)!r}")
+    return parts, database
+
+
 def query_params(parts: SplitResult, allowed: set[str], url: str) -> dict[str, str]:
     """Single-valued query parameters; an unknown one is an error naming the allowed ones."""
     params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}

@@ -130,6 +130,11 @@ def test_passwords_never_show(tmp_path: Any) -> None:
         backend = by_url(url)
         assert "s3cr" not in repr(backend) and "s3cr" not in backend.url
     assert by_url("sqlite:////abs/path/x.db").path.as_posix() == "/abs/path/x.db"
+    for url in ("postgresql://u:s3cr%40t@h:5432", "mysql://u:s3cr%40t@h:3306/db/x",
+                "mysql://u:s3cr%40t@h:3306/db?connect_timeout=soon"):
+        with pytest.raises(ConfigurationError, match="must") as error:
+            by_url(url)
+        assert "s3cr" not in str(error.value) and "***" in str(error.value)
 
 
 def test_a_missing_sqlite_file_is_an_error_and_is_not_created(tmp_path: Any) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from workflow_retention.backends.sql.base import SQLBackend
 from workflow_retention.backends.sql.schema import Types
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
-from workflow_retention.urls import query_params, split_url
+from workflow_retention.urls import query_params, redact_url, server_and_database
 
 QUERY = {"charset", "connect_timeout"}
 RETRY_ERRORS = {1213}  # ER_LOCK_DEADLOCK (SQLSTATE 40001)
@@ -63,13 +63,11 @@ class MySQLBackend(SQLBackend):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MySQLBackend:
-        parts = split_url(url)
-        database = parts.path.lstrip("/")
-        if not parts.hostname or not database or "/" in database:
-            raise ConfigurationError(f"MySQL URL must be mysql://user:password@host:3306/database; got {url!r}")
+        parts, database = server_and_database(url, "MySQL URL must be mysql://user:password@host:3306/database")
         params = query_params(parts, QUERY, url)
         if not params.get("connect_timeout", "10").isdigit():
-            raise ConfigurationError(f"connect_timeout in the MySQL URL must be whole seconds; got {url!r}")
+            raise ConfigurationError(f"connect_timeout in the MySQL URL must be whole seconds; "
+                                     f"got {redact_url(url)!r}")
         return cls(host=parts.hostname, port=parts.port or 3306, user=unquote(parts.username or "pyworkflow"),
                    password=unquote(parts.password or ""), database=unquote(database), query=params, url=url,
                    **options)

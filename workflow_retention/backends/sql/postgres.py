@@ -39,7 +39,7 @@ from workflow_retention.backends.sql.purge import RUN_CHILDREN
 from workflow_retention.backends.sql.schema import Types
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
 from workflow_retention.report import Kind
-from workflow_retention.urls import query_params, split_url
+from workflow_retention.urls import query_params, server_and_database
 
 log = logging.getLogger("workflow_retention.sql")
 
@@ -78,11 +78,8 @@ class PostgresBackend(SQLBackend):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBackend:
-        parts = split_url(url)
-        database = parts.path.lstrip("/")
-        if not parts.hostname or not database or "/" in database:
-            raise ConfigurationError(f"PostgreSQL URL must be postgresql://user:password@host:5432/database"
-                                     f"[?schema=NAME]; got {url!r}")
+        parts, database = server_and_database(
+            url, "PostgreSQL URL must be postgresql://user:password@host:5432/database[?schema=NAME]")
         params = query_params(parts, QUERY, url)
         schema = params.pop("schema", None)
         return cls(host=parts.hostname, port=parts.port or 5432, user=unquote(parts.username or "pyworkflow"),
