@@ -19,7 +19,6 @@ Results are appended to ``benchmarks/results/audit.jsonl``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
 import gc
@@ -27,22 +26,15 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from benchmarks.child import call_baseline, reset_peak, run_measured, status_kb
 from benchmarks.data import PROFILES
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def child(target_name: str, url: str, what: str, n: str, now_text: str) -> None:
@@ -54,11 +46,9 @@ def child(target_name: str, url: str, what: str, n: str, now_text: str) -> None:
     if hasattr(target, "setup_in_child"):  # an in-process store: seed it (and sweep it) here
         target.setup_in_child(url, "audit", int(n), now)
         if what == "orphans":
-            result = target.baseline(url, now - timedelta(days=30))
-            if asyncio.iscoroutine(result):
-                asyncio.run(result)
+            call_baseline(target, url, now - timedelta(days=30))
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM: from here on
+    reset_peak()  # VmHWM: from here on
     args = ["audit", "--days", "30"] if what == "audit" else ["orphans", "--dry-run"]
     out = io.StringIO()
     started = time.perf_counter()
@@ -68,17 +58,13 @@ def child(target_name: str, url: str, what: str, n: str, now_text: str) -> None:
     report = json.loads(out.getvalue()) if code == 0 else {}
     found = report["purge_preview"]["counts"].get("runs", 0) if what == "audit" else sum(report["counts"].values())
     print("RESULT " + json.dumps({"exit": code, "seconds": round(seconds, 2), "found": found,
-                                  "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1)}))
+                                  "peak_rss_mb": round(status_kb("VmHWM") / 1024, 1)}))
 
 
 def measure(target_name: str, url: str, what: str, n: int, now: datetime) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.audit", "--child", target_name, url, what, str(n), now.isoformat()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SystemExit(f"{what} on {target_name} failed (exit {proc.returncode}): {tail[0]}")
-    row = json.loads(line[len("RESULT "):])
+    row = run_measured(["benchmarks.audit", "--child", target_name, url, what, str(n), now.isoformat()])
+    if "error" in row:
+        raise SystemExit(f"{what} on {target_name} failed: {row['error']}")
     if row["exit"] != 0:
         raise SystemExit(f"{what} on {target_name} exited {row['exit']}")
     return row
@@ -93,9 +79,7 @@ def bench(target_name: str, sizes: list[int]) -> list[dict]:
         try:
             for what in ("audit", "orphans"):
                 if what == "orphans" and not hasattr(target, "setup_in_child"):
-                    result = target.baseline(url, now - timedelta(days=30))
-                    if asyncio.iscoroutine(result):
-                        asyncio.run(result)
+                    call_baseline(target, url, now - timedelta(days=30))
                 row = {"target": target_name, "n": n, "task": what, **measure(target_name, url, what, n, now)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)

@@ -10,21 +10,43 @@ import asyncio
 import gc
 import importlib
 import json
+import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+
+
+def call_baseline(target: Any, url: str, cutoff: datetime) -> Any:
+    """The target's pyworkflow purge (a coroutine is run to completion); its result."""
+    result = target.baseline(url, cutoff)
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result
+
+
+def run_measured(module_args: list[str], timeout: float | None = None) -> dict:
+    """``python -m <module_args>`` in a fresh process: the dict of its ``RESULT`` line, or ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", *module_args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
+    return json.loads(line[len("RESULT "):])
 
 
 def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n: str, now_text: str) -> None:
@@ -35,8 +57,8 @@ def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n:
     if hasattr(target, "setup_in_child"):  # in-process stores are seeded in the measuring process
         target.setup_in_child(url, slot, int(n), now)
     gc.collect()
-    _reset_peak()
-    before = _status_kb("VmRSS")
+    reset_peak()
+    before = status_kb("VmRSS")
     out: dict = {"slot": slot}
     started = time.perf_counter()
     if slot == "ours":
@@ -46,9 +68,7 @@ def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n:
             report = by_url(url, batch_size=int(batch) or None).delete_old_runs(cutoff)
             out.update(runs=report.runs, held=report.held, batches=report.batches, counts=dict(report.counts))
     elif slot == "baseline":
-        result = target.baseline(url, cutoff)
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
+        result = call_baseline(target, url, cutoff)
         if isinstance(result, int):
             out["runs"] = result
         elif isinstance(result, dict):
@@ -60,8 +80,8 @@ def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n:
     else:
         raise SystemExit(f"unknown slot {slot!r}")
     out["seconds"] = round(time.perf_counter() - started, 3)
-    out["peak_rss_mb"] = round(_status_kb("VmHWM") / 1024, 1)
-    out["rss_growth_mb"] = round((_status_kb("VmHWM") - before) / 1024, 1)
+    out["peak_rss_mb"] = round(status_kb("VmHWM") / 1024, 1)
+    out["rss_growth_mb"] = round((status_kb("VmHWM") - before) / 1024, 1)
     if hasattr(target, "extra_in_child"):
         out.update(target.extra_in_child(url, slot))
     print("RESULT " + json.dumps(out))

@@ -16,12 +16,12 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from benchmarks.child import run_measured
 from benchmarks.data import PROFILES
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,18 +30,9 @@ COLUMNS = ("target", "n", "slot", "runs", "seconds", "runs_per_s", "peak_rss_mb"
 
 def run_child(target: str, slot: str, url: str, cutoff: datetime, batch: int, n: int, now: datetime,
               timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.child", target, slot, url, cutoff.isoformat(), str(batch), str(n),
-           now.isoformat()]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd=Path(__file__).parent.parent)
-    except subprocess.TimeoutExpired:
-        return {"slot": slot, "error": f"timed out after {timeout:.0f}s"}
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"slot": slot, "error": f"exit {proc.returncode}: {tail[0][:300]}"}
-    return json.loads(line[len("RESULT "):])
+    row = run_measured(["benchmarks.child", target, slot, url, cutoff.isoformat(), str(batch), str(n),
+                        now.isoformat()], timeout)
+    return {"slot": slot, **row}
 
 
 def bench(target_name: str, sizes: list[int], slots: list[str], batch: int, timeout: float,
