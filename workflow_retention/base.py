@@ -215,7 +215,7 @@ class StorageBackend(ABC):
         on_batch: OnBatch | None = None,
     ) -> PurgeReport:
         cutoff = require_aware(older_than, "older_than")
-        size = validate_batch_size(batch_size) if batch_size is not None else self.batch_size
+        size = self._batch_size(batch_size)
         report = PurgeReport(backend=self.url, dry_run=dry_run, cutoff=cutoff, started_at=utcnow())
         job = PurgeJob(dry_run=dry_run, batch_size=size, on_batch=on_batch, cutoff=cutoff, report=report)
         log.info("purge started backend=%s cutoff=%s dry_run=%s batch_size=%d",
@@ -249,7 +249,7 @@ class StorageBackend(ABC):
         """
         if not isinstance(grace, timedelta) or grace < timedelta(0):
             raise ConfigurationError(f"grace must be a non-negative timedelta, e.g. timedelta(hours=1); got {grace!r}")
-        size = validate_batch_size(batch_size) if batch_size is not None else self.batch_size
+        size = self._batch_size(batch_size)
         report = OrphanReport(backend=self.url, dry_run=dry_run, grace_s=grace.total_seconds(),
                               started_at=utcnow())
         job = OrphanJob(dry_run=dry_run, batch_size=size, on_batch=on_batch,
@@ -292,7 +292,7 @@ class StorageBackend(ABC):
 
     def seed(self, runs: Iterable[SeedRun], *, batch_size: int | None = None) -> int:
         """Write runs from :mod:`workflow_retention.seed` in the store's PyWorkflow layout."""
-        size = validate_batch_size(batch_size) if batch_size is not None else self.batch_size
+        size = self._batch_size(batch_size)
         self.open()
         self._prepare_seed()
         total = 0
@@ -300,6 +300,10 @@ class StorageBackend(ABC):
             self._write_seed(chunk)
             total += len(chunk)
         return total
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        """A per-call ``batch_size``, validated, or the backend's own."""
+        return validate_batch_size(batch_size) if batch_size is not None else self.batch_size
 
     def _run(self, what: str, report: PurgeReport | OrphanReport, body: Callable[[], None]) -> None:
         started = time.monotonic()
