@@ -8,10 +8,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import islice
 from typing import TYPE_CHECKING, ClassVar
 
 from workflow_retention.exceptions import ConfigurationError, PurgeStopped
+from workflow_retention.planning import chunked
 from workflow_retention.report import AuditReport, Census, OrphanReport, PurgeReport
 from workflow_retention.timeutil import require_aware, utcnow
 from workflow_retention.urls import redact_url
@@ -80,12 +80,6 @@ class CensusJob:
     def progress(self, what: str, n: int) -> None:
         if self.on_progress is not None:
             self.on_progress(what, n)
-
-
-def chunked(items: Iterable, size: int) -> Iterable[list]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 def validate_batch_size(value: object, name: str = "batch_size") -> int:

@@ -1,41 +1,74 @@
-"""Which runs may go, and in which order: shared by every backend.
+"""The rules that decide which runs and which derived records go: one implementation, used by every backend.
 
-A run is *expired* when its status is terminal and its ``updated_at`` is
-strictly older than the cutoff. A run is *deletable* when it is expired and
-every child run is deletable. An expired run that is not deletable is *held*
-(a child survives). Deletable descendants go before their ancestors.
+A run is *expired* when its status is one of the terminal statuses exactly as
+pyworkflow writes them (lower case) and its ``updated_at`` is strictly older
+than the cutoff. It is *eligible* when it is expired and its id is safe. A run
+is *deletable* when it is eligible and every child run is deletable; an
+eligible run that is not deletable is *held* (a child survives). Deletable
+descendants go before their ancestors.
+
+Everything a backend needs to decide is here, so that a rule changes in one
+place:
+
+* :meth:`RunRef.defect`: why a run is left alone and reported (an unsafe id,
+  an unreadable ``updated_at``, a status pyworkflow never writes);
+* :func:`screen`, :func:`split_roots`, :func:`plan_deletion`,
+  :func:`plan_page`: the page -> screen -> parents -> roots -> plan pipeline;
+* :meth:`Plan.order`, :func:`heights`, :func:`split_plan`: children first,
+  holds, batches;
+* :func:`key_owner`: which run a derived key ``<run_id>:<rest>`` (a step
+  checkpoint, a hook token) belongs to: the *longest* prefix that names an
+  existing run, since run ids may themselves contain ``:``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from itertools import islice
+from typing import Any, Protocol, TypeVar
 
 from workflow_retention.timeutil import parse_timestamp
 
+T = TypeVar("T")
+
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "continued_as_new", "interrupted"})
 LIVE_STATUSES = frozenset({"pending", "running", "suspended"})
+#: Every run status pyworkflow-engine writes (always lower case).
+RUN_STATUSES = TERMINAL_STATUSES | LIVE_STATUSES
+#: Stream subscription statuses that are final (the baseline's subscription sweep deletes these).
+TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
+#: The separator of derived keys: step checkpoints ``<run_id>:<step_id>``, tokens ``<run_id>:<hook_id>``.
+KEY_SEPARATOR = ":"
 
-# What a run_id may look like before anything derived from it is deleted:
-# engine ids are run_<hex> and sched_<id>_<hex>. Path separators, ':' (the
-# checkpoint/token separator), wildcards and control characters are refused.
-_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+# What a run_id may look like before anything derived from it is deleted: engine ids are
+# run_<hex> and sched_<schedule id[:8]>_<hex>, and schedule ids are chosen by users, so ':'
+# is allowed (ownership of derived keys is decided by the longest existing prefix, see
+# key_owner). Path separators, wildcards, whitespace and control characters are refused.
+_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
 
 
 def is_safe_run_id(run_id: object) -> bool:
     return isinstance(run_id, str) and bool(_SAFE_RUN_ID.match(run_id)) and ".." not in run_id
 
 
+class Reporter(Protocol):
+    """What the rules need of a report: a count of skipped records and their warnings."""
+
+    skipped: int
+
+    def warn(self, message: str) -> None: ...
+
+
 @dataclass
 class RunRef:
     """The fields of a run record that retention decides on.
 
-    ``updated_at`` is None when the stored value could not be parsed (such a
-    run is never expired). ``data`` carries whatever else the backend needs
-    later (keys, index values, the raw record).
+    ``status`` is kept exactly as stored. ``updated_at`` is None when the stored
+    value could not be parsed (such a run is never expired). ``data`` carries
+    whatever else the backend needs later (keys, index values, the raw record).
     """
 
     run_id: str
@@ -48,43 +81,79 @@ class RunRef:
     def parse(cls, run_id: str, status: object, updated_at: object, parent_run_id: str | None = None,
               data: Any = None) -> RunRef:
         try:
-            when = parse_timestamp(updated_at)
+            when: datetime | None = parse_timestamp(updated_at)
         except (TypeError, ValueError):
             when = None
         status_text = getattr(status, "value", status)
-        return cls(run_id, str(status_text).lower() if status_text is not None else "", when,
+        return cls(run_id, str(status_text) if status_text is not None else "", when,
                    parent_run_id or None, data)
 
     def is_expired(self, cutoff: datetime) -> bool:
-        return (
-            self.status in TERMINAL_STATUSES
-            and self.updated_at is not None
-            and self.updated_at < cutoff
-        )
+        """Terminal (exactly as pyworkflow writes it) and updated strictly before ``cutoff``."""
+        return self.status in TERMINAL_STATUSES and self.updated_at is not None and self.updated_at < cutoff
+
+    def eligible(self, cutoff: datetime) -> bool:
+        """Expired with a safe id: it goes if all its children go. The one test every plan applies."""
+        return self.is_expired(cutoff) and is_safe_run_id(self.run_id)
 
     @property
     def corrupt(self) -> bool:
         """A terminal run whose updated_at could not be parsed: reported, never deleted."""
         return self.status in TERMINAL_STATUSES and self.updated_at is None
 
+    @property
+    def unknown_status(self) -> bool:
+        """A status pyworkflow never writes (``COMPLETED``, ``done``, empty): never deleted."""
+        return self.status not in RUN_STATUSES
+
+    def defect(self, cutoff: datetime) -> str | None:
+        """Why a run a purge at ``cutoff`` would consider is left alone and reported; None if it is not."""
+        if self.unknown_status:
+            if self.updated_at is None or self.updated_at < cutoff:
+                return f"its status {self.status!r} is not one pyworkflow writes"
+            return None
+        if self.corrupt:
+            return "its updated_at cannot be read"
+        if self.is_expired(cutoff) and not is_safe_run_id(self.run_id):
+            return "its run_id is not a safe identifier"
+        return None
+
+    def candidate(self, cutoff: datetime) -> bool:
+        """Worth screening: expired, or with a defect to report."""
+        return self.is_expired(cutoff) or self.defect(cutoff) is not None
+
     def same_version(self, other: RunRef) -> bool:
         """True when ``other`` (a fresh read) still has this status and updated_at."""
         return self.status == other.status and self.updated_at == other.updated_at
 
 
+def screen(refs: Iterable[RunRef], cutoff: datetime, report: Reporter) -> list[RunRef]:
+    """The eligible runs of ``refs``; each run with a :meth:`RunRef.defect` is counted in ``report.skipped``."""
+    eligible = []
+    for ref in refs:
+        why = ref.defect(cutoff)
+        if why is not None:
+            report.skipped += 1
+            report.warn(f"run {ref.run_id!r}: {why}; run left alone")
+        elif ref.eligible(cutoff):
+            eligible.append(ref)
+    return eligible
+
+
 ChildrenOf = Callable[[Sequence[str]], Mapping[str, Iterable[RunRef]]]
+ParentsOf = Callable[[set[str]], Mapping[str, RunRef]]
 
 
 @dataclass
 class Plan:
-    """The deletion plan for a batch of expired root runs and their descendants."""
+    """The deletion plan for a batch of eligible root runs and their descendants."""
 
     cutoff: datetime
     nodes: dict[str, RunRef] = field(default_factory=dict)
     children: dict[str, list[str]] = field(default_factory=dict)
     roots: list[str] = field(default_factory=list)
 
-    def order(self, survivors: frozenset[str] | set[str] = frozenset()) -> tuple[list[RunRef], list[RunRef]]:
+    def order(self, survivors: Collection[str] = frozenset()) -> tuple[list[RunRef], list[RunRef]]:
         """Return ``(deletable children-first, held)``.
 
         ``survivors`` are runs found changed at deletion time: they, and every
@@ -98,7 +167,7 @@ class Plan:
             if run_id in memo:
                 return memo[run_id]
             node = self.nodes.get(run_id)
-            if node is None or run_id in path or run_id in survivors or not node.is_expired(self.cutoff):
+            if node is None or run_id in path or run_id in survivors or not node.eligible(self.cutoff):
                 return False
             path.add(run_id)
             ok = True
@@ -114,13 +183,28 @@ class Plan:
         held = [h for h in held if h.run_id not in survivors]
         return deletable, held
 
+    def copy(self) -> Plan:
+        """A plan that a transaction attempt may extend (new children) without affecting a retry."""
+        return Plan(self.cutoff, dict(self.nodes), {k: list(v) for k, v in self.children.items()},
+                    list(self.roots))
+
+    def forget(self, run_ids: Collection[str]) -> None:
+        """Drop runs that no longer exist, so that they neither go nor hold their parents."""
+        if not run_ids:
+            return
+        self.roots = [r for r in self.roots if r not in run_ids]
+        for kids in self.children.values():
+            kids[:] = [k for k in kids if k not in run_ids]
+        for run_id in run_ids:
+            self.nodes.pop(run_id, None)
+
 
 def plan_deletion(roots: Sequence[RunRef], children_of: ChildrenOf, cutoff: datetime) -> Plan:
-    """Build the plan for ``roots`` (expired runs whose parent is not expired).
+    """Build the plan for ``roots`` (eligible runs whose parent is not eligible).
 
     ``children_of(parent_ids)`` returns the child runs of each parent, read
-    from the store's parent index. Only expired children are descended into:
-    a child that is not expired already makes its parent held.
+    from the store's parent index. Only eligible children are descended into:
+    any other child (live, recent, unreadable, unsafe) already holds its parent.
     """
     plan = Plan(cutoff=cutoff)
     frontier: list[str] = []
@@ -138,10 +222,56 @@ def plan_deletion(roots: Sequence[RunRef], children_of: ChildrenOf, cutoff: date
             for kid in kids:
                 if kid.run_id not in plan.nodes:
                     plan.nodes[kid.run_id] = kid
-                    if kid.is_expired(cutoff):
+                    if kid.eligible(cutoff):
                         nxt.append(kid.run_id)
         frontier = nxt
     return plan
+
+
+def split_roots(candidates: Sequence[RunRef], parents: Mapping[str, RunRef | None],
+                cutoff: datetime) -> list[RunRef]:
+    """Keep the candidates whose parent is missing or not eligible.
+
+    A candidate with an eligible parent is reached through that parent's plan
+    instead, so every run is planned (and counted) exactly once.
+    """
+    roots = []
+    for ref in candidates:
+        parent = parents.get(ref.parent_run_id) if ref.parent_run_id else None
+        if parent is None or not parent.eligible(cutoff) or parent.run_id == ref.run_id:
+            roots.append(ref)
+    return roots
+
+
+def plan_page(page: Iterable[RunRef], cutoff: datetime, report: Reporter, parents_of: ParentsOf,
+              children_of: ChildrenOf) -> Plan | None:
+    """The shared pipeline: screen a page of candidates, find their parents, split roots, plan.
+
+    ``parents_of(ids)`` returns the existing runs among ``ids``. None when
+    nothing on the page is a root to plan.
+    """
+    eligible = screen(page, cutoff, report)
+    parents = parents_of({r.parent_run_id for r in eligible if r.parent_run_id}) if eligible else {}
+    roots = split_roots(eligible, parents, cutoff)
+    return plan_deletion(roots, children_of, cutoff) if roots else None
+
+
+def heights(plan: Plan, runs: Sequence[RunRef]) -> list[list[RunRef]]:
+    """``runs`` (children first) grouped by height in the plan: leaves, then their parents, and so on.
+
+    Every run's children among ``runs`` are in earlier groups, so each group
+    can be deleted at once (in parallel, or in one statement) after the ones
+    before it.
+    """
+    ids = {r.run_id for r in runs}
+    height: dict[str, int] = {}
+    for ref in runs:
+        kids = [height[c] for c in plan.children.get(ref.run_id, []) if c in ids and c in height]
+        height[ref.run_id] = 1 + max(kids) if kids else 0
+    groups: list[list[RunRef]] = [[] for _ in range(1 + max(height.values(), default=-1))]
+    for ref in runs:
+        groups[height[ref.run_id]].append(ref)
+    return groups
 
 
 def split_plan(plan: Plan, size: int) -> Iterator[Plan]:
@@ -173,31 +303,46 @@ def _family_size(plan: Plan, root: str) -> int:
     return len(seen)
 
 
-def drop_invalid(refs: Sequence[RunRef], report: Any) -> list[RunRef]:
-    """Remove runs with an unsafe id or a corrupt updated_at, counting each in ``report.skipped``."""
-    valid = []
-    for ref in refs:
-        if not is_safe_run_id(ref.run_id):
-            report.skipped += 1
-            report.warn(f"run_id {ref.run_id!r} is not a safe identifier; run left alone")
-        elif ref.corrupt:
-            report.skipped += 1
-            report.warn(f"run {ref.run_id!r} has an unreadable updated_at; run left alone")
-        else:
-            valid.append(ref)
-    return valid
+# -- derived keys: <run_id>:<rest> ---------------------------------------------------------
 
 
-def split_roots(candidates: Sequence[RunRef], parents: Mapping[str, RunRef | None],
-                cutoff: datetime) -> list[RunRef]:
-    """Keep the candidates whose parent is missing or not expired.
+def key_prefixes(key: str) -> list[str]:
+    """The run ids a derived key ``<run_id>:<rest>`` may belong to, shortest first.
 
-    A candidate with an expired parent is reached through that parent's plan
-    instead, so every run is planned (and counted) exactly once.
+    ``"a:b:c"`` gives ``["a", "a:b"]``; a key without ``:`` (a stream-step
+    checkpoint) names no run and gives ``[]``.
     """
-    roots = []
-    for ref in candidates:
-        parent = parents.get(ref.parent_run_id) if ref.parent_run_id else None
-        if parent is None or not parent.is_expired(cutoff) or parent.run_id == ref.run_id:
-            roots.append(ref)
-    return roots
+    parts = key.split(KEY_SEPARATOR)
+    return [KEY_SEPARATOR.join(parts[:n]) for n in range(1, len(parts))]
+
+
+def key_owner(key: str, exists: Callable[[str], bool]) -> str | None:
+    """The run a derived key belongs to: the longest prefix that names an existing run.
+
+    None when no prefix names an existing run (the key is an orphan). A purge
+    deletes a key with its owner only; a key whose longer prefix is a live run
+    (``sched_cron:nig_6d1a7a53:step_1`` beside a run ``sched_cron``) belongs to
+    that live run. ``exists`` must count every run record, whatever its
+    status, id or readability: a run that cannot be deleted keeps its keys.
+    """
+    for prefix in reversed(key_prefixes(key)):
+        if exists(prefix):
+            return prefix
+    return None
+
+
+def key_owners(keys: Iterable[str], existing: Callable[[set[str]], Collection[str]]) -> dict[str, str | None]:
+    """:func:`key_owner` for many keys with one existence lookup: ``existing(ids)`` returns those that exist."""
+    keys = list(keys)
+    found = set(existing({p for k in keys for p in key_prefixes(k)}))
+    return {k: key_owner(k, found.__contains__) for k in keys}
+
+
+# -- small shared helpers ------------------------------------------------------------------
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of at most ``size`` items (the last may be shorter)."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk

@@ -29,6 +29,9 @@ def parse_timestamp(value: object) -> datetime:
     Accepts datetimes (naive ones are UTC wall-clock, as MySQL and Cassandra
     return them) and ISO-8601 strings with any UTC offset or ``Z``. Anything
     else raises ValueError, so a corrupt record is never mistaken for an old one.
+    So does an instant that has no UTC representation (``9999-12-31T23:59:59-14:00``
+    is in year 10000), and the sentinels ``datetime.min``/``datetime.max`` that
+    drivers use for ``-infinity``/``infinity``.
     """
     if isinstance(value, datetime):
         dt = value
@@ -39,9 +42,29 @@ def parse_timestamp(value: object) -> datetime:
         dt = datetime.fromisoformat(text)
     else:
         raise ValueError(f"not a timestamp: {value!r}")
-    if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
-        return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    if dt.replace(tzinfo=None) in (datetime.min, datetime.max):
+        raise ValueError(f"not a finite timestamp: {value!r}")
+    try:
+        if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
+            return dt.replace(tzinfo=UTC)
+        return dt.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"timestamp out of range: {value!r}") from exc
+
+
+def older(value: object, when: datetime, *, missing: bool | None = None) -> bool | None:
+    """``value < when`` as instants: True, False, or None when the stored value cannot be read.
+
+    Callers treat None as "keep it and report it". A missing value (None) gives
+    ``missing``: unreadable by default; the orphan sweeps pass True, since a
+    record with no write time has no grace period to honour.
+    """
+    if value is None:
+        return missing
+    try:
+        return parse_timestamp(value) < when
+    except (TypeError, ValueError):
+        return None
 
 
 def parse_iso_datetime(text: str, name: str) -> datetime:

@@ -176,11 +176,11 @@ def test_project_seeder_store_is_purged_exactly(backend: Harness) -> None:
 def test_unsafe_run_id_is_skipped_and_reported(backend: Harness) -> None:
     from tests.scenario import OLD
 
-    backend.run(add_run(backend.pyworkflow(), "run:hostile", "completed", OLD, extras=False))
+    backend.run(add_run(backend.pyworkflow(), "run*hostile", "completed", OLD, extras=False))
     backend.run(add_run(backend.pyworkflow(), "run_fine", "completed", OLD, extras=False))
     report = purge(backend)
-    assert run_ids(backend.inventory()) == {"run:hostile"}
-    assert report.skipped == 1 and "run:hostile" in report.warnings[0]
+    assert run_ids(backend.inventory()) == {"run*hostile"}
+    assert report.skipped == 1 and "run*hostile" in report.warnings[0]
 
 
 @pytest.mark.requires("corruptible_timestamps")

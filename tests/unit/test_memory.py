@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from workflow_retention.backends.memory import MemoryBackend, MemoryStore, _checkpoint_owner
+from workflow_retention.backends.memory import MemoryBackend, MemoryStore
 from workflow_retention.seed import generate
-
-
-def test_checkpoint_owner_prefers_an_existing_longer_run_id() -> None:
-    runs = {"run": 1, "run:hostile": 2}
-    assert _checkpoint_owner("run:hostile:step_1", runs) == "run:hostile"
-    assert _checkpoint_owner("run:step_1", runs) == "run"
-    assert _checkpoint_owner("gone:step_1", runs) == "gone"
-    assert _checkpoint_owner("stream_step_x", runs) is None
 
 
 def test_a_colon_run_ids_checkpoints_survive_the_purge_and_the_sweep_of_its_prefix_run() -> None:

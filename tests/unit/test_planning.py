@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from workflow_retention.planning import RunRef, is_safe_run_id, plan_deletion, split_plan, split_roots
+from workflow_retention.planning import (
+    RunRef,
+    is_safe_run_id,
+    key_owner,
+    key_owners,
+    plan_deletion,
+    screen,
+    split_plan,
+    split_roots,
+)
 from workflow_retention.timeutil import parse_timestamp
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -61,8 +70,63 @@ def test_expiry_is_strict_and_offset_aware() -> None:
 
 def test_safe_run_ids() -> None:
     assert is_safe_run_id("run_0123456789abcdef") and is_safe_run_id("sched_daily-re_1a2b3c4d")
-    for bad in ("../etc", "a/b", "run:x", "", ".", "..", "a\x00b", "run*", "x" * 300, None, 3, "a..b"):
+    # pyworkflow names schedule runs sched_<schedule_id[:8]>_<hex>, and users choose schedule ids.
+    assert is_safe_run_id("sched_cron:nig_6d1a7a53")
+    for bad in ("../etc", "a/b", "", ".", "..", "a\x00b", "run*", "run x", "x" * 300, None, 3, "a..b", ":x"):
         assert not is_safe_run_id(bad), bad
+
+
+def test_a_derived_key_belongs_to_the_longest_existing_prefix() -> None:
+    runs = {"sched_cron", "sched_cron:nig_6d1a7a53", "run:hostile"}
+    assert key_owner("sched_cron:nig_6d1a7a53:step_1", runs.__contains__) == "sched_cron:nig_6d1a7a53"
+    assert key_owner("sched_cron:step_1", runs.__contains__) == "sched_cron"
+    assert key_owner("run:hostile:step_1", runs.__contains__) == "run:hostile"
+    assert key_owner("gone:step_1", runs.__contains__) is None
+    assert key_owner("stream_step_x", runs.__contains__) is None
+    asked = []
+    owners = key_owners(["sched_cron:nig_6d1a7a53:step_1", "gone:x"], lambda ids: asked.append(ids) or runs & ids)
+    assert owners == {"sched_cron:nig_6d1a7a53:step_1": "sched_cron:nig_6d1a7a53", "gone:x": None}
+    assert len(asked) == 1  # one existence lookup for the whole page
+
+
+def test_one_status_rule_unknown_statuses_are_kept_and_reported() -> None:
+    class Report:
+        skipped = 0
+        warnings: list = []
+
+        def warn(self, message):
+            self.warnings.append(message)
+
+    report = Report()
+    upper = ref("run_upper", "COMPLETED")
+    assert not upper.is_expired(CUTOFF) and upper.unknown_status
+    assert upper.candidate(CUTOFF) and "COMPLETED" in upper.defect(CUTOFF)
+    assert not ref("run_recent", "COMPLETED", when=CUTOFF).candidate(CUTOFF)  # nothing to report yet
+    assert screen([upper, ref("run_fine")], CUTOFF, report) == [ref("run_fine")]
+    assert report.skipped == 1
+    # As a child, an unknown status holds its parent like any survivor.
+    runs = {"p": ref("p"), "c": ref("c", "COMPLETED", parent="p")}
+    plan = plan_deletion([runs["p"]], lambda ids: {i: [r for r in runs.values() if r.parent_run_id == i]
+                                                   for i in ids}, CUTOFF)
+    assert plan.order() == ([], [runs["p"]])
+
+
+def test_an_unsafe_child_holds_its_parent_and_an_unsafe_parent_frees_its_children() -> None:
+    runs = {r.run_id: r for r in [ref("p"), ref("c*", parent="p"), ref("u*"), ref("k", parent="u*")]}
+
+    def children_of(ids):
+        return {i: [r for r in runs.values() if r.parent_run_id == i] for i in ids}
+
+    roots = split_roots([r for r in runs.values() if r.eligible(CUTOFF)], runs, CUTOFF)
+    assert {r.run_id for r in roots} == {"p", "k"}  # k's parent can never go, so k is a root
+    deletable, held = plan_deletion(roots, children_of, CUTOFF).order()
+    assert [r.run_id for r in deletable] == ["k"] and [r.run_id for r in held] == ["p"]
+
+
+def test_timestamps_without_a_utc_form_are_unreadable_not_old() -> None:
+    for poison in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", datetime.min, datetime.max):
+        poisoned = ref("run_poison", when=poison)
+        assert poisoned.updated_at is None and poisoned.corrupt and not poisoned.is_expired(CUTOFF)
 
 
 

@@ -24,15 +24,22 @@ from typing import Any
 
 from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.planning import TERMINAL_STATUSES, RunRef, drop_invalid, plan_deletion, split_roots
+from workflow_retention.planning import (
+    TERMINAL_STATUSES,
+    TERMINAL_SUBSCRIPTIONS,
+    Plan,
+    RunRef,
+    key_owner,
+    key_prefixes,
+    plan_page,
+)
 from workflow_retention.report import Kind, age_bucket
 from workflow_retention.seed import SeedRun
-from workflow_retention.timeutil import parse_timestamp
+from workflow_retention.timeutil import older
 from workflow_retention.urls import split_url
 
 _STORES: dict[str, Any] = {}
 _STORES_LOCK = threading.Lock()
-_TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
 
 
 class MemoryStore:
@@ -64,23 +71,16 @@ def _value(status: Any) -> str:
     return str(getattr(status, "value", status))
 
 
-def _checkpoint_owner(key: str, runs: dict) -> str | None:
-    """The run a ``<run_id>:<step_id>`` key belongs to: the longest prefix that is a run, else the first.
-
-    A run id may itself contain ':' (the engine never makes one, but a store may hold one); its
-    checkpoints must not be taken for another run's.
-    """
-    cuts = [i for i, ch in enumerate(key) if ch == ":"]
-    for cut in reversed(cuts):
-        if key[:cut] in runs:
-            return key[:cut]
-    return key[:cuts[0]] if cuts else None
+def _orphan_owner(key: str, runs: dict) -> str | None:
+    """The run a ``<run_id>:<step_id>`` key names when it is an orphan (its shortest prefix), else its owner."""
+    prefixes = key_prefixes(key)
+    return key_owner(key, runs.__contains__) or (prefixes[0] if prefixes else None)
 
 
-def _maybe_expired(run: Any, cutoff: datetime) -> bool:
-    """Cheap pre-filter; RunRef decides exactly (unusual values pass through to it)."""
+def _maybe_candidate(run: Any, cutoff: datetime) -> bool:
+    """Cheap pre-filter; :meth:`RunRef.candidate` decides exactly (unusual values pass through to it)."""
     if _value(run.status) not in TERMINAL_STATUSES:
-        return False
+        return _value(run.status) not in ("pending", "running", "suspended")  # unknown: screened and reported
     updated = run.updated_at
     if isinstance(updated, datetime) and updated.tzinfo is not None:
         return updated < cutoff
@@ -121,14 +121,12 @@ class MemoryBackend(StorageBackend):
                 page, cursor = self._next_page(job.cutoff, cursor, job.batch_size)
                 if cursor is None:
                     break
-                safe = drop_invalid(page, job.report)
-                parents = {r.parent_run_id: self._ref_of(r.parent_run_id) for r in safe if r.parent_run_id}
-                roots = split_roots(safe, parents, job.cutoff)
-                if roots:
-                    self._delete_plan(job, plan_deletion(roots, self._children_of, job.cutoff))
+                plan = plan_page(page, job.cutoff, job.report, self._refs_of, self._children_of)
+                if plan is not None:
+                    self._delete_plan(job, plan)
         self._purge_aux(job)
 
-    def _delete_plan(self, job: PurgeJob, plan: Any) -> None:
+    def _delete_plan(self, job: PurgeJob, plan: Plan) -> None:
         """Boundary, then re-check every planned run and delete, all under the store lock."""
         deletable, held = plan.order()
         if not deletable:
@@ -146,16 +144,19 @@ class MemoryBackend(StorageBackend):
         run = self.store._runs.get(run_id) if run_id else None
         return _ref(run) if run is not None else None
 
+    def _refs_of(self, run_ids: set[str]) -> dict[str, RunRef]:
+        return {i: ref for i in run_ids if (ref := self._ref_of(i)) is not None}
+
     def _next_page(self, cutoff: datetime, cursor: str, size: int) -> tuple[list[RunRef], str | None]:
-        """The next expired (or corrupt) runs after ``cursor`` and the new cursor (None: done).
+        """The next candidate runs after ``cursor`` and the new cursor (None: done).
 
         One pass over the runs, O(size) memory.
         """
         runs = self.store._runs
         ids = heapq.nsmallest(size, (run_id for run_id, run in runs.items()
-                                     if run_id > cursor and _maybe_expired(run, cutoff)))
+                                     if run_id > cursor and _maybe_candidate(run, cutoff)))
         refs = [_ref(runs[run_id]) for run_id in ids]
-        return [ref for ref in refs if ref.is_expired(cutoff) or ref.corrupt], (ids[-1] if ids else None)
+        return [ref for ref in refs if ref.candidate(cutoff)], (ids[-1] if ids else None)
 
     def _children_of(self, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
         wanted = set(parent_ids)
@@ -171,8 +172,7 @@ class MemoryBackend(StorageBackend):
         if not ids:
             return
         steps = [k for k, s in store._steps.items() if s.run_id in ids]
-        checkpoints = [k for k in store._checkpoints
-                       if k[:k.find(":")] in ids and _checkpoint_owner(k, store._runs) in ids]
+        checkpoints = [k for k in store._checkpoints if key_owner(k, store._runs.__contains__) in ids]
         hooks = [k for k in store._hooks if k[0] in ids]
         tokens = [t for t, v in store._token_index.items() if v[0] in ids]
         keys = [r.data.idempotency_key for r in runs
@@ -202,13 +202,12 @@ class MemoryBackend(StorageBackend):
         store, cutoff, report = self.store, job.cutoff, job.report
         with store._lock:
             schedules = [sid for sid, s in store._schedules.items()
-                         if _value(s.status) == "deleted" and s.updated_at is not None
-                         and parse_timestamp(s.updated_at) < cutoff]
+                         if _value(s.status) == "deleted" and older(s.updated_at, cutoff)]
             subs = [k for k, s in store._subscriptions.items()
-                    if s.get("status") in _TERMINAL_SUBSCRIPTIONS and _older(s.get("created_at"), cutoff)]
+                    if s.get("status") in TERMINAL_SUBSCRIPTIONS and older(s.get("created_at"), cutoff)]
             scheduled = getattr(store, "_scheduled_signals", {})
-            delivered = [k for k, s in scheduled.items() if s.get("delivered") and _older(s.get("due_at"), cutoff)]
-            old_signals = {sid: [s for s in sigs if _older(s.get("published_at"), cutoff)]
+            delivered = [k for k, s in scheduled.items() if s.get("delivered") and older(s.get("due_at"), cutoff)]
+            old_signals = {sid: [s for s in sigs if older(s.get("published_at"), cutoff)]
                            for sid, sigs in store._signals.items()}
             gone = {s["signal_id"] for sigs in old_signals.values() for s in sigs}
             acks = [a for a in store._acknowledgments if a[0] in gone]
@@ -237,7 +236,7 @@ class MemoryBackend(StorageBackend):
             Kind.EVENTS: (store._events, lambda k, v: k),
             Kind.EVENT_COUNTERS: (store._event_sequences, lambda k, v: k),
             Kind.STEPS: (store._steps, lambda k, v: v.run_id),
-            Kind.CHECKPOINTS: (store._checkpoints, lambda k, v: _checkpoint_owner(k, store._runs)),
+            Kind.CHECKPOINTS: (store._checkpoints, lambda k, v: _orphan_owner(k, store._runs)),
             Kind.HOOKS: (store._hooks, lambda k, v: k[0]),
             Kind.HOOK_TOKENS: (store._token_index, lambda k, v: v[0]),
             Kind.CANCELLATION_FLAGS: (store._cancellation_flags, lambda k, v: k),
@@ -317,14 +316,7 @@ def _old_enough(kind: str, value: Any, not_after: datetime) -> bool:
     else:
         stamps = [getattr(value, "updated_at", None), getattr(value, "created_at", None)]
     stamps = [s for s in stamps if s is not None]
-    return all(_older(s, not_after) for s in stamps)
-
-
-def _older(value: Any, cutoff: datetime) -> bool:
-    try:
-        return value is not None and parse_timestamp(value) < cutoff
-    except ValueError:
-        return False
+    return all(older(s, not_after) for s in stamps)
 
 
 def _factories(store: Any) -> dict[str, Any]:

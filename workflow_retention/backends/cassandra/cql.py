@@ -16,10 +16,7 @@ look at. Rules every statement follows:
 from __future__ import annotations
 
 RUN_COLUMNS = "run_id, status, updated_at, created_at, parent_run_id, workflow_name, idempotency_key"
-RUN_STATUSES = ("pending", "running", "suspended", "completed", "failed", "interrupted", "cancelled",
-                "continued_as_new")
 SCHEDULE_STATUSES = ("active", "paused", "deleted")
-TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
 
 
 class Source:

@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from workflow_retention.backends.cassandra.cql import OTHER_TABLES, SOURCES, Source
-from workflow_retention.backends.cassandra.runs import RunReader, checkpoint_owner, key_prefixes, run_ref
+from workflow_retention.backends.cassandra.runs import RunReader, checkpoint_owner, run_ref
 from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.base import CensusJob, OrphanJob
+from workflow_retention.planning import key_prefixes
 from workflow_retention.report import Kind, age_bucket
 
 CENSUS_PAGE = 1000

@@ -6,20 +6,21 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from workflow_retention.backends.cassandra.cql import RUN_STATUSES, SCHEDULE_STATUSES, TERMINAL_SUBSCRIPTIONS
-from workflow_retention.backends.cassandra.runs import (
-    RunReader,
-    checkpoint_owner,
-    date_buckets,
-    hour_buckets,
-    key_prefixes,
-    older,
-    run_ref,
-)
+from workflow_retention.backends.cassandra.cql import SCHEDULE_STATUSES
+from workflow_retention.backends.cassandra.runs import RunReader, checkpoint_owner, date_buckets, hour_buckets, run_ref
 from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import Plan, RunRef, drop_invalid, plan_deletion, split_roots
+from workflow_retention.planning import (
+    RUN_STATUSES,
+    TERMINAL_SUBSCRIPTIONS,
+    Plan,
+    RunRef,
+    heights,
+    key_prefixes,
+    plan_page,
+)
 from workflow_retention.report import Kind
+from workflow_retention.timeutil import older
 
 
 class Purger:
@@ -38,7 +39,7 @@ class Purger:
     def purge_runs(self) -> None:
         size, pending = self.job.batch_size, []
         for page in self.cql.scan("scan_runs", size):
-            pending += [ref for ref in map(run_ref, page) if ref.is_expired(self.job.cutoff) or ref.corrupt]
+            pending += [ref for ref in map(run_ref, page) if ref.candidate(self.job.cutoff)]
             while len(pending) >= size:
                 self._batch(pending[:size])
                 pending = pending[size:]
@@ -48,12 +49,11 @@ class Purger:
     def _batch(self, candidates: list[RunRef]) -> None:
         # Pages are read ahead of the batches: a candidate may have gone since (with its parent's plan).
         current = self.reader.refs(r.run_id for r in candidates)
-        safe = drop_invalid([current[r.run_id] for r in candidates if r.run_id in current], self.report)
-        parents = self.reader.refs(r.parent_run_id for r in safe if r.parent_run_id)
-        roots = split_roots(safe, parents, self.job.cutoff)
-        if roots:
-            self.reader.parents_with_rows = set()
-            self._delete_plan(plan_deletion(roots, self.reader.children_of, self.job.cutoff))
+        self.reader.parents_with_rows = set()
+        plan = plan_page([current[r.run_id] for r in candidates if r.run_id in current], self.job.cutoff,
+                         self.report, self.reader.refs, self.reader.children_of)
+        if plan is not None:
+            self._delete_plan(plan)
 
     def _delete_plan(self, plan: Plan) -> None:
         deletable, held = plan.order()
@@ -62,9 +62,9 @@ class Purger:
             return
         self.job.boundary([r.run_id for r in deletable])
         fresh = self.reader.refs(r.run_id for r in deletable)
-        _forget(plan, {r.run_id for r in deletable} - set(fresh))  # deleted meanwhile: nothing left to do
+        plan.forget({r.run_id for r in deletable} - set(fresh))  # deleted meanwhile: nothing left to do
         survivors = {r.run_id for r in deletable if r.run_id in fresh and not r.same_version(fresh[r.run_id])}
-        for wave in _waves(plan, [r for r in deletable if r.run_id in fresh]):
+        for wave in heights(plan, [r for r in deletable if r.run_id in fresh]):
             still = {r.run_id for r in plan.order(survivors)[0]}
             runs = [fresh[r.run_id] for r in wave if r.run_id in still]
             if runs:
@@ -188,35 +188,12 @@ class Purger:
                     self.cql.concurrent([("delete_subscription", (r.stream_id, r.step_run_id)) for r in old])
 
 
-def _forget(plan: Plan, run_ids: set[str]) -> None:
-    """Drop runs that no longer exist from the plan, so they neither go nor hold their parents."""
-    if run_ids:
-        plan.roots = [r for r in plan.roots if r not in run_ids]
-        for kids in plan.children.values():
-            kids[:] = [k for k in kids if k not in run_ids]
-        for run_id in run_ids:
-            plan.nodes.pop(run_id, None)
-
-
-def _waves(plan: Plan, deletable: Sequence[RunRef]) -> list[list[RunRef]]:
-    """``deletable`` (children first) grouped by height: every run's children are in earlier waves."""
-    ids = {r.run_id for r in deletable}
-    height: dict[str, int] = {}
-    for ref in deletable:
-        kids = [c for c in plan.children.get(ref.run_id, []) if c in ids]
-        height[ref.run_id] = 1 + max((height[c] for c in kids), default=-1)
-    waves: list[list[RunRef]] = [[] for _ in range(max(height.values(), default=-1) + 1)]
-    for ref in deletable:
-        waves[height[ref.run_id]].append(ref)
-    return waves
-
-
 def _index_deletes(row: Any) -> list[tuple[str, tuple[Any, ...]]]:
     """The run's listing-index rows, under every status and date bucket it may have been filed under."""
     if row.created_at is None:  # a clustering column: no index row can exist without it
         return []
     buckets = date_buckets(row.created_at)
-    statuses = dict.fromkeys([*RUN_STATUSES, *([row.status] if row.status else [])])
+    statuses = dict.fromkeys([*sorted(RUN_STATUSES), *([row.status] if row.status else [])])
     items: list[tuple[str, tuple[Any, ...]]] = [
         ("delete_status_rows", (status, buckets, row.created_at, row.run_id)) for status in statuses]
     if row.workflow_name:

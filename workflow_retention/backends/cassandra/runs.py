@@ -8,8 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from workflow_retention.backends.cassandra.session import Cql
-from workflow_retention.planning import RunRef, is_safe_run_id, plan_deletion
-from workflow_retention.timeutil import parse_timestamp
+from workflow_retention.planning import RunRef, is_safe_run_id, key_prefixes, plan_deletion
 
 # pyworkflow buckets with ``created_at.strftime(...)`` in whatever offset the datetime it
 # was handed carried: the engine's own are UTC, a caller's may be anything from -12:00 to +14:00.
@@ -17,18 +16,8 @@ _EARLIEST, _LATEST = timedelta(hours=-12), timedelta(hours=14)
 
 
 def run_ref(row: Any) -> RunRef:
-    """A run row as a :class:`RunRef`; a run with an unsafe id is never expired (so it holds its parent)."""
-    ref = RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id, row)
-    if not is_safe_run_id(ref.run_id):
-        ref.updated_at = None
-    return ref
-
-
-def older(value: Any, cutoff: datetime) -> bool:
-    try:
-        return value is not None and parse_timestamp(value) < cutoff
-    except ValueError:
-        return False
+    """A run row as a :class:`RunRef` (the row itself is its ``data``)."""
+    return RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id, row)
 
 
 def date_buckets(created_at: datetime) -> list[str]:
@@ -41,12 +30,6 @@ def hour_buckets(when: datetime) -> list[str]:
     """Every ``YYYY-MM-DD-HH`` bucket pyworkflow may have filed a due schedule at ``when`` (UTC) under."""
     quarters = range(int(_EARLIEST / timedelta(minutes=15)), int(_LATEST / timedelta(minutes=15)) + 1)
     return sorted({(when + timedelta(minutes=15 * q)).strftime("%Y-%m-%d-%H") for q in quarters})
-
-
-def key_prefixes(key: str) -> list[str]:
-    """``"a:b:c"`` -> ``["a", "a:b"]``: the run ids a ``<run_id>:<step_id>`` checkpoint key may name."""
-    parts = key.split(":")
-    return [":".join(parts[:n]) for n in range(1, len(parts))]
 
 
 def checkpoint_owner(key: str) -> str | None:
@@ -84,7 +67,7 @@ class RunReader:
     def deletable(self, refs: Iterable[RunRef]) -> set[str]:
         """Which of these runs a purge with ``self.cutoff`` deletes now (expired, no surviving descendant)."""
         assert self.cutoff is not None
-        expired = [r for r in refs if r.is_expired(self.cutoff)]
+        expired = [r for r in refs if r.eligible(self.cutoff)]
         if not expired:
             return set()
         deletable, _ = plan_deletion(expired, self.children_of, self.cutoff).order()

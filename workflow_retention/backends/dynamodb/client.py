@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from workflow_retention.base import chunked
+from workflow_retention.planning import chunked
 from workflow_retention.exceptions import StorageError
 
 from .layout import Item

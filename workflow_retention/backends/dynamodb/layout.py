@@ -23,7 +23,6 @@ RUN_SK = "#METADATA"
 COUNTER_SK = "#EVENT_COUNTER"
 MARKER_PREFIX = "RETENTION#PURGE#"
 MARKER_SHARDS = 16
-TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
 
 # Items the purge's one table Scan looks at: step checkpoints (no index names
 # them) and stream data (which has no index at all).

@@ -9,15 +9,15 @@ from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
-from workflow_retention.base import PurgeJob, chunked
-from workflow_retention.planning import TERMINAL_STATUSES, RunRef, drop_invalid, is_safe_run_id, split_roots
+from workflow_retention.base import PurgeJob
+from workflow_retention.planning import TERMINAL_STATUSES, Plan, RunRef, chunked, heights, is_safe_run_id, plan_page
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import utcnow
 
 from . import expr
 from .client import Table
 from .layout import COUNTER_SK, RUN_SK, Item, flag_key, key, key_of, marker_key, marker_partitions, run_key, s, text
-from .runs import RUN_FIELDS, get_runs, plan_order, run_ref
+from .runs import RUN_FIELDS, children_of, get_runs, run_ref
 from .sweeps import ScanPass, Schedules
 
 log = logging.getLogger("workflow_retention.dynamodb")
@@ -62,17 +62,15 @@ class Purge:
                                 sk_between=("GSI1SK", f"{status}#", f"{status}#{high}"))
             for page in self.table.pages("query", **params):
                 for ref in map(run_ref, page):
-                    if ref.is_expired(self.cutoff) or ref.corrupt:
+                    if ref.candidate(self.cutoff):
                         yield ref
 
     def batch(self, page: list[RunRef]) -> None:
-        safe = drop_invalid(page, self.report)
-        parents = get_runs(self.table, {r.parent_run_id for r in safe if r.parent_run_id})
-        roots = split_roots(safe, parents, self.cutoff)
-        if not roots:
+        plan = plan_page(page, self.cutoff, self.report, lambda ids: get_runs(self.table, ids),
+                         lambda ids: children_of(self.table, ids))
+        if plan is None:
             return
-        plan, unsafe = plan_order(self.table, roots, self.cutoff, self.report)
-        deletable, held = plan.order(survivors=unsafe)
+        deletable, held = plan.order()
         if not deletable:
             self.report.held += len(held)
             return
@@ -81,13 +79,13 @@ class Purge:
             done = [r.run_id for r in deletable]
             self.report.add(Kind.RUNS, len(done))
         else:
-            done, held = self.commit(plan, unsafe)
+            done, held = self.commit(plan)
         self.report.held += len(held)
         self.cascade(done)
 
     # -- commit: markers first, then each run item's conditional delete, children first ------
 
-    def commit(self, plan: Any, unsafe: set[str]) -> tuple[list[str], list[RunRef]]:
+    def commit(self, plan: Plan) -> tuple[list[str], list[RunRef]]:
         """Commit the plan's runs; return (ids to cascade, held runs).
 
         Each run's marker is written first; its item's conditional delete is
@@ -96,11 +94,11 @@ class Purge:
         attempted. A run already gone (deleted by someone else) is cascaded
         but not counted.
         """
-        survivors = set(unsafe)
-        planned, _ = plan.order(survivors=survivors)
+        survivors: set[str] = set()
+        planned, _ = plan.order()
         self.table.put_many([self.marker(r.run_id) for r in planned])
         outcome: dict[str, str] = {}
-        for level in self.levels(plan, planned):
+        for level in heights(plan, planned):
             allowed = {r.run_id for r in plan.order(survivors=survivors)[0]}
             attempt = [r for r in level if r.run_id in allowed]
             for ref, result in zip(attempt, self.table.map(self.delete_run, attempt)):
@@ -109,21 +107,9 @@ class Purge:
                     survivors.add(ref.run_id)
         self.table.delete_many([marker_key(r.run_id) for r in planned if outcome.get(r.run_id) not in COMMITTED])
         _, held = plan.order(survivors=survivors)
-        self.report.changed += len(survivors - unsafe)
+        self.report.changed += len(survivors)
         self.report.add(Kind.RUNS, sum(1 for result in outcome.values() if result == "deleted"))
         return [i for i, result in outcome.items() if result in COMMITTED], held
-
-    @staticmethod
-    def levels(plan: Any, order: list[RunRef]) -> list[list[RunRef]]:
-        """``order`` (children first) grouped by height: leaves, then their parents, and so on."""
-        height: dict[str, int] = {}
-        for ref in order:
-            kids = [height[c] for c in plan.children.get(ref.run_id, []) if c in height]
-            height[ref.run_id] = 1 + max(kids) if kids else 0
-        levels: list[list[RunRef]] = [[] for _ in range(1 + max(height.values(), default=-1))]
-        for ref in order:
-            levels[height[ref.run_id]].append(ref)
-        return levels
 
     def delete_run(self, ref: RunRef) -> str:
         """``deleted``, ``changed`` (status or updated_at differ) or ``gone`` (no item)."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-from workflow_retention.planning import RunRef, is_safe_run_id, plan_deletion
+from workflow_retention.planning import RunRef
 
 from . import expr
 from .client import Table
@@ -36,13 +34,3 @@ def children_of(table: Table, parent_ids: Iterable[str]) -> dict[str, list[RunRe
         return parent, [run_ref(i) for page in table.pages("query", **params) for i in page]
 
     return dict(table.map(one, list(parent_ids)))
-
-
-def plan_order(table: Table, roots: list[RunRef], cutoff: Any, report: Any = None) -> tuple[Any, set[str]]:
-    """The deletion plan of ``roots``; runs with unsafe ids (and so their ancestors) are never deleted."""
-    plan = plan_deletion(roots, lambda ids: children_of(table, ids), cutoff)
-    unsafe = {i for i in plan.nodes if not is_safe_run_id(i)}
-    if report is not None:
-        for run_id in sorted(unsafe):
-            report.warn(f"child run_id {run_id!r} is not a safe identifier; it and its ancestors are kept")
-    return plan, unsafe

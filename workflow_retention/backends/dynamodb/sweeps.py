@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workflow_retention.planning import is_safe_run_id
+from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS, is_safe_run_id, plan_deletion
 from workflow_retention.report import Kind
 
 from . import expr
-from .layout import SCANNED_PREFIXES, TERMINAL_SUBSCRIPTIONS, Item, checkpoint_owners, key_of, marker_key, stamp, text
-from .runs import get_runs, plan_order
+from .layout import SCANNED_PREFIXES, Item, checkpoint_owners, key_of, marker_key, stamp, text
+from .runs import children_of, get_runs
 
 if TYPE_CHECKING:
     from .purge import Purge
@@ -58,11 +58,11 @@ class ScanPass:
         return [(o, item) for o in sorted(doomed) for item, extra in by_owner[o] if not alive.intersection(extra)]
 
     def would_delete(self, ids: set[str]) -> set[str]:
-        roots = [r for r in get_runs(self.table, ids).values() if r.is_expired(self.cutoff)]
+        roots = [r for r in get_runs(self.table, ids).values() if r.eligible(self.cutoff)]
         if not roots:
             return set()
-        plan, unsafe = plan_order(self.table, roots, self.cutoff)
-        return {r.run_id for r in plan.order(survivors=unsafe)[0]} & ids
+        plan = plan_deletion(roots, lambda parents: children_of(self.table, parents), self.cutoff)
+        return {r.run_id for r in plan.order()[0]} & ids
 
     def old_stream_items(self, page: list[Item]) -> list[tuple[str, Item]]:
         out = []

@@ -29,10 +29,9 @@ from workflow_retention.backends.file.layout import (
     unlink,
 )
 from workflow_retention.base import PurgeJob
+from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS
 from workflow_retention.report import Kind
-from workflow_retention.timeutil import parse_timestamp
-
-TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
+from workflow_retention.timeutil import older
 
 
 class _Busy(Exception):
@@ -54,10 +53,7 @@ class AuxSweep:
     # -- predicates (the file name must match the ids inside) ----------------------------
 
     def _older(self, value: Any) -> bool:
-        try:
-            return parse_timestamp(value) < self.job.cutoff
-        except (TypeError, ValueError):
-            return False
+        return bool(older(value, self.job.cutoff))
 
     def _deleted_schedule(self, name: str, data: Any) -> bool:
         return (isinstance(data, dict) and name == f"{data.get('schedule_id')}.json"

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from workflow_retention.backends.file.layout import RUNS, Corrupt, Layout, load_json, parse_run, unlink_lock
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import RunRef, drop_invalid, is_safe_run_id
+from workflow_retention.planning import RunRef, is_safe_run_id, screen
 from workflow_retention.report import Kind
 
 
@@ -74,7 +74,7 @@ class Selection:
         if run_id in self.held:
             return False
         ref = self._read(run_id)
-        return ref is not None and ref.is_expired(self.cutoff)
+        return ref is not None and ref.eligible(self.cutoff)
 
     # -- holds ----------------------------------------------------------------------
 
@@ -84,7 +84,7 @@ class Selection:
         while run_id and run_id not in self.held and run_id not in seen:
             seen.add(run_id)
             ref = self._read(run_id)
-            if ref is None or not ref.is_expired(self.cutoff):
+            if ref is None or not ref.eligible(self.cutoff):
                 break  # a surviving ancestor walks up on its own
             self.held.add(run_id)
             added += 1
@@ -94,10 +94,7 @@ class Selection:
     def plan(self) -> None:
         """Pass 1: held set, depth levels, and skipped runs (reported once)."""
         for ref in self._runs(report=True):
-            if ref.is_expired(self.cutoff) or ref.corrupt:
-                if not drop_invalid([ref], self.job.report):
-                    self.hold_ancestors(ref.parent_run_id)
-                    continue
+            if ref.candidate(self.cutoff) and screen([ref], self.cutoff, self.job.report):
                 self.levels.add(_level(ref))
                 self._check_depth(ref)
             else:
@@ -106,7 +103,7 @@ class Selection:
 
     def _check_depth(self, ref: RunRef) -> None:
         parent = self._read(ref.parent_run_id)
-        if parent is None or not parent.is_expired(self.cutoff):
+        if parent is None or not parent.eligible(self.cutoff):
             return
         if ref.data is None or parent.data is None or ref.data <= parent.data:
             if self.hold_ancestors(parent.run_id):
@@ -130,9 +127,7 @@ class Selection:
         self.job.report.held = len(self.held)
 
     def _deletable(self, ref: RunRef, level: int) -> bool:
-        if not is_safe_run_id(ref.run_id) or ref.corrupt:
-            return False
-        if not ref.is_expired(self.cutoff):
+        if not ref.eligible(self.cutoff):
             # A survivor whose expired parent is not held changed since the plan pass.
             if ref.parent_run_id and ref.parent_run_id not in self.held and self.hold_ancestors(ref.parent_run_id):
                 self.job.report.changed += 1
@@ -164,7 +159,7 @@ class Selection:
             return
         try:
             fresh = self._read(ref.run_id)
-            if fresh is not None and ref.same_version(fresh) and fresh.is_expired(self.cutoff):
+            if fresh is not None and ref.same_version(fresh) and fresh.eligible(self.cutoff):
                 os.replace(self.layout.run_file(ref.run_id), self.layout.marker(ref.run_id))
                 committed = True
         finally:

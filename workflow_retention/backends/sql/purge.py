@@ -29,14 +29,13 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
 from workflow_retention.planning import (
-    TERMINAL_STATUSES,
+    LIVE_STATUSES,
     Plan,
     RunRef,
-    drop_invalid,
-    is_safe_run_id,
-    plan_deletion,
+    chunked,
+    heights,
+    plan_page,
     split_plan,
-    split_roots,
 )
 from workflow_retention.report import Kind
 
@@ -82,9 +81,9 @@ class PurgeMixin:
         stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at, p.run_id.label("p_run_id"),
                       p.status.label("p_status"), p.updated_at.label("p_updated_at"))
         stmt = stmt.select_from(runs.outerjoin(parent, p.run_id == r.parent_run_id)).where(
-            self.before(r.created_at, job.cutoff), r.status.in_(sorted(TERMINAL_STATUSES)))
-        if self.exact_time:
-            stmt = stmt.where(r.updated_at < self.db_time(job.cutoff))
+            self.before(r.created_at, job.cutoff), r.status.not_in(sorted(LIVE_STATUSES)))
+        if self.exact_time:  # unreadable values cannot exist in a typed column; NULL is reported
+            stmt = stmt.where((r.updated_at < self.db_time(job.cutoff)) | r.updated_at.is_(None))
         if cursor is not None:
             stmt = stmt.where(self.after((r.created_at, r.run_id), cursor))
         return self.candidate_hint(stmt).order_by(r.created_at, r.run_id).limit(limit)
@@ -95,35 +94,29 @@ class PurgeMixin:
     def _plan(self, conn: Connection, job: PurgeJob, rows: Sequence[Any]) -> Plan | None:
         cutoff = job.cutoff
         refs = [RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id) for row in rows]
-        page = drop_invalid([r for r in refs if r.is_expired(cutoff) or r.corrupt], job.report)
-        if not page:
-            return None
-        parents = {row.parent_run_id: _guarded(RunRef.parse(row.p_run_id, row.p_status, row.p_updated_at))
+        parents = {row.parent_run_id: RunRef.parse(row.p_run_id, row.p_status, row.p_updated_at)
                    for row in rows if row.p_run_id is not None}
-        roots = split_roots(page, parents, cutoff)
-        if not roots:
-            return None
-        return plan_deletion(roots, lambda ids: self._children(conn, ids), cutoff)
+        return plan_page([r for r in refs if r.candidate(cutoff)], cutoff, job.report,
+                         lambda ids: parents, lambda ids: self._children(conn, ids))
 
     def _refs(self, conn: Connection, run_ids: Sequence[str], lock: bool = False) -> dict[str, RunRef]:
         r = self.table("workflow_runs").c
         found: dict[str, RunRef] = {}
-        for chunk in _chunks(sorted(run_ids), self.id_chunk):
+        for chunk in chunked(sorted(run_ids), self.id_chunk):
             stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(self.among(r.run_id, chunk))
             if lock:
                 stmt = self.lock(stmt.order_by(r.run_id))
             for row in conn.execute(stmt):
-                found[row.run_id] = _guarded(RunRef.parse(row.run_id, row.status, row.updated_at,
-                                                          row.parent_run_id))
+                found[row.run_id] = RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id)
         return found
 
     def _children(self, conn: Connection, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
         r = self.table("workflow_runs").c
         found: dict[str, list[RunRef]] = {}
-        for chunk in _chunks(sorted(parent_ids), self.id_chunk):
+        for chunk in chunked(sorted(parent_ids), self.id_chunk):
             stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id).where(self.among(r.parent_run_id, chunk))
             for row in conn.execute(stmt):
-                ref = _guarded(RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id))
+                ref = RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id)
                 found.setdefault(row.parent_run_id, []).append(ref)
         return found
 
@@ -142,7 +135,7 @@ class PurgeMixin:
             job.report.merge(counts)
             return
         ids = [r.run_id for r in deletable]
-        changed, held_now, counts = self.write(lambda conn: self._delete_batch(conn, _copy(plan), ids))
+        changed, held_now, counts = self.write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
         job.report.changed += changed
         job.report.held += held_now
         job.report.merge(counts)
@@ -169,14 +162,14 @@ class PurgeMixin:
             return counts
         for name, kind in RUN_CHILDREN:
             column = self.table(name).c.run_id
-            for chunk in _chunks(ids, self.id_chunk):
+            for chunk in chunked(ids, self.id_chunk):
                 counts[kind] += self._apply(conn, name, self.among(column, chunk), dry_run)
-        for chunk in _chunks(ids, self.checkpoint_chunk):
+        for chunk in chunked(ids, self.checkpoint_chunk):
             where, params = self.checkpoint_match(chunk)
             counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", where, dry_run, params)
         run_id = self.table("workflow_runs").c.run_id
-        for level in _levels(plan, ids):
-            for chunk in _chunks(level, self.id_chunk):
+        for level in heights(plan, runs):
+            for chunk in chunked([r.run_id for r in level], self.id_chunk):
                 counts[Kind.RUNS] += self._apply(conn, "workflow_runs", self.among(run_id, chunk), dry_run)
         return +counts
 
@@ -192,33 +185,3 @@ class PurgeMixin:
         for sweep in self.aux_sweeps(job.cutoff):
             self.run_sweep(job, sweep)
             job.report.skipped += sweep.skipped
-
-
-def _guarded(ref: RunRef) -> RunRef:
-    """A run with an unsafe id is never planned for deletion: as a child it holds its parent."""
-    if not is_safe_run_id(ref.run_id):
-        ref.updated_at = None
-    return ref
-
-
-def _copy(plan: Plan) -> Plan:
-    """A plan a transaction attempt may extend (new children) without affecting a retry."""
-    return Plan(plan.cutoff, dict(plan.nodes), {k: list(v) for k, v in plan.children.items()}, list(plan.roots))
-
-
-def _levels(plan: Plan, ids: list[str]) -> list[list[str]]:
-    """``ids`` (children first) grouped by height in the plan: leaves, then their parents..."""
-    height: dict[str, int] = {}
-    chosen = set(ids)
-    for run_id in ids:
-        kids = [height[k] for k in plan.children.get(run_id, []) if k in chosen]
-        height[run_id] = 1 + max(kids) if kids else 0
-    levels: list[list[str]] = [[] for _ in range(max(height.values()) + 1)]
-    for run_id in ids:
-        levels[height[run_id]].append(run_id)
-    return levels
-
-
-def _chunks(items: Sequence[str], size: int = 1000) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Text, cast, delete, exists, func, literal, select, true, tuple_
 
 from workflow_retention.report import Kind, age_bucket
+from workflow_retention import timeutil
+from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS
 from workflow_retention.timeutil import parse_timestamp
 
 if TYPE_CHECKING:
@@ -61,13 +63,8 @@ class Sweep:
 
 
 def older(value: Any, when: datetime) -> bool | None:
-    """``value < when`` as instants; None when the stored value cannot be parsed."""
-    if value is None:
-        return True
-    try:
-        return parse_timestamp(value) < when
-    except ValueError:
-        return None
+    """:func:`workflow_retention.timeutil.older`, with a NULL time counting as old (nothing to honour)."""
+    return timeutil.older(value, when, missing=True)
 
 
 class SweepMixin:
@@ -131,7 +128,7 @@ class SweepMixin:
         ack, sig = tables["signal_acknowledgments"], tables["signals"]
         when = func.coalesce(s.c.deleted_at, s.c.updated_at)
         gone = (s.c.status == "deleted") & self.before(when, cutoff)
-        ended = sub.c.status.in_(("terminated", "completed")) & self.before(sub.c.created_at, cutoff)
+        ended = sub.c.status.in_(TERMINAL_SUBSCRIPTIONS) & self.before(sub.c.created_at, cutoff)
         sweeps = [
             Sweep(Kind.SCHEDULES, s, ("schedule_id",), (s.c.status, when.label("wr_when")), gone, gone,
                   lambda row: str(row.status).lower() == "deleted" and older(row.wr_when, cutoff)),
