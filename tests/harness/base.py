@@ -25,6 +25,17 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from workflow_retention.base import StorageBackend
+from workflow_retention.planning import key_owner, key_prefixes
+
+#: ``Item.run_id`` prefix a harness uses for a record named by a derived key ``<run_id>:<rest>``
+#: (a step checkpoint, a token-index value): :meth:`Harness.inventory` resolves it to the run that
+#: owns the key, the longest prefix that is an existing run (else the shortest prefix: an orphan).
+DERIVED = "\0derived:"
+
+
+def derived(key: str) -> str | None:
+    """The ``Item.run_id`` of a record named by the derived key ``key`` (None: it names no run)."""
+    return DERIVED + key if key_prefixes(key) else None
 
 
 @dataclass(frozen=True, order=True)
@@ -116,9 +127,22 @@ class Harness(ABC):
     async def _make_pyworkflow(self) -> Any:
         """Create and connect pyworkflow-engine's storage class on this store."""
 
-    @abstractmethod
     def inventory(self) -> list[Item]:
-        """Every record in the store, read raw (not through any API)."""
+        """Every record in the store, read raw (not through any API), each naming the run it belongs to."""
+        items = self._raw_inventory()
+        runs = {i.key for i in items if i.kind == "runs"}
+        out = []
+        for item in items:
+            if item.run_id is not None and item.run_id.startswith(DERIVED):
+                key = item.run_id[len(DERIVED):]
+                owner = key_owner(key, runs.__contains__) or key_prefixes(key)[0]
+                item = Item(item.kind, item.key, owner, item.digest)
+            out.append(item)
+        return out
+
+    @abstractmethod
+    def _raw_inventory(self) -> list[Item]:
+        """Every record in the store, read raw; derived-key records name ``derived(key)``."""
 
     async def synthesize_orphan(self, kind: str, run_id: str, written_at: datetime) -> None:
         """Write raw data of ``kind`` naming ``run_id`` (which has no run record), written at ``written_at``."""
@@ -126,6 +150,11 @@ class Harness(ABC):
 
     def corrupt_updated_at(self, run_id: str) -> None:
         """Overwrite the run's stored updated_at with an unparseable value (capability "corruptible_timestamps")."""
+        raise NotImplementedError
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """Overwrite the run's stored status with ``status`` as given (not through pyworkflow's enum),
+        where and as an engine would file it (status indexes included)."""
         raise NotImplementedError
 
     async def baseline_purge(self, cutoff: datetime) -> Any:

@@ -57,7 +57,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.harness.base import Harness, Item, digest
+from tests.harness.base import Harness, Item, derived, digest
 from tests.services import Service, session_service
 from workflow_retention.report import Kind
 
@@ -278,7 +278,7 @@ class CassandraHarness(Harness):
     def execute(self, cql: str, params: Any = None) -> Any:
         return self.server.session.execute(cql.replace("{ks}", self.keyspace), params, timeout=60)
 
-    def inventory(self) -> list[Item]:
+    def _raw_inventory(self) -> list[Item]:
         items: list[Item] = []
         for table, keys in _KEYS.items():
             for row in self.execute(f"SELECT * FROM {{ks}}.{table}"):
@@ -289,7 +289,7 @@ class CassandraHarness(Harness):
                     continue
                 owner = data.get(_OWNER.get(table, ""))
                 if table == "checkpoints" and ":" in data["step_run_id"]:
-                    owner = data["step_run_id"].partition(":")[0]
+                    owner = derived(data["step_run_id"])
                 items.append(Item(table, key, owner, digest(data)))
         return items
 
@@ -329,6 +329,14 @@ class CassandraHarness(Harness):
     def corrupt_updated_at(self, run_id: str) -> None:
         # A typed TIMESTAMP cannot hold garbage; a missing one is what a partial write leaves.
         self.execute("UPDATE {ks}.workflow_runs SET updated_at = null WHERE run_id = %s", (run_id,))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        row = self.execute("SELECT created_at, workflow_name FROM {ks}.workflow_runs WHERE run_id = %s",
+                           (run_id,)).one()
+        self.execute("UPDATE {ks}.workflow_runs SET status = %s WHERE run_id = %s", (status, run_id))
+        self.execute("INSERT INTO {ks}.runs_by_status (status, date_bucket, created_at, run_id, workflow_name) "
+                     "VALUES (%s, %s, %s, %s, %s)",
+                     (status, row.created_at.strftime("%Y-%m-%d"), row.created_at, run_id, row.workflow_name))
 
     def close(self) -> None:
         for backend in self._backends:

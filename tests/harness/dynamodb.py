@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.dynamodb.local import DUMMY_CREDENTIALS, REGION, start_container, start_local
-from tests.harness.base import Harness, Item, digest
+from tests.harness.base import Harness, Item, derived, digest
 from tests.services import Service, session_service
 from workflow_retention.report import Kind
 
@@ -40,7 +40,7 @@ def owner_of(pk: str, sk: str, item: dict[str, Any]) -> tuple[str, str | None]:
     if head == "CANCEL":
         return "cancellation_flags", rest
     if head == "CHECKPOINT":
-        return "checkpoints", rest.split(":")[0] if ":" in rest else None
+        return "checkpoints", derived(rest)
     if pk.startswith("RETENTION#"):
         return "retention_markers", sk
     return head.lower(), None
@@ -101,7 +101,7 @@ class DynamoDBHarness(Harness):
                 return
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def inventory(self) -> list[Item]:
+    def _raw_inventory(self) -> list[Item]:
         items = []
         for raw in self.scan():
             pk, sk = raw["PK"]["S"], raw["SK"]["S"]
@@ -147,6 +147,14 @@ class DynamoDBHarness(Harness):
         self.client.update_item(TableName=self.table, Key={"PK": {"S": f"RUN#{run_id}"}, "SK": {"S": "#METADATA"}},
                                 UpdateExpression="SET updated_at = :bad",
                                 ExpressionAttributeValues={":bad": {"S": "not-a-timestamp"}})
+
+    def set_status(self, run_id: str, status: str) -> None:
+        key = {"PK": {"S": f"RUN#{run_id}"}, "SK": {"S": "#METADATA"}}
+        item = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True)["Item"]
+        self.client.update_item(TableName=self.table, Key=key, UpdateExpression="SET #s = :s, GSI1SK = :k",
+                                ExpressionAttributeNames={"#s": "status"},
+                                ExpressionAttributeValues={":s": {"S": status},
+                                                           ":k": {"S": f"{status}#{item['updated_at']['S']}"}})
 
     def close(self) -> None:
         for backend in self._backends:

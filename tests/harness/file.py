@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.base import Harness, Item, digest
+from tests.harness.base import Harness, Item, derived, digest
 from workflow_retention.backends.file import FileBackend
 from workflow_retention.report import Kind
 
@@ -24,8 +24,7 @@ def lock_owner(name: str) -> str | None:
     if name == "token_index.lock" or stem.startswith(SHARED_LOCK_PREFIXES):
         return None
     if stem.startswith("checkpoint_"):
-        checkpoint = stem.removeprefix("checkpoint_")
-        return checkpoint.split(":", 1)[0] if ":" in checkpoint else None
+        return derived(stem.removeprefix("checkpoint_"))
     if stem.startswith("events_"):
         return stem.removeprefix("events_")
     return stem.removesuffix("_cancel")
@@ -68,7 +67,7 @@ class FileHarness(Harness):
 
     # -- raw inspection -------------------------------------------------------------
 
-    def inventory(self) -> list[Item]:
+    def _raw_inventory(self) -> list[Item]:
         items: list[Item] = []
         for directory, _dirs, files in os.walk(self.base):
             for name in files:
@@ -91,7 +90,7 @@ class FileHarness(Harness):
         if top in ("steps", "hooks"):
             return [Item(top, stem, _field(raw, "run_id"), digest(raw))]
         if top == "checkpoints":
-            return [Item("checkpoints", stem, stem.split(":", 1)[0] if ":" in stem else None, digest(raw))]
+            return [Item("checkpoints", stem, derived(stem), digest(raw))]
         if top == ".locks":
             return [Item("lock_files", name, lock_owner(name), digest(raw))]
         if top == "signals" and isinstance(signals := _json(raw), list):
@@ -99,7 +98,7 @@ class FileHarness(Harness):
         if top in ("schedules", "streams", "subscriptions", "acknowledgments"):
             return [Item(top, stem, None, digest(raw))]
         if rel == Path("_token_index.json") and isinstance(index := _json(raw), dict):
-            return [Item("token_index", token, str(value).split(":", 1)[0], digest(value))
+            return [Item("token_index", token, derived(str(value)), digest(value))
                     for token, value in index.items()]
         return [Item("other", str(rel), None, digest(raw))]
 
@@ -143,6 +142,12 @@ class FileHarness(Harness):
         path = self.base / "runs" / f"{run_id}.json"
         data = json.loads(path.read_text())
         data["updated_at"] = "not-a-timestamp"
+        path.write_text(json.dumps(data, indent=2))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        path = self.base / "runs" / f"{run_id}.json"
+        data = json.loads(path.read_text())
+        data["status"] = status
         path.write_text(json.dumps(data, indent=2))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.base import Harness, Item, digest
+from tests.harness.base import Harness, Item, derived, digest
 from workflow_retention.backends.memory import MemoryBackend
 from workflow_retention.report import Kind
 
@@ -40,7 +40,7 @@ class MemoryHarness(Harness):
     def retention(self, **options: Any) -> MemoryBackend:
         return MemoryBackend(self.store, **options)
 
-    def inventory(self) -> list[Item]:
+    def _raw_inventory(self) -> list[Item]:
         s = self.store
         items: list[Item] = []
 
@@ -64,7 +64,7 @@ class MemoryHarness(Harness):
         for k, v in s._cancellation_flags.items():
             add("cancellation_flags", k, k, v)
         for k, v in s._checkpoints.items():
-            add("checkpoints", k, k.partition(":")[0] if ":" in k else None, v)
+            add("checkpoints", k, derived(k), v)
         for k, v in s._schedules.items():
             add("schedules", k, None, v)
         for k, v in s._streams.items():
@@ -111,6 +111,9 @@ class MemoryHarness(Harness):
 
     def corrupt_updated_at(self, run_id: str) -> None:
         self.store._runs[run_id].updated_at = "not-a-timestamp"
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.store._runs[run_id].status = status
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Engine, insert, inspect, text
 
-from tests.harness.base import Harness, Item, digest
+from tests.harness.base import Harness, Item, derived, digest
 from workflow_retention.backends.sql.base import SQLBackend
 from workflow_retention.report import Kind
 
@@ -35,10 +35,6 @@ TABLES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
 }
 
 SQL_ORPHAN_KINDS = frozenset({Kind.EVENTS, Kind.STEPS, Kind.HOOKS, Kind.CANCELLATION_FLAGS, Kind.CHECKPOINTS})
-
-
-def checkpoint_owner(key: str) -> str | None:
-    return key.partition(":")[0] if ":" in key else None
 
 
 class SQLHarness(Harness):
@@ -81,7 +77,7 @@ class SQLHarness(Harness):
         if self._raw is not None:
             self._raw.dispose()
 
-    def inventory(self) -> list[Item]:
+    def _raw_inventory(self) -> list[Item]:
         items: list[Item] = []
         with self.raw().connect() as conn:
             present = set(inspect(conn).get_table_names())
@@ -90,7 +86,7 @@ class SQLHarness(Harness):
                     continue
                 for row in conn.execute(text(f"SELECT * FROM {table}")).mappings():
                     key = ":".join(str(row[k]) for k in keys)
-                    run_id = row[owner] if owner else (checkpoint_owner(row["step_run_id"])
+                    run_id = row[owner] if owner else (derived(row["step_run_id"])
                                                        if table == "checkpoints" else None)
                     items.append(Item(kind, key, run_id, digest(dict(row))))
         return items
@@ -120,3 +116,7 @@ class SQLHarness(Harness):
         with self.raw().begin() as conn:
             conn.execute(text("UPDATE workflow_runs SET updated_at = 'not-a-timestamp' WHERE run_id = :r"),
                          {"r": run_id})
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.raw().begin() as conn:
+            conn.execute(text("UPDATE workflow_runs SET status = :s WHERE run_id = :r"), {"s": status, "r": run_id})
