@@ -32,15 +32,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import traceback
 from datetime import datetime, timedelta
 from typing import Any
 
 from workflow_retention import config
 from workflow_retention.backends import by_url
-from workflow_retention.exceptions import LeaseLostError
+from workflow_retention.exceptions import ConfigurationError, LeaseLostError, StorageError
 from workflow_retention.lock import Lease, open_lease
 from workflow_retention.report import OrphanReport, PurgeReport
 from workflow_retention.timeutil import parse_timestamp, utcnow
+from workflow_retention.urls import remove_secrets
 
 log = logging.getLogger("workflow_retention.celery")
 
@@ -152,8 +154,24 @@ def run_retention(*, broker_url: str | None, sent_at: datetime | None = None) ->
 
     ``broker_url`` is the lock's Redis unless ``PYWORKFLOW_RETENTION_LOCK_URL``
     is set. ``sent_at``: when beat sent this run; the run is skipped if a purge
-    of the same store completed after that.
+    of the same store completed after that. An error whose text, or whose chained
+    errors' text, holds a secret of the configuration is raised again with the
+    secret removed and without the chain: Celery stores a failed task's message
+    and traceback in its result backend and logs them.
     """
+    try:
+        return _run_retention(broker_url, sent_at)
+    except Exception as exc:
+        secrets = config.secrets(urls=(broker_url,))
+        full = "".join(traceback.format_exception(exc))
+        if remove_secrets(full, secrets) == full:
+            raise
+        clean = remove_secrets(str(exc), secrets)
+        cls = type(exc) if isinstance(exc, (ConfigurationError, StorageError, LeaseLostError)) else StorageError
+        raise cls(f"{type(exc).__name__}: {clean}" if cls is not type(exc) else clean) from None
+
+
+def _run_retention(broker_url: str | None, sent_at: datetime | None) -> dict[str, Any]:
     settings = config.load_settings()
     if not settings.enabled:
         log.info("workflow-retention skipped status=disabled reason=%s=false", config.ENABLED)

@@ -17,6 +17,7 @@ from workflow_retention.exceptions import ConfigurationError, RetentionError
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
 from workflow_retention.seed import generate
 from workflow_retention.timeutil import parse_duration, parse_iso_datetime, utcnow
+from workflow_retention.urls import remove_secrets
 
 log = logging.getLogger("workflow_retention.cli")
 
@@ -151,15 +152,15 @@ def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
         cutoff = utcnow() - timedelta(days=days)
     with _backend(args, settings) as backend:
         report = backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=Progress("purge"))
-    print(report.to_json(indent=2) if args.json else format_purge(report))
+    args.out(report.to_json(indent=2) if args.json else format_purge(report))
     return EXIT_STOPPED if report.stopped else EXIT_OK
 
 
 def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
-    print(f"settings: {settings}")
+    args.out(f"settings: {settings}")
     with _backend(args, settings) as backend:
         facts = backend.check()
-    print(_table("storage OK", [(k, v) for k, v in facts.items()]))
+    args.out(_table("storage OK", [(k, v) for k, v in facts.items()]))
     return EXIT_OK
 
 
@@ -169,7 +170,7 @@ def _cmd_seed(args: argparse.Namespace, settings: config.Settings) -> int:
     with _backend(args, settings) as backend:
         started = time.monotonic()
         n = backend.seed(generate(args.runs, seed=args.seed, max_age_days=args.max_age_days))
-    print(f"seeded {n:,} runs into {backend.url} in {time.monotonic() - started:.2f}s")
+    args.out(f"seeded {n:,} runs into {backend.url} in {time.monotonic() - started:.2f}s")
     return EXIT_OK
 
 
@@ -177,7 +178,7 @@ def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
     grace = parse_duration(args.grace, "--grace")
     with _backend(args, settings) as backend:
         report = backend.sweep_orphans(grace=grace, dry_run=args.dry_run, on_batch=Progress("orphans"))
-    print(report.to_json(indent=2) if args.json else format_orphans(report))
+    args.out(report.to_json(indent=2) if args.json else format_orphans(report))
     return EXIT_STOPPED if report.stopped else EXIT_OK
 
 
@@ -188,7 +189,7 @@ def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
         report = backend.audit(older_than=utcnow() - timedelta(days=days) if days else None,
                                grace=parse_duration(args.grace, "--grace"),
                                on_progress=lambda what, n: progress.tick(f"{what} {n:,}"))
-    print(report.to_json(indent=2) if args.json else format_audit(report))
+    args.out(report.to_json(indent=2) if args.json else format_audit(report))
     return EXIT_OK
 
 
@@ -197,10 +198,32 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
 }
 
 
+class ScrubbingFormatter(logging.Formatter):
+    """Formats a record, traceback included, then removes every known secret from the text."""
+
+    def __init__(self, fmt: str, secrets: list[str]) -> None:
+        super().__init__(fmt)
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return remove_secrets(super().format(record), self.secrets)
+
+
+def _logging(verbose: bool, secrets: list[str]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ScrubbingFormatter("%(levelname)s %(name)s: %(message)s", secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    secrets = config.secrets(urls=(getattr(args, "storage", None),))
+    _logging(args.verbose, secrets)
+    args.out = lambda text: print(remove_secrets(text, secrets))
     try:
         settings = config.load_settings()
         return COMMANDS[args.command](args, settings)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.timeutil import parse_duration
-from workflow_retention.urls import redact_url
+from workflow_retention.urls import redact_url, secrets_of
 
 RETENTION_DAYS = "PYWORKFLOW_DATA_RETENTION_DAYS"
 STORAGE_URL = "PYWORKFLOW_RETENTION_STORAGE_URL"
@@ -238,6 +238,24 @@ def storage_url_from_env(env: Mapping[str, str]) -> str:
         f"PYWORKFLOW_STORAGE_TYPE={kind!r} is not supported; expected one of "
         "memory, file, sqlite, postgres, citus, mysql, cassandra, dynamodb"
     )
+
+
+#: Variables that hold a URL (which may carry a password) or a password itself.
+URL_VARIABLES = (STORAGE_URL, LOCK_URL, BROKER, RESULT_BACKEND)
+PASSWORD_VARIABLES = ("PYWORKFLOW_POSTGRES_PASSWORD", "PYWORKFLOW_MYSQL_PASSWORD")
+
+
+def secrets(env: Mapping[str, str] | None = None, urls: tuple[str | None, ...] = ()) -> list[str]:
+    """Every secret the environment (and ``urls``, e.g. a ``--storage`` argument) holds, for scrubbing output.
+
+    The passwords of every URL variable (see :func:`workflow_retention.urls.secrets_of`) and the
+    PostgreSQL/MySQL password variables, whole and in the fragments a parser error may quote.
+    """
+    env = os.environ if env is None else env
+    found = [secret for url in (*(env.get(name) for name in URL_VARIABLES), *urls) if url
+             for secret in secrets_of(url)]
+    found += [env[name] for name in PASSWORD_VARIABLES if env.get(name)]
+    return found
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -39,7 +39,7 @@ from datetime import timedelta
 from typing import Any
 
 from workflow_retention.exceptions import ConfigurationError, LeaseLostError, StorageError
-from workflow_retention.urls import redact_url
+from workflow_retention.urls import redact_url, scrub, split_url
 
 log = logging.getLogger("workflow_retention.lock")
 
@@ -52,11 +52,12 @@ def redis_client(url: str, ttl: timedelta) -> Any:
         raise ConfigurationError(f"lock URL must be redis://, rediss:// or unix://; got {redact_url(url)!r}")
     import redis
 
+    split_url(url, "lock URL")
     timeout = min(10.0, max(1.0, ttl.total_seconds() / 6))
     try:
         return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    except ValueError as exc:
-        raise ConfigurationError(f"lock URL {redact_url(url)!r} is malformed: {exc}") from exc
+    except ValueError as exc:  # redis-py's own message may quote the URL: scrub it, never chain it
+        raise ConfigurationError(f"lock URL {redact_url(url)!r} is malformed: {scrub(str(exc), url)}") from None
 
 
 def new_token() -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from workflow_retention.base import StorageBackend
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.urls import redact_url, split_url
+from workflow_retention.urls import redact_url, scrub, split_url
 
 BACKENDS: dict[str, str] = {
     "memory": "workflow_retention.backends.memory:MemoryBackend",
@@ -42,4 +42,9 @@ def by_url(url: str, **options: Any) -> StorageBackend:
             f"valid schemes: {', '.join(sorted(BACKENDS))}"
         )
     parts = split_url(url)
-    return resolve(parts.scheme).from_url(url, **options)
+    backend = resolve(parts.scheme)
+    try:
+        return backend.from_url(url, **options)
+    except ConfigurationError as exc:
+        # A backend's parser may quote what it could not parse: never the password (nor chain it).
+        raise ConfigurationError(scrub(str(exc), url)) from None

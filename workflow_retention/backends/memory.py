@@ -36,7 +36,7 @@ from workflow_retention.planning import (
 from workflow_retention.report import Kind, age_bucket
 from workflow_retention.seed import SeedRun
 from workflow_retention.timeutil import older
-from workflow_retention.urls import split_url
+from workflow_retention.urls import redact_url, split_url
 
 _STORES: dict[str, Any] = {}
 _STORES_LOCK = threading.Lock()
@@ -106,7 +106,7 @@ class MemoryBackend(StorageBackend):
     def from_url(cls, url: str, **options: Any) -> MemoryBackend:
         parts = split_url(url)
         if parts.path not in ("", "/") or parts.query:
-            raise ConfigurationError(f"memory URL must be memory:// or memory://NAME; got {url!r}")
+            raise ConfigurationError(f"memory URL must be memory:// or memory://NAME; got {redact_url(url)!r}")
         return cls(store_name=parts.netloc or "default", url=url, **options)
 
     def _check(self) -> dict[str, object]:

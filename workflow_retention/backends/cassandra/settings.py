@@ -84,10 +84,12 @@ def _number(params: dict[str, str], name: str, kind: type, url: str) -> Any:
 
 def _hosts(netloc: str, url: str) -> tuple[tuple[str, ...], int | None]:
     hosts, ports = [], set()
-    for part in netloc.split(","):
+    for n, part in enumerate(netloc.split(","), start=1):
         match = _HOST.match(part.strip())
-        if not match:
-            raise ConfigurationError(f"storage URL {redact_url(url)!r}: bad host {part!r}; expected {FORM}")
+        if not match:  # the part is not quoted: with an unencoded '/' or '#' it may hold the password
+            raise ConfigurationError(f"storage URL {redact_url(url)!r}: host number {n} is not a host name, "
+                                     f"IP address or host:port (percent-encode # / ? @ in the password); "
+                                     f"expected {FORM}")
         hosts.append(match.group(1).strip("[]"))
         if match.group(2):
             ports.add(int(match.group(2)))

@@ -34,7 +34,7 @@ from sqlalchemy.pool import QueuePool
 from workflow_retention.backends.sql.base import SQLBackend
 from workflow_retention.backends.sql.schema import IsoText, Types
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.urls import split_url
+from workflow_retention.urls import redact_url, split_url
 
 #: Largest UTC offset in use (+14:00) plus margin: the SQL pre-filter's widening.
 OFFSET_MARGIN = timedelta(hours=15)
@@ -64,7 +64,7 @@ class SQLiteBackend(SQLBackend):
         if parts.scheme.lower() not in ("sqlite", "sqlite+pysqlite") or parts.netloc or parts.query \
                 or not path.startswith("/") or path.endswith("/"):
             raise ConfigurationError(
-                f"SQLite URL must be sqlite:///absolute/path/to/pyworkflow.db; got {url!r}")
+                f"SQLite URL must be sqlite:///absolute/path/to/pyworkflow.db; got {redact_url(url)!r}")
         if path.startswith("//"):  # SQLAlchemy's spelling sqlite:////abs/path
             path = path[1:]
         return cls(path, url=url, **options)
