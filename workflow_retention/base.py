@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from workflow_retention import values
 from workflow_retention.exceptions import ConfigurationError, PurgeStopped
 from workflow_retention.planning import chunked
 from workflow_retention.report import AuditReport, Census, OrphanReport, PurgeReport
@@ -83,13 +84,7 @@ class CensusJob:
 
 
 def validate_batch_size(value: object, name: str = "batch_size") -> int:
-    try:
-        size = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        size = 0
-    if isinstance(value, bool) or not 1 <= size <= MAX_BATCH_SIZE or str(value).strip() != str(size):
-        raise ConfigurationError(f"{name} must be an integer from 1 to {MAX_BATCH_SIZE}; got {value!r}")
-    return size
+    return values.integer(value, name, maximum=MAX_BATCH_SIZE, example=1000)
 
 
 class StorageBackend(ABC):

@@ -179,6 +179,10 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None) -> dict[str
     if settings.retention_days is None:
         log.debug("workflow-retention skipped status=unconfigured reason=%s unset", config.RETENTION_DAYS)
         return {"skipped": "retention-days-unset"}
+    if timedelta(days=settings.retention_days) < settings.min_age:
+        raise ConfigurationError(f"{config.RETENTION_DAYS}={settings.retention_days} is shorter than "
+                                 f"{config.MIN_AGE} ({settings.min_age}): refusing a purge of runs that "
+                                 "finished so recently")
     storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
     lease = open_lease(settings.lock_url_for(broker_url), settings.lock_key, settings.lock_ttl)
     try:

@@ -7,16 +7,16 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from workflow_retention import config
+from workflow_retention import config, values
 from workflow_retention.backends import by_url
 from workflow_retention.base import BatchInfo, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, RetentionError
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
 from workflow_retention.seed import generate
-from workflow_retention.timeutil import parse_duration, parse_iso_datetime, utcnow
+from workflow_retention.timeutil import utcnow
 from workflow_retention.urls import remove_secrets
 
 log = logging.getLogger("workflow_retention.cli")
@@ -24,11 +24,20 @@ log = logging.getLogger("workflow_retention.cli")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
-def _positive_days(text: str) -> int:
-    try:
-        return config.parse_retention_days(text) or 0
-    except ConfigurationError:
-        raise argparse.ArgumentTypeError(f"--days must be a positive integer, e.g. 30; got {text!r}") from None
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` from a :mod:`workflow_retention.values` parser: a bad value exits 2 with its message."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+_positive_days = _argument(lambda text: config.parse_retention_days(text, "--days"))
+_runs = _argument(lambda text: values.integer(text, "--runs", minimum=0, maximum=10_000_000, example=1000))
+_seed = _argument(lambda text: values.integer(text, "--seed", minimum=0, maximum=2**31 - 1, example=42))
+_age_days = _argument(lambda text: values.number(text, "--max-age-days", maximum=values.MAX_DAYS, example="120"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,13 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     def storage(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--storage", metavar="URL",
                         help=f"storage URL; default: ${config.STORAGE_URL} or PyWorkflow's PYWORKFLOW_STORAGE_* variables")
-        sp.add_argument("--batch-size", type=int, help="runs per batch (default: $%s or the backend's)" % config.BATCH_SIZE)
+        sp.add_argument("--batch-size", help="runs per batch, 1 to 10000 (default: $%s or the backend's)" % config.BATCH_SIZE)
 
     purge = sub.add_parser("purge", help="delete terminal runs older than the cutoff")
     storage(purge)
     when = purge.add_mutually_exclusive_group()
     when.add_argument("--days", type=_positive_days, help=f"cutoff = now - N days (default: ${config.RETENTION_DAYS})")
     when.add_argument("--older-than", metavar="ISO8601", help="explicit cutoff, with a UTC offset")
+    purge.add_argument("--allow-recent-cutoff", action="store_true",
+                       help=f"allow a cutoff newer than ${config.MIN_AGE} (default 1h) ago: runs that finished "
+                            "minutes ago would be deleted")
     purge.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
     purge.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -54,9 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", help="write a realistic sample store in the PyWorkflow layout")
     storage(seed)
-    seed.add_argument("--runs", type=int, default=1000, help="number of runs (default 1000)")
-    seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    seed.add_argument("--max-age-days", type=float, default=120.0, help="ages spread over this many days")
+    seed.add_argument("--runs", type=_runs, default=1000, help="number of runs (default 1000)")
+    seed.add_argument("--seed", type=_seed, default=42, help="random seed (default 42)")
+    seed.add_argument("--max-age-days", type=_age_days, default=120.0, help="ages spread over this many days")
 
     orphans = sub.add_parser("orphans", help="find and delete data whose run record is gone")
     storage(orphans)
@@ -142,14 +154,27 @@ def _warnings(warnings: list[str], total: int) -> str:
     return f"\n  WARNINGS ({total}):\n" + "\n".join(f"    {w}" for w in warnings) + more
 
 
-def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
+def _cutoff(args: argparse.Namespace, settings: config.Settings) -> datetime:
+    """The purge's cutoff, refused when it is newer than the minimum age (the blast-radius guard)."""
+    now = utcnow()
     if args.older_than:
-        cutoff = parse_iso_datetime(args.older_than, "--older-than")
+        cutoff = values.iso_datetime(args.older_than, "--older-than")
     else:
         days = args.days or settings.retention_days
         if not days:
             raise ConfigurationError(f"give --days N or --older-than ISO8601, or set {config.RETENTION_DAYS}")
-        cutoff = utcnow() - timedelta(days=days)
+        cutoff = now - timedelta(days=days)
+    if cutoff > now - settings.min_age and not args.allow_recent_cutoff:
+        ago = "in the future" if cutoff > now else f"only {now - cutoff} ago"
+        raise ConfigurationError(
+            f"the cutoff {cutoff.isoformat()} is {ago}: every terminal run that finished before it would be "
+            f"deleted, including runs finished minutes ago. The minimum is {settings.min_age} "
+            f"({config.MIN_AGE}); pass --allow-recent-cutoff if that is what you want")
+    return cutoff
+
+
+def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
+    cutoff = _cutoff(args, settings)
     with _backend(args, settings) as backend:
         report = backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=Progress("purge"))
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
@@ -165,8 +190,6 @@ def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _cmd_seed(args: argparse.Namespace, settings: config.Settings) -> int:
-    if args.runs < 0:
-        raise ConfigurationError(f"--runs must be >= 0; got {args.runs}")
     with _backend(args, settings) as backend:
         started = time.monotonic()
         n = backend.seed(generate(args.runs, seed=args.seed, max_age_days=args.max_age_days))
@@ -175,7 +198,7 @@ def _cmd_seed(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
-    grace = parse_duration(args.grace, "--grace")
+    grace = values.duration(args.grace, "--grace")
     with _backend(args, settings) as backend:
         report = backend.sweep_orphans(grace=grace, dry_run=args.dry_run, on_batch=Progress("orphans"))
     args.out(report.to_json(indent=2) if args.json else format_orphans(report))
@@ -187,7 +210,7 @@ def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
     progress = Progress("audit")
     with _backend(args, settings) as backend:
         report = backend.audit(older_than=utcnow() - timedelta(days=days) if days else None,
-                               grace=parse_duration(args.grace, "--grace"),
+                               grace=values.duration(args.grace, "--grace"),
                                on_progress=lambda what, n: progress.tick(f"{what} {n:,}"))
     args.out(report.to_json(indent=2) if args.json else format_audit(report))
     return EXIT_OK
@@ -213,8 +236,9 @@ def _logging(verbose: bool, secrets: list[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ScrubbingFormatter("%(levelname)s %(name)s: %(message)s", secrets))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours, from an earlier main() in this process
+        if isinstance(old.formatter, ScrubbingFormatter):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 
@@ -225,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _logging(args.verbose, secrets)
     args.out = lambda text: print(remove_secrets(text, secrets))
     try:
-        settings = config.load_settings()
+        settings = config.load_settings(strict=args.command == "check")
+        for problem in settings.problems:  # settings only the Celery task uses: not fatal here
+            log.warning("%s (the Celery task would refuse to run with it)", problem)
         return COMMANDS[args.command](args, settings)
     except ConfigurationError as exc:
         log.error("configuration error: %s", exc)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+from workflow_retention import values
 from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.timeutil import parse_duration
 from workflow_retention.urls import redact_url, secrets_of
 
 RETENTION_DAYS = "PYWORKFLOW_DATA_RETENTION_DAYS"
@@ -34,12 +34,17 @@ SCHEDULE = "PYWORKFLOW_RETENTION_SCHEDULE"
 SCHEDULE_JITTER = "PYWORKFLOW_RETENTION_SCHEDULE_JITTER"
 QUEUE = "PYWORKFLOW_RETENTION_QUEUE"
 RESULT_BACKEND = "PYWORKFLOW_CELERY_RESULT_BACKEND"
+MIN_AGE = "PYWORKFLOW_RETENTION_MIN_AGE"
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
 DEFAULT_LOCK_TTL = timedelta(minutes=5)
 LOCK_KEY_PREFIX = "workflow-retention:lock"
 DEFAULT_SCHEDULE = "03:00"
 DEFAULT_JITTER = timedelta(hours=1)
+#: The blast-radius guard: a cutoff newer than this is refused unless asked for explicitly.
+DEFAULT_MIN_AGE = timedelta(hours=1)
+MAX_LOCK_TTL = timedelta(days=1)
+MAX_INTERVAL = timedelta(days=30)
 REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 
 #: Every variable this package reads: name -> (default, meaning). The README table mirrors it.
@@ -62,10 +67,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     SCHEDULE_JITTER: ("1h", "A daily run starts up to this much after SCHEDULE; the offset is fixed per lock key, so every beat of one deployment picks the same minute. 0s disables it."),
     QUEUE: ("the app's default queue", "Celery queue of the retention task (the ready-made worker consumes it)."),
     RESULT_BACKEND: ("unset (results not stored)", "Result backend of the ready-made worker app, e.g. redis://localhost:6379/1."),
+    MIN_AGE: ("1h", "Blast-radius guard: a cutoff newer than this (a purge of runs finished within it) is refused unless the command line passes --allow-recent-cutoff. 0s disables it."),
 }
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class Settings:
     storage_error: str | None = field(default=None, repr=False)
     lock_key: str = LOCK_KEY_PREFIX
     explicit_lock_url: str | None = field(default=None, repr=False)
+    min_age: timedelta = DEFAULT_MIN_AGE
+    #: Problems with settings only the Celery task uses, found by a lenient load (the CLI warns about them).
+    problems: tuple[str, ...] = field(default=(), repr=False)
 
     def __repr__(self) -> str:
         return (f"Settings(retention_days={self.retention_days}, storage_url={self._safe(self.storage_url)}, "
@@ -134,13 +140,12 @@ def parse_schedule(raw: str) -> tuple[tuple[int, int] | None, timedelta | None]:
     """``HH:MM`` (daily) or a duration such as ``6h`` (interval)."""
     if match := _DAILY.match(raw):
         return (int(match.group(1)), int(match.group(2))), None
-    expected = f"{SCHEDULE} must be a daily time HH:MM (e.g. 03:00) or an interval such as 6h or 30s"
+    expected = (f"{SCHEDULE} must be a daily time HH:MM (e.g. 03:00) or an interval such as 6h or 30s, "
+                "from 1s to 30d")
     try:
-        every = parse_duration(raw, SCHEDULE)
+        every = values.duration(raw, SCHEDULE, minimum=timedelta(seconds=1), maximum=MAX_INTERVAL)
     except ConfigurationError:
         raise ConfigurationError(f"{expected}; got {raw!r}") from None
-    if every <= timedelta(0):
-        raise ConfigurationError(f"{expected} (an interval above 0); got {raw!r}")
     return None, every
 
 
@@ -155,10 +160,8 @@ def load_schedule(env: Mapping[str, str] | None = None) -> ScheduleSettings:
     """Read the beat-entry settings only, so a bad purge setting cannot break a worker's start-up."""
     env = os.environ if env is None else env
     daily_at, every = parse_schedule(env.get(SCHEDULE) or DEFAULT_SCHEDULE)
-    jitter = parse_duration(env[SCHEDULE_JITTER], SCHEDULE_JITTER) if env.get(SCHEDULE_JITTER) else DEFAULT_JITTER
-    if jitter >= timedelta(days=1):
-        raise ConfigurationError(
-            f"{SCHEDULE_JITTER} must be less than a day (e.g. 1h or 0s); got {env[SCHEDULE_JITTER]!r}")
+    jitter = (values.duration(env[SCHEDULE_JITTER], SCHEDULE_JITTER, maximum=timedelta(hours=23, minutes=59))
+              if env.get(SCHEDULE_JITTER) else DEFAULT_JITTER)
     storage_url = env.get(STORAGE_URL) or None
     if storage_url is None:
         try:
@@ -180,28 +183,20 @@ def worker_app_config(env: Mapping[str, str] | None = None) -> dict[str, object]
     return conf
 
 
-def parse_retention_days(raw: str | None) -> int | None:
-    """Unset or empty means keep forever; otherwise a positive integer."""
+def parse_retention_days(raw: str | None, name: str = RETENTION_DAYS) -> int | None:
+    """Unset or empty means keep forever; otherwise a positive integer of ASCII digits, at most 36500."""
     if raw is None or raw.strip() == "":
         return None
-    text = raw.strip()
-    if not text.isdigit() or int(text) < 1:
+    try:
+        return values.integer(raw, name, maximum=values.MAX_DAYS, example=30)
+    except ConfigurationError:
         raise ConfigurationError(
-            f"{RETENTION_DAYS} must be a positive integer number of days (e.g. 30), "
-            f"or unset to keep runs forever; got {raw!r}"
-        )
-    return int(text)
+            f"{name} must be a positive integer number of days from 1 to {values.MAX_DAYS} (e.g. 30), "
+            f"or unset to keep runs forever; got {raw!r}") from None
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigurationError(f"{name} must be true or false (also 1/0, yes/no, on/off); got {raw!r}")
+    return values.boolean(raw, name, default)
 
 
 def storage_url_from_env(env: Mapping[str, str]) -> str:
@@ -221,8 +216,10 @@ def storage_url_from_env(env: Mapping[str, str]) -> str:
     if kind in ("postgres", "citus", "mysql"):
         prefix = "PYWORKFLOW_MYSQL_" if kind == "mysql" else "PYWORKFLOW_POSTGRES_"
         port = env.get(prefix + "PORT") or ("3306" if kind == "mysql" else "5432")
-        if not port.isdigit():
-            raise ConfigurationError(f"{prefix}PORT must be a port number; got {port!r}")
+        try:
+            values.integer(port, f"{prefix}PORT", maximum=65535, example=5432 if kind != "mysql" else 3306)
+        except ConfigurationError:
+            raise ConfigurationError(f"{prefix}PORT must be a port number from 1 to 65535; got {port!r}") from None
         user = quote(env.get(prefix + "USER") or "pyworkflow", safe="")
         password = env.get(prefix + "PASSWORD") or ""
         auth = f"{user}:{quote(password, safe='')}" if password else user
@@ -258,8 +255,13 @@ def secrets(env: Mapping[str, str] | None = None, urls: tuple[str | None, ...] =
     return found
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every setting. ``env`` defaults to ``os.environ``."""
+def load_settings(env: Mapping[str, str] | None = None, *, strict: bool = True) -> Settings:
+    """Read and validate every setting. ``env`` defaults to ``os.environ``.
+
+    With ``strict=False`` (the command line, which takes no lock and runs no
+    schedule), a bad value of a setting only the Celery task uses does not
+    fail: it is left at its default and described in ``Settings.problems``.
+    """
     env = os.environ if env is None else env
     storage_url = env.get(STORAGE_URL) or None
     storage_error = None
@@ -268,22 +270,37 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             storage_url = storage_url_from_env(env)
         except ConfigurationError as exc:
             storage_error = str(exc)
+    problems: list[str] = []
+
+    def celery_only(parse: Callable[[], object], default: object) -> object:
+        try:
+            return parse()
+        except ConfigurationError as exc:
+            if strict:
+                raise
+            problems.append(str(exc))
+            return default
+
     broker = env.get(BROKER) or DEFAULT_BROKER
-    lock_url = env.get(LOCK_URL) or (broker if broker.startswith(("redis://", "rediss://", "unix://")) else None)
-    lock_ttl = parse_duration(env[LOCK_TTL], LOCK_TTL) if env.get(LOCK_TTL) else DEFAULT_LOCK_TTL
-    if lock_ttl < timedelta(seconds=3):
-        raise ConfigurationError(f"{LOCK_TTL} must be at least 3s; got {env.get(LOCK_TTL)!r}")
+    lock_url = env.get(LOCK_URL) or (broker if broker.startswith(REDIS_URL_PREFIXES) else None)
+    lock_ttl = celery_only(lambda: values.duration(env[LOCK_TTL], LOCK_TTL, minimum=timedelta(seconds=3),
+                                                   maximum=MAX_LOCK_TTL) if env.get(LOCK_TTL) else DEFAULT_LOCK_TTL,
+                           DEFAULT_LOCK_TTL)
     return Settings(
         retention_days=parse_retention_days(env.get(RETENTION_DAYS)),
         storage_url=storage_url,
         batch_size=validate_batch_size(env[BATCH_SIZE], BATCH_SIZE) if env.get(BATCH_SIZE) else None,
-        enabled=parse_bool(ENABLED, env.get(ENABLED), True),
+        enabled=celery_only(lambda: values.boolean(env.get(ENABLED), ENABLED, True), True),  # type: ignore[arg-type]
         lock_url=lock_url,
-        lock_ttl=lock_ttl,
-        repair_orphans=parse_bool(REPAIR_ORPHANS, env.get(REPAIR_ORPHANS), False),
-        orphan_grace=parse_duration(env[ORPHAN_GRACE], ORPHAN_GRACE) if env.get(ORPHAN_GRACE) else DEFAULT_GRACE,
+        lock_ttl=lock_ttl,  # type: ignore[arg-type]
+        repair_orphans=celery_only(lambda: values.boolean(env.get(REPAIR_ORPHANS), REPAIR_ORPHANS, False),
+                                   False),  # type: ignore[arg-type]
+        orphan_grace=celery_only(lambda: values.duration(env[ORPHAN_GRACE], ORPHAN_GRACE)
+                                 if env.get(ORPHAN_GRACE) else DEFAULT_GRACE, DEFAULT_GRACE),  # type: ignore[arg-type]
         broker_url=broker,
         storage_error=storage_error,
         lock_key=(env.get(LOCK_KEY) or "").strip() or lock_key_for(storage_url),
         explicit_lock_url=env.get(LOCK_URL) or None,
+        min_age=values.duration(env[MIN_AGE], MIN_AGE) if env.get(MIN_AGE) else DEFAULT_MIN_AGE,
+        problems=tuple(problems),
     )

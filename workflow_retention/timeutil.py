@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
+from workflow_retention import values
 from workflow_retention.exceptions import ConfigurationError
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def require_aware(value: datetime, name: str = "older_than") -> datetime:
@@ -20,7 +17,10 @@ def require_aware(value: datetime, name: str = "older_than") -> datetime:
             f"{name} must be timezone-aware (for example "
             f"datetime(2026, 1, 1, tzinfo=timezone.utc)); got the naive datetime {value.isoformat()}"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ConfigurationError(f"{name} {value.isoformat()} has no UTC equivalent (out of range)") from None
 
 
 def parse_timestamp(value: object) -> datetime:
@@ -68,22 +68,13 @@ def older(value: object, when: datetime, *, missing: bool | None = None) -> bool
 
 
 def parse_iso_datetime(text: str, name: str) -> datetime:
-    """Parse a user-supplied ISO-8601 datetime; it must carry an offset."""
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"{name}: expected an ISO-8601 datetime with offset, e.g. 2026-01-31T00:00:00+00:00; got {text!r}"
-        ) from exc
-    return require_aware(value, name)
+    """A user-supplied ISO-8601 datetime with an offset (see :func:`workflow_retention.values.iso_datetime`)."""
+    return values.iso_datetime(text, name)
 
 
-def parse_duration(text: str, name: str) -> timedelta:
-    """Parse ``30s``, ``15m``, ``1h``, ``7d`` or ``2w`` into a timedelta."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ConfigurationError(f"{name}: expected a duration such as 30m, 1h or 7d; got {text!r}")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+def parse_duration(text: object, name: str) -> timedelta:
+    """``30s``, ``15m``, ``1h``, ``7d`` or ``2w`` (see :func:`workflow_retention.values.duration`)."""
+    return values.duration(text, name)
 
 
 def utcnow() -> datetime:

@@ -28,7 +28,7 @@ def test_retention_days_unset_means_keep_forever(value, expected) -> None:
     ("PYWORKFLOW_RETENTION_ENABLED", "maybe", "PYWORKFLOW_RETENTION_ENABLED must be true or false"),
     ("PYWORKFLOW_RETENTION_REPAIR_ORPHANS", "2", "PYWORKFLOW_RETENTION_REPAIR_ORPHANS must be true or false"),
     ("PYWORKFLOW_RETENTION_LOCK_TTL", "5 minutes", "PYWORKFLOW_RETENTION_LOCK_TTL: expected a duration"),
-    ("PYWORKFLOW_RETENTION_LOCK_TTL", "1s", "at least 3s"),
+    ("PYWORKFLOW_RETENTION_LOCK_TTL", "1s", "from 3s to 1d"),
     ("PYWORKFLOW_RETENTION_ORPHAN_GRACE", "-1h", "PYWORKFLOW_RETENTION_ORPHAN_GRACE"),
 ])
 def test_bad_settings_name_the_variable(name: str, value: str, pattern: str) -> None:
