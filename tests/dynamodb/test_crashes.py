@@ -118,3 +118,27 @@ def test_run_gone_before_its_commit_is_cascaded_not_counted(dynamodb_harness: Dy
     assert report.runs == len(scenario.deleted) - 1 and report.changed == 0
     assert run_ids(items) == scenario.kept | scenario.held
     assert_no_orphans(items)
+
+
+def test_markers_of_a_dead_purge_whose_runs_changed_since_are_dropped(dynamodb_harness: DynamoDBHarness,
+                                                                      scenario: Scenario) -> None:
+    """A purge dies after writing its markers; the engine then revives those runs: no purge can commit
+    the versions those markers name any more, so the next purge drops them (and keeps the runs)."""
+    from pyworkflow.storage.schemas import RunStatus
+
+    h = dynamodb_harness
+    backend, client = faulty_backend(h, workers=1)
+    client.crash_at("delete_item", 1)
+    with pytest.raises(Crash):
+        backend.delete_old_runs(CUTOFF)
+    marked = markers(h)
+    assert marked and marked <= scenario.deleted
+    for run_id in marked:
+        h.run(h.pyworkflow().update_run_status(run_id, RunStatus.RUNNING))
+    revived = items_of(h.inventory(), marked)
+    h.retention().delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert marked <= run_ids(items)
+    assert items_of(items, marked) == {k: v for k, v in revived.items() if k[0] != "retention_markers"}
+    assert not markers(h)
+    assert_no_orphans(items)

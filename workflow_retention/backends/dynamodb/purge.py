@@ -27,6 +27,7 @@ COMMITTED = ("deleted", "gone")  # outcomes after which the run item is gone
 TIME_SLACK = timedelta(hours=14)  # the largest UTC offset a GSI1SK timestamp can carry
 SCAN_PAGE = 1000
 PARTITION_PAGE = 200
+MARKER_FIELDS = ("SK", "purge_id", "seen_status", "seen_updated_at")
 
 
 class Purge:
@@ -96,7 +97,7 @@ class Purge:
         """
         survivors: set[str] = set()
         planned, _ = plan.order()
-        self.table.put_many([self.marker(r.run_id) for r in planned])
+        self.table.put_many([self.marker(r.run_id, r) for r in planned])
         outcome: dict[str, str] = {}
         for level in heights(plan, planned):
             allowed = {r.run_id for r in plan.order(survivors=survivors)[0]}
@@ -105,7 +106,7 @@ class Purge:
                 outcome[ref.run_id] = result
                 if result == "changed":
                     survivors.add(ref.run_id)
-        self.table.delete_many([marker_key(r.run_id) for r in planned if outcome.get(r.run_id) not in COMMITTED])
+        self.table.map(self.unmark, [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED])
         _, held = plan.order(survivors=survivors)
         self.report.changed += len(survivors)
         self.report.add(Kind.RUNS, sum(1 for result in outcome.values() if result == "deleted"))
@@ -125,9 +126,26 @@ class Purge:
             return "changed" if exc.response.get("Item") else "gone"
         return "deleted"
 
-    def marker(self, run_id: str) -> Item:
-        return {**marker_key(run_id), "entity_type": s("retention_purge"), "run_id": s(run_id),
+    def marker(self, run_id: str, seen: RunRef | None = None) -> Item:
+        """This purge's marker for ``run_id``; ``seen``: the version it is about to commit (None: resumed)."""
+        item = {**marker_key(run_id), "entity_type": s("retention_purge"), "run_id": s(run_id),
                 "purge_id": s(self.purge_id), "created_at": s(utcnow().isoformat())}
+        if seen is not None:
+            item.update(seen_status=s(seen.data["status"]), seen_updated_at=s(seen.data["updated_at"]))
+        return item
+
+    def unmark(self, run_id: str) -> None:
+        """Remove this purge's marker of a run it did not commit, unless another purge has written it since."""
+        self.drop_marker(run_id, {"purge_id": self.purge_id})
+
+    def drop_marker(self, run_id: str, unchanged: dict[str, str]) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.table.call("delete_item", Key=marker_key(run_id), write_units=1,
+                            passthrough="ConditionalCheckFailedException", **expr.condition(unchanged))
+        except ClientError:
+            pass  # another purge's marker now: it is that purge's to drop
 
     # -- cascade: everything else of committed runs -----------------------------------
 
@@ -183,17 +201,39 @@ class Purge:
         return counts, pending
 
     def resume(self) -> None:
-        """Finish the cascades of runs an earlier, interrupted purge committed (their markers remain)."""
+        """Finish the cascades of runs whose marker remains though their record is gone.
+
+        Such a run was committed by a purge that died, or by one still running
+        (the CLI takes no lock). Either way its cascade is re-run here, after
+        the marker is claimed (rewritten with this purge's id) so that this
+        purge drops it once the cascade, checkpoints included, is complete. A
+        marker whose run exists is another purge's before its commit: it is
+        left alone, unless the run has changed since that purge read it (its
+        conditional delete can then never succeed), when it is dropped.
+        """
         occupied = [p for p, page in self.table.map(self.first_markers, marker_partitions()) if page]
         for partition in occupied:
-            params = expr.query("PK", partition, fields=("SK",), limit=self.job.batch_size)
+            params = expr.query("PK", partition, fields=MARKER_FIELDS, limit=self.job.batch_size)
             for page in self.table.pages("query", **params):
-                ids = [i["SK"]["S"] for i in page if is_safe_run_id(i["SK"]["S"])]
-                alive = get_runs(self.table, ids)
-                ids = [i for i in ids if i not in alive]
-                if ids:
-                    self.job.boundary(ids)
-                    self.cascade(ids)
+                page = [m for m in page if is_safe_run_id(m["SK"]["S"])]
+                alive = get_runs(self.table, [m["SK"]["S"] for m in page])
+                gone = [m["SK"]["S"] for m in page if m["SK"]["S"] not in alive]
+                dead = [m for m in page if m["SK"]["S"] in alive and self.outdated(m, alive[m["SK"]["S"]])]
+                if not self.dry:
+                    self.table.map(lambda m: self.drop_marker(m["SK"]["S"], {
+                        "purge_id": text(m, "purge_id") or "", "seen_updated_at": text(m, "seen_updated_at") or ""}),
+                        dead)
+                if gone:
+                    self.job.boundary(gone)
+                    if not self.dry:
+                        self.table.put_many([self.marker(run_id) for run_id in gone])
+                    self.cascade(gone)
+
+    @staticmethod
+    def outdated(marker: Item, run: RunRef) -> bool:
+        """The marker records a version of the run other than the stored one (markers before 0.x record none)."""
+        seen = (text(marker, "seen_status"), text(marker, "seen_updated_at"))
+        return None not in seen and seen != (run.data["status"], run.data["updated_at"])
 
     def first_markers(self, partition: str) -> tuple[str, list[Item]]:
         response = self.table.call("query", **expr.query("PK", partition, fields=("SK",), limit=1))
@@ -202,11 +242,14 @@ class Purge:
     # -- markers ------------------------------------------------------------------------
 
     def drop_markers(self) -> None:
-        """Delete this purge's markers and those it resumed, now that every cascade is complete."""
+        """Delete this purge's markers (its own and those it claimed), now that every cascade is complete.
+
+        Another purge's markers are never dropped here: that purge may still be
+        between its commit and its cascade.
+        """
         self.table.map(self.drop_partition, marker_partitions())
 
     def drop_partition(self, partition: str) -> None:
-        params = expr.query("PK", partition, fields=("PK", "SK", "purge_id", "created_at"), limit=SCAN_PAGE)
+        params = expr.query("PK", partition, fields=("PK", "SK", "purge_id"), limit=SCAN_PAGE)
         for page in self.table.pages("query", **params):
-            self.table.delete_many([key_of(i) for i in page if text(i, "purge_id") == self.purge_id
-                                    or (text(i, "created_at") or "") < self.started], parallel=False)
+            self.table.delete_many([key_of(i) for i in page if text(i, "purge_id") == self.purge_id], parallel=False)
