@@ -249,9 +249,9 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
             params = {f"cp_like{i}": like_prefix(r) for i, r in enumerate(run_ids)}
         return clause, params
 
-    def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
-        """SQL for the run_id part of a checkpoint key (before the first ``:``)."""
-        raise NotImplementedError
+    def id_fold(self, run_id: str) -> str:
+        """``run_id`` as the store compares ids (MySQL's collation ignores case): equal folds, same run."""
+        return run_id
 
     def lock(self, stmt: Select) -> Select:
         """Lock the selected run rows until the transaction ends."""

@@ -106,8 +106,8 @@ class MySQLBackend(SQLBackend):
     def checkpoint_ranges(self) -> bool:
         return False  # a case-insensitive collation: LIKE matches as every engine lookup does
 
-    def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
-        return func.substring_index(column, ":", 1)
+    def id_fold(self, run_id: str) -> str:
+        return run_id.lower()  # utf8mb4_unicode_ci: safe ids are ASCII, whose letters compare without case
 
     def table_bytes(self, conn: Connection) -> dict[str, int]:
         rows = conn.exec_driver_sql(

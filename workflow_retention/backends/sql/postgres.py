@@ -115,6 +115,7 @@ class PostgresBackend(SQLBackend):
     def _cascade(self, conn: Connection, plan: Any, runs: list[Any], dry_run: bool) -> Counter:
         """The whole cascade in one statement (one round trip): data-modifying CTEs, counted.
 
+        The step checkpoints are read first and go by exact key (see :meth:`_owned_checkpoints`).
         PostgreSQL checks the parent reference at the end of the statement, so runs and
         their children can go together; the explicit child deletes leave the engine's
         ON DELETE CASCADE nothing to do.
@@ -122,16 +123,17 @@ class PostgresBackend(SQLBackend):
         ids = [r.run_id for r in runs]
         if not ids:
             return Counter()
-        cp_where, params = self.checkpoint_match(ids)
+        keys = self._owned_checkpoints(conn, ids)  # read first: ownership is decided in Python
         among = "run_id IN (SELECT unnest(CAST(:ids AS text[])))"
         parts = [(kind, table, among) for table, kind in RUN_CHILDREN]
-        parts += [(Kind.CHECKPOINTS, "checkpoints", cp_where.text), (Kind.RUNS, "workflow_runs", among)]
+        parts += [(Kind.CHECKPOINTS, "checkpoints", "step_run_id IN (SELECT unnest(CAST(:keys AS text[])))"),
+                  (Kind.RUNS, "workflow_runs", among)]
         if dry_run:
             sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t} WHERE {w})" for _, t, w in parts)
         else:
             ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE {w} RETURNING 1)" for i, (_, t, w) in enumerate(parts))
             sql = f"WITH {ctes} SELECT " + ", ".join(f"(SELECT count(*) FROM d{i})" for i in range(len(parts)))
-        row = conn.execute(text(sql), {"ids": ids, **params}).one()
+        row = conn.execute(text(sql), {"ids": ids, "keys": keys}).one()
         return +Counter({kind: n for (kind, _, _), n in zip(parts, row)})
 
     def retryable(self, exc: DBAPIError) -> bool:
@@ -139,9 +141,6 @@ class PostgresBackend(SQLBackend):
 
     def server_version(self, conn: Connection) -> str:
         return "PostgreSQL " + conn.exec_driver_sql("SHOW server_version").scalar_one()
-
-    def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
-        return func.split_part(column, ":", 1)
 
     def among(self, column: ColumnElement, values: Any) -> ColumnElement:
         # One array parameter, joined: the planner drives an index scan (or a hash) from the ids.

@@ -22,7 +22,7 @@ level, leaves first, because MySQL checks the parent reference row by row.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
@@ -34,6 +34,7 @@ from workflow_retention.planning import (
     RunRef,
     chunked,
     heights,
+    key_owners,
     plan_page,
     split_plan,
 )
@@ -164,14 +165,53 @@ class PurgeMixin:
             column = self.table(name).c.run_id
             for chunk in chunked(ids, self.id_chunk):
                 counts[kind] += self._apply(conn, name, self.among(column, chunk), dry_run)
-        for chunk in chunked(ids, self.checkpoint_chunk):
-            where, params = self.checkpoint_match(chunk)
-            counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", where, dry_run, params)
+        step_run_id = self.table("checkpoints").c.step_run_id
+        owned = self._owned_checkpoints(conn, ids)
+        for chunk in chunked(owned, self.id_chunk) if not dry_run else ():
+            counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", self.among(step_run_id, chunk), dry_run)
+        if dry_run:
+            counts[Kind.CHECKPOINTS] += len(owned)
         run_id = self.table("workflow_runs").c.run_id
         for level in heights(plan, runs):
             for chunk in chunked([r.run_id for r in level], self.id_chunk):
                 counts[Kind.RUNS] += self._apply(conn, "workflow_runs", self.among(run_id, chunk), dry_run)
         return +counts
+
+    def _owned_checkpoints(self, conn: Connection, run_ids: Sequence[str]) -> list[str]:
+        """The keys of the step checkpoints that belong to ``run_ids`` (all existing runs).
+
+        The checkpoints whose key starts with ``<run_id>:`` are read (a primary-key range or
+        an escaped LIKE per run); each belongs to its longest prefix that names an existing run
+        (:func:`key_owners`), which is one of ``run_ids`` only if no longer prefix is a run: the
+        checkpoint ``a:b:s`` of a run ``a:b`` is not ``a``'s. Only keys with more than one ``:``
+        cost an existence lookup.
+        """
+        cp = self.table("checkpoints").c
+        keys: set[str] = set()
+        for chunk in chunked(run_ids, self.checkpoint_chunk):
+            where, params = self.checkpoint_match(chunk)
+            keys.update(conn.execute(select(cp.step_run_id).where(where), params).scalars())
+        if not keys:
+            return []
+        batch = set(run_ids)
+
+        def existing(prefixes: set[str]) -> set[str]:
+            return (prefixes & batch) | self._existing(conn, prefixes - batch)
+
+        mine = {self.id_fold(r) for r in run_ids}
+        return sorted(k for k, owner in key_owners(keys, existing).items()
+                      if owner is not None and self.id_fold(owner) in mine)
+
+    def _existing(self, conn: Connection, run_ids: Collection[str]) -> set[str]:
+        """Those of ``run_ids`` that name a run record, whatever its status (ids compared as the store does)."""
+        if not run_ids:
+            return set()
+        r = self.table("workflow_runs").c
+        stored: set[str] = set()
+        for chunk in chunked(sorted(run_ids), self.id_chunk):
+            stored.update(self.id_fold(v) for v in conn.execute(select(r.run_id).where(self.among(r.run_id, chunk)))
+                          .scalars())
+        return {i for i in run_ids if self.id_fold(i) in stored}
 
     def _apply(self, conn: Connection, name: str, where: Any, dry_run: bool, params: Any = None) -> int:
         table = self.table(name)

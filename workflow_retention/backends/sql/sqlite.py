@@ -112,9 +112,6 @@ class SQLiteBackend(SQLBackend):
     def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
         return column < (when + OFFSET_MARGIN).isoformat()
 
-    def owner_of_checkpoint(self, column: ColumnElement) -> ColumnElement:
-        return func.substr(column, 1, func.instr(column, ":") - 1)
-
     def lock(self, stmt: Any) -> Any:
         return stmt  # BEGIN IMMEDIATE already holds the database's write lock
 

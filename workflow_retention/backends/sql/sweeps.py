@@ -12,9 +12,13 @@ Orphans: events, steps, hooks and flags reference their run with ON DELETE
 CASCADE, so they are orphaned only where the reference was not enforced
 (SQLite connections without ``PRAGMA foreign_keys``, restores with checks
 off); step checkpoints have no reference at all and pyworkflow's own purge
-always leaves them. Each window row carries a ``NOT EXISTS`` flag computed by
-the server, with the column's own collation (MySQL compares ids
-case-insensitively, as the engine does).
+always leaves them. Each window row of the four run_id tables carries a ``NOT
+EXISTS`` flag computed by the server, with the column's own collation (MySQL
+compares ids case-insensitively, as the engine does). A checkpoint key
+``<run_id>:<step_id>`` is an orphan only when no prefix of it names an existing
+run (run ids may contain ``:``): :func:`~workflow_retention.planning.key_owners`
+decides, with one existence lookup per window, and again inside the deleting
+transaction.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sqlalchemy import Text, cast, delete, exists, func, literal, select, true, 
 
 from workflow_retention.report import Kind, age_bucket
 from workflow_retention import timeutil
-from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS
+from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS, key_owners, key_prefixes
 from workflow_retention.timeutil import parse_timestamp
 
 if TYPE_CHECKING:
@@ -59,6 +63,9 @@ class Sweep:
     recheck: Any = None
     decide: Callable[[Any], bool | None] = lambda row: True
     size: Any = None
+    #: For derived keys ``<run_id>:<rest>``: the keys among those given that are orphans, asked in the
+    #: window's read and again inside the transaction that deletes (the re-check).
+    orphans: Callable[[Any, list[str]], set[str]] | None = None
     skipped: int = field(default=0, init=False)
 
 
@@ -87,10 +94,11 @@ class SweepMixin:
                 stmt = stmt.where(self.after(keys, cursor))
             with self.read() as conn:
                 rows = conn.execute(stmt.order_by(*keys).limit(job.batch_size)).all()
+                orphans = sweep.orphans(conn, [row[0] for row in rows]) if sweep.orphans and rows else None
             if not rows:
                 return
             cursor = tuple(rows[-1][: len(keys)])
-            self._sweep_window(job, sweep, keys, rows)
+            self._sweep_window(job, sweep, keys, rows if orphans is None else [r for r in rows if r[0] in orphans])
             if len(rows) < job.batch_size:
                 return
 
@@ -110,15 +118,24 @@ class SweepMixin:
         if job.dry_run:
             deleted = len(chosen)
         else:
-            match = self.among(keys[0], [k[0] for k in chosen]) if len(keys) == 1 else tuple_(*keys).in_(chosen)
-            stmt = delete(sweep.table).where(match)
-            if sweep.recheck is not None:
-                stmt = stmt.where(sweep.recheck)
-            deleted = self.write(lambda conn: conn.execute(stmt).rowcount)
+            deleted = self.write(lambda conn: self._sweep_delete(conn, sweep, keys, chosen))
         job.report.add(sweep.kind, deleted)
         if sweep.size is not None and hasattr(job.report, "bytes"):
             sizes = {tuple(r[: len(keys)]): r.wr_size for r in rows}
             job.report.bytes += sum(int(sizes[k] or 0) + ROW_OVERHEAD for k in chosen) if deleted else 0
+
+    def _sweep_delete(self, conn: Any, sweep: Sweep, keys: list[Any], chosen: list[tuple[Any, ...]]) -> int:
+        """Delete the chosen rows whose condition still holds (the re-check, in the deleting transaction)."""
+        if sweep.orphans is not None:
+            still = sweep.orphans(conn, [k[0] for k in chosen])
+            chosen = [k for k in chosen if k[0] in still]
+            if not chosen:
+                return 0
+        match = self.among(keys[0], [k[0] for k in chosen]) if len(keys) == 1 else tuple_(*keys).in_(chosen)
+        stmt = delete(sweep.table).where(match)
+        if sweep.recheck is not None:
+            stmt = stmt.where(sweep.recheck)
+        return conn.execute(stmt).rowcount
 
     # -- the baseline's schedule and stream sweeps ------------------------------------------
 
@@ -165,7 +182,7 @@ class SweepMixin:
 
         def decide(stamps: tuple[str, ...], keyed: bool = False) -> Callable[[Any], bool | None]:
             def verdict(row: Any) -> bool | None:
-                if not row.wr_orphan or (keyed and ":" not in row[0]):
+                if not keyed and not row.wr_orphan:  # keyed rows reach here only as orphans
                     return False
                 ages = [older(getattr(row, s), not_after) for s in stamps]
                 return None if None in ages else all(ages)
@@ -183,11 +200,18 @@ class SweepMixin:
                                 recheck=flag, decide=decide(stamps),
                                 size=t.c[payload] if payload else None))
         cp = tables["checkpoints"]
-        flag = no_run(self.owner_of_checkpoint(cp.c.step_run_id))
-        sweeps.append(Sweep(Kind.CHECKPOINTS, cp, ("step_run_id",),
-                            (cp.c.created_at, cp.c.updated_at, flag.label("wr_orphan")), recheck=flag,
-                            decide=decide(("created_at", "updated_at"), keyed=True), size=cp.c.data))
+        sweeps.append(Sweep(Kind.CHECKPOINTS, cp, ("step_run_id",), (cp.c.created_at, cp.c.updated_at),
+                            decide=decide(("created_at", "updated_at"), keyed=True), size=cp.c.data,
+                            orphans=self._orphan_keys))
         return sweeps
+
+    def _orphan_keys(self, conn: Any, keys: list[str]) -> set[str]:
+        """The derived keys ``<run_id>:<rest>`` no prefix of which names an existing run (:func:`key_owners`).
+
+        A key without ``:`` (a stream step's checkpoint) names no run and is never an orphan.
+        """
+        owners = key_owners(keys, lambda ids: self._existing(conn, ids))
+        return {key for key, owner in owners.items() if owner is None and key_prefixes(key)}
 
     # -- census ---------------------------------------------------------------------------
 
