@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from workflow_retention.planning import key_prefixes
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import parse_timestamp
 
@@ -73,23 +74,28 @@ def stamp(item: Mapping[str, Any], *names: str) -> datetime | None:
     return None
 
 
-def checkpoint_owners(step_run_id: str) -> list[str]:
-    """Run ids a ``<run_id>:<step_id>`` checkpoint key may belong to, shortest first.
+def checkpoint_key(item: Item) -> str | None:
+    """The derived key ``<run_id>:<step_id>`` of a step checkpoint; None for any other item.
 
-    Engine run ids contain no ``:``, so the owner is the text before the first
-    one; longer prefixes are listed so that a run whose id contains ``:`` is
-    never mistaken for a missing one. Stream-step checkpoints have no ``:``.
+    Stream-step checkpoints (``stream_step_<name>_<stream_run_id>``) name no
+    run and give None too. Which run the key belongs to is decided by
+    :func:`workflow_retention.planning.key_owners` (the longest prefix that
+    names an existing run).
     """
-    parts = step_run_id.split(":")
-    return [":".join(parts[:n]) for n in range(1, len(parts))]
+    pk = item["PK"]["S"]
+    if not pk.startswith("CHECKPOINT#"):
+        return None
+    rest = pk[len("CHECKPOINT#"):]
+    return rest if key_prefixes(rest) else None
 
 
 def classify(item: Item) -> tuple[str | None, str | None, datetime | None]:
     """``(kind, owning run_id, write time)`` of a raw item; kind None for what retention ignores.
 
     The run record itself has kind ``runs``. ``owner`` is None for items that
-    belong to no run (schedules, streams). Checkpoints name their shortest
-    candidate owner (see :func:`checkpoint_owners`).
+    belong to no run (schedules, streams). A checkpoint names the shortest
+    prefix of its key, the run it would belong to were no longer prefix a run:
+    ownership is decided with :func:`checkpoint_key` and ``planning.key_owners``.
     """
     pk, sk = item["PK"]["S"], item["SK"]["S"]
     head, _, rest = pk.partition("#")
@@ -110,8 +116,8 @@ def classify(item: Item) -> tuple[str | None, str | None, datetime | None]:
     if head == "CANCEL":
         return Kind.CANCELLATION_FLAGS, rest, stamp(item, "created_at")
     if head == "CHECKPOINT":
-        owners = checkpoint_owners(rest)
-        return Kind.CHECKPOINTS, owners[0] if owners else None, stamp(item, "updated_at", "created_at")
+        prefixes = key_prefixes(rest)
+        return Kind.CHECKPOINTS, prefixes[0] if prefixes else None, stamp(item, "updated_at", "created_at")
     if pk.startswith(MARKER_PREFIX):
         return Kind.INDEX_ENTRIES, sk, stamp(item, "created_at")
     other = {"SCHEDULE": Kind.SCHEDULES, "STREAM": Kind.STREAMS, "STREAM_RUN": Kind.SIGNALS,

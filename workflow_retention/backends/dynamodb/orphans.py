@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workflow_retention.base import CensusJob, OrphanJob
-from workflow_retention.planning import is_safe_run_id
+from workflow_retention.planning import is_safe_run_id, key_owners, key_prefixes
 from workflow_retention.report import Kind, age_bucket
 
 from . import expr
@@ -13,7 +13,7 @@ from .client import Table
 from .layout import (
     RUN_SK,
     Item,
-    checkpoint_owners,
+    checkpoint_key,
     classify,
     key,
     key_of,
@@ -28,7 +28,7 @@ from .runs import get_runs
 ORPHAN_KINDS = frozenset({Kind.EVENTS, Kind.EVENT_COUNTERS, Kind.STEPS, Kind.HOOKS, Kind.HOOK_TOKENS,
                           Kind.CANCELLATION_FLAGS, Kind.CHECKPOINTS, Kind.INDEX_ENTRIES})
 
-Candidate = tuple[str, list[str], Item]  # (kind, candidate owners, item)
+Candidate = tuple[str, str, Item]  # (kind, the run id or derived key the item names, item)
 
 
 class OrphanSweep:
@@ -38,10 +38,10 @@ class OrphanSweep:
 
     def run(self) -> None:
         for page in self.table.scan(Limit=max(self.job.batch_size, SCAN_PAGE)):
-            found = self.sibling_grace(self.orphans(self.candidates(page)))
+            found = self.sibling_grace(self.orphans(self.candidates(page), report=True))
             if not found:
                 continue
-            self.job.boundary(sorted({owners[0] for _, owners, _ in found}))
+            self.job.boundary(sorted({named_run(c) for c in found}))
             found = self.orphans(found)  # the run's absence, re-checked right before the delete
             for kind, _, item in found:
                 self.report.add(kind)
@@ -56,20 +56,42 @@ class OrphanSweep:
             kind, owner, when = classify(item)
             if kind not in ORPHAN_KINDS or owner is None:
                 continue
-            owners = checkpoint_owners(item["PK"]["S"][len("CHECKPOINT#"):]) if kind == Kind.CHECKPOINTS else [owner]
-            if not is_safe_run_id(owners[0]):
-                self.report.skipped += 1
-                self.report.warn(f"{item['PK']['S']!r} names the unsafe run_id {owners[0]!r}; left alone")
-                continue
             if when is None or when < self.job.not_after:
-                out.append((kind, owners, item))
+                out.append((kind, checkpoint_key(item) or owner, item))
+        return out
+
+    def orphans(self, found: list[Candidate], *, report: bool = False) -> list[Candidate]:
+        """Those that belong to no existing run: a checkpoint when no prefix of its key is a run
+        (``planning.key_owners``), anything else when the run it names does not exist.
+
+        One consistent BatchGetItem for the page. With ``report``, an orphan that
+        names an unsafe run id is counted in ``skipped`` and left alone.
+        """
+        if not found:
+            return []
+        keys = [named for kind, named, _ in found if kind == Kind.CHECKPOINTS]
+        ids = {named for kind, named, _ in found if kind != Kind.CHECKPOINTS}
+        alive = set(get_runs(self.table, ids | {p for key in keys for p in key_prefixes(key)}))
+        owners = key_owners(keys, alive.intersection)
+        out = []
+        for candidate in found:
+            kind, named, item = candidate
+            if (owners[named] if kind == Kind.CHECKPOINTS else named if named in alive else None) is not None:
+                continue
+            if not is_safe_run_id(named_run(candidate)):
+                if report:
+                    self.report.skipped += 1
+                    self.report.warn(f"{item['PK']['S']!r} names the unsafe run_id {named_run(candidate)!r}; "
+                                     "left alone")
+                continue
+            out.append(candidate)
         return out
 
     def sibling_grace(self, found: list[Candidate]) -> list[Candidate]:
         """Event counters and token items record no time: they follow their run's latest event / their hook."""
         young: set[tuple[str, str]] = set()
         counters = [c for c in found if c[0] == Kind.EVENT_COUNTERS]
-        for run_id, when in self.table.map(self.latest_event, [c[1][0] for c in counters]):
+        for run_id, when in self.table.map(self.latest_event, [c[1] for c in counters]):
             if when is not None and when >= self.job.not_after:
                 young.add(("RUN#" + run_id, "#EVENT_COUNTER"))
         tokens = {c[2]["SK"]["S"]: c for c in found if c[0] == Kind.HOOK_TOKENS}
@@ -87,12 +109,11 @@ class OrphanSweep:
         items = response.get("Items", [])
         return run_id, stamp(items[0], "timestamp") if items else None
 
-    def orphans(self, found: list[Candidate]) -> list[Candidate]:
-        """Those whose run record (under any candidate owner id) does not exist."""
-        if not found:
-            return []
-        alive = set(get_runs(self.table, {o for _, owners, _ in found for o in owners}))
-        return [c for c in found if not alive.intersection(c[1])]
+
+def named_run(candidate: Candidate) -> str:
+    """The run an orphan names: its owner id, or for a checkpoint the shortest prefix of its key."""
+    kind, named, _ = candidate
+    return key_prefixes(named)[0] if kind == Kind.CHECKPOINTS else named
 
 
 def census(table: Table, job: CensusJob) -> None:

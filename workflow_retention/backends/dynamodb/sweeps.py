@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS, is_safe_run_id, plan_deletion
+from workflow_retention.planning import (
+    TERMINAL_SUBSCRIPTIONS,
+    is_safe_run_id,
+    key_owners,
+    key_prefixes,
+    plan_deletion,
+)
 from workflow_retention.report import Kind
 
 from . import expr
-from .layout import SCANNED_PREFIXES, Item, checkpoint_owners, key_of, marker_key, stamp, text
+from .layout import SCANNED_PREFIXES, Item, checkpoint_key, key_of, marker_key, stamp, text
 from .runs import children_of, get_runs
 
 if TYPE_CHECKING:
@@ -40,22 +46,39 @@ class ScanPass:
                 self.table.delete_many([key_of(i) for _, i in doomed + stream])
 
     def doomed_checkpoints(self, items: list[Item]) -> list[tuple[str, Item]]:
-        """Checkpoints of runs this purge deletes: marked runs whose record is gone (a dry run asks the plan)."""
-        by_owner: dict[str, list[tuple[Item, list[str]]]] = {}
-        for item in items:
-            owners = checkpoint_owners(item["PK"]["S"][len("CHECKPOINT#"):])
-            if owners and is_safe_run_id(owners[0]):
-                by_owner.setdefault(owners[0], []).append((item, owners[1:]))
-        if not by_owner:
+        """Checkpoints whose owner (``planning.key_owners``) is a committed run: marked, its record gone.
+
+        Ownership is decided on the store as it was before the commits: the
+        existing runs and the committed ones. Only prefixes at least as long
+        as a key's shortest marked prefix can own it, so only those are read
+        (a page with no marked prefix costs one BatchGetItem of markers). A
+        dry run writes no markers: it asks the planner about each owner.
+        """
+        keys = {key: item for item in items if (key := checkpoint_key(item)) is not None}
+        prefixes = {p for key in keys for p in key_prefixes(key)}
+        if not prefixes:
             return []
-        marked = {i["SK"]["S"] for i in self.table.get_many([marker_key(o) for o in by_owner],
+        marked = {i["SK"]["S"] for i in self.table.get_many([marker_key(p) for p in prefixes if is_safe_run_id(p)],
                                                              expr.projection("PK", "SK"))}
-        longer = {p for entries in by_owner.values() for _, extra in entries for p in extra}
-        alive = set(get_runs(self.table, marked | longer))
-        doomed = marked - alive  # a marked run whose record exists was never committed
         if self.dry:
-            doomed |= self.would_delete(set(by_owner) - marked)
-        return [(o, item) for o in sorted(doomed) for item, extra in by_owner[o] if not alive.intersection(extra)]
+            wanted = prefixes
+        else:
+            wanted = {p for key in keys for p in self.from_shortest_marked(key, marked)}
+        alive = get_runs(self.table, wanted)
+        committed = marked - set(alive)
+        owners = key_owners(keys, lambda ids: {i for i in ids if i in alive or i in committed})
+        doomed = set(committed)
+        if self.dry:
+            doomed |= self.would_delete({o for o in owners.values() if o in alive})
+        return sorted(((o, keys[k]) for k, o in owners.items() if o in doomed), key=lambda pair: pair[0])
+
+    @staticmethod
+    def from_shortest_marked(key: str, marked: set[str]) -> list[str]:
+        prefixes = key_prefixes(key)
+        for n, prefix in enumerate(prefixes):
+            if prefix in marked:
+                return prefixes[n:]
+        return []
 
     def would_delete(self, ids: set[str]) -> set[str]:
         roots = [r for r in get_runs(self.table, ids).values() if r.eligible(self.cutoff)]
