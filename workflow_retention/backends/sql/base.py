@@ -249,6 +249,10 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
             params = {f"cp_like{i}": like_prefix(r) for i, r in enumerate(run_ids)}
         return clause, params
 
+    def exact(self, column: ColumnElement) -> ColumnElement:
+        """``column`` compared and grouped exactly, byte for byte (MySQL: a binary collation)."""
+        return column
+
     def id_fold(self, run_id: str) -> str:
         """``run_id`` as the store compares ids (MySQL's collation ignores case): equal folds, same run."""
         return run_id

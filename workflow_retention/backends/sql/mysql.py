@@ -106,6 +106,9 @@ class MySQLBackend(SQLBackend):
     def checkpoint_ranges(self) -> bool:
         return False  # a case-insensitive collation: LIKE matches as every engine lookup does
 
+    def exact(self, column: ColumnElement) -> ColumnElement:
+        return column.collate("utf8mb4_bin")  # statuses: 'RUNNING' is not 'running'
+
     def id_fold(self, run_id: str) -> str:
         return run_id.lower()  # utf8mb4_unicode_ci: safe ids are ASCII, whose letters compare without case
 

@@ -82,7 +82,7 @@ class PurgeMixin:
         stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at, p.run_id.label("p_run_id"),
                       p.status.label("p_status"), p.updated_at.label("p_updated_at"))
         stmt = stmt.select_from(runs.outerjoin(parent, p.run_id == r.parent_run_id)).where(
-            self.before(r.created_at, job.cutoff), r.status.not_in(sorted(LIVE_STATUSES)))
+            self.before(r.created_at, job.cutoff), self.exact(r.status).not_in(sorted(LIVE_STATUSES)))
         if self.exact_time:  # unreadable values cannot exist in a typed column; NULL is reported
             stmt = stmt.where((r.updated_at < self.db_time(job.cutoff)) | r.updated_at.is_(None))
         if cursor is not None:

@@ -144,11 +144,11 @@ class SweepMixin:
         s, sub = tables["schedules"], tables["stream_subscriptions"]
         ack, sig = tables["signal_acknowledgments"], tables["signals"]
         when = func.coalesce(s.c.deleted_at, s.c.updated_at)
-        gone = (s.c.status == "deleted") & self.before(when, cutoff)
-        ended = sub.c.status.in_(TERMINAL_SUBSCRIPTIONS) & self.before(sub.c.created_at, cutoff)
+        gone = (self.exact(s.c.status) == "deleted") & self.before(when, cutoff)
+        ended = self.exact(sub.c.status).in_(TERMINAL_SUBSCRIPTIONS) & self.before(sub.c.created_at, cutoff)
         sweeps = [
             Sweep(Kind.SCHEDULES, s, ("schedule_id",), (s.c.status, when.label("wr_when")), gone, gone,
-                  lambda row: str(row.status).lower() == "deleted" and older(row.wr_when, cutoff)),
+                  lambda row: row.status == "deleted" and older(row.wr_when, cutoff)),
             Sweep(Kind.SUBSCRIPTIONS, sub, ("stream_id", "step_run_id"), (sub.c.created_at,), ended, ended,
                   lambda row: older(row.created_at, cutoff)),
             Sweep(Kind.ACKNOWLEDGMENTS, ack, ("signal_id", "step_run_id"), (ack.c.acknowledged_at,),
@@ -221,8 +221,9 @@ class SweepMixin:
         with self.translated("audit"), self.session():
             with self.read() as conn:
                 runs = tables["workflow_runs"]
-                for status, n in conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)):
-                    census.runs_by_status[str(status).lower()] += n
+                status = self.exact(runs.c.status).label("status")
+                for value, n in conn.execute(select(status, func.count()).group_by(status)):
+                    census.runs_by_status[str(value)] += n  # exactly as stored: COMPLETED is not completed
                 sizes = self.table_bytes(conn)
                 for kind, name in CENSUS_TABLES:
                     if name in tables:
