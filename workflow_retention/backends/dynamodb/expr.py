@@ -42,10 +42,16 @@ def projection(*attributes: str) -> dict[str, Any]:
     return req.params(ProjectionExpression=", ".join(req.name(a) for a in attributes))
 
 
+SK_OPERATORS = ("<", "<=", ">", ">=")
+
+
 def query(partition: str, value: str, *, index: str | None = None, sk_prefix: tuple[str, str] | None = None,
-          sk_between: tuple[str, str, str] | None = None, fields: tuple[str, ...] = (), limit: int | None = None,
-          filter_on: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Parameters of a Query on ``partition = value`` (optionally a sort-key range and a projection)."""
+          sk_between: tuple[str, str, str] | None = None, sk_compare: tuple[str, str, str] | None = None,
+          fields: tuple[str, ...] = (), limit: int | None = None) -> dict[str, Any]:
+    """Parameters of a Query on ``partition = value`` (optionally a sort-key condition and a projection).
+
+    ``sk_compare``: ``(attribute, operator, value)`` with one of :data:`SK_OPERATORS`.
+    """
     req = Request()
     cond = f"{req.name(partition)} = {req.value(value)}"
     if sk_prefix:
@@ -53,6 +59,11 @@ def query(partition: str, value: str, *, index: str | None = None, sk_prefix: tu
     if sk_between:
         attr, low, high = sk_between
         cond += f" AND {req.name(attr)} BETWEEN {req.value(low)} AND {req.value(high)}"
+    if sk_compare:
+        attr, operator, bound = sk_compare
+        if operator not in SK_OPERATORS:
+            raise ValueError(f"sort-key operator must be one of {SK_OPERATORS}; got {operator!r}")
+        cond += f" AND {req.name(attr)} {operator} {req.value(bound)}"
     params = req.params(KeyConditionExpression=cond,
                         ProjectionExpression=", ".join(req.name(f) for f in fields) or None)
     if index:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from workflow_retention.planning import key_prefixes
+from workflow_retention.planning import RUN_STATUSES, key_prefixes
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import parse_timestamp
 
@@ -28,6 +28,36 @@ MARKER_SHARDS = 16
 # Items the purge's one table Scan looks at: step checkpoints (no index names
 # them) and stream data (which has no index at all).
 SCANNED_PREFIXES = ("CHECKPOINT#", "STREAM_RUN#", "STREAMSUB#", "SIGACK#")
+
+
+#: GSI1SK prefixes of run records: ``<status>#`` for every status pyworkflow writes, in key order.
+STATUS_PREFIXES = tuple(f"{status}#" for status in sorted(RUN_STATUSES))
+# Engine GSI1SK tails are ISO timestamps, which start with a digit (or a sign): all sort below ':'.
+_TAIL_END = ":"
+
+
+def gsi1_gaps() -> list[dict[str, tuple[str, ...]]]:
+    """The GSI1SK ranges of ``GSI1PK = RUNS`` that no status range covers, as ``expr.query`` arguments.
+
+    Before the first ``<status>#``, between ``<status>#:`` and the next
+    ``<status>#``, and from the last ``<status>#:`` on: statuses pyworkflow
+    never writes (``COMPLETED``, ``done``, empty) and tails that are not
+    timestamps. BETWEEN is inclusive: drop what :func:`in_status_range` says
+    the status queries read.
+    """
+    gaps: list[dict[str, tuple[str, ...]]] = [{"sk_compare": ("GSI1SK", "<", STATUS_PREFIXES[0])}]
+    for here, following in zip(STATUS_PREFIXES, STATUS_PREFIXES[1:]):
+        gaps.append({"sk_between": ("GSI1SK", here + _TAIL_END, following)})
+    gaps.append({"sk_compare": ("GSI1SK", ">=", STATUS_PREFIXES[-1] + _TAIL_END)})
+    return gaps
+
+
+def in_status_range(gsi1sk: str | None) -> bool:
+    """True when a GSI1SK is ``<status>#`` followed by nothing or by what sorts as a timestamp."""
+    for prefix in STATUS_PREFIXES:
+        if gsi1sk is not None and gsi1sk.startswith(prefix):
+            return gsi1sk[len(prefix):len(prefix) + 1] < _TAIL_END
+    return False
 
 
 def s(value: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
@@ -16,7 +16,21 @@ from workflow_retention.timeutil import utcnow
 
 from . import expr
 from .client import Table
-from .layout import COUNTER_SK, RUN_SK, Item, flag_key, key, key_of, marker_key, marker_partitions, run_key, s, text
+from .layout import (
+    COUNTER_SK,
+    RUN_SK,
+    Item,
+    flag_key,
+    gsi1_gaps,
+    in_status_range,
+    key,
+    key_of,
+    marker_key,
+    marker_partitions,
+    run_key,
+    s,
+    text,
+)
 from .runs import RUN_FIELDS, children_of, get_runs, run_ref
 from .sweeps import ScanPass, Schedules
 
@@ -51,20 +65,28 @@ class Purge:
     # -- selection ------------------------------------------------------------------
 
     def expired_runs(self) -> Iterator[RunRef]:
-        """Expired (or unreadable) terminal runs, streamed from GSI1 one status range at a time.
+        """Candidates (``RunRef.candidate``) streamed from GSI1: the status ranges, then the gaps between them.
 
         GSI1SK holds ``<status>#<timestamp>`` with the writer's UTC offset, and
         that timestamp is never later than ``updated_at``; so every expired run
-        sorts below ``<status>#<cutoff + 14 h>``. ``updated_at`` decides.
+        sorts below ``<status>#<cutoff + 14 h>``. ``updated_at`` decides. The
+        gaps hold what pyworkflow never writes (``COMPLETED``, ``done``, a tail
+        that is no timestamp): one Query each, a single request when empty;
+        their runs are screened by the shared rule like any other.
         """
         high = (self.cutoff + TIME_SLACK + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
         for status in sorted(TERMINAL_STATUSES):
-            params = expr.query("GSI1PK", "RUNS", index="GSI1", fields=RUN_FIELDS, limit=self.job.batch_size,
-                                sk_between=("GSI1SK", f"{status}#", f"{status}#{high}"))
-            for page in self.table.pages("query", **params):
-                for ref in map(run_ref, page):
-                    if ref.candidate(self.cutoff):
-                        yield ref
+            yield from self.gsi1(RUN_FIELDS, sk_between=("GSI1SK", f"{status}#", f"{status}#{high}"))
+        for gap in gsi1_gaps():
+            yield from self.gsi1((*RUN_FIELDS, "GSI1SK"), lambda item: not in_status_range(text(item, "GSI1SK")),
+                                 **gap)
+
+    def gsi1(self, fields: tuple[str, ...], keep: Callable[[Item], bool] = lambda item: True,
+             **key_range: Any) -> Iterator[RunRef]:
+        """The candidates among the run records of one GSI1SK range (``keep``: which items to look at)."""
+        params = expr.query("GSI1PK", "RUNS", index="GSI1", fields=fields, limit=self.job.batch_size, **key_range)
+        for page in self.table.pages("query", **params):
+            yield from (ref for ref in map(run_ref, filter(keep, page)) if ref.candidate(self.cutoff))
 
     def batch(self, page: list[RunRef]) -> None:
         plan = plan_page(page, self.cutoff, self.report, lambda ids: get_runs(self.table, ids),
