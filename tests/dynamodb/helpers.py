@@ -17,7 +17,7 @@ def faulty_backend(h: DynamoDBHarness, **options: Any) -> tuple[Any, FaultyClien
     from workflow_retention.backends.dynamodb import DynamoDBBackend
 
     real = boto3.client("dynamodb", endpoint_url=h.endpoint, region_name=REGION,
-                        config=Config(retries={"max_attempts": 1}, max_pool_connections=16))
+                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, max_pool_connections=16))
     client = FaultyClient(real)
     backend = DynamoDBBackend(h.table, region=REGION, endpoint_url=h.endpoint, client=client, **options)
     return h.track(backend), client

@@ -52,3 +52,9 @@ def test_bad_settings_name_the_setting_and_the_expected_form(url: str, message: 
 def test_repr_and_url_carry_no_secret() -> None:
     backend = by_url(BASE)
     assert repr(backend) == "<DynamoDBBackend dynamodb://pyworkflow?region=eu-west-1>"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_a_bad_timeout_names_the_setting(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="timeout must be a positive"):
+        by_url(BASE + f"&timeout={value}")

@@ -14,15 +14,17 @@ from workflow_retention.seed import SeedRun
 from workflow_retention.timeutil import parse_duration
 from workflow_retention.urls import split_url
 
-from .client import Table, translate
+from .client import Table
 from .layout import TABLE_SCHEMA, run_items
 from .orphans import OrphanSweep, census
 from .purge import Purge
 
 log = logging.getLogger("workflow_retention.dynamodb")
 
-URL_FORM = "dynamodb://TABLE?region=REGION[&endpoint_url=http://host:port][&max_wcu_per_second=N][&retry_deadline=60s]"
-PARAMETERS = ("region", "endpoint_url", "max_wcu_per_second", "retry_deadline")
+URL_FORM = ("dynamodb://TABLE?region=REGION[&endpoint_url=http://host:port][&max_wcu_per_second=N]"
+            "[&retry_deadline=60s][&timeout=30s]")
+PARAMETERS = ("region", "endpoint_url", "max_wcu_per_second", "retry_deadline", "timeout")
+DEFAULT_TIMEOUT = 30.0  # seconds to connect, and to wait for each answer
 _TABLE = re.compile(r"^[A-Za-z0-9_.\-]{3,255}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9\-]{0,49}$")
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
@@ -84,7 +86,7 @@ class DynamoDBBackend(StorageBackend):
 
     def __init__(self, table: str = "pyworkflow", *, region: str | None = None, endpoint_url: str | None = None,
                  max_wcu_per_second: float | str | None = None, retry_deadline: float | str | timedelta = 60.0,
-                 workers: int = 8, client: Any = None, url: str | None = None,
+                 timeout: float | str | timedelta = DEFAULT_TIMEOUT, workers: int = 8, client: Any = None, url: str | None = None,
                  batch_size: int | None = DEFAULT_BATCH_SIZE) -> None:
         if not isinstance(table, str) or not _TABLE.match(table):
             raise ConfigurationError(f"DynamoDB table name must be 3-255 characters of A-Z a-z 0-9 _ . -; got {table!r}")
@@ -96,6 +98,7 @@ class DynamoDBBackend(StorageBackend):
         self.endpoint_url = _endpoint(endpoint_url)
         self.max_wcu = _positive(max_wcu_per_second) if max_wcu_per_second not in (None, "") else None
         self.retry_deadline = _seconds(retry_deadline, "retry_deadline")
+        self.timeout = _seconds(timeout, "timeout")
         if not isinstance(workers, int) or not 1 <= workers <= 64:
             raise ConfigurationError(f"workers must be an integer from 1 to 64; got {workers!r}")
         self.workers = workers
@@ -132,8 +135,9 @@ class DynamoDBBackend(StorageBackend):
         if self._client is None:
             from botocore.config import Config
 
-            config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=60,
-                            max_pool_connections=self.workers + 4)
+            # One attempt per call (retries are client.Table's); connecting and each answer within the timeout.
+            config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=self.timeout,
+                            read_timeout=self.timeout, max_pool_connections=self.workers + 4)
             self._client = _boto3().session.Session().client(
                 "dynamodb", region_name=self.region, endpoint_url=self.endpoint_url, config=config)
         self._table = Table(self._client, self.table_name, deadline_s=self.retry_deadline, max_wcu=self.max_wcu,
@@ -162,9 +166,9 @@ class DynamoDBBackend(StorageBackend):
             if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
                 raise StorageError(f"DynamoDB table {self.table_name!r} does not exist in region {self.region} "
                                    f"({self.endpoint_url or 'AWS'})") from exc
-            raise translate(exc, "DescribeTable", self.table_name) from exc
+            raise self.table.error(exc, "DescribeTable") from exc
         except BotoCoreError as exc:
-            raise translate(exc, "DescribeTable", self.table_name) from exc
+            raise self.table.error(exc, "DescribeTable") from exc
 
     def _check(self) -> dict[str, object]:
         """The table must have pyworkflow's key schema and the indexes retention reads."""
@@ -178,7 +182,8 @@ class DynamoDBBackend(StorageBackend):
         self._verified = True
         return {"table": self.table_name, "region": self.region, "endpoint": self.endpoint_url or "AWS",
                 "status": table.get("TableStatus"), "items_estimate": table.get("ItemCount"), "indexes": indexes,
-                "max_wcu_per_second": self.max_wcu, "retry_deadline_s": self.retry_deadline}
+                "max_wcu_per_second": self.max_wcu, "retry_deadline_s": self.retry_deadline,
+                "timeout_s": self.timeout}
 
     def _verify(self) -> None:
         if not self._verified:
@@ -214,10 +219,13 @@ class DynamoDBBackend(StorageBackend):
             self.table.client.create_table(TableName=self.table_name, **TABLE_SCHEMA)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
-                raise translate(exc, "CreateTable", self.table_name) from exc
+                raise self.table.error(exc, "CreateTable") from exc
         except BotoCoreError as exc:
-            raise translate(exc, "CreateTable", self.table_name) from exc
-        self.table.client.get_waiter("table_exists").wait(TableName=self.table_name)
+            raise self.table.error(exc, "CreateTable") from exc
+        try:
+            self.table.client.get_waiter("table_exists").wait(TableName=self.table_name)
+        except BotoCoreError as exc:  # WaiterError included
+            raise self.table.error(exc, "DescribeTable (waiting for the new table)") from exc
 
     def _write_seed(self, runs: list[SeedRun]) -> None:
         self.table.put_many([item for run in runs for item in run_items(run)])

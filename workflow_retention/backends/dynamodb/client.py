@@ -1,11 +1,13 @@
 """The DynamoDB calls retention makes, with retries, a deadline, a write-rate cap and capacity accounting.
 
-botocore's own retries are switched off (``max_attempts=1``) so that this
-module alone decides: throttling and 5xx errors, ``UnprocessedItems`` and
+botocore's own retries are switched off (``total_max_attempts=1``) so that
+this module alone decides: throttling and 5xx errors, ``UnprocessedItems`` and
 ``UnprocessedKeys`` are retried with exponential backoff and full jitter until
 they succeed or the deadline passes; passing it raises :class:`StorageError`
-naming what is still undone. Every other error is raised at once as
-:class:`StorageError` with the driver error chained. Nothing is dropped.
+naming what is still undone. Every other error (no answer within the
+timeout, no connection, no credentials) is raised at once as
+:class:`StorageError` naming the endpoint and the cause, with the driver
+error chained. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -103,12 +105,19 @@ class Table:
                  workers: int = 8, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.client, self.name, self.deadline_s = client, name, deadline_s
+        meta = getattr(client, "meta", None)
+        self.endpoint: str | None = getattr(meta, "endpoint_url", None)
+        self.timeout: float | None = getattr(getattr(meta, "config", None), "read_timeout", None)
         self.clock, self.sleep = clock, sleep
         self.limiter = RateLimiter(max_wcu, clock, sleep) if max_wcu else None
         self.capacity = Capacity()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dynamodb-retention") \
             if workers > 1 else None
         self.segments = workers
+
+    def error(self, exc: Exception, what: str) -> StorageError:
+        """:func:`translate` for a call of ``what`` on this table's endpoint."""
+        return translate(exc, what, self.name, endpoint=self.endpoint, timeout=self.timeout)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -158,10 +167,10 @@ class Table:
                             self.capacity.items_written += 1
                     raise
                 if code not in RETRYABLE:
-                    raise translate(exc, op, self.name) from exc
+                    raise self.error(exc, op) from exc
                 log.debug("DynamoDB %s throttled (%s); backing off", op, code)
             except BotoCoreError as exc:
-                raise translate(exc, op, self.name) from exc
+                raise self.error(exc, op) from exc
             else:
                 self.capacity.record(response, write=bool(write_units))
                 if op in ("delete_item", "put_item", "update_item"):
@@ -256,7 +265,27 @@ class Table:
                 deadline.wait(f"{left} unprocessed writes")
 
 
-def translate(exc: Exception, what: str, table: str) -> StorageError:
-    error = getattr(exc, "response", {}).get("Error", {})
-    return StorageError(f"DynamoDB {what} on table {table!r} failed: "
-                        f"{error.get('Code', type(exc).__name__)}: {error.get('Message', exc)}")
+def translate(exc: Exception, what: str, table: str, *, endpoint: str | None = None,
+              timeout: float | None = None) -> StorageError:
+    """A StorageError naming the call, the table, the endpoint and the cause, for any boto3/botocore error.
+
+    ClientErrors carry the service's code and message; the others (no answer,
+    no connection, no credentials, a rejected parameter) carry no response.
+    """
+    from botocore import exceptions as boto
+
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    error = error if isinstance(error, dict) else {}
+    name = type(exc).__name__
+    if error.get("Code") or error.get("Message"):
+        cause = f"{error.get('Code') or name}: {error.get('Message') or exc}"
+    elif isinstance(exc, (boto.ReadTimeoutError, boto.ConnectTimeoutError)):
+        limit = f"the {timeout:g}s timeout" if timeout else "the timeout"
+        cause = f"{name}: no answer within {limit} (the URL's ?timeout= sets it): {exc}"
+    elif isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError)):
+        cause = (f"{name}: {exc}; credentials come from the standard AWS credential chain (environment, "
+                 "shared config and credentials files, SSO, instance or task role)")
+    else:
+        cause = f"{name}: {exc}"
+    return StorageError(f"DynamoDB {what} on table {table!r} at {endpoint or 'AWS'} failed: {cause}")
