@@ -80,6 +80,9 @@ class Harness(ABC):
     orphan_kinds: ClassVar[frozenset[str]] = frozenset()
     #: Of those, kinds whose write time the store records (so the grace period applies).
     timestamped_orphan_kinds: ClassVar[frozenset[str]] = frozenset()
+    #: Kinds of index entry that pyworkflow itself rewrites when a run's status changes (so a revived
+    #: run legitimately loses its old entry there).
+    status_index_kinds: ClassVar[frozenset[str]] = frozenset()
     #: pyworkflow modules whose ``datetime`` is patched by :meth:`frozen`.
     pyworkflow_modules: ClassVar[tuple[str, ...]] = ()
 
@@ -96,6 +99,14 @@ class Harness(ABC):
         if self._pw is None:
             self._pw = self.run(self._make_pyworkflow())
         return self._pw
+
+    async def make_engine(self) -> Any:
+        """A second pyworkflow storage object on this store, for a concurrent engine's own thread and loop."""
+        return await self._make_pyworkflow()
+
+    async def close_engine(self, pw: Any) -> None:
+        """Release what :meth:`make_engine` opened (on the engine's loop)."""
+        await pw.disconnect()
 
     @contextlib.contextmanager
     def frozen(self, when: datetime) -> Iterator[None]:

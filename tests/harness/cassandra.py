@@ -253,6 +253,7 @@ class CassandraHarness(Harness):
     # Every row has a WRITETIME: the grace period applies to every kind.
     timestamped_orphan_kinds = orphan_kinds
     pyworkflow_modules = ("pyworkflow.storage.cassandra",)
+    status_index_kinds = frozenset({"runs_by_status"})  # update_run_status deletes the old status row
 
     def __init__(self, server: CassandraServer) -> None:
         super().__init__()

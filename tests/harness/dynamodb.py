@@ -82,6 +82,15 @@ class DynamoDBHarness(Harness):
         await pw.connect()
         return pw
 
+    async def make_engine(self) -> Any:
+        saved = self._shared
+        pw = await self._make_pyworkflow()
+        pw._wr_client, self._shared = self._shared, saved  # its own client, closed by close_engine
+        return pw
+
+    async def close_engine(self, pw: Any) -> None:
+        await pw._wr_client.__aexit__(None, None, None)
+
     def retention(self, **options: Any) -> Any:
         from workflow_retention.backends.dynamodb import DynamoDBBackend
 

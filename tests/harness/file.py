@@ -62,6 +62,11 @@ class FileHarness(Harness):
     async def _make_pyworkflow(self) -> Any:
         return self._pw
 
+    async def make_engine(self) -> Any:
+        from pyworkflow.storage.file import FileStorageBackend
+
+        return FileStorageBackend(base_path=str(self.base))
+
     def retention(self, **options: Any) -> FileBackend:
         return FileBackend(self.base, **options)
 

@@ -37,6 +37,12 @@ class MemoryHarness(Harness):
     async def _make_pyworkflow(self) -> Any:
         return self.store
 
+    async def make_engine(self) -> Any:
+        return self.store  # the engine's own store object, shared between threads under its lock
+
+    async def close_engine(self, pw: Any) -> None:
+        pass
+
     def retention(self, **options: Any) -> MemoryBackend:
         return MemoryBackend(self.store, **options)
 

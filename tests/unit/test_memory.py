@@ -27,3 +27,28 @@ def test_a_colon_run_ids_checkpoints_survive_the_purge_and_the_sweep_of_its_pref
     assert victim.run_id not in store._runs and f"{hostile}:step_1" in store._checkpoints
     backend.sweep_orphans(grace=timedelta(0))
     assert f"{hostile}:step_1" in store._checkpoints
+
+
+def test_on_batch_runs_with_the_engines_lock_released() -> None:
+    """The fencing callback (a Redis round trip in the Celery task) must never block the live engine."""
+    import threading
+
+    store = MemoryStore()
+    backend = MemoryBackend(store, batch_size=10)
+    backend.seed(generate(60, now=datetime.now(UTC), seed=3))
+    free: list[bool] = []
+
+    def engine() -> None:
+        if store._lock.acquire(timeout=1):
+            store._lock.release()
+            free.append(True)
+        else:
+            free.append(False)
+
+    def on_batch(info) -> None:
+        thread = threading.Thread(target=engine)
+        thread.start()
+        thread.join()
+
+    report = backend.delete_old_runs(datetime.now(UTC) - timedelta(days=30), on_batch=on_batch)
+    assert report.runs and free and all(free)

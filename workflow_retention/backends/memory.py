@@ -5,8 +5,10 @@
 named store of this process (see :func:`get_store`), which only makes sense
 when the engine runs in the same process.
 
-Every batch runs under the store's own ``_lock``, so it is atomic against the
-engine: re-check, cascade and run removal happen together. The engine keeps
+A batch is selected and planned under the store's own ``_lock``, ``on_batch``
+runs with the lock released (so a lease check never blocks the engine), and
+the re-check, cascade and run removal happen together under the lock again:
+atomic against the engine, which waits for at most one batch. The engine keeps
 no ordered index (by time, parent or run) for its dicts, so each batch makes
 one pass over the dicts under that lock to pick the next keyset page and the
 batch's children, keeping this backend's own memory O(batch size).
@@ -122,23 +124,31 @@ class MemoryBackend(StorageBackend):
                 if cursor is None:
                     break
                 plan = plan_page(page, job.cutoff, job.report, self._refs_of, self._children_of)
-                if plan is not None:
-                    self._delete_plan(job, plan)
+            if plan is not None:
+                self._delete_plan(job, plan)
         self._purge_aux(job)
 
     def _delete_plan(self, job: PurgeJob, plan: Plan) -> None:
-        """Boundary, then re-check every planned run and delete, all under the store lock."""
+        """Boundary with the store unlocked (the engine may write meanwhile), then re-check and delete under its lock."""
         deletable, held = plan.order()
         if not deletable:
             job.report.held += len(held)
             return
         job.boundary([r.run_id for r in deletable])
-        changed = {r.run_id for r in deletable
-                   if (fresh := self._ref_of(r.run_id)) is None or not r.same_version(fresh)}
-        deletable, held = plan.order(survivors=changed)
-        job.report.changed += len(changed)
-        job.report.held += len(held)
-        self._delete(job, deletable)
+        with self.store._lock:
+            ids = [r.run_id for r in deletable]
+            changed = {i for i in ids if (fresh := self._ref_of(i)) is None or not plan.nodes[i].same_version(fresh)}
+            survivors = set(changed)
+            for parent, kids in self._children_of(ids).items():  # a child started since planning holds its parent
+                for kid in kids:
+                    if kid.run_id not in plan.nodes:
+                        survivors.add(kid.run_id)
+                        plan.nodes[kid.run_id] = kid
+                        plan.children.setdefault(parent, []).append(kid.run_id)
+            deletable, held = plan.order(survivors=survivors)
+            job.report.changed += len(changed)
+            job.report.held += len(held)
+            self._delete(job, deletable)
 
     def _ref_of(self, run_id: str | None) -> RunRef | None:
         run = self.store._runs.get(run_id) if run_id else None
