@@ -51,6 +51,8 @@ ENTRY_NAME = "workflow-retention-daily"
 #: pyworkflow-engine's own hourly retention entry (see README: run only one of the two).
 PYWORKFLOW_ENTRY = "pyworkflow-data-retention"
 MAX_EXPIRES = timedelta(hours=12)
+#: Warnings (records left alone, and why) quoted in the summary line; the report holds up to 50.
+SUMMARY_WARNINGS = 5
 #: How long the completion marker ``<lock key>:done`` is kept (longer than any ``expires``).
 DONE_TTL = timedelta(days=2)
 
@@ -265,6 +267,10 @@ def _summary(purge: PurgeReport, orphans: OrphanReport | None) -> dict[str, Any]
     }
     if stopped:
         out["stopped"] = stopped
+    warnings = purge.warnings + (orphans.warnings if orphans else [])
+    if warnings:  # what was left alone, and why: the first few, the total in warnings_total
+        out["warnings_total"] = purge.warnings_total + (orphans.warnings_total if orphans else 0)
+        out["warnings"] = warnings[:SUMMARY_WARNINGS]
     if orphans is not None:
         out.update(orphans=orphans.total, orphan_counts=dict(sorted(orphans.counts.items())),
                    orphan_bytes=orphans.bytes, orphan_duration_s=orphans.duration_s)
@@ -281,5 +287,10 @@ def _log_summary(summary: dict[str, Any], lease: Lease) -> None:
     if lease.lost:
         summary["lease_lost"] = lease.lost
     line = " ".join(f"{k}={json.dumps(v, separators=(',', ':'), default=str)}" for k, v in summary.items())
-    level = logging.INFO if summary["status"] == "purged" and not lease.lost else logging.ERROR
+    if summary["status"] != "purged" or lease.lost:
+        level = logging.ERROR
+    elif summary.get("skipped") or summary.get("warnings"):
+        level = logging.WARNING  # done, but records were left alone: an operator must look
+    else:
+        level = logging.INFO
     log.log(level, "workflow-retention summary %s", line)

@@ -160,7 +160,7 @@ def load_schedule(env: Mapping[str, str] | None = None) -> ScheduleSettings:
     """Read the beat-entry settings only, so a bad purge setting cannot break a worker's start-up."""
     env = os.environ if env is None else env
     daily_at, every = parse_schedule(env.get(SCHEDULE) or DEFAULT_SCHEDULE)
-    jitter = (values.duration(env[SCHEDULE_JITTER], SCHEDULE_JITTER, maximum=timedelta(hours=23, minutes=59))
+    jitter = (values.duration(env[SCHEDULE_JITTER], SCHEDULE_JITTER, maximum=timedelta(hours=23))
               if env.get(SCHEDULE_JITTER) else DEFAULT_JITTER)
     storage_url = env.get(STORAGE_URL) or None
     if storage_url is None:
