@@ -178,7 +178,15 @@ def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     with _backend(args, settings) as backend:
         report = backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=Progress("purge"))
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
+    _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
+
+
+def _left_alone(skipped: int, warnings: list[str]) -> None:
+    """Records kept because they could not be judged safely: a WARNING line, whatever the output format."""
+    if skipped:
+        log.warning("%d record(s) were left alone and need a look, e.g.: %s", skipped,
+                    warnings[0] if warnings else "(see the report)")
 
 
 def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -202,6 +210,7 @@ def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
     with _backend(args, settings) as backend:
         report = backend.sweep_orphans(grace=grace, dry_run=args.dry_run, on_batch=Progress("orphans"))
     args.out(report.to_json(indent=2) if args.json else format_orphans(report))
+    _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
 
 

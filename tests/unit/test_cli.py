@@ -94,3 +94,16 @@ def test_progress_lines_are_throttled(monkeypatch) -> None:
 def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "workflow_retention", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "purge" in out.stdout and "audit" in out.stdout
+
+
+def test_records_left_alone_print_a_warning_line(capsys, caplog) -> None:
+    from workflow_retention.backends.memory import get_store
+
+    run(capsys, "seed", "--storage", "memory://cli_warn", "--runs", "60")
+    store = get_store("cli_warn")
+    victim = next(r for r in store._runs.values() if r.status.value == "completed"
+                  and (datetime.now(UTC) - r.updated_at).days > 40)
+    victim.status = "COMPLETED"
+    code, out, _ = run(capsys, "purge", "--storage", "memory://cli_warn", "--days", "30", "--json")
+    assert code == EXIT_OK and json.loads(out)["skipped"] == 1
+    assert any(r.levelname == "WARNING" and victim.run_id in r.getMessage() for r in caplog.records)
