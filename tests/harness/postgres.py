@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from tests.harness.sql import SQLHarness
 from tests.services import Service
+from workflow_retention.backends.sql.postgres import register_unloadable_timestamps
 from workflow_retention.backends.sql.schema import SCHEMA_VERSIONS
 
 
@@ -69,6 +70,7 @@ class PostgresHarness(SQLHarness):
             with dbapi_connection.cursor() as cur:  # lets the harness write orphans (superuser)
                 cur.execute("SET session_replication_role = replica")
             dbapi_connection.commit()
+            register_unloadable_timestamps(dbapi_connection)  # the inventory reads infinity too
 
         return engine
 

@@ -204,6 +204,10 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
         """SQL for ``column < when``: exact on typed columns, a superset where it cannot be (SQLite)."""
         return column < self.db_time(when)
 
+    def not_before(self, column: ColumnElement, when: datetime) -> ColumnElement:
+        """SQL for ``column >= when``; SQLite starts past the offset margin, so it never overlaps :meth:`before`."""
+        return column >= self.db_time(when)
+
     def after(self, columns: Sequence[ColumnElement], values: Sequence[Any]) -> ColumnElement:
         """Keyset predicate ``(columns) > (values)`` in index order."""
         if len(columns) == 1:

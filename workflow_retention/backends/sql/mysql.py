@@ -51,12 +51,15 @@ class MySQLBackend(SQLBackend):
                  database: str = "pyworkflow", query: dict[str, str] | None = None, url: str | None = None,
                  **options: Any) -> None:
         try:
-            import pymysql  # noqa: F401
+            from pymysql.charset import charset_by_name
         except ImportError as exc:
             raise BackendUnavailableError("MySQL", "mysql", exc) from exc
         query = dict(query or {})
         self._connect_timeout = int(query.pop("connect_timeout", 10))
-        query.setdefault("charset", "utf8mb4")
+        charset = query.setdefault("charset", "utf8mb4")
+        if charset_by_name(charset) is None:
+            raise ConfigurationError(f"charset in the MySQL URL must be one PyMySQL knows, such as utf8mb4; "
+                                     f"got {charset!r}")
         self._sa_url = URL.create("mysql+pymysql", username=user, password=password or None, host=host, port=port,
                                   database=database, query=query)
         super().__init__(url=url or f"mysql://{user}@{host}:{port}/{database}", **options)

@@ -26,10 +26,12 @@ import json
 import logging
 import re
 from collections import Counter
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from sqlalchemy import Boolean, ColumnElement, Engine, Text, bindparam, create_engine, func, select, text
+from sqlalchemy import Boolean, ColumnElement, Engine, Text, bindparam, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
@@ -50,6 +52,55 @@ LATERAL_CHECKPOINTS = text(
     "step_run_id = ANY(ARRAY(SELECT c.step_run_id FROM unnest(CAST(:cp_ids AS text[])) AS r(id), LATERAL "
     "(SELECT step_run_id FROM checkpoints c WHERE c.step_run_id >= r.id || ':' AND c.step_run_id < r.id || ';') c))")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
+
+
+class Unloadable(datetime):
+    """A timestamptz Python cannot hold (``infinity``, ``-infinity``, BC, year 10000 on).
+
+    Its value is ``datetime.min`` or ``datetime.max``, which
+    :func:`~workflow_retention.timeutil.parse_timestamp` refuses (so the record is reported,
+    never deleted), and it is sent back to the server as the text it was read as (so a keyset
+    cursor that ends on it resumes exactly there).
+    """
+
+    raw: bytes = b""
+
+
+def register_unloadable_timestamps(conn: Any) -> None:
+    """Make psycopg load every timestamptz, as :class:`Unloadable` when Python cannot hold it.
+
+    psycopg raises DataError on ``infinity`` and out-of-range values, which would stop a purge
+    or audit at the first such record (psycopg's documented remedy: a custom loader and dumper).
+    """
+    loader, dumper = _timestamp_adapters()
+    conn.adapters.register_loader("timestamptz", loader)
+    conn.adapters.register_dumper(Unloadable, dumper)
+
+
+@lru_cache(maxsize=1)
+def _timestamp_adapters() -> tuple[type, type]:
+    import psycopg
+    from psycopg.adapt import Dumper
+    from psycopg.types.datetime import TimestamptzLoader
+
+    class Loader(TimestamptzLoader):
+        def load(self, data: Any) -> datetime:
+            try:
+                return super().load(data)
+            except (psycopg.DataError, ValueError, OverflowError):
+                raw = bytes(data)
+                edge = datetime.min if raw.startswith(b"-") or raw.endswith(b"BC") else datetime.max
+                value = Unloadable(*edge.timetuple()[:6], edge.microsecond, tzinfo=UTC)
+                value.raw = raw
+                return value
+
+    class UnloadableDumper(Dumper):
+        oid = psycopg.adapters.types["timestamptz"].oid
+
+        def dump(self, obj: Unloadable) -> bytes:
+            return obj.raw
+
+    return Loader, UnloadableDumper
 
 
 class PostgresBackend(SQLBackend):
@@ -96,8 +147,14 @@ class PostgresBackend(SQLBackend):
         connect_args: dict[str, Any] = {"options": " ".join(settings)}
         if "connect_timeout" not in self._sa_url.query:
             connect_args["connect_timeout"] = 10
-        return create_engine(self._sa_url, hide_parameters=True, pool_pre_ping=True,
-                             isolation_level="READ COMMITTED", connect_args=connect_args)
+        engine = create_engine(self._sa_url, hide_parameters=True, pool_pre_ping=True,
+                               isolation_level="READ COMMITTED", connect_args=connect_args)
+
+        @event.listens_for(engine, "connect")
+        def on_connect(dbapi_connection: Any, record: Any) -> None:
+            register_unloadable_timestamps(dbapi_connection)
+
+        return engine
 
     def bulk_insert(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
         columns = list(rows[0])

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sqlalchemy import ColumnElement, Engine, Integer, Text, create_engine, event, func
+from sqlalchemy import ColumnElement, Engine, Integer, Text, create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
@@ -111,6 +111,10 @@ class SQLiteBackend(SQLBackend):
 
     def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
         return column < (when + OFFSET_MARGIN).isoformat()
+
+    def not_before(self, column: ColumnElement, when: datetime) -> ColumnElement:
+        # Past any offset-carrying text of an instant before ``when``; all non-ISO text sorts here too.
+        return column >= (when + OFFSET_MARGIN).isoformat()
 
     def lock(self, stmt: Any) -> Any:
         return stmt  # BEGIN IMMEDIATE already holds the database's write lock
