@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = [
-    "tests.services",
-    "tests.harness.memory",
-    "tests.harness.file",
-    "tests.harness.sqlite",
-    "tests.harness.postgres",
-    "tests.harness.mysql",
-    "tests.harness.cassandra",
-    "tests.harness.dynamodb",
-]
+from workflow_retention.backends import BACKENDS as REGISTRY
 
-BACKENDS = ["memory", "file", "sqlite", "postgres", "mysql", "cassandra", "dynamodb"]
+#: The registry's backends, each with a harness module tests/harness/<name>.py.
+BACKENDS = list(REGISTRY)
+pytest_plugins = ["tests.services", *(f"tests.harness.{name}" for name in BACKENDS)]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from workflow_retention import values
 from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.urls import redact_url, secrets_of
+from workflow_retention.urls import REDIS_URL_PREFIXES, redact_url, secrets_of
 
 RETENTION_DAYS = "PYWORKFLOW_DATA_RETENTION_DAYS"
 STORAGE_URL = "PYWORKFLOW_RETENTION_STORAGE_URL"
@@ -45,7 +45,6 @@ DEFAULT_JITTER = timedelta(hours=1)
 DEFAULT_MIN_AGE = timedelta(hours=1)
 MAX_LOCK_TTL = timedelta(days=1)
 MAX_INTERVAL = timedelta(days=30)
-REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 
 #: Every variable this package reads: name -> (default, meaning). The README table mirrors it.
 VARIABLES: dict[str, tuple[str, str]] = {

@@ -39,16 +39,16 @@ from datetime import timedelta
 from typing import Any
 
 from workflow_retention.exceptions import ConfigurationError, LeaseLostError, StorageError
+from workflow_retention.urls import REDIS_URL_PREFIXES
 from workflow_retention.urls import redact_url, scrub, split_url
 
 log = logging.getLogger("workflow_retention.lock")
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def redis_client(url: str, ttl: timedelta) -> Any:
     """A redis-py client whose socket timeouts fit inside one renewal interval."""
-    if not url.startswith(REDIS_SCHEMES):
+    if not url.startswith(REDIS_URL_PREFIXES):
         raise ConfigurationError(f"lock URL must be redis://, rediss:// or unix://; got {redact_url(url)!r}")
     import redis
 

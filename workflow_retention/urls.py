@@ -28,6 +28,8 @@ from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 from workflow_retention.exceptions import ConfigurationError
 
 MASK = "***"
+#: The URL forms of a Redis server (redis-py's ``from_url``): the lock's, and a broker that can serve as it.
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|credential|auth|key", re.IGNORECASE)
