@@ -302,8 +302,12 @@ class StorageBackend(ABC):
         except PurgeStopped as exc:
             report.stopped = str(exc) or type(exc).__name__
             log.error("%s stopped at a batch boundary backend=%s reason=%s", what, self.url, report.stopped)
-        except Exception:
-            log.exception("%s failed backend=%s after %d batches", what, self.url, report.batches)
+        except Exception as exc:
+            # The caller reports the error it receives (the CLI's one ERROR line, Celery's failed task);
+            # this line says where it stopped, and the traceback is for DEBUG logs.
+            log.info("%s failed backend=%s after %d batches: %s: %s", what, self.url, report.batches,
+                        type(exc).__name__, exc)
+            log.debug("%s failure traceback backend=%s", what, self.url, exc_info=True)
             raise
         finally:
             report.duration_s = round(time.monotonic() - started, 3)

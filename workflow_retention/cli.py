@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("configuration error: %s", exc)
         return EXIT_USAGE
     except RetentionError as exc:
-        log.error("%s failed: %s", args.command, exc)
+        log.error("%s failed: %s", args.command, exc, exc_info=args.verbose)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - exit non-zero with an error line, never a traceback-less green
         log.error("%s failed: %s: %s", args.command, type(exc).__name__, exc, exc_info=args.verbose)

@@ -107,3 +107,15 @@ def test_records_left_alone_print_a_warning_line(capsys, caplog) -> None:
     code, out, _ = run(capsys, "purge", "--storage", "memory://cli_warn", "--days", "30", "--json")
     assert code == EXIT_OK and json.loads(out)["skipped"] == 1
     assert any(r.levelname == "WARNING" and victim.run_id in r.getMessage() for r in caplog.records)
+
+
+def test_a_storage_error_is_one_error_line_and_a_traceback_only_with_v(tmp_path, capfd) -> None:
+    missing = f"sqlite:///{tmp_path}/no/such.db"
+    code = main(["purge", "--storage", missing, "--days", "30"])
+    err = capfd.readouterr().err
+    assert code == EXIT_FAILED
+    assert [line for line in err.splitlines() if line.strip()] == [
+        line for line in err.splitlines() if line.startswith("ERROR")], err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "such.db" in err
+    assert main(["-v", "purge", "--storage", missing, "--days", "30"]) == EXIT_FAILED
+    assert "Traceback" in capfd.readouterr().err
