@@ -102,27 +102,30 @@ def test_a_run_changed_before_its_record_goes_keeps_it_and_its_parent(
 
 def test_a_purge_that_dies_mid_cascade_is_finished_by_the_next(
         cassandra_harness: CassandraHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Committed runs' markers let the next purge find what their cascade left."""
     h, pw = cassandra_harness, cassandra_harness.pyworkflow()
     for n in range(3):
         h.run(add_run(pw, f"run_gone_{n}", "completed", OLD))
     h.run(add_run(pw, "run_kept", "running", OLD))
-    original = session_module.Cql.deletes_in
+    original = session_module.Cql.unlogged_batches
 
-    def crash(self: Any, deletes: dict[str, Any]) -> None:
-        if "delete_events_in" in deletes:
-            raise RuntimeError("process killed after the index rows were deleted")
-        original(self, deletes)
+    def crash(self: Any, batches: Any) -> None:
+        if any(name == "delete_events" for members in batches for name, _ in members):
+            raise RuntimeError("process killed after the lookup and listing rows were deleted")
+        original(self, batches)
 
-    monkeypatch.setattr(session_module.Cql, "deletes_in", crash)
+    monkeypatch.setattr(session_module.Cql, "unlogged_batches", crash)
     with pytest.raises(RuntimeError):
         h.retention().delete_old_runs(CUTOFF)
     half = h.inventory()
-    assert {"run_gone_0", "run_gone_1", "run_gone_2"} <= run_ids(half)
-    assert not [i for i in half if i.kind == "hooks_by_token" and i.run_id != "run_kept"]
-    monkeypatch.setattr(session_module.Cql, "deletes_in", original)
+    assert run_ids(half) == {"run_kept"}, "the records go first: they are the commit"
+    left = orphans(half)
+    assert {i.kind for i in left} == {"events", "steps", "hooks", "cancellation_flags", "checkpoints"}
+    monkeypatch.setattr(session_module.Cql, "unlogged_batches", original)
     report = h.retention().delete_old_runs(CUTOFF)
     items = h.inventory()
-    assert report.runs == 3 and run_ids(items) == {"run_kept"}
+    assert report.runs == 0 and sum(report.counts.values()) == len(left)
+    assert run_ids(items) == {"run_kept"}
     assert_no_orphans(items)
 
 

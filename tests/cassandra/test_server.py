@@ -12,6 +12,7 @@ from tests.harness.cassandra import CassandraHarness, CassandraServer
 from tests.scenario import CUTOFF, NOW, OLD, add_run
 from workflow_retention.backends.cassandra import CassandraBackend
 from workflow_retention.backends.cassandra.cql import SOURCES, STATEMENTS, TABLES
+from workflow_retention.exceptions import PurgeStopped
 from workflow_retention.seed import generate
 
 pytestmark = pytest.mark.timeout(600)
@@ -44,6 +45,7 @@ def test_the_server_prepares_every_statement(cassandra_harness: CassandraHarness
     """Preparing is where Cassandra checks partition-key restrictions and filtering: all must pass."""
     cassandra_harness.pyworkflow()  # the keyspace exists, with pyworkflow's own tables
     backend = cassandra_harness.retention()
+    backend.delete_old_runs(CUTOFF)  # a purge creates its marker table
     for name in STATEMENTS:
         backend.cql.prepared(name)
 
@@ -99,6 +101,13 @@ ORPHAN_ROWS = [
 ]
 
 
+def _stop_at(index: int):
+    def on_batch(info) -> None:
+        if info.index >= index:
+            raise PurgeStopped("lease lost")
+    return on_batch
+
+
 def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraServer) -> None:
     """One workload that makes the backend issue every statement it has, on the real server."""
     server = cassandra_service
@@ -114,10 +123,12 @@ def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraS
         backend.check()
         audit = backend.audit(older_than=CUTOFF)
         orphans = backend.sweep_orphans(grace=timedelta(0))
-        report = backend.delete_old_runs(CUTOFF)
+        stopped = backend.delete_old_runs(CUTOFF, on_batch=_stop_at(2))  # leaves its markers
+        report = backend.delete_old_runs(CUTOFF)  # finishes them, drops them
         assert orphans.total == len(ORPHAN_ROWS), dict(orphans.counts)
         assert {s.table for s in SOURCES} == {table for table, _, _ in ORPHAN_ROWS}
-        assert report.runs == audit.purge.runs > 0
+        assert stopped.stopped and stopped.runs > 0
+        assert stopped.runs + report.runs == audit.purge.runs
         assert report.counts["schedules"] == 1 and report.counts["signals"] == 1
         executed = set(backend.statements)
         missing = sorted(set(STATEMENTS) - executed)

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from workflow_retention.backends.cassandra import orphans, seed
-from workflow_retention.backends.cassandra.cql import STATEMENTS
+from workflow_retention.backends.cassandra.cql import MARKER_STATEMENTS, MARKER_TABLE, STATEMENTS
 from workflow_retention.backends.cassandra.purge import Purger
 from workflow_retention.backends.cassandra.session import Cql, require_driver
 from workflow_retention.backends.cassandra.settings import CassandraSettings, parse_url
@@ -87,8 +87,11 @@ class CassandraBackend(StorageBackend):
         cql = self.cql
         version = cql.execute("release_version").one().release_version
         cql.require_keyspace()
+        markers = cql.has_table("scan_markers")
         missing = []
         for name in STATEMENTS:
+            if name in MARKER_STATEMENTS and not markers:
+                continue
             try:
                 cql.prepared(name)
             except StorageError as exc:
@@ -97,6 +100,7 @@ class CassandraBackend(StorageBackend):
             raise StorageError(f"keyspace {self.settings.keyspace!r} does not have pyworkflow-engine's Cassandra "
                                f"layout; rejected statements: {'; '.join(missing[:3])}")
         return {"keyspace": self.settings.keyspace, "release_version": version,
+                "purge_markers": MARKER_TABLE if markers else f"{MARKER_TABLE} (created by the first purge)",
                 "protocol_version": cql.cluster.protocol_version, "hosts": len(cql.cluster.metadata.all_hosts())}
 
     # -- purge, orphans, census, seed ----------------------------------------------------

@@ -10,13 +10,32 @@ look at. Rules every statement follows:
   paged ``token()`` range scan (``WHERE token(pk) > ?`` bound to the
   partitioner's minimum token and paged by the driver);
 * no ``ALLOW FILTERING``;
-* the column ``token`` is always written quoted (a reserved word in 2.1).
+* the column ``token`` is always written quoted (a reserved word in 2.1);
+* a ``TIMESTAMP`` column is read as milliseconds (:func:`ms`), never as a
+  datetime: the driver cannot decode one outside Python's datetime range and
+  drops the connection when it tries, so one raw value would stop every
+  purge. Timestamps are bound back as integers (the driver's native form);
+* a delete of the cascade carries ``USING TIMESTAMP`` of the write time it
+  read, so it removes the version that was read and counted, and a row
+  written again after the read survives.
 """
 
 from __future__ import annotations
 
-RUN_COLUMNS = "run_id, status, updated_at, created_at, parent_run_id, workflow_name, idempotency_key"
+import re
+
 SCHEDULE_STATUSES = ("active", "paused", "deleted")
+#: The purge's own table (see :data:`MARKER_TABLE_CQL`); every other table is pyworkflow-engine's.
+MARKER_TABLE = "retention_purge_markers"
+
+
+def ms(column: str) -> str:
+    """Select a ``TIMESTAMP`` column as milliseconds since the epoch (a bigint), under its own name."""
+    return f"blobAsBigint(timestampAsBlob({column})) AS {column}"
+
+
+RUN_COLUMNS = (f"run_id, status, {ms('updated_at')}, {ms('created_at')}, parent_run_id, workflow_name, "
+               "idempotency_key")
 
 
 class Source:
@@ -24,8 +43,9 @@ class Source:
 
     ``columns`` are selected (their sizes make the bytes estimate), ``key``
     is the full primary key, ``owner`` the column naming the run (None: the
-    run is the prefix of the key before ``:``, as for step checkpoints),
-    ``written`` the column whose ``WRITETIME`` dates the row, ``pointer``
+    key is derived, ``<run_id>:<rest>``, as for step checkpoints),
+    ``written`` the column whose ``WRITETIME`` dates the row (timestamp
+    columns are read as milliseconds, :func:`ms`), ``pointer``
     whether the row is a lookup pointing to a run (deleted ``IF run_id = ?``).
     """
 
@@ -45,7 +65,9 @@ class Source:
         return f"orphan_{self.table}"
 
     def scan_cql(self) -> str:
-        return (f"SELECT {', '.join(self.columns)}, WRITETIME({self.written}) AS written FROM {self.table} "
+        stamped = timestamp_columns(self.table)
+        columns = ", ".join(ms(c) if c in stamped else c for c in self.columns)
+        return (f"SELECT {columns}, WRITETIME({self.written}) AS written FROM {self.table} "
                 f"WHERE token({self.partition}) > ?")
 
     def delete_cql(self) -> str:
@@ -90,54 +112,71 @@ OTHER_TABLES = [("schedules", "schedule_id", "schedules"), ("streams", "stream_i
                 ("signal_acknowledgments", "signal_id", "acknowledgments")]
 
 STATEMENTS: dict[str, str] = {
-    # -- the purge: discovery, planning, re-check --------------------------------------
+    # -- the purge: discovery and planning ------------------------------------------------
     "scan_runs": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE token(run_id) > ?",
     "runs_in": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE run_id IN ?",
     "children_in": "SELECT parent_run_id, run_id FROM runs_by_parent WHERE parent_run_id IN ?",
-    # -- the purge: what a run owns -------------------------------------------------------
-    "events_in": "SELECT run_id FROM events WHERE run_id IN ?",
-    "steps_in": "SELECT run_id, step_id FROM steps WHERE run_id IN ?",
-    "hooks_in": 'SELECT run_id, hook_id, "token" FROM hooks WHERE run_id IN ?',
-    "flags_in": "SELECT run_id FROM cancellation_flags WHERE run_id IN ?",
-    "idempotency_in": "SELECT idempotency_key, run_id FROM runs_by_idempotency_key WHERE idempotency_key IN ?",
-    "steps_by_id_in": "SELECT step_id, run_id FROM steps_by_id WHERE step_id IN ?",
-    "hooks_by_id_in": "SELECT hook_id, run_id FROM hooks_by_id WHERE hook_id IN ?",
-    "tokens_in": 'SELECT "token", run_id FROM hooks_by_token WHERE "token" IN ?',
-    # -- the purge: deletes, index rows first, the run row last ------------------------------
-    "delete_idempotency_if": "DELETE FROM runs_by_idempotency_key WHERE idempotency_key = ? IF run_id = ?",
-    "delete_step_by_id_if": "DELETE FROM steps_by_id WHERE step_id = ? IF run_id = ?",
-    "delete_hook_by_id_if": "DELETE FROM hooks_by_id WHERE hook_id = ? IF run_id = ?",
-    "delete_tokens_in": 'DELETE FROM hooks_by_token WHERE "token" IN ?',
-    "delete_status_rows": "DELETE FROM runs_by_status WHERE status = ? AND date_bucket IN ? "
-                          "AND created_at = ? AND run_id = ?",
-    "delete_workflow_rows": "DELETE FROM runs_by_workflow WHERE workflow_name = ? AND date_bucket IN ? "
-                            "AND created_at = ? AND run_id = ?",
-    "delete_parent_row": "DELETE FROM runs_by_parent WHERE parent_run_id = ? AND created_at = ? AND run_id = ?",
-    "delete_children_in": "DELETE FROM runs_by_parent WHERE parent_run_id IN ?",
-    "delete_events_in": "DELETE FROM events WHERE run_id IN ?",
-    "delete_steps_in": "DELETE FROM steps WHERE run_id IN ?",
-    "delete_hooks_in": "DELETE FROM hooks WHERE run_id IN ?",
-    "delete_flags_in": "DELETE FROM cancellation_flags WHERE run_id IN ?",
+    # -- the purge: the commit point (children first), after the run's marker is written -------
     "delete_run_if": "DELETE FROM workflow_runs WHERE run_id = ? IF status = ? AND updated_at = ?",
+    # -- the cascade of a committed run: read (with write times) and count ---------------------
+    "events_in": "SELECT run_id, WRITETIME(type) AS written FROM events WHERE run_id IN ?",
+    "steps_in": "SELECT run_id, step_id, WRITETIME(status) AS written FROM steps WHERE run_id IN ?",
+    "hooks_in": 'SELECT run_id, hook_id, "token", WRITETIME(status) AS written FROM hooks WHERE run_id IN ?',
+    "flags_in": "SELECT run_id, WRITETIME(created_at) AS written FROM cancellation_flags WHERE run_id IN ?",
+    "idempotency_in": "SELECT idempotency_key, run_id, WRITETIME(run_id) AS written FROM runs_by_idempotency_key "
+                      "WHERE idempotency_key IN ?",
+    "steps_by_id_in": "SELECT step_id, run_id, WRITETIME(run_id) AS written FROM steps_by_id WHERE step_id IN ?",
+    "hooks_by_id_in": "SELECT hook_id, run_id, WRITETIME(run_id) AS written FROM hooks_by_id WHERE hook_id IN ?",
+    "tokens_in": 'SELECT "token", run_id, WRITETIME(run_id) AS written FROM hooks_by_token WHERE "token" IN ?',
+    "status_rows_in": f"SELECT status, date_bucket, {ms('created_at')}, run_id, WRITETIME(workflow_name) AS written "
+                      "FROM runs_by_status WHERE status = ? AND date_bucket IN ? AND (created_at, run_id) IN ?",
+    "workflow_rows_in": f"SELECT workflow_name, date_bucket, {ms('created_at')}, run_id, WRITETIME(status) AS written "
+                        "FROM runs_by_workflow WHERE workflow_name = ? AND date_bucket IN ? "
+                        "AND (created_at, run_id) IN ?",
+    "parent_rows_in": f"SELECT parent_run_id, {ms('created_at')}, run_id, WRITETIME(status) AS written "
+                      "FROM runs_by_parent WHERE parent_run_id = ? AND (created_at, run_id) IN ?",
+    # -- the cascade: lookup and listing rows first, then the run's partitions ---------------
+    "delete_idempotency": "DELETE FROM runs_by_idempotency_key USING TIMESTAMP ? WHERE idempotency_key = ?",
+    "delete_step_by_id": "DELETE FROM steps_by_id USING TIMESTAMP ? WHERE step_id = ?",
+    "delete_hook_by_id": "DELETE FROM hooks_by_id USING TIMESTAMP ? WHERE hook_id = ?",
+    "delete_token": 'DELETE FROM hooks_by_token USING TIMESTAMP ? WHERE "token" = ?',
+    "delete_status_row": "DELETE FROM runs_by_status USING TIMESTAMP ? WHERE status = ? AND date_bucket = ? "
+                         "AND created_at = ? AND run_id = ?",
+    "delete_workflow_row": "DELETE FROM runs_by_workflow USING TIMESTAMP ? WHERE workflow_name = ? "
+                           "AND date_bucket = ? AND created_at = ? AND run_id = ?",
+    "delete_parent_row": "DELETE FROM runs_by_parent USING TIMESTAMP ? WHERE parent_run_id = ? AND created_at = ? "
+                         "AND run_id = ?",
+    "delete_events": "DELETE FROM events USING TIMESTAMP ? WHERE run_id = ?",
+    "delete_steps": "DELETE FROM steps USING TIMESTAMP ? WHERE run_id = ?",
+    "delete_hooks": "DELETE FROM hooks USING TIMESTAMP ? WHERE run_id = ?",
+    "delete_flag": "DELETE FROM cancellation_flags USING TIMESTAMP ? WHERE run_id = ?",
     # -- the purge: step checkpoints (keyed <run_id>:<step_id>, found by a scan) ---------------
-    "scan_checkpoint_keys": "SELECT step_run_id FROM checkpoints WHERE token(step_run_id) > ?",
-    "delete_checkpoints_in": "DELETE FROM checkpoints WHERE step_run_id IN ?",
+    "scan_checkpoint_keys": "SELECT step_run_id, WRITETIME(data) AS written FROM checkpoints "
+                            "WHERE token(step_run_id) > ?",
+    "delete_checkpoint": "DELETE FROM checkpoints USING TIMESTAMP ? WHERE step_run_id = ?",
+    # -- the purge markers (the purge's own table, MARKER_TABLE) -------------------------------
+    "write_marker": f"INSERT INTO {MARKER_TABLE} (purge_id, shard, run_id, status, updated_at, created_at, "
+                    "parent_run_id, workflow_name, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "scan_markers": f"SELECT purge_id, shard, run_id, status, updated_at, created_at, parent_run_id, "
+                    f"workflow_name, idempotency_key FROM {MARKER_TABLE} WHERE token(purge_id, shard) > ?",
+    "markers_in": f"SELECT run_id FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ? AND run_id IN ?",
+    "drop_markers": f"DELETE FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ?",
     # -- the purge: soft-deleted schedules ------------------------------------------------------
     "schedules_by_status": "SELECT schedule_id FROM schedules_by_status WHERE status = ?",
-    "schedules_in": "SELECT schedule_id, status, updated_at, workflow_name, next_run_time FROM schedules "
-                    "WHERE schedule_id IN ?",
+    "schedules_in": f"SELECT schedule_id, status, {ms('updated_at')}, workflow_name, {ms('next_run_time')} "
+                    "FROM schedules WHERE schedule_id IN ?",
     "delete_due_schedule": "DELETE FROM due_schedules WHERE hour_bucket IN ? AND next_run_time = ? "
                            "AND schedule_id = ?",
     "delete_schedule_by_workflow": "DELETE FROM schedules_by_workflow WHERE workflow_name = ? AND schedule_id = ?",
     "delete_schedule_if": "DELETE FROM schedules WHERE schedule_id = ? IF status = ? AND updated_at = ?",
     "delete_schedule_by_status": "DELETE FROM schedules_by_status WHERE status IN ? AND schedule_id = ?",
     # -- the purge: aged stream data ----------------------------------------------------------
-    "scan_signals": "SELECT stream_id, stream_run_id, sequence, signal_id, published_at FROM signals "
+    "scan_signals": f"SELECT stream_id, stream_run_id, sequence, signal_id, {ms('published_at')} FROM signals "
                     "WHERE token(stream_id, stream_run_id) > ?",
     "acks_in": "SELECT signal_id FROM signal_acknowledgments WHERE signal_id IN ?",
     "delete_acks_in": "DELETE FROM signal_acknowledgments WHERE signal_id IN ?",
     "delete_signal": "DELETE FROM signals WHERE stream_id = ? AND stream_run_id = ? AND sequence = ?",
-    "scan_subscriptions": "SELECT stream_id, step_run_id, status, created_at FROM stream_subscriptions "
+    "scan_subscriptions": f"SELECT stream_id, step_run_id, status, {ms('created_at')} FROM stream_subscriptions "
                           "WHERE token(stream_id) > ?",
     "delete_subscription": "DELETE FROM stream_subscriptions WHERE stream_id = ? AND step_run_id = ?",
     # -- seeding (pyworkflow-engine 0.4.0's writes) ------------------------------------------------
@@ -168,17 +207,6 @@ STATEMENTS: dict[str, str] = {
     # -- check ---------------------------------------------------------------------------------
     "release_version": "SELECT release_version FROM system.local",
 }
-
-for _source in SOURCES:
-    STATEMENTS[_source.scan_name] = _source.scan_cql()
-    STATEMENTS[_source.delete_name] = _source.delete_cql()
-for _table, _pk, _kind in OTHER_TABLES:
-    STATEMENTS[f"count_{_table}"] = f"SELECT {_pk} FROM {_table} WHERE token({_pk}) > ?"
-
-#: Statements that write (executed at the write consistency; the others at the read consistency).
-WRITES = frozenset(n for n, q in STATEMENTS.items() if q.startswith(("INSERT", "DELETE", "UPDATE")))
-#: Lightweight transactions (``IF ...``): Paxos at the serial consistency.
-CONDITIONAL = frozenset(n for n, q in STATEMENTS.items() if " IF " in q)
 
 #: pyworkflow-engine 0.4.0's tables (storage/cassandra.py), "token" quoted; created by ``seed`` if missing.
 TABLES: dict[str, str] = {
@@ -231,5 +259,34 @@ TABLES: dict[str, str] = {
 }
 
 
+#: The purge markers: one row per run a purge is about to commit, written before its commit and read by the
+#: next purge (docs/backends/cassandra.md, "Purge markers"). Timestamps are kept as milliseconds.
+MARKER_TABLE_CQL = (f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (purge_id TEXT, shard INT, run_id TEXT, status TEXT, "
+                    "updated_at BIGINT, created_at BIGINT, parent_run_id TEXT, workflow_name TEXT, "
+                    "idempotency_key TEXT, PRIMARY KEY ((purge_id, shard), run_id))")
+#: Statements on the marker table: they can be prepared only once a purge has created it.
+MARKER_STATEMENTS = frozenset(n for n, q in STATEMENTS.items() if MARKER_TABLE in q)
+
+_TIMESTAMP = re.compile(r'("?\w+"?) TIMESTAMP')
+
+
+def timestamp_columns(table: str) -> set[str]:
+    """The ``TIMESTAMP`` columns of one of pyworkflow's tables."""
+    return set(_TIMESTAMP.findall(TABLES[table]))
+
+
 def create_table(name: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} ({TABLES[name]})"
+
+
+for _source in SOURCES:
+    STATEMENTS[_source.scan_name] = _source.scan_cql()
+    STATEMENTS[_source.delete_name] = _source.delete_cql()
+for _table, _pk, _kind in OTHER_TABLES:
+    STATEMENTS[f"count_{_table}"] = f"SELECT {_pk} FROM {_table} WHERE token({_pk}) > ?"
+
+#: Statements that write (executed at the write consistency; the others at the read consistency).
+WRITES = frozenset(n for n, q in STATEMENTS.items() if q.startswith(("INSERT", "DELETE", "UPDATE")))
+#: Lightweight transactions (``IF ...``): Paxos at the serial consistency.
+CONDITIONAL = frozenset(n for n, q in STATEMENTS.items() if " IF " in q)
+

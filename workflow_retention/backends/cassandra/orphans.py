@@ -8,24 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from workflow_retention.backends.cassandra.cql import OTHER_TABLES, SOURCES, Source
-from workflow_retention.backends.cassandra.runs import RunReader, checkpoint_owner, run_ref
+from workflow_retention.backends.cassandra.runs import RunReader, run_ref
 from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.base import CensusJob, OrphanJob
-from workflow_retention.planning import key_prefixes
+from workflow_retention.planning import key_owners, key_prefixes
 from workflow_retention.report import Kind, age_bucket
 
 CENSUS_PAGE = 1000
-
-
-def owner_of(source: Source, row: Any) -> str | None:
-    if source.owner is None:
-        return checkpoint_owner(getattr(row, source.key[0]))
-    return getattr(row, source.owner)
-
-
-def guards(source: Source, row: Any, owner: str) -> list[str]:
-    """Runs whose existence keeps the row: its owner, and for a checkpoint key every longer ``:`` prefix."""
-    return key_prefixes(getattr(row, source.key[0])) if source.owner is None else [owner]
 
 
 def row_size(source: Source, row: Any) -> int:
@@ -61,24 +50,33 @@ class Sweeper:
                 self._page(source, page)
 
     def _page(self, source: Source, page: list[Any]) -> None:
-        named = [(row, owner) for row in page if (owner := owner_of(source, row)) is not None]
-        if not named:
-            return
-        present = self.reader.present({g for row, owner in named for g in guards(source, row, owner)})
         # WRITETIME: when the store wrote the row. A row with no written value has no time to honour.
-        orphans = [(row, owner) for row, owner in named
-                   if not any(g in present for g in guards(source, row, owner))
-                   and (row.written is None or row.written < self.not_after)]
+        orphans = [(row, run_id) for row, run_id in self._orphans(source, page)
+                   if row.written is None or row.written < self.not_after]
         if not orphans:
             return
-        self.job.boundary(sorted({owner for _, owner in orphans}))
-        present = self.reader.present({g for row, owner in orphans for g in guards(source, row, owner)})
-        orphans = [(row, owner) for row, owner in orphans
-                   if not any(g in present for g in guards(source, row, owner))]
+        self.job.boundary(sorted({run_id for _, run_id in orphans}))
+        orphans = self._orphans(source, [row for row, _ in orphans])  # re-checked after on_batch
         if not self.job.dry_run:
             orphans = self._delete(source, orphans)
         self.report.add(source.kind, len(orphans))
         self.report.bytes += sum(row_size(source, row) for row, _ in orphans)
+
+    def _orphans(self, source: Source, rows: list[Any]) -> list[tuple[Any, str]]:
+        """``(row, the run it names)`` for the rows that name no existing run.
+
+        A derived key ``<run_id>:<rest>`` (a step checkpoint) belongs to the
+        longest prefix naming an existing run (planning.key_owners): it is an
+        orphan only when no prefix does. A key without ``:`` names no run.
+        """
+        if source.owner is None:
+            by_key = {getattr(row, source.key[0]): row for row in rows}
+            derived = {key: row for key, row in by_key.items() if key_prefixes(key)}
+            owners = key_owners(derived, self.reader.present)
+            return [(row, key_prefixes(key)[0]) for key, row in derived.items() if owners[key] is None]
+        named = [(row, run_id) for row in rows if (run_id := getattr(row, source.owner))]
+        present = self.reader.present({run_id for _, run_id in named})
+        return [(row, run_id) for row, run_id in named if run_id not in present]
 
     def _delete(self, source: Source, orphans: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
         params = [tuple(getattr(row, c.strip('"')) for c in source.key) + ((owner,) if source.pointer else ())

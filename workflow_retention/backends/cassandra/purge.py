@@ -1,38 +1,71 @@
-"""The purge on Cassandra: discovery, the per-run cascade, step checkpoints, schedules and streams."""
+"""The purge on Cassandra: discovery, markers, commits, cascades, step checkpoints, schedules and streams."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
-from typing import Any
-
+from workflow_retention.backends.cassandra.cascade import Cascade, stamp
 from workflow_retention.backends.cassandra.cql import SCHEDULE_STATUSES
-from workflow_retention.backends.cassandra.runs import RunReader, checkpoint_owner, date_buckets, hour_buckets, run_ref
+from workflow_retention.backends.cassandra.markers import Markers
+from workflow_retention.backends.cassandra.runs import RunReader, from_ms, hour_buckets, run_ref
 from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
-    RUN_STATUSES,
     TERMINAL_SUBSCRIPTIONS,
     Plan,
     RunRef,
+    chunked,
     heights,
+    is_safe_run_id,
+    key_owners,
     key_prefixes,
     plan_page,
 )
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import older
 
+#: Checkpoint deletes per UNLOGGED batch (one partition each).
+CHECKPOINTS_PER_BATCH = 20
+
 
 class Purger:
     def __init__(self, cql: Cql, job: PurgeJob) -> None:
         self.cql, self.job, self.report = cql, job, job.report
         self.reader = RunReader(cql, job.cutoff)
+        self.markers = Markers(cql)
+        self.cascade = Cascade(cql, job.report, job.dry_run)
+        self.cascaded = 0  # runs this purge cascaded (in a dry run: would cascade)
 
     def run(self) -> None:
+        self.markers.open(create=not self.job.dry_run)
+        self.resume()
         self.purge_runs()
         self.purge_checkpoints()
+        if not self.job.dry_run:
+            self.markers.drop_earlier()
         self.purge_schedules()
         self.purge_streams()
+
+    # -- runs committed by earlier purges: finish (or re-check) their cascades ------------------
+
+    def resume(self) -> None:
+        """Cascade every run an earlier purge marked and committed (its record is gone).
+
+        An interrupted purge leaves its committed runs' cascades unfinished; a
+        finished one leaves nothing, unless the engine wrote to a run after its
+        commit: either way this deletes what is left. A marked run whose record
+        exists was never committed and is left alone.
+        """
+        for keys in self.markers.earlier_pages(self.job.batch_size):
+            for k in keys:
+                if not is_safe_run_id(k.run_id):
+                    self.report.skipped += 1
+                    self.report.warn(f"purge marker names the run id {k.run_id!r}, not a safe identifier; left alone")
+            keys = [k for k in keys if is_safe_run_id(k.run_id)]
+            present = self.reader.present(k.run_id for k in keys)
+            committed = [k for k in keys if k.run_id not in present]
+            if committed:
+                self.job.boundary([k.run_id for k in committed])
+                self.cascade.run(committed)
+                self.cascaded += len(committed)
 
     # -- runs: a paged token scan of workflow_runs, then one plan per batch ------------------
 
@@ -49,93 +82,115 @@ class Purger:
     def _batch(self, candidates: list[RunRef]) -> None:
         # Pages are read ahead of the batches: a candidate may have gone since (with its parent's plan).
         current = self.reader.refs(r.run_id for r in candidates)
-        self.reader.parents_with_rows = set()
-        plan = plan_page([current[r.run_id] for r in candidates if r.run_id in current], self.job.cutoff,
-                         self.report, self.reader.refs, self.reader.children_of)
+        page = []
+        for ref in (current[r.run_id] for r in candidates if r.run_id in current):
+            if ref.data.unreadable and ref.candidate(self.job.cutoff):
+                self.report.skipped += 1
+                self.report.warn(f"run {ref.run_id!r}: its {' and '.join(ref.data.unreadable)} cannot be read "
+                                 "(outside the datetime range); run left alone")
+            else:
+                page.append(ref)
+        plan = plan_page(page, self.job.cutoff, self.report, self.reader.refs, self.reader.children_of)
         if plan is not None:
             self._delete_plan(plan)
 
     def _delete_plan(self, plan: Plan) -> None:
+        """Mark the deletable runs, then commit them children first, each wave's cascade right after it."""
         deletable, held = plan.order()
-        if not deletable:
+        if deletable:
+            self.job.boundary([r.run_id for r in deletable])
+        if self.job.dry_run or not deletable:
+            self.report.add(Kind.RUNS, len(deletable))
             self.report.held += len(held)
+            self.cascade.run([r.data for r in deletable])
+            self.cascaded += len(deletable)
             return
-        self.job.boundary([r.run_id for r in deletable])
-        fresh = self.reader.refs(r.run_id for r in deletable)
-        plan.forget({r.run_id for r in deletable} - set(fresh))  # deleted meanwhile: nothing left to do
-        survivors = {r.run_id for r in deletable if r.run_id in fresh and not r.same_version(fresh[r.run_id])}
-        for wave in heights(plan, [r for r in deletable if r.run_id in fresh]):
+        self.markers.write([r.data for r in deletable])
+        survivors: set[str] = set()
+        for wave in heights(plan, deletable):
             still = {r.run_id for r in plan.order(survivors)[0]}
-            runs = [fresh[r.run_id] for r in wave if r.run_id in still]
+            runs = [r for r in wave if r.run_id in still]
             if runs:
-                self._cascade(runs)
-                survivors |= self._delete_records(runs)
+                survivors |= self._commit_wave(runs)
         _, held = plan.order(survivors)
         self.report.changed += len(survivors)
         self.report.held += len(held)
 
-    def _cascade(self, runs: list[RunRef]) -> None:
-        """Count, then delete, everything of ``runs`` but their records: lookup and index rows first."""
-        cql, ids = self.cql, {r.run_id for r in runs}
-        own = cql.reads_in({"events_in": ids, "steps_in": ids, "hooks_in": ids, "flags_in": ids,
-                            "idempotency_in": [r.data.idempotency_key for r in runs if r.data.idempotency_key]})
-        events, steps, hooks, flags = (own[n] for n in ("events_in", "steps_in", "hooks_in", "flags_in"))
-        lookups = cql.reads_in({"steps_by_id_in": {s.step_id for s in steps},
-                                "hooks_by_id_in": {h.hook_id for h in hooks},
-                                "tokens_in": {h.token for h in hooks if h.token}})
-        pointers = [("delete_idempotency_if", Kind.IDEMPOTENCY_KEYS, own["idempotency_in"]),
-                    ("delete_step_by_id_if", Kind.INDEX_ENTRIES, lookups["steps_by_id_in"]),
-                    ("delete_hook_by_id_if", Kind.INDEX_ENTRIES, lookups["hooks_by_id_in"])]
-        tokens = [t.token for t in lookups["tokens_in"] if t.run_id in ids]
-        for kind, rows in ((Kind.EVENTS, events), (Kind.STEPS, steps), (Kind.HOOKS, hooks),
-                           (Kind.CANCELLATION_FLAGS, flags), (Kind.HOOK_TOKENS, tokens)):
-            self.report.add(kind, len(rows))
-        conditional = [(name, kind, (row[0], row.run_id)) for name, kind, rows in pointers
-                       for row in rows if row.run_id in ids]
-        if self.job.dry_run:
-            self.report.merge(Counter(kind for _, kind, _ in conditional))
-            return
-        results = cql.concurrent([(name, params) for name, _, params in conditional])
-        self.report.merge(Counter(kind for (_, kind, _), res in zip(conditional, results) if res.was_applied))
-        cql.delete_in("delete_tokens_in", tokens)
-        cql.unlogged_batches([_index_deletes(r.data) for r in runs])
-        ordered = sorted(ids)
-        cql.deletes_in({"delete_events_in": ordered, "delete_steps_in": ordered, "delete_hooks_in": ordered,
-                        "delete_flags_in": ordered,
-                        "delete_children_in": sorted(ids & self.reader.parents_with_rows)})
+    def _commit_wave(self, runs: list[RunRef]) -> set[str]:
+        """Commit one wave, cascade what was committed; return the runs left in place (their ancestors stay).
 
-    def _delete_records(self, runs: list[RunRef]) -> set[str]:
-        """The commit point: each run record goes only if still as selected (a lightweight transaction)."""
-        if self.job.dry_run:
-            self.report.add(Kind.RUNS, len(runs))
-            return set()
-        applied = self.cql.conditional("delete_run_if", [(r.run_id, r.data.status, r.data.updated_at) for r in runs])
-        failed = {r.run_id for r, ok in zip(runs, applied) if not ok}
-        for run_id in sorted(failed):
-            self.report.warn(f"run {run_id!r} changed while its data was being deleted: its record was kept")
-        self.report.add(Kind.RUNS, len(runs) - len(failed))
-        return failed
+        Those are the runs that changed before their commit (they keep
+        everything) and the runs the engine re-created after it ("ghosts": an
+        unconditional engine write that read the run before the commit and
+        landed after it writes a partial record). A ghost seen right after
+        the commit keeps everything else too; one that appears during the
+        cascade keeps what was written after the cascade read it.
+        """
+        committed, changed, applied = self._delete_records(runs)
+        ghosts = self._ghosts(committed, "its data was kept")
+        gone = [r for r in committed if r.run_id not in ghosts]
+        self.cascade.run([r.data for r in gone])
+        self.cascaded += len(gone)
+        late = self._ghosts(gone, "its data read before then was deleted")
+        self.report.add(Kind.RUNS, len(applied - ghosts - late))
+        return changed | ghosts | late
+
+    def _ghosts(self, runs: list[RunRef], outcome: str) -> set[str]:
+        found = self.reader.present(r.run_id for r in runs)
+        for run_id in sorted(found):
+            self.report.warn(f"run {run_id!r} was written by the engine after its purge committed, which "
+                             f"re-created a partial record; {outcome}")
+        return found
+
+    def _delete_records(self, runs: list[RunRef]) -> tuple[list[RunRef], set[str], set[str]]:
+        """The commit point: each record goes only if still as planned (a lightweight transaction).
+
+        Returns the runs whose record is gone (to cascade), those that changed
+        (kept whole, with their ancestors) and those whose delete applied. A
+        record someone else deleted meanwhile is cascaded too, not counted.
+        """
+        outcomes = self.cql.conditional("delete_run_if", [(r.run_id, r.data.status, r.data.updated_ms)
+                                                          for r in runs])
+        changed = {r.run_id for r, ok in zip(runs, outcomes) if ok is False}
+        for run_id in sorted(changed):
+            self.report.warn(f"run {run_id!r} changed before its purge committed: all its data was kept")
+        applied = {r.run_id for r, ok in zip(runs, outcomes) if ok}
+        return [r for r in runs if r.run_id not in changed], changed, applied
 
     # -- step checkpoints: keyed <run_id>:<step_id>, so found by one scan per purge -----------
 
     def purge_checkpoints(self) -> None:
-        """Delete checkpoints whose run is gone (a dry run: gone or about to go)."""
+        """Delete the checkpoints of the runs this purge cascaded (in a dry run: would cascade), only those.
+
+        A key ``<run_id>:<rest>`` belongs to the longest prefix that names a
+        run, an existing one or one this purge committed (planning.key_owners);
+        a checkpoint whose owner is neither is the orphan sweep's, with its grace.
+        """
+        if not self.cascaded:
+            return
         for page in self.cql.scan("scan_checkpoint_keys", self.job.batch_size):
-            owners = {row.step_run_id: owner for row in page if (owner := checkpoint_owner(row.step_run_id))}
-            if not owners:
-                continue
-            refs = self.reader.refs({p for key in owners for p in key_prefixes(key)})
-            doomed_runs = self.reader.deletable(refs.values()) if self.job.dry_run else set()
-            doomed = [key for key, owner in owners.items() if (owner not in refs or owner in doomed_runs)
-                      and not any(p in refs for p in key_prefixes(key)[1:])]
+            rows = {row.step_run_id: row for row in page if key_prefixes(row.step_run_id)}
+            doomed = self._doomed_checkpoints(rows) if rows else {}
             if not doomed:
                 continue
-            self.job.boundary(sorted({owners[key] for key in doomed}))
+            self.job.boundary(sorted(set(doomed.values())))
             if not self.job.dry_run:
-                present = self.reader.present({p for key in doomed for p in key_prefixes(key)})
-                doomed = [key for key in doomed if not any(p in present for p in key_prefixes(key))]
-                self.cql.delete_in("delete_checkpoints_in", doomed)
+                doomed = self._doomed_checkpoints({key: rows[key] for key in doomed})  # after on_batch
+                self.cql.unlogged_batches([[("delete_checkpoint", (stamp([rows[key]]), key)) for key in chunk]
+                                           for chunk in chunked(sorted(doomed), CHECKPOINTS_PER_BATCH)])
             self.report.add(Kind.CHECKPOINTS, len(doomed))
+
+    def _doomed_checkpoints(self, rows: dict[str, object]) -> dict[str, str]:
+        """Checkpoint key -> owner, for the keys whose owner this purge committed (or, dry, would delete)."""
+        prefixes = {p for key in rows for p in key_prefixes(key)}
+        refs = self.reader.refs(prefixes)
+        marked = self.markers.marked(prefixes - set(refs))  # marked and gone: committed
+        named = set(refs) | marked
+        owners = key_owners(rows, lambda ids: named & ids)
+        goes = set(marked)
+        if self.job.dry_run:
+            goes |= self.reader.deletable(refs[o] for o in set(owners.values()) if o in refs)
+        return {key: owner for key, owner in owners.items() if owner in goes}
 
     # -- the baseline's other sweeps --------------------------------------------------------
 
@@ -144,8 +199,11 @@ class Purger:
         for page in self.cql.pages("schedules_by_status", ("deleted",), self.job.batch_size):
             ids = [row.schedule_id for row in page]
             rows = {row.schedule_id: row for row in self.cql.rows_in("schedules_in", ids)}
-            expired = [rows[i] for i in ids if i in rows and rows[i].status == "deleted"
-                       and older(rows[i].updated_at, self.job.cutoff)]
+            deleted = [rows[i] for i in ids if i in rows and rows[i].status == "deleted"]
+            expired = [s for s in deleted if self._older(s.updated_at, f"schedule {s.schedule_id!r}", "updated_at")
+                       and (s.next_run_time is None
+                            or self._older(s.next_run_time, f"schedule {s.schedule_id!r}", "next_run_time")
+                            is not None)]
             dangling = [i for i in ids if i not in rows]  # left by an interrupted purge
             if not expired and not dangling:
                 continue
@@ -155,8 +213,8 @@ class Purger:
                 self.report.add(Kind.SCHEDULES, len(expired))
                 continue
             self.cql.concurrent(
-                [("delete_due_schedule", (hour_buckets(s.next_run_time), s.next_run_time, s.schedule_id))
-                 for s in expired if s.next_run_time]
+                [("delete_due_schedule", (hour_buckets(due), s.next_run_time, s.schedule_id))
+                 for s in expired if (due := from_ms(s.next_run_time)) is not None]
                 + [("delete_schedule_by_workflow", (s.workflow_name, s.schedule_id))
                    for s in expired if s.workflow_name])
             applied = self.cql.conditional("delete_schedule_if",
@@ -168,9 +226,10 @@ class Purger:
 
     def purge_streams(self) -> None:
         """Signals published before the cutoff (with their acknowledgments), old terminal subscriptions."""
-        size, cutoff = self.job.batch_size, self.job.cutoff
+        size = self.job.batch_size
         for page in self.cql.scan("scan_signals", size):
-            old = [r for r in page if older(r.published_at, cutoff)]
+            old = [r for r in page if self._older(r.published_at, f"signal {r.signal_id or r.sequence!r} of stream "
+                                                                  f"{r.stream_id!r}", "published_at")]
             if old:
                 self.job.boundary([r.signal_id or f"{r.stream_id}:{r.sequence}" for r in old])
                 signal_ids = [r.signal_id for r in old if r.signal_id]
@@ -180,24 +239,19 @@ class Purger:
                     self.cql.delete_in("delete_acks_in", signal_ids)
                     self.cql.concurrent([("delete_signal", (r.stream_id, r.stream_run_id, r.sequence)) for r in old])
         for page in self.cql.scan("scan_subscriptions", size):
-            old = [r for r in page if r.status in TERMINAL_SUBSCRIPTIONS and older(r.created_at, cutoff)]
+            old = [r for r in page if r.status in TERMINAL_SUBSCRIPTIONS
+                   and self._older(r.created_at, f"subscription {r.step_run_id!r} of stream {r.stream_id!r}",
+                                   "created_at")]
             if old:
                 self.job.boundary([f"{r.stream_id}:{r.step_run_id}" for r in old])
                 self.report.add(Kind.SUBSCRIPTIONS, len(old))
                 if not self.job.dry_run:
                     self.cql.concurrent([("delete_subscription", (r.stream_id, r.step_run_id)) for r in old])
 
-
-def _index_deletes(row: Any) -> list[tuple[str, tuple[Any, ...]]]:
-    """The run's listing-index rows, under every status and date bucket it may have been filed under."""
-    if row.created_at is None:  # a clustering column: no index row can exist without it
-        return []
-    buckets = date_buckets(row.created_at)
-    statuses = dict.fromkeys([*sorted(RUN_STATUSES), *([row.status] if row.status else [])])
-    items: list[tuple[str, tuple[Any, ...]]] = [
-        ("delete_status_rows", (status, buckets, row.created_at, row.run_id)) for status in statuses]
-    if row.workflow_name:
-        items.append(("delete_workflow_rows", (row.workflow_name, buckets, row.created_at, row.run_id)))
-    if row.parent_run_id:
-        items.append(("delete_parent_row", (row.parent_run_id, row.created_at, row.run_id)))
-    return items
+    def _older(self, value: int | None, what: str, column: str) -> bool | None:
+        """Whether a timestamp read as milliseconds is before the cutoff; None (reported) when unreadable."""
+        verdict = older(from_ms(value), self.job.cutoff)
+        if verdict is None:
+            self.report.skipped += 1
+            self.report.warn(f"{what}: its {column} cannot be read; left alone")
+        return verdict

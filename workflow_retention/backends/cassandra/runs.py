@@ -1,23 +1,36 @@
-"""Reading run records and the parent index; the date and hour buckets the engine files rows under."""
+"""Run records, their keys and the parent index; timestamps read as milliseconds; the engine's buckets."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workflow_retention.backends.cassandra.session import Cql
-from workflow_retention.planning import RunRef, is_safe_run_id, key_prefixes, plan_deletion
+from workflow_retention.planning import RunRef, plan_deletion
 
 # pyworkflow buckets with ``created_at.strftime(...)`` in whatever offset the datetime it
 # was handed carried: the engine's own are UTC, a caller's may be anything from -12:00 to +14:00.
 _EARLIEST, _LATEST = timedelta(hours=-12), timedelta(hours=14)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def run_ref(row: Any) -> RunRef:
-    """A run row as a :class:`RunRef` (the row itself is its ``data``)."""
-    return RunRef.parse(row.run_id, row.status, row.updated_at, row.parent_run_id, row)
+def from_ms(value: int | None) -> datetime | None:
+    """A ``TIMESTAMP`` read as milliseconds (cql.ms) as an aware datetime; None if missing or out of range."""
+    if value is None:
+        return None
+    try:
+        return _EPOCH + timedelta(milliseconds=value)
+    except OverflowError:
+        return None
+
+
+def now_us() -> int:
+    """This client's clock in microseconds: the write time of a delete when a row's own cannot be read."""
+    return time.time_ns() // 1000
 
 
 def date_buckets(created_at: datetime) -> list[str]:
@@ -32,10 +45,57 @@ def hour_buckets(when: datetime) -> list[str]:
     return sorted({(when + timedelta(minutes=15 * q)).strftime("%Y-%m-%d-%H") for q in quarters})
 
 
-def checkpoint_owner(key: str) -> str | None:
-    """The run a step checkpoint belongs to: the safe run id before the first ``:``, else None."""
-    prefixes = key_prefixes(key)
-    return prefixes[0] if prefixes and is_safe_run_id(prefixes[0]) else None
+@dataclass(frozen=True)
+class RunKeys:
+    """What a run's cascade needs, as read from its record (or from its purge marker, which copies it).
+
+    Timestamps are milliseconds, exactly as stored: ``updated_ms`` is bound back
+    in the commit's condition, ``created_ms`` in the listing rows' keys.
+    """
+
+    run_id: str
+    status: str | None
+    updated_ms: int | None
+    created_ms: int | None
+    parent_run_id: str | None
+    workflow_name: str | None
+    idempotency_key: str | None
+
+    @classmethod
+    def of(cls, row: Any) -> RunKeys:
+        """From a ``workflow_runs`` row (RUN_COLUMNS) or a marker row: the same column names."""
+        return cls(row.run_id, row.status, row.updated_at, row.created_at, row.parent_run_id or None,
+                   row.workflow_name, row.idempotency_key)
+
+    @property
+    def buckets(self) -> list[str]:
+        """The date buckets of its listing rows; [] without a created_at (no listing row can exist)."""
+        created = from_ms(self.created_ms)
+        if created is None:
+            return []
+        try:
+            return date_buckets(created)
+        except OverflowError:
+            return []
+
+    @property
+    def unreadable(self) -> list[str]:
+        """Its timestamps that are stored but cannot be used (outside the datetime range)."""
+        bad = ["updated_at"] if self.updated_ms is not None and from_ms(self.updated_ms) is None else []
+        if self.created_ms is not None and not self.buckets:
+            bad.append("created_at")
+        return bad
+
+
+def run_ref(row: Any) -> RunRef:
+    """A run row as a :class:`RunRef` whose ``data`` is its :class:`RunKeys`.
+
+    A run with an unusable ``created_at`` (its listing rows cannot be found) gets
+    no ``updated_at`` either: it is never eligible, and it holds its parent.
+    """
+    keys = RunKeys.of(row)
+    updated = None if keys.unreadable else from_ms(keys.updated_ms)
+    return RunRef.parse(row.run_id, row.status, updated, keys.parent_run_id, keys)
 
 
 class RunReader:
@@ -44,8 +104,6 @@ class RunReader:
     def __init__(self, cql: Cql, cutoff: datetime | None = None) -> None:
         self.cql = cql
         self.cutoff = cutoff
-        #: Runs seen with rows in their ``runs_by_parent`` partition (reset per batch by the caller).
-        self.parents_with_rows: set[str] = set()
 
     def refs(self, run_ids: Iterable[str]) -> dict[str, RunRef]:
         ids = [i for i in dict.fromkeys(run_ids) if i]
@@ -56,7 +114,6 @@ class RunReader:
 
     def children_of(self, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
         rows = self.cql.rows_in("children_in", list(parent_ids))
-        self.parents_with_rows.update(r.parent_run_id for r in rows)
         kids = self.refs(r.run_id for r in rows)
         found: dict[str, list[RunRef]] = defaultdict(list)
         for row in rows:

@@ -195,13 +195,21 @@ class Cql:
         """Several ``IN`` reads at once (one round of concurrent requests): name -> rows."""
         work = [(name, (chunk,)) for name, keys in reads.items() for chunk in chunks(dict.fromkeys(keys))]
         found: dict[str, list[Any]] = {name: [] for name in reads}
-        for (name, _), result in zip(work, self.concurrent(work)):
-            found[name].extend(result.current_rows)
+        for (name, _), rows in zip(work, self.reads(work)):
+            found[name].extend(rows)
+        return found
+
+    def reads(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Reads run concurrently, every page of each fetched: the rows of each, in order."""
+        found = []
+        for (name, _), result in zip(items, self.concurrent(items)):
+            rows = list(result.current_rows)
             while result.has_more_pages:
                 self._count(name)
                 with self._guard(name):
                     result.fetch_next_page()
-                found[name].extend(result.current_rows)
+                rows.extend(result.current_rows)
+            found.append(rows)
         return found
 
     def delete_in(self, name: str, keys: Iterable[Any]) -> None:
@@ -211,9 +219,13 @@ class Cql:
         """Several ``DELETE ... WHERE pk IN ?`` statements at once, in chunks of :data:`IN_CHUNK`."""
         self.concurrent([(name, (chunk,)) for name, keys in deletes.items() for chunk in chunks(dict.fromkeys(keys))])
 
-    def conditional(self, name: str, params_list: Sequence[Sequence[Any]]) -> list[bool]:
-        """Lightweight transactions; returns whether each was applied."""
-        return [bool(result.was_applied) for result in self.concurrent([(name, p) for p in params_list])]
+    def conditional(self, name: str, params_list: Sequence[Sequence[Any]]) -> list[bool | None]:
+        """Lightweight transactions: for each, True if applied, False if its row differs, None if it has none."""
+        outcomes: list[bool | None] = []
+        for result in self.concurrent([(name, p) for p in params_list]):
+            # A failed condition returns the row's current values; a missing row returns [applied] alone.
+            outcomes.append(True if result.was_applied else (False if len(result.column_names) > 1 else None))
+        return outcomes
 
     def unlogged_batches(self, batches: Sequence[Sequence[tuple[str, Sequence[Any]]]]) -> None:
         """Each inner list becomes one UNLOGGED batch (one request); batches run concurrently."""
@@ -233,8 +245,18 @@ class Cql:
                 execute_concurrent(self.session, work, concurrency=self.settings.concurrency,
                                    raise_on_first_error=True)
 
+    def has_table(self, probe: str) -> bool:
+        """Whether the table statement ``probe`` reads exists: the server refuses to prepare it otherwise."""
+        try:
+            self.prepared(probe)
+        except StorageError as exc:
+            if "unconfigured" in str(exc.__cause__).lower():  # 2.1: columnfamily; 3.0 and later: table
+                return False
+            raise
+        return True
+
     def ddl(self, name: str, cql: str) -> None:
-        """A schema statement (seeding only); counted as ``ddl:<name>``."""
+        """A schema statement (seeding, and the purge's marker table); counted as ``ddl:<name>``."""
         self._count(f"ddl:{name}")
         with self._guard(f"ddl:{name}"):
             self.session.execute(cql, timeout=max(self.settings.request_timeout, 60.0))

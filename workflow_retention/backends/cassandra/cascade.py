@@ -1,0 +1,121 @@
+"""The cascade of committed runs: read everything else of them with its write times, count it, delete it.
+
+Every delete carries ``USING TIMESTAMP`` of the write time read, so it removes
+exactly the version that was read and counted: a row written again after the
+read (a pointer another run took over, an engine write after the commit)
+survives. Two rounds, so that an interrupted cascade can be finished from the
+run's marker: first the lookup and listing rows (found through the run's
+partitions and keys), then the partitions themselves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from workflow_retention.backends.cassandra.runs import RunKeys, now_us
+from workflow_retention.backends.cassandra.session import IN_CHUNK, Cql
+from workflow_retention.planning import RUN_STATUSES, chunked
+from workflow_retention.report import Kind, PurgeReport
+
+Statement = tuple[str, tuple[Any, ...]]
+
+#: (read, delete, kind) of the run's own partitions, keyed by run_id.
+PARTITIONS = (("events_in", "delete_events", Kind.EVENTS), ("steps_in", "delete_steps", Kind.STEPS),
+              ("hooks_in", "delete_hooks", Kind.HOOKS), ("flags_in", "delete_flag", Kind.CANCELLATION_FLAGS))
+#: (read, delete, kind) of lookup rows keyed by something of the run's, deleted while they point to it.
+POINTERS = (("idempotency_in", "delete_idempotency", Kind.IDEMPOTENCY_KEYS),
+            ("steps_by_id_in", "delete_step_by_id", Kind.INDEX_ENTRIES),
+            ("hooks_by_id_in", "delete_hook_by_id", Kind.INDEX_ENTRIES),
+            ("tokens_in", "delete_token", Kind.HOOK_TOKENS))
+
+
+def stamp(rows: Sequence[Any]) -> int:
+    """The write time a delete of ``rows`` carries: the latest read; this client's clock if one is unknown."""
+    times = [r.written for r in rows]
+    known = [t for t in times if t is not None]
+    return max(known) if len(known) == len(times) else max([now_us(), *known])
+
+
+class Cascade:
+    def __init__(self, cql: Cql, report: PurgeReport, dry_run: bool) -> None:
+        self.cql, self.report, self.dry_run = cql, report, dry_run
+
+    def run(self, runs: Sequence[RunKeys]) -> None:
+        """Count, then (unless a dry run) delete, everything of ``runs`` but their records."""
+        if not runs:
+            return
+        by_id = {r.run_id: r for r in runs}
+        ids = sorted(by_id)
+        own_reads: list[tuple[str, Any]] = [(read, (chunk,)) for read, _, _ in PARTITIONS
+                                            for chunk in chunked(ids, IN_CHUNK)]
+        keys = sorted({r.idempotency_key for r in runs if r.idempotency_key})
+        own_reads += [("idempotency_in", (chunk,)) for chunk in chunked(keys, IN_CHUNK)]
+        listing = _listing_reads(runs)
+        found: dict[str, list[Any]] = defaultdict(list)
+        for (name, _), rows in zip(own_reads + listing, self.cql.reads(own_reads + listing)):
+            found[name].extend(rows)
+        found.update(self.cql.reads_in({
+            "steps_by_id_in": sorted({s.step_id for s in found["steps_in"]}),
+            "hooks_by_id_in": sorted({h.hook_id for h in found["hooks_in"]}),
+            "tokens_in": sorted({h.token for h in found["hooks_in"] if h.token})}))
+
+        first: dict[str, list[Statement]] = defaultdict(list)  # lookup and listing rows
+        second: dict[str, list[Statement]] = defaultdict(list)  # the run's partitions
+        counts: Counter = Counter()
+        for read, delete, kind in POINTERS:
+            for row in found[read]:
+                if row.run_id in by_id:
+                    first[row.run_id].append((delete, (stamp([row]), row[0])))
+                    counts[kind] += 1
+        for row in found["status_rows_in"]:
+            first[row.run_id].append(("delete_status_row", (stamp([row]), row.status, row.date_bucket,
+                                                             row.created_at, row.run_id)))
+        for row in found["workflow_rows_in"]:
+            first[row.run_id].append(("delete_workflow_row", (stamp([row]), row.workflow_name, row.date_bucket,
+                                                               row.created_at, row.run_id)))
+        for row in found["parent_rows_in"]:
+            first[row.run_id].append(("delete_parent_row", (stamp([row]), row.parent_run_id, row.created_at,
+                                                             row.run_id)))
+        counts[Kind.INDEX_ENTRIES] += sum(len(found[n]) for n in ("status_rows_in", "workflow_rows_in",
+                                                                   "parent_rows_in"))
+        for read, delete, kind in PARTITIONS:
+            per_run: dict[str, list[Any]] = defaultdict(list)
+            for row in found[read]:
+                per_run[row.run_id].append(row)
+            for run_id, rows in per_run.items():
+                second[run_id].append((delete, (stamp(rows), run_id)))
+                counts[kind] += len(rows)
+        self.report.merge(counts)
+        if not self.dry_run:
+            self.cql.unlogged_batches(list(first.values()))
+            self.cql.unlogged_batches(list(second.values()))
+
+
+def _listing_reads(runs: Sequence[RunKeys]) -> list[tuple[str, Any]]:
+    """Reads of the runs' listing rows: under every status and every date bucket pyworkflow may have used.
+
+    Runs are taken in ``created_at`` order, IN_CHUNK at a time, so each read
+    names a few day buckets and the chunk's ``(created_at, run_id)`` pairs.
+    """
+    listed = sorted((r for r in runs if r.buckets), key=lambda r: (r.created_ms, r.run_id))
+    reads: list[tuple[str, Any]] = []
+    for chunk in chunked(listed, IN_CHUNK):
+        buckets = sorted({b for r in chunk for b in r.buckets})
+        pairs = [(r.created_ms, r.run_id) for r in chunk]
+        reads += [("status_rows_in", (status, buckets, pairs)) for status in sorted(RUN_STATUSES)]
+        by_workflow: dict[str, list[RunKeys]] = defaultdict(list)
+        for r in chunk:
+            if r.workflow_name:
+                by_workflow[r.workflow_name].append(r)
+        reads += [("workflow_rows_in", (name, sorted({b for r in group for b in r.buckets}),
+                                        [(r.created_ms, r.run_id) for r in group]))
+                  for name, group in sorted(by_workflow.items())]
+    by_parent: dict[str, list[RunKeys]] = defaultdict(list)
+    for r in listed:
+        if r.parent_run_id:
+            by_parent[r.parent_run_id].append(r)
+    reads += [("parent_rows_in", (parent, [(r.created_ms, r.run_id) for r in chunk]))
+              for parent, group in sorted(by_parent.items()) for chunk in chunked(group, IN_CHUNK)]
+    return reads

@@ -1,0 +1,95 @@
+"""Purge markers: the purge's own table, written before each commit, read by the next purge.
+
+A marker row copies what a run's cascade needs (:class:`.runs.RunKeys`) and is
+written before the run's commit; so once the commit has removed the run's
+record, its marker is the only place that still names what is left to delete.
+A marker whose run record is gone means a committed run; one whose record
+exists means nothing (a run that changed, was held, or was never attempted).
+
+Rows live in partitions ``(purge_id, shard)``: writes of one batch spread over
+:data:`SHARDS` partitions, a run's marker is found by key, and a purge's
+markers go with one partition delete per shard (a few tombstones per purge,
+never one per run).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+from uuid import uuid4
+
+from workflow_retention.backends.cassandra.cql import MARKER_TABLE, MARKER_TABLE_CQL
+from workflow_retention.backends.cassandra.runs import RunKeys
+from workflow_retention.backends.cassandra.session import IN_CHUNK, Cql
+from workflow_retention.planning import chunked
+from workflow_retention.timeutil import utcnow
+
+SHARDS = 16
+#: Rows per UNLOGGED batch (one partition each): well under the servers' batch-size warnings.
+ROWS_PER_BATCH = 20
+
+
+def shard_of(run_id: str) -> int:
+    return zlib.crc32(run_id.encode()) % SHARDS
+
+
+class Markers:
+    """This purge's markers, and those of the purges before it."""
+
+    def __init__(self, cql: Cql) -> None:
+        self.cql = cql
+        self.purge_id = f"{utcnow():%Y%m%dT%H%M%SZ}-{uuid4().hex[:12]}"
+        self.available = False
+        self.written = False
+        #: Partitions of earlier purges seen by :meth:`earlier_pages` (dropped by :meth:`drop_earlier`).
+        self.earlier: set[tuple[str, int]] = set()
+
+    def open(self, create: bool) -> None:
+        """Find the table; create it if missing and ``create`` (a real purge; a dry run never writes)."""
+        self.available = self.cql.has_table("scan_markers")
+        if not self.available and create:
+            self.cql.ddl(MARKER_TABLE, MARKER_TABLE_CQL)
+            self.available = True
+
+    def earlier_pages(self, size: int) -> Iterator[list[RunKeys]]:
+        """Every marker left by earlier purges (finished or interrupted), a page at a time."""
+        if not self.available:
+            return
+        for page in self.cql.scan("scan_markers", size):
+            keys = []
+            for row in page:
+                if row.purge_id != self.purge_id:
+                    self.earlier.add((row.purge_id, row.shard))
+                    keys.append(RunKeys.of(row))
+            if keys:
+                yield keys
+
+    def write(self, runs: Sequence[RunKeys]) -> None:
+        """Mark ``runs`` (before their commits): single-partition UNLOGGED batches, all at once."""
+        by_shard: dict[int, list[RunKeys]] = defaultdict(list)
+        for run in runs:
+            by_shard[shard_of(run.run_id)].append(run)
+        self.cql.unlogged_batches([
+            [("write_marker", (self.purge_id, shard, r.run_id, r.status, r.updated_ms, r.created_ms,
+                               r.parent_run_id, r.workflow_name, r.idempotency_key)) for r in chunk]
+            for shard, group in sorted(by_shard.items()) for chunk in chunked(group, ROWS_PER_BATCH)])
+        self.written = self.written or bool(runs)
+
+    def marked(self, run_ids: Iterable[str]) -> set[str]:
+        """Those of ``run_ids`` that a marker of this purge or of one it resumed names."""
+        purges = sorted({p for p, _ in self.earlier} | ({self.purge_id} if self.written else set()))
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for run_id in dict.fromkeys(run_ids):
+            by_shard[shard_of(run_id)].append(run_id)
+        if not purges or not by_shard:
+            return set()
+        reads: list[tuple[str, Any]] = [("markers_in", (purge, shard, chunk)) for purge in purges
+                                        for shard, ids in sorted(by_shard.items()) for chunk in chunked(ids, IN_CHUNK)]
+        return {row.run_id for rows in self.cql.reads(reads) for row in rows}
+
+    def drop_earlier(self) -> None:
+        """Delete the partitions of earlier purges: their cascades are finished (this purge's stay)."""
+        self.cql.concurrent([("drop_markers", partition) for partition in sorted(self.earlier)])
+        self.earlier.clear()
