@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed
 
+# The demo needs the package alone (SQLite is in the standard library).
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
 # The local DynamoDB and Cassandra servers the test setup starts (Java 17).
 $(SERVICES)/.installed:
 	mkdir -p $(SERVICES)
@@ -27,7 +32,7 @@ $(SERVICES)/.installed:
 services: $(SERVICES)/.installed
 
 # Quickstart 1: seed a SQLite store with 2,000 runs and purge what is older than 30 days.
-demo: install
+demo: $(VENV)/.core
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/workflow-retention seed --storage sqlite:///$(CURDIR)/$(DEMO_DIR)/pyworkflow.db --runs 2000
 	$(VENV)/bin/workflow-retention purge --storage sqlite:///$(CURDIR)/$(DEMO_DIR)/pyworkflow.db --days 30

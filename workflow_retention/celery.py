@@ -2,7 +2,7 @@
 
 ``install(app)`` registers the task under the stable name
 ``workflow_retention.run_retention`` and adds the beat entry
-``workflow-retention-daily``. Design choices:
+``workflow-retention``. Design choices:
 
 * **One purge at a time.** The task takes a Redis lease
   (:mod:`workflow_retention.lock`) before it opens the store, renews it in the
@@ -47,7 +47,8 @@ from workflow_retention.urls import remove_secrets
 log = logging.getLogger("workflow_retention.celery")
 
 TASK_NAME = "workflow_retention.run_retention"
-ENTRY_NAME = "workflow-retention-daily"
+#: The beat entry's name, whatever its schedule (daily, interval or a crontab of the user's).
+ENTRY_NAME = "workflow-retention"
 #: pyworkflow-engine's own hourly retention entry (see README: run only one of the two).
 PYWORKFLOW_ENTRY = "pyworkflow-data-retention"
 MAX_EXPIRES = timedelta(hours=12)

@@ -1,9 +1,10 @@
-"""The ``workflow-retention`` command: purge, check, seed, orphans, audit."""
+"""The workflow-retention command: purge, check, seed, orphans, audit."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,10 +41,23 @@ _seed = _argument(lambda text: values.integer(text, "--seed", minimum=0, maximum
 _age_days = _argument(lambda text: values.number(text, "--max-age-days", maximum=values.MAX_DAYS, example="120"))
 
 
+DESCRIPTION = ("Delete expired PyWorkflow runs with everything that belongs to them (purge), repair what "
+               "earlier purges left behind (orphans), and show what a store holds (audit, check).")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="workflow-retention", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    from workflow_retention import __version__
+
+    p = argparse.ArgumentParser(prog="workflow-retention", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level, tracebacks on error")
+    # -v is accepted after the subcommand too; SUPPRESS keeps a subparser from resetting the main one's value.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log progress at INFO level, tracebacks on error")
     sub = p.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda name, **kw: add_parser(name, parents=[verbose], **kw)  # type: ignore[method-assign]
 
     def storage(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--storage", metavar="URL",
@@ -252,11 +266,20 @@ def _logging(verbose: bool, secrets: list[str]) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _print(text: str) -> None:
+    """Print to stdout; a reader that went away (``| head``) ends the output quietly, not the command."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # Python's recipe: no second error when stdout is flushed at exit
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     secrets = config.secrets(urls=(getattr(args, "storage", None),))
     _logging(args.verbose, secrets)
-    args.out = lambda text: print(remove_secrets(text, secrets))
+    args.out = lambda text: _print(remove_secrets(text, secrets))
     try:
         settings = config.load_settings(strict=args.command == "check")
         for problem in settings.problems:  # settings only the Celery task uses: not fatal here

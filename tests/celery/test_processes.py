@@ -199,7 +199,7 @@ def test_beat_triggers_the_task_as_the_first_task_of_a_fresh_worker(
     env = celery_env.env(url, PYWORKFLOW_RETENTION_SCHEDULE="2s")
     worker = celery_env.worker(env)
     beat = celery_env.beat(env)
-    beat.wait_for(r"Sending due task workflow-retention-daily \(workflow_retention\.run_retention\)")
+    beat.wait_for(r"Sending due task workflow-retention \(workflow_retention\.run_retention\)")
     assert_first_task_purged(worker, total)
     assert left(url) == 0
 

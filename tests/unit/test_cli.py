@@ -119,3 +119,27 @@ def test_a_storage_error_is_one_error_line_and_a_traceback_only_with_v(tmp_path,
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "such.db" in err
     assert main(["-v", "purge", "--storage", missing, "--days", "30"]) == EXIT_FAILED
     assert "Traceback" in capfd.readouterr().err
+
+
+def test_version_verbose_anywhere_and_plain_help(capsys) -> None:
+    from workflow_retention import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+    assert main(["purge", "--storage", "memory://cli_v", "--days", "30", "-v"]) == EXIT_OK
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_does_not_fail_the_command(tmp_path) -> None:
+    """``workflow-retention purge ... | head -1``: the purge is done; the closed pipe is not an error."""
+    script = ("import subprocess, sys; "
+              "p = subprocess.Popen([sys.executable, '-m', 'workflow_retention', 'audit', '--storage', "
+              "'memory://x', '--days', '30'], stdout=subprocess.PIPE, stderr=subprocess.PIPE); "
+              "p.stdout.close(); err = p.stderr.read(); rc = p.wait(); "
+              "print(rc, err.decode())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert out.split()[0] == "0", out
+    assert "BrokenPipe" not in out and "failed" not in out

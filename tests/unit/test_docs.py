@@ -40,3 +40,22 @@ def test_every_relative_link_in_the_docs_points_at_a_file() -> None:
             if "://" not in target and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def test_the_baseline_example_says_why_pyworkflow_fails_on_sqlite(tmp_path) -> None:
+    """docs/examples/pyworkflow_purge.py on a store where pyworkflow's own purge hits its parent-reference bug."""
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from workflow_retention.backends import by_url
+    from workflow_retention.seed import generate
+
+    url = f"sqlite:///{tmp_path}/store.db"
+    runs = list(generate(300, now=datetime.now(UTC) - timedelta(minutes=1), seed=5, child_share=0.4))
+    by_url(url).seed(runs)  # children that outlive their expired parents
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / "pyworkflow_purge.py"), url, "30"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done
+    assert "pyworkflow-engine's own delete_old_runs failed: IntegrityError" in done.stderr
+    assert "Traceback" not in done.stderr
