@@ -18,7 +18,8 @@ from workflow_retention.exceptions import ConfigurationError, RetentionError
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
 from workflow_retention.seed import generate
 from workflow_retention.timeutil import utcnow
-from workflow_retention.urls import remove_secrets
+from workflow_retention.lock import open_lease
+from workflow_retention.urls import redact_url, remove_secrets
 
 log = logging.getLogger("workflow_retention.cli")
 
@@ -204,11 +205,44 @@ def _left_alone(skipped: int, warnings: list[str]) -> None:
 
 
 def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
-    args.out(f"settings: {settings}")
-    with _backend(args, settings) as backend:
-        facts = backend.check()
-    args.out(_table("storage OK", [(k, v) for k, v in facts.items()]))
-    return EXIT_OK
+    """What will be used, and a real check of each connection: the store, and the lock's Redis."""
+    storage_url = args.storage or settings.storage_url
+    schedule = config.load_schedule()
+    human = values.human
+    when = (f"daily at {schedule.daily_at[0]:02d}:{schedule.daily_at[1]:02d} + up to {human(schedule.jitter)} "
+            "jitter" if schedule.daily_at else f"every {human(schedule.every)}")  # type: ignore[arg-type]
+    lock_key = settings.lock_key
+    if args.storage and lock_key == config.lock_key_for(settings.storage_url):
+        lock_key = config.lock_key_for(args.storage)  # the key a task purging this store would use
+    used = [("storage", redact_url(storage_url) if storage_url else f"(none: {settings.storage_error})"),
+            ("retention days", settings.retention_days or "(unset: the Celery task keeps everything)"),
+            ("batch size", args.batch_size or settings.batch_size or "(the backend's)"),
+            ("minimum cutoff age", human(settings.min_age)),
+            ("celery task", "enabled" if settings.enabled else f"disabled ({config.ENABLED})"),
+            ("schedule", when), ("lock", f"{redact_url(settings.lock_url) if settings.lock_url else '(none)'} "
+                                         f"key {lock_key}, lease {human(settings.lock_ttl)}"),
+            ("orphan repair", f"after each purge, grace {human(settings.orphan_grace)}" if settings.repair_orphans
+             else "off"),
+            ("broker (ready-made worker)", redact_url(settings.broker_url))]
+    args.out(_table("configuration", used))
+    failed = False
+    try:
+        with _backend(args, settings) as backend:
+            facts = backend.check()
+        args.out(_table("storage: OK", [(k, v) for k, v in facts.items()]))
+    except RetentionError as exc:
+        log.error("check: the store cannot be used: %s", exc)
+        args.out(_table("storage: FAILED", [("error", str(exc))]))
+        failed = True
+    if settings.lock_url:
+        try:
+            open_lease(settings.lock_url, lock_key, settings.lock_ttl).ping()
+            args.out(_table("lock: OK", [("redis", redact_url(settings.lock_url))]))
+        except RetentionError as exc:
+            log.error("check: the lock's Redis cannot be used: %s", exc)
+            args.out(_table("lock: FAILED", [("error", str(exc))]))
+            failed = True
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _cmd_seed(args: argparse.Namespace, settings: config.Settings) -> int:

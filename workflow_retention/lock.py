@@ -108,6 +108,15 @@ class Lease:
         except self._redis_errors() as exc:
             raise StorageError(f"cannot acquire lock {self.key!r}: {exc}") from exc
 
+    def ping(self) -> None:
+        """Check that the lock's Redis answers (StorageError if not); nothing is written."""
+        try:
+            self.client.ping()
+        except self._redis_errors() as exc:
+            raise StorageError(f"the lock's Redis does not answer: {exc}") from exc
+        finally:
+            self.client.close()
+
     def holder(self) -> str | None:
         """The token of whoever holds the lock now (None if free)."""
         try:

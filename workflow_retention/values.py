@@ -61,7 +61,7 @@ def duration(value: object, name: str, *, minimum: timedelta = timedelta(0),
             result = None
     if result is None or not minimum <= result <= maximum:
         raise ConfigurationError(f"{name}: expected a duration such as 30s, 15m, 1h or 7d, from "
-                                 f"{_human(minimum)} to {_human(maximum)}; got {_shown(value)}")
+                                 f"{human(minimum)} to {human(maximum)}; got {_shown(value)}")
     return result
 
 
@@ -120,7 +120,8 @@ def iso_datetime(text: str, name: str) -> datetime:
         raise ConfigurationError(f"{name}: {_shown(text)} has no UTC equivalent (out of range)") from None
 
 
-def _human(value: timedelta) -> str:
+def human(value: timedelta) -> str:
+    """``90m`` -> ``90m``, ``1 day`` -> ``1d``: a duration as the settings write it."""
     total = int(value.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if total and total % size == 0:

@@ -143,3 +143,16 @@ def test_a_reader_that_goes_away_does_not_fail_the_command(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
     assert out.split()[0] == "0", out
     assert "BrokenPipe" not in out and "failed" not in out
+
+
+def test_check_prints_what_will_be_used_and_checks_each_connection(capsys, monkeypatch) -> None:
+    for name in ("PYWORKFLOW_RETENTION_STORAGE_URL", "PYWORKFLOW_STORAGE_TYPE", "PYWORKFLOW_RETENTION_LOCK_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYWORKFLOW_RETENTION_LOCK_URL", "redis://127.0.0.1:6379/0")
+    code, out, _ = run(capsys, "check", "--storage", "memory://cli_check")
+    assert code == EXIT_OK, out
+    assert "Settings(" not in out and "storage_url=None" not in out
+    assert "memory://cli_check" in out and "storage: OK" in out and "lock: OK" in out
+    monkeypatch.setenv("PYWORKFLOW_RETENTION_LOCK_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    code, out, _ = run(capsys, "check", "--storage", "memory://cli_check")
+    assert code == EXIT_FAILED and "lock: FAILED" in out
