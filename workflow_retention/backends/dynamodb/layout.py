@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
-from workflow_retention.planning import RUN_STATUSES, key_prefixes
+from workflow_retention.planning import RUN_STATUSES, Reporter, key_prefixes
 from workflow_retention.report import Kind
-from workflow_retention.timeutil import parse_timestamp
 
 Item = dict[str, dict[str, Any]]  # a raw item, as the low-level client returns it
 
@@ -94,14 +92,27 @@ def text(item: Mapping[str, Any], name: str) -> str | None:
     return value.get("S") if isinstance(value, dict) else None
 
 
-def stamp(item: Mapping[str, Any], *names: str) -> datetime | None:
-    """The first of ``names`` that holds a parseable timestamp."""
+def written(item: Mapping[str, Any], *names: str) -> object:
+    """The stored time of the first of ``names`` the item has, for ``timeutil.older``; None if it has none.
+
+    A string attribute gives its text; any other type gives the raw attribute,
+    which no parser reads (so the item is reported, never taken for old).
+    """
     for name in names:
-        try:
-            return parse_timestamp(text(item, name))
-        except (TypeError, ValueError):
-            continue
+        value = item.get(name)
+        if value is not None:
+            return value.get("S", value) if isinstance(value, dict) else value
     return None
+
+
+def leave(report: Reporter, item: Item, why: str) -> None:
+    """Keep ``item`` and report it: counted in ``skipped``, with a warning saying why."""
+    report.skipped += 1
+    report.warn(f"{item['PK']['S']!r}/{item['SK']['S']!r}: {why}; left alone")
+
+
+def unreadable(item: Item, name: str) -> str:
+    return f"its {name} {written(item, name)!r} cannot be read as a time"
 
 
 def checkpoint_key(item: Item) -> str | None:
@@ -119,37 +130,38 @@ def checkpoint_key(item: Item) -> str | None:
     return rest if key_prefixes(rest) else None
 
 
-def classify(item: Item) -> tuple[str | None, str | None, datetime | None]:
-    """``(kind, owning run_id, write time)`` of a raw item; kind None for what retention ignores.
+def classify(item: Item) -> tuple[str | None, str | None, object]:
+    """``(kind, owning run_id, stored write time)`` of a raw item; kind None for what retention ignores.
 
     The run record itself has kind ``runs``. ``owner`` is None for items that
     belong to no run (schedules, streams). A checkpoint names the shortest
     prefix of its key, the run it would belong to were no longer prefix a run:
     ownership is decided with :func:`checkpoint_key` and ``planning.key_owners``.
+    The write time is as stored (see :func:`written`): read it with ``timeutil``.
     """
     pk, sk = item["PK"]["S"], item["SK"]["S"]
     head, _, rest = pk.partition("#")
     if head == "RUN":
         if sk == RUN_SK:
-            return Kind.RUNS, rest, stamp(item, "updated_at")
+            return Kind.RUNS, rest, written(item, "updated_at")
         if sk == COUNTER_SK:
             return Kind.EVENT_COUNTERS, rest, None
         if sk.startswith("EVENT#"):
-            return Kind.EVENTS, rest, stamp(item, "timestamp")
+            return Kind.EVENTS, rest, written(item, "timestamp")
         if sk.startswith("STEP#"):
-            return Kind.STEPS, rest, stamp(item, "created_at")
+            return Kind.STEPS, rest, written(item, "created_at")
         return None, rest, None
     if head == "HOOK":
-        return Kind.HOOKS, text(item, "run_id"), stamp(item, "created_at")
+        return Kind.HOOKS, text(item, "run_id"), written(item, "created_at")
     if head == "TOKEN":
         return Kind.HOOK_TOKENS, text(item, "run_id"), None
     if head == "CANCEL":
-        return Kind.CANCELLATION_FLAGS, rest, stamp(item, "created_at")
+        return Kind.CANCELLATION_FLAGS, rest, written(item, "created_at")
     if head == "CHECKPOINT":
         prefixes = key_prefixes(rest)
-        return Kind.CHECKPOINTS, prefixes[0] if prefixes else None, stamp(item, "updated_at", "created_at")
+        return Kind.CHECKPOINTS, prefixes[0] if prefixes else None, written(item, "updated_at", "created_at")
     if pk.startswith(MARKER_PREFIX):
-        return Kind.INDEX_ENTRIES, sk, stamp(item, "created_at")
+        return Kind.INDEX_ENTRIES, sk, written(item, "created_at")
     other = {"SCHEDULE": Kind.SCHEDULES, "STREAM": Kind.STREAMS, "STREAM_RUN": Kind.SIGNALS,
              "STREAMSUB": Kind.SUBSCRIPTIONS, "SIGACK": Kind.ACKNOWLEDGMENTS}
     return other.get(head), None, None

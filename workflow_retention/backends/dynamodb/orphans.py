@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NamedTuple
 
 from workflow_retention.base import CensusJob, OrphanJob
 from workflow_retention.planning import is_safe_run_id, key_owners, key_prefixes
 from workflow_retention.report import Kind, age_bucket
+from workflow_retention.timeutil import older, parse_timestamp
 
 from . import expr
 from .client import Table
@@ -16,10 +17,11 @@ from .layout import (
     checkpoint_key,
     classify,
     key,
-    key_of,
     item_size,
-    stamp,
+    key_of,
+    leave,
     text,
+    written,
 )
 from .purge import SCAN_PAGE
 from .runs import get_runs
@@ -28,7 +30,15 @@ from .runs import get_runs
 ORPHAN_KINDS = frozenset({Kind.EVENTS, Kind.EVENT_COUNTERS, Kind.STEPS, Kind.HOOKS, Kind.HOOK_TOKENS,
                           Kind.CANCELLATION_FLAGS, Kind.CHECKPOINTS, Kind.INDEX_ENTRIES})
 
-Candidate = tuple[str, str, Item]  # (kind, the run id or derived key the item names, item)
+class Candidate(NamedTuple):
+    kind: str
+    named: str  # the run id the item names, or a checkpoint's derived key <run_id>:<step_id>
+    item: Item
+    readable: bool  # False: its write time is stored but cannot be read (it might be young)
+
+
+#: Items that name their run only through an attribute (no run id in the key).
+NAMED_BY_ATTRIBUTE = frozenset({Kind.HOOKS, Kind.HOOK_TOKENS})
 
 
 class OrphanSweep:
@@ -43,21 +53,28 @@ class OrphanSweep:
                 continue
             self.job.boundary(sorted({named_run(c) for c in found}))
             found = self.orphans(found)  # the run's absence, re-checked right before the delete
-            for kind, _, item in found:
-                self.report.add(kind)
-                self.report.bytes += item_size(item)
+            for c in found:
+                self.report.add(c.kind)
+                self.report.bytes += item_size(c.item)
             if found and not self.job.dry_run:
-                self.table.delete_many([key_of(item) for _, _, item in found])
+                self.table.delete_many([key_of(c.item) for c in found])
 
     def candidates(self, page: list[Item]) -> list[Candidate]:
-        """Items naming a run, written before the grace period (where the item records when)."""
+        """Items naming a run, written before the grace period or at a time that cannot be read.
+
+        An item with no write time at all has no grace period to honour.
+        """
         out = []
         for item in page:
             kind, owner, when = classify(item)
+            if kind in NAMED_BY_ATTRIBUTE and owner is None:
+                leave(self.report, item, "it names no run_id that can be read")
+                continue
             if kind not in ORPHAN_KINDS or owner is None:
                 continue
-            if when is None or when < self.job.not_after:
-                out.append((kind, checkpoint_key(item) or owner, item))
+            old = older(when, self.job.not_after, missing=True)
+            if old is not False:
+                out.append(Candidate(kind, checkpoint_key(item) or owner, item, old is True))
         return out
 
     def orphans(self, found: list[Candidate], *, report: bool = False) -> list[Candidate]:
@@ -65,55 +82,63 @@ class OrphanSweep:
         (``planning.key_owners``), anything else when the run it names does not exist.
 
         One consistent BatchGetItem for the page. With ``report``, an orphan that
-        names an unsafe run id is counted in ``skipped`` and left alone.
+        names an unsafe run id, or whose write time cannot be read, is counted
+        in ``skipped`` and left alone.
         """
         if not found:
             return []
-        keys = [named for kind, named, _ in found if kind == Kind.CHECKPOINTS]
-        ids = {named for kind, named, _ in found if kind != Kind.CHECKPOINTS}
+        keys = [c.named for c in found if c.kind == Kind.CHECKPOINTS]
+        ids = {c.named for c in found if c.kind != Kind.CHECKPOINTS}
         alive = set(get_runs(self.table, ids | {p for key in keys for p in key_prefixes(key)}))
         owners = key_owners(keys, alive.intersection)
         out = []
-        for candidate in found:
-            kind, named, item = candidate
-            if (owners[named] if kind == Kind.CHECKPOINTS else named if named in alive else None) is not None:
+        for c in found:
+            if (owners[c.named] if c.kind == Kind.CHECKPOINTS else c.named if c.named in alive else None) is not None:
                 continue
-            if not is_safe_run_id(named_run(candidate)):
-                if report:
-                    self.report.skipped += 1
-                    self.report.warn(f"{item['PK']['S']!r} names the unsafe run_id {named_run(candidate)!r}; "
-                                     "left alone")
+            if not is_safe_run_id(named_run(c)):
+                why = f"it names the unsafe run_id {named_run(c)!r}"
+            elif not c.readable:
+                why = "its write time cannot be read (it may be younger than the grace period)"
+            else:
+                out.append(c)
                 continue
-            out.append(candidate)
+            if report:
+                leave(self.report, c.item, why)
         return out
 
     def sibling_grace(self, found: list[Candidate]) -> list[Candidate]:
-        """Event counters and token items record no time: they follow their run's latest event / their hook."""
-        young: set[tuple[str, str]] = set()
-        counters = [c for c in found if c[0] == Kind.EVENT_COUNTERS]
-        for run_id, when in self.table.map(self.latest_event, [c[1] for c in counters]):
-            if when is not None and when >= self.job.not_after:
-                young.add(("RUN#" + run_id, "#EVENT_COUNTER"))
-        tokens = {c[2]["SK"]["S"]: c for c in found if c[0] == Kind.HOOK_TOKENS}
+        """Event counters and token items record no time: they follow their run's latest event / their hook.
+
+        A sibling whose time cannot be read keeps them (and they are reported).
+        """
+        keep: set[tuple[str, str]] = set()
+        counters = [c for c in found if c.kind == Kind.EVENT_COUNTERS]
+        for (run_id, when), c in zip(self.table.map(self.latest_event, [c.named for c in counters]), counters):
+            old = older(when, self.job.not_after, missing=True)
+            keep |= self.sibling_keeps(c, old, f"the time of run {run_id!r}'s latest event cannot be read")
+        tokens = {c.item["SK"]["S"]: c for c in found if c.kind == Kind.HOOK_TOKENS}
         if tokens:
             hooks = self.table.get_many([key(pk, RUN_SK) for pk in tokens], expr.projection("PK", "created_at"))
             for hook in hooks:
-                when = stamp(hook, "created_at")
-                if when is not None and when >= self.job.not_after:
-                    young.add((tokens[hook["PK"]["S"]][2]["PK"]["S"], hook["PK"]["S"]))
-        return [c for c in found if (c[2]["PK"]["S"], c[2]["SK"]["S"]) not in young]
+                old = older(written(hook, "created_at"), self.job.not_after, missing=True)
+                keep |= self.sibling_keeps(tokens[hook["PK"]["S"]], old, "the created_at of its hook cannot be read")
+        return [c for c in found if (c.item["PK"]["S"], c.item["SK"]["S"]) not in keep]
 
-    def latest_event(self, run_id: str) -> tuple[str, Any]:
+    def sibling_keeps(self, c: Candidate, old: bool | None, why: str) -> set[tuple[str, str]]:
+        if old is None:
+            leave(self.report, c.item, why)
+        return set() if old else {(c.item["PK"]["S"], c.item["SK"]["S"])}
+
+    def latest_event(self, run_id: str) -> tuple[str, object]:
         params = expr.query("PK", f"RUN#{run_id}", sk_prefix=("SK", "EVENT#"), fields=("timestamp",), limit=1)
         response = self.table.call("query", ScanIndexForward=False, **params)
         items = response.get("Items", [])
-        return run_id, stamp(items[0], "timestamp") if items else None
+        return run_id, written(items[0], "timestamp") if items else None
 
 
 def named_run(candidate: Candidate) -> str:
     """The run an orphan names: its owner id, or for a checkpoint the shortest prefix of its key."""
-    kind, named, _ = candidate
-    return key_prefixes(named)[0] if kind == Kind.CHECKPOINTS else named
+    return key_prefixes(candidate.named)[0] if candidate.kind == Kind.CHECKPOINTS else candidate.named
 
 
 def census(table: Table, job: CensusJob) -> None:
@@ -127,9 +152,17 @@ def census(table: Table, job: CensusJob) -> None:
             job.census.count(kind, 1, item_size(item))
             if kind == Kind.RUNS:
                 job.census.runs_by_status[text(item, "status") or "?"] += 1
-                if when is not None:
-                    job.census.runs_by_age[age_bucket((job.now - when).total_seconds() / 86400)] += 1
+                age = _age_days(job, when)
+                if age is not None:  # unreadable: the purge preview reports the run
+                    job.census.runs_by_age[age_bucket(age)] += 1
                 if "GSI3PK" in item:
                     job.census.count(Kind.IDEMPOTENCY_KEYS, 1, item_size({"GSI3PK": item["GSI3PK"]}))
         seen += len(page)
         job.progress("items", seen)
+
+
+def _age_days(job: CensusJob, when: object) -> float | None:
+    try:
+        return (job.now - parse_timestamp(when)).total_seconds() / 86400
+    except (TypeError, ValueError):
+        return None

@@ -12,9 +12,10 @@ from workflow_retention.planning import (
     plan_deletion,
 )
 from workflow_retention.report import Kind
+from workflow_retention.timeutil import older
 
 from . import expr
-from .layout import SCANNED_PREFIXES, Item, checkpoint_key, key_of, marker_key, stamp, text
+from .layout import SCANNED_PREFIXES, Item, checkpoint_key, key_of, leave, marker_key, text, unreadable, written
 from .runs import children_of, get_runs
 
 if TYPE_CHECKING:
@@ -88,18 +89,22 @@ class ScanPass:
         return {r.run_id for r in plan.order()[0]} & ids
 
     def old_stream_items(self, page: list[Item]) -> list[tuple[str, Item]]:
+        """Signals, terminal subscriptions and acknowledgments older than the cutoff; unreadable times reported."""
         out = []
         for item in page:
             pk, sk = item["PK"]["S"], item["SK"]["S"]
             if pk.startswith("STREAM_RUN#") and sk.startswith("SIGNAL#"):
-                kind, when = Kind.SIGNALS, stamp(item, "published_at")
+                kind, name = Kind.SIGNALS, "published_at"
             elif pk.startswith("STREAMSUB#") and text(item, "status") in TERMINAL_SUBSCRIPTIONS:
-                kind, when = Kind.SUBSCRIPTIONS, stamp(item, "created_at")
+                kind, name = Kind.SUBSCRIPTIONS, "created_at"
             elif pk.startswith("SIGACK#"):
-                kind, when = Kind.ACKNOWLEDGMENTS, stamp(item, "acknowledged_at")
+                kind, name = Kind.ACKNOWLEDGMENTS, "acknowledged_at"
             else:
                 continue
-            if when is not None and when < self.cutoff:
+            old = older(written(item, name), self.cutoff)
+            if old is None:
+                leave(self.report, item, unreadable(item, name))
+            elif old:
                 out.append((kind, item))
         return out
 
@@ -115,8 +120,13 @@ class Schedules:
         params = expr.query("GSI1PK", "SCHEDULES", index="GSI1", sk_prefix=("GSI1SK", "deleted#"),
                             fields=("PK", "SK", "status", "updated_at"), limit=self.purge.job.batch_size)
         for page in self.table.pages("query", **params):
-            old = [i for i in page if text(i, "status") == "deleted"
-                   and (when := stamp(i, "updated_at")) is not None and when < self.cutoff]
+            old = []
+            for item in page:
+                age = older(written(item, "updated_at"), self.cutoff) if text(item, "status") == "deleted" else False
+                if age is None:
+                    leave(self.report, item, unreadable(item, "updated_at"))
+                elif age:
+                    old.append(item)
             if not old:
                 continue
             self.purge.job.boundary([i["PK"]["S"] for i in old])
