@@ -37,6 +37,9 @@ class Candidate(NamedTuple):
     readable: bool  # False: its write time is stored but cannot be read (it might be young)
 
 
+GHOST = ("a partial run record (no workflow_name, which pyworkflow always writes): the engine wrote to this run "
+         "after it was purged, and its update re-created the item; pyworkflow cannot read it")
+
 #: Items that name their run only through an attribute (no run id in the key).
 NAMED_BY_ATTRIBUTE = frozenset({Kind.HOOKS, Kind.HOOK_TOKENS})
 
@@ -67,6 +70,9 @@ class OrphanSweep:
         out = []
         for item in page:
             kind, owner, when = classify(item)
+            if kind == Kind.RUNS and "workflow_name" not in item:
+                leave(self.report, item, GHOST)
+                continue
             if kind in NAMED_BY_ATTRIBUTE and owner is None:
                 leave(self.report, item, "it names no run_id that can be read")
                 continue

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
@@ -25,6 +28,7 @@ from .layout import (
     in_status_range,
     key,
     key_of,
+    leave,
     marker_key,
     marker_partitions,
     run_key,
@@ -44,6 +48,42 @@ PARTITION_PAGE = 200
 MARKER_FIELDS = ("SK", "purge_id", "seen_status", "seen_updated_at")
 
 
+@dataclass(frozen=True)
+class Window:
+    """How long a batch left the engine to write to its runs: before the commit (the engine's write
+    then keeps the run whole) and between the first commit and the end of the cascade (a write then
+    lands in a deleted run: see :class:`Ghosts`)."""
+
+    runs: int
+    read_to_commit: float
+    commit_to_cascade: float
+
+
+class Ghosts:
+    """Run records found again in a run's partition after its commit, collected on the worker threads.
+
+    pyworkflow's ``update_item`` calls upsert: an engine write that lands on a
+    run after its conditional delete re-creates a partial record (no
+    ``workflow_name``: pyworkflow's ``get_run`` cannot read it). It is kept and
+    reported, never deleted: retention cannot tell what the engine meant.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[Item] = []
+        self.lock = threading.Lock()
+
+    def add(self, item: Item) -> None:
+        with self.lock:
+            self.found.append(item)
+
+    def report(self, report: Any) -> None:
+        with self.lock:
+            found, self.found = self.found, []
+        for item in found:
+            leave(report, item, "the engine wrote this run's record again after this purge deleted it (a "
+                                "partial 'ghost' record pyworkflow cannot read); its other items were deleted")
+
+
 class Purge:
     def __init__(self, table: Table, job: PurgeJob) -> None:
         self.table, self.job, self.report = table, job, job.report
@@ -52,6 +92,9 @@ class Purge:
         self.started = utcnow().isoformat()
         self.page = max(job.batch_size, SCAN_PAGE)
         self.cascaded = 0  # runs whose cascade this purge ran (or, in a dry run, would run)
+        self.ghosts = Ghosts()
+        self.windows: list[Window] = []  # one per batch that committed runs
+        self.committing: tuple[float, float, int] | None = None  # a batch's longest read to commit, first commit, runs
 
     def run(self) -> None:
         self.resume()
@@ -105,6 +148,14 @@ class Purge:
             done, held = self.commit(plan)
         self.report.held += len(held)
         self.cascade(done)
+        if self.committing is not None:
+            read_to_commit, first_commit, deleted = self.committing
+            window = Window(deleted, read_to_commit, time.monotonic() - first_commit)
+            self.windows.append(window)
+            self.committing = None
+            log.debug("dynamodb purge batch %d: %d runs committed; read to commit <= %.3fs, first commit to "
+                      "cascade end %.3fs", self.report.batches, window.runs, window.read_to_commit,
+                      window.commit_to_cascade)
 
     # -- commit: markers first, then each run item's conditional delete, children first ------
 
@@ -128,6 +179,11 @@ class Purge:
                 outcome[ref.run_id] = result
                 if result == "changed":
                     survivors.add(ref.run_id)
+            now = time.monotonic()
+            waits = [now - r.data["read_at"] for r in attempt if outcome[r.run_id] == "deleted"]
+            if waits:
+                longest, first, count = self.committing or (0.0, now, 0)
+                self.committing = (max(longest, *waits), first, count + len(waits))
         self.table.map(self.unmark, [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED])
         _, held = plan.order(survivors=survivors)
         self.report.changed += len(survivors)
@@ -191,6 +247,7 @@ class Purge:
             rest += keys
         if not self.dry:
             self.table.delete_many(rest)
+        self.ghosts.report(self.report)
 
     def hooks_of(self, run_id: str) -> list[Item]:
         params = expr.query("GSI1PK", f"RUN_HOOKS#{run_id}", index="GSI1", fields=HOOK_FIELDS)
@@ -214,8 +271,7 @@ class Purge:
                 sk = item["SK"]["S"]
                 if sk == RUN_SK:  # the live record (dry run), or one written after the commit: keep it
                     if not self.dry:
-                        log.warning("run %s was written again after its purge committed; its record is kept",
-                                    run_id)
+                        self.ghosts.add(item)
                     continue
                 counts[Kind.EVENTS if sk.startswith("EVENT#") else Kind.STEPS if sk.startswith("STEP#")
                        else Kind.EVENT_COUNTERS if sk == COUNTER_SK else Kind.INDEX_ENTRIES] += 1

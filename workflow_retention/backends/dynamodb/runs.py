@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from workflow_retention.planning import RunRef
 
@@ -13,7 +14,9 @@ RUN_FIELDS = ("PK", "status", "updated_at", "parent_run_id")
 
 
 def run_ref(item: Item) -> RunRef:
-    raw = {"status": text(item, "status"), "updated_at": text(item, "updated_at")}
+    """The run as read now: ``data`` holds the raw status and updated_at (the commit's condition) and
+    ``read_at`` (monotonic seconds, for the live-engine windows the purge logs)."""
+    raw = {"status": text(item, "status"), "updated_at": text(item, "updated_at"), "read_at": time.monotonic()}
     return RunRef.parse(item["PK"]["S"][len("RUN#"):], raw["status"], raw["updated_at"],
                         text(item, "parent_run_id"), raw)
 
