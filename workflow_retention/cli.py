@@ -15,10 +15,10 @@ from workflow_retention import config, values
 from workflow_retention.backends import by_url
 from workflow_retention.base import BatchInfo, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, RetentionError
+from workflow_retention.lock import open_lease
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
 from workflow_retention.seed import generate
 from workflow_retention.timeutil import utcnow
-from workflow_retention.lock import open_lease
 from workflow_retention.urls import redact_url, remove_secrets
 
 log = logging.getLogger("workflow_retention.cli")
@@ -61,9 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser = lambda name, **kw: add_parser(name, parents=[verbose], **kw)  # type: ignore[method-assign]
 
     def storage(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--storage", metavar="URL",
-                        help=f"storage URL; default: ${config.STORAGE_URL} or PyWorkflow's PYWORKFLOW_STORAGE_* variables")
-        sp.add_argument("--batch-size", help="runs per batch, 1 to 10000 (default: $%s or the backend's)" % config.BATCH_SIZE)
+        sp.add_argument("--storage", metavar="URL", help=f"storage URL; default: ${config.STORAGE_URL} or "
+                                                           "PyWorkflow's PYWORKFLOW_STORAGE_* variables")
+        sp.add_argument("--batch-size", help=f"runs per batch, 1 to 10000 (default: ${config.BATCH_SIZE} or the "
+                                             "backend's)")
 
     purge = sub.add_parser("purge", help="delete terminal runs older than the cutoff")
     storage(purge)
@@ -93,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="show what the store holds and what a purge would delete")
     storage(audit)
-    audit.add_argument("--days", type=_positive_days, help=f"preview a purge with this cutoff (default: ${config.RETENTION_DAYS})")
+    audit.add_argument("--days", type=_positive_days,
+                       help=f"preview a purge with this cutoff (default: ${config.RETENTION_DAYS})")
     audit.add_argument("--grace", default="1h", help="orphan grace period (default 1h)")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
@@ -143,7 +145,8 @@ def format_purge(r: PurgeReport) -> str:
 def format_orphans(r: OrphanReport) -> str:
     rows = [(k, n) for k, n in sorted(r.counts.items())] or [("(none)", 0)]
     verb = "found" if r.dry_run else "deleted"
-    text = _table(f"orphans {verb} in {r.backend}{'  [DRY RUN]' if r.dry_run else ''} (grace {timedelta(seconds=r.grace_s)})", rows)
+    dry = "  [DRY RUN]" if r.dry_run else ""
+    text = _table(f"orphans {verb} in {r.backend}{dry} (grace {values.human(timedelta(seconds=r.grace_s))})", rows)
     size = f"{r.bytes:,} bytes{' (estimate)' if r.bytes_estimated else ''}"
     text += f"\n  total {r.total:,}, {size} {'reclaimable' if r.dry_run else 'freed'}, {r.duration_s:.2f}s"
     return text + _warnings(r.warnings, r.warnings_total)
@@ -153,7 +156,7 @@ def format_audit(a: AuditReport) -> str:
     c = a.census
     parts = [f"audit {a.backend} at {a.generated_at.isoformat()}",
              _table("runs by status", sorted(c.runs_by_status.items()) or [("(none)", 0)]),
-             _table("runs by age (updated_at)", [(k, n) for k, n in c.to_dict()["runs_by_age"].items()] or [("(none)", 0)]),
+             _table("runs by age (updated_at)", list(c.to_dict()["runs_by_age"].items()) or [("(none)", 0)]),
              _table("data per kind" + (" (bytes estimated)" if c.bytes_estimated else ""),
                     [(k, f"{s.count:>14,}  {s.bytes:>14,} B") for k, s in sorted(c.kinds.items())])]
     if a.purge is not None:
@@ -325,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RetentionError as exc:
         log.error("%s failed: %s", args.command, exc, exc_info=args.verbose)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - exit non-zero with an error line, never a traceback-less green
+    except Exception as exc:
         log.error("%s failed: %s: %s", args.command, type(exc).__name__, exc, exc_info=args.verbose)
         return EXIT_FAILED
 

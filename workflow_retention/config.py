@@ -48,25 +48,42 @@ MAX_INTERVAL = timedelta(days=30)
 
 #: Every variable this package reads: name -> (default, meaning). The README table mirrors it.
 VARIABLES: dict[str, tuple[str, str]] = {
-    RETENTION_DAYS: ("unset (keep forever)", "Delete terminal runs not updated for this many days; a positive integer."),
-    STORAGE_URL: ("unset", "Storage URL (memory://, file:///dir, sqlite:///file.db, postgresql://, mysql://, cassandra://, dynamodb://). Overrides the PyWorkflow variables below."),
-    "PYWORKFLOW_STORAGE_TYPE": ("unset", "PyWorkflow's storage type (memory, file, sqlite, postgres, citus, mysql, cassandra, dynamodb), used when no URL is set. PYWORKFLOW_STORAGE_BACKEND is read if it is unset."),
-    "PYWORKFLOW_STORAGE_PATH": ("./pyworkflow_data (file), ./pyworkflow_data/pyworkflow.db (sqlite)", "Directory or database file of file and SQLite stores."),
-    "PYWORKFLOW_POSTGRES_HOST/PORT/USER/PASSWORD/DATABASE": ("localhost, 5432, pyworkflow, empty, pyworkflow", "PostgreSQL connection, as PyWorkflow reads it."),
-    "PYWORKFLOW_MYSQL_HOST/PORT/USER/PASSWORD/DATABASE": ("localhost, 3306, pyworkflow, empty, pyworkflow", "MySQL connection, as PyWorkflow reads it."),
-    BATCH_SIZE: (f"the backend's ({DEFAULT_BATCH_SIZE} for most)", "Runs per batch (one short transaction each); 1 to 10000."),
+    RETENTION_DAYS: ("unset (keep forever)",
+        "Delete terminal runs not updated for this many days; a positive integer."),
+    STORAGE_URL: ("unset",
+        "Storage URL (memory://, file:///dir, sqlite:///file.db, postgresql://, mysql://, cassandra://, "
+        "dynamodb://). Overrides the PyWorkflow variables below."),
+    "PYWORKFLOW_STORAGE_TYPE": ("unset",
+        "PyWorkflow's storage type (memory, file, sqlite, postgres, citus, mysql, cassandra, dynamodb), used "
+        "when no URL is set. PYWORKFLOW_STORAGE_BACKEND is read if it is unset."),
+    "PYWORKFLOW_STORAGE_PATH": ("./pyworkflow_data (file), ./pyworkflow_data/pyworkflow.db (sqlite)",
+        "Directory or database file of file and SQLite stores."),
+    "PYWORKFLOW_POSTGRES_HOST/PORT/USER/PASSWORD/DATABASE": ("localhost, 5432, pyworkflow, empty, pyworkflow",
+        "PostgreSQL connection, as PyWorkflow reads it."),
+    "PYWORKFLOW_MYSQL_HOST/PORT/USER/PASSWORD/DATABASE": ("localhost, 3306, pyworkflow, empty, pyworkflow",
+        "MySQL connection, as PyWorkflow reads it."),
+    BATCH_SIZE: (f"the backend's ({DEFAULT_BATCH_SIZE} for most)",
+        "Runs per batch (one short transaction each); 1 to 10000."),
     ENABLED: ("true", "Kill switch for the Celery task: false turns it off."),
     LOCK_URL: ("the broker, if it is Redis", "Redis URL of the singleton lock."),
     LOCK_TTL: ("5m", "Lease of the singleton lock; renewed every TTL/3 while a purge runs."),
     REPAIR_ORPHANS: ("false", "true: the Celery task also sweeps orphans after the purge."),
     ORPHAN_GRACE: ("1h", "Orphans younger than this are left alone."),
     BROKER: (DEFAULT_BROKER, "Broker of the ready-made worker app (workflow_retention.worker)."),
-    LOCK_KEY: (f"{LOCK_KEY_PREFIX}:<hash of the storage URL>", "Redis key of the singleton lock; purges of the same store must share it."),
-    SCHEDULE: (DEFAULT_SCHEDULE, "When the Celery beat entry runs: a daily time HH:MM in the Celery app's timezone (UTC by default), or an interval such as 6h or 30s."),
-    SCHEDULE_JITTER: ("1h", "A daily run starts up to this much after SCHEDULE; the offset is fixed per lock key, so every beat of one deployment picks the same minute. 0s disables it."),
+    LOCK_KEY: (f"{LOCK_KEY_PREFIX}:<hash of the storage URL>",
+        "Redis key of the singleton lock; purges of the same store must share it."),
+    SCHEDULE: (DEFAULT_SCHEDULE,
+        "When the Celery beat entry runs: a daily time HH:MM in the Celery app's timezone (UTC by default), "
+        "or an interval such as 6h or 30s."),
+    SCHEDULE_JITTER: ("1h",
+        "A daily run starts up to this much after SCHEDULE; the offset is fixed per lock key, so every beat "
+        "of one deployment picks the same minute. 0s disables it."),
     QUEUE: ("the app's default queue", "Celery queue of the retention task (the ready-made worker consumes it)."),
-    RESULT_BACKEND: ("unset (results not stored)", "Result backend of the ready-made worker app, e.g. redis://localhost:6379/1."),
-    MIN_AGE: ("1h", "Blast-radius guard: a cutoff newer than this (a purge of runs finished within it) is refused unless the command line passes --allow-recent-cutoff. 0s disables it."),
+    RESULT_BACKEND: ("unset (results not stored)",
+        "Result backend of the ready-made worker app, e.g. redis://localhost:6379/1."),
+    MIN_AGE: ("1h",
+        "Blast-radius guard: a cutoff newer than this (a purge of runs finished within it) is refused unless "
+        "the command line passes --allow-recent-cutoff. 0s disables it."),
 }
 
 

@@ -39,8 +39,7 @@ from datetime import timedelta
 from typing import Any
 
 from workflow_retention.exceptions import ConfigurationError, LeaseLostError, StorageError
-from workflow_retention.urls import REDIS_URL_PREFIXES
-from workflow_retention.urls import redact_url, scrub, split_url
+from workflow_retention.urls import REDIS_URL_PREFIXES, redact_url, scrub, split_url
 
 log = logging.getLogger("workflow_retention.lock")
 

@@ -32,6 +32,25 @@ class Kind:
 
 
 MAX_WARNINGS = 50
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``, ``\\n``, ``\\u202e``...).
+
+    Names and values read from a store may hold terminal escapes or line breaks
+    that would forge log lines; anything printed from a store goes through this.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -59,10 +78,10 @@ class _Report:
             self.add(kind, n)
 
     def warn(self, message: str) -> None:
-        """Record a problem that was skipped (corrupt record, unsafe id...)."""
+        """Record a problem that was skipped (corrupt record, unsafe id...); control characters are escaped."""
         self.warnings_total += 1
         if len(self.warnings) < MAX_WARNINGS:
-            self.warnings.append(message)
+            self.warnings.append(printable(message))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

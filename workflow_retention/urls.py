@@ -33,7 +33,7 @@ REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|credential|auth|key", re.IGNORECASE)
-_QUERY_PARAM = re.compile(r"[?&;]([^=&#;?/]*)=([^&;]*)")  # a secret value may hold an unencoded '#' 
+_QUERY_PARAM = re.compile(r"[?&;]([^=&#;?/]*)=([^&;]*)")  # a secret value may hold an unencoded '#'
 _DELIMITERS = re.compile(r"[/?#@:&=;%\s]+")
 #: Pieces of a secret shorter than this are not scrubbed on their own (they would hit ordinary words).
 MIN_FRAGMENT = 3

@@ -71,7 +71,8 @@ def test_a_concurrent_engine_loses_nothing_and_a_rerun_leaves_no_orphans(backend
                 if key[0] not in backend.status_index_kinds}
 
     for run_id in engine.revived:
-        assert not lost(after_items[run_id], run_id), f"{run_id} (revived) lost {sorted(lost(after_items[run_id], run_id))[:5]}"
+        missing = lost(after_items[run_id], run_id)
+        assert not missing, f"{run_id} (revived) lost {sorted(missing)[:5]}"
     views = backend.run(_views(backend.pyworkflow(), sorted(engine.revived)))
     for run_id, writes in engine.revived.items():
         view = views[run_id]

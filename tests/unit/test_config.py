@@ -61,8 +61,8 @@ def test_pyworkflow_variables_with_pyworkflow_defaults(tmp_path) -> None:
     assert storage_url_from_env({"PYWORKFLOW_STORAGE_BACKEND": "mysql", "PYWORKFLOW_MYSQL_HOST": "db",
                                  "PYWORKFLOW_MYSQL_PASSWORD": "p@ss/word"}) == \
         "mysql://pyworkflow:p%40ss%2Fword@db:3306/pyworkflow"
-    assert storage_url_from_env({"PYWORKFLOW_STORAGE_TYPE": "sqlite", "PYWORKFLOW_STORAGE_PATH": str(tmp_path / "a.db")}) \
-        == f"sqlite://{tmp_path}/a.db"
+    sqlite_env = {"PYWORKFLOW_STORAGE_TYPE": "sqlite", "PYWORKFLOW_STORAGE_PATH": str(tmp_path / "a.db")}
+    assert storage_url_from_env(sqlite_env) == f"sqlite://{tmp_path}/a.db"
     assert storage_url_from_env({"PYWORKFLOW_STORAGE_TYPE": "file", "PYWORKFLOW_STORAGE_PATH": str(tmp_path)}) \
         == f"file://{tmp_path}"
     assert storage_url_from_env({"PYWORKFLOW_STORAGE_TYPE": "memory"}) == "memory://"

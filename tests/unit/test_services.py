@@ -34,7 +34,8 @@ def test_default_address_when_no_docker() -> None:
 
 def test_local_server_started_by_the_test_setup_comes_last() -> None:
     s = choose("Cassandra", env_var="CASSANDRA_CONTACT_POINTS", default_url=None, env={},
-               docker_ok=lambda: False, start_container=None, start_local=lambda: ("cassandra://127.0.0.1:39042/x", lambda: None))
+               docker_ok=lambda: False, start_container=None,
+               start_local=lambda: ("cassandra://127.0.0.1:39042/x", lambda: None))
     assert s.source == "local"
 
 

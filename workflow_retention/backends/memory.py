@@ -117,19 +117,20 @@ class MemoryBackend(StorageBackend):
     # -- purge ------------------------------------------------------------------
 
     def _purge(self, job: PurgeJob) -> None:
-        cursor: str | None = ""
+        cursor = ""
         while True:
             with self.store._lock:
-                page, cursor = self._next_page(job.cutoff, cursor, job.batch_size)
-                if cursor is None:
+                page, after = self._next_page(job.cutoff, cursor, job.batch_size)
+                if after is None:
                     break
+                cursor = after
                 plan = plan_page(page, job.cutoff, job.report, self._refs_of, self._children_of)
             if plan is not None:
                 self._delete_plan(job, plan)
         self._purge_aux(job)
 
     def _delete_plan(self, job: PurgeJob, plan: Plan) -> None:
-        """Boundary with the store unlocked (the engine may write meanwhile), then re-check and delete under its lock."""
+        """Boundary with the store unlocked (the engine may write meanwhile); re-check and delete under its lock."""
         deletable, held = plan.order()
         if not deletable:
             job.report.held += len(held)
@@ -137,7 +138,8 @@ class MemoryBackend(StorageBackend):
         job.boundary([r.run_id for r in deletable])
         with self.store._lock:
             ids = [r.run_id for r in deletable]
-            changed = {i for i in ids if (fresh := self._ref_of(i)) is None or not plan.nodes[i].same_version(fresh)}
+            changed = {i for i in ids
+                       if (fresh := self._ref_of(i)) is None or not plan.nodes[i].same_version(fresh)}
             survivors = set(changed)
             for parent, kids in self._children_of(ids).items():  # a child started since planning holds its parent
                 for kid in kids:
