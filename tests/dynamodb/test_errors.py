@@ -11,7 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.dynamodb.helpers import faulty_backend
 from tests.dynamodb.local import DUMMY_CREDENTIALS
+from tests.harness.dynamodb import DynamoDBHarness
 from tests.scenario import CUTOFF
 from workflow_retention.backends import by_url
 from workflow_retention.backends.dynamodb.client import translate
@@ -111,3 +113,12 @@ def test_credential_errors_say_where_credentials_come_from() -> None:
 
     message = str(translate(NoCredentialsError(), "DescribeTable", "pyworkflow", endpoint=ENDPOINT))
     assert "credential chain" in message
+
+
+def test_retrying_past_the_deadline_names_the_table_and_the_endpoint(dynamodb_harness: DynamoDBHarness) -> None:
+    h = dynamodb_harness
+    backend, client = faulty_backend(h, retry_deadline=0.2)
+    client.throttle_first("query", 10**6, "ThrottlingException")
+    with pytest.raises(StorageError, match="still throttled") as caught:
+        backend.delete_old_runs(CUTOFF)
+    assert f"on table {h.table!r} at {h.endpoint}" in str(caught.value)

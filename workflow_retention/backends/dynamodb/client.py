@@ -83,8 +83,9 @@ class RateLimiter:
 class Deadline:
     """Backoff with full jitter until ``seconds`` have passed since the first attempt."""
 
-    def __init__(self, seconds: float, what: str, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
-        self.what, self.clock, self.sleep = what, clock, sleep
+    def __init__(self, seconds: float, what: str, clock: Callable[[], float], sleep: Callable[[float], None],
+                 where: str = "") -> None:
+        self.what, self.where, self.clock, self.sleep = what, where, clock, sleep
         self.ends = clock() + seconds
         self.seconds = seconds
         self.attempt = 0
@@ -94,7 +95,7 @@ class Deadline:
         self.attempt += 1
         if self.clock() + delay > self.ends:
             raise StorageError(f"DynamoDB {self.what}: still {pending} after retrying for {self.seconds:g}s "
-                               f"({self.attempt} attempts); nothing was skipped, rerun to finish")
+                               f"({self.attempt} attempts{self.where}); nothing was skipped, rerun to finish")
         self.sleep(delay)
 
 
@@ -114,6 +115,10 @@ class Table:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dynamodb-retention") \
             if workers > 1 else None
         self.segments = workers
+
+    def deadline(self, what: str) -> Deadline:
+        return Deadline(self.deadline_s, what, self.clock, self.sleep,
+                        f" on table {self.name!r} at {self.endpoint or 'AWS'}")
 
     def error(self, exc: Exception, what: str) -> StorageError:
         """:func:`translate` for a call of ``what`` on this table's endpoint."""
@@ -153,7 +158,7 @@ class Table:
 
         if op not in ("batch_write_item", "batch_get_item"):
             params["TableName"] = self.name
-        deadline = deadline or Deadline(self.deadline_s, op, self.clock, self.sleep)
+        deadline = deadline or self.deadline(op)
         while True:
             if self.limiter and write_units:
                 self.limiter.spend(write_units)
@@ -224,7 +229,7 @@ class Table:
     def _get_chunk(self, keys: list[Item], projection: dict[str, Any]) -> list[Item]:
         found: list[Item] = []
         request = {self.name: {"Keys": keys, "ConsistentRead": True, **projection}}
-        deadline = Deadline(self.deadline_s, "BatchGetItem", self.clock, self.sleep)
+        deadline = self.deadline("BatchGetItem")
         while request:
             response = self.call("batch_get_item", RequestItems=request, deadline=deadline)
             found += response.get("Responses", {}).get(self.name, [])
@@ -253,7 +258,7 @@ class Table:
 
     def _write_chunk(self, requests: list[dict[str, Any]]) -> None:
         request = {self.name: requests}
-        deadline = Deadline(self.deadline_s, "BatchWriteItem", self.clock, self.sleep)
+        deadline = self.deadline("BatchWriteItem")
         while request:
             pending = len(request[self.name])
             response = self.call("batch_write_item", RequestItems=request, write_units=pending, deadline=deadline)
