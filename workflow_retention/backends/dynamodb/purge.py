@@ -297,15 +297,15 @@ class Purge:
                 alive = get_runs(self.table, [m["SK"]["S"] for m in page])
                 gone = [m["SK"]["S"] for m in page if m["SK"]["S"] not in alive]
                 dead = [m for m in page if m["SK"]["S"] in alive and self.outdated(m, alive[m["SK"]["S"]])]
+                if not gone and not dead:
+                    continue
+                self.job.boundary(gone + [m["SK"]["S"] for m in dead])
                 if not self.dry:
                     self.table.map(lambda m: self.drop_marker(m["SK"]["S"], {
                         "purge_id": text(m, "purge_id") or "", "seen_updated_at": text(m, "seen_updated_at") or ""}),
                         dead)
-                if gone:
-                    self.job.boundary(gone)
-                    if not self.dry:
-                        self.table.put_many([self.marker(run_id) for run_id in gone])
-                    self.cascade(gone)
+                    self.table.put_many([self.marker(run_id) for run_id in gone])
+                self.cascade(gone)
 
     @staticmethod
     def outdated(marker: Item, run: RunRef) -> bool:
