@@ -1,4 +1,4 @@
-"""One purge of a pyworkflow DynamoDB table (the design is in the package docstring)."""
+"""One purge of a pyworkflow DynamoDB table (the design: docs/backends/dynamodb.md)."""
 
 from __future__ import annotations
 
