@@ -42,7 +42,8 @@ def _store(h: DynamoDBHarness) -> tuple[set[str], set[str], set[str]]:
 
 def _is_hooks_query(params: dict[str, Any]) -> bool:
     """The first query of a cascade: a run's hooks on GSI1 (``RUN_HOOKS#<run_id>``)."""
-    return any(str(v.get("S", "")).startswith("RUN_HOOKS#") for v in params.get("ExpressionAttributeValues", {}).values())
+    values = params.get("ExpressionAttributeValues", {}).values()
+    return any(str(v.get("S", "")).startswith("RUN_HOOKS#") for v in values)
 
 
 def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -51,7 +52,7 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
     def body() -> None:
         try:
             out["report"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             out["error"] = exc
 
     thread = threading.Thread(target=body, daemon=True)

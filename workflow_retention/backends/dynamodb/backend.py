@@ -86,8 +86,8 @@ class DynamoDBBackend(StorageBackend):
 
     def __init__(self, table: str = "pyworkflow", *, region: str | None = None, endpoint_url: str | None = None,
                  max_wcu_per_second: float | str | None = None, retry_deadline: float | str | timedelta = 60.0,
-                 timeout: float | str | timedelta = DEFAULT_TIMEOUT, workers: int = 8, client: Any = None, url: str | None = None,
-                 batch_size: int | None = DEFAULT_BATCH_SIZE) -> None:
+                 timeout: float | str | timedelta = DEFAULT_TIMEOUT, workers: int = 8, client: Any = None,
+                 url: str | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE) -> None:
         if not isinstance(table, str) or not _TABLE.match(table):
             raise ConfigurationError(f"DynamoDB table name must be 3-255 characters of A-Z a-z 0-9 _ . -; got {table!r}")
         self.table_name = table

@@ -7,13 +7,21 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import TERMINAL_STATUSES, Plan, RunRef, chunked, heights, is_safe_run_id, plan_page
+from workflow_retention.planning import (
+    TERMINAL_STATUSES,
+    Plan,
+    Reporter,
+    RunRef,
+    chunked,
+    heights,
+    is_safe_run_id,
+    plan_page,
+)
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import utcnow
 
@@ -48,17 +56,6 @@ PARTITION_PAGE = 200
 MARKER_FIELDS = ("SK", "purge_id", "seen_status", "seen_updated_at")
 
 
-@dataclass(frozen=True)
-class Window:
-    """How long a batch left the engine to write to its runs: before the commit (the engine's write
-    then keeps the run whole) and between the first commit and the end of the cascade (a write then
-    lands in a deleted run: see :class:`Ghosts`)."""
-
-    runs: int
-    read_to_commit: float
-    commit_to_cascade: float
-
-
 class Ghosts:
     """Run records found again in a run's partition after its commit, collected on the worker threads.
 
@@ -76,12 +73,13 @@ class Ghosts:
         with self.lock:
             self.found.append(item)
 
-    def report(self, report: Any) -> None:
+    def report(self, report: Reporter) -> None:
         with self.lock:
             found, self.found = self.found, []
         for item in found:
             leave(report, item, "the engine wrote this run's record again after this purge deleted it (a "
-                                "partial 'ghost' record pyworkflow cannot read); its other items were deleted")
+                                "partial 'ghost' record pyworkflow cannot read); what the cascade had not "
+                                "reached stays with it")
 
 
 class Purge:
@@ -89,12 +87,11 @@ class Purge:
         self.table, self.job, self.report = table, job, job.report
         self.cutoff, self.dry = job.cutoff, job.dry_run
         self.purge_id = uuid4().hex
-        self.started = utcnow().isoformat()
         self.page = max(job.batch_size, SCAN_PAGE)
         self.cascaded = 0  # runs whose cascade this purge ran (or, in a dry run, would run)
         self.ghosts = Ghosts()
-        self.windows: list[Window] = []  # one per batch that committed runs
-        self.committing: tuple[float, float, int] | None = None  # a batch's longest read to commit, first commit, runs
+        # The live-engine windows of the batch being committed: (longest read to commit, first commit, runs).
+        self.committing: tuple[float, float, int] | None = None
 
     def run(self) -> None:
         self.resume()
@@ -148,14 +145,12 @@ class Purge:
             done, held = self.commit(plan)
         self.report.held += len(held)
         self.cascade(done)
-        if self.committing is not None:
+        if self.committing is not None:  # how long the batch left a live engine to write to its runs
             read_to_commit, first_commit, deleted = self.committing
-            window = Window(deleted, read_to_commit, time.monotonic() - first_commit)
-            self.windows.append(window)
             self.committing = None
             log.debug("dynamodb purge batch %d: %d runs committed; read to commit <= %.3fs, first commit to "
-                      "cascade end %.3fs", self.report.batches, window.runs, window.read_to_commit,
-                      window.commit_to_cascade)
+                      "cascade end %.3fs", self.report.batches, deleted, read_to_commit,
+                      time.monotonic() - first_commit)
 
     # -- commit: markers first, then each run item's conditional delete, children first ------
 
@@ -309,7 +304,7 @@ class Purge:
 
     @staticmethod
     def outdated(marker: Item, run: RunRef) -> bool:
-        """The marker records a version of the run other than the stored one (markers before 0.x record none)."""
+        """The marker records a version of the run other than the stored one (older markers record none)."""
         seen = (text(marker, "seen_status"), text(marker, "seen_updated_at"))
         return None not in seen and seen != (run.data["status"], run.data["updated_at"])
 

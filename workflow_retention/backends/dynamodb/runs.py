@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+
 from workflow_retention.planning import RunRef
 
 from . import expr

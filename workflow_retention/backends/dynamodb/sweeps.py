@@ -71,7 +71,8 @@ class ScanPass:
         doomed = set(committed)
         if self.dry:
             doomed |= self.would_delete({o for o in owners.values() if o in alive})
-        return sorted(((o, keys[k]) for k, o in owners.items() if o in doomed), key=lambda pair: pair[0])
+        return sorted(((o, keys[k]) for k, o in owners.items() if o is not None and o in doomed),
+                      key=lambda pair: pair[0])
 
     @staticmethod
     def from_shortest_marked(key: str, marked: set[str]) -> list[str]:
