@@ -31,12 +31,6 @@ from workflow_retention.timeutil import parse_timestamp
 RUNS = 1700
 
 
-def ghosts(h: DynamoDBHarness) -> set[str]:
-    """Run records without the workflow_name pyworkflow's create_run always writes."""
-    return {i["PK"]["S"][len("RUN#"):] for i in h.scan()
-            if i["PK"]["S"].startswith("RUN#") and i["SK"]["S"] == "#METADATA" and "workflow_name" not in i}
-
-
 def _record_commits(client: Any) -> dict[str, float]:
     """Run ids whose item our purge deleted (its conditional delete succeeded), with the time."""
     committed: dict[str, float] = {}
@@ -73,7 +67,7 @@ def test_an_engine_write_after_the_commit_leaves_a_ghost_that_is_kept_and_report
     client.rules["query"] = engine_revives
     report = backend.delete_old_runs(CUTOFF)
     ghost = victim[0]
-    assert ghost in committed and ghosts(h) == {ghost}
+    assert ghost in committed and h.ghosts() == {ghost}
     assert report.skipped == 1 and ghost in report.warnings[0] and "ghost" in report.warnings[0]
     assert report.runs == len(scenario.deleted), "the ghost's run was deleted, and counted"
     with pytest.raises(KeyError):
@@ -129,7 +123,7 @@ def test_a_live_engine_beside_a_purge_of_a_thousand_runs_loses_nothing_it_kept_a
     assert len(engine.revived) >= 10 and engine.actions >= 50, (len(engine.revived), engine.actions)
 
     after = h.inventory()
-    ghost_ids = ghosts(h)
+    ghost_ids = h.ghosts()
     after_runs, after_items = run_ids(after) - ghost_ids, _by_run(after)
 
     # Every ghost is explained: the purge committed that run, then the engine's revival landed on it.
@@ -162,7 +156,7 @@ def test_a_live_engine_beside_a_purge_of_a_thousand_runs_loses_nothing_it_kept_a
     final = h.inventory()
     assert_no_orphans(final)
     assert not markers(h)
-    assert engine.kept_alive <= run_ids(final) and ghosts(h) == ghost_ids
+    assert engine.kept_alive <= run_ids(final) and h.ghosts() == ghost_ids
     for run_id in engine.revived:
         assert set(before_items[run_id]) <= set(items_of(final, {run_id})), run_id
     sweep = h.retention().sweep_orphans(dry_run=True)

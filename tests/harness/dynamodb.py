@@ -118,6 +118,12 @@ class DynamoDBHarness(Harness):
             items.append(Item(kind, run_id if kind == "runs" else f"{pk}|{sk}", run_id, digest(raw)))
         return items
 
+    def ghosts(self) -> set[str]:
+        """Runs whose record lacks the workflow_name pyworkflow's create_run always writes: partial records an
+        engine's upsert (update_item) re-created after the run was deleted (docs/backends/dynamodb.md)."""
+        return {raw["PK"]["S"][len("RUN#"):] for raw in self.scan()
+                if raw["PK"]["S"].startswith("RUN#") and raw["SK"]["S"] == "#METADATA" and "workflow_name" not in raw}
+
     def put(self, **attributes: Any) -> None:
         item = {k: ({"N": str(v)} if isinstance(v, int) else {"S": v}) for k, v in attributes.items()}
         self.client.put_item(TableName=self.table, Item=item)
