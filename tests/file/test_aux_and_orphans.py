@@ -131,3 +131,46 @@ def test_dry_run_orphan_sweep_changes_nothing(store: FileHarness) -> None:
     before = tree(store.base)
     report = store.retention().sweep_orphans(dry_run=True)
     assert report.total == len(orphans(store.inventory())) and tree(store.base) == before
+
+
+def test_the_lock_files_of_purged_schedules_and_subscriptions_go_with_them(store: FileHarness) -> None:
+    from pyworkflow.storage.schemas import Schedule, ScheduleSpec
+
+    pw = store.pyworkflow()
+    for sid in ("sched_gone", "sched_kept"):
+        store.run(pw.create_schedule(Schedule(schedule_id=sid, workflow_name="w", spec=ScheduleSpec(cron="0 3 * * *"),
+                                              created_at=OLD, updated_at=OLD)))
+    with store.frozen(OLD):
+        store.run(pw.delete_schedule("sched_gone"))
+        for step in ("sstep_done", "sstep_waiting"):
+            store.run(pw.register_stream_subscription("stream_a", step, ["tick"], stream_run_id="srun_1"))
+        store.run(pw.update_subscription_status("stream_a", "sstep_done", "completed"))
+    locks = store.base / ".locks"
+    assert {"schedule_sched_gone.lock", "sub_stream_a_sstep_done.lock"} <= set(os.listdir(locks))
+    dry = store.retention().delete_old_runs(CUTOFF, dry_run=True)
+    report = store.retention().delete_old_runs(CUTOFF)
+    expected = {Kind.SCHEDULES: 1, Kind.SUBSCRIPTIONS: 1, Kind.LOCK_FILES: 2}
+    assert dict(report.counts) == dict(dry.counts) == expected
+    left = set(os.listdir(locks))
+    assert not {"schedule_sched_gone.lock", "sub_stream_a_sstep_done.lock"} & left
+    assert {"schedule_sched_kept.lock", "sub_stream_a_sstep_waiting.lock"} <= left
+
+
+def test_the_orphan_sweep_removes_schedule_and_subscription_locks_whose_record_is_gone(store: FileHarness) -> None:
+    write_json(store.base / "schedules" / "s_live.json", {"schedule_id": "s_live", "status": "active"})
+    write_json(store.base / "subscriptions" / "st_a__x_1.json",
+               {"stream_id": "st_a", "step_run_id": "x_1", "status": "waiting"})
+    names = ["schedule_s_live.lock", "schedule_s_gone.lock", "sub_st_a_x_1.lock", "sub_st_a_gone_1.lock",
+             "schedule_s_recent.lock"]
+    for name in names:
+        path = store.base / ".locks" / name
+        path.write_text("")
+        if "recent" not in name:
+            os.utime(path, (OLD.timestamp(), OLD.timestamp()))
+    dry = store.retention().sweep_orphans(dry_run=True)
+    report = store.retention().sweep_orphans()
+    assert dict(report.counts) == dict(dry.counts) == {Kind.LOCK_FILES: 2}
+    assert sorted(os.listdir(store.base / ".locks")) == sorted(
+        ["schedule_s_live.lock", "sub_st_a_x_1.lock", "schedule_s_recent.lock"])
+    again = store.retention().sweep_orphans()
+    assert again.total == 0

@@ -103,7 +103,7 @@ def test_seed_refuses_unusable_ids(tmp_path: Path) -> None:
 def test_seed_keeps_an_existing_token_index(store: FileHarness) -> None:
     path = store.base / "_token_index.json"
     path.write_text(json.dumps({"run_x:hook_1": "run_x:hook_1"}))
-    runs = [s for s in generate(30, now=datetime.now(UTC), seed=2)]
+    runs = list(generate(30, now=datetime.now(UTC), seed=2))
     store.retention().seed(runs)
     index = json.loads(path.read_text())
     assert index["run_x:hook_1"] == "run_x:hook_1" and len(index) == 1 + sum(len(s.hooks) for s in runs)

@@ -21,9 +21,11 @@ def two_runs(store: FileHarness) -> FileHarness:
     return store
 
 
+# An unusable run file whose own parent can still be read. One whose parent cannot be told (cut before its
+# parent_run_id, or not a JSON object at all) keeps every run that could be its parent: test_damaged_runs.py.
 CORRUPTIONS = {
-    "run file": ("runs/run_bad.json", b'{"run_id": "run_bad", "status": "compl'),
-    "run file not an object": ("runs/run_bad.json", b'["run_bad"]'),
+    "run file": ("runs/run_bad.json", b'{"run_id": "run_bad", "parent_run_id": null, "status": "compl'),
+    "run file of another run": ("runs/run_bad.json", b'{"run_id": "run_other", "parent_run_id": null}'),
     "step file": ("steps/step_bad.json", b"\xff\xfe not json"),
     "hook file": ("hooks/run_a__hook_bad.json", b"{"),
     "signals array": ("signals/stream_bad.json", b'{"not": "an array"}'),

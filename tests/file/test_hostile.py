@@ -53,9 +53,9 @@ def _plant(store: FileHarness, victim: Path) -> None:
                                                       "status": "completed", "created_at": OLD_ISO})
     write_json(base / "acknowledgments" / "a__x.json", {"signal_id": rel_victim, "step_run_id": abs_victim,
                                                         "acknowledged_at": (CUTOFF + timedelta(days=1)).isoformat()})
-    # Symlinks inside the store that point at the victim: never followed.
+    # Symlinks inside the store that point at the victim: never followed. (A symlink in place of a run
+    # file also keeps every run that could be its parent: test_a_symlinked_run_file_is_never_followed.)
     os.symlink(victim / "secret.json", base / "steps" / "linked_step.json")
-    os.symlink(victim / "runs" / "run_far.json", base / "runs" / "run_far.json")
     os.symlink(victim / "secret.txt", base / "events" / "run_ok_link.jsonl")
     os.symlink(victim / "victim.lock", base / ".locks" / "run_far.lock")
 
@@ -80,7 +80,7 @@ def test_hostile_records_never_reach_outside_the_store(store: FileHarness, victi
     # The hostile records are still there, untouched; the symlinks too.
     for rel in ("runs/run_mismatch.json", "runs/run_abs.json", "runs/...json", "steps/evil_step.json",
                 "hooks/evil__x.json", "checkpoints/..:evil.json", ".locks/..lock", "schedules/evil.json",
-                "subscriptions/s__x.json", "steps/linked_step.json", "runs/run_far.json", ".locks/run_far.lock"):
+                "subscriptions/s__x.json", "steps/linked_step.json", ".locks/run_far.lock"):
         assert os.path.lexists(store.base / rel), rel
     index = json.loads((store.base / "_token_index.json").read_text())
     assert {"t1", "t2", "t3", "t4", "t5", "../t6"} <= set(index)
@@ -115,3 +115,18 @@ def test_a_symlinked_run_lock_skips_that_run_only(store: FileHarness, victim: Pa
     assert run_ids(store.inventory()) == {"run_a"}
     assert report.runs == 1 and report.skipped == 1 and "run_a" in report.warnings[0]
     assert tree(victim) == outside
+
+
+def test_a_symlinked_run_file_is_never_followed(store: FileHarness, victim: Path) -> None:
+    """The engine would follow it (its parent is whatever the target says): every possible parent is kept."""
+    _plant(store, victim)
+    os.symlink(victim / "runs" / "run_far.json", store.base / "runs" / "run_far.json")
+    outside = tree(victim)
+    dry = store.retention().delete_old_runs(CUTOFF, dry_run=True)
+    report = store.retention().delete_old_runs(CUTOFF)
+    store.retention().sweep_orphans(grace=timedelta(0))
+    store.retention().audit(older_than=CUTOFF)
+    assert tree(victim) == outside
+    assert os.path.islink(store.base / "runs" / "run_far.json")
+    assert dry.runs == report.runs == 0 and {"run_ok", "run_orphaned_child"} <= run_ids(store.inventory())
+    assert any("runs/run_far.json" in w and "could be a parent" in w for w in report.warnings)

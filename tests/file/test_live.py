@@ -117,8 +117,8 @@ def test_engine_process_updating_runs_during_the_purge(store: FileHarness) -> No
     assert touched > 0 and remaining and remaining <= set(hot)
     assert report.runs == len(ids) - len(remaining)
     for run_id in hot:
-        now = {key for key in items_of(items, {run_id})}
-        assert not now or now == {key for key in items_of(before, {run_id})}, f"{run_id} is half-deleted"
+        now = set(items_of(items, {run_id}))
+        assert not now or now == set(items_of(before, {run_id})), f"{run_id} is half-deleted"
     assert_no_orphans(items)
     # Whatever the engine re-created after its run was purged is repaired by the orphan sweep.
     store.retention().sweep_orphans(grace=timedelta(0))

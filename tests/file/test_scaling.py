@@ -24,7 +24,8 @@ def _scans(monkeypatch: pytest.MonkeyPatch, base: Path) -> Counter:
     real, seen = os.scandir, Counter()
 
     def scandir(path=".", *args):
-        rel = os.path.relpath(os.fspath(path), base)
+        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)  # a dir fd
+        rel = os.path.relpath(where, base)
         if not rel.startswith(".."):
             seen[rel] += 1
         return real(path, *args)

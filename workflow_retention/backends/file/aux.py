@@ -1,32 +1,31 @@
 """The baseline's other sweeps on a file store: soft-deleted schedules and aged stream data.
 
 Each directory is streamed once. A file is read without a lock to decide,
-then re-read and deleted (or rewritten atomically) under the lock the engine
-uses for it: ``schedule_<id>.lock``, ``signals_<stream_id>.lock``,
-``sub_<stream_id>_<step_run_id>.lock``. Acknowledgments have no engine lock.
+then re-read and deleted (or rewritten atomically, keeping its owner) under
+the lock the engine uses for it: ``schedule_<id>.lock``,
+``signals_<stream_id>.lock``, ``sub_<stream_id>_<step_run_id>.lock``. The lock
+file of a deleted schedule or subscription is deleted with it, while held
+(counted as a lock file). Acknowledgments have no engine lock.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from workflow_retention.backends.file.layout import (
+from workflow_retention.backends.file.fs import (
     ACKS,
     SCHEDULES,
     SIGNALS,
     SUBSCRIPTIONS,
     Corrupt,
-    Layout,
-    atomic_write,
+    HeldLock,
+    LockTimeout,
+    NotRegular,
+    Store,
     is_component,
-    load_json,
-    unlink,
 )
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS
@@ -39,8 +38,8 @@ class _Busy(Exception):
 
 
 class AuxSweep:
-    def __init__(self, layout: Layout, job: PurgeJob, lock_timeout: float) -> None:
-        self.layout, self.job, self.lock_timeout = layout, job, lock_timeout
+    def __init__(self, store: Store, job: PurgeJob, lock_timeout: float) -> None:
+        self.store, self.job, self.lock_timeout = store, job, lock_timeout
 
     def run(self) -> None:
         self._files(SCHEDULES, Kind.SCHEDULES, self._deleted_schedule,
@@ -70,39 +69,48 @@ class AuxSweep:
 
     def _files(self, directory: str, kind: str, expired: Callable[[str, Any], bool],
                lock_name: Callable[[dict], str] | None) -> None:
-        for entry in self.layout.entries(directory):
-            data = self._load(entry)
+        report = self.job.report
+        for entry in self.store.entries(directory):
+            data = self._load(directory, entry.name)
             if data is None or not expired(entry.name, data):
                 continue
+            lock = lock_name(data) if lock_name else None
             if self.job.dry_run:
-                self.job.report.add(kind)
+                report.add(kind)
+                if lock is not None and is_component(lock) and self.store.is_regular(".locks", lock):
+                    report.add(Kind.LOCK_FILES)
                 continue
             try:
-                with self._locked(lock_name(data) if lock_name else None, entry.name):
-                    again = self._load(entry)
-                    if again is not None and expired(entry.name, again) and unlink(entry.path) is not None:
-                        self.job.report.add(kind)
+                with self._locked(lock, f"{directory}/{entry.name}") as held:
+                    again = self._load(directory, entry.name)
+                    if again is not None and expired(entry.name, again) \
+                            and self.store.unlink(directory, entry.name) is not None:
+                        report.add(kind)
+                        if held is not None and held.unlink() is not None and not held.created:
+                            report.add(Kind.LOCK_FILES)
+                    elif held is not None and held.created:
+                        held.unlink()
             except _Busy:
                 continue
 
     # -- signals: one JSON array per stream ------------------------------------------------
 
     def _signals(self) -> None:
-        for entry in self.layout.entries(SIGNALS):
+        for entry in self.store.entries(SIGNALS):
             if not entry.name.endswith(".json"):
                 continue
-            signals = self._signal_list(entry)
+            signals = self._signal_list(entry.name)
             if not signals or not any(self._old_signal(s) for s in signals):
                 continue
             if self.job.dry_run:
                 self.job.report.add(Kind.SIGNALS, sum(1 for s in signals if self._old_signal(s)))
                 continue
             try:
-                with self._locked(f"signals_{entry.name[:-5]}.lock", entry.name):
-                    signals = self._signal_list(entry) or []
+                with self._locked(f"signals_{entry.name[:-5]}.lock", f"{SIGNALS}/{entry.name}"):
+                    signals = self._signal_list(entry.name) or []
                     kept = [s for s in signals if not self._old_signal(s)]
                     if len(kept) < len(signals):
-                        atomic_write(self.layout.file(SIGNALS, entry.name), json.dumps(kept, indent=2).encode())
+                        self.store.rewrite(SIGNALS, entry.name, json.dumps(kept, indent=2).encode())
                         self.job.report.add(Kind.SIGNALS, len(signals) - len(kept))
             except _Busy:
                 continue
@@ -110,41 +118,44 @@ class AuxSweep:
     def _old_signal(self, signal: Any) -> bool:
         return isinstance(signal, dict) and self._older(signal.get("published_at"))
 
-    def _signal_list(self, entry: os.DirEntry[str]) -> list | None:
-        data = self._load(entry)
+    def _signal_list(self, name: str) -> list | None:
+        data = self._load(SIGNALS, name)
         if data is not None and not isinstance(data, list):
-            self._skip(entry.name, "not a JSON array")
+            self._skip(f"{SIGNALS}/{name}", "not a JSON array")
             return None
         return data
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _load(self, entry: os.DirEntry[str]) -> Any:
-        if not entry.name.endswith(".json"):
+    def _load(self, directory: str, name: str) -> Any:
+        if not name.endswith(".json"):
             return None
         try:
-            return load_json(entry.path)
+            return self.store.read_json(directory, name)
         except FileNotFoundError:
             return None
-        except (Corrupt, OSError) as exc:
-            self._skip(entry.name, str(exc))
+        except Corrupt as exc:
+            self._skip(f"{directory}/{name}", str(exc))
             return None
 
-    def _skip(self, name: str, why: str) -> None:
+    def _skip(self, what: str, why: str) -> None:
         self.job.report.skipped += 1
-        self.job.report.warn(f"{name}: {why}; left alone")
+        self.job.report.warn(f"{what}: {why}; left alone")
 
     @contextmanager
-    def _locked(self, lock_name: str | None, what: str) -> Iterator[None]:
+    def _locked(self, lock_name: str | None, what: str) -> Iterator[HeldLock | None]:
         if lock_name is None:
-            yield
+            yield None
             return
         if not is_component(lock_name):
             self._skip(what, f"its ids give no usable lock file name ({lock_name!r})")
             raise _Busy
         try:
-            with FileLock(str(self.layout.lock(lock_name)), timeout=self.lock_timeout):
-                yield
-        except Timeout:
-            self._skip(what, f"{lock_name} stayed held for {self.lock_timeout}s")
+            with self.store.lock(lock_name, self.lock_timeout) as held:
+                yield held
+        except LockTimeout:
+            self._skip(what, f".locks/{lock_name} stayed held for {self.lock_timeout}s")
+            raise _Busy from None
+        except NotRegular as exc:
+            self._skip(what, f"its lock .locks/{lock_name} is {exc}")
             raise _Busy from None

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import os
 
-from workflow_retention.backends.file.layout import (
+from workflow_retention.backends.file.fs import (
     ACKS,
+    BASE,
     CHECKPOINTS,
     EVENTS,
     HOOKS,
     LOCKS,
-    MARKER_SUFFIX,
     RUNS,
     SCHEDULES,
     SIGNALS,
     STEPS,
     STREAMS,
     SUBSCRIPTIONS,
+    TOKEN_INDEX,
     Corrupt,
-    Layout,
-    count_lines,
-    load_json,
+    Store,
 )
+from workflow_retention.backends.file.layout import MARKER_SUFFIX
 from workflow_retention.base import CensusJob
 from workflow_retention.planning import RunRef
 from workflow_retention.report import Kind, age_bucket
@@ -35,7 +35,7 @@ _PLAIN = ((STEPS, Kind.STEPS), (HOOKS, Kind.HOOKS), (CHECKPOINTS, Kind.CHECKPOIN
           (SUBSCRIPTIONS, Kind.SUBSCRIPTIONS), (ACKS, Kind.ACKNOWLEDGMENTS))
 
 
-def take_census(layout: Layout, job: CensusJob) -> None:
+def take_census(store: Store, job: CensusJob) -> None:
     census = job.census
     census.bytes_estimated = False
     seen = 0
@@ -46,33 +46,34 @@ def take_census(layout: Layout, job: CensusJob) -> None:
         if seen % PROGRESS_EVERY == 0:
             job.progress(what, seen)
 
-    for entry in layout.entries(RUNS):
-        _runs_entry(entry, job)
+    for entry in store.entries(RUNS, regular=False):
+        _runs_entry(store, entry, job)
         tick(RUNS)
-    for entry in layout.entries(EVENTS):
-        census.count(Kind.EVENTS, _lines(entry.path), _size(entry))
+    for entry in store.entries(EVENTS):
+        census.count(Kind.EVENTS, _lines(store, entry.name), _size(entry))
         tick(EVENTS)
     for directory, kind in _PLAIN:
-        for entry in layout.entries(directory):
+        for entry in store.entries(directory):
             census.count(kind, 1, _size(entry))
             tick(directory)
-    for entry in layout.entries(SIGNALS):
-        census.count(Kind.SIGNALS, _array_length(entry.path), _size(entry))
-    _token_index(layout, job)
+    for entry in store.entries(SIGNALS):
+        census.count(Kind.SIGNALS, _array_length(store, entry.name), _size(entry))
+    _token_index(store, job)
     job.progress("done", seen)
 
 
-def _runs_entry(entry: os.DirEntry[str], job: CensusJob) -> None:
+def _runs_entry(store: Store, entry: os.DirEntry[str], job: CensusJob) -> None:
     census, name = job.census, entry.name
-    if name.endswith(".cancel"):
+    regular = entry.is_file(follow_symlinks=False)
+    if name.endswith(".cancel") and regular:
         census.count(Kind.CANCELLATION_FLAGS, 1, _size(entry))
     elif name.endswith(MARKER_SUFFIX):
         census.count(PURGE_MARKERS, 1, _size(entry))
     elif name.endswith(".json"):
         census.count(Kind.RUNS, 1, _size(entry))
         try:
-            data = load_json(entry.path)
-        except (OSError, Corrupt):
+            data = store.read_json(RUNS, name)
+        except (FileNotFoundError, Corrupt):
             census.runs_by_status["(unreadable)"] += 1
             return
         data = data if isinstance(data, dict) else {}
@@ -82,14 +83,14 @@ def _runs_entry(entry: os.DirEntry[str], job: CensusJob) -> None:
             census.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
 
 
-def _token_index(layout: Layout, job: CensusJob) -> None:
+def _token_index(store: Store, job: CensusJob) -> None:
     try:
-        index = load_json(layout.token_index)
-        size = os.lstat(layout.token_index).st_size
-    except (OSError, Corrupt):
+        index = store.read_json(BASE, TOKEN_INDEX)
+    except (FileNotFoundError, Corrupt):
         return
+    st = store.lstat(BASE, TOKEN_INDEX)
     if isinstance(index, dict):
-        job.census.count(Kind.HOOK_TOKENS, len(index), size)
+        job.census.count(Kind.HOOK_TOKENS, len(index), st.st_size if st is not None else 0)
 
 
 def _size(entry: os.DirEntry[str]) -> int:
@@ -99,16 +100,16 @@ def _size(entry: os.DirEntry[str]) -> int:
         return 0
 
 
-def _lines(path: str) -> int:
+def _lines(store: Store, name: str) -> int:
     try:
-        return count_lines(path)
-    except OSError:
+        return store.count_lines(EVENTS, name)
+    except (FileNotFoundError, Corrupt):
         return 0
 
 
-def _array_length(path: str) -> int:
+def _array_length(store: Store, name: str) -> int:
     try:
-        data = load_json(path)
-    except (OSError, Corrupt):
+        data = store.read_json(SIGNALS, name)
+    except (FileNotFoundError, Corrupt):
         return 0
     return len(data) if isinstance(data, list) else 0

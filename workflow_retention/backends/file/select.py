@@ -7,74 +7,202 @@ also checked against its parent's ``nesting_depth``: if the depth does not
 grow down the tree, the parent is held (warned), so that ordering by depth is
 always children-first.
 
+**Unreadable run files.** The engine rewrites a run file in place (truncate,
+then write) under ``.locks/<run_id>.lock``, so a read without that lock may
+see half a file: such a file is read again under the lock. One that is still
+unusable (crash-truncated, poison JSON, a run_id that is not its name, not a
+regular file) is reported once and its possible parents are held (see
+:func:`~.layout.possible_parents`). If its parent cannot be told, every
+expired run that could be a parent is kept for this purge: only runs at
+pyworkflow's maximum nesting depth, which can have no children, go.
+
 Then one pass per nesting depth present, deepest first, collects batches of
 deletable runs. Each batch goes through ``job.boundary`` (no lock held), then
 each run is re-read under the engine's own ``.locks/<run_id>.lock`` and, if
-unchanged, renamed to its purge marker. A run that changed keeps everything
-and its ancestors become held; they are in later (shallower) passes, so they
-are never committed.
+unchanged and not held, renamed to its purge marker. A run that changed keeps
+everything and its ancestors become held; they are in later (shallower)
+passes, so they are never committed.
+
+**Runs written during the purge.** After the commits, one more pass over
+``runs/`` reads every run file written since the purge began (by ``ctime``):
+a run whose parent this purge committed brings the parent back (the marker is
+renamed back under the parent's lock, before any of its data is touched).
 """
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Iterator
 
-from filelock import FileLock, Timeout
-
-from workflow_retention.backends.file.layout import RUNS, Corrupt, Layout, load_json, parse_run, unlink_lock
+from workflow_retention.backends.file.fs import (
+    RUNS,
+    Corrupt,
+    LockTimeout,
+    NotRegular,
+    Store,
+    parse_json,
+)
+from workflow_retention.backends.file.layout import (
+    MARKER_SUFFIX,
+    MAX_NESTING_DEPTH,
+    can_have_children,
+    level,
+    marker_file,
+    parse_run,
+    possible_parents,
+    run_file,
+    run_lock,
+    stem,
+)
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import RunRef, is_safe_run_id, screen
 from workflow_retention.report import Kind
 
-
-def _level(ref: RunRef) -> int:
-    return ref.data if ref.data is not None else 0
+# Run files changed this long before the purge began are read again after the commits
+# (file-system timestamps are coarser than the clock).
+CTIME_SLACK = 2.0
 
 
 class Selection:
     """The held set and the depth levels of one purge, and the commit passes."""
 
-    def __init__(self, layout: Layout, job: PurgeJob, lock_timeout: float) -> None:
-        self.layout, self.job, self.lock_timeout = layout, job, lock_timeout
+    def __init__(self, store: Store, job: PurgeJob, lock_timeout: float) -> None:
+        self.store, self.job, self.lock_timeout = store, job, lock_timeout
         self.cutoff = job.cutoff
         self.held: set[str] = set()
         self.levels: set[int] = set()
+        # Unusable run files whose parent cannot be told (each forces the conservative rule).
+        self.unknown_parents: list[str] = []
+        self.lockdown_held: set[str] = set()  # eligible runs kept by that rule (O(them), only then)
+        self.reported: set[str] = set()  # unusable run files already counted in skipped
+        # name -> (stat signature, possible parents, parent known, why) of files unusable even under the lock
+        self.damaged: dict[str, tuple[tuple[int, int, int, int], set[str], bool, str]] = {}
+        self.stale_markers: set[str] = set()  # markers present when the purge began: not ours to revive
+        self.committing = False
+        self.shallow_committed_unsafe = False  # a parent became unknown after commits began
+        self.started = time.time()
+
+    @property
+    def lockdown(self) -> bool:
+        return bool(self.unknown_parents)
 
     # -- reading runs ---------------------------------------------------------------
 
     def _read(self, run_id: str | None) -> RunRef | None:
-        """A run by id, or None if the id is unsafe or the file is absent or unusable."""
-        if not run_id or not is_safe_run_id(run_id):
+        """A run by id (no lock), or None if the id is unsafe or the file is absent or unusable."""
+        if not run_id or not is_safe_run_id(run_id) or (name := run_file(run_id)) is None:
             return None
         try:
-            return self.layout.read_run(run_id)
-        except (OSError, Corrupt):
+            return parse_run(self.store.read_json(RUNS, name), run_id)
+        except (FileNotFoundError, Corrupt):
             return None
 
-    def _runs(self, *, report: bool) -> Iterator[RunRef]:
-        """Stream a RunRef per run file; unusable files are reported when ``report`` (the first pass)."""
-        for entry in self.layout.entries(RUNS):
-            if not entry.name.endswith(".json"):
+    def _runs(self) -> Iterator[RunRef]:
+        """Stream a RunRef per run file; unusable ones are handled by :meth:`_unusable` (holds, report)."""
+        for entry in self.store.entries(RUNS, regular=False):
+            name = entry.name
+            if name.endswith(MARKER_SUFFIX):
+                if not self.committing and (run_id := stem(name, MARKER_SUFFIX)):
+                    self.stale_markers.add(run_id)
                 continue
-            run_id = entry.name[:-5]
-            try:
-                ref = self.layout.read_run(run_id) if is_safe_run_id(run_id) else _unsafe(entry.path, run_id)
-            except FileNotFoundError:
+            if not name.endswith(".json"):
                 continue
-            except (OSError, Corrupt) as exc:
-                if report:
-                    self.job.report.skipped += 1
-                    self.job.report.warn(f"run file runs/{entry.name} is unusable ({exc}); left alone")
-                continue
-            yield ref
+            ref = self._inspect(name, name[:-5], hold=True)  # (even ".json": the engine's glob sees it)
+            if ref is not None:
+                yield ref
+
+    def _inspect(self, name: str, run_id: str, *, hold: bool) -> RunRef | None:
+        """Parse ``runs/<name>``; if unusable, read it again under the engine's lock, then give up safely."""
+        try:
+            return parse_run(self.store.read_json(RUNS, name), run_id)
+        except FileNotFoundError:
+            return None
+        except NotRegular as exc:
+            self._unusable(name, None, str(exc), hold=hold)
+            return None
+        except Corrupt:
+            pass
+        signature = self._signature(name)
+        if signature is not None and self.damaged.get(name, (None,))[0] == signature:
+            _sig, parents, known, known_why = self.damaged[name]  # unchanged since found unusable under the lock
+            self._unusable(name, None, known_why, hold=hold, found=(parents, known))
+            return None
+        raw, locked_why = self._read_locked(name, run_id)
+        if raw is None:
+            return None
+        try:
+            return parse_run(parse_json(raw), run_id)
+        except Corrupt as exc:
+            why = locked_why or str(exc)
+            parents, known = possible_parents(raw)
+            if signature is not None and signature == self._signature(name):
+                self.damaged[name] = (signature, parents, known, why)
+            self._unusable(name, raw, why, hold=hold, found=(parents, known))
+            return None
+
+    def _signature(self, name: str) -> tuple[int, int, int, int] | None:
+        st = self.store.lstat(RUNS, name)
+        return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _read_locked(self, name: str, run_id: str) -> tuple[bytes | None, str | None]:
+        """The file's bytes read under ``.locks/<run_id>.lock`` (bounded wait), or unlocked if that fails."""
+        why = None
+        try:
+            with self.store.lock(run_lock(run_id), self.lock_timeout, create=not self.job.dry_run) as held:
+                try:
+                    return self.store.read(RUNS, name), None
+                except FileNotFoundError:
+                    return None, None
+                finally:
+                    if held.created:
+                        held.unlink()
+        except LockTimeout:
+            why = f"it stayed unreadable while .locks/{run_lock(run_id)} was held for {self.lock_timeout}s"
+        except (FileNotFoundError, NotRegular):
+            pass  # no usable lock file: the engine is not writing it through one
+        try:
+            return self.store.read(RUNS, name), why
+        except FileNotFoundError:
+            return None, None
+        except NotRegular as exc:
+            return None, str(exc)
+
+    def _unusable(self, name: str, raw: bytes | None, why: str, *, hold: bool,
+                  found: tuple[set[str], bool] | None = None) -> None:
+        """An unusable run file: hold (or, after the commits, bring back) every parent it may have."""
+        parents, known = found if found is not None else possible_parents(raw) if raw is not None else (set(), False)
+        for parent in sorted(parents):
+            if hold:
+                self.hold_ancestors(parent)
+            else:
+                self.revive(parent)
+        if not known and name not in self.unknown_parents:
+            self.unknown_parents.append(name)
+            self.shallow_committed_unsafe |= self.committing
+        if name in self.reported:
+            return
+        self.reported.add(name)
+        self.job.report.skipped += 1
+        if known:
+            named = f"; the parents it may name are kept ({', '.join(sorted(parents))[:300]})" if parents else ""
+            self.job.report.warn(f"run file runs/{name} is unusable ({why}); left alone{named}")
+        else:
+            self.job.report.warn(
+                f"run file runs/{name} is unusable ({why}) and names no parent that can be read: left alone, and "
+                f"every expired run that could be a parent is kept this time (only runs at nesting depth "
+                f"{MAX_NESTING_DEPTH}, which can have no children, go); repair or remove the file")
 
     def planned(self, run_id: str) -> bool:
         """Would the commit passes delete this run (dry run: they only count)?"""
-        if run_id in self.held:
+        if run_id in self.held or run_id in self.lockdown_held or (marker := marker_file(run_id)) is None:
             return False
         ref = self._read(run_id)
-        return ref is not None and ref.eligible(self.cutoff)
+        return (ref is not None and ref.eligible(self.cutoff) and level(ref) in self.levels
+                and not self._blocked(ref) and not self.store.exists(RUNS, marker))
+
+    def _blocked(self, ref: RunRef) -> bool:
+        """Held, or kept by the conservative rule while a run file names no readable parent."""
+        return ref.run_id in self.held or (self.lockdown and can_have_children(ref))
 
     # -- holds ----------------------------------------------------------------------
 
@@ -93,13 +221,16 @@ class Selection:
 
     def plan(self) -> None:
         """Pass 1: held set, depth levels, and skipped runs (reported once)."""
-        for ref in self._runs(report=True):
+        for ref in self._runs():
             if ref.candidate(self.cutoff) and screen([ref], self.cutoff, self.job.report):
-                self.levels.add(_level(ref))
+                self.levels.add(level(ref))
                 self._check_depth(ref)
             else:
                 self.hold_ancestors(ref.parent_run_id)
-        self.job.report.held = len(self.held)
+        self._set_held()
+
+    def _set_held(self) -> None:
+        self.job.report.held = len(self.held | self.lockdown_held)
 
     def _check_depth(self, ref: RunRef) -> None:
         parent = self._read(ref.parent_run_id)
@@ -114,65 +245,146 @@ class Selection:
 
     def commit(self) -> None:
         """One pass per depth level, deepest first, committing batches of deletable runs."""
-        for level in sorted(self.levels, reverse=True):
+        self.committing = True
+        for lvl in sorted(self.levels, reverse=True):
             batch: list[RunRef] = []
-            for ref in self._runs(report=False):
-                if self._deletable(ref, level):
+            for ref in self._runs():
+                if self._deletable(ref, lvl):
                     batch.append(ref)
                     if len(batch) >= self.job.batch_size:
                         self._commit_batch(batch)
                         batch = []
             if batch:
                 self._commit_batch(batch)
-        self.job.report.held = len(self.held)
+        self._set_held()
 
-    def _deletable(self, ref: RunRef, level: int) -> bool:
+    def _deletable(self, ref: RunRef, lvl: int) -> bool:
         if not ref.eligible(self.cutoff):
             # A survivor whose expired parent is not held changed since the plan pass.
             if ref.parent_run_id and ref.parent_run_id not in self.held and self.hold_ancestors(ref.parent_run_id):
                 self.job.report.changed += 1
             return False
-        return _level(ref) == level and ref.run_id not in self.held
+        if level(ref) != lvl:
+            return False
+        if self._blocked(ref):
+            if ref.run_id not in self.held:
+                self.lockdown_held.add(ref.run_id)
+            return False
+        return True
 
     def _commit_batch(self, batch: list[RunRef]) -> None:
         self.job.boundary([ref.run_id for ref in batch])
-        if self.job.dry_run:
-            self.job.report.add(Kind.RUNS, len(batch))
-            return
         for ref in batch:
-            self._commit(ref)
+            if self._blocked(ref):  # held by a run read after this one joined the batch
+                if ref.run_id not in self.held:
+                    self.lockdown_held.add(ref.run_id)
+            elif self.job.dry_run:
+                if self.store.exists(RUNS, marker_file(ref.run_id) or ""):
+                    self.hold_ancestors(ref.parent_run_id)  # a stray marker: the run stays (see the sweep)
+                else:
+                    self.job.report.add(Kind.RUNS)
+            else:
+                self._commit(ref)
 
     def _commit(self, ref: RunRef) -> None:
-        """Under the engine's run lock: re-read, and rename to the purge marker if unchanged."""
-        report = self.job.report
-        lock_path = self.layout.lock(f"{ref.run_id}.lock")
-        existed = os.path.lexists(lock_path)
-        lock = FileLock(lock_path, timeout=self.lock_timeout)
-        committed = False
+        """Under the engine's run lock: re-read, and rename to the purge marker if unchanged and not held."""
+        report, run_id = self.job.report, ref.run_id
+        name, marker = run_file(run_id), marker_file(run_id)
+        assert name is not None and marker is not None  # eligible ids are safe
+        outcome = "changed"
         try:
-            lock.acquire()
-        except (Timeout, OSError) as exc:  # Timeout first: it is an OSError too
-            why = f"stayed held for {self.lock_timeout}s" if isinstance(exc, Timeout) else f"is unusable ({exc})"
+            with self.store.lock(run_lock(run_id), self.lock_timeout) as lock:
+                try:
+                    fresh = self._read(run_id)
+                    if self._blocked(ref):
+                        outcome = "held"
+                    elif self.store.exists(RUNS, marker):
+                        outcome = "stray"  # a marker beside the record: never ours to overwrite
+                    elif fresh is not None and ref.same_version(fresh) and fresh.eligible(self.cutoff):
+                        self.store.replace(RUNS, name, marker)
+                        outcome = "committed"
+                finally:
+                    if lock.created:
+                        lock.unlink()  # we created it: the dry run never saw it
+        except (LockTimeout, NotRegular) as exc:
+            why = f"stayed held for {self.lock_timeout}s" if isinstance(exc, LockTimeout) else f"is unusable ({exc})"
             report.skipped += 1
-            report.warn(f"run {ref.run_id!r}: its lock .locks/{ref.run_id}.lock {why}; run left alone")
+            report.warn(f"run {run_id!r}: its lock .locks/{run_lock(run_id)} {why}; run left alone")
             self.hold_ancestors(ref.parent_run_id)
             return
-        try:
-            fresh = self._read(ref.run_id)
-            if fresh is not None and ref.same_version(fresh) and fresh.eligible(self.cutoff):
-                os.replace(self.layout.run_file(ref.run_id), self.layout.marker(ref.run_id))
-                committed = True
-        finally:
-            lock.release()
-            if not existed:
-                unlink_lock(lock_path)  # we created it: the dry run never saw it
-        if committed:
+        if outcome == "committed":
             report.add(Kind.RUNS)
-        else:
+            return
+        if outcome == "changed":
             report.changed += 1
-            self.hold_ancestors(ref.parent_run_id)
+        elif outcome == "held" and run_id not in self.held:
+            self.lockdown_held.add(run_id)
+        self.hold_ancestors(ref.parent_run_id)
 
+    # -- runs written during the purge ------------------------------------------------
 
-def _unsafe(path: str, run_id: str) -> RunRef:
-    """Parse a run file whose name is not a safe id (never deleted; read only to report it)."""
-    return parse_run(load_json(path), run_id)
+    def recheck(self) -> None:
+        """Bring back every run this purge committed that a run file written meanwhile names as its parent."""
+        since = self.started - CTIME_SLACK
+        for entry in self.store.entries(RUNS, regular=False):
+            if not entry.name.endswith(".json"):
+                continue
+            run_id = entry.name[:-5]
+            try:
+                if entry.stat(follow_symlinks=False).st_ctime < since:
+                    continue
+            except FileNotFoundError:
+                continue
+            ref = self._inspect(entry.name, run_id, hold=False)
+            if ref is not None and ref.parent_run_id:
+                self.revive(ref.parent_run_id)
+        if self.shallow_committed_unsafe:
+            self._revive_shallow()
+        self._set_held()
+
+    def revive(self, run_id: str | None) -> None:
+        """Rename back the markers of ``run_id`` and its ancestors that this purge committed."""
+        seen: set[str] = set()
+        while run_id and run_id not in seen and run_id not in self.stale_markers:
+            seen.add(run_id)
+            ref = self._revive_one(run_id)
+            if ref is None:
+                return
+            run_id = ref.parent_run_id
+
+    def _revive_one(self, run_id: str) -> RunRef | None:
+        name, marker = run_file(run_id), marker_file(run_id)
+        if name is None or marker is None or not is_safe_run_id(run_id) or not self.store.is_regular(RUNS, marker):
+            return None
+        with self.store.lock(run_lock(run_id), self.lock_timeout) as lock:
+            try:
+                if self.store.exists(RUNS, name) or not self.store.is_regular(RUNS, marker):
+                    return None
+                try:
+                    ref = parse_run(self.store.read_json(RUNS, marker), run_id)
+                except (FileNotFoundError, Corrupt):
+                    return None
+                self.store.replace(RUNS, marker, name)
+            finally:
+                if lock.created:
+                    lock.unlink()
+        counts = self.job.report.counts
+        counts[Kind.RUNS] -= 1
+        if not counts[Kind.RUNS]:
+            del counts[Kind.RUNS]
+        self.held.add(run_id)
+        return ref
+
+    def _revive_shallow(self) -> None:
+        """A parent became unknown after commits began: bring back every committed run that could have children."""
+        for entry in self.store.entries(RUNS):
+            run_id = stem(entry.name, MARKER_SUFFIX)
+            if run_id is None or run_id in self.stale_markers:
+                continue
+            try:
+                ref = parse_run(self.store.read_json(RUNS, entry.name), run_id)
+            except (FileNotFoundError, Corrupt):
+                continue
+            if can_have_children(ref):
+                self.revive(run_id)
+

@@ -1,10 +1,13 @@
 """The cascade: each directory of the store streamed once, deleting the files of condemned runs.
 
-A purge condemns the runs it has committed (their purge marker exists); the
-orphan sweep condemns run ids that have no run file. Either way the sweep
-streams ``steps/``, ``hooks/``, ``checkpoints/``, the token index, ``events/``,
-``.locks/`` and then ``runs/`` (flags, then purge markers last), so a crash
-at any point leaves markers or orphans that the next pass finds again.
+A purge condemns the runs it has committed (a regular purge marker exists and
+the run's own record does not); the orphan sweep condemns run ids that have no
+run file. Either way the sweep streams ``steps/``, ``hooks/``,
+``checkpoints/``, the token index, ``events/``, ``.locks/`` and then ``runs/``
+(flags, then purge markers last), so a crash at any point leaves markers or
+orphans that the next pass finds again. A marker is removed only once
+everything of its run is gone: a lock file someone holds, or a token index
+that cannot be read even under the engine's lock, keeps it for the next run.
 Deletions go in pages of ``batch_size``; with a ``boundary`` (the orphan
 sweep) each page is announced first and re-checked right before deleting.
 """
@@ -14,101 +17,159 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from workflow_retention.backends.file.layout import (
+from workflow_retention.backends.file.fs import (
+    BASE,
     CHECKPOINTS,
     EVENTS,
     HOOKS,
     LOCKS,
-    MARKER_SUFFIX,
     RUNS,
+    SCHEDULES,
     STEPS,
+    SUBSCRIPTIONS,
+    TOKEN_INDEX,
     TOKEN_INDEX_LOCK,
     Corrupt,
-    Layout,
-    atomic_write,
-    checkpoint_owner,
-    count_lines,
+    LockBusy,
+    LockTimeout,
+    NotRegular,
+    Store,
+)
+from workflow_retention.backends.file.layout import (
+    MARKER_SUFFIX,
     hook_owner,
-    load_json,
-    lock_owners,
+    lock_kind,
+    run_file,
+    stem,
     step_owner,
-    token_owner,
-    unlink,
-    unlink_lock,
+    subscription_files,
 )
 from workflow_retention.exceptions import StorageError
-from workflow_retention.planning import is_safe_run_id
+from workflow_retention.planning import is_safe_run_id, key_owners, key_prefixes
 from workflow_retention.report import Kind
 
 CACHE_SIZE = 1024
+Owners = tuple[str, ...] | None  # the runs a condemned file is announced under; None: the file stays
+
+
+# Module-level so that a test can make any of them fail (tests/file/test_crash.py).
+def unlink(store: Store, directory: str, name: str, *, size: bool = True) -> int | None:
+    return store.unlink(directory, name, size=size)
+
+
+def unlink_lock(store: Store, name: str) -> int | None:
+    return store.unlink_lock(name)
+
+
+def atomic_write(store: Store, directory: str, name: str, data: bytes) -> None:
+    store.rewrite(directory, name, data)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whose files go. ``doomed``/``alive`` may be cached; ``fresh`` is the uncached re-check."""
+    """Whose files go.
 
+    ``exists(run_id)``: a run record exists (any status, id or readability:
+    the owner of a derived key is the longest prefix for which this holds).
+    ``doomed(run_id)``: that run's data goes (cached; ``fresh`` is the
+    uncached re-check made right before a delete, orphan sweep only).
+    ``orphans``: a derived key no existing run owns goes too.
+    """
+
+    exists: Callable[[str], bool]
     doomed: Callable[[str], bool]
-    alive: Callable[[str], bool]
-    fresh: Callable[[str], bool] | None = None
+    orphans: bool = False
+    reporting: bool = True
+    fresh_doomed: Callable[[str], bool] | None = None
 
     @classmethod
-    def cached(cls, doomed: Callable[[str], bool], alive: Callable[[str], bool], *,
+    def cached(cls, exists: Callable[[str], bool], doomed: Callable[[str], bool], *, orphans: bool,
                recheck: bool) -> Verdict:
-        return cls(lru_cache(CACHE_SIZE)(doomed), lru_cache(CACHE_SIZE)(alive), doomed if recheck else None)
+        return cls(exists, lru_cache(CACHE_SIZE)(doomed), orphans, True, doomed if recheck else None)
+
+    def fresh(self) -> Verdict | None:
+        """The same rules, uncached and silent, for the re-check right before a delete (or None: no re-check)."""
+        if self.fresh_doomed is None:
+            return None
+        return replace(self, doomed=self.fresh_doomed, reporting=False, fresh_doomed=None)
+
+    def alive(self, run_id: str) -> bool:
+        return self.exists(run_id) and not self.doomed(run_id)
+
+    def one(self, run_id: str | None) -> Owners:
+        return (run_id,) if run_id and self.doomed(run_id) else None
+
+    def any_of(self, owners: Sequence[str]) -> Owners:
+        """A file that may belong to any of ``owners`` goes when one is doomed and none is alive."""
+        if len(owners) == 1:
+            return self.one(owners[0])
+        if owners and any(self.doomed(o) for o in owners) and not any(self.alive(o) for o in owners):
+            return tuple(owners)
+        return None
+
+    def key(self, key: str, owner: str | None = None, *, known: bool = False) -> Owners:
+        """A derived key ``<run_id>:<rest>`` goes with its owner (planning.key_owner), or as an orphan."""
+        prefixes = key_prefixes(key)
+        if not prefixes:
+            return None  # a stream-step checkpoint: no run in its name
+        if not known:
+            owner = key_owners([key], self.existing)[key]
+        if owner is None:
+            return (prefixes[0],) if self.orphans and is_safe_run_id(prefixes[0]) else None
+        return self.one(owner)
+
+    def existing(self, ids: set[str]) -> set[str]:
+        return {i for i in ids if self.exists(i)}
 
 
 @dataclass
 class _Victim:
     kind: str
-    path: str
+    directory: str
+    name: str
     owners: tuple[str, ...]
-
-
-def condemned(owners: Sequence[str], doomed: Callable[[str], bool], alive: Callable[[str], bool]) -> bool:
-    """A file goes when one of the runs it may belong to is doomed and none of them is alive."""
-    if len(owners) == 1:
-        return doomed(owners[0])
-    return bool(owners) and any(doomed(o) for o in owners) and not any(alive(o) for o in owners)
+    owners_of: Callable[[str, Verdict], Owners]
 
 
 class Sweep:
-    def __init__(self, layout: Layout, report: Any, verdict: Verdict, *, dry_run: bool, batch_size: int,
+    def __init__(self, store: Store, report: Any, verdict: Verdict, *, dry_run: bool, batch_size: int,
                  lock_timeout: float, not_after: datetime | None = None,
                  boundary: Callable[[Sequence[str]], None] | None = None,
                  marker_kind: str | None = None) -> None:
-        self.layout, self.report, self.verdict = layout, report, verdict
+        self.store, self.report, self.verdict = store, report, verdict
         self.dry_run, self.batch_size, self.lock_timeout = dry_run, batch_size, lock_timeout
         self.not_after = not_after.timestamp() if not_after is not None else None
         self.boundary = boundary
         self.marker_kind = marker_kind  # count purge markers under this kind (orphan sweep) or not at all
         self.bytes = 0
+        self.incomplete: set[str] = set()  # runs with data left behind for now: their marker stays
+        self.all_incomplete = False
 
     def run(self) -> None:
         self._directory(STEPS, Kind.STEPS, self._step)
         self._directory(HOOKS, Kind.HOOKS, self._hook)
-        self._directory(CHECKPOINTS, Kind.CHECKPOINTS, lambda e: _one(checkpoint_owner(e.name)))
+        self._directory(CHECKPOINTS, Kind.CHECKPOINTS,
+                        lambda name, v: v.key(key) if (key := stem(name, ".json")) else None)
         self._token_index()
-        self._directory(EVENTS, Kind.EVENTS, lambda e: _one(_stem(e.name, ".jsonl")))
-        self._directory(LOCKS, Kind.LOCK_FILES, lambda e: lock_owners(e.name))
-        self._directory(RUNS, Kind.CANCELLATION_FLAGS, lambda e: _one(_stem(e.name, ".cancel")))
-        self._directory(RUNS, self.marker_kind or Kind.RUNS, lambda e: _one(_stem(e.name, MARKER_SUFFIX)))
+        self._directory(EVENTS, Kind.EVENTS, lambda name, v: v.one(stem(name, ".jsonl")))
+        self._directory(LOCKS, Kind.LOCK_FILES, self._lock)
+        if self.boundary is not None:
+            self._directory(RUNS, Kind.CANCELLATION_FLAGS, self._flag)
+        self._markers(flags=self.boundary is None)
 
     # -- one directory ------------------------------------------------------------
 
-    def _directory(self, directory: str, kind: str, owners_of: Callable[[os.DirEntry[str]], tuple[str, ...]]) -> None:
+    def _directory(self, directory: str, kind: str, owners_of: Callable[[str, Verdict], Owners]) -> None:
         page: list[_Victim] = []
-        v = self.verdict
-        for entry in self.layout.entries(directory):
-            owners = owners_of(entry)
-            if owners and condemned(owners, v.doomed, v.alive) and self._old_enough(entry.path):
-                page.append(_Victim(kind, entry.path, owners))
+        for entry in self.store.entries(directory):
+            owners = owners_of(entry.name, self.verdict)
+            if owners is not None and self._old_enough(directory, entry.name):
+                page.append(_Victim(kind, directory, entry.name, owners, owners_of))
                 if len(page) >= self.batch_size:
                     self._flush(page)
                     page = []
@@ -118,29 +179,32 @@ class Sweep:
     def _flush(self, page: list[_Victim]) -> None:
         if self.boundary is not None:
             self.boundary(list(dict.fromkeys(o for victim in page for o in victim.owners)))
+        fresh = self.verdict.fresh()
         for victim in page:
-            if self.verdict.fresh is not None and not (
-                    condemned(victim.owners, self.verdict.fresh, _not(self.verdict.fresh))
-                    and self._old_enough(victim.path)):
+            if fresh is not None and (victim.owners_of(victim.name, fresh) is None
+                                      or not self._old_enough(victim.directory, victim.name)):
                 continue
             self._delete(victim)
 
     def _delete(self, victim: _Victim) -> None:
+        store, name = self.store, victim.name
         try:
-            count = count_lines(victim.path) if victim.kind == Kind.EVENTS else 1
+            count = store.count_lines(EVENTS, name) if victim.kind == Kind.EVENTS else 1
             if self.dry_run:
-                size: int | None = os.lstat(victim.path).st_size
-            elif victim.kind == Kind.LOCK_FILES:
-                size = unlink_lock(victim.path)
+                st = store.lstat(victim.directory, name)
+                size = st.st_size if st is not None else None
+            elif victim.directory == LOCKS:
+                size = unlink_lock(store, name)
             else:
-                size = unlink(victim.path)
+                size = unlink(store, victim.directory, name, size=self.marker_kind is not None)  # bytes: orphans
         except FileNotFoundError:
             return
-        except OSError as exc:
-            if victim.kind != Kind.LOCK_FILES:
-                raise
-            self.report.skipped += 1  # a lock file we cannot open (and so cannot lock) stays
-            self.report.warn(f".locks/{os.path.basename(victim.path)}: {exc}; left alone")
+        except LockBusy:
+            self._left_behind(victim, "is held by another process")
+            return
+        except NotRegular as exc:
+            self._skip(store.rel(victim.directory, name), f"is {exc}")
+            self._left_behind(victim, None)
             return
         if size is None:
             return
@@ -148,103 +212,183 @@ class Sweep:
         if victim.kind != Kind.RUNS or self.marker_kind is not None:
             self.report.add(victim.kind, count)
 
-    def _old_enough(self, path: str) -> bool:
+    def _left_behind(self, victim: _Victim, why: str | None) -> None:
+        """A file of a condemned run stays for now: its run's marker stays too, for the next run."""
+        self.incomplete.update(victim.owners)
+        if why is not None:
+            self.report.warn(f"{self.store.rel(victim.directory, victim.name)} {why}; left for the next run")
+
+    def _old_enough(self, directory: str, name: str) -> bool:
         if self.not_after is None:
             return True
-        try:
-            return os.lstat(path).st_mtime < self.not_after
-        except FileNotFoundError:
-            return False
+        st = self.store.lstat(directory, name)
+        return st is not None and st.st_mtime < self.not_after
+
+    def _skip(self, what: str, why: str) -> None:
+        self.report.skipped += 1
+        self.report.warn(f"{what}: {why}; left alone")
 
     # -- owners read from content -------------------------------------------------------
 
-    def _step(self, entry: os.DirEntry[str]) -> tuple[str, ...]:
-        if not entry.name.endswith(".json"):
-            return ()
-        return self._owner_from_content(entry, step_owner)
+    def _step(self, name: str, v: Verdict) -> Owners:
+        if not name.endswith(".json"):
+            return None
+        return self._owner_from_content(STEPS, name, v, step_owner)
 
-    def _hook(self, entry: os.DirEntry[str]) -> tuple[str, ...]:
-        if not entry.name.endswith(".json"):
-            return ()
-        return self._owner_from_content(entry, lambda data: hook_owner(entry.name, data))
+    def _hook(self, name: str, v: Verdict) -> Owners:
+        if not name.endswith(".json"):
+            return None
+        return self._owner_from_content(HOOKS, name, v, lambda data: hook_owner(name, data, v.exists))
 
-    def _owner_from_content(self, entry: os.DirEntry[str], owner: Callable[[Any], str]) -> tuple[str, ...]:
+    def _owner_from_content(self, directory: str, name: str, v: Verdict, owner: Callable[[Any], str]) -> Owners:
         try:
-            return (owner(load_json(entry.path)),)
+            return v.one(owner(self.store.read_json(directory, name)))
         except FileNotFoundError:
-            return ()
-        except (Corrupt, OSError) as exc:
-            self.report.skipped += 1
-            self.report.warn(f"{os.path.basename(os.path.dirname(entry.path))}/{entry.name}: {exc}; left alone")
-            return ()
+            return None
+        except Corrupt as exc:
+            if v.reporting:
+                self._skip(f"{directory}/{name}", str(exc))
+            return None
+
+    # -- lock files ---------------------------------------------------------------------
+
+    def _lock(self, name: str, v: Verdict) -> Owners:
+        kind, what = lock_kind(name)
+        if kind == "run":
+            return v.any_of(what) if what else None
+        if kind == "checkpoint":
+            return v.key(what)
+        if not v.orphans:
+            return None  # a purged schedule's or subscription's lock goes with it (the aux sweep)
+        if kind == "schedule":
+            record = f"{what}.json"
+            return () if not self.store.exists(SCHEDULES, record) else None
+        if kind == "subscription":
+            return () if not any(self.store.exists(SUBSCRIPTIONS, n) for n in subscription_files(what)) else None
+        return None
+
+    # -- purge markers (last) -------------------------------------------------------------
+
+    def _flag(self, name: str, v: Verdict) -> Owners:
+        return v.one(stem(name, ".cancel"))
+
+    def _markers(self, *, flags: bool) -> None:
+        """Purge markers go last, each once its run is gone. With ``flags`` (a purge: no pages announced), the
+        same pass deletes cancellation flags, a marker's own flag always before the marker."""
+        page: list[_Victim] = []
+        for entry in self.store.entries(RUNS, regular=False):
+            if flags and entry.name.endswith(".cancel") and entry.is_file(follow_symlinks=False):
+                if (owners := self._flag(entry.name, self.verdict)) is not None:
+                    self._delete(_Victim(Kind.CANCELLATION_FLAGS, RUNS, entry.name, owners, self._flag))
+                continue
+            run_id = stem(entry.name, MARKER_SUFFIX)
+            if run_id is None or not self._marker_goes(entry, run_id):
+                continue
+            if flags and self.store.exists(RUNS, flag := f"{run_id}.cancel"):
+                self._delete(_Victim(Kind.CANCELLATION_FLAGS, RUNS, flag, (run_id,), self._flag))
+            if self._old_enough(RUNS, entry.name):
+                page.append(_Victim(self.marker_kind or Kind.RUNS, RUNS, entry.name, (run_id,), self._marker_owner))
+                if len(page) >= self.batch_size:
+                    self._flush(page)
+                    page = []
+        if page:
+            self._flush(page)
+
+    def _marker_goes(self, entry: os.DirEntry[str], run_id: str) -> bool:
+        what = f"runs/{entry.name}"
+        if (name := run_file(run_id)) is not None and self.store.exists(RUNS, name):
+            self._skip(what, f"is a purge marker beside the run's own record runs/{name} (a restore from "
+                             "backup?); it condemns nothing")
+            return False
+        if not entry.is_file(follow_symlinks=False):
+            self._skip(what, "is a purge marker that is not a regular file; it condemns nothing")
+            return False
+        if not is_safe_run_id(run_id):
+            self._skip(what, "is a purge marker for an unsafe run id; it condemns nothing")
+            return False
+        return not self.all_incomplete and run_id not in self.incomplete
+
+    def _marker_owner(self, name: str, v: Verdict) -> Owners:
+        return v.one(stem(name, MARKER_SUFFIX))
 
     # -- the token index ---------------------------------------------------------------
 
     def _token_index(self) -> None:
         """Drop the entries of condemned runs: one atomic rewrite under the engine's token_index.lock."""
-        if not os.path.lexists(self.layout.token_index):
+        if not self.store.exists(BASE, TOKEN_INDEX):
             return
-        index = self._load_index()
-        if index is None:
+        index = self._read_index()
+        if not isinstance(index, dict):
+            index = self._read_index_locked()  # maybe caught mid-write by the engine: read it under its lock
+        if not isinstance(index, dict):
+            self._index_unusable(index)
             return
-        v = self.verdict
-        drops = {token: value for token, value in index.items()
-                 if (owner := token_owner(value)) is not None and v.doomed(owner)}
+        drops = self._drops(index, self.verdict)
         del index
         if not drops:
             return
         if self.boundary is not None:
-            self.boundary(list(dict.fromkeys(token_owner(value) for value in drops.values())))
+            self.boundary(list(dict.fromkeys(o for _value, who in drops.values() for o in who)))
         if self.dry_run:
-            self._rewrite_index(drops, write=False)
+            self.report.add(Kind.HOOK_TOKENS, len(drops))
             return
-        lock = FileLock(self.layout.lock(TOKEN_INDEX_LOCK), timeout=self.lock_timeout)
         try:
-            with lock:
-                self._rewrite_index(drops, write=True)
-        except Timeout as exc:
+            with self.store.lock(TOKEN_INDEX_LOCK, self.lock_timeout):
+                self._rewrite_index(drops)
+        except LockTimeout as exc:
             raise StorageError(f"{TOKEN_INDEX_LOCK} stayed locked for {self.lock_timeout}s; "
                                "the token index was not rewritten (the next purge retries)") from exc
+        except NotRegular as exc:
+            raise StorageError(f"file store {self.store.base}: .locks/{TOKEN_INDEX_LOCK} is {exc}; "
+                               "the token index was not rewritten") from exc
 
-    def _rewrite_index(self, drops: dict[str, Any], *, write: bool) -> None:
-        index = self._load_index()
-        if index is None:
+    def _drops(self, index: dict, v: Verdict) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """token -> (value, owners) for the entries of condemned runs (ownership per planning.key_owners)."""
+        values = {value for value in index.values() if isinstance(value, str)}
+        owners = key_owners(values, v.existing)
+        drops = {}
+        for token, value in index.items():
+            if isinstance(value, str) and (who := v.key(value, owners[value], known=True)) is not None:
+                drops[token] = (value, who)
+        return drops
+
+    def _rewrite_index(self, drops: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+        index = self._read_index()
+        if not isinstance(index, dict):
+            self._index_unusable(index)
             return
-        fresh = self.verdict.fresh
-        removed = [token for token, value in drops.items() if token in index and index[token] == value
-                   and (fresh is None or fresh(token_owner(value)))]  # type: ignore[arg-type]
+        fresh = self.verdict.fresh()
+        still = self._drops({t: index[t] for t in drops if t in index}, fresh) if fresh is not None else None
+        removed = [token for token, (value, _who) in drops.items()
+                   if index.get(token) == value and (still is None or token in still)]
         if not removed:
             return
-        before = os.lstat(self.layout.token_index).st_size
+        st = self.store.lstat(BASE, TOKEN_INDEX)
+        before = st.st_size if st is not None else 0
         for token in removed:
             del index[token]
         data = json.dumps(index, indent=2).encode()
-        if write:
-            atomic_write(self.layout.token_index, data)
+        atomic_write(self.store, BASE, TOKEN_INDEX, data)
         self.bytes += max(before - len(data), 0)
         self.report.add(Kind.HOOK_TOKENS, len(removed))
 
-    def _load_index(self) -> dict[str, Any] | None:
+    def _read_index(self) -> Any:
+        """The index, or why it cannot be used (a str)."""
         try:
-            index = load_json(self.layout.token_index)
+            index = self.store.read_json(BASE, TOKEN_INDEX)
         except FileNotFoundError:
-            return None
-        except (Corrupt, OSError) as exc:
-            index = exc
-        if not isinstance(index, dict):
-            self.report.skipped += 1
-            self.report.warn(f"_token_index.json is unusable ({index!r:.200}); left alone")
-            return None
-        return index
+            return {}
+        except Corrupt as exc:
+            return str(exc)
+        return index if isinstance(index, dict) else "not a JSON object"
 
+    def _read_index_locked(self) -> Any:
+        try:
+            with self.store.lock(TOKEN_INDEX_LOCK, self.lock_timeout, create=not self.dry_run):
+                return self._read_index()
+        except (FileNotFoundError, LockTimeout, NotRegular):
+            return self._read_index()
 
-def _one(owner: str | None) -> tuple[str, ...]:
-    return (owner,) if owner is not None and is_safe_run_id(owner) else ()
-
-
-def _stem(name: str, suffix: str) -> str | None:
-    return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
-
-
-def _not(predicate: Callable[[str], bool]) -> Callable[[str], bool]:
-    return lambda run_id: not predicate(run_id)
+    def _index_unusable(self, why: Any) -> None:
+        self.all_incomplete = True
+        self._skip(TOKEN_INDEX, f"is unusable ({str(why)[:200]}); the purge markers stay until it can be read")
