@@ -156,7 +156,7 @@ class Sweep:
         self._directory(CHECKPOINTS, Kind.CHECKPOINTS,
                         lambda name, v: v.key(key) if (key := stem(name, ".json")) else None)
         self._token_index()
-        self._directory(EVENTS, Kind.EVENTS, lambda name, v: v.one(stem(name, ".jsonl")))
+        self._directory(EVENTS, Kind.EVENTS, self._events)
         self._directory(LOCKS, Kind.LOCK_FILES, self._lock)
         if self.boundary is not None:
             self._directory(RUNS, Kind.CANCELLATION_FLAGS, self._flag)
@@ -269,23 +269,29 @@ class Sweep:
 
     # -- purge markers (last) -------------------------------------------------------------
 
+    def _events(self, name: str, v: Verdict) -> Owners:
+        return v.one(stem(name, ".jsonl"))
+
     def _flag(self, name: str, v: Verdict) -> Owners:
         return v.one(stem(name, ".cancel"))
 
     def _markers(self, *, flags: bool) -> None:
         """Purge markers go last, each once its run is gone. With ``flags`` (a purge: no pages announced), the
-        same pass deletes cancellation flags, a marker's own flag always before the marker."""
+        same pass deletes cancellation flags, and a marker's flag, events file and lock files (were one
+        re-created by the engine since their own pass) always before the marker."""
         page: list[_Victim] = []
         for entry in self.store.entries(RUNS, regular=False):
-            if flags and entry.name.endswith(".cancel") and entry.is_file(follow_symlinks=False):
-                if (owners := self._flag(entry.name, self.verdict)) is not None:
+            if flags and entry.name.endswith(".cancel"):
+                if entry.is_file(follow_symlinks=False) and (owners := self._flag(entry.name, self.verdict)):
                     self._delete(_Victim(Kind.CANCELLATION_FLAGS, RUNS, entry.name, owners, self._flag))
                 continue
             run_id = stem(entry.name, MARKER_SUFFIX)
-            if run_id is None or not self._marker_goes(entry, run_id):
+            if run_id is None or not self._marker_condemns(entry, run_id):
                 continue
-            if flags and self.store.exists(RUNS, flag := f"{run_id}.cancel"):
-                self._delete(_Victim(Kind.CANCELLATION_FLAGS, RUNS, flag, (run_id,), self._flag))
+            if flags and not self.dry_run:
+                self._stragglers(run_id)
+            if self.all_incomplete or run_id in self.incomplete:
+                continue  # something of the run is still there: the next purge finishes it
             if self._old_enough(RUNS, entry.name):
                 page.append(_Victim(self.marker_kind or Kind.RUNS, RUNS, entry.name, (run_id,), self._marker_owner))
                 if len(page) >= self.batch_size:
@@ -294,7 +300,18 @@ class Sweep:
         if page:
             self._flush(page)
 
-    def _marker_goes(self, entry: os.DirEntry[str], run_id: str) -> bool:
+    def _stragglers(self, run_id: str) -> None:
+        """Right before its marker: the run's files named by its id, had an engine re-created one meanwhile."""
+        for directory, name, kind, owners_of in (
+                (RUNS, f"{run_id}.cancel", Kind.CANCELLATION_FLAGS, self._flag),
+                (EVENTS, f"{run_id}.jsonl", Kind.EVENTS, self._events),
+                (LOCKS, f"{run_id}.lock", Kind.LOCK_FILES, self._lock),
+                (LOCKS, f"events_{run_id}.lock", Kind.LOCK_FILES, self._lock),
+                (LOCKS, f"{run_id}_cancel.lock", Kind.LOCK_FILES, self._lock)):
+            if self.store.is_regular(directory, name) and (owners := owners_of(name, self.verdict)) is not None:
+                self._delete(_Victim(kind, directory, name, owners, owners_of))
+
+    def _marker_condemns(self, entry: os.DirEntry[str], run_id: str) -> bool:
         what = f"runs/{entry.name}"
         if (name := run_file(run_id)) is not None and self.store.exists(RUNS, name):
             self._skip(what, f"is a purge marker beside the run's own record runs/{name} (a restore from "
@@ -306,7 +323,7 @@ class Sweep:
         if not is_safe_run_id(run_id):
             self._skip(what, "is a purge marker for an unsafe run id; it condemns nothing")
             return False
-        return not self.all_incomplete and run_id not in self.incomplete
+        return True
 
     def _marker_owner(self, name: str, v: Verdict) -> Owners:
         return v.one(stem(name, MARKER_SUFFIX))
