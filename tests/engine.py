@@ -12,7 +12,7 @@ What it wrote is recorded so the judge can check that nothing of a run the
 engine kept alive was lost. A revival counts only when the engine then reads
 the run back whole (its workflow name included): an unconditional upsert that
 lands after the purge deleted the run (Cassandra, DynamoDB) re-creates a
-partial "ghost" record; such runs are recorded in ``ghosts``, not ``revived``.
+partial "ghost" record; such runs are only in ``unconfirmed``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class ConcurrentEngine:
         self.current: list[str] = []
         self._fresh_batch = False  # a batch arrived that the engine has not tried to revive from yet
         self.revived: dict[str, Writes] = {}
-        self.ghosts: set[str] = set()
         self.attempted: set[str] = set()
         self.errors: list[str] = []
         self.actions = 0
@@ -87,6 +86,11 @@ class ConcurrentEngine:
         start, deadline = self.actions, time.monotonic() + 0.25
         while self.actions < start + self.acts_per_batch and time.monotonic() < deadline:
             time.sleep(0.001)
+
+    @property
+    def unconfirmed(self) -> set[str]:
+        """Runs the engine tried to revive but could not read back whole: gone first, or left as a ghost."""
+        return self.attempted - set(self.revived)
 
     @property
     def kept_alive(self) -> set[str]:
@@ -139,13 +143,11 @@ class ConcurrentEngine:
         try:
             await pw.update_run_status(run_id, RunStatus.RUNNING)
             again = await pw.get_run(run_id)
-        except Exception:
+        except Exception:  # the run went meanwhile (file: not found; DynamoDB: a partial record)
             again = None
         if again is not None and again.workflow_name and again.status == RunStatus.RUNNING:
             self.revived[run_id] = Writes(in_flight=in_flight)
             await self._write(pw, run_id)
-        elif again is not None:
-            self.ghosts.add(run_id)
 
     async def _write(self, pw: Any, run_id: str) -> None:
         """One write to a run the engine keeps alive; a failure here means the run lost its record."""

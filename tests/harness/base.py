@@ -163,6 +163,13 @@ class Harness(ABC):
         """Overwrite the run's stored updated_at with an unparseable value (capability "corruptible_timestamps")."""
         raise NotImplementedError
 
+    def ghosts(self) -> set[str]:
+        """Runs whose record is a partial one an engine's upsert re-created after the run was deleted.
+
+        Only stores whose engine writes run records unconditionally (Cassandra, DynamoDB) can hold them.
+        """
+        return set()
+
     def set_status(self, run_id: str, status: str) -> None:
         """Overwrite the run's stored status with ``status`` as given (not through pyworkflow's enum),
         where and as an engine would file it (status indexes included)."""

@@ -331,6 +331,11 @@ class CassandraHarness(Harness):
         # A typed TIMESTAMP cannot hold garbage; a missing one is what a partial write leaves.
         self.execute("UPDATE {ks}.workflow_runs SET updated_at = null WHERE run_id = %s", (run_id,))
 
+    def ghosts(self) -> set[str]:
+        """Run rows without the workflow_name create_run always writes: an engine UPDATE (an upsert) after the delete."""
+        return {row.run_id for row in self.execute("SELECT run_id, workflow_name FROM {ks}.workflow_runs")
+                if row.workflow_name is None}
+
     def set_status(self, run_id: str, status: str) -> None:
         row = self.execute("SELECT created_at, workflow_name FROM {ks}.workflow_runs WHERE run_id = %s",
                            (run_id,)).one()
