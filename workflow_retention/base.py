@@ -203,6 +203,20 @@ class StorageBackend(ABC):
         batch_size: int | None = None,
         on_batch: OnBatch | None = None,
     ) -> PurgeReport:
+        """Delete every expired run with everything of it, children before parents (see the class docstring).
+
+        ``older_than``: the cutoff, a timezone-aware datetime; a run goes when its status is terminal and its
+        ``updated_at`` is strictly earlier. ``dry_run``: select and count exactly as a purge would, change
+        nothing. ``batch_size``: runs per batch (1 to 10,000; default: the backend's). ``on_batch``: called
+        with a :class:`BatchInfo` before each batch is deleted, with nothing of the store locked; raising
+        :class:`PurgeStopped` there stops the purge cleanly (the report says so), anything else aborts it.
+
+        Returns the :class:`PurgeReport`. Raises :class:`ConfigurationError` for a naive or out-of-range
+        cutoff or a bad batch size, before anything is read; :class:`StorageError` (the driver's error
+        chained) when the store fails. Records that cannot be judged safely (an unreadable timestamp, an
+        unsafe id, a status pyworkflow never writes) are kept, counted in ``skipped`` and described in
+        ``warnings``.
+        """
         cutoff = require_aware(older_than, "older_than")
         size = self._batch_size(batch_size)
         report = PurgeReport(backend=self.url, dry_run=dry_run, cutoff=cutoff, started_at=utcnow())
