@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.file.conftest import tree
 from tests.harness.file import FileHarness
-from tests.scenario import CUTOFF
+from tests.scenario import CUTOFF, OLD, add_run
 from workflow_retention.backends import by_url
 from workflow_retention.backends.file import FileBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
@@ -107,3 +109,12 @@ def test_seed_keeps_an_existing_token_index(store: FileHarness) -> None:
     store.retention().seed(runs)
     index = json.loads(path.read_text())
     assert index["run_x:hook_1"] == "run_x:hook_1" and len(index) == 1 + sum(len(s.hooks) for s in runs)
+
+
+def test_a_store_without_its_locks_directory_fails_before_anything_changes(store: FileHarness) -> None:
+    store.run(add_run(store.pyworkflow(), "run_a", "completed", OLD))
+    shutil.rmtree(store.base / ".locks")
+    before = tree(store.base)
+    with pytest.raises(StorageError, match=r"no \.locks/ directory"):
+        store.retention().delete_old_runs(CUTOFF)
+    assert tree(store.base) == before

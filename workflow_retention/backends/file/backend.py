@@ -88,6 +88,9 @@ from workflow_retention.backends.file.fs import (
     SUBSCRIPTIONS,
     TOKEN_INDEX,
     TOKEN_INDEX_LOCK,
+    Corrupt,
+    LockBusy,
+    LockTimeout,
     Store,
 )
 from workflow_retention.backends.file.layout import MARKER_SUFFIX, marker_file, run_file
@@ -97,7 +100,7 @@ from workflow_retention.backends.file.sweep import Sweep, Verdict
 from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, PurgeStopped, StorageError
 from workflow_retention.planning import is_safe_run_id
-from workflow_retention.report import Kind
+from workflow_retention.report import Kind, printable
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url, split_url
 
@@ -233,6 +236,9 @@ def _purge_verdict(store: Store, selection: Selection, dry_run: bool) -> Verdict
 
 def _preflight(store: Store, directories: tuple[str, ...]) -> None:
     """Before anything changes: every directory can be written, and the shared lock and index can be used."""
+    if not store.has(LOCKS):
+        raise StorageError(f"file store {store.base} has no .locks/ directory (the engine creates it); "
+                           "nothing was changed")
     for directory in directories:
         store.probe(directory)
     lock = store.lstat(LOCKS, TOKEN_INDEX_LOCK)
@@ -254,5 +260,5 @@ def _errors(base: Path) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except OSError as exc:
-        raise StorageError(f"file store {base}: {exc}") from exc
+    except (OSError, Corrupt, LockTimeout, LockBusy) as exc:  # what no caller could handle on its own
+        raise StorageError(f"file store {base}: {printable(str(exc))}") from exc

@@ -353,27 +353,35 @@ class Selection:
             run_id = ref.parent_run_id
 
     def _revive_one(self, run_id: str) -> RunRef | None:
+        """Rename one marker of this purge back to its run file; the run as read back (None: not revived)."""
         name, marker = run_file(run_id), marker_file(run_id)
         if name is None or marker is None or not is_safe_run_id(run_id) or not self.store.is_regular(RUNS, marker):
             return None
-        with self.store.lock(run_lock(run_id), self.lock_timeout) as lock:
-            try:
-                if self.store.exists(RUNS, name) or not self.store.is_regular(RUNS, marker):
-                    return None
+        try:
+            with self.store.lock(run_lock(run_id), self.lock_timeout) as lock:
                 try:
-                    ref = parse_run(self.store.read_json(RUNS, marker), run_id)
-                except (FileNotFoundError, Corrupt):
-                    return None
-                self.store.replace(RUNS, marker, name)
-            finally:
-                if lock.created:
-                    lock.unlink()
+                    renamed = self._rename_back(name, marker)
+                finally:
+                    if lock.created:
+                        lock.unlink()
+        except (LockTimeout, NotRegular) as exc:
+            # Keeping data is the safe direction: the engine never creates a run under an existing id.
+            self.job.report.warn(f"run {run_id!r}: brought back without its lock .locks/{run_lock(run_id)} ({exc})")
+            renamed = self._rename_back(name, marker)
+        if not renamed:
+            return None
         counts = self.job.report.counts
         counts[Kind.RUNS] -= 1
         if not counts[Kind.RUNS]:
             del counts[Kind.RUNS]
         self.held.add(run_id)
-        return ref
+        return self._inspect(name, run_id, hold=False)  # unreadable: its own possible parents come back
+
+    def _rename_back(self, name: str, marker: str) -> bool:
+        if self.store.exists(RUNS, name) or not self.store.is_regular(RUNS, marker):
+            return False
+        self.store.replace(RUNS, marker, name)
+        return True
 
     def _revive_shallow(self) -> None:
         """A parent became unknown after commits began: bring back every committed run that could have children."""
