@@ -109,3 +109,13 @@ def test_an_unreadable_run_file_is_a_failure_not_a_skip(open_store: FileHarness)
     out = _purge_as_nobody(store.base)
     assert out.get("error") == "StorageError" and "run_b.json" in out["message"], out
     assert tree(store.base) == before
+
+
+def test_an_orphan_sweep_that_cannot_write_fails_loudly(open_store: FileHarness) -> None:
+    """Only orphan lock files: an unwritable .locks/ used to be 'skipped' one by one, and exit 0."""
+    store = open_store
+    store.run(store.synthesize_orphan(Kind.LOCK_FILES, "run_gone", OLD))
+    before = tree(store.base)
+    out = run_as(NOBODY, NOBODY, lambda: FileBackend(store.base).sweep_orphans().to_dict())
+    assert out.get("error") == "StorageError" and "Permission denied" in out["message"], out
+    assert tree(store.base) == before
