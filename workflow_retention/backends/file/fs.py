@@ -48,7 +48,7 @@ BASE = "."
 TOKEN_INDEX = "_token_index.json"
 TOKEN_INDEX_LOCK = "token_index.lock"
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _LOCK = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -108,7 +108,7 @@ class Store:
     def open(cls, base: Path) -> Iterator[Store]:
         """Open the store; refuse one that is missing, not a store, or whose directories lead elsewhere."""
         try:
-            base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise StorageError(f"file store {base} does not exist or is not a directory") from exc
         except OSError as exc:
