@@ -244,3 +244,26 @@ def test_json_nested_too_deep_to_parse_is_reported_and_every_other_run_goes(stor
     assert audit.purge.runs == 2 and audit.purge.skipped == 1
     assert path.read_bytes() == raw
     assert orphans.skipped == (0 if where == "runs" else 1)
+
+
+def test_a_run_file_damaged_after_commits_began_brings_back_every_run_that_could_be_its_parent(
+        store: FileHarness) -> None:
+    """An engine crash mid-write while the purge runs: the runs it already committed that could have
+    children are renamed back before any of their data is touched; the depth-3 run still goes."""
+    chain = _chain(store)
+    pw = store.pyworkflow()
+    store.run(add_run(pw, "run_other", "completed", OLD))
+    store.run(add_run(pw, "run_live", "running", OLD))
+    live = store.base / "runs" / "run_live.json"
+    shallow: list[str] = []
+
+    def crash(info) -> None:
+        shallow.extend(r for r in info.run_ids if r in ("run_d0", "run_other"))
+        if len(shallow) == 2:  # the last batch: every other expired run is committed by now
+            live.write_text('{"run_id": "run_live", "stat')
+
+    report = store.retention(batch_size=1).delete_old_runs(CUTOFF, on_batch=crash)
+    assert run_ids(store.inventory()) == set(chain[:3]) | {"run_other", "run_live"}
+    assert (report.runs, report.held, report.skipped) == (1, 4, 1), report.warnings
+    assert not [i for i in store.inventory() if i.kind == "purge_markers"]
+    assert_no_orphans(store.inventory())
