@@ -39,7 +39,7 @@ def test_the_token_index_is_read_under_the_engine_lock(store: FileHarness) -> No
         with FileLock(str(store.base / ".locks" / "token_index.lock")):
             index.write_bytes(whole[: len(whole) // 2])
             writing.set()
-            time.sleep(0.5)
+            time.sleep(1.5)
             index.write_bytes(whole)
 
     thread = threading.Thread(target=engine)

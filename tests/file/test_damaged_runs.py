@@ -51,7 +51,7 @@ def test_a_child_the_engine_is_rewriting_in_place_holds_its_parents(store: FileH
         with FileLock(str(store.base / ".locks" / "run_child.lock")):
             path.write_bytes(whole[: len(whole) // 3])  # write_text: truncated, then written
             rewriting.set()
-            time.sleep(0.5)
+            time.sleep(1.5)
             path.write_bytes(whole)
 
     thread = threading.Thread(target=engine)
