@@ -108,6 +108,6 @@ def test_statement_counts_are_kept(cassandra_harness: CassandraHarness) -> None:
     backend = cassandra_harness.retention()
     backend.delete_old_runs(CUTOFF - timedelta(0))
     # one commit; its one status row, read and deleted (not blind deletes under all eight statuses)
-    assert backend.requests["delete_run_if"] == 1 and backend.statements["delete_status_row"] == 1
+    assert backend.statements["delete_run"] == 1 and backend.statements["delete_status_row"] == 1
     backend.close()
-    assert backend.statements["delete_run_if"] == 1  # kept across close()
+    assert backend.statements["delete_run"] == 1  # kept across close()

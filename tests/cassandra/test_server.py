@@ -108,7 +108,26 @@ def _stop_at(index: int):
     return on_batch
 
 
-def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraServer) -> None:
+def _engine_writes_before_the_first_delete(monkeypatch: pytest.MonkeyPatch, server: CassandraServer,
+                                           keyspace: str) -> None:
+    """An engine write to a run after the purge checked its record, before the delete: the record is put back."""
+    from workflow_retention.backends.cassandra import session as session_module
+
+    original, done = session_module.Cql.unlogged_batches, []
+
+    def engine_first(self, groups) -> None:
+        deletes = [params[1] for group in groups for name, params in group if name == "delete_run"]
+        if deletes and not done:
+            server.session.execute(f"UPDATE {keyspace}.workflow_runs SET status = 'running' WHERE run_id = %s",
+                                   (deletes[0],))
+            done.append(deletes[0])
+        original(self, groups)
+
+    monkeypatch.setattr(session_module.Cql, "unlogged_batches", engine_first)
+
+
+def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """One workload that makes the backend issue every statement it has, on the real server."""
     server = cassandra_service
     keyspace = f"{server.prefix}_coverage"
@@ -123,12 +142,13 @@ def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraS
         backend.check()
         audit = backend.audit(older_than=CUTOFF)
         orphans = backend.sweep_orphans(grace=timedelta(0))
+        _engine_writes_before_the_first_delete(monkeypatch, server, keyspace)
         stopped = backend.delete_old_runs(CUTOFF, on_batch=_stop_at(2))  # leaves its markers
         report = backend.delete_old_runs(CUTOFF)  # finishes them, drops them
         assert orphans.total == len(ORPHAN_ROWS), dict(orphans.counts)
         assert {s.table for s in SOURCES} == {table for table, _, _ in ORPHAN_ROWS}
-        assert stopped.stopped and stopped.runs > 0
-        assert stopped.runs + report.runs == audit.purge.runs
+        assert stopped.stopped and stopped.runs > 0 and stopped.changed == 1
+        assert stopped.runs + report.runs == audit.purge.runs - 1
         assert report.counts["schedules"] == 1 and report.counts["signals"] == 1
         executed = set(backend.statements)
         missing = sorted(set(STATEMENTS) - executed)

@@ -11,7 +11,7 @@ partitions and keys), then the partitions themselves.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from workflow_retention.backends.cassandra.runs import RunKeys, now_us
@@ -20,6 +20,9 @@ from workflow_retention.planning import RUN_STATUSES, chunked
 from workflow_retention.report import Kind, PurgeReport
 
 Statement = tuple[str, tuple[Any, ...]]
+
+#: Statements per UNLOGGED batch: a few runs' deletes per request (a run's are never split).
+BATCH_STATEMENTS = 32
 
 #: (read, delete, kind) of the run's own partitions, keyed by run_id.
 PARTITIONS = (("events_in", "delete_events", Kind.EVENTS), ("steps_in", "delete_steps", Kind.STEPS),
@@ -89,8 +92,18 @@ class Cascade:
                 counts[kind] += len(rows)
         self.report.merge(counts)
         if not self.dry_run:
-            self.cql.unlogged_batches(list(first.values()))
-            self.cql.unlogged_batches(list(second.values()))
+            self.cql.unlogged_batches(packed(first.values()))
+            self.cql.unlogged_batches(packed(second.values()))
+
+
+def packed(groups: Iterable[list[Statement]], size: int = BATCH_STATEMENTS) -> list[list[Statement]]:
+    """Groups of statements (one run's each) packed into batches of about ``size`` statements."""
+    batches: list[list[Statement]] = [[]]
+    for group in groups:
+        if batches[-1] and len(batches[-1]) + len(group) > size:
+            batches.append([])
+        batches[-1].extend(group)
+    return [b for b in batches if b]
 
 
 def _listing_reads(runs: Sequence[RunKeys]) -> list[tuple[str, Any]]:

@@ -116,8 +116,12 @@ STATEMENTS: dict[str, str] = {
     "scan_runs": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE token(run_id) > ?",
     "runs_in": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE run_id IN ?",
     "children_in": "SELECT parent_run_id, run_id FROM runs_by_parent WHERE parent_run_id IN ?",
-    # -- the purge: the commit point (children first), after the run's marker is written -------
-    "delete_run_if": "DELETE FROM workflow_runs WHERE run_id = ? IF status = ? AND updated_at = ?",
+    # -- the purge: the commit (children first), after the run's marker is written: the record is
+    # re-read whole with its write times, deleted USING TIMESTAMP of the newest one, and re-read;
+    # a record written again in between is put back as it was read, beneath the newer write
+    "records_in": "SELECT {record} FROM workflow_runs WHERE run_id IN ?",
+    "delete_run": "DELETE FROM workflow_runs USING TIMESTAMP ? WHERE run_id = ?",
+    "restore_run": "INSERT INTO workflow_runs ({columns}) VALUES ({marks}) USING TIMESTAMP ?",
     # -- the cascade of a committed run: read (with write times) and count ---------------------
     "events_in": "SELECT run_id, WRITETIME(type) AS written FROM events WHERE run_id IN ?",
     "steps_in": "SELECT run_id, step_id, WRITETIME(status) AS written FROM steps WHERE run_id IN ?",
@@ -278,6 +282,15 @@ def timestamp_columns(table: str) -> set[str]:
 def create_table(name: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} ({TABLES[name]})"
 
+
+#: workflow_runs' columns, run_id first, and the regular ones (the record's write times are theirs).
+RECORD_COLUMNS = [c.split()[0] for c in TABLES["workflow_runs"].split(", ")]
+RECORD_VALUES = RECORD_COLUMNS[1:]
+STATEMENTS["records_in"] = STATEMENTS["records_in"].format(record=", ".join(
+    [ms(c) if c in timestamp_columns("workflow_runs") else c for c in RECORD_COLUMNS]
+    + [f"WRITETIME({c}) AS w_{c}" for c in RECORD_VALUES]))
+STATEMENTS["restore_run"] = STATEMENTS["restore_run"].format(columns=", ".join(RECORD_COLUMNS),
+                                                             marks=", ".join("?" * len(RECORD_COLUMNS)))
 
 for _source in SOURCES:
     STATEMENTS[_source.scan_name] = _source.scan_cql()

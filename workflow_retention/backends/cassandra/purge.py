@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from workflow_retention.backends.cassandra.cascade import Cascade, stamp
-from workflow_retention.backends.cassandra.cql import SCHEDULE_STATUSES
+from typing import Any
+
+from workflow_retention.backends.cassandra.cascade import Cascade, packed, stamp
+from workflow_retention.backends.cassandra.cql import RECORD_COLUMNS, SCHEDULE_STATUSES
 from workflow_retention.backends.cassandra.markers import Markers
-from workflow_retention.backends.cassandra.runs import RunReader, from_ms, hour_buckets, run_ref
+from workflow_retention.backends.cassandra.runs import RunReader, from_ms, hour_buckets, run_ref, written
 from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
@@ -120,42 +122,58 @@ class Purger:
         """Commit one wave, cascade what was committed; return the runs left in place (their ancestors stay).
 
         Those are the runs that changed before their commit (they keep
-        everything) and the runs the engine re-created after it ("ghosts": an
-        unconditional engine write that read the run before the commit and
-        landed after it writes a partial record). A ghost seen right after
-        the commit keeps everything else too; one that appears during the
-        cascade keeps what was written after the cascade read it.
+        everything) and the runs written again after it (their record is put
+        back, see :meth:`_delete_records`). A record written again only during
+        the cascade is put back too, but the cascade has deleted what it read.
         """
-        committed, changed, applied = self._delete_records(runs)
-        ghosts = self._ghosts(committed, "its data was kept")
-        gone = [r for r in committed if r.run_id not in ghosts]
+        gone, kept, deleted = self._delete_records(runs)
         self.cascade.run([r.data for r in gone])
         self.cascaded += len(gone)
-        late = self._ghosts(gone, "its data read before then was deleted")
-        self.report.add(Kind.RUNS, len(applied - ghosts - late))
-        return changed | ghosts | late
+        late = self._restore_rewritten([r for r in gone if r.run_id in deleted], deleted,
+                                       "the data its purge had read was deleted")
+        self.report.add(Kind.RUNS, len(set(deleted) - late))
+        return kept | late
 
-    def _ghosts(self, runs: list[RunRef], outcome: str) -> set[str]:
-        found = self.reader.present(r.run_id for r in runs)
-        for run_id in sorted(found):
-            self.report.warn(f"run {run_id!r} was written by the engine after its purge committed, which "
-                             f"re-created a partial record; {outcome}")
-        return found
+    def _delete_records(self, runs: list[RunRef]) -> tuple[list[RunRef], set[str], dict[str, tuple[Any, int]]]:
+        """The commit point: delete each record only in the version that was planned.
 
-    def _delete_records(self, runs: list[RunRef]) -> tuple[list[RunRef], set[str], set[str]]:
-        """The commit point: each record goes only if still as planned (a lightweight transaction).
-
-        Returns the runs whose record is gone (to cascade), those that changed
-        (kept whole, with their ancestors) and those whose delete applied. A
-        record someone else deleted meanwhile is cascaded too, not counted.
+        The records are re-read whole with their write times; one whose status
+        or ``updated_at`` differs from the plan changed (kept whole). The others
+        are deleted ``USING TIMESTAMP`` of their newest write time, so an engine
+        write landing after the re-read is never overwritten (a lightweight
+        transaction's delete would shadow an engine write still in flight: its
+        ballot is newer than the write's timestamp). They are then re-read: a
+        record written again meanwhile (by an unconditional engine write that
+        read the run before the delete) is put back as it was read, beneath the
+        newer write, and keeps everything. Returns the runs whose record is
+        gone (to cascade; one someone else deleted is cascaded, not counted),
+        the runs left in place, and the records deleted (run_id -> row read).
         """
-        outcomes = self.cql.conditional("delete_run_if", [(r.run_id, r.data.status, r.data.updated_ms)
-                                                          for r in runs])
-        changed = {r.run_id for r, ok in zip(runs, outcomes) if ok is False}
+        records = self.reader.records(r.run_id for r in runs)
+        changed = {r.run_id for r in runs if r.run_id in records
+                   and (records[r.run_id].status, records[r.run_id].updated_at) != (r.data.status, r.data.updated_ms)}
         for run_id in sorted(changed):
             self.report.warn(f"run {run_id!r} changed before its purge committed: all its data was kept")
-        applied = {r.run_id for r, ok in zip(runs, outcomes) if ok}
-        return [r for r in runs if r.run_id not in changed], changed, applied
+        deleted = {run_id: (row, written(row)) for run_id, row in records.items() if run_id not in changed}
+        self.cql.unlogged_batches(packed([("delete_run", (stamp, run_id))] for run_id, (_, stamp) in deleted.items()))
+        kept = self._restore_rewritten(runs, deleted, "all its data was kept")
+        for run_id in kept:
+            del deleted[run_id]
+        return [r for r in runs if r.run_id not in changed | kept], changed | kept, deleted
+
+    def _restore_rewritten(self, runs: list[RunRef], deleted: dict[str, tuple[Any, int]], outcome: str
+                           ) -> set[str]:
+        """Put back the deleted records that were written again since (a partial "ghost" record otherwise)."""
+        rewritten = self.reader.present(r.run_id for r in runs if r.run_id in deleted)
+        restores = []
+        for run_id in sorted(rewritten):
+            row, stamp = deleted[run_id]
+            restores.append([("restore_run", (*(getattr(row, c) for c in RECORD_COLUMNS), stamp + 1))])
+        self.cql.unlogged_batches(packed(restores))
+        for run_id in sorted(rewritten):
+            self.report.warn(f"run {run_id!r} was written by the engine while its purge committed: its record "
+                             f"was put back as it was, under the engine's write; {outcome}")
+        return rewritten
 
     # -- step checkpoints: keyed <run_id>:<step_id>, so found by one scan per purge -----------
 
@@ -170,27 +188,33 @@ class Purger:
             return
         for page in self.cql.scan("scan_checkpoint_keys", self.job.batch_size):
             rows = {row.step_run_id: row for row in page if key_prefixes(row.step_run_id)}
-            doomed = self._doomed_checkpoints(rows) if rows else {}
+            doomed, marked = self._doomed_checkpoints(rows) if rows else ({}, set())
             if not doomed:
                 continue
             self.job.boundary(sorted(set(doomed.values())))
-            if not self.job.dry_run:
-                doomed = self._doomed_checkpoints({key: rows[key] for key in doomed})  # after on_batch
+            if not self.job.dry_run:  # re-checked after on_batch (a marker, once read, stays until the end)
+                doomed, _ = self._doomed_checkpoints({key: rows[key] for key in doomed}, marked)
                 self.cql.unlogged_batches([[("delete_checkpoint", (stamp([rows[key]]), key)) for key in chunk]
                                            for chunk in chunked(sorted(doomed), CHECKPOINTS_PER_BATCH)])
             self.report.add(Kind.CHECKPOINTS, len(doomed))
 
-    def _doomed_checkpoints(self, rows: dict[str, object]) -> dict[str, str]:
-        """Checkpoint key -> owner, for the keys whose owner this purge committed (or, dry, would delete)."""
+    def _doomed_checkpoints(self, rows: dict[str, Any], marked: set[str] | None = None
+                            ) -> tuple[dict[str, str], set[str]]:
+        """Checkpoint key -> owner for the keys whose owner this purge committed (or, dry, would delete).
+
+        Also returns the marked runs among the keys' prefixes (``marked``: already known).
+        """
         prefixes = {p for key in rows for p in key_prefixes(key)}
         refs = self.reader.refs(prefixes)
-        marked = self.markers.marked(prefixes - set(refs))  # marked and gone: committed
-        named = set(refs) | marked
+        if marked is None:
+            marked = self.markers.marked(prefixes - set(refs))
+        committed = marked - set(refs)  # marked and gone
+        named = set(refs) | committed
         owners = key_owners(rows, lambda ids: named & ids)
-        goes = set(marked)
+        goes = set(committed)
         if self.job.dry_run:
             goes |= self.reader.deletable(refs[o] for o in set(owners.values()) if o in refs)
-        return {key: owner for key, owner in owners.items() if owner in goes}
+        return {key: owner for key, owner in owners.items() if owner in goes}, marked
 
     # -- the baseline's other sweeps --------------------------------------------------------
 
