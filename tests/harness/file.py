@@ -33,7 +33,7 @@ def lock_owner(name: str) -> str | None:
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # damaged or hostile content: the inventory shows it as unreadable
         return None
 
 
