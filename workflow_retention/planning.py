@@ -306,17 +306,18 @@ def _family_size(plan: Plan, root: str) -> int:
 # -- derived keys: <run_id>:<rest> ---------------------------------------------------------
 
 
-def key_prefixes(key: str) -> list[str]:
+def key_prefixes(key: str, separator: str = KEY_SEPARATOR) -> list[str]:
     """The run ids a derived key ``<run_id>:<rest>`` may belong to, shortest first.
 
     ``"a:b:c"`` gives ``["a", "a:b"]``; a key without ``:`` (a stream-step
-    checkpoint) names no run and gives ``[]``.
+    checkpoint) names no run and gives ``[]``. ``separator``: another one
+    than ``:`` (the file store's hook files are ``<run_id>__<hook_id>``).
     """
-    parts = key.split(KEY_SEPARATOR)
-    return [KEY_SEPARATOR.join(parts[:n]) for n in range(1, len(parts))]
+    parts = key.split(separator)
+    return [separator.join(parts[:n]) for n in range(1, len(parts))]
 
 
-def key_owner(key: str, exists: Callable[[str], bool]) -> str | None:
+def key_owner(key: str, exists: Callable[[str], bool], separator: str = KEY_SEPARATOR) -> str | None:
     """The run a derived key belongs to: the longest prefix that names an existing run.
 
     None when no prefix names an existing run (the key is an orphan). A purge
@@ -325,7 +326,7 @@ def key_owner(key: str, exists: Callable[[str], bool]) -> str | None:
     that live run. ``exists`` must count every run record, whatever its
     status, id or readability: a run that cannot be deleted keeps its keys.
     """
-    for prefix in reversed(key_prefixes(key)):
+    for prefix in reversed(key_prefixes(key, separator)):
         if exists(prefix):
             return prefix
     return None
