@@ -24,8 +24,8 @@ from tests.harness.cassandra import CassandraHarness
 from tests.scenario import CUTOFF, NOW
 from workflow_retention.backends.cassandra import cascade as cascade_module
 from workflow_retention.backends.cassandra import purge as purge_module
-from workflow_retention.backends.cassandra import runs as runs_module
 from workflow_retention.backends.cassandra import session as session_module
+from workflow_retention.backends.cassandra import versioned as versioned_module
 from workflow_retention.planning import TERMINAL_STATUSES
 from workflow_retention.seed import generate
 from workflow_retention.timeutil import parse_timestamp
@@ -88,15 +88,15 @@ def test_a_revived_run_keeps_every_row_its_ancestors_stay_and_a_rerun_leaves_no_
     commits: dict[str, tuple[float, float]] = {}  # run -> (its delete sent, answered)
     rechecks: dict[str, float] = {}  # run -> the re-read after its delete finished
     cascades: dict[str, float] = {}  # run -> its cascade finished
-    records, batches, restore = (runs_module.RunReader.records, session_module.Cql.unlogged_batches,
-                                 purge_module.Purger._restore_rewritten)
+    read, batches, put_back = (versioned_module.Versioned.read, session_module.Cql.unlogged_batches,
+                               purge_module.Purger._put_back)
     cascade_run = cascade_module.Cascade.run
 
-    def timed_records(self: Any, run_ids: Any) -> Any:
-        ids, started = list(run_ids), time.monotonic()
+    def timed_read(self: Any, keys: Any) -> Any:
+        ids, started = list(keys), time.monotonic()
         for run_id in ids:
-            checks.setdefault(run_id, started)
-        return records(self, ids)
+            checks.setdefault(run_id, started)  # the first read of a record is its check
+        return read(self, ids)
 
     def timed_batches(self: Any, groups: Any) -> None:
         sent = time.monotonic()
@@ -106,10 +106,11 @@ def test_a_revived_run_keeps_every_row_its_ancestors_stay_and_a_rerun_leaves_no_
                 if name == "delete_run":
                     commits[params[1]] = (sent, time.monotonic())
 
-    def timed_restore(self: Any, runs: Any, deleted: Any, outcome: str) -> set[str]:
-        found = restore(self, runs, deleted, outcome)
-        for r in runs:
-            rechecks.setdefault(r.run_id, time.monotonic())
+    def timed_put_back(self: Any, deleted: Any, outcome: str) -> set[str]:
+        ids = list(deleted)
+        found = put_back(self, deleted, outcome)
+        for run_id in ids:
+            rechecks.setdefault(run_id, time.monotonic())
         return found
 
     def timed_cascade(self: Any, runs: Any) -> None:
@@ -117,9 +118,9 @@ def test_a_revived_run_keeps_every_row_its_ancestors_stay_and_a_rerun_leaves_no_
         for r in runs:
             cascades.setdefault(r.run_id, time.monotonic())
 
-    monkeypatch.setattr(runs_module.RunReader, "records", timed_records)
+    monkeypatch.setattr(versioned_module.Versioned, "read", timed_read)
     monkeypatch.setattr(session_module.Cql, "unlogged_batches", timed_batches)
-    monkeypatch.setattr(purge_module.Purger, "_restore_rewritten", timed_restore)
+    monkeypatch.setattr(purge_module.Purger, "_put_back", timed_put_back)
     monkeypatch.setattr(cascade_module.Cascade, "run", timed_cascade)
     with TimedEngine(h, expired, seed=5) as engine:
         report = h.retention(batch_size=100).delete_old_runs(CUTOFF, on_batch=engine.on_batch)

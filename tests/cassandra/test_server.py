@@ -58,6 +58,8 @@ def _raw_extras(server: CassandraServer, ks: str) -> None:
         ("schedules_by_workflow (workflow_name, schedule_id, status)", ("wf", "sched_gone", "deleted")),
         ("schedules_by_status (status, schedule_id, workflow_name)", ("deleted", "sched_gone", "wf")),
         ("schedules_by_status (status, schedule_id, workflow_name)", ("deleted", "sched_lost", "wf")),
+        ("schedules (schedule_id, workflow_name, status, updated_at)", ("sched_back", "wf", "deleted", OLD)),
+        ("schedules_by_status (status, schedule_id, workflow_name)", ("deleted", "sched_back", "wf")),
         ("due_schedules (hour_bucket, next_run_time, schedule_id, status)",
          (OLD.strftime("%Y-%m-%d-%H"), OLD, "sched_gone", "active")),
         ("signals (stream_id, stream_run_id, sequence, signal_id, published_at)", ("s", "sr", 0, "sig_old", OLD)),
@@ -110,17 +112,23 @@ def _stop_at(index: int):
 
 def _engine_writes_before_the_first_delete(monkeypatch: pytest.MonkeyPatch, server: CassandraServer,
                                            keyspace: str) -> None:
-    """An engine write to a run after the purge checked its record, before the delete: the record is put back."""
+    """Engine writes after the purge checked a record, before its delete: the record is put back.
+
+    The first run the purge deletes, and the schedule ``sched_back``.
+    """
     from workflow_retention.backends.cassandra import session as session_module
 
-    original, done = session_module.Cql.unlogged_batches, []
+    original, done = session_module.Cql.unlogged_batches, set()
+    writes = {"delete_run": "UPDATE {ks}.workflow_runs SET status = 'running' WHERE run_id = %s",
+              "delete_schedule": "UPDATE {ks}.schedules SET status = 'active' WHERE schedule_id = %s"}
 
     def engine_first(self, groups) -> None:
-        deletes = [params[1] for group in groups for name, params in group if name == "delete_run"]
-        if deletes and not done:
-            server.session.execute(f"UPDATE {keyspace}.workflow_runs SET status = 'running' WHERE run_id = %s",
-                                   (deletes[0],))
-            done.append(deletes[0])
+        for name, cql in writes.items():
+            keys = [params[1] for group in groups for n, params in group if n == name]
+            key = "sched_back" if "sched_back" in keys else (keys[0] if keys and name == "delete_run" else None)
+            if key and name not in done:
+                server.session.execute(cql.replace("{ks}", keyspace), (key,))
+                done.add(name)
         original(self, groups)
 
     monkeypatch.setattr(session_module.Cql, "unlogged_batches", engine_first)
@@ -150,6 +158,8 @@ def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraS
         assert stopped.stopped and stopped.runs > 0 and stopped.changed == 1
         assert stopped.runs + report.runs == audit.purge.runs - 1
         assert report.counts["schedules"] == 1 and report.counts["signals"] == 1
+        back = server.session.execute(f"SELECT status FROM {keyspace}.schedules WHERE schedule_id = 'sched_back'").one()
+        assert back is not None and back.status == "active", "a schedule written before its delete was put back"
         executed = set(backend.statements)
         missing = sorted(set(STATEMENTS) - executed)
         assert not missing, f"statements never executed by the server: {missing}"

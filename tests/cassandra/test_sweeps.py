@@ -28,11 +28,14 @@ def test_soft_deleted_schedules_go_with_every_index_row(cassandra_harness: Cassa
         h.run(pw.delete_schedule("sched_old"))
     h.run(pw.delete_schedule("sched_new"))
     assert any("sched_old" in k for k in _rows(h, "due_schedules")), "soft delete keeps the due row"
-    before = snapshot(h.inventory())
+    before = h.inventory()
     dry = h.retention().delete_old_runs(CUTOFF, dry_run=True)
-    assert snapshot(h.inventory()) == before
+    assert snapshot(h.inventory()) == snapshot(before)
     report = h.retention().delete_old_runs(CUTOFF)
-    assert dict(dry.counts) == dict(report.counts) == {Kind.SCHEDULES: 1}
+    gone = set(snapshot(before)) - set(snapshot(h.inventory()))
+    indexes = sum(1 for kind, _ in gone if kind in ("due_schedules", "schedules_by_workflow", "schedules_by_status"))
+    assert sum(1 for kind, _ in gone if kind == "schedules") == 1 and indexes >= 3
+    assert dict(dry.counts) == dict(report.counts) == {Kind.SCHEDULES: 1, Kind.INDEX_ENTRIES: indexes}
     left = [i for i in h.inventory() if "sched_old" in i.key]
     assert left == []
     assert h.run(pw.get_schedule("sched_new")) is not None and h.run(pw.get_schedule("sched_active")) is not None
@@ -68,3 +71,45 @@ def test_aged_stream_data_goes(cassandra_harness: CassandraHarness) -> None:
     assert _rows(h, "stream_subscriptions") == {"stream_a|sstep_waiting", "stream_a|sstep_recent"}
     assert _rows(h, "streams") == {"stream_a"}
     assert h.retention().delete_old_runs(CUTOFF).counts == {}
+
+
+def test_a_deleted_schedule_resumed_during_the_purge_keeps_every_row(
+        cassandra_harness: CassandraHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyworkflow's resume_schedule revives a soft-deleted schedule: before the commit, it loses nothing."""
+    from pyworkflow.primitives.schedule import resume_schedule
+    from pyworkflow.storage.schemas import Schedule, ScheduleSpec
+
+    from workflow_retention.backends.cassandra import session as session_module
+    from workflow_retention.backends.cassandra.cql import WRITES
+
+    h, pw = cassandra_harness, cassandra_harness.pyworkflow()
+    h.run(pw.create_schedule(Schedule(schedule_id="sched_back", workflow_name="wf", spec=ScheduleSpec(cron="0 3 * * *"),
+                                      created_at=OLD, next_run_time=OLD + timedelta(hours=5))))
+    with h.frozen(OLD):
+        h.run(pw.delete_schedule("sched_back"))
+    concurrent, batches, resumed = session_module.Cql.concurrent, session_module.Cql.unlogged_batches, []
+
+    def resume() -> None:  # the engine resumes the schedule as the sweep sends its first write
+        if not resumed:
+            resumed.append(h.run(resume_schedule("sched_back", storage=pw)))
+
+    def on_concurrent(self, items):
+        if any(name in WRITES for name, _ in items):
+            resume()
+        return concurrent(self, items)
+
+    def on_batches(self, groups):
+        if any(groups):
+            resume()
+        return batches(self, groups)
+
+    monkeypatch.setattr(session_module.Cql, "concurrent", on_concurrent)
+    monkeypatch.setattr(session_module.Cql, "unlogged_batches", on_batches)
+    report = h.retention().delete_old_runs(CUTOFF)
+    monkeypatch.undo()
+    assert resumed and report.counts[Kind.SCHEDULES] == 0
+    schedule = h.run(pw.get_schedule("sched_back"))
+    assert schedule is not None and schedule.status.value == "active"
+    assert {s.schedule_id for s in h.run(pw.list_schedules(workflow_name="wf"))} == {"sched_back"}
+    due = [i.key for i in h.inventory() if i.kind == "due_schedules"]
+    assert any(k.endswith("|sched_back") for k in due), due

@@ -1,4 +1,4 @@
-"""``CassandraBackend``: the StorageBackend on pyworkflow-engine's Cassandra keyspace (design: package docstring)."""
+"""``CassandraBackend``: the StorageBackend on pyworkflow-engine's Cassandra keyspace (design: docs/backends/cassandra.md)."""
 
 from __future__ import annotations
 

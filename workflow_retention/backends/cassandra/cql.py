@@ -119,9 +119,7 @@ STATEMENTS: dict[str, str] = {
     # -- the purge: the commit (children first), after the run's marker is written: the record is
     # re-read whole with its write times, deleted USING TIMESTAMP of the newest one, and re-read;
     # a record written again in between is put back as it was read, beneath the newer write
-    "records_in": "SELECT {record} FROM workflow_runs WHERE run_id IN ?",
-    "delete_run": "DELETE FROM workflow_runs USING TIMESTAMP ? WHERE run_id = ?",
-    "restore_run": "INSERT INTO workflow_runs ({columns}) VALUES ({marks}) USING TIMESTAMP ?",
+    # ("records_in", "delete_run", "restore_run": built from the table below, see VERSIONED)
     # -- the cascade of a committed run: read (with write times) and count ---------------------
     "events_in": "SELECT run_id, WRITETIME(type) AS written FROM events WHERE run_id IN ?",
     "steps_in": "SELECT run_id, step_id, WRITETIME(status) AS written FROM steps WHERE run_id IN ?",
@@ -165,15 +163,21 @@ STATEMENTS: dict[str, str] = {
                     f"workflow_name, idempotency_key FROM {MARKER_TABLE} WHERE token(purge_id, shard) > ?",
     "markers_in": f"SELECT run_id FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ? AND run_id IN ?",
     "drop_markers": f"DELETE FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ?",
-    # -- the purge: soft-deleted schedules ------------------------------------------------------
-    "schedules_by_status": "SELECT schedule_id FROM schedules_by_status WHERE status = ?",
-    "schedules_in": f"SELECT schedule_id, status, {ms('updated_at')}, workflow_name, {ms('next_run_time')} "
-                    "FROM schedules WHERE schedule_id IN ?",
-    "delete_due_schedule": "DELETE FROM due_schedules WHERE hour_bucket IN ? AND next_run_time = ? "
-                           "AND schedule_id = ?",
-    "delete_schedule_by_workflow": "DELETE FROM schedules_by_workflow WHERE workflow_name = ? AND schedule_id = ?",
-    "delete_schedule_if": "DELETE FROM schedules WHERE schedule_id = ? IF status = ? AND updated_at = ?",
-    "delete_schedule_by_status": "DELETE FROM schedules_by_status WHERE status IN ? AND schedule_id = ?",
+    # -- the purge: soft-deleted schedules (committed like runs: "schedule_records_in", "delete_schedule",
+    # "restore_schedule"), then their listing rows, read with their write times -----------------------
+    "schedules_by_status": "SELECT schedule_id, workflow_name FROM schedules_by_status WHERE status = ?",
+    "due_rows_in": f"SELECT hour_bucket, {ms('next_run_time')}, schedule_id, WRITETIME(status) AS written "
+                   "FROM due_schedules WHERE hour_bucket IN ? AND next_run_time = ? AND schedule_id = ?",
+    "schedule_by_workflow_in": "SELECT workflow_name, schedule_id, WRITETIME(status) AS written "
+                               "FROM schedules_by_workflow WHERE workflow_name = ? AND schedule_id = ?",
+    "schedule_status_rows_in": "SELECT status, schedule_id, WRITETIME(workflow_name) AS written "
+                               "FROM schedules_by_status WHERE status IN ? AND schedule_id = ?",
+    "delete_due_row": "DELETE FROM due_schedules USING TIMESTAMP ? WHERE hour_bucket = ? AND next_run_time = ? "
+                      "AND schedule_id = ?",
+    "delete_schedule_by_workflow": "DELETE FROM schedules_by_workflow USING TIMESTAMP ? WHERE workflow_name = ? "
+                                   "AND schedule_id = ?",
+    "delete_schedule_status_row": "DELETE FROM schedules_by_status USING TIMESTAMP ? WHERE status = ? "
+                                  "AND schedule_id = ?",
     # -- the purge: aged stream data ----------------------------------------------------------
     "scan_signals": f"SELECT stream_id, stream_run_id, sequence, signal_id, {ms('published_at')} FROM signals "
                     "WHERE token(stream_id, stream_run_id) > ?",
@@ -283,14 +287,24 @@ def create_table(name: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} ({TABLES[name]})"
 
 
-#: workflow_runs' columns, run_id first, and the regular ones (the record's write times are theirs).
-RECORD_COLUMNS = [c.split()[0] for c in TABLES["workflow_runs"].split(", ")]
-RECORD_VALUES = RECORD_COLUMNS[1:]
-STATEMENTS["records_in"] = STATEMENTS["records_in"].format(record=", ".join(
-    [ms(c) if c in timestamp_columns("workflow_runs") else c for c in RECORD_COLUMNS]
-    + [f"WRITETIME({c}) AS w_{c}" for c in RECORD_VALUES]))
-STATEMENTS["restore_run"] = STATEMENTS["restore_run"].format(columns=", ".join(RECORD_COLUMNS),
-                                                             marks=", ".join("?" * len(RECORD_COLUMNS)))
+def columns_of(table: str) -> list[str]:
+    """A table's columns in declaration order (the partition key first for the tables below)."""
+    return [c.split()[0] for c in TABLES[table].split(", ") if not c.startswith("PRIMARY KEY")]
+
+
+#: Tables whose records the purge deletes version-checked (:mod:`.versioned`): read, delete, restore.
+VERSIONED = {"workflow_runs": ("records_in", "delete_run", "restore_run"),
+             "schedules": ("schedule_records_in", "delete_schedule", "restore_schedule")}
+for _table, (_read, _delete, _restore) in VERSIONED.items():
+    _columns, _stamped = columns_of(_table), timestamp_columns(_table)
+    _selected = [ms(c) if c in _stamped else c for c in _columns] + [f"WRITETIME({c}) AS w_{c}" for c in _columns[1:]]
+    STATEMENTS[_read] = f"SELECT {', '.join(_selected)} FROM {_table} WHERE {_columns[0]} IN ?"
+    STATEMENTS[_delete] = f"DELETE FROM {_table} USING TIMESTAMP ? WHERE {_columns[0]} = ?"
+    STATEMENTS[_restore] = (f"INSERT INTO {_table} ({', '.join(_columns)}) VALUES ({', '.join('?' * len(_columns))}) "
+                            "USING TIMESTAMP ?")
+#: workflow_runs' columns, run_id first.
+RECORD_COLUMNS = columns_of("workflow_runs")
+SCHEDULE_COLUMNS = columns_of("schedules")
 
 for _source in SOURCES:
     STATEMENTS[_source.scan_name] = _source.scan_cql()

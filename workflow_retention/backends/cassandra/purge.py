@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from workflow_retention.backends.cassandra.cascade import Cascade, packed, stamp
-from workflow_retention.backends.cassandra.cql import RECORD_COLUMNS, SCHEDULE_STATUSES
+from workflow_retention.backends.cassandra.cql import RECORD_COLUMNS, SCHEDULE_COLUMNS, SCHEDULE_STATUSES
 from workflow_retention.backends.cassandra.markers import Markers
-from workflow_retention.backends.cassandra.runs import RunReader, from_ms, hour_buckets, run_ref, written
+from workflow_retention.backends.cassandra.runs import RunReader, from_ms, hour_buckets, run_ref
 from workflow_retention.backends.cassandra.session import Cql
+from workflow_retention.backends.cassandra.versioned import Versioned
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
     TERMINAL_SUBSCRIPTIONS,
@@ -34,6 +35,8 @@ class Purger:
         self.reader = RunReader(cql, job.cutoff)
         self.markers = Markers(cql)
         self.cascade = Cascade(cql, job.report, job.dry_run)
+        self.records = Versioned(cql, "records_in", "delete_run", "restore_run", RECORD_COLUMNS)
+        self.schedules = Versioned(cql, "schedule_records_in", "delete_schedule", "restore_schedule", SCHEDULE_COLUMNS)
         self.cascaded = 0  # runs this purge cascaded (in a dry run: would cascade)
 
     def run(self) -> None:
@@ -129,50 +132,37 @@ class Purger:
         gone, kept, deleted = self._delete_records(runs)
         self.cascade.run([r.data for r in gone])
         self.cascaded += len(gone)
-        late = self._restore_rewritten([r for r in gone if r.run_id in deleted], deleted,
-                                       "the data its purge had read was deleted")
+        late = self._put_back(deleted, "the data its purge had read was deleted")
         self.report.add(Kind.RUNS, len(set(deleted) - late))
         return kept | late
 
     def _delete_records(self, runs: list[RunRef]) -> tuple[list[RunRef], set[str], dict[str, tuple[Any, int]]]:
-        """The commit point: delete each record only in the version that was planned.
+        """The commit point: delete each record only in the version that was planned (:mod:`.versioned`).
 
-        The records are re-read whole with their write times; one whose status
-        or ``updated_at`` differs from the plan changed (kept whole). The others
-        are deleted ``USING TIMESTAMP`` of their newest write time, so an engine
-        write landing after the re-read is never overwritten (a lightweight
-        transaction's delete would shadow an engine write still in flight: its
-        ballot is newer than the write's timestamp). They are then re-read: a
-        record written again meanwhile (by an unconditional engine write that
-        read the run before the delete) is put back as it was read, beneath the
-        newer write, and keeps everything. Returns the runs whose record is
-        gone (to cascade; one someone else deleted is cascaded, not counted),
-        the runs left in place, and the records deleted (run_id -> row read).
+        A record whose status or ``updated_at`` differs from the plan changed:
+        it is kept whole. The others are deleted in the version re-read here, so
+        an engine write landing after this check survives; a record written
+        again meanwhile is put back as it was, beneath the engine's write, and
+        keeps everything. Returns the runs whose record is gone (to cascade;
+        one someone else deleted is cascaded, not counted), the runs left in
+        place, and the records deleted (run_id -> (record, delete timestamp)).
         """
-        records = self.reader.records(r.run_id for r in runs)
+        records = self.records.read(r.run_id for r in runs)
         changed = {r.run_id for r in runs if r.run_id in records
                    and (records[r.run_id].status, records[r.run_id].updated_at) != (r.data.status, r.data.updated_ms)}
         for run_id in sorted(changed):
             self.report.warn(f"run {run_id!r} changed before its purge committed: all its data was kept")
-        deleted = {run_id: (row, written(row)) for run_id, row in records.items() if run_id not in changed}
-        self.cql.unlogged_batches(packed([("delete_run", (stamp, run_id))] for run_id, (_, stamp) in deleted.items()))
-        kept = self._restore_rewritten(runs, deleted, "all its data was kept")
-        for run_id in kept:
-            del deleted[run_id]
+        deleted = self.records.delete({k: row for k, row in records.items() if k not in changed})
+        kept = self._put_back(deleted, "all its data was kept")
         return [r for r in runs if r.run_id not in changed | kept], changed | kept, deleted
 
-    def _restore_rewritten(self, runs: list[RunRef], deleted: dict[str, tuple[Any, int]], outcome: str
-                           ) -> set[str]:
-        """Put back the deleted records that were written again since (a partial "ghost" record otherwise)."""
-        rewritten = self.reader.present(r.run_id for r in runs if r.run_id in deleted)
-        restores = []
-        for run_id in sorted(rewritten):
-            row, stamp = deleted[run_id]
-            restores.append([("restore_run", (*(getattr(row, c) for c in RECORD_COLUMNS), stamp + 1))])
-        self.cql.unlogged_batches(packed(restores))
+    def _put_back(self, deleted: dict[str, tuple[Any, int]], outcome: str) -> set[str]:
+        """Put back the deleted records the engine wrote again (a partial "ghost" record otherwise)."""
+        rewritten = self.records.put_back(deleted)
         for run_id in sorted(rewritten):
             self.report.warn(f"run {run_id!r} was written by the engine while its purge committed: its record "
                              f"was put back as it was, under the engine's write; {outcome}")
+            del deleted[run_id]
         return rewritten
 
     # -- step checkpoints: keyed <run_id>:<step_id>, so found by one scan per purge -----------
@@ -219,34 +209,65 @@ class Purger:
     # -- the baseline's other sweeps --------------------------------------------------------
 
     def purge_schedules(self) -> None:
-        """Soft-deleted schedules (partition ``deleted`` of schedules_by_status) not updated since the cutoff."""
+        """Soft-deleted schedules (partition ``deleted`` of schedules_by_status) not updated since the cutoff.
+
+        Committed like runs (a version-checked delete: pyworkflow's
+        ``resume_schedule`` revives a deleted schedule), then their listing
+        rows go, read and counted, the ``deleted`` status row last: a status
+        row whose schedule is gone is how the next purge finishes the job.
+        """
         for page in self.cql.pages("schedules_by_status", ("deleted",), self.job.batch_size):
-            ids = [row.schedule_id for row in page]
-            rows = {row.schedule_id: row for row in self.cql.rows_in("schedules_in", ids)}
-            deleted = [rows[i] for i in ids if i in rows and rows[i].status == "deleted"]
-            expired = [s for s in deleted if self._older(s.updated_at, f"schedule {s.schedule_id!r}", "updated_at")
-                       and (s.next_run_time is None
-                            or self._older(s.next_run_time, f"schedule {s.schedule_id!r}", "next_run_time")
-                            is not None)]
-            dangling = [i for i in ids if i not in rows]  # left by an interrupted purge
+            listed = {row.schedule_id: row for row in page}
+            rows = self.schedules.read(listed)
+            expired = [rows[i] for i in listed if i in rows and rows[i].status == "deleted"
+                       and self._older(rows[i].updated_at, f"schedule {i!r}", "updated_at")
+                       and (rows[i].next_run_time is None
+                            or self._older(rows[i].next_run_time, f"schedule {i!r}", "next_run_time") is not None)]
+            dangling = [listed[i] for i in listed if i not in rows]  # left by an interrupted purge
             if not expired and not dangling:
                 continue
-            self.job.boundary([s.schedule_id for s in expired] + dangling)
-            self.report.add(Kind.INDEX_ENTRIES, len(dangling))
-            if self.job.dry_run:
-                self.report.add(Kind.SCHEDULES, len(expired))
-                continue
-            self.cql.concurrent(
-                [("delete_due_schedule", (hour_buckets(due), s.next_run_time, s.schedule_id))
-                 for s in expired if (due := from_ms(s.next_run_time)) is not None]
-                + [("delete_schedule_by_workflow", (s.workflow_name, s.schedule_id))
-                   for s in expired if s.workflow_name])
-            applied = self.cql.conditional("delete_schedule_if",
-                                           [(s.schedule_id, s.status, s.updated_at) for s in expired])
-            gone = [s.schedule_id for s, ok in zip(expired, applied) if ok]
+            self.job.boundary([s.schedule_id for s in expired] + [d.schedule_id for d in dangling])
+            gone = expired if self.job.dry_run else self._delete_schedules(expired)
             self.report.add(Kind.SCHEDULES, len(gone))
-            self.cql.concurrent([("delete_schedule_by_status", (list(SCHEDULE_STATUSES), sid))
-                                 for sid in gone + dangling])
+            self._schedule_rows([(s.schedule_id, s.workflow_name, s.next_run_time) for s in gone]
+                                + [(d.schedule_id, d.workflow_name, None) for d in dangling])
+
+    def _delete_schedules(self, expired: list[Any]) -> list[Any]:
+        """The schedules' commit: those unchanged since they were read go, in that version."""
+        current = self.schedules.read(s.schedule_id for s in expired)
+        same = {s.schedule_id: current[s.schedule_id] for s in expired if s.schedule_id in current
+                and (current[s.schedule_id].status, current[s.schedule_id].updated_at) == (s.status, s.updated_at)}
+        for s in expired:
+            if s.schedule_id in current and s.schedule_id not in same:
+                self.report.warn(f"schedule {s.schedule_id!r} changed before its purge committed: it was kept")
+        deleted = self.schedules.delete(same)
+        for schedule_id in sorted(self.schedules.put_back(deleted)):
+            self.report.warn(f"schedule {schedule_id!r} was written while its purge committed: it was put back")
+            del deleted[schedule_id]
+        return [row for row, _ in deleted.values()]
+
+    def _schedule_rows(self, schedules: list[tuple[str, str | None, int | None]]) -> None:
+        """Read, count and delete the listing rows of schedules that are gone: the status rows last."""
+        reads: list[tuple[str, Any]] = []
+        for schedule_id, workflow_name, next_run_time in schedules:
+            if (due := from_ms(next_run_time)) is not None and due.year < 9999:  # hour buckets up to + 14 h
+                reads.append(("due_rows_in", (hour_buckets(due), next_run_time, schedule_id)))
+            if workflow_name:
+                reads.append(("schedule_by_workflow_in", (workflow_name, schedule_id)))
+            reads.append(("schedule_status_rows_in", (list(SCHEDULE_STATUSES), schedule_id)))
+        found: dict[str, list[Any]] = {"due_rows_in": [], "schedule_by_workflow_in": [], "schedule_status_rows_in": []}
+        for (name, _), rows in zip(reads, self.cql.reads(reads)):
+            found[name].extend(rows)
+        self.report.add(Kind.INDEX_ENTRIES, sum(map(len, found.values())))
+        if self.job.dry_run:
+            return
+        self.cql.unlogged_batches(packed(
+            [[("delete_due_row", (stamp([r]), r.hour_bucket, r.next_run_time, r.schedule_id))]
+             for r in found["due_rows_in"]]
+            + [[("delete_schedule_by_workflow", (stamp([r]), r.workflow_name, r.schedule_id))]
+               for r in found["schedule_by_workflow_in"]]))
+        self.cql.unlogged_batches(packed([("delete_schedule_status_row", (stamp([r]), r.status, r.schedule_id))]
+                                         for r in found["schedule_status_rows_in"]))
 
     def purge_streams(self) -> None:
         """Signals published before the cutoff (with their acknowledgments), old terminal subscriptions."""

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from workflow_retention.backends.cassandra.cql import RECORD_VALUES
 from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.planning import RunRef, plan_deletion
 
@@ -32,12 +31,6 @@ def from_ms(value: int | None) -> datetime | None:
 def now_us() -> int:
     """This client's clock in microseconds: the write time of a delete when a row's own cannot be read."""
     return time.time_ns() // 1000
-
-
-def written(record: Any) -> int:
-    """The newest write time of a record read by ``records_in`` (this client's clock if none is readable)."""
-    times = [getattr(record, f"w_{c}") for c in RECORD_VALUES]
-    return max((t for t in times if t is not None), default=None) or now_us()
 
 
 def date_buckets(created_at: datetime) -> list[str]:
@@ -118,11 +111,6 @@ class RunReader:
 
     def present(self, run_ids: Iterable[str]) -> set[str]:
         return set(self.refs(run_ids))
-
-    def records(self, run_ids: Iterable[str]) -> dict[str, Any]:
-        """Whole records with the write time of each column (``w_<column>``), timestamps as milliseconds."""
-        ids = [i for i in dict.fromkeys(run_ids) if i]
-        return {row.run_id: row for row in self.cql.rows_in("records_in", ids)} if ids else {}
 
     def children_of(self, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
         rows = self.cql.rows_in("children_in", list(parent_ids))
