@@ -1,23 +1,26 @@
-"""``DynamoDBBackend``: settings, connection, table checks and seeding (the purge is in ``purge.py``)."""
+"""``DynamoDBBackend``: the URL, the options, the connection and the table check; the work is in the role modules."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from workflow_retention import values
 from workflow_retention.base import DEFAULT_BATCH_SIZE, CensusJob, OrphanJob, PurgeJob, StorageBackend
-from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError, StorageError
+from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.seed import SeedRun
-from workflow_retention.timeutil import parse_duration
 from workflow_retention.urls import split_url
 
-from .client import Table
-from .layout import TABLE_SCHEMA, run_items
-from .orphans import OrphanSweep, census
+from .census import census
+from .client import Table, connect, default_region
+from .layout import KEY_SCHEMA, REQUIRED_INDEXES
+from .orphans import OrphanSweep
 from .purge import Purge
+from .seed import prepare_table, write_runs
 
 log = logging.getLogger("workflow_retention.dynamodb")
 
@@ -25,47 +28,14 @@ URL_FORM = ("dynamodb://TABLE?region=REGION[&endpoint_url=http://host:port][&max
             "[&retry_deadline=60s][&timeout=30s]")
 PARAMETERS = ("region", "endpoint_url", "max_wcu_per_second", "retry_deadline", "timeout")
 DEFAULT_TIMEOUT = 30.0  # seconds to connect, and to wait for each answer
+DEFAULT_RETRY_DEADLINE = 60.0
+MAX_TIMEOUT = 3600.0
+MAX_RETRY_DEADLINE = 86400.0
+MAX_WCU_PER_SECOND = 100_000.0
+MAX_WORKERS = 64
 _TABLE = re.compile(r"^[A-Za-z0-9_.\-]{3,255}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9\-]{0,49}$")
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
-REQUIRED_INDEXES = ("GSI1", "GSI4")
-
-
-def _boto3() -> Any:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise BackendUnavailableError("dynamodb", "dynamodb", exc) from exc
-    return boto3
-
-
-def _seconds(value: float | str | timedelta, name: str) -> float:
-    """A positive number of seconds, given as a number, a numeric string, a duration (90s, 5m) or a timedelta."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    else:
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            try:
-                seconds = parse_duration(str(value), name).total_seconds()
-            except ConfigurationError:
-                seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise ConfigurationError(f"{name} must be a positive number of seconds or a duration like 90s or 5m; "
-                                 f"got {value!r}")
-    return seconds
-
-
-def _positive(value: object) -> float:
-    try:
-        rate = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        rate = 0.0
-    if not rate > 0 or rate != rate or rate == float("inf"):
-        raise ConfigurationError(f"max_wcu_per_second must be a positive number of write capacity units per "
-                                 f"second, e.g. 100; got {value!r}")
-    return rate
 
 
 def _endpoint(value: str | None) -> str | None:
@@ -81,27 +51,76 @@ def _endpoint(value: str | None) -> str | None:
 
 
 class DynamoDBBackend(StorageBackend):
+    """pyworkflow-engine 0.4.0's DynamoDB table, purged with boto3 (design: docs/backends/dynamodb.md).
+
+    URL: ``dynamodb://TABLE?region=REGION[&endpoint_url=...][&max_wcu_per_second=N][&retry_deadline=60s]
+    [&timeout=30s]``. Credentials come only from the standard AWS chain (environment, shared config and
+    credentials files, SSO, instance or task role); a URL carrying any is refused, without echoing them.
+
+    Options (URL parameter and constructor argument unless said otherwise):
+
+    ``table`` (the URL's host part; default ``pyworkflow``)
+        pyworkflow's table: 3 to 255 characters of ``A-Z a-z 0-9 _ . -``.
+    ``region`` (default: the AWS configuration's default region; there is no built-in default)
+        The AWS region, such as ``us-east-1``.
+    ``endpoint_url`` (default: AWS)
+        Another endpoint (``http://host:port`` or ``https://host``), e.g. DynamoDB Local; no credentials in it.
+    ``max_wcu_per_second`` (default: no cap)
+        Cap on the write capacity units retention spends per second (one second of burst), above 0 and up
+        to 100,000, so that a purge cannot starve production traffic.
+    ``retry_deadline`` (default ``60s``)
+        How long throttling and ``UnprocessedItems``/``UnprocessedKeys`` are retried (exponential backoff,
+        full jitter) before the operation stops with an error: seconds (``7.5``) or a duration (``90s``,
+        ``5m``), above 0 and up to a day.
+    ``timeout`` (default ``30s``)
+        The longest wait to connect, and for each answer: seconds or a duration, above 0 and up to an hour.
+        botocore makes one attempt per call; the only retries are the ones above.
+    ``workers`` (constructor only; default 8)
+        Threads for requests and Scan segments, 1 to 64 (DynamoDB's latency, not CPU, is the limit).
+    ``batch_size`` (constructor or ``by_url`` option; default 500)
+        Runs per batch: the GSI1 page, the plan, the markers written before one round of commits.
+    ``client`` (constructor only)
+        A boto3 DynamoDB client to use instead of one built from the options; ``close()`` leaves it open.
+    ``url`` (constructor only)
+        The URL the backend was built from, shown (redacted) in logs and reports.
+
+    Consistency: run records and markers are read with strongly consistent BatchGetItem; the GSI Queries and
+    the Scans are eventually consistent (DynamoDB offers nothing else on indexes), and every decision they
+    lead to is re-checked on the run record (the conditional delete, the orphan sweep's BatchGetItem).
+
+    Errors: :class:`ConfigurationError` for a malformed URL, credentials in it, an unknown parameter or a
+    value out of range (naming the option and its range), before anything connects;
+    :class:`BackendUnavailableError` when boto3 is not installed (``pip install
+    'workflow-retention[dynamodb]'``); :class:`StorageError`, the driver's error chained, when the table does
+    not exist or is not a pyworkflow table (keys ``PK``/``SK``, indexes GSI1 and GSI4), when a call fails
+    (naming the call, the table, the endpoint and the cause: no answer within ``timeout``, no connection, no
+    credentials), or when retries pass ``retry_deadline`` (naming what is undone; rerun to finish).
+    """
+
     name = "dynamodb"
     capabilities = frozenset({"schedules", "streams"})
 
     def __init__(self, table: str = "pyworkflow", *, region: str | None = None, endpoint_url: str | None = None,
-                 max_wcu_per_second: float | str | None = None, retry_deadline: float | str | timedelta = 60.0,
+                 max_wcu_per_second: float | str | None = None,
+                 retry_deadline: float | str | timedelta = DEFAULT_RETRY_DEADLINE,
                  timeout: float | str | timedelta = DEFAULT_TIMEOUT, workers: int = 8, client: Any = None,
                  url: str | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE) -> None:
         if not isinstance(table, str) or not _TABLE.match(table):
-            raise ConfigurationError(f"DynamoDB table name must be 3-255 characters of A-Z a-z 0-9 _ . -; got {table!r}")
+            raise ConfigurationError(f"DynamoDB table name must be 3-255 characters of A-Z a-z 0-9 _ . -; "
+                                     f"got {table!r}")
         self.table_name = table
-        self.region = region or (client.meta.region_name if client is not None else _boto3().Session().region_name)
-        if not self.region or not _REGION.match(self.region):
+        region = region or (client.meta.region_name if client is not None else default_region())
+        if not region or not _REGION.match(region):
             raise ConfigurationError(f"region must be an AWS region such as us-east-1 (?region= in the URL, or "
-                                     f"the AWS configuration's default region); got {self.region!r}")
+                                     f"the AWS configuration's default region); got {region!r}")
+        self.region: str = region
         self.endpoint_url = _endpoint(endpoint_url)
-        self.max_wcu = _positive(max_wcu_per_second) if max_wcu_per_second not in (None, "") else None
-        self.retry_deadline = _seconds(retry_deadline, "retry_deadline")
-        self.timeout = _seconds(timeout, "timeout")
-        if not isinstance(workers, int) or not 1 <= workers <= 64:
-            raise ConfigurationError(f"workers must be an integer from 1 to 64; got {workers!r}")
-        self.workers = workers
+        self.max_wcu = values.number(max_wcu_per_second, "max_wcu_per_second", maximum=MAX_WCU_PER_SECOND,
+                                     example="100", unit="of write capacity units per second") \
+            if max_wcu_per_second not in (None, "") else None
+        self.retry_deadline = values.seconds(retry_deadline, "retry_deadline", maximum=MAX_RETRY_DEADLINE)
+        self.timeout = values.seconds(timeout, "timeout", maximum=MAX_TIMEOUT)
+        self.workers = values.integer(workers, "workers", maximum=MAX_WORKERS, example=8)
         self._client, self._own_client = client, client is None
         self._table: Table | None = None
         self._verified = False
@@ -124,8 +143,8 @@ class DynamoDBBackend(StorageBackend):
         if unknown or parts.path not in ("", "/") or not parts.netloc:
             raise ConfigurationError(f"dynamodb URL must look like {URL_FORM}"
                                      + (f"; unknown parameter(s): {', '.join(unknown)}" if unknown else ""))
-        params = {k: v[-1] for k, v in raw.items()}
-        return cls(parts.netloc, url=url, **params, **options)  # type: ignore[arg-type]
+        arguments: dict[str, Any] = {**{k: v[-1] for k, v in raw.items()}, **options}
+        return cls(parts.netloc, url=url, **arguments)
 
     # -- connection -------------------------------------------------------------------
 
@@ -133,13 +152,7 @@ class DynamoDBBackend(StorageBackend):
         if self._table is not None:
             return
         if self._client is None:
-            from botocore.config import Config
-
-            # One attempt per call (retries are client.Table's); connecting and each answer within the timeout.
-            config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=self.timeout,
-                            read_timeout=self.timeout, max_pool_connections=self.workers + 4)
-            self._client = _boto3().session.Session().client(
-                "dynamodb", region_name=self.region, endpoint_url=self.endpoint_url, config=config)
+            self._client = connect(self.region, self.endpoint_url, timeout=self.timeout, workers=self.workers)
         self._table = Table(self._client, self.table_name, deadline_s=self.retry_deadline, max_wcu=self.max_wcu,
                             workers=self.workers)
 
@@ -157,26 +170,13 @@ class DynamoDBBackend(StorageBackend):
         assert self._table is not None
         return self._table
 
-    def _describe(self) -> dict[str, Any]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return self.table.client.describe_table(TableName=self.table_name)["Table"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-                raise StorageError(f"DynamoDB table {self.table_name!r} does not exist in region {self.region} "
-                                   f"({self.endpoint_url or 'AWS'})") from exc
-            raise self.table.error(exc, "DescribeTable") from exc
-        except BotoCoreError as exc:
-            raise self.table.error(exc, "DescribeTable") from exc
-
     def _check(self) -> dict[str, object]:
         """The table must have pyworkflow's key schema and the indexes retention reads."""
-        table = self._describe()
+        table = self.table.describe(region=self.region, where=self.endpoint_url or "AWS")
         keys = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
         indexes = sorted(g["IndexName"] for g in table.get("GlobalSecondaryIndexes", []))
         missing = [i for i in REQUIRED_INDEXES if i not in indexes]
-        if keys != {"PK": "HASH", "SK": "RANGE"} or missing:
+        if keys != KEY_SCHEMA or missing:
             raise StorageError(f"DynamoDB table {self.table_name!r} is not a pyworkflow table: keys {keys}, "
                                f"indexes {indexes} (expected PK/SK and {', '.join(REQUIRED_INDEXES)})")
         self._verified = True
@@ -193,17 +193,18 @@ class DynamoDBBackend(StorageBackend):
 
     def _purge(self, job: PurgeJob) -> None:
         self._verify()
-        self._logged(lambda: Purge(self.table, job).run(), "purge")
+        self._logged(Purge(self.table, job).run, "purge")
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self._verify()
-        self._logged(lambda: OrphanSweep(self.table, job).run(), "orphan sweep")
+        self._logged(OrphanSweep(self.table, job).run, "orphan sweep")
 
     def _census(self, job: CensusJob) -> None:
         self._verify()
         census(self.table, job)
 
-    def _logged(self, body: Any, what: str) -> None:
+    def _logged(self, body: Callable[[], None], what: str) -> None:
+        """Run ``body`` and log the capacity it used (also when it fails)."""
         before = self.table.capacity.as_dict()
         try:
             body()
@@ -213,19 +214,7 @@ class DynamoDBBackend(StorageBackend):
                      " ".join(f"{k}={round(after[k] - before[k], 1)}" for k in after))
 
     def _prepare_seed(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.table.client.create_table(TableName=self.table_name, **TABLE_SCHEMA)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
-                raise self.table.error(exc, "CreateTable") from exc
-        except BotoCoreError as exc:
-            raise self.table.error(exc, "CreateTable") from exc
-        try:
-            self.table.client.get_waiter("table_exists").wait(TableName=self.table_name)
-        except BotoCoreError as exc:  # WaiterError included
-            raise self.table.error(exc, "DescribeTable (waiting for the new table)") from exc
+        prepare_table(self.table)
 
     def _write_seed(self, runs: list[SeedRun]) -> None:
-        self.table.put_many([item for run in runs for item in run_items(run)])
+        write_runs(self.table, runs)

@@ -1,13 +1,8 @@
-"""The DynamoDB calls retention makes, with retries, a deadline, a write-rate cap and capacity accounting.
+"""The DynamoDB calls retention makes: the boto3 guard, the client, retries, a deadline, pacing, error translation.
 
-botocore's own retries are switched off (``total_max_attempts=1``) so that
-this module alone decides: throttling and 5xx errors, ``UnprocessedItems`` and
-``UnprocessedKeys`` are retried with exponential backoff and full jitter until
-they succeed or the deadline passes; passing it raises :class:`StorageError`
-naming what is still undone. Every other error (no answer within the
-timeout, no connection, no credentials) is raised at once as
-:class:`StorageError` naming the endpoint and the cause, with the driver
-error chained. Nothing is dropped.
+Retries and the deadline are described in docs/backends/dynamodb.md ("Retries and pacing"). This is the
+only module that imports boto3 or botocore: every other module works on :class:`Table`, and every driver
+error leaves here as :class:`StorageError` (the driver's error chained) unless a method says otherwise.
 """
 
 from __future__ import annotations
@@ -16,14 +11,16 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
+from workflow_retention.exceptions import BackendUnavailableError, StorageError
 from workflow_retention.planning import chunked
-from workflow_retention.exceptions import StorageError
 
+from . import expr
 from .layout import Item
 
 log = logging.getLogger("workflow_retention.dynamodb")
@@ -33,7 +30,45 @@ RETRYABLE = frozenset({
     "InternalServerError", "ServiceUnavailable",
 })
 WRITE_BATCH, READ_BATCH = 25, 100
+SCAN_PAGE = 1000  # items evaluated per Scan page (at least; a larger batch size gives larger pages)
 BACKOFF_BASE, BACKOFF_CAP = 0.05, 5.0
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _boto3() -> ModuleType:
+    """boto3, or :class:`BackendUnavailableError` naming the extra to install (the optional-driver guard)."""
+    try:
+        import boto3
+    except ImportError as exc:
+        raise BackendUnavailableError("dynamodb", "dynamodb", exc) from exc
+    return boto3
+
+
+def default_region() -> str | None:
+    """The AWS configuration's default region (environment, shared config), if any."""
+    region: str | None = _boto3().Session().region_name
+    return region
+
+
+def connect(region: str, endpoint_url: str | None, *, timeout: float, workers: int) -> Any:
+    """A boto3 DynamoDB client making one attempt per call (retries are :class:`Table`'s), connecting and
+    waiting for each answer within ``timeout`` seconds, with a connection for each worker thread."""
+    boto3 = _boto3()
+    from botocore.config import Config
+
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=timeout,
+                    read_timeout=timeout, max_pool_connections=workers + 4)
+    return boto3.session.Session().client("dynamodb", region_name=region, endpoint_url=endpoint_url,
+                                          config=config)
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    return str(error.get("Code") or "") if isinstance(error, dict) else ""
 
 
 @dataclass
@@ -58,8 +93,8 @@ class Capacity:
                 self.read_units += units
 
     def as_dict(self) -> dict[str, float]:
-        return {"items_written": self.items_written, "write_units_reported": round(self.write_units, 1), "read_units_reported": round(self.read_units, 1),
-                "calls": self.calls, "retries": self.retries}
+        return {"items_written": self.items_written, "write_units_reported": round(self.write_units, 1),
+                "read_units_reported": round(self.read_units, 1), "calls": self.calls, "retries": self.retries}
 
 
 class RateLimiter:
@@ -128,7 +163,40 @@ class Table:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    # -- the table itself ----------------------------------------------------------
+
+    def describe(self, *, region: str, where: str) -> dict[str, Any]:
+        """DescribeTable's ``Table``; a missing table raises StorageError naming ``region`` and ``where``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            description: dict[str, Any] = self.client.describe_table(TableName=self.name)["Table"]
+        except ClientError as exc:
+            if _code(exc) == "ResourceNotFoundException":
+                raise StorageError(f"DynamoDB table {self.name!r} does not exist in region {region} "
+                                   f"({where})") from exc
+            raise self.error(exc, "DescribeTable") from exc
+        except BotoCoreError as exc:
+            raise self.error(exc, "DescribeTable") from exc
+        return description
+
+    def create(self, schema: Mapping[str, Any]) -> None:
+        """CreateTable with ``schema`` unless the table exists already, then wait until it does."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.create_table(TableName=self.name, **schema)
+        except ClientError as exc:
+            if _code(exc) != "ResourceInUseException":
+                raise self.error(exc, "CreateTable") from exc
+        except BotoCoreError as exc:
+            raise self.error(exc, "CreateTable") from exc
+        try:
+            self.client.get_waiter("table_exists").wait(TableName=self.name)
+        except BotoCoreError as exc:  # WaiterError included
+            raise self.error(exc, "DescribeTable (waiting for the new table)") from exc
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``fn`` over ``items`` on the worker threads, in order.
 
         On the first error the calls not started yet are cancelled and the
@@ -165,7 +233,7 @@ class Table:
             try:
                 response = getattr(self.client, op)(ReturnConsumedCapacity="TOTAL", **params)
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
+                code = _code(exc)
                 if code == passthrough:  # e.g. a failed condition: billed as a write all the same
                     if write_units:
                         with self.capacity.lock:
@@ -185,6 +253,22 @@ class Table:
             with self.capacity.lock:
                 self.capacity.retries += 1
             deadline.wait("throttled")
+
+    def delete_if(self, key: Item, equal: Mapping[str, str], *, current: bool = False) -> tuple[bool, Item | None]:
+        """DeleteItem on condition that the item exists and each attribute of ``equal`` holds that string.
+
+        ``(True, None)``: deleted. ``(False, item)``: the condition failed (billed as a write all the
+        same); with ``current``, ``item`` is the stored item, None when there is none.
+        """
+        from botocore.exceptions import ClientError
+
+        extra: dict[str, Any] = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"} if current else {}
+        try:
+            self.call("delete_item", Key=key, write_units=1, passthrough=CONDITION_FAILED, **extra,
+                      **expr.condition(dict(equal)))
+        except ClientError as exc:  # only the failed condition: any other error is a StorageError
+            return False, exc.response.get("Item")
+        return True, None
 
     def pages(self, op: str, **params: Any) -> Iterator[list[Item]]:
         """Query (or a single-segment Scan), one page (``Limit`` items evaluated) at a time, keyset-paged."""

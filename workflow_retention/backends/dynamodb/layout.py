@@ -1,16 +1,15 @@
-"""pyworkflow-engine 0.4.0's single-table DynamoDB layout: keys, item kinds and item encoding.
+"""pyworkflow-engine 0.4.0's single-table DynamoDB layout: the table, keys, item kinds and item encoding.
 
-Everything here is pure (no I/O): key builders, the kind and owning run of a
-raw item, a size estimate, and the items pyworkflow's ``DynamoDBStorageBackend``
-would write for a seed run (its ``_dict_to_item`` encoding: ``None`` dropped,
-numbers as ``N`` strings, ``context``/``metadata``/event ``data`` as JSON text).
+Everything here is pure (no I/O): the table's schema, key builders, the kind
+and owning run of a raw item, its stored times, a size estimate, and
+pyworkflow's ``_dict_to_item`` encoding (``None`` dropped, numbers as ``N``
+strings), which ``seed.py`` writes with.
 """
 
 from __future__ import annotations
 
-import json
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from workflow_retention.planning import RUN_STATUSES, Reporter, key_prefixes
@@ -210,54 +209,7 @@ def to_item(data: Mapping[str, Any]) -> Item:
     return {k: encode(v) for k, v in data.items() if v is not None}
 
 
-_RUN_FIELDS = ("run_id", "workflow_name", "status", "created_at", "updated_at", "started_at", "completed_at",
-               "input_args", "input_kwargs", "result", "error", "idempotency_key", "max_duration")
-_RUN_TAIL = ("recovery_attempts", "max_recovery_attempts", "recover_on_worker_loss", "parent_run_id",
-             "nesting_depth", "continued_from_run_id", "continued_to_run_id")
-_STEP_FIELDS = ("step_id", "run_id", "step_name", "status", "created_at", "started_at", "completed_at",
-                "input_args", "input_kwargs", "result", "error")
-_HOOK_FIELDS = ("hook_id", "run_id", "token", "created_at", "received_at", "expires_at", "status", "payload")
-
-
-def run_items(seed: Any) -> Iterable[Item]:
-    """Every item pyworkflow-engine writes for ``seed`` (a :class:`workflow_retention.seed.SeedRun`)."""
-    run = seed.run
-    run_id = run["run_id"]
-    item = {"PK": f"RUN#{run_id}", "SK": RUN_SK, "entity_type": "run", **{f: run.get(f) for f in _RUN_FIELDS},
-            "context": json.dumps(run.get("context") or {}), **{f: run.get(f) for f in _RUN_TAIL},
-            "GSI1PK": "RUNS", "GSI1SK": f"{run['status']}#{run['updated_at']}",
-            "GSI2PK": f"WORKFLOW#{run['workflow_name']}", "GSI2SK": run["created_at"]}
-    if run.get("idempotency_key"):
-        item["GSI3PK"] = f"IDEMPOTENCY#{run['idempotency_key']}"
-    if run.get("parent_run_id"):
-        item.update(GSI4PK=f"PARENT#{run['parent_run_id']}", GSI4SK=f"CHILD#{run_id}")
-    yield to_item(item)
-    if seed.events:
-        yield to_item({"PK": f"RUN#{run_id}", "SK": COUNTER_SK, "seq": len(seed.events)})
-    for seq, event in enumerate(seed.events):
-        yield to_item({"PK": f"RUN#{run_id}", "SK": f"EVENT#{seq:05d}", "entity_type": "event",
-                       "event_id": event["event_id"], "run_id": run_id, "sequence": seq, "type": event["type"],
-                       "timestamp": event["timestamp"], "data": json.dumps(event["data"])})
-    for step in seed.steps:
-        attempt = step.get("attempt", 1)
-        yield to_item({"PK": f"RUN#{run_id}", "SK": f"STEP#{step['step_id']}", "entity_type": "step",
-                       **{f: step.get(f) for f in _STEP_FIELDS}, "retry_count": attempt - 1 if attempt > 0 else 0})
-    for hook in seed.hooks:
-        hook_pk = f"HOOK#{run_id}#{hook['hook_id']}"
-        yield to_item({"PK": hook_pk, "SK": RUN_SK, "entity_type": "hook", **{f: hook.get(f) for f in _HOOK_FIELDS},
-                       "metadata": json.dumps(hook.get("metadata") or {}), "GSI1PK": f"RUN_HOOKS#{run_id}",
-                       "GSI1SK": f"{hook['status']}#{hook['created_at']}"})
-        yield to_item({"PK": f"TOKEN#{hook['token']}", "SK": hook_pk, "entity_type": "hook_token",
-                       "hook_id": hook["hook_id"], "run_id": run_id})
-    for step_run_id, data in seed.checkpoints.items():
-        yield to_item({"PK": f"CHECKPOINT#{step_run_id}", "SK": "#DATA", "entity_type": "checkpoint",
-                       "step_run_id": step_run_id, "data": json.dumps(data), "created_at": run["created_at"],
-                       "updated_at": run["created_at"]})
-    if seed.cancel_flag:
-        yield to_item({"PK": f"CANCEL#{run_id}", "SK": "#FLAG", "entity_type": "cancellation", "run_id": run_id,
-                       "created_at": run["updated_at"]})
-
-
+#: pyworkflow's table (``DynamoDBStorageBackend.connect()`` creates it so; ``seed`` does the same).
 TABLE_SCHEMA: dict[str, Any] = {
     "KeySchema": [{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
     "AttributeDefinitions": [{"AttributeName": n, "AttributeType": "S"} for n in (
@@ -269,3 +221,6 @@ TABLE_SCHEMA: dict[str, Any] = {
         for n in range(1, 6)],
     "BillingMode": "PAY_PER_REQUEST",
 }
+#: The key schema and the indexes retention reads (GSI1: runs by status, schedules, hooks by run; GSI4: children).
+KEY_SCHEMA = {"PK": "HASH", "SK": "RANGE"}
+REQUIRED_INDEXES = ("GSI1", "GSI4")

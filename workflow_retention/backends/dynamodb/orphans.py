@@ -1,16 +1,16 @@
-"""Orphan repair and the census on DynamoDB: one paged Scan each (no index lists every kind)."""
+"""Orphan repair on DynamoDB: one paged Scan (no index lists every kind); docs/backends/dynamodb.md, "Orphan repair"."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from workflow_retention.base import CensusJob, OrphanJob
+from workflow_retention.base import OrphanJob
 from workflow_retention.planning import is_safe_run_id, key_owners, key_prefixes
-from workflow_retention.report import Kind, age_bucket
-from workflow_retention.timeutil import older, parse_timestamp
+from workflow_retention.report import Kind
+from workflow_retention.timeutil import older
 
 from . import expr
-from .client import Table
+from .client import SCAN_PAGE, Table
 from .layout import (
     RUN_SK,
     Item,
@@ -20,15 +20,14 @@ from .layout import (
     key,
     key_of,
     leave,
-    text,
     written,
 )
-from .purge import SCAN_PAGE
 from .runs import get_runs
 
 #: Kinds an orphan can be: everything that names a run, except the run record itself.
 ORPHAN_KINDS = frozenset({Kind.EVENTS, Kind.EVENT_COUNTERS, Kind.STEPS, Kind.HOOKS, Kind.HOOK_TOKENS,
                           Kind.CANCELLATION_FLAGS, Kind.CHECKPOINTS, Kind.INDEX_ENTRIES})
+
 
 class Candidate(NamedTuple):
     kind: str
@@ -45,6 +44,8 @@ NAMED_BY_ATTRIBUTE = frozenset({Kind.HOOKS, Kind.HOOK_TOKENS})
 
 
 class OrphanSweep:
+    """Items that name a run with no run record, older than the grace period, page by page of one Scan."""
+
     def __init__(self, table: Table, job: OrphanJob) -> None:
         self.table, self.job, self.report = table, job, job.report
         self.report.bytes_estimated = True
@@ -145,30 +146,3 @@ class OrphanSweep:
 def named_run(candidate: Candidate) -> str:
     """The run an orphan names: its owner id, or for a checkpoint the shortest prefix of its key."""
     return key_prefixes(candidate.named)[0] if candidate.kind == Kind.CHECKPOINTS else candidate.named
-
-
-def census(table: Table, job: CensusJob) -> None:
-    """Runs by status and age, and every kind of item with its size, in one paged Scan."""
-    seen = 0
-    for page in table.scan(Limit=SCAN_PAGE):
-        for item in page:
-            kind, _, when = classify(item)
-            if kind is None:
-                continue
-            job.census.count(kind, 1, item_size(item))
-            if kind == Kind.RUNS:
-                job.census.runs_by_status[text(item, "status") or "?"] += 1
-                age = _age_days(job, when)
-                if age is not None:  # unreadable: the purge preview reports the run
-                    job.census.runs_by_age[age_bucket(age)] += 1
-                if "GSI3PK" in item:
-                    job.census.count(Kind.IDEMPOTENCY_KEYS, 1, item_size({"GSI3PK": item["GSI3PK"]}))
-        seen += len(page)
-        job.progress("items", seen)
-
-
-def _age_days(job: CensusJob, when: object) -> float | None:
-    try:
-        return (job.now - parse_timestamp(when)).total_seconds() / 86400
-    except (TypeError, ValueError):
-        return None

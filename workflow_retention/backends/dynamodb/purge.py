@@ -1,4 +1,8 @@
-"""One purge of a pyworkflow DynamoDB table (the design: docs/backends/dynamodb.md)."""
+"""One purge of a pyworkflow DynamoDB table: selection, commit, cascade, and the one Scan's checkpoints.
+
+The design (discovery on GSI1 and its gaps, markers and the conditional delete that commits a run, the
+cascade, the one Scan, ghosts) is in docs/backends/dynamodb.md.
+"""
 
 from __future__ import annotations
 
@@ -20,40 +24,41 @@ from workflow_retention.planning import (
     chunked,
     heights,
     is_safe_run_id,
+    key_owners,
+    key_prefixes,
+    plan_deletion,
     plan_page,
 )
 from workflow_retention.report import Kind
-from workflow_retention.timeutil import utcnow
 
 from . import expr
-from .client import Table
+from .client import SCAN_PAGE, Table
 from .layout import (
     COUNTER_SK,
     RUN_SK,
+    SCANNED_PREFIXES,
     Item,
+    checkpoint_key,
     flag_key,
     gsi1_gaps,
     in_status_range,
     key,
     key_of,
     leave,
-    marker_key,
-    marker_partitions,
     run_key,
-    s,
     text,
 )
-from .runs import RUN_FIELDS, children_of, get_runs, run_ref
-from .sweeps import ScanPass, Schedules
+from .markers import Markers
+from .runs import RUN_FIELDS, children_of, get_runs, run_ref, version
+from .streams import STREAM_FIELDS, ScheduleSweep, old_stream_items
 
 log = logging.getLogger("workflow_retention.dynamodb")
 
 HOOK_FIELDS = ("PK", "SK", "token", "run_id")
 COMMITTED = ("deleted", "gone")  # outcomes after which the run item is gone
 TIME_SLACK = timedelta(hours=14)  # the largest UTC offset a GSI1SK timestamp can carry
-SCAN_PAGE = 1000
 PARTITION_PAGE = 200
-MARKER_FIELDS = ("SK", "purge_id", "seen_status", "seen_updated_at")
+SCAN_FIELDS = ("PK", "SK", *STREAM_FIELDS)
 
 
 class Ghosts:
@@ -83,10 +88,13 @@ class Ghosts:
 
 
 class Purge:
+    """One purge: resume unfinished cascades, then batches (plan, commit, cascade), the one Scan, schedules."""
+
     def __init__(self, table: Table, job: PurgeJob) -> None:
         self.table, self.job, self.report = table, job, job.report
         self.cutoff, self.dry = job.cutoff, job.dry_run
         self.purge_id = uuid4().hex
+        self.markers = Markers(table, self.purge_id, job.batch_size)
         self.page = max(job.batch_size, SCAN_PAGE)
         self.cascaded = 0  # runs whose cascade this purge ran (or, in a dry run, would run)
         self.ghosts = Ghosts()
@@ -97,10 +105,10 @@ class Purge:
         self.resume()
         for page in chunked(self.expired_runs(), self.job.batch_size):
             self.batch(page)
-        ScanPass(self).run()
+        self.scan()
         if not self.dry:
-            self.drop_markers()
-        Schedules(self).run()
+            self.markers.drop_own()
+        ScheduleSweep(self.table, self.job).run()
 
     # -- selection ------------------------------------------------------------------
 
@@ -165,7 +173,7 @@ class Purge:
         """
         survivors: set[str] = set()
         planned, _ = plan.order()
-        self.table.put_many([self.marker(r.run_id, r) for r in planned])
+        self.markers.write(planned)
         outcome: dict[str, str] = {}
         for level in heights(plan, planned):
             allowed = {r.run_id for r in plan.order(survivors=survivors)[0]}
@@ -175,11 +183,11 @@ class Purge:
                 if result == "changed":
                     survivors.add(ref.run_id)
             now = time.monotonic()
-            waits = [now - r.data["read_at"] for r in attempt if outcome[r.run_id] == "deleted"]
+            waits = [now - version(r).read_at for r in attempt if outcome[r.run_id] == "deleted"]
             if waits:
                 longest, first, count = self.committing or (0.0, now, 0)
                 self.committing = (max(longest, *waits), first, count + len(waits))
-        self.table.map(self.unmark, [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED])
+        self.table.map(self.markers.unmark, [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED])
         _, held = plan.order(survivors=survivors)
         self.report.changed += len(survivors)
         self.report.add(Kind.RUNS, sum(1 for result in outcome.values() if result == "deleted"))
@@ -187,38 +195,10 @@ class Purge:
 
     def delete_run(self, ref: RunRef) -> str:
         """``deleted``, ``changed`` (status or updated_at differ) or ``gone`` (no item)."""
-        from botocore.exceptions import ClientError
-
-        raw = ref.data
-        try:
-            self.table.call("delete_item", Key=run_key(ref.run_id), write_units=1,
-                            ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                            passthrough="ConditionalCheckFailedException",
-                            **expr.condition({"status": raw["status"], "updated_at": raw["updated_at"]}))
-        except ClientError as exc:
-            return "changed" if exc.response.get("Item") else "gone"
-        return "deleted"
-
-    def marker(self, run_id: str, seen: RunRef | None = None) -> Item:
-        """This purge's marker for ``run_id``; ``seen``: the version it is about to commit (None: resumed)."""
-        item = {**marker_key(run_id), "entity_type": s("retention_purge"), "run_id": s(run_id),
-                "purge_id": s(self.purge_id), "created_at": s(utcnow().isoformat())}
-        if seen is not None:
-            item.update(seen_status=s(seen.data["status"]), seen_updated_at=s(seen.data["updated_at"]))
-        return item
-
-    def unmark(self, run_id: str) -> None:
-        """Remove this purge's marker of a run it did not commit, unless another purge has written it since."""
-        self.drop_marker(run_id, {"purge_id": self.purge_id})
-
-    def drop_marker(self, run_id: str, unchanged: dict[str, str]) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.table.call("delete_item", Key=marker_key(run_id), write_units=1,
-                            passthrough="ConditionalCheckFailedException", **expr.condition(unchanged))
-        except ClientError:
-            pass  # another purge's marker now: it is that purge's to drop
+        seen = version(ref)
+        deleted, current = self.table.delete_if(run_key(ref.run_id), {
+            "status": seen.status or "", "updated_at": seen.updated_at or ""}, current=True)
+        return "deleted" if deleted else "changed" if current else "gone"
 
     # -- cascade: everything else of committed runs -----------------------------------
 
@@ -248,14 +228,14 @@ class Purge:
         params = expr.query("GSI1PK", f"RUN_HOOKS#{run_id}", index="GSI1", fields=HOOK_FIELDS)
         return [h for page in self.table.pages("query", **params) for h in page if text(h, "run_id") == run_id]
 
-    def clear_partition(self, run_id: str) -> tuple[Counter, list[Item]]:
+    def clear_partition(self, run_id: str) -> tuple[Counter[str], list[Item]]:
         """Count events, the event counter and steps under ``RUN#<id>`` (on a worker thread).
 
         Returns the keys of the last page for the caller to delete with the
         batch's other keys (fewer, fuller requests); longer partitions are
         deleted page by page here, so memory stays bounded.
         """
-        counts: Counter = Counter()
+        counts: Counter[str] = Counter()
         pending: list[Item] = []
         params = expr.query("PK", f"RUN#{run_id}", fields=("PK", "SK"), limit=PARTITION_PAGE)
         for page in self.table.pages("query", **params):
@@ -284,45 +264,78 @@ class Purge:
         left alone, unless the run has changed since that purge read it (its
         conditional delete can then never succeed), when it is dropped.
         """
-        occupied = [p for p, page in self.table.map(self.first_markers, marker_partitions()) if page]
-        for partition in occupied:
-            params = expr.query("PK", partition, fields=MARKER_FIELDS, limit=self.job.batch_size)
-            for page in self.table.pages("query", **params):
+        for partition in self.markers.occupied():
+            for page in self.markers.pages(partition):
                 page = [m for m in page if is_safe_run_id(m["SK"]["S"])]
                 alive = get_runs(self.table, [m["SK"]["S"] for m in page])
                 gone = [m["SK"]["S"] for m in page if m["SK"]["S"] not in alive]
-                dead = [m for m in page if m["SK"]["S"] in alive and self.outdated(m, alive[m["SK"]["S"]])]
+                dead = [m for m in page if m["SK"]["S"] in alive and Markers.outdated(m, alive[m["SK"]["S"]])]
                 if not gone and not dead:
                     continue
                 self.job.boundary(gone + [m["SK"]["S"] for m in dead])
                 if not self.dry:
-                    self.table.map(lambda m: self.drop_marker(m["SK"]["S"], {
-                        "purge_id": text(m, "purge_id") or "", "seen_updated_at": text(m, "seen_updated_at") or ""}),
-                        dead)
-                    self.table.put_many([self.marker(run_id) for run_id in gone])
+                    self.markers.drop_dead(dead)
+                    self.markers.claim(gone)
                 self.cascade(gone)
 
-    @staticmethod
-    def outdated(marker: Item, run: RunRef) -> bool:
-        """The marker records a version of the run other than the stored one (older markers record none)."""
-        seen = (text(marker, "seen_status"), text(marker, "seen_updated_at"))
-        return None not in seen and seen != (run.data["status"], run.data["updated_at"])
+    # -- the one Scan: checkpoints of committed runs, and stream data (streams.py) -----
 
-    def first_markers(self, partition: str) -> tuple[str, list[Item]]:
-        response = self.table.call("query", **expr.query("PK", partition, fields=("SK",), limit=1))
-        return partition, response.get("Items", [])
+    def scan(self) -> None:
+        """One paged Scan after the batches, joined page by page against the purge markers."""
+        params = expr.scan_prefixes(SCANNED_PREFIXES, SCAN_FIELDS, limit=self.page)
+        for page in self.table.scan(**params):
+            doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
+                if self.cascaded else []
+            stream = old_stream_items(page, self.cutoff, self.report)
+            if not doomed and not stream:
+                continue
+            self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
+            self.report.add(Kind.CHECKPOINTS, len(doomed))
+            for kind, _ in stream:
+                self.report.add(kind)
+            if not self.dry:
+                self.table.delete_many([key_of(i) for _, i in doomed + stream])
 
-    # -- markers ------------------------------------------------------------------------
+    def doomed_checkpoints(self, items: list[Item]) -> list[tuple[str, Item]]:
+        """Checkpoints whose owner (``planning.key_owners``) is a committed run: marked, its record gone.
 
-    def drop_markers(self) -> None:
-        """Delete this purge's markers (its own and those it claimed), now that every cascade is complete.
-
-        Another purge's markers are never dropped here: that purge may still be
-        between its commit and its cascade.
+        Ownership is decided on the store as it was before the commits: the
+        existing runs and the committed ones. Only prefixes at least as long
+        as a key's shortest marked prefix can own it, so only those are read
+        (a page with no marked prefix costs one BatchGetItem of markers). A
+        dry run writes no markers: it asks the planner about each owner.
         """
-        self.table.map(self.drop_partition, marker_partitions())
+        keys = {key: item for item in items if (key := checkpoint_key(item)) is not None}
+        prefixes = {p for key in keys for p in key_prefixes(key)}
+        if not prefixes:
+            return []
+        marked = self.markers.marked(prefixes)
+        if self.dry:
+            wanted = prefixes
+        else:
+            wanted = {p for key in keys for p in from_shortest_marked(key, marked)}
+        alive = get_runs(self.table, wanted)
+        committed = marked - set(alive)
+        owners = key_owners(keys, lambda ids: {i for i in ids if i in alive or i in committed})
+        doomed = set(committed)
+        if self.dry:
+            doomed |= self.would_delete({o for o in owners.values() if o in alive})
+        return sorted(((o, keys[k]) for k, o in owners.items() if o is not None and o in doomed),
+                      key=lambda pair: pair[0])
 
-    def drop_partition(self, partition: str) -> None:
-        params = expr.query("PK", partition, fields=("PK", "SK", "purge_id"), limit=SCAN_PAGE)
-        for page in self.table.pages("query", **params):
-            self.table.delete_many([key_of(i) for i in page if text(i, "purge_id") == self.purge_id], parallel=False)
+    def would_delete(self, ids: set[str]) -> set[str]:
+        """Those of ``ids`` (existing runs) that the planner deletes: a dry run's committed runs."""
+        roots = [r for r in get_runs(self.table, ids).values() if r.eligible(self.cutoff)]
+        if not roots:
+            return set()
+        plan = plan_deletion(roots, lambda parents: children_of(self.table, parents), self.cutoff)
+        return {r.run_id for r in plan.order()[0]} & ids
+
+
+def from_shortest_marked(key: str, marked: set[str]) -> list[str]:
+    """The prefixes of ``key`` from its shortest marked one on: the only runs that can own it after a commit."""
+    prefixes = key_prefixes(key)
+    for n, prefix in enumerate(prefixes):
+        if prefix in marked:
+            return prefixes[n:]
+    return []

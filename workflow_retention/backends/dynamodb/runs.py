@@ -1,9 +1,10 @@
-"""Reading run records: by key (BatchGetItem), by parent (GSI4), and the deletion plan."""
+"""Reading run records: by key (BatchGetItem) and by parent (GSI4), as the planner's :class:`RunRef`."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from workflow_retention.planning import RunRef
 
@@ -14,12 +15,28 @@ from .layout import Item, run_key, text
 RUN_FIELDS = ("PK", "status", "updated_at", "parent_run_id")
 
 
+@dataclass(frozen=True)
+class Version:
+    """A run record as read: its raw ``status`` and ``updated_at`` (the commit's condition, the marker's
+    record) and ``read_at`` (monotonic seconds, for the live-engine windows the purge logs)."""
+
+    status: str | None
+    updated_at: str | None
+    read_at: float
+
+
+def version(ref: RunRef) -> Version:
+    """The :class:`Version` a :class:`RunRef` of this package carries in ``data``."""
+    if not isinstance(ref.data, Version):
+        raise TypeError(f"run {ref.run_id!r} was not read by the DynamoDB backend")
+    return ref.data
+
+
 def run_ref(item: Item) -> RunRef:
-    """The run as read now: ``data`` holds the raw status and updated_at (the commit's condition) and
-    ``read_at`` (monotonic seconds, for the live-engine windows the purge logs)."""
-    raw = {"status": text(item, "status"), "updated_at": text(item, "updated_at"), "read_at": time.monotonic()}
-    return RunRef.parse(item["PK"]["S"][len("RUN#"):], raw["status"], raw["updated_at"],
-                        text(item, "parent_run_id"), raw)
+    """The run as read now (``data``: its :class:`Version`)."""
+    seen = Version(text(item, "status"), text(item, "updated_at"), time.monotonic())
+    return RunRef.parse(item["PK"]["S"][len("RUN#"):], seen.status, seen.updated_at, text(item, "parent_run_id"),
+                        seen)
 
 
 def get_runs(table: Table, ids: Iterable[str]) -> dict[str, RunRef]:
