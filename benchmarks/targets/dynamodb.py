@@ -23,8 +23,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from workflow_retention.backends import by_url
 from benchmarks.data import seed_store
+from workflow_retention.backends import by_url
 
 _SERVER: dict[str, Any] = {}
 _DUMMY = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}

@@ -59,7 +59,7 @@ class FaultyClient:
 
     def unprocessed_writes(self, k: int) -> None:
         """The first ``k`` BatchWriteItem calls process only the first request; the rest comes back unprocessed."""
-        def rule(real_fn: Callable[..., Any], n: int, RequestItems: dict, **params: Any) -> Any:  # noqa: N803
+        def rule(real_fn: Callable[..., Any], n: int, RequestItems: dict, **params: Any) -> Any:
             if n > k:
                 return real_fn(RequestItems=RequestItems, **params)
             first = {t: reqs[:1] for t, reqs in RequestItems.items()}
@@ -70,7 +70,7 @@ class FaultyClient:
 
     def stuck_writes(self, after: int) -> None:
         """Every BatchWriteItem call after the first ``after`` comes back entirely unprocessed."""
-        def rule(real_fn: Callable[..., Any], n: int, RequestItems: dict, **params: Any) -> Any:  # noqa: N803
+        def rule(real_fn: Callable[..., Any], n: int, RequestItems: dict, **params: Any) -> Any:
             if n <= after:
                 return real_fn(RequestItems=RequestItems, **params)
             return {"UnprocessedItems": RequestItems}
@@ -79,7 +79,7 @@ class FaultyClient:
 
     def unprocessed_reads(self, k: int) -> None:
         """The first ``k`` BatchGetItem calls return half of the keys as ``UnprocessedKeys``."""
-        def rule(real_fn: Callable[..., Any], n: int, RequestItems: dict, **params: Any) -> Any:  # noqa: N803
+        def rule(real_fn: Callable[..., Any], n: int, RequestItems: dict, **params: Any) -> Any:
             if n > k:
                 return real_fn(RequestItems=RequestItems, **params)
             sent, back = {}, {}

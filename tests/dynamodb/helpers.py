@@ -24,4 +24,4 @@ def faulty_backend(h: DynamoDBHarness, **options: Any) -> tuple[Any, FaultyClien
 
 
 def markers(h: DynamoDBHarness) -> set[str]:
-    return {i.run_id for i in h.inventory() if i.kind == "retention_markers"}
+    return {i.run_id for i in h.inventory() if i.kind == "retention_markers" and i.run_id is not None}

@@ -33,8 +33,14 @@ def writes(prefix: str, request: str = "DeleteRequest") -> Any:
 
 
 def nth(n: int) -> Any:
-    calls: list[int] = []
-    return lambda params: calls.append(1) or len(calls) == n
+    """Matches the ``n``-th call."""
+    calls: list[dict[str, Any]] = []
+
+    def matches(params: dict[str, Any]) -> bool:
+        calls.append(params)
+        return len(calls) == n
+
+    return matches
 
 
 CRASH_POINTS = {

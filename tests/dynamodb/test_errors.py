@@ -16,6 +16,7 @@ from tests.dynamodb.local import DUMMY_CREDENTIALS
 from tests.harness.dynamodb import DynamoDBHarness
 from tests.scenario import CUTOFF
 from workflow_retention.backends import by_url
+from workflow_retention.backends.dynamodb import DynamoDBBackend
 from workflow_retention.backends.dynamodb.client import translate
 from workflow_retention.exceptions import StorageError
 
@@ -72,9 +73,14 @@ def test_an_endpoint_that_never_answers_fails_within_the_timeout_naming_endpoint
 
 
 def test_the_timeout_is_a_url_option_with_a_default() -> None:
-    assert by_url("dynamodb://pyworkflow?region=us-east-1").timeout == 30.0
-    backend = by_url("dynamodb://pyworkflow?region=us-east-1&timeout=2m")
-    assert backend.timeout == 120.0 and by_url("dynamodb://pyworkflow?region=us-east-1&timeout=7.5").timeout == 7.5
+    def timeout(url: str) -> float:
+        backend = by_url(url)
+        assert isinstance(backend, DynamoDBBackend)
+        return backend.timeout
+
+    assert timeout("dynamodb://pyworkflow?region=us-east-1") == 30.0
+    assert timeout("dynamodb://pyworkflow?region=us-east-1&timeout=2m") == 120.0
+    assert timeout("dynamodb://pyworkflow?region=us-east-1&timeout=7.5") == 7.5
 
 
 def _errors() -> list[Exception]:

@@ -115,7 +115,8 @@ class DynamoDBHarness(Harness):
         for raw in self.scan():
             pk, sk = raw["PK"]["S"], raw["SK"]["S"]
             kind, run_id = owner_of(pk, sk, raw)
-            items.append(Item(kind, run_id if kind == "runs" else f"{pk}|{sk}", run_id, digest(raw)))
+            items.append(Item(kind, run_id if kind == "runs" and run_id is not None else f"{pk}|{sk}", run_id,
+                              digest(raw)))
         return items
 
     def ghosts(self) -> set[str]:
