@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -37,10 +37,16 @@ def test_unknown_url_parameter_is_refused(tmp_path: Path) -> None:
         by_url(f"file://{tmp_path}?lock_timeout=3")
 
 
-@pytest.mark.parametrize("value", [0, -1, "10", True, None])
+@pytest.mark.parametrize("value", [0, -1, "-1", "ten", "10x", True, None, float("nan"), float("inf"), 3601, "2h"])
 def test_lock_timeout_is_validated(tmp_path: Path, value: object) -> None:
-    with pytest.raises(ConfigurationError, match="lock_timeout must be a positive number of seconds"):
+    with pytest.raises(ConfigurationError, match=r"^lock_timeout\b.* (up to 3600|to 1h)\b.*; got "):
         FileBackend(tmp_path, lock_timeout=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(10, 10.0), (2.5, 2.5), ("10", 10.0), ("90s", 90.0),
+                                                (timedelta(minutes=2), 120.0)])
+def test_lock_timeout_takes_seconds_or_a_duration(tmp_path: Path, value: object, seconds: float) -> None:
+    assert FileBackend(tmp_path, lock_timeout=value).lock_timeout == seconds  # type: ignore[arg-type]
 
 
 def test_missing_store_or_not_a_store_is_a_clear_error(tmp_path: Path) -> None:

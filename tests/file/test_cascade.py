@@ -115,11 +115,11 @@ def test_file_names_cannot_forge_report_lines_or_terminal_escapes(store: FileHar
 def test_files_an_engine_recreates_during_the_cascade_go_before_the_marker(store: FileHarness,
                                                                           monkeypatch) -> None:
     """A writer still holding a purged run's id re-creates its lock and events files after their pass."""
-    from workflow_retention.backends.file import sweep as sweep_module
+    from workflow_retention.backends.file import cascade as cascade_module
 
     for run_id in ("run_a", "run_b"):
         store.run(add_run(store.pyworkflow(), run_id, "completed", OLD))
-    real, once = sweep_module.unlink, []
+    real, once = cascade_module.unlink, []
 
     def engine_meanwhile(st, directory, name, **kwargs):
         out = real(st, directory, name, **kwargs)
@@ -129,7 +129,7 @@ def test_files_an_engine_recreates_during_the_cascade_go_before_the_marker(store
             (store.base / "events" / "run_a.jsonl").write_text('{"event_id": "evt_late"}\n')
         return out
 
-    monkeypatch.setattr(sweep_module, "unlink", engine_meanwhile)
+    monkeypatch.setattr(cascade_module, "unlink", engine_meanwhile)
     report = store.retention().delete_old_runs(CUTOFF)
     assert report.runs == 2
     items = store.inventory()

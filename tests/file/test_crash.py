@@ -15,7 +15,7 @@ import pytest
 from tests.conformance.checks import assert_no_orphans, items_of, pyworkflow_views, run_ids
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, Scenario, build
-from workflow_retention.backends.file import sweep as sweep_module
+from workflow_retention.backends.file import cascade as cascade_module
 
 
 class Crash(BaseException):
@@ -61,7 +61,7 @@ def test_crash_in_the_cascade_then_rerun_ends_clean(store: FileHarness, scenario
     raw_before, views_before = items_of(store.inventory(), survivors), pyworkflow_views(store, survivors)
     name, n = point
     with monkeypatch.context() as patch:
-        _crash_after(patch, sweep_module, name, n)
+        _crash_after(patch, cascade_module, name, n)
         with pytest.raises(Crash):
             store.retention().delete_old_runs(CUTOFF)
     markers = sum(1 for i in store.inventory() if i.kind == "purge_markers")

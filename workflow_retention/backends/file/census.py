@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 
-from workflow_retention.backends.file.fs import (
+from workflow_retention.backends.file.client import Store
+from workflow_retention.backends.file.layout import (
     ACKS,
     BASE,
     CHECKPOINTS,
     EVENTS,
+    FLAG_SUFFIX,
     HOOKS,
+    JSON,
     LOCKS,
+    MARKER_SUFFIX,
     RUNS,
     SCHEDULES,
     SIGNALS,
@@ -19,9 +23,7 @@ from workflow_retention.backends.file.fs import (
     SUBSCRIPTIONS,
     TOKEN_INDEX,
     Corrupt,
-    Store,
 )
-from workflow_retention.backends.file.layout import MARKER_SUFFIX
 from workflow_retention.base import CensusJob
 from workflow_retention.planning import RunRef
 from workflow_retention.report import Kind, age_bucket
@@ -35,9 +37,10 @@ _PLAIN = ((STEPS, Kind.STEPS), (HOOKS, Kind.HOOKS), (CHECKPOINTS, Kind.CHECKPOIN
           (SUBSCRIPTIONS, Kind.SUBSCRIPTIONS), (ACKS, Kind.ACKNOWLEDGMENTS))
 
 
-def take_census(store: Store, job: CensusJob) -> None:
-    census = job.census
-    census.bytes_estimated = False
+def census(store: Store, job: CensusJob) -> None:
+    """Count every record of every kind, with exact sizes, and the runs by status and by age."""
+    counts = job.census
+    counts.bytes_estimated = False
     seen = 0
 
     def tick(what: str) -> None:
@@ -50,44 +53,43 @@ def take_census(store: Store, job: CensusJob) -> None:
         _runs_entry(store, entry, job)
         tick(RUNS)
     for entry in store.entries(EVENTS):
-        census.count(Kind.EVENTS, _lines(store, entry.name), _size(entry))
+        counts.count(Kind.EVENTS, _lines(store, entry.name), _size(entry))
         tick(EVENTS)
     for directory, kind in _PLAIN:
         for entry in store.entries(directory):
-            census.count(kind, 1, _size(entry))
+            counts.count(kind, 1, _size(entry))
             tick(directory)
     for entry in store.entries(SIGNALS):
-        census.count(Kind.SIGNALS, _array_length(store, entry.name), _size(entry))
+        counts.count(Kind.SIGNALS, _array_length(store, entry.name), _size(entry))
     _token_index(store, job)
     job.progress("done", seen)
 
 
 def _runs_entry(store: Store, entry: os.DirEntry[str], job: CensusJob) -> None:
-    census, name = job.census, entry.name
+    counts, name = job.census, entry.name
     regular = entry.is_file(follow_symlinks=False)
-    if name.endswith(".cancel") and regular:
-        census.count(Kind.CANCELLATION_FLAGS, 1, _size(entry))
+    if name.endswith(FLAG_SUFFIX) and regular:
+        counts.count(Kind.CANCELLATION_FLAGS, 1, _size(entry))
     elif name.endswith(MARKER_SUFFIX):
-        census.count(PURGE_MARKERS, 1, _size(entry))
-    elif name.endswith(".json"):
-        census.count(Kind.RUNS, 1, _size(entry))
+        counts.count(PURGE_MARKERS, 1, _size(entry))
+    elif name.endswith(JSON):
+        counts.count(Kind.RUNS, 1, _size(entry))
         try:
             data = store.read_json(RUNS, name)
         except (FileNotFoundError, Corrupt):
-            census.runs_by_status["(unreadable)"] += 1
+            counts.runs_by_status["(unreadable)"] += 1
             return
-        data = data if isinstance(data, dict) else {}
-        ref = RunRef.parse(name[:-5], data.get("status"), data.get("updated_at"))
-        census.runs_by_status[ref.status or "(none)"] += 1
+        record = data if isinstance(data, dict) else {}
+        ref = RunRef.parse(name[: -len(JSON)], record.get("status"), record.get("updated_at"))
+        counts.runs_by_status[ref.status or "(none)"] += 1
         if ref.updated_at is not None:
-            census.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
+            counts.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
 
 
 def _token_index(store: Store, job: CensusJob) -> None:
-    try:
-        index = store.read_json(BASE, TOKEN_INDEX)
-    except (FileNotFoundError, Corrupt):
+    if not store.exists(BASE, TOKEN_INDEX):
         return
+    index = store.read_token_index()
     st = store.lstat(BASE, TOKEN_INDEX)
     if isinstance(index, dict):
         job.census.count(Kind.HOOK_TOKENS, len(index), st.st_size if st is not None else 0)

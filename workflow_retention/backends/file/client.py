@@ -1,25 +1,17 @@
-"""Every file-system call of the file backend, through directory descriptors that stay inside the store.
+"""Every file-system call of the file backend, and the translation of its errors.
 
-An operation opens the base directory once and each layout directory once,
-relative to it, with ``O_DIRECTORY|O_NOFOLLOW``; every later open, stat,
-rename and unlink is relative to those descriptors (``dir_fd=``), by a name
-that is one path component. A directory swapped for a symlink while the
-operation runs changes nothing: the descriptors still name the store's own
-directories. Records are opened with ``O_NOFOLLOW|O_NONBLOCK`` and read only
-if ``fstat`` says they are regular files, so a symlink, a FIFO or a device
-where a record should be is reported as unusable instead of followed or
-blocked on.
+:class:`Store`: the open directories of one store for one operation. The base directory is opened once
+and each layout directory once relative to it (``O_DIRECTORY|O_NOFOLLOW``); every later open, stat,
+rename and unlink is relative to those descriptors (``dir_fd=``), by a name that is one path component.
+Records are opened ``O_NOFOLLOW|O_NONBLOCK`` and read only if ``fstat`` says they are regular files.
+Locks are the engine's own ``flock`` locks (filelock's), taken on lock files opened here inside
+``.locks/``; a lock file created as root is given the owner of ``.locks/``; files rewritten through a
+temp file keep their owner, group and mode. Why: docs/backends/file.md, section 3.
 
-Locks are the engine's own ``flock`` locks (filelock's), taken on lock files
-this module opens inside ``.locks/`` itself. A lock file it creates is given
-the owner of ``.locks/`` (when running as root), so the engine, running as its
-own user, can still open it. Files rewritten through a temp file keep their
-owner, group and mode.
-
-Errors: a missing file is ``FileNotFoundError`` (callers treat it as gone);
-a record that cannot be used is :class:`Corrupt`; every other OS error (a
-permission, an I/O error) is a :class:`StorageError` naming the file, with the
-OS error chained.
+Errors: a missing file is ``FileNotFoundError`` (callers treat it as gone); a record that cannot be used
+is :class:`~.layout.Corrupt` (:class:`NotRegular` for a symlink, FIFO, directory...); every other OS error
+(a permission, an I/O error) is a :class:`StorageError` naming the file, with the OS error chained;
+:func:`errors` turns what is left over at the end of an operation into a :class:`StorageError` too.
 """
 
 from __future__ import annotations
@@ -27,26 +19,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import secrets
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from workflow_retention.backends.file.layout import (
+    BASE,
+    DIRECTORIES,
+    LOCKS,
+    RUNS,
+    TOKEN_INDEX,
+    TOKEN_INDEX_LOCK,
+    Corrupt,
+    is_component,
+    parse_json,
+)
 from workflow_retention.exceptions import StorageError
 from workflow_retention.report import printable
-
-RUNS, EVENTS, STEPS, HOOKS = "runs", "events", "steps", "hooks"
-SCHEDULES, CHECKPOINTS, LOCKS = "schedules", "checkpoints", ".locks"
-STREAMS, SIGNALS, SUBSCRIPTIONS, ACKS = "streams", "signals", "subscriptions", "acknowledgments"
-DIRECTORIES = (RUNS, EVENTS, STEPS, HOOKS, SCHEDULES, CHECKPOINTS, LOCKS, STREAMS, SIGNALS, SUBSCRIPTIONS, ACKS)
-#: The base directory itself (the token index lives there).
-BASE = "."
-TOKEN_INDEX = "_token_index.json"
-TOKEN_INDEX_LOCK = "token_index.lock"
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -55,10 +47,6 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Opening these is not a failure of the store but a record of the wrong kind (a symlink, a socket...).
 _NOT_A_FILE = {errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP}
 LOCK_POLL = 0.02
-
-
-class Corrupt(ValueError):
-    """A record that cannot be used: not a regular file, not valid JSON, wrong shape, mismatched id."""
 
 
 class NotRegular(Corrupt):
@@ -73,10 +61,15 @@ class LockBusy(Exception):
     """Someone else holds the lock right now (a lock file is never deleted then)."""
 
 
-def is_component(name: object) -> bool:
-    """True for a usable single path component (no separator, NUL, '.' or '..')."""
-    return (type(name) is str and name not in ("", ".", "..") and os.sep not in name and "\0" not in name
-            and (os.altsep is None or os.altsep not in name))
+@contextlib.contextmanager
+def errors(base: Path) -> Iterator[None]:
+    """Translate what no caller could handle on its own into StorageError (the original chained)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (OSError, Corrupt, LockTimeout, LockBusy) as exc:
+        raise StorageError(f"file store {base}: {printable(str(exc))}") from exc
 
 
 def _kind(mode: int) -> str:
@@ -85,14 +78,6 @@ def _kind(mode: int) -> str:
         if test(mode):
             return what
     return "not a regular file"
-
-
-def parse_json(raw: bytes) -> Any:
-    """JSON from bytes; Corrupt if invalid (including nesting too deep to parse)."""
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise Corrupt(f"not valid JSON ({str(exc)[:120]})") from None
 
 
 class Store:
@@ -171,44 +156,52 @@ class Store:
         except OSError as exc:
             raise self.fail(f"cannot list {directory}/", exc) from exc
 
-    def _open_record(self, directory: str, name: str) -> tuple[int, os.stat_result]:
+    def _open_regular(self, directory: str, name: str, flags: int, verb: str) -> int:
+        """A descriptor of a regular file; FileNotFoundError, NotRegular, or StorageError (``cannot <verb> ...``)."""
         try:
-            fd = os.open(self._name(directory, name), _READ, dir_fd=self._fd(directory))
+            fd = os.open(self._name(directory, name), flags, dir_fd=self._fd(directory))
         except FileNotFoundError:
             raise
         except OSError as exc:
             if exc.errno in _NOT_A_FILE:
                 raise NotRegular("a symbolic link" if exc.errno == errno.ELOOP else "not a regular file") from None
-            raise self.fail(f"cannot read {self.rel(directory, name)}", exc) from exc
+            raise self.fail(f"cannot {verb} {self.rel(directory, name)}", exc) from exc
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise NotRegular(_kind(st.st_mode))
-        return fd, st
+        return fd
 
-    def read(self, directory: str, name: str, limit: int | None = None) -> bytes:
-        """A regular file's bytes (at most ``limit``); FileNotFoundError, NotRegular, or StorageError."""
-        fd, _st = self._open_record(directory, name)
+    def read(self, directory: str, name: str) -> bytes:
+        """A regular file's bytes; FileNotFoundError, NotRegular, or StorageError."""
+        fd = self._open_regular(directory, name, _READ, "read")
         try:
-            chunks, size = [], 0
-            while limit is None or size < limit:
-                chunk = os.read(fd, 1 << 20 if limit is None else min(1 << 20, limit - size))
-                if not chunk:
-                    break
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
-                size += len(chunk)
             return b"".join(chunks)
         except OSError as exc:
             raise self.fail(f"cannot read {self.rel(directory, name)}", exc) from exc
         finally:
             os.close(fd)
 
-    def read_json(self, directory: str, name: str) -> Any:
+    def read_json(self, directory: str, name: str) -> object:
+        """A regular file's JSON; FileNotFoundError, Corrupt (NotRegular included), or StorageError."""
         return parse_json(self.read(directory, name))
+
+    def read_token_index(self) -> dict[str, object] | str:
+        """The engine's token index (``{}`` if there is none), or why it cannot be used."""
+        try:
+            index = self.read_json(BASE, TOKEN_INDEX)
+        except FileNotFoundError:
+            return {}
+        except Corrupt as exc:
+            return str(exc)
+        return index if isinstance(index, dict) else "not a JSON object"
 
     def count_lines(self, directory: str, name: str) -> int:
         """Non-blank lines of an events file (the engine's event count)."""
-        fd, _st = self._open_record(directory, name)
+        fd = self._open_regular(directory, name, _READ, "read")
         try:
             with os.fdopen(os.dup(fd), "rb") as fh:
                 return sum(1 for line in fh if line.strip())
@@ -332,6 +325,24 @@ class Store:
             raise StorageError(f"file store {self.base}: cannot write {where} ({exc.strerror}); "
                                "nothing was changed") from exc
 
+    def preflight(self, directories: tuple[str, ...]) -> None:
+        """Before anything changes: every directory can be written, and the shared lock and index can be used."""
+        if not self.has(LOCKS):
+            raise StorageError(f"file store {self.base} has no .locks/ directory (the engine creates it); "
+                               "nothing was changed")
+        for directory in directories:
+            self.probe(directory)
+        lock = self.lstat(LOCKS, TOKEN_INDEX_LOCK)
+        if lock is not None and not stat.S_ISREG(lock.st_mode):
+            raise StorageError(f"file store {self.base}: .locks/{TOKEN_INDEX_LOCK} is not a regular file; the "
+                               "engine cannot use it either (repair it); nothing was changed")
+        index = self.lstat(BASE, TOKEN_INDEX)
+        if index is not None and self._euid != 0 and (
+                index.st_uid != self._euid or index.st_gid not in {os.getegid(), *os.getgroups()}):
+            raise StorageError(f"file store {self.base}: {TOKEN_INDEX} belongs to uid {index.st_uid}, gid "
+                               f"{index.st_gid}; run the purge as that user (or root) so that the rewritten index "
+                               "keeps its owner; nothing was changed")
+
     # -- the engine's locks ---------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -368,19 +379,28 @@ class Store:
         except FileNotFoundError:
             return None
         try:
-            if not _try_flock(fd):
+            try:
+                free = _try_flock(fd)
+            except OSError as exc:
+                raise self.fail(f"cannot delete {self.rel(LOCKS, name)}", exc) from exc
+            if not free:
                 raise LockBusy(name)
+            return self._unlink_held(name, fd)
+        finally:
+            os.close(fd)
+
+    def _unlink_held(self, name: str, fd: int) -> int | None:
+        """Delete ``.locks/<name>``, locked on ``fd``, if ``fd`` is still the file there; its size."""
+        try:
             if not self._linked(name, fd):
                 return None
             size = os.fstat(fd).st_size
             os.unlink(name, dir_fd=self._fd(LOCKS))
-            return size
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise self.fail(f"cannot delete {self.rel(LOCKS, name)}", exc) from exc
-        finally:
-            os.close(fd)
+        return size
 
     def _open_lock(self, name: str, create: bool) -> tuple[int, bool]:
         dir_fd = self._fd(LOCKS)
@@ -397,21 +417,11 @@ class Store:
                     self._adopt(fd)
                     return fd, True
             try:
-                fd = os.open(name, _LOCK, dir_fd=dir_fd)
+                return self._open_regular(LOCKS, name, _LOCK, "open"), False
             except FileNotFoundError:
                 if create:
                     continue  # deleted between the two opens: create it
                 raise
-            except OSError as exc:
-                if exc.errno in _NOT_A_FILE:
-                    raise NotRegular("a symbolic link" if exc.errno == errno.ELOOP else "not a regular file") \
-                        from None
-                raise self.fail(f"cannot open {self.rel(LOCKS, name)}", exc) from exc
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                raise NotRegular(_kind(st.st_mode))
-            return fd, False
 
     def _adopt(self, fd: int) -> None:
         """A lock file we created belongs to the owner of ``.locks/`` (the engine's user), not to root."""
@@ -438,17 +448,7 @@ class HeldLock:
 
     def unlink(self) -> int | None:
         """Delete the lock file while holding it (waiters then retry on a fresh file); its size."""
-        store = self.store
-        if not store._linked(self.name, self._fd):
-            return None
-        size = os.fstat(self._fd).st_size
-        try:
-            os.unlink(self.name, dir_fd=store._fd(LOCKS))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise store.fail(f"cannot delete {store.rel(LOCKS, self.name)}", exc) from exc
-        return size
+        return self.store._unlink_held(self.name, self._fd)
 
 
 def _try_flock(fd: int) -> bool:

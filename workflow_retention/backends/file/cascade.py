@@ -1,60 +1,59 @@
 """The cascade: each directory of the store streamed once, deleting the files of condemned runs.
 
-A purge condemns the runs it has committed (a regular purge marker exists and
-the run's own record does not); the orphan sweep condemns run ids that have no
-run file. Either way the sweep streams ``steps/``, ``hooks/``,
-``checkpoints/``, the token index, ``events/``, ``.locks/`` and then ``runs/``
-(flags, then purge markers last), so a crash at any point leaves markers or
-orphans that the next pass finds again. A marker is removed only once
-everything of its run is gone: a lock file someone holds, or a token index
-that cannot be read even under the engine's lock, keeps it for the next run.
-Deletions go in pages of ``batch_size``; with a ``boundary`` (the orphan
-sweep) each page is announced first and re-checked right before deleting.
+Shared by the purge (:mod:`.purge`: the runs it committed are condemned) and the orphan sweep
+(:mod:`.orphans`: run ids with no run file are condemned); a :class:`Verdict` says which runs are.
+The order of the passes, why markers go last and what keeps one: docs/backends/file.md, section 2.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
 
-from workflow_retention.backends.file.fs import (
+from workflow_retention.backends.file.client import LockBusy, LockTimeout, NotRegular, Store
+from workflow_retention.backends.file.layout import (
     BASE,
+    CHECKPOINT_LOCK,
     CHECKPOINTS,
     EVENTS,
+    EVENTS_SUFFIX,
+    FLAG_SUFFIX,
     HOOKS,
+    JSON,
     LOCKS,
+    MARKER_SUFFIX,
+    RUN_LOCK,
     RUNS,
+    SCHEDULE_LOCK,
     SCHEDULES,
     STEPS,
+    SUBSCRIPTION_LOCK,
     SUBSCRIPTIONS,
     TOKEN_INDEX,
     TOKEN_INDEX_LOCK,
     Corrupt,
-    LockBusy,
-    LockTimeout,
-    NotRegular,
-    Store,
-)
-from workflow_retention.backends.file.layout import (
-    MARKER_SUFFIX,
+    events_file,
+    flag_file,
     hook_owner,
+    left_alone,
     lock_kind,
     run_file,
+    run_locks,
     stem,
     step_owner,
     subscription_files,
 )
 from workflow_retention.exceptions import StorageError
-from workflow_retention.planning import is_safe_run_id, key_owners, key_prefixes
-from workflow_retention.report import Kind
+from workflow_retention.planning import chunked, is_safe_run_id, key_owner, key_owners, key_prefixes
+from workflow_retention.report import Kind, OrphanReport, PurgeReport
 
 CACHE_SIZE = 1024
 Owners = tuple[str, ...] | None  # the runs a condemned file is announced under; None: the file stays
+Drops = dict[str, tuple[str, tuple[str, ...]]]  # token -> (its value, the runs it goes with)
 
 
 # Module-level so that a test can make any of them fail (tests/file/test_crash.py).
@@ -118,7 +117,7 @@ class Verdict:
         if not prefixes:
             return None  # a stream-step checkpoint: no run in its name
         if not known:
-            owner = key_owners([key], self.existing)[key]
+            owner = key_owner(key, self.exists)
         if owner is None:
             return (prefixes[0],) if self.orphans and is_safe_run_id(prefixes[0]) else None
         return self.one(owner)
@@ -127,25 +126,36 @@ class Verdict:
         return {i for i in ids if self.exists(i)}
 
 
+OwnersOf = Callable[[str, Verdict], Owners]
+
+
 @dataclass
 class _Victim:
     kind: str
     directory: str
     name: str
     owners: tuple[str, ...]
-    owners_of: Callable[[str, Verdict], Owners]
+    owners_of: OwnersOf
 
 
-class Sweep:
-    def __init__(self, store: Store, report: Any, verdict: Verdict, *, dry_run: bool, batch_size: int,
-                 lock_timeout: float, not_after: datetime | None = None,
+class Cascade:
+    """Deletes (or, in a dry run, counts) every file of the runs a :class:`Verdict` condemns, markers last.
+
+    ``boundary`` (the orphan sweep's ``job.boundary``): each page is announced before it is deleted and
+    re-checked right before each delete; without it (a purge) flags and stragglers go in the marker pass.
+    ``not_after``: only files last modified before it go. ``marker_kind``: the kind purge markers are
+    counted under (the orphan sweep's runs), or None (a purge counted its runs when it committed them).
+    """
+
+    def __init__(self, store: Store, report: PurgeReport | OrphanReport, verdict: Verdict, *, dry_run: bool,
+                 batch_size: int, lock_timeout: float, not_after: datetime | None = None,
                  boundary: Callable[[Sequence[str]], None] | None = None,
                  marker_kind: str | None = None) -> None:
         self.store, self.report, self.verdict = store, report, verdict
         self.dry_run, self.batch_size, self.lock_timeout = dry_run, batch_size, lock_timeout
         self.not_after = not_after.timestamp() if not_after is not None else None
         self.boundary = boundary
-        self.marker_kind = marker_kind  # count purge markers under this kind (orphan sweep) or not at all
+        self.marker_kind = marker_kind
         self.bytes = 0
         self.incomplete: set[str] = set()  # runs with data left behind for now: their marker stays
         self.all_incomplete = False
@@ -153,8 +163,7 @@ class Sweep:
     def run(self) -> None:
         self._directory(STEPS, Kind.STEPS, self._step)
         self._directory(HOOKS, Kind.HOOKS, self._hook)
-        self._directory(CHECKPOINTS, Kind.CHECKPOINTS,
-                        lambda name, v: v.key(key) if (key := stem(name, ".json")) else None)
+        self._directory(CHECKPOINTS, Kind.CHECKPOINTS, self._checkpoint)
         self._token_index()
         self._directory(EVENTS, Kind.EVENTS, self._events)
         self._directory(LOCKS, Kind.LOCK_FILES, self._lock)
@@ -164,17 +173,15 @@ class Sweep:
 
     # -- one directory ------------------------------------------------------------
 
-    def _directory(self, directory: str, kind: str, owners_of: Callable[[str, Verdict], Owners]) -> None:
-        page: list[_Victim] = []
+    def _directory(self, directory: str, kind: str, owners_of: OwnersOf) -> None:
+        for page in chunked(self._victims(directory, kind, owners_of), self.batch_size):
+            self._flush(page)
+
+    def _victims(self, directory: str, kind: str, owners_of: OwnersOf) -> Iterator[_Victim]:
         for entry in self.store.entries(directory):
             owners = owners_of(entry.name, self.verdict)
             if owners is not None and self._old_enough(directory, entry.name):
-                page.append(_Victim(kind, directory, entry.name, owners, owners_of))
-                if len(page) >= self.batch_size:
-                    self._flush(page)
-                    page = []
-        if page:
-            self._flush(page)
+                yield _Victim(kind, directory, entry.name, owners, owners_of)
 
     def _flush(self, page: list[_Victim]) -> None:
         if self.boundary is not None:
@@ -203,7 +210,7 @@ class Sweep:
             self._left_behind(victim, "is held by another process")
             return
         except NotRegular as exc:
-            self._skip(store.rel(victim.directory, name), f"is {exc}")
+            left_alone(self.report, store.rel(victim.directory, name), f"is {exc}")
             self._left_behind(victim, None)
             return
         if size is None:
@@ -224,64 +231,70 @@ class Sweep:
         st = self.store.lstat(directory, name)
         return st is not None and st.st_mtime < self.not_after
 
-    def _skip(self, what: str, why: str) -> None:
-        self.report.skipped += 1
-        self.report.warn(f"{what}: {why}; left alone")
+    # -- owners from the name ------------------------------------------------------------
+
+    def _checkpoint(self, name: str, v: Verdict) -> Owners:
+        key = stem(name, JSON)
+        return v.key(key) if key else None
+
+    def _events(self, name: str, v: Verdict) -> Owners:
+        return v.one(stem(name, EVENTS_SUFFIX))
+
+    def _flag(self, name: str, v: Verdict) -> Owners:
+        return v.one(stem(name, FLAG_SUFFIX))
+
+    def _marker_owner(self, name: str, v: Verdict) -> Owners:
+        return v.one(stem(name, MARKER_SUFFIX))
+
+    def _lock(self, name: str, v: Verdict) -> Owners:
+        lock = lock_kind(name)
+        if lock.kind == RUN_LOCK:
+            return v.any_of(lock.runs) if lock.runs else None
+        if lock.kind == CHECKPOINT_LOCK:
+            return v.key(lock.key)
+        if not v.orphans:
+            return None  # a purged schedule's or subscription's lock goes with it (the stream sweeps)
+        if lock.kind == SCHEDULE_LOCK:
+            return () if not self.store.exists(SCHEDULES, f"{lock.key}{JSON}") else None
+        if lock.kind == SUBSCRIPTION_LOCK:
+            return () if not any(self.store.exists(SUBSCRIPTIONS, n) for n in subscription_files(lock.key)) else None
+        return None
 
     # -- owners read from content -------------------------------------------------------
 
     def _step(self, name: str, v: Verdict) -> Owners:
-        if not name.endswith(".json"):
+        if not name.endswith(JSON):
             return None
         return self._owner_from_content(STEPS, name, v, step_owner)
 
     def _hook(self, name: str, v: Verdict) -> Owners:
-        if not name.endswith(".json"):
+        if not name.endswith(JSON):
             return None
         return self._owner_from_content(HOOKS, name, v, lambda data: hook_owner(name, data, v.exists))
 
-    def _owner_from_content(self, directory: str, name: str, v: Verdict, owner: Callable[[Any], str]) -> Owners:
+    def _owner_from_content(self, directory: str, name: str, v: Verdict,
+                            owner: Callable[[object], str]) -> Owners:
         try:
             return v.one(owner(self.store.read_json(directory, name)))
         except FileNotFoundError:
             return None
         except Corrupt as exc:
             if v.reporting:
-                self._skip(f"{directory}/{name}", str(exc))
+                left_alone(self.report, f"{directory}/{name}", str(exc))
             return None
 
-    # -- lock files ---------------------------------------------------------------------
-
-    def _lock(self, name: str, v: Verdict) -> Owners:
-        kind, what = lock_kind(name)
-        if kind == "run":
-            return v.any_of(what) if what else None
-        if kind == "checkpoint":
-            return v.key(what)
-        if not v.orphans:
-            return None  # a purged schedule's or subscription's lock goes with it (the aux sweep)
-        if kind == "schedule":
-            record = f"{what}.json"
-            return () if not self.store.exists(SCHEDULES, record) else None
-        if kind == "subscription":
-            return () if not any(self.store.exists(SUBSCRIPTIONS, n) for n in subscription_files(what)) else None
-        return None
-
     # -- purge markers (last) -------------------------------------------------------------
-
-    def _events(self, name: str, v: Verdict) -> Owners:
-        return v.one(stem(name, ".jsonl"))
-
-    def _flag(self, name: str, v: Verdict) -> Owners:
-        return v.one(stem(name, ".cancel"))
 
     def _markers(self, *, flags: bool) -> None:
         """Purge markers go last, each once its run is gone. With ``flags`` (a purge: no pages announced), the
         same pass deletes cancellation flags, and a marker's flag, events file and lock files (were one
         re-created by the engine since their own pass) always before the marker."""
-        page: list[_Victim] = []
+        for page in chunked(self._condemned_markers(flags), self.batch_size):
+            self._flush(page)
+
+    def _condemned_markers(self, flags: bool) -> Iterator[_Victim]:
         for entry in self.store.entries(RUNS, regular=False):
-            if flags and entry.name.endswith(".cancel"):
+            if flags and entry.name.endswith(FLAG_SUFFIX):
                 if entry.is_file(follow_symlinks=False) and (owners := self._flag(entry.name, self.verdict)):
                     self._delete(_Victim(Kind.CANCELLATION_FLAGS, RUNS, entry.name, owners, self._flag))
                 continue
@@ -293,40 +306,31 @@ class Sweep:
             if self.all_incomplete or run_id in self.incomplete:
                 continue  # something of the run is still there: the next purge finishes it
             if self._old_enough(RUNS, entry.name):
-                page.append(_Victim(self.marker_kind or Kind.RUNS, RUNS, entry.name, (run_id,), self._marker_owner))
-                if len(page) >= self.batch_size:
-                    self._flush(page)
-                    page = []
-        if page:
-            self._flush(page)
+                yield _Victim(self.marker_kind or Kind.RUNS, RUNS, entry.name, (run_id,), self._marker_owner)
 
     def _stragglers(self, run_id: str) -> None:
         """Right before its marker: the run's files named by its id, had an engine re-created one meanwhile."""
-        for directory, name, kind, owners_of in (
-                (RUNS, f"{run_id}.cancel", Kind.CANCELLATION_FLAGS, self._flag),
-                (EVENTS, f"{run_id}.jsonl", Kind.EVENTS, self._events),
-                (LOCKS, f"{run_id}.lock", Kind.LOCK_FILES, self._lock),
-                (LOCKS, f"events_{run_id}.lock", Kind.LOCK_FILES, self._lock),
-                (LOCKS, f"{run_id}_cancel.lock", Kind.LOCK_FILES, self._lock)):
+        files: list[tuple[str, str, str, OwnersOf]] = [
+            (RUNS, flag_file(run_id), Kind.CANCELLATION_FLAGS, self._flag),
+            (EVENTS, events_file(run_id), Kind.EVENTS, self._events)]
+        files += [(LOCKS, lock, Kind.LOCK_FILES, self._lock) for lock in run_locks(run_id)]
+        for directory, name, kind, owners_of in files:
             if self.store.is_regular(directory, name) and (owners := owners_of(name, self.verdict)) is not None:
                 self._delete(_Victim(kind, directory, name, owners, owners_of))
 
     def _marker_condemns(self, entry: os.DirEntry[str], run_id: str) -> bool:
-        what = f"runs/{entry.name}"
+        what = f"{RUNS}/{entry.name}"
         if (name := run_file(run_id)) is not None and self.store.exists(RUNS, name):
-            self._skip(what, f"is a purge marker beside the run's own record runs/{name} (a restore from "
-                             "backup?); it condemns nothing")
+            left_alone(self.report, what, f"is a purge marker beside the run's own record {RUNS}/{name} (a "
+                                          "restore from backup?); it condemns nothing")
             return False
         if not entry.is_file(follow_symlinks=False):
-            self._skip(what, "is a purge marker that is not a regular file; it condemns nothing")
+            left_alone(self.report, what, "is a purge marker that is not a regular file; it condemns nothing")
             return False
         if not is_safe_run_id(run_id):
-            self._skip(what, "is a purge marker for an unsafe run id; it condemns nothing")
+            left_alone(self.report, what, "is a purge marker for an unsafe run id; it condemns nothing")
             return False
         return True
-
-    def _marker_owner(self, name: str, v: Verdict) -> Owners:
-        return v.one(stem(name, MARKER_SUFFIX))
 
     # -- the token index ---------------------------------------------------------------
 
@@ -334,7 +338,7 @@ class Sweep:
         """Drop the entries of condemned runs: one atomic rewrite under the engine's token_index.lock."""
         if not self.store.exists(BASE, TOKEN_INDEX):
             return
-        index = self._read_index()
+        index = self.store.read_token_index()
         if not isinstance(index, dict):
             index = self._read_index_locked()  # maybe caught mid-write by the engine: read it under its lock
         if not isinstance(index, dict):
@@ -359,7 +363,7 @@ class Sweep:
             raise StorageError(f"file store {self.store.base}: .locks/{TOKEN_INDEX_LOCK} is {exc}; "
                                "the token index was not rewritten") from exc
 
-    def _drops(self, index: dict, v: Verdict) -> dict[str, tuple[str, tuple[str, ...]]]:
+    def _drops(self, index: dict[str, object], v: Verdict) -> Drops:
         """token -> (value, owners) for the entries of condemned runs (ownership per planning.key_owners)."""
         values = {value for value in index.values() if isinstance(value, str)}
         owners = key_owners(values, v.existing)
@@ -369,8 +373,8 @@ class Sweep:
                 drops[token] = (value, who)
         return drops
 
-    def _rewrite_index(self, drops: dict[str, tuple[str, tuple[str, ...]]]) -> None:
-        index = self._read_index()
+    def _rewrite_index(self, drops: Drops) -> None:
+        index = self.store.read_token_index()
         if not isinstance(index, dict):
             self._index_unusable(index)
             return
@@ -389,23 +393,13 @@ class Sweep:
         self.bytes += max(before - len(data), 0)
         self.report.add(Kind.HOOK_TOKENS, len(removed))
 
-    def _read_index(self) -> Any:
-        """The index, or why it cannot be used (a str)."""
-        try:
-            index = self.store.read_json(BASE, TOKEN_INDEX)
-        except FileNotFoundError:
-            return {}
-        except Corrupt as exc:
-            return str(exc)
-        return index if isinstance(index, dict) else "not a JSON object"
-
-    def _read_index_locked(self) -> Any:
+    def _read_index_locked(self) -> dict[str, object] | str:
         try:
             with self.store.lock(TOKEN_INDEX_LOCK, self.lock_timeout, create=not self.dry_run):
-                return self._read_index()
+                return self.store.read_token_index()
         except (FileNotFoundError, LockTimeout, NotRegular):
-            return self._read_index()
+            return self.store.read_token_index()
 
-    def _index_unusable(self, why: Any) -> None:
+    def _index_unusable(self, why: str) -> None:
         self.all_incomplete = True
-        self._skip(TOKEN_INDEX, f"is unusable ({str(why)[:200]}); the purge markers stay until it can be read")
+        left_alone(self.report, TOKEN_INDEX, f"is unusable ({why[:200]}); the purge markers stay until it can be read")

@@ -12,22 +12,29 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-from workflow_retention.backends.file.fs import (
+from workflow_retention.backends.file.client import Store
+from workflow_retention.backends.file.layout import (
     BASE,
     CHECKPOINTS,
     DIRECTORIES,
     EVENTS,
     HOOKS,
+    JSON,
     LOCKS,
     RUNS,
     STEPS,
     TOKEN_INDEX,
     TOKEN_INDEX_LOCK,
-    Corrupt,
-    Store,
+    cancel_lock,
+    checkpoint_lock,
+    events_file,
+    events_lock,
+    flag_file,
+    hook_file,
+    hook_lock,
     is_component,
+    run_lock,
 )
 from workflow_retention.exceptions import StorageError
 from workflow_retention.planning import is_safe_run_id
@@ -45,13 +52,10 @@ class SeedWriter:
     """Writes batches of seed runs; the token index is kept in memory between batches and rewritten after each."""
 
     def __init__(self, store: Store) -> None:
-        try:
-            index = store.read_json(BASE, TOKEN_INDEX)
-        except FileNotFoundError:
-            index = {}
-        except Corrupt as exc:
-            raise StorageError(f"cannot seed {store.base}: {TOKEN_INDEX} is corrupt ({exc})") from exc
-        self.index: dict[str, str] = index if isinstance(index, dict) else {}
+        index = store.read_token_index()
+        if isinstance(index, str):
+            raise StorageError(f"cannot seed {store.base}: {TOKEN_INDEX} is corrupt ({index})")
+        self.index: dict[str, object] = index
         self.store = store
 
     def write(self, store: Store, runs: list[SeedRun]) -> None:
@@ -65,35 +69,35 @@ class SeedWriter:
         write, run_id = self.store.write_new, seed.run_id
         _check_names(seed)
         when = parse_timestamp(seed.run["updated_at"]).timestamp()
-        write(RUNS, f"{run_id}.json", _pretty(seed.run), when)
-        write(LOCKS, f"{run_id}.lock", b"", when)
+        write(RUNS, f"{run_id}{JSON}", _pretty(seed.run), when)
+        write(LOCKS, run_lock(run_id), b"", when)
         lines = [json.dumps({"event_id": e["event_id"], "run_id": e["run_id"], "type": e["type"], "sequence": n,
                              "timestamp": e["timestamp"], "data": e["data"]}) + "\n"
                  for n, e in enumerate(seed.events, start=1)]
         if lines:
-            write(EVENTS, f"{run_id}.jsonl", "".join(lines).encode(), when)
-            write(LOCKS, f"events_{run_id}.lock", b"", when)
+            write(EVENTS, events_file(run_id), "".join(lines).encode(), when)
+            write(LOCKS, events_lock(run_id), b"", when)
         for step in seed.steps:
-            write(STEPS, f"{step['step_id']}.json", _pretty(step), when)
+            write(STEPS, f"{step['step_id']}{JSON}", _pretty(step), when)
         for hook in seed.hooks:
-            write(HOOKS, f"{run_id}__{hook['hook_id']}.json", _pretty(hook), when)
+            write(HOOKS, hook_file(run_id, hook["hook_id"]), _pretty(hook), when)
             self.index[hook["token"]] = f"{run_id}:{hook['hook_id']}"
             if hook.get("status") != "pending":  # update_hook_status took the hook's lock
-                write(LOCKS, f"hook_{hook['hook_id'].replace('/', '_').replace(':', '_')}.lock", b"", when)
+                write(LOCKS, hook_lock(hook["hook_id"]), b"", when)
         for step_run_id, data in seed.checkpoints.items():
-            write(CHECKPOINTS, f"{step_run_id}.json", _pretty(data), when)
-            write(LOCKS, f"checkpoint_{step_run_id}.lock", b"", when)
+            write(CHECKPOINTS, f"{step_run_id}{JSON}", _pretty(data), when)
+            write(LOCKS, checkpoint_lock(step_run_id), b"", when)
         if seed.cancel_flag:
-            write(RUNS, f"{run_id}.cancel", seed.run["updated_at"].encode(), when)
-            write(LOCKS, f"{run_id}_cancel.lock", b"", when)
+            write(RUNS, flag_file(run_id), seed.run["updated_at"].encode(), when)
+            write(LOCKS, cancel_lock(run_id), b"", when)
 
 
 def _check_names(seed: SeedRun) -> None:
-    names = [f"{step['step_id']}.json" for step in seed.steps] + [f"{h['hook_id']}.json" for h in seed.hooks]
-    names += [f"{key}.json" for key in seed.checkpoints]
+    names = [f"{step['step_id']}{JSON}" for step in seed.steps] + [f"{h['hook_id']}{JSON}" for h in seed.hooks]
+    names += [f"{key}{JSON}" for key in seed.checkpoints]
     if not is_safe_run_id(seed.run_id) or not all(is_component(n) for n in names):
         raise StorageError(f"seed run {seed.run_id!r}: an id is not usable as a file name")
 
 
-def _pretty(data: Any) -> bytes:
+def _pretty(data: object) -> bytes:
     return json.dumps(data, indent=2).encode()

@@ -1,53 +1,34 @@
-"""Selecting and committing expired runs of a file store, with bounded memory.
+"""The purge of runs: selection (holds), the commit passes, the re-check, then the cascade.
 
-There is no parent index on disk, so holds are found bottom-up: one pass over
-``runs/`` walks up from every surviving run (not expired, corrupt, unsafe)
-and marks its expired ancestors held. Memory is O(held). An expired child is
-also checked against its parent's ``nesting_depth``: if the depth does not
-grow down the tree, the parent is held (warned), so that ordering by depth is
-always children-first.
-
-**Unreadable run files.** The engine rewrites a run file in place (truncate,
-then write) under ``.locks/<run_id>.lock``, so a read without that lock may
-see half a file: such a file is read again under the lock. One that is still
-unusable (crash-truncated, poison JSON, a run_id that is not its name, not a
-regular file) is reported once and its possible parents are held (see
-:func:`~.layout.possible_parents`). If its parent cannot be told, every
-expired run that could be a parent is kept for this purge: only runs at
-pyworkflow's maximum nesting depth, which can have no children, go.
-
-Then one pass per nesting depth present, deepest first, collects batches of
-deletable runs. Each batch goes through ``job.boundary`` (no lock held), then
-each run is re-read under the engine's own ``.locks/<run_id>.lock`` and, if
-unchanged and not held, renamed to its purge marker. A run that changed keeps
-everything and its ancestors become held; they are in later (shallower)
-passes, so they are never committed.
-
-**Runs written during the purge.** After the commits, one more pass over
-``runs/`` reads every run file written since the purge began (by ``ctime``):
-a run whose parent this purge committed brings the parent back (the marker is
-renamed back under the parent's lock, before any of its data is touched).
+:func:`purge_runs` is the whole of it. :class:`Selection` finds the held set in one pass over ``runs/``
+(there is no parent index: walking up from every surviving run), commits batches one nesting depth at a
+time, deepest first (re-read under the engine's ``.locks/<run_id>.lock``, renamed to the purge marker),
+and after the commits re-reads the run files written meanwhile, bringing back any committed parent they
+name. Unreadable run files hold every parent they may name, or invoke the conservative rule. Then
+:class:`~.cascade.Cascade` deletes the files of the committed runs. Why and what is guaranteed:
+docs/backends/file.md, sections 2 and 3.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import lru_cache
 
-from workflow_retention.backends.file.fs import (
-    RUNS,
-    Corrupt,
-    LockTimeout,
-    NotRegular,
-    Store,
-    parse_json,
-)
+from workflow_retention.backends.file.cascade import Cascade, Verdict
+from workflow_retention.backends.file.client import LockTimeout, NotRegular, Store
 from workflow_retention.backends.file.layout import (
+    JSON,
     MARKER_SUFFIX,
     MAX_NESTING_DEPTH,
+    PURGE_DIRECTORIES,
+    RUNS,
+    Corrupt,
     can_have_children,
+    depth,
     level,
     marker_file,
+    parse_json,
     parse_run,
     possible_parents,
     run_file,
@@ -55,12 +36,58 @@ from workflow_retention.backends.file.layout import (
     stem,
 )
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import RunRef, is_safe_run_id, screen
+from workflow_retention.exceptions import PurgeStopped
+from workflow_retention.planning import RunRef, chunked, is_safe_run_id, screen
 from workflow_retention.report import Kind
 
+# Run ids whose record/marker state a purge's cascade remembers (a run's files are found in every directory).
+STATE_CACHE = 4096
 # Run files changed this long before the purge began are read again after the commits
 # (file-system timestamps are coarser than the clock).
 CTIME_SLACK = 2.0
+
+
+def purge_runs(store: Store, job: PurgeJob, lock_timeout: float) -> None:
+    """Select, commit and re-check the expired runs, then delete their files (the cascade)."""
+    if not job.dry_run:
+        store.preflight(PURGE_DIRECTORIES)
+    selection = Selection(store, job, lock_timeout)
+    selection.plan()
+    cascade = Cascade(store, job.report, purge_verdict(store, selection, job.dry_run), dry_run=job.dry_run,
+                      batch_size=job.batch_size, lock_timeout=lock_timeout)
+    try:
+        selection.commit()
+    except PurgeStopped:
+        if not job.dry_run:  # finish the runs already committed; decide nothing new
+            selection.recheck()
+            cascade.run()
+        raise
+    if not job.dry_run:
+        selection.recheck()
+    cascade.run()
+
+
+def purge_verdict(store: Store, selection: Selection, dry_run: bool) -> Verdict:
+    """Real purge: runs with a regular marker and no record. Dry run: those plus the runs the commits would mark."""
+
+    @lru_cache(STATE_CACHE)
+    def state(run_id: str) -> tuple[bool, bool]:
+        """(its record exists, a regular purge marker exists): one or two stats, shared by both questions."""
+        name, marker = run_file(run_id), marker_file(run_id)
+        if name is None or marker is None:
+            return False, False
+        return store.exists(RUNS, name), store.is_regular(RUNS, marker)
+
+    def exists(run_id: str) -> bool:
+        return any(state(run_id))
+
+    def committed(run_id: str) -> bool:
+        record, marker = state(run_id)
+        return marker and not record and is_safe_run_id(run_id)
+
+    if not dry_run:
+        return Verdict.cached(exists, committed, orphans=False, recheck=False)
+    return Verdict.cached(exists, lambda r: committed(r) or selection.planned(r), orphans=False, recheck=False)
 
 
 class Selection:
@@ -105,9 +132,9 @@ class Selection:
                 if not self.committing and (run_id := stem(name, MARKER_SUFFIX)):
                     self.stale_markers.add(run_id)
                 continue
-            if not name.endswith(".json"):
+            if not name.endswith(JSON):
                 continue
-            ref = self._inspect(name, name[:-5], hold=True)  # (even ".json": the engine's glob sees it)
+            ref = self._inspect(name, name[: -len(JSON)], hold=True)  # (even ".json": the engine's glob sees it)
             if ref is not None:
                 yield ref
 
@@ -236,10 +263,11 @@ class Selection:
         parent = self._read(ref.parent_run_id)
         if parent is None or not parent.eligible(self.cutoff):
             return
-        if ref.data is None or parent.data is None or ref.data <= parent.data:
+        mine, theirs = depth(ref), depth(parent)
+        if mine is None or theirs is None or mine <= theirs:
             if self.hold_ancestors(parent.run_id):
                 self.job.report.warn(f"run {ref.run_id!r} has a nesting_depth that is not below its parent's "
-                                     f"({ref.data!r} vs {parent.data!r}); parent {parent.run_id!r} kept")
+                                     f"({mine!r} vs {theirs!r}); parent {parent.run_id!r} kept")
 
     # -- commit passes --------------------------------------------------------------
 
@@ -247,14 +275,8 @@ class Selection:
         """One pass per depth level, deepest first, committing batches of deletable runs."""
         self.committing = True
         for lvl in sorted(self.levels, reverse=True):
-            batch: list[RunRef] = []
-            for ref in self._runs():
-                if self._deletable(ref, lvl):
-                    batch.append(ref)
-                    if len(batch) >= self.job.batch_size:
-                        self._commit_batch(batch)
-                        batch = []
-            if batch:
+            deletable = (ref for ref in self._runs() if self._deletable(ref, lvl))
+            for batch in chunked(deletable, self.job.batch_size):
                 self._commit_batch(batch)
         self._set_held()
 
@@ -327,9 +349,9 @@ class Selection:
         """Bring back every run this purge committed that a run file written meanwhile names as its parent."""
         since = self.started - CTIME_SLACK
         for entry in self.store.entries(RUNS, regular=False):
-            if not entry.name.endswith(".json"):
+            if not entry.name.endswith(JSON):
                 continue
-            run_id = entry.name[:-5]
+            run_id = entry.name[: -len(JSON)]
             try:
                 if entry.stat(follow_symlinks=False).st_ctime < since:
                     continue

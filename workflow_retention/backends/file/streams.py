@@ -13,71 +13,79 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from workflow_retention.backends.file.fs import (
+from workflow_retention.backends.file.client import HeldLock, LockTimeout, NotRegular, Store
+from workflow_retention.backends.file.layout import (
     ACKS,
+    JSON,
+    LOCKS,
     SCHEDULES,
     SIGNALS,
     SUBSCRIPTIONS,
     Corrupt,
-    HeldLock,
-    LockTimeout,
-    NotRegular,
-    Store,
     is_component,
+    left_alone,
+    schedule_lock,
+    signals_lock,
+    subscription_file,
+    subscription_lock,
 )
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import older
 
+Record = dict[str, object]
+
 
 class _Busy(Exception):
     pass
 
 
-class AuxSweep:
+class StreamSweep:
+    """Deletes soft-deleted schedules, old signals, terminal subscriptions and old acknowledgments."""
+
     def __init__(self, store: Store, job: PurgeJob, lock_timeout: float) -> None:
         self.store, self.job, self.lock_timeout = store, job, lock_timeout
 
     def run(self) -> None:
         self._files(SCHEDULES, Kind.SCHEDULES, self._deleted_schedule,
-                    lambda data: f"schedule_{data['schedule_id']}.lock")
+                    lambda data: schedule_lock(str(data["schedule_id"])))
         self._signals()
         self._files(SUBSCRIPTIONS, Kind.SUBSCRIPTIONS, self._old_subscription,
-                    lambda data: f"sub_{data['stream_id']}_{data['step_run_id']}.lock")
+                    lambda data: subscription_lock(str(data["stream_id"]), str(data["step_run_id"])))
         self._files(ACKS, Kind.ACKNOWLEDGMENTS, self._old_ack, None)
 
     # -- predicates (the file name must match the ids inside) ----------------------------
 
-    def _older(self, value: Any) -> bool:
+    def _older(self, value: object) -> bool:
         return bool(older(value, self.job.cutoff))
 
-    def _deleted_schedule(self, name: str, data: Any) -> bool:
-        return (isinstance(data, dict) and name == f"{data.get('schedule_id')}.json"
+    def _deleted_schedule(self, name: str, data: object) -> bool:
+        return (isinstance(data, dict) and name == f"{data.get('schedule_id')}{JSON}"
                 and str(data.get("status")).lower() == "deleted" and self._older(data.get("updated_at")))
 
-    def _old_subscription(self, name: str, data: Any) -> bool:
-        return (isinstance(data, dict) and name == f"{data.get('stream_id')}__{data.get('step_run_id')}.json"
+    def _old_subscription(self, name: str, data: object) -> bool:
+        return (isinstance(data, dict)
+                and name == subscription_file(f"{data.get('stream_id')}", f"{data.get('step_run_id')}")
                 and data.get("status") in TERMINAL_SUBSCRIPTIONS and self._older(data.get("created_at")))
 
-    def _old_ack(self, name: str, data: Any) -> bool:
+    def _old_ack(self, name: str, data: object) -> bool:
         return isinstance(data, dict) and self._older(data.get("acknowledged_at"))
 
     # -- one directory of single-record files ------------------------------------------
 
-    def _files(self, directory: str, kind: str, expired: Callable[[str, Any], bool],
-               lock_name: Callable[[dict], str] | None) -> None:
+    def _files(self, directory: str, kind: str, expired: Callable[[str, object], bool],
+               lock_name: Callable[[Record], str] | None) -> None:
         report = self.job.report
         for entry in self.store.entries(directory):
             data = self._load(directory, entry.name)
-            if data is None or not expired(entry.name, data):
+            if data is None or not expired(entry.name, data) or not isinstance(data, dict):
                 continue
             lock = lock_name(data) if lock_name else None
             if self.job.dry_run:
                 report.add(kind)
-                if lock is not None and is_component(lock) and self.store.is_regular(".locks", lock):
+                if lock is not None and is_component(lock) and self.store.is_regular(LOCKS, lock):
                     report.add(Kind.LOCK_FILES)
                 continue
             try:
@@ -97,7 +105,7 @@ class AuxSweep:
 
     def _signals(self) -> None:
         for entry in self.store.entries(SIGNALS):
-            if not entry.name.endswith(".json"):
+            if not entry.name.endswith(JSON):
                 continue
             signals = self._signal_list(entry.name)
             if not signals or not any(self._old_signal(s) for s in signals):
@@ -106,7 +114,7 @@ class AuxSweep:
                 self.job.report.add(Kind.SIGNALS, sum(1 for s in signals if self._old_signal(s)))
                 continue
             try:
-                with self._locked(f"signals_{entry.name[:-5]}.lock", f"{SIGNALS}/{entry.name}"):
+                with self._locked(signals_lock(entry.name[: -len(JSON)]), f"{SIGNALS}/{entry.name}"):
                     signals = self._signal_list(entry.name) or []
                     kept = [s for s in signals if not self._old_signal(s)]
                     if len(kept) < len(signals):
@@ -115,32 +123,29 @@ class AuxSweep:
             except _Busy:
                 continue
 
-    def _old_signal(self, signal: Any) -> bool:
+    def _old_signal(self, signal: object) -> bool:
         return isinstance(signal, dict) and self._older(signal.get("published_at"))
 
-    def _signal_list(self, name: str) -> list | None:
+    def _signal_list(self, name: str) -> list[object] | None:
         data = self._load(SIGNALS, name)
         if data is not None and not isinstance(data, list):
-            self._skip(f"{SIGNALS}/{name}", "not a JSON array")
+            left_alone(self.job.report, f"{SIGNALS}/{name}", "not a JSON array")
             return None
-        return data
+        return data if isinstance(data, list) else None
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _load(self, directory: str, name: str) -> Any:
-        if not name.endswith(".json"):
+    def _load(self, directory: str, name: str) -> object:
+        """A record's JSON, or None if it is not a ``.json`` file, is gone, or is unusable (reported)."""
+        if not name.endswith(JSON):
             return None
         try:
             return self.store.read_json(directory, name)
         except FileNotFoundError:
             return None
         except Corrupt as exc:
-            self._skip(f"{directory}/{name}", str(exc))
+            left_alone(self.job.report, f"{directory}/{name}", str(exc))
             return None
-
-    def _skip(self, what: str, why: str) -> None:
-        self.job.report.skipped += 1
-        self.job.report.warn(f"{what}: {why}; left alone")
 
     @contextmanager
     def _locked(self, lock_name: str | None, what: str) -> Iterator[HeldLock | None]:
@@ -148,14 +153,14 @@ class AuxSweep:
             yield None
             return
         if not is_component(lock_name):
-            self._skip(what, f"its ids give no usable lock file name ({lock_name!r})")
+            left_alone(self.job.report, what, f"its ids give no usable lock file name ({lock_name!r})")
             raise _Busy
         try:
             with self.store.lock(lock_name, self.lock_timeout) as held:
                 yield held
         except LockTimeout:
-            self._skip(what, f".locks/{lock_name} stayed held for {self.lock_timeout}s")
+            left_alone(self.job.report, what, f".locks/{lock_name} stayed held for {self.lock_timeout}s")
             raise _Busy from None
         except NotRegular as exc:
-            self._skip(what, f"its lock .locks/{lock_name} is {exc}")
+            left_alone(self.job.report, what, f"its lock .locks/{lock_name} is {exc}")
             raise _Busy from None
