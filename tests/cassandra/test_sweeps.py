@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from tests.conformance.checks import snapshot
 from tests.harness.cassandra import CassandraHarness
-from tests.scenario import CUTOFF, NOW, OLD
+from tests.scenario import CUTOFF, NOW, OLD, add_run
 from workflow_retention.report import Kind
 
 
@@ -113,3 +114,68 @@ def test_a_deleted_schedule_resumed_during_the_purge_keeps_every_row(
     assert {s.schedule_id for s in h.run(pw.list_schedules(workflow_name="wf"))} == {"sched_back"}
     due = [i.key for i in h.inventory() if i.kind == "due_schedules"]
     assert any(k.endswith("|sched_back") for k in due), due
+
+
+def _in_flight_write_after(monkeypatch: pytest.MonkeyPatch, statement: str, write: Any) -> list[int]:
+    """Call ``write(timestamp)`` right after the sweep sends ``statement``, timestamped just before it was sent:
+    an engine write already in flight when the delete ran, applied after it."""
+    import time
+
+    from workflow_retention.backends.cassandra import session as session_module
+
+    concurrent, batches, done = session_module.Cql.concurrent, session_module.Cql.unlogged_batches, []
+
+    def around(call: Any, names: set[str]) -> None:
+        if statement in names and not done:
+            issued = time.time_ns() // 1000
+            call()
+            write(issued)
+            done.append(issued)
+        else:
+            call()
+
+    def on_concurrent(self, items):
+        out: list[Any] = []
+        around(lambda: out.extend(concurrent(self, items)), {n for n, _ in items})
+        return out
+
+    def on_batches(self, groups):
+        around(lambda: batches(self, groups), {n for group in groups for n, _ in group})
+
+    monkeypatch.setattr(session_module.Cql, "concurrent", on_concurrent)
+    monkeypatch.setattr(session_module.Cql, "unlogged_batches", on_batches)
+    return done
+
+
+def test_the_orphan_sweep_never_removes_a_pointer_another_run_wrote_meanwhile(
+        cassandra_harness: CassandraHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hook ids repeat across runs: while the sweep deletes a dead run's ``hooks_by_id`` row, a live run's
+    create_hook may be rewriting it. That write must survive, even if it was issued before the delete."""
+    h = cassandra_harness
+    h.run(add_run(h.pyworkflow(), "run_live", "running", OLD, hooks=("hook_other",)))
+    h.execute("INSERT INTO {ks}.hooks_by_id (hook_id, run_id) VALUES ('hook_approval_1', 'run_gone') "
+              "USING TIMESTAMP %s", (int(OLD.timestamp() * 1_000_000),))
+    done = _in_flight_write_after(monkeypatch, "orphan_hooks_by_id", lambda stamp: h.execute(
+        "INSERT INTO {ks}.hooks_by_id (hook_id, run_id) VALUES ('hook_approval_1', 'run_live') USING TIMESTAMP %s",
+        (stamp,)))
+    report = h.retention().sweep_orphans(grace=timedelta(0))
+    monkeypatch.undo()
+    assert done and report.counts[Kind.INDEX_ENTRIES] == 1
+    row = h.execute("SELECT run_id FROM {ks}.hooks_by_id WHERE hook_id = 'hook_approval_1'").one()
+    assert row is not None and row.run_id == "run_live", "the live run's hook pointer was deleted"
+
+
+def test_a_subscription_the_engine_updates_during_the_purge_is_kept(
+        cassandra_harness: CassandraHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    h, pw = cassandra_harness, cassandra_harness.pyworkflow()
+    with h.frozen(OLD):
+        h.run(pw.create_stream("stream_a", {}))
+        h.run(pw.register_stream_subscription("stream_a", "sstep_back", ["tick"], stream_run_id="srun_1"))
+        h.run(pw.update_subscription_status("stream_a", "sstep_back", "completed"))
+    done = _in_flight_write_after(monkeypatch, "delete_subscription", lambda stamp: h.execute(
+        "UPDATE {ks}.stream_subscriptions USING TIMESTAMP %s SET status = 'waiting' "
+        "WHERE stream_id = 'stream_a' AND step_run_id = 'sstep_back'", (stamp,)))
+    h.retention().delete_old_runs(CUTOFF)
+    monkeypatch.undo()
+    assert done
+    assert _rows(h, "stream_subscriptions") == {"stream_a|sstep_back"}, "an updated subscription was deleted"

@@ -1,4 +1,7 @@
-"""``CassandraBackend``: the StorageBackend on pyworkflow-engine's Cassandra keyspace (design: docs/backends/cassandra.md)."""
+"""``CassandraBackend``: the StorageBackend on pyworkflow-engine's Cassandra keyspace.
+
+The design is in docs/backends/cassandra.md.
+"""
 
 from __future__ import annotations
 

@@ -45,13 +45,12 @@ class Source:
     is the full primary key, ``owner`` the column naming the run (None: the
     key is derived, ``<run_id>:<rest>``, as for step checkpoints),
     ``written`` the column whose ``WRITETIME`` dates the row (timestamp
-    columns are read as milliseconds, :func:`ms`), ``pointer``
-    whether the row is a lookup pointing to a run (deleted ``IF run_id = ?``).
+    columns are read as milliseconds, :func:`ms`).
     """
 
     def __init__(self, table: str, kind: str, columns: str, key: str, owner: str | None, written: str,
-                 pointer: bool = False, partition_columns: int = 1) -> None:
-        self.table, self.kind, self.owner, self.written, self.pointer = table, kind, owner, written, pointer
+                 partition_columns: int = 1) -> None:
+        self.table, self.kind, self.owner, self.written = table, kind, owner, written
         self.columns = [c.strip() for c in columns.split(",")]
         self.key = [c.strip() for c in key.split(",")]
         self.partition = ", ".join(self.key[:partition_columns])
@@ -71,8 +70,11 @@ class Source:
                 f"WHERE token({self.partition}) > ?")
 
     def delete_cql(self) -> str:
+        """Deletes the row in the version read (``USING TIMESTAMP`` of ``written``): a row rewritten since
+        survives, such as a lookup row another run took over (a lightweight transaction ``IF run_id = ?``
+        would shadow that write if it were still in flight)."""
         where = " AND ".join(f"{c} = ?" for c in self.key)
-        return f"DELETE FROM {self.table} WHERE {where}" + (" IF run_id = ?" if self.pointer else "")
+        return f"DELETE FROM {self.table} USING TIMESTAMP ? WHERE {where}"
 
 
 def _sources() -> list[Source]:
@@ -89,11 +91,10 @@ def _sources() -> list[Source]:
                "created_at"),
         Source("checkpoints", Kind.CHECKPOINTS, "step_run_id, data, updated_at", "step_run_id", None, "data"),
         Source("runs_by_idempotency_key", Kind.IDEMPOTENCY_KEYS, "idempotency_key, run_id", "idempotency_key",
-               "run_id", "run_id", pointer=True),
-        Source("hooks_by_token", Kind.HOOK_TOKENS, '"token", run_id, hook_id', '"token"', "run_id", "run_id",
-               pointer=True),
-        Source("steps_by_id", Kind.INDEX_ENTRIES, "step_id, run_id", "step_id", "run_id", "run_id", pointer=True),
-        Source("hooks_by_id", Kind.INDEX_ENTRIES, "hook_id, run_id", "hook_id", "run_id", "run_id", pointer=True),
+               "run_id", "run_id"),
+        Source("hooks_by_token", Kind.HOOK_TOKENS, '"token", run_id, hook_id', '"token"', "run_id", "run_id"),
+        Source("steps_by_id", Kind.INDEX_ENTRIES, "step_id, run_id", "step_id", "run_id", "run_id"),
+        Source("hooks_by_id", Kind.INDEX_ENTRIES, "hook_id, run_id", "hook_id", "run_id", "run_id"),
         Source("runs_by_status", Kind.INDEX_ENTRIES, "status, date_bucket, created_at, run_id, workflow_name",
                "status, date_bucket, created_at, run_id", "run_id", "workflow_name", partition_columns=2),
         Source("runs_by_workflow", Kind.INDEX_ENTRIES, "workflow_name, date_bucket, created_at, run_id, status",
@@ -184,9 +185,9 @@ STATEMENTS: dict[str, str] = {
     "acks_in": "SELECT signal_id FROM signal_acknowledgments WHERE signal_id IN ?",
     "delete_acks_in": "DELETE FROM signal_acknowledgments WHERE signal_id IN ?",
     "delete_signal": "DELETE FROM signals WHERE stream_id = ? AND stream_run_id = ? AND sequence = ?",
-    "scan_subscriptions": f"SELECT stream_id, step_run_id, status, {ms('created_at')} FROM stream_subscriptions "
-                          "WHERE token(stream_id) > ?",
-    "delete_subscription": "DELETE FROM stream_subscriptions WHERE stream_id = ? AND step_run_id = ?",
+    "scan_subscriptions": f"SELECT stream_id, step_run_id, status, {ms('created_at')}, WRITETIME(status) AS written "
+                          "FROM stream_subscriptions WHERE token(stream_id) > ?",
+    "delete_subscription": "DELETE FROM stream_subscriptions USING TIMESTAMP ? WHERE stream_id = ? AND step_run_id = ?",
     # -- seeding (pyworkflow-engine 0.4.0's writes) ------------------------------------------------
     "insert_run": "INSERT INTO workflow_runs (run_id, workflow_name, status, created_at, updated_at, started_at, "
                   "completed_at, input_args, input_kwargs, result, error, idempotency_key, max_duration, context, "

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from workflow_retention.backends.cassandra.cascade import packed, stamp
 from workflow_retention.backends.cassandra.cql import OTHER_TABLES, SOURCES, Source
 from workflow_retention.backends.cassandra.runs import RunReader, run_ref
 from workflow_retention.backends.cassandra.session import Cql
@@ -79,12 +80,11 @@ class Sweeper:
         return [(row, run_id) for row, run_id in named if run_id not in present]
 
     def _delete(self, source: Source, orphans: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
-        params = [tuple(getattr(row, c.strip('"')) for c in source.key) + ((owner,) if source.pointer else ())
-                  for row, owner in orphans]
-        results = self.cql.concurrent([(source.delete_name, p) for p in params])
-        if not source.pointer:
-            return orphans
-        return [orphan for orphan, result in zip(orphans, results) if result.was_applied]
+        """Delete each orphan in the version read: a row written again since (another run's pointer) survives."""
+        self.cql.unlogged_batches(packed(
+            [(source.delete_name, (stamp([row]), *(getattr(row, c.strip('"')) for c in source.key)))]
+            for row, _ in orphans))
+        return orphans
 
 
 def census(cql: Cql, job: CensusJob) -> None:

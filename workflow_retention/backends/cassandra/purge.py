@@ -291,7 +291,8 @@ class Purger:
                 self.job.boundary([f"{r.stream_id}:{r.step_run_id}" for r in old])
                 self.report.add(Kind.SUBSCRIPTIONS, len(old))
                 if not self.job.dry_run:
-                    self.cql.concurrent([("delete_subscription", (r.stream_id, r.step_run_id)) for r in old])
+                    self.cql.unlogged_batches(packed([("delete_subscription", (stamp([r]), r.stream_id, r.step_run_id))]
+                                                     for r in old))  # in the version read: an update survives
 
     def _older(self, value: int | None, what: str, column: str) -> bool | None:
         """Whether a timestamp read as milliseconds is before the cutoff; None (reported) when unreadable."""

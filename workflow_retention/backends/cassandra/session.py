@@ -219,14 +219,6 @@ class Cql:
         """Several ``DELETE ... WHERE pk IN ?`` statements at once, in chunks of :data:`IN_CHUNK`."""
         self.concurrent([(name, (chunk,)) for name, keys in deletes.items() for chunk in chunks(dict.fromkeys(keys))])
 
-    def conditional(self, name: str, params_list: Sequence[Sequence[Any]]) -> list[bool | None]:
-        """Lightweight transactions: for each, True if applied, False if its row differs, None if it has none."""
-        outcomes: list[bool | None] = []
-        for result in self.concurrent([(name, p) for p in params_list]):
-            # A failed condition returns the row's current values; a missing row returns [applied] alone.
-            outcomes.append(True if result.was_applied else (False if len(result.column_names) > 1 else None))
-        return outcomes
-
     def unlogged_batches(self, batches: Sequence[Sequence[tuple[str, Sequence[Any]]]]) -> None:
         """Each inner list becomes one UNLOGGED batch (one request); batches run concurrently."""
         work = []
