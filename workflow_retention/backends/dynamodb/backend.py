@@ -84,9 +84,10 @@ class DynamoDBBackend(StorageBackend):
     ``url`` (constructor only)
         The URL the backend was built from, shown (redacted) in logs and reports.
 
-    Consistency: run records and markers are read with strongly consistent BatchGetItem; the GSI Queries and
-    the Scans are eventually consistent (DynamoDB offers nothing else on indexes), and every decision they
-    lead to is re-checked on the run record (the conditional delete, the orphan sweep's BatchGetItem).
+    Consistency: run records (and, in the Scan's checkpoint join, markers) are read with strongly consistent
+    BatchGetItem; Queries and Scans use DynamoDB's default eventually consistent reads (indexes offer nothing
+    else). A run is committed only by its conditional delete, and an orphan is deleted only after a
+    consistent read finds its run gone; an item a read missed is left for the next purge or orphan sweep.
 
     Errors: :class:`ConfigurationError` for a malformed URL, credentials in it, an unknown parameter or a
     value out of range (naming the option and its range), before anything connects;
