@@ -40,6 +40,10 @@ IN_FETCH = 2000
 MIN_TOKENS = {"Murmur3Partitioner": -(2**63), "RandomPartitioner": -1}
 
 
+def _no_prepare_errors(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Error preparing query")
+
+
 def require_driver() -> None:
     if DRIVER_MISSING is not None:
         raise BackendUnavailableError("cassandra", "cassandra", DRIVER_MISSING)
@@ -239,12 +243,16 @@ class Cql:
 
     def has_table(self, probe: str) -> bool:
         """Whether the table statement ``probe`` reads exists: the server refuses to prepare it otherwise."""
+        driver_log = logging.getLogger("cassandra.cluster")
+        driver_log.addFilter(_no_prepare_errors)  # the driver logs a refused prepare at ERROR: an answer here
         try:
             self.prepared(probe)
         except StorageError as exc:
             if "unconfigured" in str(exc.__cause__).lower():  # 2.1: columnfamily; 3.0 and later: table
                 return False
             raise
+        finally:
+            driver_log.removeFilter(_no_prepare_errors)
         return True
 
     def ddl(self, name: str, cql: str) -> None:
