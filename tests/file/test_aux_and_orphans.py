@@ -6,7 +6,7 @@ import fcntl
 import json
 import os
 import stat
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from filelock import FileLock
@@ -20,7 +20,7 @@ from workflow_retention.report import Kind
 PLUS5 = timezone(timedelta(hours=5))
 
 
-def _iso(when) -> str:
+def _iso(when: datetime) -> str:
     return when.isoformat()
 
 

@@ -22,7 +22,8 @@ def test_url_forms(tmp_path: Path) -> None:
     backend = by_url(f"file://{tmp_path}/my%20store", batch_size=7)
     assert isinstance(backend, FileBackend) and backend.base_path == tmp_path / "my store"
     assert backend.batch_size == 7 and repr(backend) == f"<FileBackend file://{tmp_path}/my%20store>"
-    assert by_url(f"file://localhost{tmp_path}").base_path == tmp_path
+    local = by_url(f"file://localhost{tmp_path}")
+    assert isinstance(local, FileBackend) and local.base_path == tmp_path
     assert FileBackend(tmp_path).url == f"file://{tmp_path}"
 
 

@@ -9,12 +9,14 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from filelock import FileLock
 
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.file.conftest import write_json
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, OLD, add_run
+from workflow_retention.backends.file.client import Store
 from workflow_retention.report import Kind
 
 
@@ -113,15 +115,15 @@ def test_file_names_cannot_forge_report_lines_or_terminal_escapes(store: FileHar
 
 
 def test_files_an_engine_recreates_during_the_cascade_go_before_the_marker(store: FileHarness,
-                                                                          monkeypatch) -> None:
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer still holding a purged run's id re-creates its lock and events files after their pass."""
     from workflow_retention.backends.file import cascade as cascade_module
 
     for run_id in ("run_a", "run_b"):
         store.run(add_run(store.pyworkflow(), run_id, "completed", OLD))
-    real, once = cascade_module.unlink, []
+    real, once = cascade_module.unlink, list[str]()
 
-    def engine_meanwhile(st, directory, name, **kwargs):
+    def engine_meanwhile(st: Store, directory: str, name: str, **kwargs: bool) -> int | None:
         out = real(st, directory, name, **kwargs)
         if name == "run_a.cancel" and not once:  # the last pass over runs/ has begun
             once.append(name)

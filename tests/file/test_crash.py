@@ -16,6 +16,7 @@ from tests.conformance.checks import assert_no_orphans, items_of, pyworkflow_vie
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, Scenario, build
 from workflow_retention.backends.file import cascade as cascade_module
+from workflow_retention.base import BatchInfo
 
 
 class Crash(BaseException):
@@ -70,8 +71,8 @@ def test_crash_in_the_cascade_then_rerun_ends_clean(store: FileHarness, scenario
         again = store.retention().delete_old_runs(CUTOFF)
         assert again.runs == 0 and again.held == len(scenario.held)
     else:
-        again = store.retention().sweep_orphans(grace=timedelta(0))
-        assert again.counts["runs"] == markers and again.bytes > 0
+        swept = store.retention().sweep_orphans(grace=timedelta(0))
+        assert swept.counts["runs"] == markers and swept.bytes > 0
     _assert_finished(store, scenario, raw_before, views_before)
 
 
@@ -95,7 +96,7 @@ def test_crash_between_commits_keeps_the_rest_for_the_next_purge(store: FileHarn
 def test_a_stopped_purge_finishes_what_it_committed(store: FileHarness, scenario: Scenario) -> None:
     from workflow_retention.exceptions import LeaseLostError
 
-    def lose_lease(info) -> None:
+    def lose_lease(info: BatchInfo) -> None:
         if info.index == 3:
             raise LeaseLostError("lease lost")
 

@@ -24,7 +24,8 @@ from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.file.conftest import write_json
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, NOW, OLD, add_run
-from workflow_retention.report import Kind
+from workflow_retention.base import BatchInfo
+from workflow_retention.report import Kind, PurgeReport
 
 
 def _family(store: FileHarness, child_status: str = "running") -> None:
@@ -97,7 +98,7 @@ def _deleted_schedule(store: FileHarness) -> None:
                {"schedule_id": "s_old", "status": "deleted", "updated_at": OLD.isoformat()})
 
 
-def _assert_lockdown(store: FileHarness, report, name: str, kept: set[str]) -> None:
+def _assert_lockdown(store: FileHarness, report: PurgeReport, name: str, kept: set[str]) -> None:
     """Only the depth-3 run went; everything else expired is held; the aux sweeps ran; reported once."""
     assert run_ids(store.inventory()) - {name.removeprefix("runs/").removesuffix(".json")} == kept
     assert report.runs == 1 and report.counts[Kind.SCHEDULES] == 1
@@ -186,7 +187,7 @@ def test_a_child_created_while_its_parent_is_being_committed_keeps_the_parent(st
         store.run(add_run(pw, f"run_p{n}", "completed", OLD))
     created: list[str] = []
 
-    def engine(info) -> None:
+    def engine(info: BatchInfo) -> None:
         for parent in info.run_ids:
             if parent == "run_p3":
                 store.run(pw.create_run(WorkflowRun(run_id="run_new_child", workflow_name="w",
@@ -214,7 +215,8 @@ def test_a_run_record_with_a_timestamp_that_has_no_utc_form_is_reported_and_the_
     report = store.retention().delete_old_runs(CUTOFF)
     assert run_ids(store.inventory()) == {"run_late", "run_early"}
     assert report.runs == 1 and report.skipped == 2
-    assert store.retention().audit(older_than=CUTOFF).purge.skipped == 2
+    audited = store.retention().audit(older_than=CUTOFF).purge
+    assert audited is not None and audited.skipped == 2
 
 
 @pytest.mark.parametrize("where", ["runs", "steps", "hooks"])
@@ -241,7 +243,7 @@ def test_json_nested_too_deep_to_parse_is_reported_and_every_other_run_goes(stor
     left = {p.name[:-5] for p in (store.base / "runs").glob("*.json")}  # (the raw inventory parses JSON)
     assert {"run_a", "run_b"}.isdisjoint(left) and report.runs == 2
     assert report.skipped == 1 and path.name in report.warnings[0]
-    assert audit.purge.runs == 2 and audit.purge.skipped == 1
+    assert audit.purge is not None and audit.purge.runs == 2 and audit.purge.skipped == 1
     assert path.read_bytes() == raw
     assert orphans.skipped == (0 if where == "runs" else 1)
 
@@ -257,7 +259,7 @@ def test_a_run_file_damaged_after_commits_began_brings_back_every_run_that_could
     live = store.base / "runs" / "run_live.json"
     shallow: list[str] = []
 
-    def crash(info) -> None:
+    def crash(info: BatchInfo) -> None:
         shallow.extend(r for r in info.run_ids if r in ("run_d0", "run_other"))
         if len(shallow) == 2:  # the last batch: every other expired run is committed by now
             live.write_text('{"run_id": "run_live", "stat')

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,7 +22,10 @@ from tests.conformance.checks import run_ids
 from tests.file.conftest import tree, write_json
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, OLD, add_run
+from workflow_retention.base import BatchInfo
 from workflow_retention.exceptions import StorageError
+
+T = TypeVar("T")
 
 OLD_ISO = OLD.isoformat()
 
@@ -59,7 +63,7 @@ def test_a_directory_swapped_for_a_symlink_during_the_purge_leads_nowhere(
     _victim_copy(victim, directory, names)
     outside = tree(victim)
 
-    def swap(info) -> None:
+    def swap(info: BatchInfo) -> None:
         if info.index == 1:
             _swap_for_symlink(store, directory, victim / directory)
 
@@ -77,7 +81,7 @@ def test_a_locks_directory_swapped_during_the_orphan_sweep_leads_nowhere(store: 
     _victim_copy(victim, ".locks", names + ["run_other.lock", "events_x.lock"])
     outside = tree(victim)
 
-    def swap(info) -> None:
+    def swap(info: BatchInfo) -> None:
         if info.index == 1:
             _swap_for_symlink(store, ".locks", victim / ".locks")
 
@@ -85,15 +89,16 @@ def test_a_locks_directory_swapped_during_the_orphan_sweep_leads_nowhere(store: 
     assert tree(victim) == outside and report.total > 0
 
 
-def _bounded(call: Callable[[], object], fifo: Path, seconds: float = 20) -> object:
+def _bounded(call: Callable[[], T], fifo: Path, seconds: float = 20) -> T:
     """Run ``call`` in a thread; if it is still blocked after ``seconds``, open the FIFO to free it and fail."""
-    out: dict[str, object] = {}
+    value: list[T] = []
+    error: list[BaseException] = []
 
     def body() -> None:
         try:
-            out["value"] = call()
+            value.append(call())
         except BaseException as exc:  # re-raised in the test thread
-            out["error"] = exc
+            error.append(exc)
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
@@ -103,9 +108,9 @@ def _bounded(call: Callable[[], object], fifo: Path, seconds: float = 20) -> obj
         os.close(fd)
         thread.join(10)
         pytest.fail(f"blocked on the FIFO {fifo.name}")
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    return out["value"]
+    if error:
+        raise error[0]
+    return value[0]
 
 
 def test_a_fifo_in_place_of_a_parent_run_file_blocks_nothing(store: FileHarness) -> None:
@@ -117,6 +122,7 @@ def test_a_fifo_in_place_of_a_parent_run_file_blocks_nothing(store: FileHarness)
     audit = _bounded(lambda: store.retention().audit(older_than=CUTOFF), fifo)
     orphans = _bounded(lambda: store.retention().sweep_orphans(grace=timedelta(0), dry_run=True), fifo)
     report = _bounded(lambda: store.retention().delete_old_runs(CUTOFF), fifo)
+    assert audit.purge is not None
     assert audit.purge.runs == report.runs == 1 and report.held == 1  # the unknown parent holds run_child
     assert report.skipped == 1 and "runs/run_fifo.json" in report.warnings[0]
     assert orphans.total == 0

@@ -14,6 +14,7 @@ from filelock import FileLock
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, OLD, add_run, build
+from workflow_retention.base import BatchInfo
 
 
 def test_a_run_whose_lock_the_engine_holds_is_left_with_its_ancestors(store: FileHarness) -> None:
@@ -51,7 +52,7 @@ def test_a_run_changed_before_its_depth_pass_holds_its_parent(store: FileHarness
     pw = store.pyworkflow()
     seen: list[tuple[str, ...]] = []
 
-    def engine(info) -> None:
+    def engine(info: BatchInfo) -> None:
         seen.append(info.run_ids)
         if info.index == 1:
             assert info.run_ids == ("run_tree_grandchild",)
@@ -101,7 +102,7 @@ def test_engine_process_updating_runs_during_the_purge(store: FileHarness) -> No
     engine = subprocess.Popen([sys.executable, "-c", ENGINE, str(store.base), ",".join(hot), str(go), "1"],
                               stdout=subprocess.PIPE, text=True)
 
-    def batch(info) -> None:  # the selection pass is over: let the engine loose
+    def batch(info: BatchInfo) -> None:  # the selection pass is over: let the engine loose
         go.touch()
         time.sleep(0.01)
 

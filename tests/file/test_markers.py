@@ -17,6 +17,7 @@ import pytest
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, OLD, add_run
+from workflow_retention.report import OrphanReport, PurgeReport
 
 
 def _stray(store: FileHarness, run_id: str, form: str) -> None:
@@ -44,12 +45,13 @@ def test_a_stray_marker_beside_a_run_record_never_condemns_the_run(store: FileHa
     family = {"run_kept", "run_child", "run_parent"}
     before = items_of(store.inventory(), family)
     for _ in range(2):  # and again: nothing changes on the next run either
+        report: PurgeReport | OrphanReport
         if operation == "purge":
-            report = store.retention().delete_old_runs(CUTOFF)
-            assert (report.runs, report.held) == (0, 1)
+            report = purged = store.retention().delete_old_runs(CUTOFF)
+            assert (purged.runs, purged.held) == (0, 1)
         else:
-            report = store.retention().sweep_orphans(grace=timedelta(0))
-            assert report.total == 0
+            report = swept = store.retention().sweep_orphans(grace=timedelta(0))
+            assert swept.total == 0
         assert items_of(store.inventory(), family) == before
         assert report.skipped == 2, report.warnings
         assert any("runs/run_kept.json.purging" in w for w in report.warnings)

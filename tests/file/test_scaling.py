@@ -7,6 +7,7 @@ import tracemalloc
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,11 +20,11 @@ from workflow_retention.seed import generate
 CUTOFF = NOW - timedelta(days=30)
 
 
-def _scans(monkeypatch: pytest.MonkeyPatch, base: Path) -> Counter:
+def _scans(monkeypatch: pytest.MonkeyPatch, base: Path) -> Counter[str]:
     """Count real ``os.scandir`` calls per store directory (the calls still go to the file system)."""
-    real, seen = os.scandir, Counter()
+    real, seen = os.scandir, Counter[str]()
 
-    def scandir(path=".", *args):
+    def scandir(path: Any = ".", *args: Any) -> Any:
         where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)  # a dir fd
         rel = os.path.relpath(where, base)
         if not rel.startswith(".."):

@@ -172,18 +172,24 @@ class Store:
             raise NotRegular(_kind(st.st_mode))
         return fd
 
-    def read(self, directory: str, name: str) -> bytes:
-        """A regular file's bytes; FileNotFoundError, NotRegular, or StorageError."""
+    @contextlib.contextmanager
+    def _reading(self, directory: str, name: str) -> Iterator[int]:
+        """A read descriptor of a regular file, closed after; OS errors while reading are StorageError."""
         fd = self._open_regular(directory, name, _READ, "read")
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            yield fd
         except OSError as exc:
             raise self.fail(f"cannot read {self.rel(directory, name)}", exc) from exc
         finally:
             os.close(fd)
+
+    def read(self, directory: str, name: str) -> bytes:
+        """A regular file's bytes; FileNotFoundError, NotRegular, or StorageError."""
+        with self._reading(directory, name) as fd:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     def read_json(self, directory: str, name: str) -> object:
         """A regular file's JSON; FileNotFoundError, Corrupt (NotRegular included), or StorageError."""
@@ -201,14 +207,8 @@ class Store:
 
     def count_lines(self, directory: str, name: str) -> int:
         """Non-blank lines of an events file (the engine's event count)."""
-        fd = self._open_regular(directory, name, _READ, "read")
-        try:
-            with os.fdopen(os.dup(fd), "rb") as fh:
-                return sum(1 for line in fh if line.strip())
-        except OSError as exc:
-            raise self.fail(f"cannot read {self.rel(directory, name)}", exc) from exc
-        finally:
-            os.close(fd)
+        with self._reading(directory, name) as fd, os.fdopen(os.dup(fd), "rb") as fh:
+            return sum(1 for line in fh if line.strip())
 
     def lstat(self, directory: str, name: str) -> os.stat_result | None:
         """The entry's own stat (a symlink is not followed), or None if it is absent."""

@@ -85,6 +85,11 @@ def subscription_file(stream_id: str, step_run_id: str) -> str:
 
 # -- lock names (all in .locks/) ---------------------------------------------------------------
 
+EVENTS_LOCK, CANCEL_LOCK = "events_", "_cancel"  # events_<run_id>.lock, <run_id>_cancel.lock
+CHECKPOINT_PREFIX, SCHEDULE_PREFIX, SUBSCRIPTION_PREFIX = "checkpoint_", "schedule_", "sub_"
+#: Locks shared by many runs, never deleted (with token_index.lock).
+SHARED_PREFIXES = ("hook_", "stream_", "signals_")
+
 
 def run_lock(run_id: str) -> str:
     """The lock the engine changes a run under."""
@@ -92,11 +97,11 @@ def run_lock(run_id: str) -> str:
 
 
 def events_lock(run_id: str) -> str:
-    return f"events_{run_id}{LOCK_SUFFIX}"
+    return f"{EVENTS_LOCK}{run_id}{LOCK_SUFFIX}"
 
 
 def cancel_lock(run_id: str) -> str:
-    return f"{run_id}_cancel{LOCK_SUFFIX}"
+    return f"{run_id}{CANCEL_LOCK}{LOCK_SUFFIX}"
 
 
 def run_locks(run_id: str) -> tuple[str, str, str]:
@@ -105,7 +110,7 @@ def run_locks(run_id: str) -> tuple[str, str, str]:
 
 
 def checkpoint_lock(key: str) -> str:
-    return f"checkpoint_{key}{LOCK_SUFFIX}"
+    return f"{CHECKPOINT_PREFIX}{key}{LOCK_SUFFIX}"
 
 
 def hook_lock(hook_id: str) -> str:
@@ -114,7 +119,7 @@ def hook_lock(hook_id: str) -> str:
 
 
 def schedule_lock(schedule_id: str) -> str:
-    return f"schedule_{schedule_id}{LOCK_SUFFIX}"
+    return f"{SCHEDULE_PREFIX}{schedule_id}{LOCK_SUFFIX}"
 
 
 def signals_lock(stream_id: str) -> str:
@@ -122,7 +127,7 @@ def signals_lock(stream_id: str) -> str:
 
 
 def subscription_lock(stream_id: str, step_run_id: str) -> str:
-    return f"sub_{stream_id}_{step_run_id}{LOCK_SUFFIX}"
+    return f"{SUBSCRIPTION_PREFIX}{stream_id}_{step_run_id}{LOCK_SUFFIX}"
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -301,17 +306,17 @@ def lock_kind(name: str) -> LockKind:
     lock_stem = stem(name, LOCK_SUFFIX)
     if lock_stem is None or name == TOKEN_INDEX_LOCK:
         return LockKind(SHARED_LOCK)
-    for prefix, kind in (("checkpoint_", CHECKPOINT_LOCK), ("schedule_", SCHEDULE_LOCK),
-                         ("sub_", SUBSCRIPTION_LOCK)):
+    for prefix, kind in ((CHECKPOINT_PREFIX, CHECKPOINT_LOCK), (SCHEDULE_PREFIX, SCHEDULE_LOCK),
+                         (SUBSCRIPTION_PREFIX, SUBSCRIPTION_LOCK)):
         if lock_stem.startswith(prefix) and len(lock_stem) > len(prefix):
             return LockKind(kind, key=lock_stem[len(prefix):])
-    if lock_stem.startswith(("hook_", "stream_", "signals_")):
+    if lock_stem.startswith(SHARED_PREFIXES):
         return LockKind(SHARED_LOCK)
     owners = [lock_stem]
-    if lock_stem.startswith("events_"):
-        owners.append(lock_stem[len("events_"):])
-    if lock_stem.endswith("_cancel"):
-        owners.append(lock_stem[: -len("_cancel")])
+    if lock_stem.startswith(EVENTS_LOCK):
+        owners.append(lock_stem[len(EVENTS_LOCK):])
+    if lock_stem.endswith(CANCEL_LOCK):
+        owners.append(lock_stem[: -len(CANCEL_LOCK)])
     return LockKind(RUN_LOCK, runs=tuple(o for o in owners if is_safe_run_id(o)))
 
 
