@@ -75,59 +75,43 @@ def events_file(run_id: str) -> str:
     return f"{run_id}{EVENTS_SUFFIX}"
 
 
-def hook_file(run_id: str, hook_id: str) -> str:
-    return f"{run_id}{HOOK_SEPARATOR}{hook_id}{JSON}"
-
-
-def subscription_file(stream_id: str, step_run_id: str) -> str:
-    return f"{stream_id}{HOOK_SEPARATOR}{step_run_id}{JSON}"
+def pair_file(first: str, second: str) -> str:
+    """``<first>__<second>.json``: ``hooks/<run_id>__<hook_id>.json``, ``subscriptions/<stream_id>__<step_run_id>.json``
+    (the engine's separator for both)."""
+    return f"{first}{HOOK_SEPARATOR}{second}{JSON}"
 
 
 # -- lock names (all in .locks/) ---------------------------------------------------------------
 
-EVENTS_LOCK, CANCEL_LOCK = "events_", "_cancel"  # events_<run_id>.lock, <run_id>_cancel.lock
+EVENTS_PREFIX, CANCEL_SUFFIX = "events_", "_cancel"  # events_<run_id>.lock, <run_id>_cancel.lock
 CHECKPOINT_PREFIX, SCHEDULE_PREFIX, SUBSCRIPTION_PREFIX = "checkpoint_", "schedule_", "sub_"
+HOOK_PREFIX, STREAM_PREFIX, SIGNALS_PREFIX = "hook_", "stream_", "signals_"
 #: Locks shared by many runs, never deleted (with token_index.lock).
-SHARED_PREFIXES = ("hook_", "stream_", "signals_")
+SHARED_PREFIXES = (HOOK_PREFIX, STREAM_PREFIX, SIGNALS_PREFIX)
+
+
+def lock_file(prefix: str, key: str, suffix: str = "") -> str:
+    """``<prefix><key><suffix>.lock``, e.g. ``lock_file(SCHEDULE_PREFIX, schedule_id)``."""
+    return f"{prefix}{key}{suffix}{LOCK_SUFFIX}"
 
 
 def run_lock(run_id: str) -> str:
-    """The lock the engine changes a run under."""
-    return f"{run_id}{LOCK_SUFFIX}"
-
-
-def events_lock(run_id: str) -> str:
-    return f"{EVENTS_LOCK}{run_id}{LOCK_SUFFIX}"
-
-
-def cancel_lock(run_id: str) -> str:
-    return f"{run_id}{CANCEL_LOCK}{LOCK_SUFFIX}"
+    """``<run_id>.lock``: the lock the engine changes a run under."""
+    return lock_file("", run_id)
 
 
 def run_locks(run_id: str) -> tuple[str, str, str]:
-    """Every per-run lock file of a run."""
-    return run_lock(run_id), events_lock(run_id), cancel_lock(run_id)
-
-
-def checkpoint_lock(key: str) -> str:
-    return f"{CHECKPOINT_PREFIX}{key}{LOCK_SUFFIX}"
+    """Every per-run lock file of a run: ``<id>.lock``, ``events_<id>.lock``, ``<id>_cancel.lock``."""
+    return run_lock(run_id), lock_file(EVENTS_PREFIX, run_id), lock_file("", run_id, CANCEL_SUFFIX)
 
 
 def hook_lock(hook_id: str) -> str:
     """The engine's ``hook_<hook_id>.lock``, with ``/`` and ``:`` replaced as the engine does."""
-    return f"hook_{hook_id.replace('/', '_').replace(':', '_')}{LOCK_SUFFIX}"
-
-
-def schedule_lock(schedule_id: str) -> str:
-    return f"{SCHEDULE_PREFIX}{schedule_id}{LOCK_SUFFIX}"
-
-
-def signals_lock(stream_id: str) -> str:
-    return f"signals_{stream_id}{LOCK_SUFFIX}"
+    return lock_file(HOOK_PREFIX, hook_id.replace("/", "_").replace(":", "_"))
 
 
 def subscription_lock(stream_id: str, step_run_id: str) -> str:
-    return f"{SUBSCRIPTION_PREFIX}{stream_id}_{step_run_id}{LOCK_SUFFIX}"
+    return lock_file(SUBSCRIPTION_PREFIX, f"{stream_id}_{step_run_id}")
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -313,16 +297,16 @@ def lock_kind(name: str) -> LockKind:
     if lock_stem.startswith(SHARED_PREFIXES):
         return LockKind(SHARED_LOCK)
     owners = [lock_stem]
-    if lock_stem.startswith(EVENTS_LOCK):
-        owners.append(lock_stem[len(EVENTS_LOCK):])
-    if lock_stem.endswith(CANCEL_LOCK):
-        owners.append(lock_stem[: -len(CANCEL_LOCK)])
+    if lock_stem.startswith(EVENTS_PREFIX):
+        owners.append(lock_stem[len(EVENTS_PREFIX):])
+    if lock_stem.endswith(CANCEL_SUFFIX):
+        owners.append(lock_stem[: -len(CANCEL_SUFFIX)])
     return LockKind(RUN_LOCK, runs=tuple(o for o in owners if is_safe_run_id(o)))
 
 
 def subscription_files(rest: str) -> list[str]:
     """The ``subscriptions/`` names a ``sub_<stream_id>_<step_run_id>.lock`` may belong to (ids contain '_')."""
-    return [subscription_file(rest[:i], rest[i + 1:]) for i, c in enumerate(rest)
+    return [pair_file(rest[:i], rest[i + 1:]) for i, c in enumerate(rest)
             if c == "_" and 0 < i < len(rest) - 1]
 
 
@@ -338,7 +322,7 @@ def hook_owner(name: str, data: object, exists: Callable[[str], bool]) -> str:
         raise Corrupt("not a JSON object")
     run_id, hook_id = data.get("run_id"), data.get("hook_id")
     if not isinstance(run_id, str) or not isinstance(hook_id, str) \
-            or name not in (hook_file(run_id, hook_id), f"{hook_id}{JSON}"):
+            or name not in (pair_file(run_id, hook_id), f"{hook_id}{JSON}"):
         raise Corrupt(f"its name does not match its run_id {str(run_id)[:200]!r} and hook_id {str(hook_id)[:200]!r}")
     owner = key_owner(name[: -len(JSON)], exists, HOOK_SEPARATOR)
     return owner if owner is not None else run_id

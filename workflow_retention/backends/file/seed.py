@@ -16,6 +16,7 @@ from pathlib import Path
 from workflow_retention.backends.file.client import Store
 from workflow_retention.backends.file.layout import (
     BASE,
+    CHECKPOINT_PREFIX,
     CHECKPOINTS,
     DIRECTORIES,
     EVENTS,
@@ -26,15 +27,13 @@ from workflow_retention.backends.file.layout import (
     STEPS,
     TOKEN_INDEX,
     TOKEN_INDEX_LOCK,
-    cancel_lock,
-    checkpoint_lock,
     events_file,
-    events_lock,
     flag_file,
-    hook_file,
     hook_lock,
     is_component,
-    run_lock,
+    lock_file,
+    pair_file,
+    run_locks,
 )
 from workflow_retention.exceptions import StorageError
 from workflow_retention.planning import is_safe_run_id
@@ -70,26 +69,27 @@ class SeedWriter:
         _check_names(seed)
         when = parse_timestamp(seed.run["updated_at"]).timestamp()
         write(RUNS, f"{run_id}{JSON}", _pretty(seed.run), when)
-        write(LOCKS, run_lock(run_id), b"", when)
+        run_lock, events_lock, cancel_lock = run_locks(run_id)
+        write(LOCKS, run_lock, b"", when)
         lines = [json.dumps({"event_id": e["event_id"], "run_id": e["run_id"], "type": e["type"], "sequence": n,
                              "timestamp": e["timestamp"], "data": e["data"]}) + "\n"
                  for n, e in enumerate(seed.events, start=1)]
         if lines:
             write(EVENTS, events_file(run_id), "".join(lines).encode(), when)
-            write(LOCKS, events_lock(run_id), b"", when)
+            write(LOCKS, events_lock, b"", when)
         for step in seed.steps:
             write(STEPS, f"{step['step_id']}{JSON}", _pretty(step), when)
         for hook in seed.hooks:
-            write(HOOKS, hook_file(run_id, hook["hook_id"]), _pretty(hook), when)
+            write(HOOKS, pair_file(run_id, hook["hook_id"]), _pretty(hook), when)
             self.index[hook["token"]] = f"{run_id}:{hook['hook_id']}"
             if hook.get("status") != "pending":  # update_hook_status took the hook's lock
                 write(LOCKS, hook_lock(hook["hook_id"]), b"", when)
         for step_run_id, data in seed.checkpoints.items():
             write(CHECKPOINTS, f"{step_run_id}{JSON}", _pretty(data), when)
-            write(LOCKS, checkpoint_lock(step_run_id), b"", when)
+            write(LOCKS, lock_file(CHECKPOINT_PREFIX, step_run_id), b"", when)
         if seed.cancel_flag:
             write(RUNS, flag_file(run_id), seed.run["updated_at"].encode(), when)
-            write(LOCKS, cancel_lock(run_id), b"", when)
+            write(LOCKS, cancel_lock, b"", when)
 
 
 def _check_names(seed: SeedRun) -> None:

@@ -19,15 +19,16 @@ from workflow_retention.backends.file.layout import (
     ACKS,
     JSON,
     LOCKS,
+    SCHEDULE_PREFIX,
     SCHEDULES,
     SIGNALS,
+    SIGNALS_PREFIX,
     SUBSCRIPTIONS,
     Corrupt,
     is_component,
     left_alone,
-    schedule_lock,
-    signals_lock,
-    subscription_file,
+    lock_file,
+    pair_file,
     subscription_lock,
 )
 from workflow_retention.base import PurgeJob
@@ -50,7 +51,7 @@ class StreamSweep:
 
     def run(self) -> None:
         self._files(SCHEDULES, Kind.SCHEDULES, self._deleted_schedule,
-                    lambda data: schedule_lock(str(data["schedule_id"])))
+                    lambda data: lock_file(SCHEDULE_PREFIX, str(data["schedule_id"])))
         self._signals()
         self._files(SUBSCRIPTIONS, Kind.SUBSCRIPTIONS, self._old_subscription,
                     lambda data: subscription_lock(str(data["stream_id"]), str(data["step_run_id"])))
@@ -67,7 +68,7 @@ class StreamSweep:
 
     def _old_subscription(self, name: str, data: object) -> bool:
         return (isinstance(data, dict)
-                and name == subscription_file(f"{data.get('stream_id')}", f"{data.get('step_run_id')}")
+                and name == pair_file(f"{data.get('stream_id')}", f"{data.get('step_run_id')}")
                 and data.get("status") in TERMINAL_SUBSCRIPTIONS and self._older(data.get("created_at")))
 
     def _old_ack(self, name: str, data: object) -> bool:
@@ -114,7 +115,7 @@ class StreamSweep:
                 self.job.report.add(Kind.SIGNALS, sum(1 for s in signals if self._old_signal(s)))
                 continue
             try:
-                with self._locked(signals_lock(entry.name[: -len(JSON)]), f"{SIGNALS}/{entry.name}"):
+                with self._locked(lock_file(SIGNALS_PREFIX, entry.name[: -len(JSON)]), f"{SIGNALS}/{entry.name}"):
                     signals = self._signal_list(entry.name) or []
                     kept = [s for s in signals if not self._old_signal(s)]
                     if len(kept) < len(signals):
