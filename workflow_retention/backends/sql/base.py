@@ -20,12 +20,33 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, MetaData, Select, TextClause, and_, func, or_, select, text, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    MetaData,
+    Select,
+    TextClause,
+    and_,
+    delete,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from workflow_retention.backends.sql.purge import PurgeMixin
-from workflow_retention.backends.sql.schema import Types, build_metadata
+from workflow_retention.backends.sql.schema import (
+    INDEX_NEEDS,
+    OPTIONAL_TABLES,
+    REQUIRED_TABLES,
+    Layout,
+    Types,
+    build_metadata,
+)
 from workflow_retention.backends.sql.seeding import SeedMixin
 from workflow_retention.backends.sql.sweeps import SweepMixin
 from workflow_retention.base import StorageBackend
@@ -58,6 +79,13 @@ def positive(value: object, name: str) -> float:
     return number
 
 
+def whole(value: object, name: str) -> int:
+    """A count option: a positive whole number."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive whole number; got {value!r}")
+    return value
+
+
 class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
     """Base of the SQLite, PostgreSQL and MySQL backends (not registered itself)."""
 
@@ -72,12 +100,22 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
     id_chunk: ClassVar[int] = 1000
     #: Run ids per step-checkpoint statement (each adds one range or LIKE term).
     checkpoint_chunk: ClassVar[int] = 256
+    #: Rows one write transaction deletes at most (the ``max_rows`` option), whatever the runs hold.
+    default_max_rows: ClassVar[int] = 40_000
+    #: Seconds a write transaction should take at most: a longer one shrinks the row budget.
+    transaction_target: ClassVar[float] = 0.5
+    #: The row budget never shrinks below this (nor grows above ``max_rows``).
+    min_rows: ClassVar[int] = 1000
 
     def __init__(self, *, url: str, statement_timeout: float = 30.0, lock_timeout: float = 10.0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, max_rows: int | None = None) -> None:
         super().__init__(url=url, batch_size=batch_size)
         self.statement_timeout = positive(statement_timeout, "statement_timeout")
         self.lock_timeout = positive(lock_timeout, "lock_timeout")
+        self.max_rows = whole(max_rows if max_rows is not None else self.default_max_rows, "max_rows")
+        self._row_budget = self.max_rows
+        #: The store's tables and missing indexes, read at the start of each operation.
+        self.layout = Layout(frozenset(self.metadata.tables), (), ())
         self._engine: Engine | None = None
         self._session: Connection | None = None
         self._checkpoint_sql: dict[tuple[int, bool], TextClause] = {}
@@ -109,12 +147,46 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
 
     def _check(self) -> dict[str, object]:
         with self.translated("check"), self.read() as conn:
-            missing = [name for name in ("workflow_runs", "events", "hooks", "checkpoints")
-                       if not self.engine.dialect.has_table(conn, name)]
-            if missing:
-                raise StorageError(f"{self.url} is not a PyWorkflow store: table(s) {', '.join(missing)} missing")
+            layout = self.inspect_layout(conn)
             runs = conn.execute(select(func.count()).select_from(self.table("workflow_runs"))).scalar_one()
-            return {"runs": runs, "server": self.server_version(conn)}
+            facts: dict[str, object] = {"runs": runs, "server": self.server_version(conn)}
+        for name in layout.missing_tables:
+            facts[f"missing table {name}"] = f"skipped (pyworkflow-engine before {OPTIONAL_TABLES[name]})"
+        for need in layout.missing_indexes:
+            facts[f"missing index on {need.table} ({', '.join(need.columns)})"] = (
+                f"{'the purge refuses' if need.refuse else 'slower purge'}; add it with: {need.create}")
+        return facts
+
+    def inspect_layout(self, conn: Connection) -> Layout:
+        """Read which of pyworkflow's tables and of the indexes the purge relies on the store has.
+
+        Kept as :attr:`layout` for the operation that asked. A store without one of
+        :data:`REQUIRED_TABLES` is not a PyWorkflow store (StorageError).
+        """
+        tables, indexes = self.catalog(conn)
+        missing = [name for name in REQUIRED_TABLES if name not in tables]
+        if missing:
+            raise StorageError(f"{self.url} is not a PyWorkflow store: table(s) {', '.join(missing)} missing")
+        lacking = [need for need in INDEX_NEEDS
+                   if not any(cols[:len(need.columns)] == need.columns for cols in indexes.get(need.table, ()))]
+        self.layout = Layout(tables, tuple(n for n in OPTIONAL_TABLES if n in self.metadata.tables and n not in tables),
+                             tuple(lacking))
+        return self.layout
+
+    def catalog(self, conn: Connection) -> tuple[frozenset[str], dict[str, list[tuple[str, ...]]]]:
+        """The store's tables, and the columns of each table's indexes (primary key included), in order."""
+        inspector = inspect(conn)
+        tables = frozenset(inspector.get_table_names())
+        indexes: dict[str, list[tuple[str, ...]]] = {}
+        for need in INDEX_NEEDS:
+            if need.table in tables and need.table not in indexes:
+                indexes[need.table] = [tuple(inspector.get_pk_constraint(need.table)["constrained_columns"])]
+                indexes[need.table] += [tuple(i["column_names"]) for i in inspector.get_indexes(need.table)]
+        return tables, indexes
+
+    def has(self, name: str) -> bool:
+        """True when the store has table ``name`` (per the last :meth:`inspect_layout`)."""
+        return name in self.layout.tables
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -167,6 +239,23 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _timed_write(self, body: Callable[[Connection], T]) -> T:
+        """:meth:`write`, timed: the purge's row budget follows how long it took, then :meth:`after_write`.
+
+        Over ``transaction_target`` the budget shrinks in proportion (not below ``min_rows``);
+        well under it, it grows back towards ``max_rows``.
+        """
+        started = time.perf_counter()
+        result = self.write(body)
+        seconds = time.perf_counter() - started
+        if seconds > self.transaction_target:
+            self._row_budget = max(min(self.min_rows, self.max_rows),
+                                   int(self._row_budget * self.transaction_target / seconds))
+        elif seconds < self.transaction_target / 4:
+            self._row_budget = min(self.max_rows, self._row_budget * 2)
+        self.after_write(seconds)
+        return result
+
     @contextmanager
     def translated(self, what: str) -> Iterator[None]:
         """Driver and SQLAlchemy errors become :class:`StorageError` (chained), loud and named."""
@@ -192,6 +281,9 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
 
     def retryable(self, exc: DBAPIError) -> bool:
         return False
+
+    def after_write(self, seconds: float) -> None:
+        """Called after each write transaction of a purge or sweep, with how long it took (SQLite yields)."""
 
     def server_version(self, conn: Connection) -> str:
         return ".".join(map(str, self.engine.dialect.server_version_info or ()))
@@ -257,9 +349,20 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
         """``column`` compared and grouped exactly, byte for byte (MySQL: a binary collation)."""
         return column
 
+    def checkpoint_keys(self, run_ids: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+        """A SELECT (with its parameters) of the keys :meth:`checkpoint_match` matches for ``run_ids``."""
+        where, params = self.checkpoint_match(run_ids)
+        return select(self.table("checkpoints").c.step_run_id).where(where), params
+
     def id_fold(self, run_id: str) -> str:
         """``run_id`` as the store compares ids (MySQL's collation ignores case): equal folds, same run."""
         return run_id
+
+    def delete_some(self, table: Any, where: ColumnElement, limit: int) -> Any:
+        """A DELETE of at most ``limit`` rows of ``table`` that match ``where`` (by primary key)."""
+        key = list(table.primary_key.columns)
+        some = select(*key).where(where).limit(limit)
+        return delete(table).where(key[0].in_(some) if len(key) == 1 else tuple_(*key).in_(some))
 
     def lock(self, stmt: Select) -> Select:
         """Lock the selected run rows until the transaction ends."""

@@ -21,12 +21,14 @@ level, leaves first, because MySQL checks the parent reference row by row.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select, union_all
 from sqlalchemy.engine import Connection
 
 from workflow_retention.planning import (
@@ -40,11 +42,15 @@ from workflow_retention.planning import (
     plan_page,
     split_plan,
 )
+from workflow_retention.exceptions import StorageError
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import parse_timestamp, utcnow
 
 if TYPE_CHECKING:
     from workflow_retention.base import PurgeJob
+
+T = TypeVar("T")
+log = logging.getLogger("workflow_retention.sql")
 
 #: The second discovery range starts this far past now (or the cutoff, if later): see _purge.
 FUTURE_MARGIN = timedelta(days=1)
@@ -53,6 +59,14 @@ FUTURE_MARGIN = timedelta(days=1)
 LAST_LOADABLE = datetime(9999, 12, 31, tzinfo=UTC)
 #: RunRef.data of a run whose created_at cannot be read.
 UNREADABLE_CREATED_AT = "created_at"
+
+class TooHeavy(Exception):
+    """A batch's step checkpoints would take its transaction over the row budget (raised before any delete)."""
+
+
+#: Tables a purge deletes from besides the runs' own (a missing one is reported).
+PURGED_TABLES = ("checkpoints", "schedules", "signals", "stream_subscriptions", "signal_acknowledgments",
+                 "scheduled_signals")
 
 #: Child tables of a run, keyed by ``run_id``, in deletion order, with their report kind.
 RUN_CHILDREN = (("events", Kind.EVENTS), ("steps", Kind.STEPS), ("hooks", Kind.HOOKS),
@@ -66,37 +80,70 @@ class PurgeMixin:
     #: in run_id order: every index the cascade deletes from leads with run_id, so a batch then
     #: rewrites a narrow slice of each index instead of pages spread over all of it.
     window_batches: int = 8
+    #: Step checkpoints a normal batch's transaction may still delete (None: no limit); see _purge_part.
+    _checkpoint_allowance: int | None = None
 
     def _purge(self, job: PurgeJob) -> None:
         window = job.batch_size * self.window_batches
+        self._row_budget = self.max_rows
+        runs = self.table("workflow_runs").c
         # created_at < cutoff holds every expired run (updated_at >= created_at); created_at in the
         # future holds what sorts after every real timestamp (unreadable text, infinity), so that
         # such a run is reported instead of never being seen.
         future = max(job.report.started_at or utcnow(), job.cutoff) + FUTURE_MARGIN
+        past, later = self.before(runs.created_at, job.cutoff), self.not_before(runs.created_at, future)
         with self.translated("purge"), self.session():
-            for created in (self.before(self.table("workflow_runs").c.created_at, job.cutoff),
-                            self.not_before(self.table("workflow_runs").c.created_at, future)):
-                self._purge_range(job, created, window)
+            if not self._purge_allowed(job):
+                return
+            if any(need.columns == ("created_at", "run_id") for need in self.layout.missing_indexes):
+                ranges = [(or_(past, later), (runs.run_id,))]  # one linear scan of the primary key
+            else:
+                ranges = [(past, (runs.created_at, runs.run_id)), (later, (runs.created_at, runs.run_id))]
+            for created, order in ranges:
+                self._purge_range(job, created, order, window)
             self._purge_aux(job)
 
-    def _purge_range(self, job: PurgeJob, created: Any, window: int) -> None:
-        """Keyset pages of ``window`` candidates whose created_at is in ``created``, each planned and purged."""
-        cursor: tuple[Any, str] | None = None
+    def _purge_allowed(self, job: PurgeJob) -> bool:
+        """Read the store's layout; report what is missing. False (a dry run) or StorageError (a purge) when
+        a missing index would make the purge quadratic."""
+        with self.read() as conn:
+            layout = self.inspect_layout(conn)
+        refused = [layout.index_note(need) for need in layout.missing_indexes if need.refuse]
+        if refused and not job.dry_run:
+            raise StorageError(f"purge refused on {self.url}: " + "; ".join(refused))
+        for note in refused:
+            job.report.warn(f"purge not previewed: {note}")
+        for need in layout.missing_indexes:
+            if not need.refuse:
+                job.report.warn(layout.index_note(need))
+        for name in layout.missing_tables:
+            if name in PURGED_TABLES:
+                job.report.warn(layout.table_note(name))
+        for warning in job.report.warnings:
+            log.warning("%s: %s", self.url, warning)
+        return not refused
+
+    def _purge_range(self, job: PurgeJob, created: Any, order: tuple[Any, ...], window: int) -> None:
+        """Keyset pages (in ``order``) of ``window`` candidates whose created_at is in ``created``, each
+        planned and purged."""
+        cursor: tuple[Any, ...] | None = None
         while True:
             with self.read() as conn:
-                rows = conn.execute(self._candidates(job, created, cursor, window)).all()
+                rows = conn.execute(self._candidates(job, created, order, cursor, window)).all()
                 plan = self._plan(conn, job, rows) if rows else None
+                weights = self._weights(conn, plan) if plan is not None else Counter()
             if not rows:
                 return
-            cursor = (rows[-1].created_at, rows[-1].run_id)
+            cursor = tuple(getattr(rows[-1], column.name) for column in order)
             for batch in split_plan(plan, job.batch_size) if plan is not None else ():
-                self._purge_batch(job, batch)
+                self._purge_batch(job, batch, weights)
             if len(rows) < window:
                 return
 
     # -- selection (read transaction) -----------------------------------------------
 
-    def _candidates(self, job: PurgeJob, created: Any, cursor: tuple[Any, str] | None, limit: int) -> Any:
+    def _candidates(self, job: PurgeJob, created: Any, order: tuple[Any, ...], cursor: tuple[Any, ...] | None,
+                    limit: int) -> Any:
         runs = self.table("workflow_runs")
         parent = runs.alias("parent")
         r, p = runs.c, parent.c
@@ -109,8 +156,8 @@ class PurgeMixin:
             stmt = stmt.where((r.updated_at < self.db_time(job.cutoff)) | r.updated_at.is_(None)
                               | (r.updated_at >= self.db_time(LAST_LOADABLE)))
         if cursor is not None:
-            stmt = stmt.where(self.after((r.created_at, r.run_id), cursor))
-        return self.candidate_hint(stmt).order_by(r.created_at, r.run_id).limit(limit)
+            stmt = stmt.where(self.after(order, cursor))
+        return self.candidate_hint(stmt).order_by(*order).limit(limit)
 
     def candidate_hint(self, stmt: Any) -> Any:
         return stmt
@@ -119,6 +166,8 @@ class PurgeMixin:
         """A run as plans see it: one whose created_at cannot be read is, like one whose updated_at
         cannot, never eligible (``data`` says which)."""
         ref = RunRef.parse(run_id, status, updated_at, parent_run_id)
+        if type(created_at) is datetime and 1 < created_at.year < 9999:  # a typed column's value: readable
+            return ref
         try:
             parse_timestamp(created_at)
         except (TypeError, ValueError):
@@ -213,26 +262,101 @@ class PurgeMixin:
 
     # -- one batch ---------------------------------------------------------------------
 
-    def _purge_batch(self, job: PurgeJob, plan: Plan) -> None:
+    def _purge_batch(self, job: PurgeJob, plan: Plan, weights: Counter) -> None:
         deletable, held = plan.order()
         if not deletable:
             job.report.held += len(held)
             return
-        job.boundary([r.run_id for r in deletable])
+        for part, heavy in self._parts(plan, deletable, weights):
+            self._purge_part(job, part, heavy, weights)
+
+    def _parts(self, plan: Plan, deletable: list[RunRef], weights: Counter) -> list[tuple[Plan, bool]]:
+        """The batch cut so that no write transaction deletes more than the row budget.
+
+        Families (a root and its planned descendants) stay whole; a family over the budget on
+        its own is flagged heavy (deleted in steps, see :meth:`_delete_in_steps`).
+        """
+        budget = self._row_budget
+        if sum(weights[self.id_fold(r.run_id)] + 1 for r in deletable) <= budget:
+            return [(plan, False)]
+        parts: list[tuple[Plan, bool]] = []
+        group: list[str] = []
+        size = 0
+        for root in sorted(plan.roots):
+            family = Plan(plan.cutoff, plan.nodes, plan.children, [root])
+            weight = sum(weights[self.id_fold(r.run_id)] + 1 for r in family.order()[0])
+            if weight > budget:
+                parts.append((family, True))
+                continue
+            if group and size + weight > budget:
+                parts.append((Plan(plan.cutoff, plan.nodes, plan.children, group), False))
+                group, size = [], 0
+            group.append(root)
+            size += weight
+        if group:
+            parts.append((Plan(plan.cutoff, plan.nodes, plan.children, group), False))
+        return parts
+
+    def _weights(self, conn: Connection, plan: Plan) -> Counter:
+        """The rows each eligible run of a window's plan holds in events, steps, hooks and flags.
+
+        Counted in the window's read through the run_id indexes (one statement per chunk of ids),
+        before any write transaction, so that none deletes more than the row budget
+        (:meth:`_parts`). Step checkpoints are counted where they are read anyway, inside the
+        write transaction (:meth:`_owned_checkpoints`).
+        """
+        ids = sorted(run_id for run_id, ref in plan.nodes.items() if ref.eligible(plan.cutoff))
+        weights: Counter = Counter()
+        for chunk in chunked(ids, self.id_chunk):
+            for run_id, n in self.child_rows(conn, chunk):
+                weights[self.id_fold(run_id)] += n
+        return weights
+
+    def child_rows(self, conn: Connection, run_ids: Sequence[str]) -> Iterable[tuple[str, int]]:
+        """(run_id, rows) of the runs' events, steps, hooks and flags: grouped counts on the run_id indexes."""
+        counts = []
+        for name, _ in RUN_CHILDREN:
+            column = self.table(name).c.run_id
+            counts.append(select(column.label("run_id"), func.count().label("n"))
+                          .where(self.among(column, run_ids)).group_by(column))
+        return conn.execute(union_all(*counts)).all()
+
+    def _purge_part(self, job: PurgeJob, plan: Plan, heavy: bool, weights: Counter) -> None:
+        deletable, held = plan.order()
+        if not deletable:
+            job.report.held += len(held)
+            return
+        ids = [r.run_id for r in deletable]
         if job.dry_run:
+            job.boundary(ids)
             with self.read() as conn:
                 counts = self._cascade(conn, plan, deletable, dry_run=True)
             job.report.held += len(held)
             job.report.merge(counts)
             return
-        ids = [r.run_id for r in deletable]
-        changed, held_now, counts = self.write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
+        if heavy:
+            self._delete_in_steps(job, plan, ids)
+            return
+        job.boundary(ids)
+        self._checkpoint_allowance = self._row_budget - sum(weights[self.id_fold(i)] + 1 for i in ids)
+        try:
+            changed, held_now, counts = self._timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
+        except TooHeavy:  # its step checkpoints would take it over the budget: nothing deleted, go in steps
+            self._checkpoint_allowance = None
+            self._delete_in_steps(job, plan, ids, announced=True)
+            return
+        finally:
+            self._checkpoint_allowance = None
         job.report.changed += changed
         job.report.held += held_now
         job.report.merge(counts)
 
-    def _delete_batch(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[int, int, Counter]:
-        """Lock, re-check, delete. Returns (changed, held, counts); retried as a whole on deadlock."""
+    def _recheck(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[set[str], list[RunRef], list[RunRef]]:
+        """Lock the runs and read them again: (changed, deletable, held) as of now.
+
+        A run whose status or updated_at moved, or that is gone, has changed; it survives, and
+        so does a child created since planning; their ancestors are held.
+        """
         fresh = self._refs(conn, ids, lock=True)
         changed = {i for i in ids if i not in fresh or not plan.nodes[i].same_version(fresh[i])}
         survivors = set(changed)
@@ -243,7 +367,56 @@ class PurgeMixin:
                     plan.nodes[kid.run_id] = kid
                     plan.children.setdefault(parent, []).append(kid.run_id)
         deletable, held = plan.order(survivors=frozenset(survivors))
+        return changed, deletable, held
+
+    def _delete_batch(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[int, int, Counter]:
+        """Lock, re-check, delete. Returns (changed, held, counts); retried as a whole on deadlock."""
+        changed, deletable, held = self._recheck(conn, plan, ids)
         return len(changed), len(held), self._cascade(conn, plan, deletable, dry_run=False)
+
+    def _delete_in_steps(self, job: PurgeJob, plan: Plan, ids: list[str], announced: bool = False) -> None:
+        """A family with more rows than one transaction may delete: one bounded transaction per step.
+
+        Every step locks and re-checks the runs before deleting anything; a run that changed
+        since planning keeps what it still has, and its ancestors are held. Child rows go
+        first, up to the budget per step; the run records go last, in the step that finds no
+        child row left, so a stop or crash in between leaves the runs for the next purge.
+        """
+        changed: set[str] = set()
+        while True:
+            if not announced:
+                job.boundary(ids)
+            announced = False
+            now, held, counts, done = self._timed_write(lambda conn: self._delete_step(conn, plan.copy(), ids))
+            changed |= now
+            job.report.merge(counts)
+            if done:
+                job.report.changed += len(changed)
+                job.report.held += held
+                return
+
+    def _delete_step(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[set[str], int, Counter, bool]:
+        """One step of :meth:`_delete_in_steps`: (changed, held, counts, done)."""
+        changed, deletable, held = self._recheck(conn, plan, ids)
+        counts: Counter = Counter()
+        runs = [r.run_id for r in deletable]
+        left = self._row_budget
+        for name, kind in RUN_CHILDREN if runs else ():
+            table = self.table(name)
+            for chunk in chunked(runs, self.id_chunk):
+                n = conn.execute(self.delete_some(table, self.among(table.c.run_id, chunk), left)).rowcount
+                counts[kind] += n
+                left -= n
+                if left <= 0:
+                    return changed, len(held), +counts, False
+        keys = self._owned_checkpoints(conn, runs) if runs else []
+        step_run_id = self.table("checkpoints").c.step_run_id
+        for chunk in chunked(keys[:left], self.id_chunk):
+            counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", self.among(step_run_id, chunk), False)
+        if len(keys) > left:
+            return changed, len(held), +counts, False
+        counts.update(self._delete_runs(conn, plan, deletable, dry_run=False))
+        return changed, len(held), +counts, True
 
     def _cascade(self, conn: Connection, plan: Plan, runs: list[RunRef], dry_run: bool) -> Counter:
         """Delete (or count) the runs' child rows, checkpoints, then the runs, leaves first."""
@@ -251,24 +424,30 @@ class PurgeMixin:
         ids = [r.run_id for r in runs]
         if not ids:
             return counts
+        owned = self._owned_checkpoints(conn, ids)  # first: it may find the batch too heavy
         for name, kind in RUN_CHILDREN:
             column = self.table(name).c.run_id
             for chunk in chunked(ids, self.id_chunk):
                 counts[kind] += self._apply(conn, name, self.among(column, chunk), dry_run)
         step_run_id = self.table("checkpoints").c.step_run_id
-        owned = self._owned_checkpoints(conn, ids)
         for chunk in chunked(owned, self.id_chunk) if not dry_run else ():
             counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", self.among(step_run_id, chunk), dry_run)
         if dry_run:
             counts[Kind.CHECKPOINTS] += len(owned)
+        counts.update(self._delete_runs(conn, plan, runs, dry_run))
+        return +counts
+
+    def _delete_runs(self, conn: Connection, plan: Plan, runs: list[RunRef], dry_run: bool) -> Counter:
+        """Delete (or count) the run records, a level at a time, leaves first (MySQL checks the parent row by row)."""
+        counts: Counter = Counter()
         run_id = self.table("workflow_runs").c.run_id
         for level in heights(plan, runs):
             for chunk in chunked([r.run_id for r in level], self.id_chunk):
                 counts[Kind.RUNS] += self._apply(conn, "workflow_runs", self.among(run_id, chunk), dry_run)
-        return +counts
+        return counts
 
-    def _owned_checkpoints(self, conn: Connection, run_ids: Sequence[str]) -> list[str]:
-        """The keys of the step checkpoints that belong to ``run_ids`` (all existing runs).
+    def _checkpoint_owners(self, conn: Connection, run_ids: Sequence[str]) -> dict[str, str]:
+        """Each step checkpoint that belongs to one of ``run_ids`` (all existing runs), with that run.
 
         The checkpoints whose key starts with ``<run_id>:`` are read (a primary-key range or
         an escaped LIKE per run); each belongs to its longest prefix that names an existing run
@@ -276,21 +455,32 @@ class PurgeMixin:
         checkpoint ``a:b:s`` of a run ``a:b`` is not ``a``'s. Only keys with more than one ``:``
         cost an existence lookup.
         """
-        cp = self.table("checkpoints").c
+        if not self.has("checkpoints"):
+            return {}
         keys: set[str] = set()
         for chunk in chunked(run_ids, self.checkpoint_chunk):
-            where, params = self.checkpoint_match(chunk)
-            keys.update(conn.execute(select(cp.step_run_id).where(where), params).scalars())
+            keys.update(conn.execute(*self.checkpoint_keys(chunk)).scalars())
         if not keys:
-            return []
+            return {}
         batch = set(run_ids)
 
         def existing(prefixes: set[str]) -> set[str]:
             return (prefixes & batch) | self._existing(conn, prefixes - batch)
 
-        mine = {self.id_fold(r) for r in run_ids}
-        return sorted(k for k, owner in key_owners(keys, existing).items()
-                      if owner is not None and self.id_fold(owner) in mine)
+        mine = {self.id_fold(r): r for r in run_ids}
+        owners = key_owners(keys, existing)
+        return {k: mine[self.id_fold(o)] for k, o in owners.items() if o is not None and self.id_fold(o) in mine}
+
+    def _owned_checkpoints(self, conn: Connection, run_ids: Sequence[str]) -> list[str]:
+        """The keys of the step checkpoints that belong to ``run_ids`` (see :meth:`_checkpoint_owners`).
+
+        Raises :class:`TooHeavy`, before anything is deleted, when they are more than a batch's
+        transaction may still delete (``_checkpoint_allowance``, set around a normal batch).
+        """
+        keys = sorted(self._checkpoint_owners(conn, run_ids))
+        if self._checkpoint_allowance is not None and len(keys) > self._checkpoint_allowance:
+            raise TooHeavy(len(keys))
+        return keys
 
     def _existing(self, conn: Connection, run_ids: Collection[str]) -> set[str]:
         """Those of ``run_ids`` that name a run record, whatever its status (ids compared as the store does)."""
@@ -313,5 +503,7 @@ class PurgeMixin:
 
     def _purge_aux(self, job: PurgeJob) -> None:
         for sweep in self.aux_sweeps(job.cutoff):
+            if not self.has(sweep.table.name):
+                continue  # reported by _purge_allowed
             self.run_sweep(job, sweep)
             job.report.skipped += sweep.skipped

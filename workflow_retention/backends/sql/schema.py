@@ -270,3 +270,61 @@ def _stream_tables(md: MetaData, t: Types, now: dict[str, Any]) -> None:
             Column("created_at", t.ts, nullable=False, **now),
         )
         Index("idx_scheduled_signals_due", scheduled.c.delivered, scheduled.c.due_at)
+
+
+# -- stores created by older pyworkflow-engine releases ---------------------------------------
+
+#: Tables every pyworkflow-engine release creates (0.1.7 on): without them the store is not one.
+REQUIRED_TABLES = ("workflow_runs", "events", "steps", "hooks", "cancellation_flags")
+#: Tables that later releases added, with the first release that creates them. A store created by
+#: an older release (and still served by it) lacks them: there is nothing of that kind to delete.
+OPTIONAL_TABLES = {"checkpoints": "0.2.0", "schedules": "0.1.7", "streams": "0.2.5", "signals": "0.2.5",
+                   "stream_subscriptions": "0.2.5", "signal_acknowledgments": "0.2.5",
+                   "scheduled_signals": "0.2.7", "schema_versions": "0.1.37"}
+
+
+@dataclass(frozen=True)
+class IndexNeed:
+    """An index the purge relies on: one on ``table`` whose leading columns are ``columns``."""
+
+    table: str
+    columns: tuple[str, ...]
+    create: str  # the statement that adds it, as pyworkflow-engine 0.4.0 names it
+    without: str  # what the purge does when it is missing
+    refuse: bool  # True: the purge refuses (it would be quadratic); False: it stays linear another way
+
+
+INDEX_NEEDS = (
+    IndexNeed("workflow_runs", ("created_at", "run_id"),
+              "CREATE INDEX idx_runs_created_at_run_id ON workflow_runs (created_at DESC, run_id DESC)",
+              "candidates are found by one scan of the whole table in run_id order instead "
+              "(stores created before pyworkflow-engine 0.3.4; on MySQL the engine never adds it)", False),
+    IndexNeed("workflow_runs", ("parent_run_id",),
+              "CREATE INDEX idx_runs_parent_run_id ON workflow_runs (parent_run_id)",
+              "every batch would scan the whole table for child runs", True),
+    IndexNeed("events", ("run_id",), "CREATE INDEX idx_events_run_id_sequence ON events (run_id, sequence)",
+              "every batch would scan the whole table for its events", True),
+    IndexNeed("steps", ("run_id",), "CREATE INDEX idx_steps_run_id ON steps (run_id)",
+              "every batch would scan the whole table for its steps", True),
+    IndexNeed("hooks", ("run_id",), "CREATE INDEX idx_hooks_run_id ON hooks (run_id)",
+              "every batch would scan the whole table for its hooks", True),
+    IndexNeed("cancellation_flags", ("run_id",), "CREATE UNIQUE INDEX idx_cancellation_flags_run_id ON "
+              "cancellation_flags (run_id)", "every batch would scan the whole table for its flags", True),
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a store actually has, next to pyworkflow-engine 0.4.0's schema."""
+
+    tables: frozenset[str]
+    missing_tables: tuple[str, ...]  # of OPTIONAL_TABLES (in this dialect's schema), not in the store
+    missing_indexes: tuple[IndexNeed, ...]
+
+    def table_note(self, name: str) -> str:
+        return (f"table {name} does not exist (stores created by pyworkflow-engine before "
+                f"{OPTIONAL_TABLES.get(name, '0.4.0')} lack it): nothing of it to delete")
+
+    def index_note(self, need: IndexNeed) -> str:
+        columns = ", ".join(need.columns)
+        return f"no index on {need.table} ({columns}): {need.without}; add it with: {need.create}"

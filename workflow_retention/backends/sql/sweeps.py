@@ -23,6 +23,7 @@ transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,8 @@ from workflow_retention.timeutil import parse_timestamp
 
 if TYPE_CHECKING:
     from workflow_retention.base import CensusJob, OrphanJob, PurgeJob
+
+log = logging.getLogger("workflow_retention.sql")
 
 #: Per-row overhead added to the payload length in the orphan bytes estimate.
 ROW_OVERHEAD = 64
@@ -118,7 +121,7 @@ class SweepMixin:
         if job.dry_run:
             deleted = len(chosen)
         else:
-            deleted = self.write(lambda conn: self._sweep_delete(conn, sweep, keys, chosen))
+            deleted = self._timed_write(lambda conn: self._sweep_delete(conn, sweep, keys, chosen))
         job.report.add(sweep.kind, deleted)
         if sweep.size is not None and hasattr(job.report, "bytes"):
             sizes = {tuple(r[: len(keys)]): r.wr_size for r in rows}
@@ -168,8 +171,13 @@ class SweepMixin:
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         job.report.bytes_estimated = True
-        with self.translated("orphan sweep"):
+        with self.translated("orphan sweep"), self.session():
+            with self.read() as conn:
+                layout = self.inspect_layout(conn)
             for sweep in self.orphan_sweeps(job.not_after):
+                if not self.has(sweep.table.name):
+                    job.report.warn(layout.table_note(sweep.table.name))
+                    continue
                 self.run_sweep(job, sweep)
                 job.report.skipped += sweep.skipped
 
@@ -220,13 +228,17 @@ class SweepMixin:
         census.bytes_estimated = True
         with self.translated("audit"), self.session():
             with self.read() as conn:
+                layout = self.inspect_layout(conn)
+                for note in [*map(layout.table_note, layout.missing_tables), *map(layout.index_note,
+                                                                                 layout.missing_indexes)]:
+                    log.warning("%s: %s", self.url, note)
                 runs = tables["workflow_runs"]
                 status = self.exact(runs.c.status).label("status")
                 for value, n in conn.execute(select(status, func.count()).group_by(status)):
                     census.runs_by_status[str(value)] += n  # exactly as stored: COMPLETED is not completed
                 sizes = self.table_bytes(conn)
                 for kind, name in CENSUS_TABLES:
-                    if name in tables:
+                    if name in tables and self.has(name):
                         n = conn.execute(select(func.count()).select_from(tables[name])).scalar_one()
                         census.count(kind, n, sizes.get(name, 0))
                         job.progress(kind, n)

@@ -1,0 +1,162 @@
+-- The DDL pyworkflow-engine 0.2.3 runs on a new store: every CREATE TABLE / CREATE INDEX
+-- statement of pyworkflow/storage/sqlite.py (ensure_schema_versions_table, _initialize_schema), verbatim and
+-- in source order, extracted from the wheel pyworkflow_engine-0.2.3-py3-none-any.whl on PyPI
+-- by tests/sql/old_schemas/extract.py. Statements are separated by ';' at the end of a line.
+
+-- ensure_schema_versions_table, line 44
+CREATE TABLE IF NOT EXISTS schema_versions (
+    version INTEGER PRIMARY KEY,
+    applied_at TIMESTAMP NOT NULL,
+    description TEXT
+);
+
+-- _initialize_schema, line 186
+CREATE TABLE IF NOT EXISTS workflow_runs (
+    run_id TEXT PRIMARY KEY,
+    workflow_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    started_at TIMESTAMP,
+    completed_at TIMESTAMP,
+    input_args TEXT NOT NULL DEFAULT '[]',
+    input_kwargs TEXT NOT NULL DEFAULT '{}',
+    result TEXT,
+    error TEXT,
+    idempotency_key TEXT,
+    max_duration TEXT,
+    metadata TEXT DEFAULT '{}',
+    recovery_attempts INTEGER DEFAULT 0,
+    max_recovery_attempts INTEGER DEFAULT 3,
+    recover_on_worker_loss INTEGER DEFAULT 1,
+    parent_run_id TEXT,
+    nesting_depth INTEGER DEFAULT 0,
+    continued_from_run_id TEXT,
+    continued_to_run_id TEXT,
+    FOREIGN KEY (parent_run_id) REFERENCES workflow_runs(run_id)
+);
+
+-- _initialize_schema, line 214
+CREATE INDEX IF NOT EXISTS idx_runs_status ON workflow_runs(status);
+
+-- _initialize_schema, line 216
+CREATE INDEX IF NOT EXISTS idx_runs_workflow_name ON workflow_runs(workflow_name);
+
+-- _initialize_schema, line 219
+CREATE INDEX IF NOT EXISTS idx_runs_created_at ON workflow_runs(created_at DESC);
+
+-- _initialize_schema, line 222
+CREATE UNIQUE INDEX IF NOT EXISTS idx_runs_idempotency_key ON workflow_runs(idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+-- _initialize_schema, line 225
+CREATE INDEX IF NOT EXISTS idx_runs_parent_run_id ON workflow_runs(parent_run_id);
+
+-- _initialize_schema, line 229
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    timestamp TIMESTAMP NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}',
+    step_id TEXT,
+    FOREIGN KEY (run_id) REFERENCES workflow_runs(run_id) ON DELETE CASCADE
+);
+
+-- _initialize_schema, line 244
+CREATE INDEX IF NOT EXISTS idx_events_run_id_sequence ON events(run_id, sequence);
+
+-- _initialize_schema, line 248
+CREATE INDEX IF NOT EXISTS idx_events_run_id_type ON events(run_id, type);
+
+-- _initialize_schema, line 252
+CREATE INDEX IF NOT EXISTS idx_events_run_id_step_id_type ON events(run_id, step_id, type);
+
+-- _initialize_schema, line 256
+CREATE TABLE IF NOT EXISTS steps (
+    step_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    started_at TIMESTAMP,
+    completed_at TIMESTAMP,
+    input_args TEXT NOT NULL DEFAULT '[]',
+    input_kwargs TEXT NOT NULL DEFAULT '{}',
+    result TEXT,
+    error TEXT,
+    retry_count INTEGER DEFAULT 0,
+    FOREIGN KEY (run_id) REFERENCES workflow_runs(run_id) ON DELETE CASCADE
+);
+
+-- _initialize_schema, line 275
+CREATE INDEX IF NOT EXISTS idx_steps_run_id ON steps(run_id);
+
+-- _initialize_schema, line 278
+CREATE TABLE IF NOT EXISTS hooks (
+    run_id TEXT NOT NULL,
+    hook_id TEXT NOT NULL,
+    token TEXT UNIQUE NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    received_at TIMESTAMP,
+    expires_at TIMESTAMP,
+    status TEXT NOT NULL,
+    payload TEXT,
+    metadata TEXT DEFAULT '{}',
+    PRIMARY KEY (run_id, hook_id),
+    FOREIGN KEY (run_id) REFERENCES workflow_runs(run_id) ON DELETE CASCADE
+);
+
+-- _initialize_schema, line 295
+CREATE UNIQUE INDEX IF NOT EXISTS idx_hooks_token ON hooks(token);
+
+-- _initialize_schema, line 296
+CREATE INDEX IF NOT EXISTS idx_hooks_run_id ON hooks(run_id);
+
+-- _initialize_schema, line 297
+CREATE INDEX IF NOT EXISTS idx_hooks_status ON hooks(status);
+
+-- _initialize_schema, line 300
+CREATE TABLE IF NOT EXISTS schedules (
+    schedule_id TEXT PRIMARY KEY,
+    workflow_name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    spec_type TEXT NOT NULL,
+    timezone TEXT,
+    input_args TEXT NOT NULL DEFAULT '[]',
+    input_kwargs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    overlap_policy TEXT NOT NULL,
+    next_run_time TIMESTAMP,
+    last_run_time TIMESTAMP,
+    running_run_ids TEXT DEFAULT '[]',
+    metadata TEXT DEFAULT '{}',
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    paused_at TIMESTAMP,
+    deleted_at TIMESTAMP
+);
+
+-- _initialize_schema, line 323
+CREATE INDEX IF NOT EXISTS idx_schedules_status ON schedules(status);
+
+-- _initialize_schema, line 325
+CREATE INDEX IF NOT EXISTS idx_schedules_next_run_time ON schedules(next_run_time);
+
+-- _initialize_schema, line 328
+CREATE INDEX IF NOT EXISTS idx_schedules_workflow_name ON schedules(workflow_name);
+
+-- _initialize_schema, line 332
+CREATE TABLE IF NOT EXISTS cancellation_flags (
+    run_id TEXT PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    FOREIGN KEY (run_id) REFERENCES workflow_runs(run_id) ON DELETE CASCADE
+);
+
+-- _initialize_schema, line 341
+CREATE TABLE IF NOT EXISTS checkpoints (
+    step_run_id TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);

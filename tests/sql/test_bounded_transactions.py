@@ -1,0 +1,221 @@
+"""Write transactions are bounded by rows and time, not by runs: the engine's writers never wait long.
+
+pyworkflow's SQLite storage waits at most 5 s for the database lock (aiosqlite's default busy
+timeout); a purge batch bounded only by its number of runs held ``BEGIN IMMEDIATE`` for as long
+as its runs' rows took to delete (14 s for 1,000 runs of 2,000 events, and ``record_event``
+failed with ``database is locked``). Now no write transaction deletes more than ``max_rows``
+rows (plus the run records of its batch), and one run with more rows than that is deleted in
+several transactions, each re-checking the run before it deletes anything.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from tests.conformance.checks import assert_no_orphans, run_ids, snapshot
+from tests.sql.conftest import insert_rows, run_row
+from tests.sql.live_writer import CUTOFF, OLD, EngineThread, WriteClock, event_of, fill_heavy, live_run
+from workflow_retention.exceptions import ConfigurationError, PurgeStopped
+
+#: What docs/backends/sql.md states: no write transaction of a purge lasts longer (target 0.5 s) ...
+LIMIT_S = 1.0
+#: ... and no engine write waits longer (SQLite: the purge yields after 1 s of holding the lock).
+ENGINE_WAIT_S = 3.0
+
+
+#: The documented defaults of ``max_rows``.
+DEFAULT_MAX_ROWS = {"sqlite": 40_000, "postgres": 40_000, "mysql": 5_000}
+TABLES = ("workflow_runs", "events", "steps", "hooks", "cancellation_flags", "checkpoints")
+
+
+class RowsPerWrite:
+    """Rows each write transaction of a backend deleted, measured from outside: the store's rows are
+    counted (on another connection) as each write transaction begins and once more at the end."""
+
+    def __init__(self, harness: Any, backend: Any, live: str = "") -> None:
+        self.harness, self.live = harness, live
+        self.counts: list[int] = []
+        writes = backend.write_options()
+
+        def begin(conn: Any) -> None:
+            options = conn.get_execution_options()
+            if all(options.get(k) == v for k, v in writes.items()):
+                self.counts.append(self.rows())
+
+        event.listen(backend.engine, "begin", begin)
+
+    def rows(self) -> int:
+        with self.harness.raw().connect() as conn:  # the live run's events are the engine's, not ours
+            return sum(conn.execute(text(f"SELECT COUNT(*) FROM {t}" + (" WHERE run_id <> :live" if t == "events"
+                                                                       else "")), {"live": self.live}).scalar_one()
+                       for t in TABLES)
+
+    def per_transaction(self) -> list[int]:
+        marks = [*self.counts, self.rows()]
+        return [a - b for a, b in zip(marks, marks[1:]) if a != b]
+
+
+def test_no_write_transaction_deletes_more_than_max_rows_beside_a_live_engine(sql: Any) -> None:
+    """300 runs of 300 events (90,000 rows) in the default batch; pyworkflow appends events meanwhile."""
+    fill_heavy(sql, 300, 300)
+    live = live_run(sql)
+    backend = sql.retention()
+    clock = WriteClock(backend)
+    rows = RowsPerWrite(sql, backend, live)
+
+    async def record(pw: Any, rng: random.Random) -> None:
+        await pw.record_event(event_of(live))
+
+    with EngineThread(sql, record, pause=0.005) as engine:
+        time.sleep(0.2)
+        report = backend.delete_old_runs(CUTOFF)
+        time.sleep(0.2)
+    assert not engine.errors, engine.errors[:3]
+    assert engine.calls > 10, "the engine did not get to write"
+    assert (report.runs, report.counts["events"]) == (300, 90_000)
+    sizes = rows.per_transaction()
+    assert len(sizes) >= 3 and max(sizes) <= DEFAULT_MAX_ROWS[sql.name], sizes
+    assert backend.max_rows == DEFAULT_MAX_ROWS[sql.name]
+    assert clock.longest < LIMIT_S, sorted(clock.durations)[-5:]
+    assert engine.slowest < ENGINE_WAIT_S, f"a record_event waited {engine.slowest:.2f}s (busy timeout: 5 s)"
+    items = sql.inventory()
+    assert run_ids(items) == {live}
+    assert sum(1 for i in items if i.kind == "events") == engine.calls
+
+
+def _heavy_run(harness: Any, run_id: str = "run_big", events: int = 2500, checkpoints: int = 700,
+               parent: str | None = None) -> None:
+    backend = harness.retention()
+    old = backend.db_time(OLD)
+    insert_rows(harness, "workflow_runs", [run_row(harness, run_id, "completed", OLD, parent=parent)])
+    insert_rows(harness, "events", [
+        {"event_id": f"evt_{run_id}_{n}", "run_id": run_id, "sequence": n, "type": "step.completed",
+         "timestamp": old, "data": "{}"} for n in range(events)])
+    insert_rows(harness, "steps", [
+        {"step_id": f"step_{run_id}_{n}", "run_id": run_id, "step_name": "s", "status": "completed",
+         "created_at": old, "input_args": "[]", "input_kwargs": "{}"} for n in range(300)])
+    insert_rows(harness, "checkpoints", [
+        {"step_run_id": f"{run_id}:step_{n}", "data": backend._json({"n": n}), "created_at": old, "updated_at": old}
+        for n in range(checkpoints)])
+
+
+def test_a_run_with_more_rows_than_max_rows_goes_in_several_bounded_transactions(sql: Any) -> None:
+    _heavy_run(sql)  # 3,501 rows
+    insert_rows(sql, "workflow_runs", [run_row(sql, "run_small", "completed", OLD)])
+    backend = sql.retention(max_rows=1000)
+    rows = RowsPerWrite(sql, backend)
+    dry = backend.delete_old_runs(CUTOFF, dry_run=True)
+    report = backend.delete_old_runs(CUTOFF)
+    sizes = rows.per_transaction()
+    assert (report.runs, report.counts["events"], report.counts["steps"], report.counts["checkpoints"]) == \
+        (2, 2500, 300, 700)
+    assert dict(dry.counts) == dict(report.counts)
+    assert len(sizes) >= 4 and max(sizes) <= 1000 + 2, sizes
+    assert not run_ids(sql.inventory())
+    assert_no_orphans(sql.inventory())
+
+
+def test_a_run_with_more_step_checkpoints_than_max_rows_goes_in_bounded_transactions(sql: Any) -> None:
+    """Checkpoints are counted where they are read, inside the transaction: over the budget, it rolls
+    back before deleting anything and the batch goes in steps."""
+    _heavy_run(sql, events=10, checkpoints=2500)
+    insert_rows(sql, "workflow_runs", [run_row(sql, "run_small", "completed", OLD)])
+    backend = sql.retention(max_rows=1000)
+    rows = RowsPerWrite(sql, backend)
+    report = backend.delete_old_runs(CUTOFF)
+    sizes = rows.per_transaction()
+    assert (report.runs, report.counts["checkpoints"], report.counts["events"]) == (2, 2500, 10)
+    assert len(sizes) >= 3 and max(sizes) <= 1000 + 2, sizes
+    assert not run_ids(sql.inventory())
+    assert_no_orphans(sql.inventory())
+
+
+def test_a_heavy_family_goes_children_first_across_transactions(sql: Any) -> None:
+    _heavy_run(sql, "run_parent", events=1200, checkpoints=10)
+    _heavy_run(sql, "run_child", events=1200, checkpoints=10, parent="run_parent")
+    backend = sql.retention(max_rows=1000)
+    report = backend.delete_old_runs(CUTOFF)
+    assert (report.runs, report.counts["events"]) == (2, 2400)
+    assert not run_ids(sql.inventory())
+    assert_no_orphans(sql.inventory())
+
+
+def test_every_step_rechecks_and_a_run_revived_between_steps_keeps_what_it_still_has(sql: Any) -> None:
+    _heavy_run(sql)
+    backend = sql.retention(max_rows=1000)
+    calls: list[tuple[str, ...]] = []
+
+    def engine_revives_it(info: Any) -> None:
+        calls.append(info.run_ids)
+        if len(calls) == 2:  # after the first step committed
+            with sql.raw().begin() as conn:
+                conn.execute(text("UPDATE workflow_runs SET status = 'running', updated_at = :t WHERE run_id = :r"),
+                             {"t": backend.db_time(OLD.replace(year=OLD.year + 1)), "r": "run_big"})
+
+    report = backend.delete_old_runs(CUTOFF, on_batch=engine_revives_it)
+    items = sql.inventory()
+    assert run_ids(items) == {"run_big"} and report.runs == 0 and report.changed == 1
+    left = Counter(i.kind for i in items)
+    assert 0 < left["events"] + left["steps"] + left["checkpoints"] < 3500
+    assert sum(report.counts.values()) + sum(left[k] for k in ("events", "steps", "checkpoints")) == 3500
+    assert len(calls) == 2, "a step ran after the run was found changed"
+
+
+def test_a_purge_stopped_between_steps_is_finished_by_the_next(sql: Any) -> None:
+    _heavy_run(sql)
+    backend = sql.retention(max_rows=1000)
+    steps: list[int] = []
+
+    def stop_at_the_third(info: Any) -> None:
+        steps.append(info.index)
+        if len(steps) == 3:
+            raise PurgeStopped("lease lost")
+
+    first = backend.delete_old_runs(CUTOFF, on_batch=stop_at_the_third)
+    assert first.stopped and first.runs == 0
+    assert run_ids(sql.inventory()) == {"run_big"}  # the record goes last: the next purge finds the run
+    second = backend.delete_old_runs(CUTOFF)
+    assert second.runs == 1 and not run_ids(sql.inventory())
+    assert sum(first.counts.values()) + sum(second.counts.values()) == 3501
+    assert_no_orphans(sql.inventory())
+
+
+def test_the_row_budget_shrinks_when_a_transaction_is_slow(sqlite_harness: Any) -> None:
+    h = sqlite_harness
+    fill_heavy(h, 40, 100)
+    backend = h.retention(max_rows=2000, batch_size=10)
+    budgets: list[int] = []
+    original = type(backend).write
+
+    def slow_write(self: Any, body: Any) -> Any:
+        result = original(self, body)
+        time.sleep(2 * self.transaction_target)  # as if the disk were slow
+        budgets.append(self._row_budget)
+        return result
+
+    type(backend).write = slow_write  # type: ignore[method-assign]
+    try:
+        backend.delete_old_runs(CUTOFF)
+    finally:
+        type(backend).write = original  # type: ignore[method-assign]
+    assert budgets[0] == 2000 and min(budgets) == backend.min_rows
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, "many", True])
+def test_max_rows_must_be_a_positive_whole_number(sqlite_harness: Any, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="max_rows"):
+        sqlite_harness.retention(max_rows=value)
+
+
+def test_unchanged_store_after_a_dry_run_of_heavy_runs(sql: Any) -> None:
+    _heavy_run(sql)
+    before = snapshot(sql.inventory())
+    report = sql.retention(max_rows=1000).delete_old_runs(CUTOFF, dry_run=True)
+    assert report.runs == 1 and report.counts["events"] == 2500
+    assert snapshot(sql.inventory()) == before
