@@ -15,9 +15,9 @@ import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from benchmarks.data import bench_runs
 from workflow_retention.backends import by_url
 from workflow_retention.backends.file import FileBackend
-from benchmarks.data import bench_runs
 
 PREFIX = "wr-bench-file-"
 
