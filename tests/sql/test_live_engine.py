@@ -1,4 +1,8 @@
-"""Live-engine safety on the real servers: writers update and create runs while a purge runs."""
+"""Live-engine safety on the real servers: writers update and create runs while a purge runs.
+
+Two engines: raw SQL writers (many threads, runs created under old parents), and pyworkflow-engine's
+own storage classes driven from another thread with their own event loop.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.conformance.checks import assert_no_orphans, run_ids
 from tests.sql.conftest import engine_like_pyworkflow, holds_nothing
+from tests.sql.live_writer import EngineThread, event_of
 from workflow_retention.planning import TERMINAL_STATUSES
 from workflow_retention.seed import generate
 from workflow_retention.timeutil import parse_timestamp
@@ -137,6 +142,97 @@ def test_concurrent_writers_during_a_purge(sql: Any) -> None:
     assert report.changed > 0, "no run changed between selection and deletion: the race was not exercised"
     # Once the engine is quiet, one more purge finishes what the writers' changes deferred
     # (e.g. an expired child planned under a parent that was resumed) and a rerun finds nothing.
+    backend.delete_old_runs(CUTOFF)
+    assert backend.delete_old_runs(CUTOFF, dry_run=True).runs == 0
+    assert_no_orphans(sql.inventory())
+
+
+# -- pyworkflow-engine's own storage classes as the live engine --------------------------------------
+
+#: What a write by pyworkflow may fail with when the run it names was just purged (its foreign key).
+RUN_JUST_WENT = ("foreign key", "1452", "foreignkeyviolation")
+
+
+class PyworkflowEngine:
+    """What a busy engine does to old runs through pyworkflow's own storage API, from another thread with
+    its own event loop: revive them (update_run_status RUNNING), update their context, add events and
+    hooks. Remembers every write that succeeded, by run."""
+
+    def __init__(self, harness: Any, candidates: list[str]) -> None:
+        self.candidates = candidates
+        self.current: list[str] = []  # the batch being purged right now (set by on_batch)
+        self.added: dict[tuple[str, str], str] = {}  # (inventory kind, key) -> run_id
+        self.revived: set[str] = set()
+        self.contexts: set[str] = set()
+        self.went: int = 0  # writes refused because the run had just been purged
+        self.thread = EngineThread(harness, self.step, pause=0.002, seed=7)
+
+    async def step(self, pw: Any, rng: random.Random) -> None:
+        from pyworkflow.storage.schemas import Hook, RunStatus
+
+        batch = list(self.current)
+        run_id = rng.choice(batch if batch and rng.random() < 0.7 else self.candidates)
+        action = rng.random()
+        try:
+            if action < 0.3:
+                await pw.update_run_status(run_id, RunStatus.RUNNING)
+                self.revived.add(run_id)
+                event = event_of(run_id, "workflow.resumed")
+                await pw.record_event(event)
+                self.added[("events", event.event_id)] = run_id
+            elif action < 0.5:
+                await pw.update_run_context(run_id, {"step": rng.random()})
+                self.contexts.add(run_id)
+            elif action < 0.8:
+                event = event_of(run_id, "step.started", step_id=f"step_{rng.randrange(10**6)}")
+                await pw.record_event(event)
+                self.added[("events", event.event_id)] = run_id
+            else:
+                hook_id = f"hook_live_{uuid.uuid4().hex[:8]}"
+                await pw.create_hook(Hook(hook_id=hook_id, run_id=run_id, token=f"{run_id}:{hook_id}",
+                                          created_at=datetime.now(UTC), name="live"))
+                self.added[("hooks", f"{run_id}:{hook_id}")] = run_id
+        except Exception as exc:
+            if not any(s in f"{type(exc).__name__} {exc}".lower() for s in RUN_JUST_WENT):
+                raise
+            self.went += 1
+
+
+def test_pyworkflows_own_storage_writes_during_a_purge_of_a_thousand_runs(sql: Any) -> None:
+    """Nothing is lost from a run that is not deleted; a rerun leaves zero orphans."""
+    backend = sql.retention(batch_size=40)
+    seeded = list(generate(2000, now=NOW, seed=17, child_share=0.2))
+    backend.seed(seeded)
+    candidates = [s.run_id for s in seeded if expired(s.run)]
+    assert len(candidates) >= 1100
+    before = {(i.kind, i.key): i for i in sql.inventory()}
+    engine = PyworkflowEngine(sql, candidates)
+
+    def on_batch(info: Any) -> None:
+        assert holds_nothing(sql, backend), "a transaction or lock is held across on_batch"
+        engine.current = list(info.run_ids)
+        time.sleep(0.01)  # the engine gets to write between selection and deletion
+
+    with engine.thread:
+        report = backend.delete_old_runs(CUTOFF, on_batch=on_batch)
+        time.sleep(0.1)
+    print(f"{sql.name}: purged {report.runs}, changed {report.changed}, held {report.held}; engine: "
+          f"{engine.thread.calls} calls, {len(engine.revived)} revived, {len(engine.contexts)} contexts, "
+          f"{len(engine.added)} rows added, {engine.went} refused (run gone), slowest {engine.thread.slowest:.2f}s")
+    assert not engine.thread.errors, engine.thread.errors[:3]
+    assert engine.revived and engine.contexts and engine.added, "the engine did not get to write"
+    assert report.runs >= 1000 and report.changed > 0, "no run changed between selection and deletion"
+
+    items = sql.inventory()
+    present = run_ids(items)
+    now = {(i.kind, i.key) for i in items}
+    for run_id in present:
+        lost = {key for key, item in before.items() if item.run_id == run_id} - now
+        assert not lost, f"{run_id} is kept but lost {sorted(lost)[:5]}"
+    added_lost = {key for key, run_id in engine.added.items() if run_id in present} - now
+    assert not added_lost, f"writes of kept runs lost: {sorted(added_lost)[:5]}"
+    assert {r for r in engine.contexts if r in before and ("runs", r) in now} <= present
+    # Once the engine is quiet, one more purge finishes what the engine's writes deferred.
     backend.delete_old_runs(CUTOFF)
     assert backend.delete_old_runs(CUTOFF, dry_run=True).runs == 0
     assert_no_orphans(sql.inventory())
