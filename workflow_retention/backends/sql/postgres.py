@@ -47,6 +47,7 @@ log = logging.getLogger("workflow_retention.sql")
 
 QUERY = {"schema", "sslmode", "sslrootcert", "connect_timeout", "application_name"}
 RETRY_SQLSTATES = {"40P01", "40001"}
+SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 CODEPOINT_COLLATIONS = {"C", "POSIX", "C.UTF-8", "C.utf8", "C.UTF8", "ucs_basic"}
 LATERAL_KEYS = ("SELECT c.step_run_id FROM unnest(CAST(:cp_ids AS text[])) AS r(id), LATERAL "
                 "(SELECT step_run_id FROM checkpoints c WHERE c.step_run_id >= r.id || ':' "
@@ -126,11 +127,18 @@ class PostgresBackend(SQLBackend):
             import psycopg  # noqa: F401
         except ImportError as exc:
             raise BackendUnavailableError("PostgreSQL", "postgres", exc) from exc
+        query = dict(query or {})
+        if query.get("sslmode", "prefer") not in SSLMODES:
+            raise ConfigurationError(f"sslmode in the PostgreSQL URL must be one of {', '.join(sorted(SSLMODES))}; "
+                                     f"got {query['sslmode']!r}")
+        if not query.get("connect_timeout", "10").isdigit():
+            raise ConfigurationError(f"connect_timeout in the PostgreSQL URL must be whole seconds; "
+                                     f"got {query['connect_timeout']!r}")
         if schema is not None and not _SCHEMA.match(schema):
             raise ConfigurationError(f"PostgreSQL schema must be a lower-case identifier such as "
                                      f"pyworkflow; got {schema!r}")
         self._sa_url = URL.create("postgresql+psycopg", username=user, password=password or None, host=host,
-                                  port=port, database=database, query=query or {})
+                                  port=port, database=database, query=query)
         self.schema = schema
         self._codepoint: bool | None = None
         super().__init__(url=url or f"postgresql://{user}@{host}:{port}/{database}", **options)
