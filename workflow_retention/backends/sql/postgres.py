@@ -16,8 +16,14 @@ Step checkpoints are matched by primary-key range when the column's
 collation orders by code point (C, POSIX, C.UTF-8, ucs_basic, the builtin
 provider); under a linguistic collation a range would be wrong, so an
 escaped ``LIKE`` is used instead, which is exact and uses an index only if
-one with ``text_pattern_ops`` exists (a warning says so). ``?schema=NAME``
-selects a schema through ``search_path``.
+one with ``text_pattern_ops`` exists (a warning says so). The keys found are
+given to their owners in Python (:func:`~workflow_retention.planning.key_owners`)
+and deleted by exact key. ``?schema=NAME`` selects a schema through
+``search_path``.
+
+Timestamps psycopg cannot load (``infinity``, ``-infinity``, BC, year 10000
+on) load as :class:`Unloadable`: reported as unreadable, never deleted, and
+sent back as read, so a keyset cursor can stop on one.
 """
 
 from __future__ import annotations

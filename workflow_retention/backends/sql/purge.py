@@ -1,22 +1,39 @@
-"""The SQL purge: candidate windows, batches in run_id order, one short locking transaction per batch.
+"""The SQL purge: candidate windows, batches in run_id order, short locking transactions bounded by rows.
 
 Discovery: there is no index on ``updated_at``; since ``updated_at >=
 created_at``, ``created_at < cutoff`` bounds the candidates and
 ``idx_runs_created_at_run_id`` serves a keyset scan on ``(created_at,
-run_id)``. Each page (a window of ``window_batches`` batches) is read in
-its own short read transaction; expiry is then decided exactly in Python
-(:class:`RunRef`), which is what makes SQLite's offset-carrying text
-timestamps safe. The window is planned as a whole and cut into batches in
-run_id order (:func:`split_plan`), so each batch's deletes stay in a narrow
-slice of the run_id-led indexes.
+run_id)``; a second range, ``created_at`` in the future, finds what sorts
+after every real timestamp (unreadable text, ``infinity``) so that it is
+reported. Without that index (stores created before pyworkflow-engine 0.3.4)
+one keyset scan of the primary key replaces both: linear, and reported.
+Each page (a window of ``window_batches`` batches) is read in its own short
+read transaction; expiry is then decided exactly in Python (:class:`RunRef`,
+the shared rules of :mod:`workflow_retention.planning`), which is what makes
+SQLite's offset-carrying text timestamps safe. A run whose ``created_at``
+cannot be read, or whose eligible ancestors loop, is reported and kept. The
+window is planned as a whole and cut into batches in run_id order
+(:func:`split_plan`), so each batch's deletes stay in a narrow slice of the
+run_id-led indexes.
+
+Bounded transactions: the rows each planned run holds (events, steps, hooks,
+flags) are counted in the window's read; a batch is cut further so that no
+write transaction deletes more than the row budget (``max_rows``, shrunk
+while transactions take longer than ``transaction_target``). The step
+checkpoints are counted where they are read, in the write transaction: too
+many, and it rolls back before deleting anything. A family over the budget
+on its own is deleted in several transactions (:meth:`_delete_in_steps`),
+each re-checking its runs first; the run records go last.
 
 Live engine: after ``on_batch`` (called with no transaction open) the batch's
 runs are locked (``SELECT ... FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``) and
 re-read; a run whose status or ``updated_at`` moved, or that gained a child
 meanwhile, survives with its ancestors. Within the same transaction the
 child tables are deleted explicitly (so each kind is counted; SQLite only
-cascades with its per-connection pragma anyway), then the runs level by
-level, leaves first, because MySQL checks the parent reference row by row.
+cascades with its per-connection pragma anyway), the step checkpoints by
+exact key once :func:`key_owners` gave each to the longest run-id prefix that
+exists, then the runs level by level, leaves first, because MySQL checks the
+parent reference row by row.
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@ margin, 15 h) and Python decides on parsed instants.
 
 Live-engine safety: a batch's write transaction starts with ``BEGIN
 IMMEDIATE`` (the database's single writer lock), re-reads the batch's runs
-and deletes in the same transaction; the engine's writers wait on
-``busy_timeout`` for at most one batch. Reads run in plain short ``BEGIN``
-transactions that are closed before ``on_batch`` is called, so the engine
-can commit in between. ``PRAGMA foreign_keys=ON`` is set on every
+and deletes in the same transaction. It deletes at most ``max_rows`` rows
+(and is kept near 0.5 s), and after holding the lock for ``hold_s`` in all the
+purge leaves the database alone for ``yield_s``: the engine's writers
+(``busy_timeout`` 5 s, a retry about every 100 ms) are never starved by
+back-to-back batches. Reads run in plain short ``BEGIN`` transactions that
+are closed before ``on_batch`` is called, so the engine can commit in
+between. ``PRAGMA foreign_keys=ON`` is set on every
 connection, as the engine does (it is per connection in SQLite), though the
 cascade deletes its child rows explicitly anyway.
 
