@@ -28,9 +28,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from workflow_retention.backends import by_url
-from workflow_retention.backends.cassandra.cql import TABLES
 from benchmarks.data import seed_store
+from workflow_retention.backends.cassandra import CassandraBackend
+from workflow_retention.backends.cassandra.layout import TABLES
+from workflow_retention.planning import key_owners, key_prefixes
 
 _SERVER: dict[str, Any] = {}
 _ROWS_BEFORE: dict[str, dict[str, int]] = {}
@@ -71,7 +72,7 @@ def prepare(n: int, slot: str, now: datetime) -> str:
 
 
 def run_ours(url: str, cutoff: datetime, batch: int) -> dict[str, Any]:
-    backend = by_url(url, batch_size=batch or None)
+    backend = CassandraBackend.from_url(url, batch_size=batch or None)
     try:
         report = backend.delete_old_runs(cutoff)
     finally:
@@ -89,7 +90,7 @@ def baseline(url: str, cutoff: datetime) -> dict[str, Any]:
 
     from pyworkflow.storage.cassandra import CassandraStorageBackend
 
-    backend = by_url(url)
+    backend = CassandraBackend.from_url(url)
     backend.open()
     pw = CassandraStorageBackend(contact_points=list(backend.settings.contact_points), port=backend.settings.port,
                                  keyspace=backend.settings.keyspace, replication_factor=1,
@@ -104,7 +105,7 @@ def baseline(url: str, cutoff: datetime) -> dict[str, Any]:
 
 
 def extra(url: str, slot: str) -> dict[str, Any]:
-    backend = by_url(url)
+    backend = CassandraBackend.from_url(url)
     try:
         left = _count_rows(backend)
         session, keyspace = backend.cql.session, backend.settings.keyspace
@@ -115,8 +116,10 @@ def extra(url: str, slot: str) -> dict[str, Any]:
                 continue
             named += sum(1 for row in session.execute(f"SELECT run_id FROM {keyspace}.{table}")
                          if row.run_id not in runs)
-        named += sum(1 for row in session.execute(f"SELECT step_run_id FROM {keyspace}.checkpoints")
-                     if ":" in row.step_run_id and row.step_run_id.partition(":")[0] not in runs)
+        # a checkpoint <run_id>:<step_id> belongs to the longest prefix naming a run (as the purge decides)
+        keys = [row.step_run_id for row in session.execute(f"SELECT step_run_id FROM {keyspace}.checkpoints")]
+        owners = key_owners([k for k in keys if key_prefixes(k)], runs.intersection)
+        named += sum(1 for owner in owners.values() if owner is None)
     finally:
         backend.close()
     before = _ROWS_BEFORE.get(url, {})
@@ -127,7 +130,7 @@ def extra(url: str, slot: str) -> dict[str, Any]:
 
 
 def cleanup(url: str) -> None:
-    backend = by_url(url)
+    backend = CassandraBackend.from_url(url)
     try:
         backend.cql.session.execute(f"DROP KEYSPACE IF EXISTS {backend.settings.keyspace}", timeout=120)
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,9 +13,8 @@ from tests.harness.cassandra import CassandraHarness, CassandraServer
 from tests.scenario import CUTOFF
 from workflow_retention.backends import by_url
 from workflow_retention.backends.cassandra import CassandraBackend
-from workflow_retention.backends.cassandra import session as session_module
+from workflow_retention.backends.cassandra.backend import parse_url
 from workflow_retention.backends.cassandra.runs import date_buckets, hour_buckets
-from workflow_retention.backends.cassandra.settings import parse_url
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError, StorageError
 
 
@@ -37,6 +38,9 @@ def test_url_forms() -> None:
     ("cassandra://h/ks?protocol_version=2", "protocol_version"),
     ("cassandra://h/ks?protocol_version=v4", "protocol_version"),
     ("cassandra://h/ks?concurrency=0", "concurrency"),
+    ("cassandra://h/ks?concurrency=513", "concurrency"),
+    ("cassandra://h/ks?request_timeout=0", "request_timeout"),
+    ("cassandra://h/ks?connect_timeout=2h", "connect_timeout"),
     ("cassandra://h/ks?colour=blue", "allowed: concurrency"),
     ("cassandra://h/bad-keyspace", "keyspace"),
     ("cassandra://h1:9042,h2:9043/ks", "same port"),
@@ -45,6 +49,26 @@ def test_url_forms() -> None:
 def test_bad_settings_are_named(url: str, names: str) -> None:
     with pytest.raises(ConfigurationError, match=names):
         parse_url(url)
+
+
+def test_constructor_options_are_validated_like_the_url(caplog: pytest.LogCaptureFixture) -> None:
+    from workflow_retention.backends.cassandra import backend as backend_module
+
+    b = CassandraBackend(contact_points="db1", concurrency="8", connect_timeout="90s", protocol_version=4)
+    assert b.settings.contact_points == ("db1",)
+    assert (b.settings.concurrency, b.settings.connect_timeout, b.settings.protocol_version) == (8, 90.0, 4)
+    assert b.url == "cassandra://db1:9042/pyworkflow"
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        CassandraBackend(concurrency=True)
+    with pytest.raises(TypeError, match="colour"):
+        CassandraBackend(colour="blue")
+    # serial_consistency: accepted (old URLs carry it), ignored, a WARNING once per process
+    backend_module._warn_serial_consistency.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="workflow_retention.cassandra"):
+        for _ in range(2):
+            old = by_url("cassandra://h/ks?serial_consistency=local_serial")
+    assert isinstance(old, CassandraBackend) and old.settings.serial_consistency == "LOCAL_SERIAL"
+    assert len([r for r in caplog.records if "serial_consistency is ignored" in r.getMessage()]) == 1
 
 
 def test_password_is_masked_everywhere(caplog: pytest.LogCaptureFixture) -> None:
@@ -63,9 +87,14 @@ def test_password_is_masked_everywhere(caplog: pytest.LogCaptureFixture) -> None
 
 
 def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session_module, "DRIVER_MISSING", ImportError("No module named 'cassandra'"))
+    monkeypatch.setitem(sys.modules, "cassandra", None)  # ``import cassandra`` now raises ImportError
     with pytest.raises(BackendUnavailableError, match=r"workflow-retention\[cassandra\]"):
         by_url("cassandra://localhost/ks")
+    # The package imports without the driver: only client.driver() imports it.
+    code = ("import sys; sys.modules['cassandra'] = None; "
+            "from workflow_retention.backends.cassandra import CassandraBackend; print(CassandraBackend.name)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "cassandra", done.stderr
 
 
 def test_buckets_cover_every_offset() -> None:

@@ -10,8 +10,9 @@ import pytest
 from tests.conformance.checks import assert_no_orphans, items_of, orphans, run_ids
 from tests.harness.cassandra import CassandraHarness
 from tests.scenario import CUTOFF, NOW, OLD, add_run
+from workflow_retention.backends.cassandra import client as client_module
 from workflow_retention.backends.cassandra import purge as purge_module
-from workflow_retention.backends.cassandra import session as session_module
+from workflow_retention.planning import RunRef
 
 
 def _rows_of(h: CassandraHarness, run_id: str) -> list[Any]:
@@ -77,21 +78,22 @@ def test_shared_ids_still_pointing_elsewhere_are_kept(cassandra_harness: Cassand
 
 def test_a_run_changed_before_its_record_goes_keeps_it_and_its_parent(
         cassandra_harness: CassandraHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The conditional delete of the record is the commit point (a race the re-read cannot see)."""
+    """The version-checked delete of the record is the commit point (a race the plan's reads cannot see)."""
     from pyworkflow.storage.schemas import RunStatus
 
     h, pw = cassandra_harness, cassandra_harness.pyworkflow()
     h.run(add_run(pw, "run_parent", "completed", OLD))
     h.run(add_run(pw, "run_child", "completed", OLD, parent="run_parent", depth=1))
     parent_before = items_of(h.inventory(), {"run_parent"})
-    original = purge_module.Purger._delete_records
+    original = purge_module.Purge._delete_records
 
-    def engine_writes_first(self: Any, runs: list[Any]) -> set[str]:
+    def engine_writes_first(self: purge_module.Purge, runs: list[RunRef]
+                            ) -> tuple[list[RunRef], set[str], dict[str, tuple[Any, int]]]:
         if any(r.run_id == "run_child" for r in runs):
             h.run(pw.update_run_status("run_child", RunStatus.FAILED))  # a real write on the real server
         return original(self, runs)
 
-    monkeypatch.setattr(purge_module.Purger, "_delete_records", engine_writes_first)
+    monkeypatch.setattr(purge_module.Purge, "_delete_records", engine_writes_first)
     report = h.retention().delete_old_runs(CUTOFF)
     items = h.inventory()
     assert run_ids(items) == {"run_parent", "run_child"}
@@ -107,21 +109,21 @@ def test_a_purge_that_dies_mid_cascade_is_finished_by_the_next(
     for n in range(3):
         h.run(add_run(pw, f"run_gone_{n}", "completed", OLD))
     h.run(add_run(pw, "run_kept", "running", OLD))
-    original = session_module.Cql.unlogged_batches
+    original = client_module.Cql.unlogged_batches
 
     def crash(self: Any, batches: Any) -> None:
         if any(name == "delete_events" for members in batches for name, _ in members):
             raise RuntimeError("process killed after the lookup and listing rows were deleted")
         original(self, batches)
 
-    monkeypatch.setattr(session_module.Cql, "unlogged_batches", crash)
+    monkeypatch.setattr(client_module.Cql, "unlogged_batches", crash)
     with pytest.raises(RuntimeError):
         h.retention().delete_old_runs(CUTOFF)
     half = h.inventory()
     assert run_ids(half) == {"run_kept"}, "the records go first: they are the commit"
     left = orphans(half)
     assert {i.kind for i in left} == {"events", "steps", "hooks", "cancellation_flags", "checkpoints"}
-    monkeypatch.setattr(session_module.Cql, "unlogged_batches", original)
+    monkeypatch.setattr(client_module.Cql, "unlogged_batches", original)
     report = h.retention().delete_old_runs(CUTOFF)
     items = h.inventory()
     assert report.runs == 0 and sum(report.counts.values()) == len(left)
@@ -131,6 +133,8 @@ def test_a_purge_that_dies_mid_cascade_is_finished_by_the_next(
 
 def test_pyworkflows_own_cascade_leaves_orphans_that_the_sweep_repairs(cassandra_harness: CassandraHarness) -> None:
     """If the baseline's discovery were legal, its per-run deletes would leave eight tables' rows behind."""
+    from cassandra import InvalidRequest
+
     h, pw = cassandra_harness, cassandra_harness.pyworkflow()
     h.run(add_run(pw, "run_recent", "completed", NOW - timedelta(days=1)))
     for n in range(3):  # created last: the shared hook id now points to run_exp_2
@@ -150,7 +154,7 @@ def test_pyworkflows_own_cascade_leaves_orphans_that_the_sweep_repairs(cassandra
 
     pw._session = LegalDiscovery()
     try:
-        with pytest.raises(Exception):  # its stream clean-up needs filtering 2.1 cannot do
+        with pytest.raises(InvalidRequest):  # its stream clean-up needs filtering the server refuses
             h.run(pw.delete_old_runs(CUTOFF.replace(tzinfo=None)))  # naive: it compares with naive values
     finally:
         pw._session = session

@@ -23,8 +23,8 @@ from tests.harness.base import Item
 from tests.harness.cassandra import CassandraHarness
 from tests.scenario import CUTOFF, NOW
 from workflow_retention.backends.cassandra import cascade as cascade_module
+from workflow_retention.backends.cassandra import client as client_module
 from workflow_retention.backends.cassandra import purge as purge_module
-from workflow_retention.backends.cassandra import session as session_module
 from workflow_retention.backends.cassandra import versioned as versioned_module
 from workflow_retention.planning import TERMINAL_STATUSES
 from workflow_retention.seed import generate
@@ -88,8 +88,8 @@ def test_a_revived_run_keeps_every_row_its_ancestors_stay_and_a_rerun_leaves_no_
     commits: dict[str, tuple[float, float]] = {}  # run -> (its delete sent, answered)
     rechecks: dict[str, float] = {}  # run -> the re-read after its delete finished
     cascades: dict[str, float] = {}  # run -> its cascade finished
-    read, batches, put_back = (versioned_module.Versioned.read, session_module.Cql.unlogged_batches,
-                               purge_module.Purger._put_back)
+    read, batches, put_back = (versioned_module.Versioned.read, client_module.Cql.unlogged_batches,
+                               purge_module.Purge._put_back)
     cascade_run = cascade_module.Cascade.run
 
     def timed_read(self: Any, keys: Any) -> Any:
@@ -119,10 +119,11 @@ def test_a_revived_run_keeps_every_row_its_ancestors_stay_and_a_rerun_leaves_no_
             cascades.setdefault(r.run_id, time.monotonic())
 
     monkeypatch.setattr(versioned_module.Versioned, "read", timed_read)
-    monkeypatch.setattr(session_module.Cql, "unlogged_batches", timed_batches)
-    monkeypatch.setattr(purge_module.Purger, "_put_back", timed_put_back)
+    monkeypatch.setattr(client_module.Cql, "unlogged_batches", timed_batches)
+    monkeypatch.setattr(purge_module.Purge, "_put_back", timed_put_back)
     monkeypatch.setattr(cascade_module.Cascade, "run", timed_cascade)
-    with TimedEngine(h, expired, seed=5) as engine:
+    engine = TimedEngine(h, expired, seed=5)
+    with engine:
         report = h.retention(batch_size=100).delete_old_runs(CUTOFF, on_batch=engine.on_batch)
         time.sleep(0.2)
     monkeypatch.undo()
@@ -187,8 +188,8 @@ def test_a_revived_run_keeps_every_row_its_ancestors_stay_and_a_rerun_leaves_no_
     # What remains: a revival whose engine write was still in flight when the re-check ran (it read the run
     # before the delete and landed after the re-check) leaves a partial record; nothing else does.
     for run_id in partial:
-        read, wrote = engine.revivals[run_id]
-        assert read < commits[run_id][1] and wrote > rechecks[run_id], f"{run_id}: partial, yet not in flight"
+        began, wrote = engine.revivals[run_id]
+        assert began < commits[run_id][1] and wrote > rechecks[run_id], f"{run_id}: partial, yet not in flight"
 
 
 def _whole(h: CassandraHarness, ids: set[str]) -> set[str]:

@@ -10,7 +10,7 @@ from tests.conformance.checks import assert_no_orphans, items_of, run_ids, snaps
 from tests.harness.base import Item
 from tests.harness.cassandra import CassandraHarness
 from tests.scenario import CUTOFF, NOW, OLD, add_run
-from workflow_retention.backends.cassandra.cql import SOURCES
+from workflow_retention.backends.cassandra.layout import SOURCES
 from workflow_retention.report import Kind
 
 KIND_OF_TABLE = {"runs": Kind.RUNS, **{s.table: s.kind for s in SOURCES}}

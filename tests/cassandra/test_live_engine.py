@@ -11,7 +11,7 @@ from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.harness.base import Item
 from tests.harness.cassandra import CassandraHarness
 from tests.scenario import CUTOFF, OLD, add_run
-from workflow_retention.backends.cassandra import session as session_module
+from workflow_retention.backends.cassandra import client as client_module
 
 #: Rows pyworkflow's update_run_status rewrites (the record and its listing rows change status).
 STATUS_KINDS = ("runs", "runs_by_status", "runs_by_workflow", "runs_by_parent")
@@ -42,7 +42,7 @@ def revive_before_commit(h: CassandraHarness, monkeypatch: pytest.MonkeyPatch, v
     """
     from pyworkflow.storage.schemas import RunStatus
 
-    from workflow_retention.backends.cassandra.cql import WRITES
+    from workflow_retention.backends.cassandra.layout import WRITES
 
     pw = h.pyworkflow()
     revived: list[str] = []
@@ -52,7 +52,7 @@ def revive_before_commit(h: CassandraHarness, monkeypatch: pytest.MonkeyPatch, v
             h.run(pw.update_run_status(victim, RunStatus.RUNNING))  # a real write on the real server
             revived.append(victim)
 
-    concurrent, batches = session_module.Cql.concurrent, session_module.Cql.unlogged_batches
+    concurrent, batches = client_module.Cql.concurrent, client_module.Cql.unlogged_batches
 
     def on_concurrent(self: Any, items: Any) -> list[Any]:
         if moment == "first_write" and any(name in WRITES for name, _ in items):
@@ -66,8 +66,8 @@ def revive_before_commit(h: CassandraHarness, monkeypatch: pytest.MonkeyPatch, v
             revive()
         return batches(self, groups)
 
-    monkeypatch.setattr(session_module.Cql, "concurrent", on_concurrent)
-    monkeypatch.setattr(session_module.Cql, "unlogged_batches", on_batches)
+    monkeypatch.setattr(client_module.Cql, "concurrent", on_concurrent)
+    monkeypatch.setattr(client_module.Cql, "unlogged_batches", on_batches)
     return revived
 
 
@@ -131,7 +131,7 @@ CRASH_POINTS = {
 
 def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
     method, nth, matches = CRASH_POINTS[point]
-    original = getattr(session_module.Cql, method)
+    original = getattr(client_module.Cql, method)
     calls = []
 
     def dies(self: Any, *args: Any) -> Any:
@@ -141,7 +141,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
                 raise Crash(point)
         return original(self, *args)
 
-    monkeypatch.setattr(session_module.Cql, method, dies)
+    monkeypatch.setattr(client_module.Cql, method, dies)
 
 
 @pytest.mark.parametrize("point", sorted(CRASH_POINTS))

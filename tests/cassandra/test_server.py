@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from tests.harness.cassandra import CassandraHarness, CassandraServer
 from tests.scenario import CUTOFF, NOW, OLD, add_run
 from workflow_retention.backends.cassandra import CassandraBackend
-from workflow_retention.backends.cassandra.cql import SOURCES, STATEMENTS, TABLES
+from workflow_retention.backends.cassandra.client import Cql, Statement
+from workflow_retention.backends.cassandra.layout import SOURCES, STATEMENTS, TABLES
+from workflow_retention.base import BatchInfo
 from workflow_retention.exceptions import PurgeStopped
 from workflow_retention.seed import generate
 
@@ -35,6 +39,7 @@ def test_the_server_rejects_the_baselines_discovery_query(cassandra_harness: Cas
 def test_statements_are_legal_cql_as_written() -> None:
     for name, cql in STATEMENTS.items():
         assert "ALLOW FILTERING" not in cql.upper(), name
+        assert " IF " not in cql.upper(), f"{name}: a lightweight transaction"
         assert not re.search(r'(?<![\w"])token(?![\w"])(?!\s*\()', cql), f"{name}: bare column token"
         where = cql.partition(" WHERE ")[2]
         assert not cql.startswith(("SELECT", "DELETE")) or "token(" in where or " = ?" in where \
@@ -71,13 +76,13 @@ def _raw_extras(server: CassandraServer, ks: str) -> None:
     for target, values in rows:
         run(f"INSERT INTO {ks}.{target} VALUES ({', '.join(['%s'] * len(values))})", values)
     event_time = _uuid(OLD)
-    for table, columns, values in ORPHAN_ROWS:
-        marks = ", ".join(["%s"] * len(values))
+    for table, columns, orphan in ORPHAN_ROWS:
+        marks = ", ".join(["%s"] * len(orphan))
         run(f"INSERT INTO {ks}.{table} ({columns}) VALUES ({marks})",
-            tuple(event_time if v is _EVENT_TIME else v for v in values))
+            tuple(event_time if v is _EVENT_TIME else v for v in orphan))
 
 
-def _uuid(when):
+def _uuid(when: datetime) -> Any:
     from cassandra.util import uuid_from_time
 
     return uuid_from_time(when)
@@ -103,8 +108,8 @@ ORPHAN_ROWS = [
 ]
 
 
-def _stop_at(index: int):
-    def on_batch(info) -> None:
+def _stop_at(index: int) -> Callable[[BatchInfo], None]:
+    def on_batch(info: BatchInfo) -> None:
         if info.index >= index:
             raise PurgeStopped("lease lost")
     return on_batch
@@ -116,13 +121,13 @@ def _engine_writes_before_the_first_delete(monkeypatch: pytest.MonkeyPatch, serv
 
     The first run the purge deletes, and the schedule ``sched_back``.
     """
-    from workflow_retention.backends.cassandra import session as session_module
+    from workflow_retention.backends.cassandra import client as client_module
 
-    original, done = session_module.Cql.unlogged_batches, set()
+    original, done = client_module.Cql.unlogged_batches, set()
     writes = {"delete_run": "UPDATE {ks}.workflow_runs SET status = 'running' WHERE run_id = %s",
               "delete_schedule": "UPDATE {ks}.schedules SET status = 'active' WHERE schedule_id = %s"}
 
-    def engine_first(self, groups) -> None:
+    def engine_first(self: Cql, groups: Sequence[Sequence[Statement]]) -> None:
         for name, cql in writes.items():
             keys = [params[1] for group in groups for n, params in group if n == name]
             key = "sched_back" if "sched_back" in keys else (keys[0] if keys and name == "delete_run" else None)
@@ -131,7 +136,7 @@ def _engine_writes_before_the_first_delete(monkeypatch: pytest.MonkeyPatch, serv
                 done.add(name)
         original(self, groups)
 
-    monkeypatch.setattr(session_module.Cql, "unlogged_batches", engine_first)
+    monkeypatch.setattr(client_module.Cql, "unlogged_batches", engine_first)
 
 
 def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraServer,
@@ -156,7 +161,7 @@ def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraS
         assert orphans.total == len(ORPHAN_ROWS), dict(orphans.counts)
         assert {s.table for s in SOURCES} == {table for table, _, _ in ORPHAN_ROWS}
         assert stopped.stopped and stopped.runs > 0 and stopped.changed == 1
-        assert stopped.runs + report.runs == audit.purge.runs - 1
+        assert audit.purge is not None and stopped.runs + report.runs == audit.purge.runs - 1
         assert report.counts["schedules"] == 1 and report.counts["signals"] == 1
         back = server.session.execute(f"SELECT status FROM {keyspace}.schedules WHERE schedule_id = 'sched_back'").one()
         assert back is not None and back.status == "active", "a schedule written before its delete was put back"

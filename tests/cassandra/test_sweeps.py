@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from tests.conformance.checks import snapshot
 from tests.harness.cassandra import CassandraHarness
 from tests.scenario import CUTOFF, NOW, OLD, add_run
+from workflow_retention.backends.cassandra.client import Cql, Statement
 from workflow_retention.report import Kind
 
 
@@ -80,32 +82,33 @@ def test_a_deleted_schedule_resumed_during_the_purge_keeps_every_row(
     from pyworkflow.primitives.schedule import resume_schedule
     from pyworkflow.storage.schemas import Schedule, ScheduleSpec
 
-    from workflow_retention.backends.cassandra import session as session_module
-    from workflow_retention.backends.cassandra.cql import WRITES
+    from workflow_retention.backends.cassandra import client as client_module
+    from workflow_retention.backends.cassandra.layout import WRITES
 
     h, pw = cassandra_harness, cassandra_harness.pyworkflow()
     h.run(pw.create_schedule(Schedule(schedule_id="sched_back", workflow_name="wf", spec=ScheduleSpec(cron="0 3 * * *"),
                                       created_at=OLD, next_run_time=OLD + timedelta(hours=5))))
     with h.frozen(OLD):
         h.run(pw.delete_schedule("sched_back"))
-    concurrent, batches, resumed = session_module.Cql.concurrent, session_module.Cql.unlogged_batches, []
+    concurrent, batches = client_module.Cql.concurrent, client_module.Cql.unlogged_batches
+    resumed: list[Any] = []
 
     def resume() -> None:  # the engine resumes the schedule as the sweep sends its first write
         if not resumed:
             resumed.append(h.run(resume_schedule("sched_back", storage=pw)))
 
-    def on_concurrent(self, items):
+    def on_concurrent(self: Cql, items: Sequence[Statement]) -> list[Any]:
         if any(name in WRITES for name, _ in items):
             resume()
         return concurrent(self, items)
 
-    def on_batches(self, groups):
+    def on_batches(self: Cql, groups: Sequence[Sequence[Statement]]) -> None:
         if any(groups):
             resume()
         return batches(self, groups)
 
-    monkeypatch.setattr(session_module.Cql, "concurrent", on_concurrent)
-    monkeypatch.setattr(session_module.Cql, "unlogged_batches", on_batches)
+    monkeypatch.setattr(client_module.Cql, "concurrent", on_concurrent)
+    monkeypatch.setattr(client_module.Cql, "unlogged_batches", on_batches)
     report = h.retention().delete_old_runs(CUTOFF)
     monkeypatch.undo()
     assert resumed and report.counts[Kind.SCHEDULES] == 0
@@ -116,16 +119,18 @@ def test_a_deleted_schedule_resumed_during_the_purge_keeps_every_row(
     assert any(k.endswith("|sched_back") for k in due), due
 
 
-def _in_flight_write_after(monkeypatch: pytest.MonkeyPatch, statement: str, write: Any) -> list[int]:
+def _in_flight_write_after(monkeypatch: pytest.MonkeyPatch, statement: str,
+                           write: Callable[[int], object]) -> list[int]:
     """Call ``write(timestamp)`` right after the sweep sends ``statement``, timestamped just before it was sent:
     an engine write already in flight when the delete ran, applied after it."""
     import time
 
-    from workflow_retention.backends.cassandra import session as session_module
+    from workflow_retention.backends.cassandra import client as client_module
 
-    concurrent, batches, done = session_module.Cql.concurrent, session_module.Cql.unlogged_batches, []
+    concurrent, batches = client_module.Cql.concurrent, client_module.Cql.unlogged_batches
+    done: list[int] = []
 
-    def around(call: Any, names: set[str]) -> None:
+    def around(call: Callable[[], object], names: set[str]) -> None:
         if statement in names and not done:
             issued = time.time_ns() // 1000
             call()
@@ -134,16 +139,16 @@ def _in_flight_write_after(monkeypatch: pytest.MonkeyPatch, statement: str, writ
         else:
             call()
 
-    def on_concurrent(self, items):
+    def on_concurrent(self: Cql, items: Sequence[Statement]) -> list[Any]:
         out: list[Any] = []
         around(lambda: out.extend(concurrent(self, items)), {n for n, _ in items})
         return out
 
-    def on_batches(self, groups):
+    def on_batches(self: Cql, groups: Sequence[Sequence[Statement]]) -> None:
         around(lambda: batches(self, groups), {n for group in groups for n, _ in group})
 
-    monkeypatch.setattr(session_module.Cql, "concurrent", on_concurrent)
-    monkeypatch.setattr(session_module.Cql, "unlogged_batches", on_batches)
+    monkeypatch.setattr(client_module.Cql, "concurrent", on_concurrent)
+    monkeypatch.setattr(client_module.Cql, "unlogged_batches", on_batches)
     return done
 
 

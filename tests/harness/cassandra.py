@@ -112,6 +112,9 @@ def _shim_class() -> type:
     class PyworkflowOn21(CassandraStorageBackend):
         """pyworkflow's CassandraStorageBackend with a configurable protocol version and quoted ``token``."""
 
+        _session: Any
+        _initialized: bool
+
         def __init__(self, *, protocol_version: int | None, **kwargs: Any) -> None:
             super().__init__(replication_factor=1, **kwargs)
             self.protocol_version = protocol_version
@@ -298,7 +301,7 @@ class CassandraHarness(Harness):
         from cassandra.util import uuid_from_time
 
         stamp = int(written_at.timestamp() * 1_000_000)
-        rows = {
+        rows: dict[str, list[tuple[str, tuple[object, ...]]]] = {
             Kind.EVENTS: [("events (run_id, event_time, event_id, type, timestamp, data)",
                            (run_id, uuid_from_time(written_at), "evt_x", "workflow.started", written_at, "{}"))],
             Kind.STEPS: [("steps (run_id, step_id, step_name, status, created_at)",
@@ -332,7 +335,7 @@ class CassandraHarness(Harness):
         self.execute("UPDATE {ks}.workflow_runs SET updated_at = null WHERE run_id = %s", (run_id,))
 
     def ghosts(self) -> set[str]:
-        """Run rows without the workflow_name create_run always writes: an engine UPDATE (an upsert) after the delete."""
+        """Run rows without the workflow_name create_run always writes: an engine UPDATE (an upsert) after a delete."""
         return {row.run_id for row in self.execute("SELECT run_id, workflow_name FROM {ks}.workflow_runs")
                 if row.workflow_name is None}
 

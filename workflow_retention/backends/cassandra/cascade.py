@@ -11,18 +11,15 @@ partitions and keys), then the partitions themselves.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from workflow_retention.backends.cassandra.runs import RunKeys, now_us
-from workflow_retention.backends.cassandra.session import IN_CHUNK, Cql
 from workflow_retention.planning import RUN_STATUSES, chunked
 from workflow_retention.report import Kind, PurgeReport
 
-Statement = tuple[str, tuple[Any, ...]]
-
-#: Statements per UNLOGGED batch: a few runs' deletes per request (a run's are never split).
-BATCH_STATEMENTS = 32
+from .client import IN_CHUNK, Cql, Statement, packed
+from .layout import Row
+from .runs import RunKeys
+from .versioned import stamp
 
 #: (read, delete, kind) of the run's own partitions, keyed by run_id.
 PARTITIONS = (("events_in", "delete_events", Kind.EVENTS), ("steps_in", "delete_steps", Kind.STEPS),
@@ -32,13 +29,6 @@ POINTERS = (("idempotency_in", "delete_idempotency", Kind.IDEMPOTENCY_KEYS),
             ("steps_by_id_in", "delete_step_by_id", Kind.INDEX_ENTRIES),
             ("hooks_by_id_in", "delete_hook_by_id", Kind.INDEX_ENTRIES),
             ("tokens_in", "delete_token", Kind.HOOK_TOKENS))
-
-
-def stamp(rows: Sequence[Any]) -> int:
-    """The write time a delete of ``rows`` carries: the latest read; this client's clock if one is unknown."""
-    times = [r.written for r in rows]
-    known = [t for t in times if t is not None]
-    return max(known) if len(known) == len(times) else max([now_us(), *known])
 
 
 class Cascade:
@@ -51,12 +41,12 @@ class Cascade:
             return
         by_id = {r.run_id: r for r in runs}
         ids = sorted(by_id)
-        own_reads: list[tuple[str, Any]] = [(read, (chunk,)) for read, _, _ in PARTITIONS
+        own_reads: list[Statement] = [(read, (chunk,)) for read, _, _ in PARTITIONS
                                             for chunk in chunked(ids, IN_CHUNK)]
         keys = sorted({r.idempotency_key for r in runs if r.idempotency_key})
         own_reads += [("idempotency_in", (chunk,)) for chunk in chunked(keys, IN_CHUNK)]
         listing = _listing_reads(runs)
-        found: dict[str, list[Any]] = defaultdict(list)
+        found: dict[str, list[Row]] = defaultdict(list)
         for (name, _), rows in zip(own_reads + listing, self.cql.reads(own_reads + listing)):
             found[name].extend(rows)
         found.update(self.cql.reads_in({
@@ -66,7 +56,7 @@ class Cascade:
 
         first: dict[str, list[Statement]] = defaultdict(list)  # lookup and listing rows
         second: dict[str, list[Statement]] = defaultdict(list)  # the run's partitions
-        counts: Counter = Counter()
+        counts: Counter[str] = Counter()
         for read, delete, kind in POINTERS:
             for row in found[read]:
                 if row.run_id in by_id:
@@ -84,7 +74,7 @@ class Cascade:
         counts[Kind.INDEX_ENTRIES] += sum(len(found[n]) for n in ("status_rows_in", "workflow_rows_in",
                                                                    "parent_rows_in"))
         for read, delete, kind in PARTITIONS:
-            per_run: dict[str, list[Any]] = defaultdict(list)
+            per_run: dict[str, list[Row]] = defaultdict(list)
             for row in found[read]:
                 per_run[row.run_id].append(row)
             for run_id, rows in per_run.items():
@@ -96,24 +86,14 @@ class Cascade:
             self.cql.unlogged_batches(packed(second.values()))
 
 
-def packed(groups: Iterable[list[Statement]], size: int = BATCH_STATEMENTS) -> list[list[Statement]]:
-    """Groups of statements (one run's each) packed into batches of about ``size`` statements."""
-    batches: list[list[Statement]] = [[]]
-    for group in groups:
-        if batches[-1] and len(batches[-1]) + len(group) > size:
-            batches.append([])
-        batches[-1].extend(group)
-    return [b for b in batches if b]
-
-
-def _listing_reads(runs: Sequence[RunKeys]) -> list[tuple[str, Any]]:
+def _listing_reads(runs: Sequence[RunKeys]) -> list[Statement]:
     """Reads of the runs' listing rows: under every status and every date bucket pyworkflow may have used.
 
     Runs are taken in ``created_at`` order, IN_CHUNK at a time, so each read
     names a few day buckets and the chunk's ``(created_at, run_id)`` pairs.
     """
     listed = sorted((r for r in runs if r.buckets), key=lambda r: (r.created_ms, r.run_id))
-    reads: list[tuple[str, Any]] = []
+    reads: list[Statement] = []
     for chunk in chunked(listed, IN_CHUNK):
         buckets = sorted({b for r in chunk for b in r.buckets})
         pairs = [(r.created_ms, r.run_id) for r in chunk]

@@ -17,14 +17,14 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 from uuid import uuid4
 
-from workflow_retention.backends.cassandra.cql import MARKER_TABLE, MARKER_TABLE_CQL
-from workflow_retention.backends.cassandra.runs import RunKeys
-from workflow_retention.backends.cassandra.session import IN_CHUNK, Cql
 from workflow_retention.planning import chunked
 from workflow_retention.timeutil import utcnow
+
+from .client import IN_CHUNK, Cql, Statement
+from .layout import MARKER_TABLE, MARKER_TABLE_CQL
+from .runs import RunKeys
 
 SHARDS = 16
 #: Rows per UNLOGGED batch (one partition each): well under the servers' batch-size warnings.
@@ -85,8 +85,8 @@ class Markers:
             by_shard[shard_of(run_id)].append(run_id)
         if not purges or not by_shard:
             return set()
-        reads: list[tuple[str, Any]] = [("markers_in", (purge, shard, chunk)) for purge in purges
-                                        for shard, ids in sorted(by_shard.items()) for chunk in chunked(ids, IN_CHUNK)]
+        reads: list[Statement] = [("markers_in", (purge, shard, chunk)) for purge in purges
+                                  for shard, ids in sorted(by_shard.items()) for chunk in chunked(ids, IN_CHUNK)]
         return {row.run_id for rows in self.cql.reads(reads) for row in rows}
 
     def drop_earlier(self) -> None:

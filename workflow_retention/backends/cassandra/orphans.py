@@ -1,44 +1,30 @@
-"""Orphan repair and the census: one paged ``token()`` scan per table, row by row."""
+"""The orphan sweep: one paged ``token()`` scan per table that names runs, row by row.
+
+A row is an orphan when the run it names has no record, and the cluster wrote
+it (``WRITETIME``) before the grace period; orphans are re-checked after
+``on_batch`` and deleted in the version read.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections import Counter
 from datetime import datetime
-from typing import Any
 
-from workflow_retention.backends.cassandra.cascade import packed, stamp
-from workflow_retention.backends.cassandra.cql import OTHER_TABLES, SOURCES, Source
-from workflow_retention.backends.cassandra.runs import RunReader, run_ref
-from workflow_retention.backends.cassandra.session import Cql
-from workflow_retention.base import CensusJob, OrphanJob
+from workflow_retention.base import OrphanJob
 from workflow_retention.planning import key_owners, key_prefixes
-from workflow_retention.report import Kind, age_bucket
 
-CENSUS_PAGE = 1000
-
-
-def row_size(source: Source, row: Any) -> int:
-    """Estimated bytes of a row: the sizes of its values (text as UTF-8)."""
-    total = 0
-    for column in source.columns:
-        value = getattr(row, column.strip('"'))
-        if isinstance(value, str):
-            total += len(value.encode())
-        elif isinstance(value, bytes):
-            total += len(value)
-        elif isinstance(value, uuid.UUID):
-            total += 16
-        elif value is not None:
-            total += 8
-    return total
+from .client import Cql, packed
+from .layout import SOURCES, Row, Source
+from .runs import RunReader
+from .versioned import stamp
 
 
 def _micros(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000)
 
 
-class Sweeper:
+class OrphanSweep:
+    """One orphan sweep; :meth:`run` does it all."""
+
     def __init__(self, cql: Cql, job: OrphanJob) -> None:
         self.cql, self.job, self.report = cql, job, job.report
         self.reader = RunReader(cql)
@@ -50,7 +36,7 @@ class Sweeper:
             for page in self.cql.scan(source.scan_name, self.job.batch_size):
                 self._page(source, page)
 
-    def _page(self, source: Source, page: list[Any]) -> None:
+    def _page(self, source: Source, page: list[Row]) -> None:
         # WRITETIME: when the store wrote the row. A row with no written value has no time to honour.
         orphans = [(row, run_id) for row, run_id in self._orphans(source, page)
                    if row.written is None or row.written < self.not_after]
@@ -61,9 +47,9 @@ class Sweeper:
         if not self.job.dry_run:
             orphans = self._delete(source, orphans)
         self.report.add(source.kind, len(orphans))
-        self.report.bytes += sum(row_size(source, row) for row, _ in orphans)
+        self.report.bytes += sum(source.row_size(row) for row, _ in orphans)
 
-    def _orphans(self, source: Source, rows: list[Any]) -> list[tuple[Any, str]]:
+    def _orphans(self, source: Source, rows: list[Row]) -> list[tuple[Row, str]]:
         """``(row, the run it names)`` for the rows that name no existing run.
 
         A derived key ``<run_id>:<rest>`` (a step checkpoint) belongs to the
@@ -79,36 +65,9 @@ class Sweeper:
         present = self.reader.present({run_id for _, run_id in named})
         return [(row, run_id) for row, run_id in named if run_id not in present]
 
-    def _delete(self, source: Source, orphans: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
+    def _delete(self, source: Source, orphans: list[tuple[Row, str]]) -> list[tuple[Row, str]]:
         """Delete each orphan in the version read: a row written again since (another run's pointer) survives."""
         self.cql.unlogged_batches(packed(
             [(source.delete_name, (stamp([row]), *(getattr(row, c.strip('"')) for c in source.key)))]
             for row, _ in orphans))
         return orphans
-
-
-def census(cql: Cql, job: CensusJob) -> None:
-    """Runs by status and age (of updated_at), and rows and estimated bytes per kind."""
-    counted = 0
-    for page in cql.scan("scan_runs", CENSUS_PAGE):
-        for row in page:
-            ref = run_ref(row)
-            job.census.runs_by_status[ref.status or "unknown"] += 1
-            if ref.updated_at is not None:
-                job.census.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
-        job.census.count(Kind.RUNS, len(page))
-        counted += len(page)
-        job.progress("runs", counted)
-    for source in SOURCES:
-        sizes: Counter = Counter()
-        for page in cql.scan(source.scan_name, CENSUS_PAGE):
-            job.census.count(source.kind, len(page), sum(row_size(source, row) for row in page))
-            sizes[source.table] += len(page)
-        job.progress(source.table, sizes[source.table])
-    for table, _, kind in OTHER_TABLES:
-        rows = 0
-        for page in cql.scan(f"count_{table}", CENSUS_PAGE):
-            rows += len(page)
-        job.census.count(kind, rows)
-        job.progress(table, rows)
-    job.census.bytes_estimated = True

@@ -1,42 +1,34 @@
-"""The purge on Cassandra: discovery, markers, commits, cascades, step checkpoints, schedules and streams."""
+"""The purge of runs: discovery, markers, commits, cascades, step checkpoints (the design: docs/backends/cassandra.md).
+
+Soft-deleted schedules and stream data are :mod:`.streams`'s; the backend runs it after this.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from workflow_retention.backends.cassandra.cascade import Cascade, packed, stamp
-from workflow_retention.backends.cassandra.cql import RECORD_COLUMNS, SCHEDULE_COLUMNS, SCHEDULE_STATUSES
-from workflow_retention.backends.cassandra.markers import Markers
-from workflow_retention.backends.cassandra.runs import RunReader, from_ms, hour_buckets, run_ref
-from workflow_retention.backends.cassandra.session import Cql
-from workflow_retention.backends.cassandra.versioned import Versioned
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import (
-    TERMINAL_SUBSCRIPTIONS,
-    Plan,
-    RunRef,
-    chunked,
-    heights,
-    is_safe_run_id,
-    key_owners,
-    key_prefixes,
-    plan_page,
-)
+from workflow_retention.planning import Plan, RunRef, heights, is_safe_run_id, key_owners, key_prefixes, plan_page
 from workflow_retention.report import Kind
-from workflow_retention.timeutil import older
+
+from .cascade import Cascade
+from .client import Cql, packed
+from .layout import RECORD_COLUMNS, Row
+from .markers import Markers
+from .runs import RunReader, run_ref
+from .versioned import Versioned, stamp
 
 #: Checkpoint deletes per UNLOGGED batch (one partition each).
 CHECKPOINTS_PER_BATCH = 20
 
 
-class Purger:
+class Purge:
+    """One purge of expired runs; :meth:`run` does it all."""
+
     def __init__(self, cql: Cql, job: PurgeJob) -> None:
         self.cql, self.job, self.report = cql, job, job.report
         self.reader = RunReader(cql, job.cutoff)
         self.markers = Markers(cql)
         self.cascade = Cascade(cql, job.report, job.dry_run)
         self.records = Versioned(cql, "records_in", "delete_run", "restore_run", RECORD_COLUMNS)
-        self.schedules = Versioned(cql, "schedule_records_in", "delete_schedule", "restore_schedule", SCHEDULE_COLUMNS)
         self.cascaded = 0  # runs this purge cascaded (in a dry run: would cascade)
 
     def run(self) -> None:
@@ -46,8 +38,6 @@ class Purger:
         self.purge_checkpoints()
         if not self.job.dry_run:
             self.markers.drop_earlier()
-        self.purge_schedules()
-        self.purge_streams()
 
     # -- runs committed by earlier purges: finish (or re-check) their cascades ------------------
 
@@ -136,7 +126,7 @@ class Purger:
         self.report.add(Kind.RUNS, len(set(deleted) - late))
         return kept | late
 
-    def _delete_records(self, runs: list[RunRef]) -> tuple[list[RunRef], set[str], dict[str, tuple[Any, int]]]:
+    def _delete_records(self, runs: list[RunRef]) -> tuple[list[RunRef], set[str], dict[str, tuple[Row, int]]]:
         """The commit point: delete each record only in the version that was planned (:mod:`.versioned`).
 
         A record whose status or ``updated_at`` differs from the plan changed:
@@ -156,7 +146,7 @@ class Purger:
         kept = self._put_back(deleted, "all its data was kept")
         return [r for r in runs if r.run_id not in changed | kept], changed | kept, deleted
 
-    def _put_back(self, deleted: dict[str, tuple[Any, int]], outcome: str) -> set[str]:
+    def _put_back(self, deleted: dict[str, tuple[Row, int]], outcome: str) -> set[str]:
         """Put back the deleted records the engine wrote again (a partial "ghost" record otherwise)."""
         rewritten = self.records.put_back(deleted)
         for run_id in sorted(rewritten):
@@ -184,11 +174,11 @@ class Purger:
             self.job.boundary(sorted(set(doomed.values())))
             if not self.job.dry_run:  # re-checked after on_batch (a marker, once read, stays until the end)
                 doomed, _ = self._doomed_checkpoints({key: rows[key] for key in doomed}, marked)
-                self.cql.unlogged_batches([[("delete_checkpoint", (stamp([rows[key]]), key)) for key in chunk]
-                                           for chunk in chunked(sorted(doomed), CHECKPOINTS_PER_BATCH)])
+                self.cql.unlogged_batches(packed(([("delete_checkpoint", (stamp([rows[key]]), key))]
+                                                  for key in sorted(doomed)), CHECKPOINTS_PER_BATCH))
             self.report.add(Kind.CHECKPOINTS, len(doomed))
 
-    def _doomed_checkpoints(self, rows: dict[str, Any], marked: set[str] | None = None
+    def _doomed_checkpoints(self, rows: dict[str, Row], marked: set[str] | None = None
                             ) -> tuple[dict[str, str], set[str]]:
         """Checkpoint key -> owner for the keys whose owner this purge committed (or, dry, would delete).
 
@@ -205,99 +195,3 @@ class Purger:
         if self.job.dry_run:
             goes |= self.reader.deletable(refs[o] for o in set(owners.values()) if o in refs)
         return {key: owner for key, owner in owners.items() if owner in goes}, marked
-
-    # -- the baseline's other sweeps --------------------------------------------------------
-
-    def purge_schedules(self) -> None:
-        """Soft-deleted schedules (partition ``deleted`` of schedules_by_status) not updated since the cutoff.
-
-        Committed like runs (a version-checked delete: pyworkflow's
-        ``resume_schedule`` revives a deleted schedule), then their listing
-        rows go, read and counted, the ``deleted`` status row last: a status
-        row whose schedule is gone is how the next purge finishes the job.
-        """
-        for page in self.cql.pages("schedules_by_status", ("deleted",), self.job.batch_size):
-            listed = {row.schedule_id: row for row in page}
-            rows = self.schedules.read(listed)
-            expired = [rows[i] for i in listed if i in rows and rows[i].status == "deleted"
-                       and self._older(rows[i].updated_at, f"schedule {i!r}", "updated_at")
-                       and (rows[i].next_run_time is None
-                            or self._older(rows[i].next_run_time, f"schedule {i!r}", "next_run_time") is not None)]
-            dangling = [listed[i] for i in listed if i not in rows]  # left by an interrupted purge
-            if not expired and not dangling:
-                continue
-            self.job.boundary([s.schedule_id for s in expired] + [d.schedule_id for d in dangling])
-            gone = expired if self.job.dry_run else self._delete_schedules(expired)
-            self.report.add(Kind.SCHEDULES, len(gone))
-            self._schedule_rows([(s.schedule_id, s.workflow_name, s.next_run_time) for s in gone]
-                                + [(d.schedule_id, d.workflow_name, None) for d in dangling])
-
-    def _delete_schedules(self, expired: list[Any]) -> list[Any]:
-        """The schedules' commit: those unchanged since they were read go, in that version."""
-        current = self.schedules.read(s.schedule_id for s in expired)
-        same = {s.schedule_id: current[s.schedule_id] for s in expired if s.schedule_id in current
-                and (current[s.schedule_id].status, current[s.schedule_id].updated_at) == (s.status, s.updated_at)}
-        for s in expired:
-            if s.schedule_id in current and s.schedule_id not in same:
-                self.report.warn(f"schedule {s.schedule_id!r} changed before its purge committed: it was kept")
-        deleted = self.schedules.delete(same)
-        for schedule_id in sorted(self.schedules.put_back(deleted)):
-            self.report.warn(f"schedule {schedule_id!r} was written while its purge committed: it was put back")
-            del deleted[schedule_id]
-        return [row for row, _ in deleted.values()]
-
-    def _schedule_rows(self, schedules: list[tuple[str, str | None, int | None]]) -> None:
-        """Read, count and delete the listing rows of schedules that are gone: the status rows last."""
-        reads: list[tuple[str, Any]] = []
-        for schedule_id, workflow_name, next_run_time in schedules:
-            if (due := from_ms(next_run_time)) is not None and due.year < 9999:  # hour buckets up to + 14 h
-                reads.append(("due_rows_in", (hour_buckets(due), next_run_time, schedule_id)))
-            if workflow_name:
-                reads.append(("schedule_by_workflow_in", (workflow_name, schedule_id)))
-            reads.append(("schedule_status_rows_in", (list(SCHEDULE_STATUSES), schedule_id)))
-        found: dict[str, list[Any]] = {"due_rows_in": [], "schedule_by_workflow_in": [], "schedule_status_rows_in": []}
-        for (name, _), rows in zip(reads, self.cql.reads(reads)):
-            found[name].extend(rows)
-        self.report.add(Kind.INDEX_ENTRIES, sum(map(len, found.values())))
-        if self.job.dry_run:
-            return
-        self.cql.unlogged_batches(packed(
-            [[("delete_due_row", (stamp([r]), r.hour_bucket, r.next_run_time, r.schedule_id))]
-             for r in found["due_rows_in"]]
-            + [[("delete_schedule_by_workflow", (stamp([r]), r.workflow_name, r.schedule_id))]
-               for r in found["schedule_by_workflow_in"]]))
-        self.cql.unlogged_batches(packed([("delete_schedule_status_row", (stamp([r]), r.status, r.schedule_id))]
-                                         for r in found["schedule_status_rows_in"]))
-
-    def purge_streams(self) -> None:
-        """Signals published before the cutoff (with their acknowledgments), old terminal subscriptions."""
-        size = self.job.batch_size
-        for page in self.cql.scan("scan_signals", size):
-            old = [r for r in page if self._older(r.published_at, f"signal {r.signal_id or r.sequence!r} of stream "
-                                                                  f"{r.stream_id!r}", "published_at")]
-            if old:
-                self.job.boundary([r.signal_id or f"{r.stream_id}:{r.sequence}" for r in old])
-                signal_ids = [r.signal_id for r in old if r.signal_id]
-                self.report.add(Kind.ACKNOWLEDGMENTS, len(self.cql.rows_in("acks_in", signal_ids)))
-                self.report.add(Kind.SIGNALS, len(old))
-                if not self.job.dry_run:
-                    self.cql.delete_in("delete_acks_in", signal_ids)
-                    self.cql.concurrent([("delete_signal", (r.stream_id, r.stream_run_id, r.sequence)) for r in old])
-        for page in self.cql.scan("scan_subscriptions", size):
-            old = [r for r in page if r.status in TERMINAL_SUBSCRIPTIONS
-                   and self._older(r.created_at, f"subscription {r.step_run_id!r} of stream {r.stream_id!r}",
-                                   "created_at")]
-            if old:
-                self.job.boundary([f"{r.stream_id}:{r.step_run_id}" for r in old])
-                self.report.add(Kind.SUBSCRIPTIONS, len(old))
-                if not self.job.dry_run:
-                    self.cql.unlogged_batches(packed([("delete_subscription", (stamp([r]), r.stream_id, r.step_run_id))]
-                                                     for r in old))  # in the version read: an update survives
-
-    def _older(self, value: int | None, what: str, column: str) -> bool | None:
-        """Whether a timestamp read as milliseconds is before the cutoff; None (reported) when unreadable."""
-        verdict = older(from_ms(value), self.job.cutoff)
-        if verdict is None:
-            self.report.skipped += 1
-            self.report.warn(f"{what}: its {column} cannot be read; left alone")
-        return verdict

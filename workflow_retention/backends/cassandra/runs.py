@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.planning import RunRef, plan_deletion
+
+from .client import Cql
+from .layout import Row
 
 # pyworkflow buckets with ``created_at.strftime(...)`` in whatever offset the datetime it
 # was handed carried: the engine's own are UTC, a caller's may be anything from -12:00 to +14:00.
@@ -19,18 +19,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def from_ms(value: int | None) -> datetime | None:
-    """A ``TIMESTAMP`` read as milliseconds (cql.ms) as an aware datetime; None if missing or out of range."""
+    """A ``TIMESTAMP`` read as milliseconds (layout.ms) as an aware datetime; None if missing or out of range."""
     if value is None:
         return None
     try:
         return _EPOCH + timedelta(milliseconds=value)
     except OverflowError:
         return None
-
-
-def now_us() -> int:
-    """This client's clock in microseconds: the write time of a delete when a row's own cannot be read."""
-    return time.time_ns() // 1000
 
 
 def date_buckets(created_at: datetime) -> list[str]:
@@ -62,7 +57,7 @@ class RunKeys:
     idempotency_key: str | None
 
     @classmethod
-    def of(cls, row: Any) -> RunKeys:
+    def of(cls, row: Row) -> RunKeys:
         """From a ``workflow_runs`` row (RUN_COLUMNS) or a marker row: the same column names."""
         return cls(row.run_id, row.status, row.updated_at, row.created_at, row.parent_run_id or None,
                    row.workflow_name, row.idempotency_key)
@@ -87,7 +82,7 @@ class RunKeys:
         return bad
 
 
-def run_ref(row: Any) -> RunRef:
+def run_ref(row: Row) -> RunRef:
     """A run row as a :class:`RunRef` whose ``data`` is its :class:`RunKeys`.
 
     A run with an unusable ``created_at`` (its listing rows cannot be found) gets

@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any
 
-from workflow_retention.backends.cassandra.cql import TABLES, create_table
-from workflow_retention.backends.cassandra.session import Cql
 from workflow_retention.seed import SeedRun
 from workflow_retention.timeutil import parse_timestamp
 
-try:
-    from cassandra.util import uuid_from_time
-except ImportError:  # pragma: no cover - the backend refuses to start without the driver
-    uuid_from_time = None  # type: ignore[assignment]
+from .client import Cql, Statement
+from .layout import TABLES, create_table
 
 
-def _ts(value: Any) -> datetime | None:
+def _ts(value: object) -> datetime | None:
     return parse_timestamp(value) if value is not None else None
 
 
@@ -39,11 +34,11 @@ def prepare(cql: Cql) -> None:
     cql.use_keyspace()
 
 
-def _run_rows(seed: SeedRun) -> list[tuple[str, tuple[Any, ...]]]:
+def _run_rows(seed: SeedRun) -> list[Statement]:
     r = seed.run
     created, updated = _ts(r["created_at"]), _ts(r["updated_at"])
     bucket = r["created_at"] and datetime.fromisoformat(r["created_at"]).strftime("%Y-%m-%d")
-    rows: list[tuple[str, tuple[Any, ...]]] = [("insert_run", (
+    rows: list[Statement] = [("insert_run", (
         r["run_id"], r["workflow_name"], r["status"], created, updated, _ts(r.get("started_at")),
         _ts(r.get("completed_at")), r.get("input_args"), r.get("input_kwargs"), r.get("result"), r.get("error"),
         r.get("idempotency_key"), r.get("max_duration"), json.dumps(r.get("context") or {}),
@@ -77,12 +72,12 @@ def _run_rows(seed: SeedRun) -> list[tuple[str, tuple[Any, ...]]]:
     return rows
 
 
-def _event_rows(seed: SeedRun) -> list[tuple[str, tuple[Any, ...]]]:
-    rows = []
+def _event_rows(cql: Cql, seed: SeedRun) -> list[Statement]:
+    rows: list[Statement] = []
     for n, event in enumerate(seed.events):
         when = parse_timestamp(event["timestamp"])
         # uuid1 as pyworkflow's record_event makes, dated by the event (+n us keeps equal times in order)
-        event_time = uuid_from_time((when + timedelta(microseconds=n)).timestamp())
+        event_time = cql.driver.util.uuid_from_time((when + timedelta(microseconds=n)).timestamp())
         rows.append(("insert_event", (event["run_id"], event_time, event["event_id"], event["type"], when,
                                       json.dumps(event["data"]))))
     return rows
@@ -90,4 +85,4 @@ def _event_rows(seed: SeedRun) -> list[tuple[str, tuple[Any, ...]]]:
 
 def write(cql: Cql, runs: list[SeedRun]) -> None:
     cql.concurrent([row for seed in runs for row in _run_rows(seed)])
-    cql.unlogged_batches([_event_rows(seed) for seed in runs])
+    cql.unlogged_batches([_event_rows(cql, seed) for seed in runs])

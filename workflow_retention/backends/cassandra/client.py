@@ -1,7 +1,9 @@
-"""The driver session: named prepared statements, bounded concurrency, paged token scans.
+"""The client: the driver guard, the session, named prepared statements, concurrency, paging, error translation.
 
+This is the only module that imports cassandra-driver (lazily, in :func:`driver`,
+so that ``import workflow_retention.backends.cassandra`` works without it).
 Every request goes through :class:`Cql`, which prepares the statements of
-:mod:`.cql` once, runs them at the configured consistency, keeps at most
+:mod:`.layout` once, runs them at the configured consistency, keeps at most
 ``concurrency`` requests in flight, counts requests and statements per
 statement name (the benchmarks' "statements per purged run"), and turns any
 driver error into :class:`StorageError` naming the statement.
@@ -13,84 +15,97 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from workflow_retention.backends.cassandra.cql import CONDITIONAL, STATEMENTS, WRITES
-from workflow_retention.backends.cassandra.settings import CassandraSettings
 from workflow_retention.exceptions import BackendUnavailableError, RetentionError, StorageError
+from workflow_retention.planning import chunked
 
-try:
-    from cassandra import ConsistencyLevel
-    from cassandra.auth import PlainTextAuthProvider
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.concurrent import execute_concurrent
-    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-    from cassandra.query import BatchStatement, BatchType
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    DRIVER_MISSING: ImportError | None = exc
-else:
-    DRIVER_MISSING = None
+from .layout import STATEMENTS, WRITES, Row
 
-log = logging.getLogger("workflow_retention.cassandra")
+if TYPE_CHECKING:
+    from .backend import CassandraSettings
+
+#: A statement by name with the values bound to it.
+Statement = tuple[str, Sequence[object]]
 
 #: Keys per ``IN (...)`` list: a bounded fan-out for the coordinator.
 IN_CHUNK = 50
 #: Rows per page of the ``IN`` reads (a chunk of runs' events fits in one page).
 IN_FETCH = 2000
+#: Statements per UNLOGGED batch (:func:`packed`): a few runs' deletes per request.
+BATCH_STATEMENTS = 32
 MIN_TOKENS = {"Murmur3Partitioner": -(2**63), "RandomPartitioner": -1}
+
+
+def driver() -> ModuleType:
+    """cassandra-driver (the ``cassandra`` package with the submodules used here), or
+    :class:`BackendUnavailableError` naming the extra to install: the optional-driver guard."""
+    try:
+        import cassandra
+        import cassandra.auth
+        import cassandra.cluster
+        import cassandra.concurrent
+        import cassandra.policies
+        import cassandra.query
+        import cassandra.util  # seed.py: uuid_from_time
+    except ImportError as exc:
+        raise BackendUnavailableError("cassandra", "cassandra", exc) from exc
+    return cassandra
+
+
+def packed(groups: Iterable[Sequence[Statement]], size: int = BATCH_STATEMENTS) -> list[list[Statement]]:
+    """Groups of statements (one run's, one row's each) packed into batches of about ``size`` statements.
+
+    A group is never split, so a run's deletes go in one request.
+    """
+    batches: list[list[Statement]] = [[]]
+    for group in groups:
+        if batches[-1] and len(batches[-1]) + len(group) > size:
+            batches.append([])
+        batches[-1].extend(group)
+    return [b for b in batches if b]
 
 
 def _no_prepare_errors(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Error preparing query")
 
 
-def require_driver() -> None:
-    if DRIVER_MISSING is not None:
-        raise BackendUnavailableError("cassandra", "cassandra", DRIVER_MISSING)
-
-
-def chunks(items: Iterable[Any], size: int = IN_CHUNK) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 class Cql:
-    """A connected session that executes the statements of :mod:`.cql` by name."""
+    """A connected session that executes the statements of :mod:`.layout` by name."""
 
     def __init__(self, settings: CassandraSettings) -> None:
-        require_driver()
+        self.driver = driver()
         self.settings = settings
         self.cluster: Any = None
         self.session: Any = None
         self.keyspace_ready = False
         self._prepared: dict[str, Any] = {}
-        self.requests: Counter = Counter()
-        self.statements: Counter = Counter()
+        self.requests: Counter[str] = Counter()
+        self.statements: Counter[str] = Counter()
+
+    def _level(self, name: str) -> int:
+        """The driver's value of a consistency level name (``LOCAL_QUORUM``)."""
+        level: int = self.driver.ConsistencyLevel.name_to_value[name]
+        return level
 
     # -- connection ----------------------------------------------------------------
 
     def connect(self) -> None:
-        s = self.settings
-        profile = ExecutionProfile(
-            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=s.local_dc)),
-            consistency_level=ConsistencyLevel.name_to_value[s.read_consistency],
-            serial_consistency_level=ConsistencyLevel.name_to_value[s.serial_consistency],
-            request_timeout=s.request_timeout)
-        options: dict[str, Any] = {"contact_points": list(s.contact_points), "port": s.port,
-                                   "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
-                                   "connect_timeout": s.connect_timeout, "schema_metadata_enabled": False}
+        s, d = self.settings, self.driver
+        policy = d.policies.TokenAwarePolicy(d.policies.DCAwareRoundRobinPolicy(local_dc=s.local_dc))
+        profile = d.cluster.ExecutionProfile(load_balancing_policy=policy,
+                                             consistency_level=self._level(s.read_consistency),
+                                             request_timeout=s.request_timeout)
+        options: dict[str, object] = {"contact_points": list(s.contact_points), "port": s.port,
+                                      "execution_profiles": {d.cluster.EXEC_PROFILE_DEFAULT: profile},
+                                      "connect_timeout": s.connect_timeout, "schema_metadata_enabled": False}
         if s.protocol_version is not None:
             options["protocol_version"] = s.protocol_version
         if s.username:
-            options["auth_provider"] = PlainTextAuthProvider(username=s.username, password=s.password or "")
+            options["auth_provider"] = d.auth.PlainTextAuthProvider(username=s.username, password=s.password or "")
         with self._guard("connect"):
-            self.cluster = Cluster(**options)
+            self.cluster = d.cluster.Cluster(**options)
             self.session = self.cluster.connect()
         self.use_keyspace(quiet=True)
 
@@ -142,8 +157,8 @@ class Cql:
             with self._guard(name):
                 statement = self.session.prepare(STATEMENTS[name])
             if name in WRITES:
-                statement.consistency_level = ConsistencyLevel.name_to_value[self.settings.write_consistency]
-            statement.is_idempotent = name not in CONDITIONAL and not name.startswith("insert_")
+                statement.consistency_level = self._level(self.settings.write_consistency)
+            statement.is_idempotent = not name.startswith("insert_")
             self._prepared[name] = statement
         return statement
 
@@ -151,21 +166,21 @@ class Cql:
         self.requests[name] += requests
         self.statements[name] += requests if statements is None else statements
 
-    def bound(self, name: str, params: Sequence[Any], fetch_size: int | None = None) -> Any:
+    def bound(self, name: str, params: Sequence[object], fetch_size: int | None = None) -> Any:
         with self._guard(name):
             statement = self.prepared(name).bind(tuple(params))
         if fetch_size is not None:
             statement.fetch_size = fetch_size
         return statement
 
-    def execute(self, name: str, params: Sequence[Any] = (), *, fetch_size: int | None = None,
+    def execute(self, name: str, params: Sequence[object] = (), *, fetch_size: int | None = None,
                 paging_state: bytes | None = None) -> Any:
         statement = self.bound(name, params, fetch_size)
         self._count(name)
         with self._guard(name):
             return self.session.execute(statement, paging_state=paging_state)
 
-    def pages(self, name: str, params: Sequence[Any], fetch_size: int) -> Iterator[list[Any]]:
+    def pages(self, name: str, params: Sequence[object], fetch_size: int) -> Iterator[list[Row]]:
         """Pages of at most ``fetch_size`` rows; the driver's paging state is the cursor."""
         state = None
         while True:
@@ -175,35 +190,37 @@ class Cql:
             if not state:
                 return
 
-    def scan(self, name: str, page_size: int) -> Iterator[list[Any]]:
+    def scan(self, name: str, page_size: int) -> Iterator[list[Row]]:
         """A paged ``token()`` range scan over the whole ring (``WHERE token(pk) > min``)."""
         yield from self.pages(name, (self.min_token,), page_size)
 
-    def concurrent(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Run ``(name, params)`` pairs with at most ``concurrency`` in flight; results in order."""
+    def concurrent(self, items: Sequence[Statement]) -> list[Any]:
+        """Run ``(name, params)`` pairs with at most ``concurrency`` in flight; the driver's results, in order."""
         if not items:
             return []
         work = [(self.bound(name, params, IN_FETCH), None) for name, params in items]
         for name, _ in items:
             self._count(name)
         with self._guard(items[0][0] if len({n for n, _ in items}) == 1 else "concurrent"):
-            results = execute_concurrent(self.session, work, concurrency=self.settings.concurrency,
-                                         raise_on_first_error=True)
+            results = self.driver.concurrent.execute_concurrent(self.session, work,
+                                                                concurrency=self.settings.concurrency,
+                                                                raise_on_first_error=True)
             return [result for _, result in results]
 
-    def rows_in(self, name: str, keys: Iterable[Any]) -> list[Any]:
+    def rows_in(self, name: str, keys: Iterable[object]) -> list[Row]:
         """Rows of ``name`` (an ``... IN ?`` read) for ``keys``, in chunks of :data:`IN_CHUNK`."""
         return self.reads_in({name: keys})[name]
 
-    def reads_in(self, reads: dict[str, Iterable[Any]]) -> dict[str, list[Any]]:
+    def reads_in(self, reads: dict[str, Iterable[object]]) -> dict[str, list[Row]]:
         """Several ``IN`` reads at once (one round of concurrent requests): name -> rows."""
-        work = [(name, (chunk,)) for name, keys in reads.items() for chunk in chunks(dict.fromkeys(keys))]
-        found: dict[str, list[Any]] = {name: [] for name in reads}
+        work: list[Statement] = [(name, (chunk,)) for name, keys in reads.items()
+                                 for chunk in chunked(dict.fromkeys(keys), IN_CHUNK)]
+        found: dict[str, list[Row]] = {name: [] for name in reads}
         for (name, _), rows in zip(work, self.reads(work)):
             found[name].extend(rows)
         return found
 
-    def reads(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+    def reads(self, items: Sequence[Statement]) -> list[list[Row]]:
         """Reads run concurrently, every page of each fetched: the rows of each, in order."""
         found = []
         for (name, _), result in zip(items, self.concurrent(items)):
@@ -216,21 +233,23 @@ class Cql:
             found.append(rows)
         return found
 
-    def delete_in(self, name: str, keys: Iterable[Any]) -> None:
+    def delete_in(self, name: str, keys: Iterable[object]) -> None:
         self.deletes_in({name: keys})
 
-    def deletes_in(self, deletes: dict[str, Iterable[Any]]) -> None:
+    def deletes_in(self, deletes: dict[str, Iterable[object]]) -> None:
         """Several ``DELETE ... WHERE pk IN ?`` statements at once, in chunks of :data:`IN_CHUNK`."""
-        self.concurrent([(name, (chunk,)) for name, keys in deletes.items() for chunk in chunks(dict.fromkeys(keys))])
+        self.concurrent([(name, (chunk,)) for name, keys in deletes.items()
+                         for chunk in chunked(dict.fromkeys(keys), IN_CHUNK)])
 
-    def unlogged_batches(self, batches: Sequence[Sequence[tuple[str, Sequence[Any]]]]) -> None:
+    def unlogged_batches(self, batches: Sequence[Sequence[Statement]]) -> None:
         """Each inner list becomes one UNLOGGED batch (one request); batches run concurrently."""
+        query = self.driver.query
         work = []
         for members in batches:
             if not members:
                 continue
-            batch = BatchStatement(batch_type=BatchType.UNLOGGED,
-                                   consistency_level=ConsistencyLevel.name_to_value[self.settings.write_consistency])
+            batch = query.BatchStatement(batch_type=query.BatchType.UNLOGGED,
+                                         consistency_level=self._level(self.settings.write_consistency))
             for name, params in members:
                 batch.add(self.prepared(name), tuple(params))
                 self.statements[name] += 1
@@ -238,8 +257,8 @@ class Cql:
             work.append((batch, ()))
         if work:
             with self._guard("unlogged_batch"):
-                execute_concurrent(self.session, work, concurrency=self.settings.concurrency,
-                                   raise_on_first_error=True)
+                self.driver.concurrent.execute_concurrent(self.session, work, concurrency=self.settings.concurrency,
+                                                          raise_on_first_error=True)
 
     def has_table(self, probe: str) -> bool:
         """Whether the table statement ``probe`` reads exists: the server refuses to prepare it otherwise."""

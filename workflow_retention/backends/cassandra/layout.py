@@ -1,9 +1,10 @@
-"""Every CQL statement the Cassandra backend issues, by name.
+"""The layout: pyworkflow-engine 0.4.0's tables, the purge's marker table, and every CQL statement by name.
 
-The backend executes statements only by name from :data:`STATEMENTS` (or a
-DDL statement from :data:`TABLES`), so this module is the complete list a
-reviewer, or the test that proves a real server accepts each of them, has to
-look at. Rules every statement follows:
+Pure (no I/O). The backend executes statements only by name from
+:data:`STATEMENTS` (or a DDL statement from :data:`TABLES` and
+:data:`MARKER_TABLE_CQL`), so this module is the complete list a reviewer, or
+the test that proves a real server accepts each of them, has to look at.
+Rules every statement follows:
 
 * it restricts the whole partition key (``=`` or ``IN`` on the partition key;
   on a composite partition key ``IN`` only on its last column), or it is a
@@ -17,12 +18,21 @@ look at. Rules every statement follows:
   purge. Timestamps are bound back as integers (the driver's native form);
 * a delete of the cascade carries ``USING TIMESTAMP`` of the write time it
   read, so it removes the version that was read and counted, and a row
-  written again after the read survives.
+  written again after the read survives;
+* no lightweight transaction (``IF ...``): a Paxos ballot's timestamp can
+  shadow an engine write still in flight (docs/backends/cassandra.md).
 """
 
 from __future__ import annotations
 
 import re
+import uuid
+from typing import Any, TypeAlias
+
+from workflow_retention.report import Kind
+
+#: A row as the driver returns it: a named tuple of the selected columns (cassandra-driver is untyped).
+Row: TypeAlias = Any
 
 SCHEDULE_STATUSES = ("active", "paused", "deleted")
 #: The purge's own table (see :data:`MARKER_TABLE_CQL`); every other table is pyworkflow-engine's.
@@ -77,9 +87,23 @@ class Source:
         return f"DELETE FROM {self.table} USING TIMESTAMP ? WHERE {where}"
 
 
-def _sources() -> list[Source]:
-    from workflow_retention.report import Kind
+    def row_size(self, row: Row) -> int:
+        """Estimated bytes of a row read by :meth:`scan_cql`: the sizes of its values (text as UTF-8)."""
+        total = 0
+        for column in self.columns:
+            value = getattr(row, column.strip('"'))
+            if isinstance(value, str):
+                total += len(value.encode())
+            elif isinstance(value, bytes):
+                total += len(value)
+            elif isinstance(value, uuid.UUID):
+                total += 16
+            elif value is not None:
+                total += 8
+        return total
 
+
+def _sources() -> list[Source]:
     return [
         Source("events", Kind.EVENTS, "run_id, event_time, event_id, type, timestamp, data",
                "run_id, event_time", "run_id", "type"),
@@ -315,6 +339,4 @@ for _table, _pk, _kind in OTHER_TABLES:
 
 #: Statements that write (executed at the write consistency; the others at the read consistency).
 WRITES = frozenset(n for n, q in STATEMENTS.items() if q.startswith(("INSERT", "DELETE", "UPDATE")))
-#: Lightweight transactions (``IF ...``): Paxos at the serial consistency.
-CONDITIONAL = frozenset(n for n, q in STATEMENTS.items() if " IF " in q)
 
