@@ -207,6 +207,30 @@ def test_the_row_budget_shrinks_when_a_transaction_is_slow(sqlite_harness: Any) 
     assert budgets[0] == 2000 and min(budgets) == backend.min_rows
 
 
+def test_a_budget_that_shrinks_inside_a_batch_wastes_no_transaction(sqlite_harness: Any) -> None:
+    """A batch cut in two parts; the first part's transaction is slow, so the budget shrinks before the
+    second: the second still goes in one transaction, never rolled back and redone in steps."""
+    h = sqlite_harness
+    fill_heavy(h, 40, 100)  # 4,040 rows: two parts of at most 3,000
+    backend = h.retention(max_rows=3000, batch_size=40)
+    rollbacks: list[int] = []
+    event.listen(backend.engine, "rollback", lambda conn: rollbacks.append(1))
+    original = type(backend).write
+
+    def slow_write(self: Any, body: Any) -> Any:
+        result = original(self, body)
+        time.sleep(4 * self.transaction_target)  # the budget falls to min_rows
+        return result
+
+    type(backend).write = slow_write  # type: ignore[method-assign]
+    try:
+        report = backend.delete_old_runs(CUTOFF)
+    finally:
+        type(backend).write = original  # type: ignore[method-assign]
+    assert report.runs == 40 and report.batches == 2
+    assert not rollbacks
+
+
 @pytest.mark.parametrize("value", [0, -5, 1.5, "many", True])
 def test_max_rows_must_be_a_positive_whole_number(sqlite_harness: Any, value: Any) -> None:
     with pytest.raises(ConfigurationError, match="max_rows"):

@@ -284,16 +284,16 @@ class PurgeMixin:
         if not deletable:
             job.report.held += len(held)
             return
-        for part, heavy in self._parts(plan, deletable, weights):
-            self._purge_part(job, part, heavy, weights)
+        budget = self._row_budget  # the transactions adapt it; this batch is cut with one value
+        for part, heavy in self._parts(plan, deletable, weights, budget):
+            self._purge_part(job, part, heavy, weights, budget)
 
-    def _parts(self, plan: Plan, deletable: list[RunRef], weights: Counter) -> list[tuple[Plan, bool]]:
+    def _parts(self, plan: Plan, deletable: list[RunRef], weights: Counter, budget: int) -> list[tuple[Plan, bool]]:
         """The batch cut so that no write transaction deletes more than the row budget.
 
         Families (a root and its planned descendants) stay whole; a family over the budget on
         its own is flagged heavy (deleted in steps, see :meth:`_delete_in_steps`).
         """
-        budget = self._row_budget
         if sum(weights[self.id_fold(r.run_id)] + 1 for r in deletable) <= budget:
             return [(plan, False)]
         parts: list[tuple[Plan, bool]] = []
@@ -338,7 +338,7 @@ class PurgeMixin:
                           .where(self.among(column, run_ids)).group_by(column))
         return conn.execute(union_all(*counts)).all()
 
-    def _purge_part(self, job: PurgeJob, plan: Plan, heavy: bool, weights: Counter) -> None:
+    def _purge_part(self, job: PurgeJob, plan: Plan, heavy: bool, weights: Counter, budget: int) -> None:
         deletable, held = plan.order()
         if not deletable:
             job.report.held += len(held)
@@ -355,7 +355,7 @@ class PurgeMixin:
             self._delete_in_steps(job, plan, ids)
             return
         job.boundary(ids)
-        self._checkpoint_allowance = self._row_budget - sum(weights[self.id_fold(i)] + 1 for i in ids)
+        self._checkpoint_allowance = budget - sum(weights[self.id_fold(i)] + 1 for i in ids)
         try:
             changed, held_now, counts = self._timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
         except TooHeavy:  # its step checkpoints would take it over the budget: nothing deleted, go in steps
