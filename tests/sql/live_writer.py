@@ -142,8 +142,12 @@ def live_run(harness: Any, run_id: str = "run_live_writer") -> str:
     return run_id
 
 
-def measure(runs: int, events: int, **options: Any) -> dict[str, Any]:
-    """One SQLite purge of ``runs`` x ``events`` beside pyworkflow's record_event on a live run."""
+def measure(runs: int, events: int, hold_s: float | None = None, **options: Any) -> dict[str, Any]:
+    """One SQLite purge of ``runs`` x ``events`` beside pyworkflow's record_event on a live run.
+
+    ``hold_s``: seconds of write lock after which the purge yields (``float("inf")``: never, to see
+    what back-to-back batches do to the engine's writers).
+    """
     from tests.harness.sqlite import SQLiteHarness
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,6 +162,8 @@ def measure(runs: int, events: int, **options: Any) -> dict[str, Any]:
             await pw.record_event(event_of(live))
 
         backend = harness.retention(**options)
+        if hold_s is not None:
+            backend.hold_s = hold_s
         clock = WriteClock(backend)
         with EngineThread(harness, record, pause=0.01) as engine:
             time.sleep(0.2)
@@ -180,10 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--events", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("--hold-s", type=float, default=None, help="yield the write lock after this long (inf: never)")
     args = p.parse_args(argv)
     options = {k: v for k, v in (("batch_size", args.batch_size), ("max_rows", args.max_rows)) if v is not None}
     print(json.dumps({"command": "python -m tests.sql.live_writer " + " ".join(argv or []), **options,
-                      **measure(args.runs, args.events, **options)}))
+                      **measure(args.runs, args.events, hold_s=args.hold_s, **options)}))
 
 
 if __name__ == "__main__":
