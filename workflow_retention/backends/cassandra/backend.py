@@ -191,8 +191,8 @@ class CassandraBackend(StorageBackend):
     ``concurrency`` (default 64)
         Requests in flight at once, 1 to 512: each round of reads or deletes is sent concurrently up to this.
     ``batch_size`` (constructor or ``by_url`` option; default 1000)
-        Rows per page of the ``workflow_runs`` token scan and runs per batch (markers, commits, cascades);
-        pages of the orphan sweep.
+        Runs per batch (the ``on_batch`` boundary; markers, commits and cascades), and rows per page of every
+        scan of the purge and the orphan sweep (the census pages by 1000).
     ``settings`` (constructor only)
         A :class:`CassandraSettings` to start from; the keyword options above override its fields.
     ``url`` (constructor only)
@@ -202,12 +202,12 @@ class CassandraBackend(StorageBackend):
     creation (an UNLOGGED batch is one request; its members are statements).
 
     Errors: :class:`ConfigurationError` for a malformed URL, an unknown parameter or a value out of range
-    (naming the option and its range), before anything connects, the password never in it;
-    :class:`BackendUnavailableError` when cassandra-driver is not installed (``pip install
-    'workflow-retention[cassandra]'``); :class:`StorageError`, the driver's error chained, naming the
-    statement: no host answers (``NoHostAvailable``), a request times out, the keyspace does not exist or is
-    not pyworkflow's (``check()`` names the statements the server rejected), the cluster's partitioner is
-    neither Murmur3 nor Random (token scans need one of them).
+    (naming the option and its range), before anything connects, the password never in it (``TypeError`` for
+    a constructor option that does not exist); :class:`BackendUnavailableError` when cassandra-driver is not
+    installed (``pip install 'workflow-retention[cassandra]'``); :class:`StorageError`, the driver's error
+    chained (naming the statement, when one failed): no host answers (``NoHostAvailable``), a request times
+    out, the keyspace does not exist or is not pyworkflow's (``check()`` names the statements the server
+    rejected), the cluster's partitioner is neither Murmur3 nor Random (token scans need one of them).
     """
 
     name = "cassandra"
