@@ -38,6 +38,8 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "continued_as
 LIVE_STATUSES = frozenset({"pending", "running", "suspended"})
 #: Every run status pyworkflow-engine writes (always lower case).
 RUN_STATUSES = TERMINAL_STATUSES | LIVE_STATUSES
+#: The status pyworkflow stores for a soft-deleted schedule (exactly; ``DELETED`` is not one it writes).
+DELETED_SCHEDULE = "deleted"
 #: Stream subscription statuses that are final (the baseline's subscription sweep deletes these).
 TERMINAL_SUBSCRIPTIONS = ("terminated", "completed")
 #: The separator of derived keys: step checkpoints ``<run_id>:<step_id>``, tokens ``<run_id>:<hook_id>``.

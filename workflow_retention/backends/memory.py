@@ -27,6 +27,7 @@ from typing import Any
 from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.planning import (
+    DELETED_SCHEDULE,
     TERMINAL_STATUSES,
     TERMINAL_SUBSCRIPTIONS,
     Plan,
@@ -214,7 +215,7 @@ class MemoryBackend(StorageBackend):
         store, cutoff, report = self.store, job.cutoff, job.report
         with store._lock:
             schedules = [sid for sid, s in store._schedules.items()
-                         if _value(s.status) == "deleted" and older(s.updated_at, cutoff)]
+                         if _value(s.status) == DELETED_SCHEDULE and older(s.updated_at, cutoff)]
             subs = [k for k, s in store._subscriptions.items()
                     if s.get("status") in TERMINAL_SUBSCRIPTIONS and older(s.get("created_at"), cutoff)]
             scheduled = getattr(store, "_scheduled_signals", {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS, Reporter
+from workflow_retention.planning import DELETED_SCHEDULE, TERMINAL_SUBSCRIPTIONS, Reporter
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import older
 
@@ -65,7 +65,7 @@ class ScheduleSweep:
         for page in self.table.pages("query", **params):
             old = []
             for item in page:
-                age = older(written(item, "updated_at"), self.job.cutoff) if text(item, "status") == "deleted" \
+                age = older(written(item, "updated_at"), self.job.cutoff) if text(item, "status") == DELETED_SCHEDULE \
                     else False
                 if age is None:
                     leave(self.report, item, unreadable(item, "updated_at"))
@@ -82,6 +82,6 @@ class ScheduleSweep:
 
     def delete(self, item: Item) -> bool:
         """Delete unless it changed since it was read (``update_schedule`` rewrites the whole item)."""
-        unchanged = {"status": "deleted", "updated_at": text(item, "updated_at") or ""}
+        unchanged = {"status": DELETED_SCHEDULE, "updated_at": text(item, "updated_at") or ""}
         deleted, _ = self.table.delete_if(key_of(item), unchanged)
         return deleted

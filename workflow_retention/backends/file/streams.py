@@ -32,7 +32,7 @@ from workflow_retention.backends.file.layout import (
     subscription_lock,
 )
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS
+from workflow_retention.planning import DELETED_SCHEDULE, TERMINAL_SUBSCRIPTIONS
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import older
 
@@ -64,7 +64,7 @@ class StreamSweep:
 
     def _deleted_schedule(self, name: str, data: object) -> bool:
         return (isinstance(data, dict) and name == f"{data.get('schedule_id')}{JSON}"
-                and str(data.get("status")).lower() == "deleted" and self._older(data.get("updated_at")))
+                and data.get("status") == DELETED_SCHEDULE and self._older(data.get("updated_at")))
 
     def _old_subscription(self, name: str, data: object) -> bool:
         return (isinstance(data, dict)
