@@ -4,7 +4,7 @@ terminal subscriptions), run by the backend after the purge of runs, in the same
 from __future__ import annotations
 
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS
+from workflow_retention.planning import DELETED_SCHEDULE, TERMINAL_SUBSCRIPTIONS
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import older
 
@@ -34,10 +34,10 @@ class StreamSweep:
         rows go, read and counted, the ``deleted`` status row last: a status
         row whose schedule is gone is how the next purge finishes the job.
         """
-        for page in self.cql.pages("schedules_by_status", ("deleted",), self.job.batch_size):
+        for page in self.cql.pages("schedules_by_status", (DELETED_SCHEDULE,), self.job.batch_size):
             listed = {row.schedule_id: row for row in page}
             rows = self.records.read(listed)
-            expired = [rows[i] for i in listed if i in rows and rows[i].status == "deleted"
+            expired = [rows[i] for i in listed if i in rows and rows[i].status == DELETED_SCHEDULE
                        and self._older(rows[i].updated_at, f"schedule {i!r}", "updated_at")
                        and (rows[i].next_run_time is None
                             or self._older(rows[i].next_run_time, f"schedule {i!r}", "next_run_time") is not None)]
