@@ -112,15 +112,15 @@ class Harness(ABC):
     def frozen(self, when: datetime) -> Iterator[None]:
         """Make pyworkflow's ``datetime.now()`` return ``when`` inside the block."""
         modules = [importlib.import_module(m) for m in self.pyworkflow_modules]
-        saved = [m.datetime for m in modules]
+        saved = [getattr(m, "datetime") for m in modules]  # noqa: B009 - a module attribute mypy cannot see
         fake = frozen_datetime(when)
         try:
             for m in modules:
-                m.datetime = fake
+                setattr(m, "datetime", fake)  # noqa: B010
             yield
         finally:
             for m, original in zip(modules, saved):
-                m.datetime = original
+                setattr(m, "datetime", original)  # noqa: B010
 
     def close(self) -> None:
         if self._pw is not None:
