@@ -129,14 +129,19 @@ class RunRef:
         return self.status == other.status and self.updated_at == other.updated_at
 
 
+def left_alone(report: Reporter, what: str, why: str) -> None:
+    """The one way a record that cannot be judged safely is kept: counted in ``skipped``, a warning says why."""
+    report.skipped += 1
+    report.warn(f"{what}: {why}; left alone")
+
+
 def screen(refs: Iterable[RunRef], cutoff: datetime, report: Reporter) -> list[RunRef]:
     """The eligible runs of ``refs``; each run with a :meth:`RunRef.defect` is counted in ``report.skipped``."""
     eligible = []
     for ref in refs:
         why = ref.defect(cutoff)
         if why is not None:
-            report.skipped += 1
-            report.warn(f"run {ref.run_id!r}: {why}; run left alone")
+            left_alone(report, f"run {ref.run_id!r}", why)
         elif ref.eligible(cutoff):
             eligible.append(ref)
     return eligible

@@ -6,7 +6,16 @@ Soft-deleted schedules and stream data are :mod:`.streams`'s; the backend runs i
 from __future__ import annotations
 
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import Plan, RunRef, heights, is_safe_run_id, key_owners, key_prefixes, plan_page
+from workflow_retention.planning import (
+    Plan,
+    RunRef,
+    heights,
+    is_safe_run_id,
+    key_owners,
+    key_prefixes,
+    left_alone,
+    plan_page,
+)
 from workflow_retention.report import Kind
 
 from .cascade import Cascade
@@ -52,8 +61,7 @@ class Purge:
         for keys in self.markers.earlier_pages(self.job.batch_size):
             for k in keys:
                 if not is_safe_run_id(k.run_id):
-                    self.report.skipped += 1
-                    self.report.warn(f"purge marker names the run id {k.run_id!r}, not a safe identifier; left alone")
+                    left_alone(self.report, "purge marker", f"it names the run id {k.run_id!r}, not a safe identifier")
             keys = [k for k in keys if is_safe_run_id(k.run_id)]
             present = self.reader.present(k.run_id for k in keys)
             committed = [k for k in keys if k.run_id not in present]
@@ -80,9 +88,8 @@ class Purge:
         page = []
         for ref in (current[r.run_id] for r in candidates if r.run_id in current):
             if ref.data.unreadable and ref.candidate(self.job.cutoff):
-                self.report.skipped += 1
-                self.report.warn(f"run {ref.run_id!r}: its {' and '.join(ref.data.unreadable)} cannot be read "
-                                 "(outside the datetime range); run left alone")
+                left_alone(self.report, f"run {ref.run_id!r}", f"its {' and '.join(ref.data.unreadable)} cannot be "
+                                                               "read (outside the datetime range)")
             else:
                 page.append(ref)
         plan = plan_page(page, self.job.cutoff, self.report, self.reader.refs, self.reader.children_of)

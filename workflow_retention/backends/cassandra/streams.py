@@ -4,7 +4,7 @@ terminal subscriptions), run by the backend after the purge of runs, in the same
 from __future__ import annotations
 
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import DELETED_SCHEDULE, TERMINAL_SUBSCRIPTIONS
+from workflow_retention.planning import DELETED_SCHEDULE, TERMINAL_SUBSCRIPTIONS, left_alone
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import older
 
@@ -116,6 +116,5 @@ class StreamSweep:
         """Whether a timestamp read as milliseconds is before the cutoff; None (reported) when unreadable."""
         verdict = older(from_ms(value), self.job.cutoff)
         if verdict is None:
-            self.report.skipped += 1
-            self.report.warn(f"{what}: its {column} cannot be read; left alone")
+            left_alone(self.report, what, f"its {column} cannot be read")
         return verdict

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from workflow_retention.planning import RUN_STATUSES, Reporter, key_prefixes
+from workflow_retention.planning import RUN_STATUSES, Reporter, key_prefixes, left_alone
 from workflow_retention.report import Kind
 
 Item = dict[str, dict[str, Any]]  # a raw item, as the low-level client returns it
@@ -105,9 +105,8 @@ def written(item: Mapping[str, Any], *names: str) -> object:
 
 
 def leave(report: Reporter, item: Item, why: str) -> None:
-    """Keep ``item`` and report it: counted in ``skipped``, with a warning saying why."""
-    report.skipped += 1
-    report.warn(f"{item['PK']['S']!r}/{item['SK']['S']!r}: {why}; left alone")
+    """Keep ``item`` and report it (:func:`workflow_retention.planning.left_alone`), named by its key."""
+    left_alone(report, f"{item['PK']['S']!r}/{item['SK']['S']!r}", why)
 
 
 def unreadable(item: Item, name: str) -> str:

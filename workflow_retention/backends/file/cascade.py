@@ -39,7 +39,6 @@ from workflow_retention.backends.file.layout import (
     events_file,
     flag_file,
     hook_owner,
-    left_alone,
     lock_kind,
     run_file,
     run_locks,
@@ -48,7 +47,7 @@ from workflow_retention.backends.file.layout import (
     subscription_files,
 )
 from workflow_retention.exceptions import StorageError
-from workflow_retention.planning import chunked, is_safe_run_id, key_owner, key_owners, key_prefixes
+from workflow_retention.planning import chunked, is_safe_run_id, key_owner, key_owners, key_prefixes, left_alone
 from workflow_retention.report import Kind, OrphanReport, PurgeReport
 
 CACHE_SIZE = 1024

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from workflow_retention.planning import Reporter, RunRef, is_safe_run_id, key_owner
+from workflow_retention.planning import RunRef, is_safe_run_id, key_owner
 
 # -- directories and shared files -----------------------------------------------------------
 
@@ -127,12 +127,6 @@ def parse_json(raw: bytes) -> object:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Corrupt(f"not valid JSON ({str(exc)[:120]})") from None
-
-
-def left_alone(report: Reporter, what: str, why: str) -> None:
-    """A record that cannot be used is counted in ``skipped`` and warned about, never deleted."""
-    report.skipped += 1
-    report.warn(f"{what}: {why}; left alone")
 
 
 # -- run records ------------------------------------------------------------------------------

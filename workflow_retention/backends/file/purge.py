@@ -37,7 +37,7 @@ from workflow_retention.backends.file.layout import (
 )
 from workflow_retention.base import PurgeJob
 from workflow_retention.exceptions import PurgeStopped
-from workflow_retention.planning import RunRef, chunked, is_safe_run_id, screen
+from workflow_retention.planning import RunRef, chunked, is_safe_run_id, left_alone, screen
 from workflow_retention.report import Kind
 
 # Run ids whose record/marker state a purge's cascade remembers (a run's files are found in every directory).
@@ -209,15 +209,14 @@ class Selection:
         if name in self.reported:
             return
         self.reported.add(name)
-        self.job.report.skipped += 1
         if known:
             named = f"; the parents it may name are kept ({', '.join(sorted(parents))[:300]})" if parents else ""
-            self.job.report.warn(f"run file runs/{name} is unusable ({why}); left alone{named}")
+            left_alone(self.job.report, f"run file runs/{name}", f"unusable ({why}){named}")
         else:
-            self.job.report.warn(
-                f"run file runs/{name} is unusable ({why}) and names no parent that can be read: left alone, and "
-                f"every expired run that could be a parent is kept this time (only runs at nesting depth "
-                f"{MAX_NESTING_DEPTH}, which can have no children, go); repair or remove the file")
+            left_alone(self.job.report, f"run file runs/{name}",
+                       f"unusable ({why}) and names no parent that can be read: every expired run that could be "
+                       f"a parent is kept this time (only runs at nesting depth {MAX_NESTING_DEPTH}, which can have "
+                       "no children, go); repair or remove the file")
 
     def planned(self, run_id: str) -> bool:
         """Would the commit passes delete this run (dry run: they only count)?"""
@@ -330,8 +329,7 @@ class Selection:
                         lock.unlink()  # we created it: the dry run never saw it
         except (LockTimeout, NotRegular) as exc:
             why = f"stayed held for {self.lock_timeout}s" if isinstance(exc, LockTimeout) else f"is unusable ({exc})"
-            report.skipped += 1
-            report.warn(f"run {run_id!r}: its lock .locks/{run_lock(run_id)} {why}; run left alone")
+            left_alone(report, f"run {run_id!r}", f"its lock .locks/{run_lock(run_id)} {why}")
             self.hold_ancestors(ref.parent_run_id)
             return
         if outcome == "committed":

@@ -26,13 +26,12 @@ from workflow_retention.backends.file.layout import (
     SUBSCRIPTIONS,
     Corrupt,
     is_component,
-    left_alone,
     lock_file,
     pair_file,
     subscription_lock,
 )
 from workflow_retention.base import PurgeJob
-from workflow_retention.planning import DELETED_SCHEDULE, TERMINAL_SUBSCRIPTIONS
+from workflow_retention.planning import DELETED_SCHEDULE, TERMINAL_SUBSCRIPTIONS, left_alone
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import older
 
