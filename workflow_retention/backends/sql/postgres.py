@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
 from workflow_retention.backends.sql.base import SQLBackend
-from workflow_retention.backends.sql.purge import RUN_CHILDREN
+from workflow_retention.backends.sql.purge import COUNTED_CHILDREN, RUN_CHILDREN, NotOwned
 from workflow_retention.backends.sql.schema import Types
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
 from workflow_retention.report import Kind
@@ -194,27 +194,48 @@ class PostgresBackend(SQLBackend):
     def _cascade(self, conn: Connection, plan: Any, runs: list[Any], dry_run: bool) -> Counter:
         """The whole cascade in one statement (one round trip): data-modifying CTEs, counted.
 
-        The step checkpoints are read first and go by exact key (see :meth:`_owned_checkpoints`).
-        PostgreSQL checks the parent reference at the end of the statement, so runs and
-        their children can go together; the explicit child deletes leave the engine's
-        ON DELETE CASCADE nothing to do.
+        The step checkpoints go by key range and come back from the statement; inside the same
+        transaction :func:`~workflow_retention.planning.key_owners` must give every one of them
+        to a run of the batch, else (a ``:`` id: ``a:b:s`` is the live run ``a:b``'s) the
+        statement is undone (:class:`NotOwned`) and the batch redone reading its checkpoints first
+        and deleting them by exact key. PostgreSQL checks the parent reference at the end of the
+        statement, so runs and their children can go together; the explicit child deletes leave
+        the engine's ON DELETE CASCADE nothing to do.
         """
         ids = [r.run_id for r in runs]
         if not ids:
             return Counter()
-        keys = self._owned_checkpoints(conn, ids)  # read first: ownership is decided in Python
         among = "run_id IN (SELECT unnest(CAST(:ids AS text[])))"
         parts = [(kind, table, among) for table, kind in RUN_CHILDREN]
-        if keys:
-            parts.append((Kind.CHECKPOINTS, "checkpoints", "step_run_id IN (SELECT unnest(CAST(:keys AS text[])))"))
+        params: dict[str, Any] = {"ids": ids}
+        by_range = not dry_run and not self._checkpoints_first and self.has("checkpoints")
+        if by_range:
+            cp_where, cp_params = self.checkpoint_match(ids)
+            params.update(cp_params)
+            parts.append((Kind.CHECKPOINTS, "checkpoints", cp_where.text))
+        else:
+            params["keys"] = self._owned_checkpoints(conn, ids)  # ownership decided in Python first
+            if params["keys"]:
+                parts.append((Kind.CHECKPOINTS, "checkpoints", "step_run_id IN (SELECT unnest(CAST(:keys AS text[])))"))
         parts.append((Kind.RUNS, "workflow_runs", among))
         if dry_run:
             sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t} WHERE {w})" for _, t, w in parts)
         else:
-            ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE {w} RETURNING 1)" for i, (_, t, w) in enumerate(parts))
-            sql = f"WITH {ctes} SELECT " + ", ".join(f"(SELECT count(*) FROM d{i})" for i in range(len(parts)))
-        row = conn.execute(text(sql), {"ids": ids, "keys": keys}).one()
-        return +Counter({kind: n for (kind, _, _), n in zip(parts, row)})
+            ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE {w} RETURNING {'step_run_id' if t == 'checkpoints' else 1})"
+                             for i, (_, t, w) in enumerate(parts))
+            counts = [f"(SELECT count(*) FROM d{i})" for i in range(len(parts))]
+            if by_range:
+                counts.append(f"(SELECT array_agg(step_run_id) FROM d{len(parts) - 2})")
+            sql = f"WITH {ctes} SELECT " + ", ".join(counts)
+        row = conn.execute(text(sql), params).one()
+        counts = +Counter({kind: n for (kind, _, _), n in zip(parts, row)})
+        if by_range:
+            deleted = row[-1] or []
+            if len(self._owners_of(conn, deleted, ids)) < len(deleted):
+                raise NotOwned(len(deleted))
+        if not dry_run:
+            self._within_budget(sum(counts.values()))  # over it (its checkpoints): rolled back, in steps
+        return counts
 
     def catalog(self, conn: Connection) -> tuple[frozenset[str], dict[str, list[tuple[str, ...]]]]:
         # Two catalog queries (SQLAlchemy's inspector sends a dozen heavier ones, ~0.25 s cold).
@@ -230,11 +251,11 @@ class PostgresBackend(SQLBackend):
             indexes.setdefault(table, []).append(tuple(columns))
         return tables, indexes
 
-    def child_rows(self, conn: Connection, run_ids: Any) -> Any:
-        # One row per run, four index-only counts each (about half the server time of a grouped union).
-        counts = " + ".join(f"(SELECT count(*) FROM {name} t WHERE t.run_id = r.id)" for name, _ in RUN_CHILDREN)
-        return conn.execute(text(f"SELECT r.id, {counts} FROM unnest(CAST(:ids AS text[])) AS r(id)"),
-                            {"ids": list(run_ids)}).all()
+    def child_rows(self, conn: Connection, run_ids: Any, over: int) -> Any:
+        # Four index-only counts per run (about half the server time of a grouped union).
+        counts = " + ".join(f"(SELECT count(*) FROM {name} t WHERE t.run_id = r.id)" for name in COUNTED_CHILDREN)
+        return conn.execute(text(f"SELECT id, n FROM (SELECT r.id, {counts} AS n FROM unnest(CAST(:ids AS text[])) "
+                                 "AS r(id)) w WHERE n > :over"), {"ids": list(run_ids), "over": over}).all()
 
     def retryable(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES

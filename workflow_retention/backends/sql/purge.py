@@ -78,13 +78,31 @@ LAST_LOADABLE = datetime(9999, 12, 31, tzinfo=UTC)
 UNREADABLE_CREATED_AT = "created_at"
 
 class TooHeavy(Exception):
-    """A batch's step checkpoints would take its transaction over the row budget (raised before any delete)."""
+    """A batch's step checkpoints would take its transaction over the row budget: it rolls back."""
+
+
+class NotOwned(Exception):
+    """A cascade that deleted step checkpoints by key range met one that belongs to another run (a longer
+    run id): it rolls back, and the batch is redone reading its checkpoints first."""
+
+
+class Weights(Counter):
+    """Rows each run holds in its child tables, for the runs over ``share``; any other run holds at most that."""
+
+    def __init__(self, share: int) -> None:
+        super().__init__()
+        self.share = share
+
+    def of(self, run_id: str) -> int:
+        return self[run_id] if run_id in self else self.share
 
 
 #: Tables a purge deletes from besides the runs' own (a missing one is reported).
 PURGED_TABLES = ("checkpoints", "schedules", "signals", "stream_subscriptions", "signal_acknowledgments",
                  "scheduled_signals")
 
+#: Child tables whose rows per run are counted before a batch is cut (a run has at most one flag).
+COUNTED_CHILDREN = ("events", "steps", "hooks")
 #: Child tables of a run, keyed by ``run_id``, in deletion order, with their report kind.
 RUN_CHILDREN = (("events", Kind.EVENTS), ("steps", Kind.STEPS), ("hooks", Kind.HOOKS),
                 ("cancellation_flags", Kind.CANCELLATION_FLAGS))
@@ -97,8 +115,10 @@ class PurgeMixin:
     #: in run_id order: every index the cascade deletes from leads with run_id, so a batch then
     #: rewrites a narrow slice of each index instead of pages spread over all of it.
     window_batches: int = 8
-    #: Step checkpoints a normal batch's transaction may still delete (None: no limit); see _purge_part.
-    _checkpoint_allowance: int | None = None
+    #: Rows the batch being deleted may delete in its one transaction (None: no limit); see _write_batch.
+    _transaction_budget: int | None = None
+    #: True while a batch is redone reading its step checkpoints before deleting (see NotOwned).
+    _checkpoints_first: bool = False
 
     def _purge(self, job: PurgeJob) -> None:
         window = job.batch_size * self.window_batches
@@ -148,7 +168,7 @@ class PurgeMixin:
             with self.read() as conn:
                 rows = conn.execute(self._candidates(job, created, order, cursor, window)).all()
                 plan = self._plan(conn, job, rows) if rows else None
-                weights = self._weights(conn, plan) if plan is not None else Counter()
+                weights = self._weights(conn, plan, job.batch_size) if plan is not None else Weights(0)
             if not rows:
                 return
             cursor = tuple(getattr(rows[-1], column.name) for column in order)
@@ -279,29 +299,33 @@ class PurgeMixin:
 
     # -- one batch ---------------------------------------------------------------------
 
-    def _purge_batch(self, job: PurgeJob, plan: Plan, weights: Counter) -> None:
+    def _purge_batch(self, job: PurgeJob, plan: Plan, weights: Weights) -> None:
         deletable, held = plan.order()
         if not deletable:
             job.report.held += len(held)
             return
         budget = self._row_budget  # the transactions adapt it; this batch is cut with one value
         for part, heavy in self._parts(plan, deletable, weights, budget):
-            self._purge_part(job, part, heavy, weights, budget)
+            self._purge_part(job, part, heavy, budget)
 
-    def _parts(self, plan: Plan, deletable: list[RunRef], weights: Counter, budget: int) -> list[tuple[Plan, bool]]:
+    def _parts(self, plan: Plan, deletable: list[RunRef], weights: Weights,
+               budget: int) -> list[tuple[Plan, bool]]:
         """The batch cut so that no write transaction deletes more than the row budget.
 
         Families (a root and its planned descendants) stay whole; a family over the budget on
         its own is flagged heavy (deleted in steps, see :meth:`_delete_in_steps`).
         """
-        if sum(weights[self.id_fold(r.run_id)] + 1 for r in deletable) <= budget:
+        def rows(runs: Iterable[RunRef]) -> int:  # + the run record and its cancellation flag (at most one)
+            return sum(weights.of(self.id_fold(r.run_id)) + 2 for r in runs)
+
+        if rows(deletable) <= budget:
             return [(plan, False)]
         parts: list[tuple[Plan, bool]] = []
         group: list[str] = []
         size = 0
         for root in sorted(plan.roots):
             family = Plan(plan.cutoff, plan.nodes, plan.children, [root])
-            weight = sum(weights[self.id_fold(r.run_id)] + 1 for r in family.order()[0])
+            weight = rows(family.order()[0])
             if weight > budget:
                 parts.append((family, True))
                 continue
@@ -314,31 +338,37 @@ class PurgeMixin:
             parts.append((Plan(plan.cutoff, plan.nodes, plan.children, group), False))
         return parts
 
-    def _weights(self, conn: Connection, plan: Plan) -> Counter:
-        """The rows each eligible run of a window's plan holds in events, steps, hooks and flags.
+    def _weights(self, conn: Connection, plan: Plan, batch_size: int) -> Weights:
+        """How many rows the eligible runs of a window's plan hold in events, steps and hooks.
 
-        Counted in the window's read through the run_id indexes (one statement per chunk of ids),
-        before any write transaction, so that none deletes more than the row budget
-        (:meth:`_parts`). Step checkpoints are counted where they are read anyway, inside the
-        write transaction (:meth:`_owned_checkpoints`).
+        Counted in the window's read through the run_id indexes, before any write transaction.
+        Only the runs over half an even share of the budget (``share``) come back, with their
+        count; the others are taken to hold ``share`` (at most half the budget for a whole batch
+        of them), so a batch is cut only when its runs may really be heavy, and the common case
+        costs one small answer per window. A run has at most one cancellation flag (its primary
+        key); step checkpoints are counted where they are read, inside the write transaction
+        (:meth:`_cascade`).
         """
+        share = max(0, self._row_budget // (2 * max(1, batch_size)) - 2)
+        weights = Weights(share)
         ids = sorted(run_id for run_id, ref in plan.nodes.items() if ref.eligible(plan.cutoff))
-        weights: Counter = Counter()
         for chunk in chunked(ids, self.id_chunk):
-            for run_id, n in self.child_rows(conn, chunk):
+            for run_id, n in self.child_rows(conn, chunk, over=share):
                 weights[self.id_fold(run_id)] += n
         return weights
 
-    def child_rows(self, conn: Connection, run_ids: Sequence[str]) -> Iterable[tuple[str, int]]:
-        """(run_id, rows) of the runs' events, steps, hooks and flags: grouped counts on the run_id indexes."""
+    def child_rows(self, conn: Connection, run_ids: Sequence[str], over: int) -> Iterable[tuple[str, int]]:
+        """(run_id, rows) of the runs that hold more than ``over`` rows in events, steps and hooks."""
         counts = []
-        for name, _ in RUN_CHILDREN:
+        for name in COUNTED_CHILDREN:
             column = self.table(name).c.run_id
             counts.append(select(column.label("run_id"), func.count().label("n"))
                           .where(self.among(column, run_ids)).group_by(column))
-        return conn.execute(union_all(*counts)).all()
+        both = union_all(*counts).subquery()
+        total = func.sum(both.c.n)
+        return conn.execute(select(both.c.run_id, total).group_by(both.c.run_id).having(total > over)).all()
 
-    def _purge_part(self, job: PurgeJob, plan: Plan, heavy: bool, weights: Counter, budget: int) -> None:
+    def _purge_part(self, job: PurgeJob, plan: Plan, heavy: bool, budget: int) -> None:
         deletable, held = plan.order()
         if not deletable:
             job.report.held += len(held)
@@ -355,18 +385,29 @@ class PurgeMixin:
             self._delete_in_steps(job, plan, ids)
             return
         job.boundary(ids)
-        self._checkpoint_allowance = budget - sum(weights[self.id_fold(i)] + 1 for i in ids)
         try:
-            changed, held_now, counts = self._timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
-        except TooHeavy:  # its step checkpoints would take it over the budget: nothing deleted, go in steps
-            self._checkpoint_allowance = None
+            changed, held_now, counts = self._write_batch(plan, ids, budget)
+        except TooHeavy:  # its step checkpoints would take it over the budget: rolled back, go in steps
             self._delete_in_steps(job, plan, ids, announced=True)
             return
-        finally:
-            self._checkpoint_allowance = None
         job.report.changed += changed
         job.report.held += held_now
         job.report.merge(counts)
+
+    def _write_batch(self, plan: Plan, ids: list[str], budget: int) -> tuple[int, int, Counter]:
+        """The one write transaction of a batch that fits ``budget`` (:class:`TooHeavy`: it rolled back)."""
+        self._transaction_budget = budget
+        try:
+            try:
+                return self._timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
+            except NotOwned:  # a ':' id: the one-statement cascade met another run's checkpoint; redo
+                self._checkpoints_first = True
+                try:
+                    return self._timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
+                finally:
+                    self._checkpoints_first = False
+        finally:
+            self._transaction_budget = None
 
     def _recheck(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[set[str], list[RunRef], list[RunRef]]:
         """Lock the runs and read them again: (changed, deletable, held) as of now.
@@ -441,11 +482,13 @@ class PurgeMixin:
         ids = [r.run_id for r in runs]
         if not ids:
             return counts
-        owned = self._owned_checkpoints(conn, ids)  # first: it may find the batch too heavy
         for name, kind in RUN_CHILDREN:
             column = self.table(name).c.run_id
             for chunk in chunked(ids, self.id_chunk):
                 counts[kind] += self._apply(conn, name, self.among(column, chunk), dry_run)
+        owned = self._owned_checkpoints(conn, ids)
+        if not dry_run:
+            self._within_budget(sum(counts.values()) + len(owned) + len(ids))
         step_run_id = self.table("checkpoints").c.step_run_id
         for chunk in chunked(owned, self.id_chunk) if not dry_run else ():
             counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", self.among(step_run_id, chunk), dry_run)
@@ -477,8 +520,10 @@ class PurgeMixin:
         keys: set[str] = set()
         for chunk in chunked(run_ids, self.checkpoint_chunk):
             keys.update(conn.execute(*self.checkpoint_keys(chunk)).scalars())
-        if not keys:
-            return {}
+        return self._owners_of(conn, keys, run_ids) if keys else {}
+
+    def _owners_of(self, conn: Connection, keys: Iterable[str], run_ids: Sequence[str]) -> dict[str, str]:
+        """Those of ``keys`` that belong to one of ``run_ids`` (which exist), with that run (:func:`key_owners`)."""
         batch = set(run_ids)
 
         def existing(prefixes: set[str]) -> set[str]:
@@ -489,15 +534,14 @@ class PurgeMixin:
         return {k: mine[self.id_fold(o)] for k, o in owners.items() if o is not None and self.id_fold(o) in mine}
 
     def _owned_checkpoints(self, conn: Connection, run_ids: Sequence[str]) -> list[str]:
-        """The keys of the step checkpoints that belong to ``run_ids`` (see :meth:`_checkpoint_owners`).
+        """The keys of the step checkpoints that belong to ``run_ids`` (see :meth:`_checkpoint_owners`)."""
+        return sorted(self._checkpoint_owners(conn, run_ids))
 
-        Raises :class:`TooHeavy`, before anything is deleted, when they are more than a batch's
-        transaction may still delete (``_checkpoint_allowance``, set around a normal batch).
-        """
-        keys = sorted(self._checkpoint_owners(conn, run_ids))
-        if self._checkpoint_allowance is not None and len(keys) > self._checkpoint_allowance:
-            raise TooHeavy(len(keys))
-        return keys
+    def _within_budget(self, rows: int) -> None:
+        """Raise :class:`TooHeavy` (the transaction rolls back) when a batch's transaction would delete more
+        rows than its budget: only its step checkpoints, counted where they are read, can take it there."""
+        if self._transaction_budget is not None and rows > self._transaction_budget:
+            raise TooHeavy(rows)
 
     def _existing(self, conn: Connection, run_ids: Collection[str]) -> set[str]:
         """Those of ``run_ids`` that name a run record, whatever its status (ids compared as the store does)."""
