@@ -181,7 +181,8 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
         for need in INDEX_NEEDS:
             if need.table in tables and need.table not in indexes:
                 indexes[need.table] = [tuple(inspector.get_pk_constraint(need.table)["constrained_columns"])]
-                indexes[need.table] += [tuple(i["column_names"]) for i in inspector.get_indexes(need.table)]
+                indexes[need.table] += [tuple(str(c) for c in i["column_names"])
+                                        for i in inspector.get_indexes(need.table)]
         return tables, indexes
 
     def has(self, name: str) -> bool:

@@ -221,12 +221,13 @@ class PostgresBackend(SQLBackend):
         if dry_run:
             sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t} WHERE {w})" for _, t, w in parts)
         else:
-            ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE {w} RETURNING {'step_run_id' if t == 'checkpoints' else 1})"
+            returning = {"checkpoints": "step_run_id"}
+            ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE {w} RETURNING {returning.get(t, '1')})"
                              for i, (_, t, w) in enumerate(parts))
-            counts = [f"(SELECT count(*) FROM d{i})" for i in range(len(parts))]
+            selects = [f"(SELECT count(*) FROM d{i})" for i in range(len(parts))]
             if by_range:
-                counts.append(f"(SELECT array_agg(step_run_id) FROM d{len(parts) - 2})")
-            sql = f"WITH {ctes} SELECT " + ", ".join(counts)
+                selects.append(f"(SELECT array_agg(step_run_id) FROM d{len(parts) - 2})")
+            sql = f"WITH {ctes} SELECT " + ", ".join(selects)
         row = conn.execute(text(sql), params).one()
         counts = +Counter({kind: n for (kind, _, _), n in zip(parts, row)})
         if by_range:
@@ -245,7 +246,8 @@ class PostgresBackend(SQLBackend):
         indexes: dict[str, list[tuple[str, ...]]] = {}
         for table, columns in conn.exec_driver_sql(
                 "SELECT t.relname, array_agg(a.attname ORDER BY k.n) FROM pg_index i "
-                "JOIN pg_class t ON t.oid = i.indrelid CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+                "JOIN pg_class t ON t.oid = i.indrelid "
+                "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
                 "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum "
                 "WHERE t.relnamespace = current_schema()::regnamespace GROUP BY t.relname, i.indexrelid"):
             indexes.setdefault(table, []).append(tuple(columns))

@@ -39,15 +39,15 @@ parent reference row by row.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, or_, select, union_all
 from sqlalchemy.engine import Connection
 
+from workflow_retention.exceptions import StorageError
 from workflow_retention.planning import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -59,14 +59,12 @@ from workflow_retention.planning import (
     plan_page,
     split_plan,
 )
-from workflow_retention.exceptions import StorageError
 from workflow_retention.report import Kind
 from workflow_retention.timeutil import parse_timestamp, utcnow
 
 if TYPE_CHECKING:
     from workflow_retention.base import PurgeJob
 
-T = TypeVar("T")
 log = logging.getLogger("workflow_retention.sql")
 
 #: The second discovery range starts this far past now (or the cutoff, if later): see _purge.
@@ -94,7 +92,7 @@ class Weights(Counter):
         self.share = share
 
     def of(self, run_id: str) -> int:
-        return self[run_id] if run_id in self else self.share
+        return int(self[run_id]) if run_id in self else self.share
 
 
 #: Tables a purge deletes from besides the runs' own (a missing one is reported).
@@ -132,6 +130,7 @@ class PurgeMixin:
         with self.translated("purge"), self.session():
             if not self._purge_allowed(job):
                 return
+            ranges: list[tuple[Any, tuple[Any, ...]]]
             if any(need.columns == ("created_at", "run_id") for need in self.layout.missing_indexes):
                 ranges = [(or_(past, later), (runs.run_id,))]  # one linear scan of the primary key
             else:
@@ -251,9 +250,9 @@ class PurgeMixin:
         todo = {above.run_id for r in starts if (above := parent_of(r)) is not None}
         asked: set[str] = set()
         while todo:
-            need = {nodes[i].parent_run_id for i in todo} - nodes.keys() - asked - {None}
+            need = {p for i in todo if (p := nodes[i].parent_run_id) is not None} - nodes.keys() - asked
             asked |= need
-            found = self._refs(conn, sorted(need)) if need else {}  # type: ignore[arg-type]
+            found = self._refs(conn, sorted(need)) if need else {}
             nodes.update(found)
             todo = {i for i, ref in found.items() if ref.eligible(cutoff)}
         rooted: dict[str, bool] = {}
@@ -316,7 +315,10 @@ class PurgeMixin:
         its own is flagged heavy (deleted in steps, see :meth:`_delete_in_steps`).
         """
         def rows(runs: Iterable[RunRef]) -> int:  # + the run record and its cancellation flag (at most one)
-            return sum(weights.of(self.id_fold(r.run_id)) + 2 for r in runs)
+            total = 0
+            for ref in runs:
+                total += weights.of(self.id_fold(ref.run_id)) + 2
+            return total
 
         if rows(deletable) <= budget:
             return [(plan, False)]

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, cast, delete, exists, func, literal, select, true, tuple_
 
-from workflow_retention.report import Kind, age_bucket
 from workflow_retention import timeutil
 from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS, key_owners, key_prefixes
+from workflow_retention.report import Kind, age_bucket
 from workflow_retention.timeutil import parse_timestamp
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ class SweepMixin:
     def _run_sweep(self, job: PurgeJob | OrphanJob, sweep: Sweep) -> None:
         t = sweep.table
         keys = [t.c[k] for k in sweep.keys]
-        size = [func.coalesce(func.length(cast(sweep.size, Text)), 0).label("wr_size")] if sweep.size is not None else []
+        size = ([func.coalesce(func.length(cast(sweep.size, Text)), 0).label("wr_size")]
+                if sweep.size is not None else [])
         cursor: tuple[Any, ...] | None = None
         while True:
             stmt = select(*keys, *sweep.fields, *size)
