@@ -61,7 +61,7 @@ def like_prefix(run_id: str) -> str:
     return re.sub(r"([!%_])", r"!\1", run_id) + ":%"
 
 
-def _power_of_two(n: int) -> int:
+def power_of_two(n: int) -> int:
     size = 1
     while size < n:
         size *= 2
@@ -331,7 +331,7 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
         hundreds of SQLAlchemy expressions per batch would cost more than the deletes, and a few
         statement shapes keep cached statements, and memory, from growing with every batch size.
         """
-        run_ids = list(run_ids) + [run_ids[-1]] * (_power_of_two(len(run_ids)) - len(run_ids))
+        run_ids = list(run_ids) + [run_ids[-1]] * (power_of_two(len(run_ids)) - len(run_ids))
         ranges = self.checkpoint_ranges()
         key = (len(run_ids), ranges)
         clause = self._checkpoint_sql.get(key)

@@ -75,6 +75,23 @@ LAST_LOADABLE = datetime(9999, 12, 31, tzinfo=UTC)
 #: RunRef.data of a run whose created_at cannot be read.
 UNREADABLE_CREATED_AT = "created_at"
 
+def _readable(value: Any) -> bool:
+    """True when :func:`parse_timestamp` reads ``value``; the common forms are recognised without it."""
+    when = value
+    if type(value) is str:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            when = None
+    if type(when) is datetime and 1 < when.year < 9999:  # no offset can take it out of range
+        return True
+    try:
+        parse_timestamp(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 class TooHeavy(Exception):
     """A batch's step checkpoints would take its transaction over the row budget: it rolls back."""
 
@@ -202,11 +219,7 @@ class PurgeMixin:
         """A run as plans see it: one whose created_at cannot be read is, like one whose updated_at
         cannot, never eligible (``data`` says which)."""
         ref = RunRef.parse(run_id, status, updated_at, parent_run_id)
-        if type(created_at) is datetime and 1 < created_at.year < 9999:  # a typed column's value: readable
-            return ref
-        try:
-            parse_timestamp(created_at)
-        except (TypeError, ValueError):
+        if not _readable(created_at):
             ref.updated_at, ref.data = None, UNREADABLE_CREATED_AT
         return ref
 

@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sqlalchemy import ColumnElement, Engine, Integer, Text, create_engine, event
+from sqlalchemy import ColumnElement, Engine, Integer, Text, TextClause, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from workflow_retention.backends.sql.base import SQLBackend
+from workflow_retention.backends.sql.base import SQLBackend, power_of_two
 from workflow_retention.backends.sql.schema import IsoText, Types
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.urls import redact_url, split_url
@@ -51,11 +52,12 @@ class SQLiteBackend(SQLBackend):
                   flag=Integer(), long_default="'{0}'", now_default=False, streams_v5=False,
                   loose_pk=True)
     exact_time = False
+    checkpoint_chunk = 1000  # ids per checkpoint-key statement (a VALUES list, see checkpoint_keys)
     #: SQLite has one writer and no queue: a writer waiting on its busy timeout retries about every
     #: 100 ms (SQLite's default busy handler) and misses the milliseconds between two of our write
     #: transactions. So after holding the write lock for ``hold_s`` in all, a purge or sweep leaves
     #: the database alone for ``yield_s``, longer than that retry interval.
-    hold_s = 1.0
+    hold_s = 1.5
     yield_s = 0.12
     # One writer at a time: each batch commits (journal + fsync), so fewer, larger batches are much
     # cheaper; 1,000 runs hold the write lock for well under the engine's 5 s busy timeout.
@@ -67,6 +69,7 @@ class SQLiteBackend(SQLBackend):
             raise ConfigurationError(f"the SQLite database path must be absolute; got {str(path)!r}")
         super().__init__(url=url or f"sqlite://{self.path}", **options)
         self._held = 0.0  # seconds the write lock was held since the purge last yielded it
+        self._keys_sql: dict[int, TextClause] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
@@ -128,6 +131,18 @@ class SQLiteBackend(SQLBackend):
 
     def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
         return column < (when + OFFSET_MARGIN).isoformat()
+
+    def checkpoint_keys(self, run_ids: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+        # One primary-key range per id, joined from a VALUES list: planned once whatever the number of
+        # ids (an OR of hundreds of ranges costs SQLite's planner more than the scans themselves).
+        ids = list(run_ids) + [run_ids[-1]] * (power_of_two(len(run_ids)) - len(run_ids))
+        sql = self._keys_sql.get(len(ids))
+        if sql is None:
+            values = ", ".join(f"(:k{i})" for i in range(len(ids)))
+            sql = self._keys_sql[len(ids)] = text(
+                f"WITH r(id) AS (VALUES {values}) SELECT c.step_run_id FROM r JOIN checkpoints c "
+                "ON c.step_run_id >= r.id || ':' AND c.step_run_id < r.id || ';'")
+        return sql, {f"k{i}": run_id for i, run_id in enumerate(ids)}
 
     def not_before(self, column: ColumnElement, when: datetime) -> ColumnElement:
         # Past any offset-carrying text of an instant before ``when``; all non-ISO text sorts here too.
