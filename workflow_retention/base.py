@@ -27,6 +27,23 @@ MAX_BATCH_SIZE = 10_000
 DEFAULT_GRACE = timedelta(hours=1)
 
 
+class Capability:
+    """The differences between stores: the names ``StorageBackend.capabilities`` holds.
+
+    Declared once per backend class and read by the code (``check`` reports them) and by the
+    conformance suite, whose harnesses take their flags from the backend class.
+    """
+
+    #: The store holds pyworkflow schedules; a purge deletes the soft-deleted ones (status ``deleted``).
+    SCHEDULES = "schedules"
+    #: The store holds stream data (signals, subscriptions, acknowledgments); a purge deletes the aged ones.
+    STREAMS = "streams"
+    #: The store holds delayed signals (pyworkflow's PostgreSQL and memory stores); delivered ones are purged.
+    SCHEDULED_SIGNALS = "scheduled_signals"
+    #: A stored timestamp can be unreadable (text, JSON, or missing), not only a typed value.
+    CORRUPTIBLE_TIMESTAMPS = "corruptible_timestamps"
+
+
 @dataclass(frozen=True)
 class BatchInfo:
     """Passed to ``on_batch`` at every batch boundary, before the batch is deleted."""
@@ -153,7 +170,7 @@ class StorageBackend(ABC):
 
     #: URL scheme(s) this backend is registered under.
     name: ClassVar[str] = ""
-    #: Capability flags: differences between stores that tests and callers may rely on.
+    #: :class:`Capability` names: the differences between stores that callers and the test suite rely on.
     capabilities: ClassVar[frozenset[str]] = frozenset()
     #: Batch size when none is given (a store may afford larger or need smaller batches).
     default_batch_size: ClassVar[int] = DEFAULT_BATCH_SIZE
@@ -175,9 +192,11 @@ class StorageBackend(ABC):
 
     # -- connection -----------------------------------------------------------
 
+    @abstractmethod
     def open(self) -> None:
         """Connect to the store. Purges call it themselves; calling it twice is harmless."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections. The backend may be opened again."""
 
@@ -191,7 +210,8 @@ class StorageBackend(ABC):
     def check(self) -> dict[str, object]:
         """Connect and verify the store looks like a PyWorkflow store; return what was found."""
         self.open()
-        return {"backend": self.name, "url": self.url, **self._check()}
+        return {"backend": self.name, "url": self.url, **self._check(),
+                "capabilities": ", ".join(sorted(self.capabilities)) or "(none)"}
 
     # -- the purge ------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import pytest
 from tests.dynamodb.local import DUMMY_CREDENTIALS, REGION, start_container, start_local
 from tests.harness.base import Harness, Item, derived, digest
 from tests.services import Service, session_service
+from workflow_retention.backends.dynamodb import DynamoDBBackend
 from workflow_retention.report import Kind
 
 ENDPOINT_VAR = "DYNAMODB_ENDPOINT_URL"
@@ -48,7 +49,7 @@ def owner_of(pk: str, sk: str, item: dict[str, Any]) -> tuple[str, str | None]:
 
 class DynamoDBHarness(Harness):
     name = "dynamodb"
-    capabilities = frozenset({"schedules", "streams", "corruptible_timestamps"})
+    capabilities = DynamoDBBackend.capabilities
     orphan_kinds = frozenset({Kind.EVENTS, Kind.EVENT_COUNTERS, Kind.STEPS, Kind.CHECKPOINTS, Kind.HOOKS,
                               Kind.HOOK_TOKENS, Kind.CANCELLATION_FLAGS})
     timestamped_orphan_kinds = frozenset({Kind.EVENTS, Kind.STEPS, Kind.CHECKPOINTS, Kind.HOOKS,
@@ -92,8 +93,6 @@ class DynamoDBHarness(Harness):
         await pw._wr_client.__aexit__(None, None, None)
 
     def retention(self, **options: Any) -> Any:
-        from workflow_retention.backends.dynamodb import DynamoDBBackend
-
         return self.track(DynamoDBBackend(self.table, region=REGION, endpoint_url=self.endpoint, **options))
 
     def track(self, backend: Any) -> Any:

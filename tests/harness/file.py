@@ -45,7 +45,7 @@ def _field(raw: bytes, key: str) -> str | None:
 
 class FileHarness(Harness):
     name = "file"
-    capabilities = frozenset({"schedules", "streams", "corruptible_timestamps"})
+    capabilities = FileBackend.capabilities
     orphan_kinds = frozenset({Kind.EVENTS, Kind.STEPS, Kind.CHECKPOINTS, Kind.HOOKS, Kind.HOOK_TOKENS,
                               Kind.CANCELLATION_FLAGS, Kind.LOCK_FILES})
     timestamped_orphan_kinds = orphan_kinds - {Kind.HOOK_TOKENS}

@@ -22,7 +22,7 @@ def _plain(value: Any) -> Any:
 
 class MemoryHarness(Harness):
     name = "memory"
-    capabilities = frozenset({"schedules", "streams", "scheduled_signals", "corruptible_timestamps"})
+    capabilities = MemoryBackend.capabilities
     orphan_kinds = frozenset({Kind.EVENTS, Kind.EVENT_COUNTERS, Kind.STEPS, Kind.CHECKPOINTS, Kind.HOOKS,
                               Kind.HOOK_TOKENS, Kind.CANCELLATION_FLAGS, Kind.IDEMPOTENCY_KEYS})
     timestamped_orphan_kinds = frozenset({Kind.EVENTS, Kind.STEPS, Kind.HOOKS})
@@ -75,8 +75,8 @@ class MemoryHarness(Harness):
             add("schedules", k, None, v)
         for k, v in s._streams.items():
             add("streams", k, None, v)
-        for k, v in s._signals.items():
-            for sig in v:
+        for signals in s._signals.values():
+            for sig in signals:
                 add("signals", sig["signal_id"], None, sig)
         for k, v in s._subscriptions.items():
             add("subscriptions", k, None, v)

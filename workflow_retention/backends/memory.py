@@ -24,7 +24,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.planning import (
     DELETED_SCHEDULE,
@@ -96,7 +96,8 @@ def _ref(run: Any) -> RunRef:
 
 class MemoryBackend(StorageBackend):
     name = "memory"
-    capabilities = frozenset({"schedules", "streams", "scheduled_signals"})
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SCHEDULED_SIGNALS,
+                              Capability.CORRUPTIBLE_TIMESTAMPS})
     # A batch is one hold of the store's lock plus one pass over its dicts; larger
     # batches amortize the pass (this backend's own memory stays O(batch)).
     default_batch_size = 5000
@@ -111,6 +112,12 @@ class MemoryBackend(StorageBackend):
         if parts.path not in ("", "/") or parts.query:
             raise ConfigurationError(f"memory URL must be memory:// or memory://NAME; got {redact_url(url)!r}")
         return cls(store_name=parts.netloc or "default", url=url, **options)
+
+    def open(self) -> None:
+        """Nothing to connect: the store is an object of this process."""
+
+    def close(self) -> None:
+        """Nothing to release: the store stays with the process that owns it."""
 
     def _check(self) -> dict[str, object]:
         return {"runs": len(self.store._runs), "store": type(self.store).__name__}

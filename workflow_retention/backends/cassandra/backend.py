@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from workflow_retention import values
-from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url
@@ -211,7 +211,7 @@ class CassandraBackend(StorageBackend):
     """
 
     name = "cassandra"
-    capabilities = frozenset({"schedules", "streams"})
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
     #: Each batch waits on a few rounds of concurrent requests: bigger batches keep the cluster busier.
     default_batch_size = 1000
 

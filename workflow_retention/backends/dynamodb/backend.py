@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from workflow_retention import values
-from workflow_retention.base import DEFAULT_BATCH_SIZE, CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import DEFAULT_BATCH_SIZE, Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import split_url
@@ -99,7 +99,7 @@ class DynamoDBBackend(StorageBackend):
     """
 
     name = "dynamodb"
-    capabilities = frozenset({"schedules", "streams"})
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
 
     def __init__(self, table: str = "pyworkflow", *, region: str | None = None, endpoint_url: str | None = None,
                  max_wcu_per_second: float | str | None = None,

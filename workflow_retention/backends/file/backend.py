@@ -16,7 +16,7 @@ from workflow_retention.backends.file.orphans import sweep_orphans
 from workflow_retention.backends.file.purge import purge_runs
 from workflow_retention.backends.file.seed import SeedWriter, prepare
 from workflow_retention.backends.file.streams import StreamSweep
-from workflow_retention.base import CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url, split_url
@@ -59,7 +59,7 @@ class FileBackend(StorageBackend):
     """
 
     name = "file"
-    capabilities = frozenset({"schedules", "streams"})
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
 
     def __init__(self, base_path: str | os.PathLike[str], *,
                  lock_timeout: float | str | timedelta = DEFAULT_LOCK_TIMEOUT, url: str | None = None,
@@ -83,6 +83,12 @@ class FileBackend(StorageBackend):
     @property
     def base_path(self) -> Path:
         return self._base
+
+    def open(self) -> None:
+        """Nothing to connect: every operation opens the store's directories itself (client.Store)."""
+
+    def close(self) -> None:
+        """Nothing to release: no descriptor outlives an operation."""
 
     def _check(self) -> dict[str, object]:
         with errors(self._base), Store.open(self._base) as store:
