@@ -33,6 +33,9 @@ except ImportError:  # pragma: no cover - the test extra pins it
 run_ours, floor = _sql.run_ours, _sql.floor
 SERVER = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
+#: The server's processes: the runner reports the CPU they spend during each purge (server_cpu_s).
+SERVER_PROCESSES = ("mariadbd", "mysqld")
+
 
 def _server() -> dict[str, Any]:
     parts = urlsplit(SERVER)

@@ -36,6 +36,9 @@ run_ours, floor = _sql.run_ours, _sql.floor
 SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
 _templates: dict[tuple[int, str], str] = {}
 
+#: The server's processes: the runner reports the CPU they spend during each purge (server_cpu_s).
+SERVER_PROCESSES = ("postgres",)
+
 
 def _admin(sql: str) -> None:
     import psycopg
