@@ -152,29 +152,36 @@ def measure(runs: int, events: int, hold_s: float | None = None, **options: Any)
 
     with tempfile.TemporaryDirectory() as tmp:
         harness = SQLiteHarness(Path(tmp))
-        harness.pyworkflow()
-        started = time.perf_counter()
-        fill_heavy(harness, runs, events)
-        filled = time.perf_counter() - started
-        live = live_run(harness)
-
-        async def record(pw: Any, rng: random.Random) -> None:
-            await pw.record_event(event_of(live))
-
-        backend = harness.retention(**options)
-        if hold_s is not None:
-            backend.hold_s = hold_s
-        clock = WriteClock(backend)
-        with EngineThread(harness, record, pause=0.01) as engine:
-            time.sleep(0.2)
+        try:
+            harness.pyworkflow()
             started = time.perf_counter()
-            report = backend.delete_old_runs(CUTOFF)
-            seconds = time.perf_counter() - started
-            time.sleep(0.2)
-        harness.close()
-    return {"runs": report.runs, "events": report.counts["events"], "purge_s": round(seconds, 2),
+            fill_heavy(harness, runs, events)
+            filled = time.perf_counter() - started
+            live = live_run(harness)
+
+            async def record(pw: Any, rng: random.Random) -> None:
+                await pw.record_event(event_of(live))
+
+            backend = harness.retention(**options)
+            if hold_s is not None:
+                backend.hold_s = hold_s
+            clock = WriteClock(backend)
+            report, failure = None, None
+            with EngineThread(harness, record, pause=0.01) as engine:
+                time.sleep(0.2)
+                started = time.perf_counter()
+                try:
+                    report = backend.delete_old_runs(CUTOFF)
+                except Exception as exc:  # noqa: BLE001 - measured: a purge can fail too
+                    failure = exc
+                seconds = time.perf_counter() - started
+                time.sleep(0.2)
+        finally:
+            harness.close()
+    return {"runs": report.runs if report else None, "events": report.counts["events"] if report else None,
+            "purge_s": round(seconds, 2), "purge_error": str(failure)[:200] if failure else None,
             "fill_s": round(filled, 1), "write_transactions": len(clock.durations),
-            "longest_write_tx_s": round(clock.longest, 3), "batches": report.batches,
+            "longest_write_tx_s": round(clock.longest, 3), "batches": report.batches if report else None,
             "record_event_calls": engine.calls, "slowest_record_event_s": round(engine.slowest, 3),
             "record_event_errors": len(engine.errors),
             "first_error": repr(engine.errors[0])[:200] if engine.errors else None}
