@@ -25,7 +25,7 @@ from workflow_retention.exceptions import ConfigurationError, PurgeStopped
 
 #: What docs/backends/sql.md states: no write transaction of a purge lasts longer (target 0.5 s) ...
 LIMIT_S = 1.0
-#: ... and no engine write waits longer (SQLite: the purge yields after 1 s of holding the lock).
+#: ... and no engine write waits longer (SQLite: the purge yields after 1.5 s of holding the lock).
 ENGINE_WAIT_S = 3.0
 
 
