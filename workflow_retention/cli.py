@@ -159,6 +159,8 @@ def format_audit(a: AuditReport) -> str:
              _table("runs by age (updated_at)", list(c.to_dict()["runs_by_age"].items()) or [("(none)", 0)]),
              _table("data per kind" + (" (bytes estimated)" if c.bytes_estimated else ""),
                     [(k, f"{s.count:>14,}  {s.bytes:>14,} B") for k, s in sorted(c.kinds.items())])]
+    if c.warnings:
+        parts.append("notes" + _warnings(c.warnings, len(c.warnings)))
     if a.purge is not None:
         parts.append(format_purge(a.purge))
     parts.append(format_orphans(a.orphans))

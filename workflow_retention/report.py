@@ -149,6 +149,12 @@ class Census:
     runs_by_age: Counter = field(default_factory=Counter)
     kinds: dict[str, KindStat] = field(default_factory=dict)
     bytes_estimated: bool = True
+    #: What the census could not count, and why (a missing table, a missing index, an unreadable record).
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(printable(message))
 
     def count(self, kind: str, n: int = 1, size: int = 0) -> None:
         stat = self.kinds.setdefault(kind, KindStat())
@@ -161,6 +167,7 @@ class Census:
             "runs_by_age": {k: self.runs_by_age[k] for k in AGE_BUCKETS if self.runs_by_age[k]},
             "kinds": {k: asdict(v) for k, v in sorted(self.kinds.items())},
             "bytes_estimated": self.bytes_estimated,
+            "warnings": list(self.warnings),
         }
 
 
