@@ -8,7 +8,8 @@ in a fresh process (``benchmarks.child``) so that its peak RSS is its own.
 With ``--repeat K`` the slots run K times, interleaved (the order rotates each
 repetition), and a summary gives the same-run ratios ours/floor and
 ours/baseline per repetition. A target that names its server processes
-(``SERVER_PROCESSES``) gets ``server_cpu_s``: the CPU those processes spent
+(``SERVER_PROCESSES``), or their ids (``server_pids()``, for servers that run
+as a generic ``java``), gets ``server_cpu_s``: the CPU those processes spent
 during the purge (``/proc``: their utime + stime, and that of their children
 they reaped: a PostgreSQL backend that exits is counted by the postmaster).
 Results are appended to ``benchmarks/results/<target>.jsonl`` and printed as
@@ -41,16 +42,18 @@ def run_child(target: str, slot: str, url: str, cutoff: datetime, batch: int, n:
     return {"slot": slot, **row}
 
 
-def server_cpu(names: tuple[str, ...]) -> float:
-    """CPU seconds spent so far by the processes called ``names`` and the children they reaped."""
+def server_cpu(names: tuple[str, ...], pids: list[int] | None = None) -> float:
+    """CPU seconds spent so far by the processes called ``names`` (or with ids ``pids``) and the children
+    they reaped."""
     total, tick = 0, os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    stats = [Path(f"/proc/{pid}/stat") for pid in pids] if pids is not None else Path("/proc").glob("[0-9]*/stat")
+    for stat in stats:
         try:
             text = stat.read_text()
         except OSError:
             continue
         comm, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-        if comm in names:
+        if pids is not None or comm in names:
             total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
     return total / tick
 
@@ -59,6 +62,7 @@ def bench(target_name: str, sizes: list[int], slots: list[str], batch: int, time
           max_baseline_n: int | None, repeat: int = 1) -> list[dict]:
     target = importlib.import_module(f"benchmarks.targets.{target_name}")
     servers = getattr(target, "SERVER_PROCESSES", ())
+    pids = target.server_pids() if hasattr(target, "server_pids") else None  # instead of names, if given
     rows = []
     for n in sizes:
         now = datetime.now(UTC).replace(microsecond=0)
@@ -75,10 +79,10 @@ def bench(target_name: str, sizes: list[int], slots: list[str], batch: int, time
                 url = target.prepare(n, slot, now)
                 seed_s = round(time.perf_counter() - seeded, 1)
                 try:
-                    cpu = server_cpu(servers) if servers else 0.0
+                    cpu = server_cpu(servers, pids) if servers or pids else 0.0
                     row = run_child(target_name, slot, url, cutoff, batch, n, now, timeout)
-                    if servers:
-                        row["server_cpu_s"] = round(server_cpu(servers) - cpu, 2)
+                    if servers or pids:
+                        row["server_cpu_s"] = round(server_cpu(servers, pids) - cpu, 2)
                     if hasattr(target, "extra"):
                         row.update(target.extra(url, slot))
                 finally:
