@@ -11,23 +11,41 @@ Besides time and memory each row reports the write cost of the purge:
 ``wu_per_run`` divides that by the runs deleted, and ``orphans_left`` counts
 items that still name a missing run. DynamoDB Local's own ``ConsumedCapacity``
 figures are not used (it reports, e.g., 2.0 units for a 100-item transaction).
+
+The ``floor`` slot is the least work the store can do for the same result: the
+keys of every item ours deletes (all items of the expired, deletable runs, the
+checkpoints they own, old stream items and soft-deleted schedules) are
+gathered by one Scan in ``prepare`` (in the runner, so neither in the floor's
+time nor in its server CPU); the timed part is one ``DeleteRequest`` per item,
+BatchWriteItem x25, on 8 threads.
+``server_pids`` names DynamoDB Local's ``java`` process (the one listening on
+the endpoint's port), so the runner reports its CPU (``server_cpu_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
+import tempfile
 import uuid
-from datetime import datetime
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from benchmarks.data import seed_store
 from workflow_retention.backends import by_url
+from workflow_retention.backends.dynamodb import DynamoDBBackend
 
 _SERVER: dict[str, Any] = {}
 _DUMMY = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+CUTOFF_DAYS = 30  # benchmarks.run's cutoff: the floor's keys are gathered for it before the clock
+FLOOR_THREADS, FLOOR_BATCH = 8, 25
+_FLOOR: dict[str, Any] = {}  # in the floor's process: its cutoff, runs, keys and client
 
 
 def _endpoint() -> str:
@@ -49,13 +67,14 @@ def _parts(url: str) -> tuple[str, str, str]:
     return parts.netloc, query["region"], query["endpoint_url"]
 
 
-def prepare(n: int, slot: str, now: datetime) -> str:
-    url = f"dynamodb://bench_{slot}_{n}_{uuid.uuid4().hex[:8]}?region=us-east-1&endpoint_url={_endpoint()}"
-    return seed_store(url, n, now)
+def _backend(url: str, **options: Any) -> DynamoDBBackend:
+    backend = by_url(url, **options)
+    assert isinstance(backend, DynamoDBBackend)
+    return backend
 
 
 def run_ours(url: str, cutoff: datetime, batch: int) -> dict[str, Any]:
-    backend = by_url(url, batch_size=batch or None)
+    backend = _backend(url, batch_size=batch or None)
     try:
         report = backend.delete_old_runs(cutoff)
         cap = backend.table.capacity
@@ -99,7 +118,7 @@ def extra(url: str, slot: str) -> dict[str, Any]:
     from workflow_retention.backends.dynamodb.layout import classify
     from workflow_retention.report import Kind
 
-    backend = by_url(url)
+    backend = _backend(url)
     try:
         owners: list[str] = []
         runs: set[str] = set()
@@ -108,7 +127,7 @@ def extra(url: str, slot: str) -> dict[str, Any]:
             for item in page:
                 total += 1
                 kind, owner, _ = classify(item)
-                if kind == Kind.RUNS:
+                if kind == Kind.RUNS and owner is not None:
                     runs.add(owner)
                 elif owner is not None:
                     owners.append(owner)
@@ -117,8 +136,144 @@ def extra(url: str, slot: str) -> dict[str, Any]:
     return {"items_left": total, "orphans_left": sum(1 for o in owners if o not in runs)}
 
 
+# -- the floor: keys known before the clock, one delete per item, BatchWriteItem x25 on 8 threads ------
+
+
+def _client(url: str, workers: int = FLOOR_THREADS) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    _, region, endpoint = _parts(url)
+    return boto3.session.Session().client("dynamodb", region_name=region, endpoint_url=endpoint,
+                                          config=Config(max_pool_connections=workers + 4,
+                                                        retries={"total_max_attempts": 1, "mode": "standard"}))
+
+
+def _scan_all(url: str) -> list[dict[str, Any]]:
+    """Every item of the table (consistent Scan), as the low-level client returns it."""
+    table, _, _ = _parts(url)
+    client = _client(url, 1)
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = client.scan(**params)
+        items += page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return items
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def doomed_keys(items: Iterable[dict[str, Any]], cutoff: datetime) -> tuple[int, list[dict[str, Any]]]:
+    """(runs, keys) a complete purge at ``cutoff`` deletes, decided on a snapshot of the whole table.
+
+    The same rules as ours (``workflow_retention.planning``): eligible runs go with their eligible
+    descendants, a parent of a run that stays is held; each run takes its ``RUN#`` partition, hooks (by
+    their ``run_id``), token items, flag and the checkpoints it owns (``key_owners``); old stream items
+    and soft-deleted schedules go too.
+    """
+    from workflow_retention.backends.dynamodb.layout import RUN_SK, checkpoint_key, key_of, text
+    from workflow_retention.backends.dynamodb.streams import old_stream_items
+    from workflow_retention.planning import DELETED_SCHEDULE, RunRef, key_owners, plan_deletion
+    from workflow_retention.timeutil import older
+
+    class Quiet:
+        skipped = 0
+
+        def warn(self, message: str) -> None:
+            pass
+
+    items = list(items)
+    runs: dict[str, RunRef] = {}
+    kids: dict[str, list[RunRef]] = {}
+    for item in items:
+        pk = item["PK"]["S"]
+        if pk.startswith("RUN#") and item["SK"]["S"] == RUN_SK:
+            ref = RunRef.parse(pk[4:], text(item, "status"), text(item, "updated_at"), text(item, "parent_run_id"))
+            runs[ref.run_id] = ref
+            if ref.parent_run_id:
+                kids.setdefault(ref.parent_run_id, []).append(ref)
+    eligible = [r for r in runs.values() if r.eligible(cutoff)]
+    roots = [r for r in eligible if not (r.parent_run_id in runs and runs[r.parent_run_id].eligible(cutoff))]
+    plan = plan_deletion(roots, lambda ids: {i: kids.get(i, []) for i in ids}, cutoff)
+    doomed = {r.run_id for r in plan.order()[0]}
+    checkpoints = {k: i for i in items if (k := checkpoint_key(i)) is not None}
+    owners = key_owners(checkpoints, lambda ids: ids & runs.keys())
+    hooks = {i["PK"]["S"] for i in items if i["PK"]["S"].startswith("HOOK#") and text(i, "run_id") in doomed}
+    keys = []
+    for item in items:
+        pk, sk = item["PK"]["S"], item["SK"]["S"]
+        head, _, rest = pk.partition("#")
+        if (head == "RUN" and rest in doomed or pk in hooks or head == "TOKEN" and sk in hooks
+                or head == "CANCEL" and rest in doomed
+                or head == "CHECKPOINT" and owners.get(rest) in doomed
+                or head == "SCHEDULE" and text(item, "status") == DELETED_SCHEDULE
+                and older(text(item, "updated_at"), cutoff)):
+            keys.append(key_of(item))
+    keys += [key_of(i) for _, i in old_stream_items(items, cutoff, Quiet())]
+    return len(doomed), keys
+
+
+def _floor_file(url: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"wr_floor_{_parts(url)[0]}.json"
+
+
+def prepare(n: int, slot: str, now: datetime) -> str:
+    """A table seeded with ``bench_runs(n, now)``; for the floor, also the keys it deletes (one Scan, here in
+    the runner: neither its time nor its server CPU is the floor's)."""
+    url = f"dynamodb://bench_{slot}_{n}_{uuid.uuid4().hex[:8]}?region=us-east-1&endpoint_url={_endpoint()}"
+    seed_store(url, n, now)
+    if slot == "floor":
+        cutoff = now - timedelta(days=CUTOFF_DAYS)
+        runs, keys = doomed_keys(_scan_all(url), cutoff)
+        _floor_file(url).write_text(json.dumps({"cutoff": cutoff.isoformat(), "runs": runs, "keys": keys}))
+    return url
+
+
+def setup_in_child(url: str, slot: str, n: int, now: datetime) -> None:
+    """For the floor only: load the keys ``prepare`` gathered, before the clock (benchmarks.child)."""
+    if slot == "floor":
+        _FLOOR.update(json.loads(_floor_file(url).read_text()), client=_client(url))
+
+
+def floor(url: str, cutoff: datetime) -> dict[str, Any]:
+    """Delete the keys gathered before the clock: BatchWriteItem x25 on 8 threads, unprocessed items retried."""
+    table, _, _ = _parts(url)
+    if datetime.fromisoformat(_FLOOR["cutoff"]) != cutoff:
+        raise ValueError(f"the floor's keys were gathered for the cutoff {_FLOOR['cutoff']}, not {cutoff}")
+    runs, keys, client = _FLOOR["runs"], _FLOOR["keys"], _FLOOR["client"]
+    calls = [0]
+
+    def write(chunk: list[dict[str, Any]]) -> None:
+        request = {table: [{"DeleteRequest": {"Key": k}} for k in chunk]}
+        while request:
+            calls[0] += 1
+            request = client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+
+    with ThreadPoolExecutor(FLOOR_THREADS) as pool:
+        list(pool.map(write, [keys[i:i + FLOOR_BATCH] for i in range(0, len(keys), FLOOR_BATCH)]))
+    return {"runs": runs, "items_deleted": len(keys), "write_units": len(keys),
+            "wu_per_run": round(len(keys) / max(runs, 1), 2), "calls": calls[0]}
+
+
+def server_pids() -> list[int]:
+    """DynamoDB Local's process: the ``java`` running DynamoDBLocal.jar on the endpoint's port."""
+    port = str(urlsplit(_endpoint()).port or "")
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args]
+        if any(w.endswith("DynamoDBLocal.jar") for w in words) and "-port" in words \
+                and words[words.index("-port") + 1:][:1] == [port]:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
 def cleanup(url: str) -> None:
-    backend = by_url(url)
+    _floor_file(url).unlink(missing_ok=True)
+    backend = _backend(url)
     try:
         backend.table.client.delete_table(TableName=backend.table_name)
     finally:
