@@ -1,0 +1,123 @@
+"""Retention policies: the file in the issue works as written; every mistake is named before anything runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.policy import Policy, load_policy, parse_policy
+
+ISSUE_EXAMPLE = """
+[retention]
+default = "30d"
+min = "1d"
+keep_last = 3
+
+[retention.status]
+failed = "90d"
+
+[retention.workflow]
+"billing.*" = "730d"
+"""
+
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_issue_example_works_as_written(tmp_path: Path) -> None:
+    policy = load_policy(_write(tmp_path, ISSUE_EXAMPLE))
+    assert policy.retention("orders.create", "completed") == 30 * DAY
+    assert policy.retention("orders.create", "failed") == 90 * DAY
+    assert policy.retention("billing.invoice", "completed") == 730 * DAY
+    assert policy.retention("billing.invoice", "failed") == 730 * DAY  # the workflow rule wins over the status
+    assert policy.retention(None, "cancelled") == 30 * DAY
+    assert policy.keep_last_for("anything") == 3
+    assert policy.cutoff(NOW, "billing.x", "completed") == NOW - 730 * DAY
+    assert policy.shortest() == 30 * DAY
+
+
+def test_an_exact_name_beats_a_glob_and_globs_apply_in_file_order() -> None:
+    policy = parse_policy({"retention": {"default": "30d", "workflow": {
+        "health*": "2d", "healthcheck": {"default": "1d", "failed": "7d", "keep_last": 10}, "h*": "5d"}}})
+    assert policy.retention("healthcheck", "completed") == DAY
+    assert policy.retention("healthcheck", "failed") == 7 * DAY
+    assert policy.keep_last_for("healthcheck") == 10
+    assert policy.retention("healthz", "completed") == 2 * DAY  # first glob in file order
+    assert policy.retention("hello", "completed") == 5 * DAY
+    assert policy.retention("Healthcheck", "completed") == 30 * DAY  # case-sensitive, as pyworkflow's names
+    assert policy.keep_last_for("healthz") == 0
+
+
+def test_a_workflow_table_without_default_falls_back_to_the_status_rule() -> None:
+    policy = parse_policy({"retention": {"default": "30d", "status": {"failed": "90d"},
+                                         "workflow": {"etl.*": {"completed": "3d"}}}})
+    assert policy.retention("etl.load", "completed") == 3 * DAY
+    assert policy.retention("etl.load", "failed") == 90 * DAY
+    assert policy.retention("etl.load", "cancelled") == 30 * DAY
+
+
+def test_the_plain_days_setting_is_the_default_rule() -> None:
+    policy = Policy.days(30)
+    for status in ("completed", "failed", "cancelled", "continued_as_new", "interrupted"):
+        assert policy.retention("any", status) == 30 * DAY
+    assert policy.keep_last_for("any") == 0
+
+
+@pytest.mark.parametrize(("section", "names"), [
+    ({"default": "0d"}, "retention.default"),
+    ({"default": "30d", "min": "2d", "status": {"failed": "1d"}}, "retention.status.failed"),
+    ({"default": "30d", "workflow": {"billing.*": "12h"}}, "retention.workflow.'billing.*'"),
+    ({"default": "30d", "workflow": {"x": {"failed": "1h"}}}, "retention.workflow.'x'.failed"),
+    ({"default": "30d", "status": {"running": "1d"}}, "unknown key 'running'"),
+    ({"default": "30d", "status": {"COMPLETED": "1d"}}, "unknown key 'COMPLETED'"),
+    ({"default": "30d", "keep_lats": 3}, "unknown key 'keep_lats'"),
+    ({"default": "30d", "keep_last": -1}, "retention.keep_last"),
+    ({"default": "30"}, "retention.default"),
+    ({"default": 30}, "retention.default"),
+    ({"default": "30d", "workflow": {"x": {"deafult": "3d"}}}, "unknown key 'deafult'"),
+    ({"default": "30d", "workflow": {" ": "3d"}}, "cannot be empty"),
+    ({"min": "1d"}, "retention.default is required"),
+])
+def test_a_policy_that_contradicts_itself_or_cannot_be_read_names_the_key(section: dict, names: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_policy({"retention": section})
+    assert names in str(caught.value)
+
+
+def test_an_unreadable_file_is_named_with_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="PYWORKFLOW_RETENTION_POLICY.*not valid TOML"):
+        load_policy(_write(tmp_path, "[retention\ndefault = 3"))
+    with pytest.raises(ConfigurationError, match="PYWORKFLOW_RETENTION_POLICY: cannot read"):
+        load_policy(tmp_path / "missing.toml")
+    with pytest.raises(ConfigurationError, match="unknown key 'default'; expected one of retention"):
+        load_policy(_write(tmp_path, "default = '30d'\n"))
+    with pytest.raises(ConfigurationError, match=r"a \[retention\] table is required"):
+        load_policy(_write(tmp_path, "retention = 3\n"))
+
+
+def test_shrinking_is_detected_rule_by_rule() -> None:
+    before = parse_policy({"retention": {"default": "30d", "keep_last": 3, "status": {"failed": "90d"}}})
+    same = parse_policy({"retention": {"default": "30d", "keep_last": 3, "status": {"failed": "90d"}}})
+    longer = parse_policy({"retention": {"default": "60d", "keep_last": 5, "status": {"failed": "90d"}}})
+    shorter = parse_policy({"retention": {"default": "30d", "keep_last": 3, "status": {"failed": "90d"},
+                                          "workflow": {"billing.*": "7d"}}})
+    fewer = parse_policy({"retention": {"default": "30d", "keep_last": 1, "status": {"failed": "90d"}}})
+    assert same.shrinks(before) == [] and longer.shrinks(before) == []
+    assert "workflow 'billing.*', completed: 30d -> 7d" in shorter.shrinks(before)
+    assert "workflow 'billing.*', failed: 90d -> 7d" in shorter.shrinks(before)
+    assert fewer.shrinks(before) == ["the default, keep_last: 3 -> 1"]
+
+
+def test_the_policy_round_trips_through_its_dict_form() -> None:
+    policy = parse_policy({"retention": {"default": "30d", "keep_last": 2, "status": {"failed": "90d"},
+                                         "workflow": {"a.*": "10d", "b": {"failed": "5d", "keep_last": 1}}}})
+    assert parse_policy({"retention": policy.to_dict()}) == policy

@@ -1,0 +1,232 @@
+"""Retention policies: how long each terminal run is kept, by status and by workflow name.
+
+A policy is read from a TOML file (``PYWORKFLOW_RETENTION_POLICY``, standard
+library ``tomllib``) or given as the same keys in a mapping::
+
+    [retention]
+    default = "30d"          # every terminal run not matched below
+    min = "1d"               # no rule may be shorter (a guard against "0d" typos); default 1d
+    keep_last = 3            # the 3 most recent terminal runs of each workflow are always kept
+
+    [retention.status]       # by terminal status
+    failed = "90d"
+
+    [retention.workflow]     # by workflow name: exact, or a glob (fnmatch, case-sensitive)
+    "billing.*" = "730d"
+    "healthcheck" = { default = "1d", failed = "7d", keep_last = 10 }
+
+How one run's retention is chosen (first that applies):
+
+1. the workflow rule for its name: an exact name first, else the first glob
+   that matches, in the file's order; within it, its value for the run's
+   status, else its ``default``;
+2. ``retention.status`` for the run's status;
+3. ``retention.default`` (``PYWORKFLOW_DATA_RETENTION_DAYS`` when the policy
+   is only that number: :meth:`Policy.days`).
+
+``keep_last`` is the workflow rule's, else the top-level one (0: none).
+Everything is checked when the policy is read: an unknown key, a status that
+is not terminal, a duration in the wrong form, a rule shorter than ``min``,
+or a negative ``keep_last`` is a :class:`ConfigurationError` naming the key,
+before any store is opened.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from workflow_retention import values
+from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.planning import TERMINAL_STATUSES
+
+#: ``min`` when the policy does not set it.
+DEFAULT_MIN = timedelta(days=1)
+#: The largest ``keep_last`` accepted.
+MAX_KEEP_LAST = 100_000
+_GLOB = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class WorkflowRule:
+    """The rule for the workflow names ``pattern`` matches (exact when it holds no ``*``, ``?`` or ``[``)."""
+
+    pattern: str
+    default: timedelta | None = None
+    status: Mapping[str, timedelta] = field(default_factory=dict)
+    keep_last: int | None = None
+
+    @property
+    def exact(self) -> bool:
+        return not _GLOB.intersection(self.pattern)
+
+    def matches(self, workflow_name: str) -> bool:
+        return workflow_name == self.pattern if self.exact else fnmatchcase(workflow_name, self.pattern)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated retention policy; see the module docstring for the file format and precedence."""
+
+    default: timedelta
+    minimum: timedelta = DEFAULT_MIN
+    keep_last: int = 0
+    status: Mapping[str, timedelta] = field(default_factory=dict)
+    workflows: tuple[WorkflowRule, ...] = ()
+
+    @classmethod
+    def days(cls, days: int) -> Policy:
+        """The plain ``PYWORKFLOW_DATA_RETENTION_DAYS`` rule: every terminal run, ``days`` days."""
+        return cls(default=timedelta(days=days), minimum=min(DEFAULT_MIN, timedelta(days=days)))
+
+    def rule_for(self, workflow_name: str | None) -> WorkflowRule | None:
+        """The workflow rule that applies to ``workflow_name`` (an exact name first, else the first glob)."""
+        if workflow_name is None:
+            return None
+        exact = next((w for w in self.workflows if w.exact and w.pattern == workflow_name), None)
+        return exact or next((w for w in self.workflows if not w.exact and w.matches(workflow_name)), None)
+
+    def retention(self, workflow_name: str | None, status: str) -> timedelta:
+        """How long a terminal run of ``workflow_name`` in ``status`` is kept after its last update."""
+        rule = self.rule_for(workflow_name)
+        if rule is not None:
+            if status in rule.status:
+                return rule.status[status]
+            if rule.default is not None:
+                return rule.default
+        return self.status.get(status, self.default)
+
+    def cutoff(self, now: datetime, workflow_name: str | None, status: str) -> datetime:
+        """The instant before which such a run's ``updated_at`` must lie for it to go."""
+        return now - self.retention(workflow_name, status)
+
+    def keep_last_for(self, workflow_name: str | None) -> int:
+        """How many of the most recent terminal runs of ``workflow_name`` are always kept."""
+        rule = self.rule_for(workflow_name)
+        return rule.keep_last if rule is not None and rule.keep_last is not None else self.keep_last
+
+    def shortest(self) -> timedelta:
+        """The shortest retention any rule gives: ``now - shortest()`` bounds every candidate."""
+        return min(self.retentions())
+
+    def retentions(self) -> Iterable[timedelta]:
+        yield self.default
+        yield from self.status.values()
+        for rule in self.workflows:
+            if rule.default is not None:
+                yield rule.default
+            yield from rule.status.values()
+
+    def shrinks(self, previous: Policy) -> list[str]:
+        """What this policy deletes sooner than ``previous`` (empty: nothing), one line per rule.
+
+        Compared for the default, each status and each workflow pattern either
+        policy names, and for ``keep_last``: the guard that holds a shortened
+        policy back until an operator accepts it.
+        """
+        names: list[str | None] = [None, *dict.fromkeys(r.pattern for r in (*previous.workflows, *self.workflows))]
+        out: list[str] = []
+        for name in names:
+            for status in sorted(TERMINAL_STATUSES):
+                now, before = self.retention(name, status), previous.retention(name, status)
+                if now < before:
+                    who = f"workflow {name!r}" if name is not None else "the default"
+                    out.append(f"{who}, {status}: {values.human(before)} -> {values.human(now)}")
+            if self.keep_last_for(name) < previous.keep_last_for(name):
+                who = f"workflow {name!r}" if name is not None else "the default"
+                out.append(f"{who}, keep_last: {previous.keep_last_for(name)} -> {self.keep_last_for(name)}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy in the file's own shape (durations as ``30d``), for reports and run history."""
+        def rule(w: WorkflowRule) -> Any:
+            body: dict[str, Any] = {s: values.human(d) for s, d in w.status.items()}
+            if w.default is not None:
+                body["default"] = values.human(w.default)
+            if w.keep_last is not None:
+                body["keep_last"] = w.keep_last
+            return body
+        return {"default": values.human(self.default), "min": values.human(self.minimum),
+                "keep_last": self.keep_last, "status": {s: values.human(d) for s, d in self.status.items()},
+                "workflow": {w.pattern: rule(w) for w in self.workflows}}
+
+
+def load_policy(path: str | Path, name: str = "PYWORKFLOW_RETENTION_POLICY") -> Policy:
+    """Read and validate the policy file at ``path`` (``name`` is the setting that gave it, for errors)."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigurationError(f"{name}: cannot read the policy file {str(path)!r}: "
+                                 f"{exc.strerror or type(exc).__name__}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{name}: {str(path)!r} is not valid TOML: {exc}") from exc
+    return parse_policy(data, source=name)
+
+
+def parse_policy(data: Mapping[str, Any], source: str = "policy") -> Policy:
+    """Validate a policy given as a mapping (a parsed file, or ``install(app, policy=...)``)."""
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"{source}: expected a table with a [retention] section")
+    _only(data, {"retention"}, source)
+    section = data.get("retention")
+    if not isinstance(section, Mapping):
+        raise ConfigurationError(f"{source}: a [retention] table is required")
+    where = f"{source}: retention"
+    _only(section, {"default", "min", "keep_last", "status", "workflow"}, where)
+    if "default" not in section:
+        raise ConfigurationError(f"{where}.default is required (e.g. default = \"30d\")")
+    minimum = _duration(section.get("min", DEFAULT_MIN), f"{where}.min", timedelta(0))
+    default = _duration(section["default"], f"{where}.default", minimum)
+    keep_last = _keep_last(section.get("keep_last", 0), f"{where}.keep_last")
+    status = _statuses(section.get("status", {}), f"{where}.status", minimum)
+    workflows = section.get("workflow", {})
+    if not isinstance(workflows, Mapping):
+        raise ConfigurationError(f"{where}.workflow must be a table of workflow name (or glob) = duration")
+    rules = []
+    for pattern, value in workflows.items():
+        key = f"{where}.workflow.{pattern!r}"
+        if not pattern.strip():
+            raise ConfigurationError(f"{key}: a workflow name or glob cannot be empty")
+        if isinstance(value, Mapping):
+            _only(value, {"default", "keep_last", *TERMINAL_STATUSES}, key, statuses=True)
+            rules.append(WorkflowRule(
+                pattern,
+                default=_duration(value["default"], f"{key}.default", minimum) if "default" in value else None,
+                status=_statuses({s: d for s, d in value.items() if s in TERMINAL_STATUSES}, key, minimum),
+                keep_last=_keep_last(value["keep_last"], f"{key}.keep_last") if "keep_last" in value else None))
+        else:
+            rules.append(WorkflowRule(pattern, default=_duration(value, key, minimum)))
+    return Policy(default=default, minimum=minimum, keep_last=keep_last, status=status, workflows=tuple(rules))
+
+
+def _only(table: Mapping[str, Any], allowed: set[str], where: str, statuses: bool = False) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        hint = " (statuses: " + ", ".join(sorted(TERMINAL_STATUSES)) + ")" if statuses else ""
+        raise ConfigurationError(f"{where}: unknown key {unknown[0]!r}; expected one of "
+                                 f"{', '.join(sorted(allowed))}{hint}")
+
+
+def _duration(value: Any, key: str, minimum: timedelta) -> timedelta:
+    result = values.duration(value, key)
+    if result < minimum:
+        raise ConfigurationError(f"{key} = {values.human(result)} is shorter than retention.min "
+                                 f"({values.human(minimum)}): raise it, or lower min on purpose")
+    return result
+
+
+def _keep_last(value: Any, key: str) -> int:
+    return values.integer(value, key, minimum=0, maximum=MAX_KEEP_LAST, example=3)
+
+
+def _statuses(table: Any, key: str, minimum: timedelta) -> dict[str, timedelta]:
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"{key} must be a table of terminal status = duration")
+    _only(table, set(TERMINAL_STATUSES), key)
+    return {status: _duration(value, f"{key}.{status}", minimum) for status, value in table.items()}
