@@ -18,7 +18,7 @@ from urllib.parse import quote
 from workflow_retention import values
 from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.urls import REDIS_URL_PREFIXES, redact_url, secrets_of
+from workflow_retention.urls import REDIS_URL_PREFIXES, redact_url, secrets_of, split_url
 
 RETENTION_DAYS = "PYWORKFLOW_DATA_RETENTION_DAYS"
 STORAGE_URL = "PYWORKFLOW_RETENTION_STORAGE_URL"
@@ -35,6 +35,9 @@ SCHEDULE_JITTER = "PYWORKFLOW_RETENTION_SCHEDULE_JITTER"
 QUEUE = "PYWORKFLOW_RETENTION_QUEUE"
 RESULT_BACKEND = "PYWORKFLOW_CELERY_RESULT_BACKEND"
 MIN_AGE = "PYWORKFLOW_RETENTION_MIN_AGE"
+PUSHGATEWAY_URL = "PYWORKFLOW_RETENTION_PUSHGATEWAY_URL"
+STATE_URL = "PYWORKFLOW_RETENTION_STATE_URL"
+STARTUP_AUDIT = "PYWORKFLOW_RETENTION_STARTUP_AUDIT"
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
 DEFAULT_LOCK_TTL = timedelta(minutes=5)
@@ -45,6 +48,9 @@ DEFAULT_JITTER = timedelta(hours=1)
 DEFAULT_MIN_AGE = timedelta(hours=1)
 MAX_LOCK_TTL = timedelta(days=1)
 MAX_INTERVAL = timedelta(days=30)
+#: How long the worker's start-up audit may take before it stops and reports what it counted.
+DEFAULT_STARTUP_AUDIT = timedelta(seconds=30)
+MAX_STARTUP_AUDIT = timedelta(minutes=10)
 
 #: Every variable this package reads: name -> (default, meaning). The README table mirrors it.
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -84,6 +90,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
     MIN_AGE: ("1h",
         "Blast-radius guard: a cutoff newer than this (a purge of runs finished within it) is refused unless "
         "the command line passes --allow-recent-cutoff. 0s disables it."),
+    PUSHGATEWAY_URL: ("unset (nothing pushed)",
+        "Prometheus Pushgateway the Celery task pushes its metrics to after every run, e.g. "
+        "http://pushgateway:9091 (http:// or https://; user:password@ is sent as basic auth)."),
+    STATE_URL: ("the lock's Redis (Celery task); unset (command line)",
+        "Redis URL of the run history (every purge and orphan sweep, its outcome and counts) that `status` "
+        "and the metrics read. The command line records history only when this or "
+        "PYWORKFLOW_RETENTION_LOCK_URL is set."),
+    STARTUP_AUDIT: ("30s",
+        "When a worker with the task starts, it logs what the store holds and what a purge would delete, "
+        "counting for at most this long; 0s disables it."),
 }
 
 
@@ -104,6 +120,10 @@ class Settings:
     min_age: timedelta = DEFAULT_MIN_AGE
     #: Problems with settings only the Celery task uses, found by a lenient load (the CLI warns about them).
     problems: tuple[str, ...] = field(default=(), repr=False)
+    pushgateway_url: str | None = field(default=None, repr=False)
+    #: PYWORKFLOW_RETENTION_STATE_URL as set (None: the history goes to the lock's Redis, see history_url_for).
+    state_url: str | None = field(default=None, repr=False)
+    startup_audit: timedelta = field(default=DEFAULT_STARTUP_AUDIT, repr=False)
 
     def __repr__(self) -> str:
         return (f"Settings(retention_days={self.retention_days}, storage_url={self._safe(self.storage_url)}, "
@@ -121,6 +141,15 @@ class Settings:
         if self.storage_url is None:
             raise ConfigurationError(self.storage_error or "no storage configured")
         return self.storage_url
+
+    @property
+    def cli_history_url(self) -> str | None:
+        """Where the command line records and reads run history: STATE_URL, else an explicit LOCK_URL, else None."""
+        return self.state_url or self.explicit_lock_url
+
+    def history_url_for(self, broker_url: str | None) -> str:
+        """Where the Celery task records run history: STATE_URL, else the singleton lock's Redis."""
+        return self.state_url or self.lock_url_for(broker_url)
 
     def lock_url_for(self, broker_url: str | None) -> str:
         """The singleton lock's Redis URL: LOCK_URL if set, else ``broker_url`` if it is Redis."""
@@ -254,7 +283,7 @@ def storage_url_from_env(env: Mapping[str, str]) -> str:
 
 
 #: Variables that hold a URL (which may carry a password) or a password itself.
-URL_VARIABLES = (STORAGE_URL, LOCK_URL, BROKER, RESULT_BACKEND)
+URL_VARIABLES = (STORAGE_URL, LOCK_URL, BROKER, RESULT_BACKEND, PUSHGATEWAY_URL, STATE_URL)
 PASSWORD_VARIABLES = ("PYWORKFLOW_POSTGRES_PASSWORD", "PYWORKFLOW_MYSQL_PASSWORD")
 
 
@@ -318,5 +347,35 @@ def load_settings(env: Mapping[str, str] | None = None, *, strict: bool = True) 
         lock_key=(env.get(LOCK_KEY) or "").strip() or lock_key_for(storage_url),
         explicit_lock_url=env.get(LOCK_URL) or None,
         min_age=values.duration(env[MIN_AGE], MIN_AGE) if env.get(MIN_AGE) else DEFAULT_MIN_AGE,
+        pushgateway_url=celery_only(lambda: parse_pushgateway_url(env.get(PUSHGATEWAY_URL)), None),  # type: ignore[arg-type]
+        state_url=parse_state_url(env.get(STATE_URL)),
+        startup_audit=celery_only(lambda: values.duration(env[STARTUP_AUDIT], STARTUP_AUDIT,
+                                                          maximum=MAX_STARTUP_AUDIT)
+                                  if env.get(STARTUP_AUDIT) else DEFAULT_STARTUP_AUDIT,
+                                  DEFAULT_STARTUP_AUDIT),  # type: ignore[arg-type]
         problems=tuple(problems),
     )
+
+
+def parse_state_url(raw: str | None) -> str | None:
+    """PYWORKFLOW_RETENTION_STATE_URL: unset, or a Redis URL (redis://, rediss://, unix://)."""
+    if raw is None or not raw.strip():
+        return None
+    raw = raw.strip()
+    if not raw.startswith(REDIS_URL_PREFIXES):
+        raise ConfigurationError(f"{STATE_URL} must be a Redis URL (redis://host:6379/0, rediss://..., "
+                                 f"unix:///path); got {redact_url(raw)!r}")
+    split_url(raw, STATE_URL)
+    return raw
+
+
+def parse_pushgateway_url(raw: str | None) -> str | None:
+    """PYWORKFLOW_RETENTION_PUSHGATEWAY_URL: unset, or http(s)://[user:password@]host[:port][/path]."""
+    if raw is None or not raw.strip():
+        return None
+    raw = raw.strip()
+    expected = f"{PUSHGATEWAY_URL} must be http://host:port or https://host:port (e.g. http://pushgateway:9091)"
+    parts = split_url(raw, PUSHGATEWAY_URL)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(f"{expected}; got {redact_url(raw)!r}")
+    return raw
