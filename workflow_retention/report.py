@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from workflow_retention.planning import TERMINAL_STATUSES
 
 
 class Kind:
@@ -151,10 +153,28 @@ class Census:
     bytes_estimated: bool = True
     #: What the census could not count, and why (a missing table, a missing index, an unreadable record).
     warnings: list[str] = field(default_factory=list)
+    #: ``updated_at`` of the oldest run in a terminal status (None: no such run, or none readable).
+    oldest_terminal: datetime | None = None
 
     def warn(self, message: str) -> None:
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(printable(message))
+
+    def count_run(self, status: str | None, updated_at: datetime | None, now: datetime) -> None:
+        """One run record: counted by status (``(none)`` when it has none) and by the age of its ``updated_at``
+        (not when it cannot be read: the purge preview reports such a run); the oldest terminal one is kept."""
+        self.runs_by_status[status or "(none)"] += 1
+        if updated_at is None:
+            return
+        self.runs_by_age[age_bucket((now - updated_at).total_seconds() / 86400)] += 1
+        if status in TERMINAL_STATUSES and (self.oldest_terminal is None or updated_at < self.oldest_terminal):
+            self.oldest_terminal = updated_at
+
+    def lag(self, cutoff: datetime) -> timedelta:
+        """Retention lag: how far the oldest terminal run still in the store lies before ``cutoff`` (0: none)."""
+        if self.oldest_terminal is None or self.oldest_terminal >= cutoff:
+            return timedelta(0)
+        return cutoff - self.oldest_terminal
 
     def count(self, kind: str, n: int = 1, size: int = 0) -> None:
         stat = self.kinds.setdefault(kind, KindStat())
@@ -168,6 +188,7 @@ class Census:
             "kinds": {k: asdict(v) for k, v in sorted(self.kinds.items())},
             "bytes_estimated": self.bytes_estimated,
             "warnings": list(self.warnings),
+            "oldest_terminal_updated_at": _iso(self.oldest_terminal),
         }
 
 

@@ -36,7 +36,7 @@ from workflow_retention.planning import (
     key_prefixes,
     plan_page,
 )
-from workflow_retention.report import Kind, age_bucket
+from workflow_retention.report import Kind
 from workflow_retention.seed import SeedRun
 from workflow_retention.timeutil import older
 from workflow_retention.urls import redact_url, split_url
@@ -292,10 +292,7 @@ class MemoryBackend(StorageBackend):
         store, census = self.store, job.census
         with store._lock:
             for run in store._runs.values():
-                census.runs_by_status[_value(run.status)] += 1
-                ref = _ref(run)
-                if ref.updated_at is not None:
-                    census.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
+                census.count_run(_value(run.status), _ref(run).updated_at, job.now)
             census.count(Kind.RUNS, len(store._runs))
             census.count(Kind.EVENTS, sum(len(v) for v in store._events.values()))
             for kind, collection in ((Kind.STEPS, store._steps), (Kind.CHECKPOINTS, store._checkpoints),

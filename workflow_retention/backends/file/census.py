@@ -26,7 +26,7 @@ from workflow_retention.backends.file.layout import (
 )
 from workflow_retention.base import CensusJob
 from workflow_retention.planning import RunRef
-from workflow_retention.report import Kind, age_bucket
+from workflow_retention.report import Kind
 
 PROGRESS_EVERY = 5000
 PURGE_MARKERS = "purge_markers"
@@ -81,9 +81,7 @@ def _runs_entry(store: Store, entry: os.DirEntry[str], job: CensusJob) -> None:
             return
         record = data if isinstance(data, dict) else {}
         ref = RunRef.parse(name[: -len(JSON)], record.get("status"), record.get("updated_at"))
-        counts.runs_by_status[ref.status or "(none)"] += 1
-        if ref.updated_at is not None:
-            counts.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
+        counts.count_run(ref.status, ref.updated_at, job.now)
 
 
 def _token_index(store: Store, job: CensusJob) -> None:
