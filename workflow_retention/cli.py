@@ -1,8 +1,9 @@
-"""The workflow-retention command: purge, check, seed, orphans, audit."""
+"""The workflow-retention command: purge, check, seed, orphans, audit, metrics, status."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -11,10 +12,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflow_retention import config, values
+from workflow_retention import config, metrics, status, values
 from workflow_retention.backends import by_url
 from workflow_retention.base import BatchInfo, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, RetentionError
+from workflow_retention.history import History, record_run
 from workflow_retention.lock import open_lease
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
 from workflow_retention.seed import generate
@@ -40,6 +42,7 @@ _positive_days = _argument(lambda text: config.parse_retention_days(text, "--day
 _runs = _argument(lambda text: values.integer(text, "--runs", minimum=0, maximum=10_000_000, example=1000))
 _seed = _argument(lambda text: values.integer(text, "--seed", minimum=0, maximum=2**31 - 1, example=42))
 _age_days = _argument(lambda text: values.number(text, "--max-age-days", maximum=values.MAX_DAYS, example="120"))
+_max_age = _argument(lambda text: values.duration(text, "--max-age", minimum=timedelta(seconds=1)))
 
 
 DESCRIPTION = ("Delete expired PyWorkflow runs with everything that belongs to them (purge), repair what "
@@ -98,6 +101,21 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"preview a purge with this cutoff (default: ${config.RETENTION_DAYS})")
     audit.add_argument("--grace", default="1h", help="orphan grace period (default 1h)")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    metrics_ = sub.add_parser("metrics", help="print Prometheus metrics (text format) for a textfile collector")
+    storage(metrics_)
+    metrics_.add_argument("--days", type=_positive_days,
+                          help=f"count the runs a purge with this cutoff would delete (default: "
+                               f"${config.RETENTION_DAYS})")
+    metrics_.add_argument("--grace", default="1h", help="orphan grace period (default 1h)")
+
+    status_ = sub.add_parser("status", help="last runs, last success, next run, lease holder; exit 1 when the last "
+                                            "success is older than --max-age")
+    status_.add_argument("--storage", metavar="URL", help=f"storage URL; default: ${config.STORAGE_URL} or "
+                                                          "PyWorkflow's PYWORKFLOW_STORAGE_* variables")
+    status_.add_argument("--max-age", type=_max_age, default=timedelta(days=2),
+                         help="unhealthy (exit 1) when the last successful purge is older than this (default 2d)")
+    status_.add_argument("--json", action="store_true", help="print the status as JSON")
     return p
 
 
@@ -193,10 +211,39 @@ def _cutoff(args: argparse.Namespace, settings: config.Settings) -> datetime:
     return cutoff
 
 
+def _lock_key(args: argparse.Namespace, settings: config.Settings) -> str:
+    """The store's lock key (which also names its run history): the key a task purging this store would use."""
+    storage = getattr(args, "storage", None)
+    if storage and settings.lock_key == config.lock_key_for(settings.storage_url):
+        return config.lock_key_for(storage)
+    return settings.lock_key
+
+
+def _history(args: argparse.Namespace, settings: config.Settings, store: str) -> History | None:
+    """The run history of the command line: only when a state store (or the lock's Redis) is configured."""
+    url = settings.cli_history_url
+    if url is None:
+        log.info("run history not recorded: set %s (or %s) to record it", config.STATE_URL, config.LOCK_URL)
+        return None
+    return History.open(url, _lock_key(args, settings), store=store, source="cli", secrets=args.secrets)
+
+
+def _recorded(args: argparse.Namespace, settings: config.Settings, backend: StorageBackend, operation: str,
+              run: Callable[[Any], Any], dry_run: bool) -> Any:
+    history = None if dry_run else _history(args, settings, backend.url)
+    try:
+        return record_run(history, operation, run, then=Progress(operation), log=log)
+    finally:
+        if history is not None:
+            history.close()
+
+
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     cutoff = _cutoff(args, settings)
     with _backend(args, settings) as backend:
-        report = backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=Progress("purge"))
+        report = _recorded(args, settings, backend, metrics.PURGE,
+                           lambda on_batch: backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=on_batch),
+                           args.dry_run)
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
@@ -216,9 +263,7 @@ def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
     human = values.human
     when = (f"daily at {schedule.daily_at[0]:02d}:{schedule.daily_at[1]:02d} + up to {human(schedule.jitter)} "
             "jitter" if schedule.daily_at else f"every {human(schedule.every)}")  # type: ignore[arg-type]
-    lock_key = settings.lock_key
-    if args.storage and lock_key == config.lock_key_for(settings.storage_url):
-        lock_key = config.lock_key_for(args.storage)  # the key a task purging this store would use
+    lock_key = _lock_key(args, settings)
     used = [("storage", redact_url(storage_url) if storage_url else f"(none: {settings.storage_error})"),
             ("retention days", settings.retention_days or "(unset: the Celery task keeps everything)"),
             ("batch size", args.batch_size or settings.batch_size or "(the backend's)"),
@@ -228,6 +273,10 @@ def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
                                          f"key {lock_key}, lease {human(settings.lock_ttl)}"),
             ("orphan repair", f"after each purge, grace {human(settings.orphan_grace)}" if settings.repair_orphans
              else "off"),
+            ("run history (command line)", redact_url(settings.cli_history_url) if settings.cli_history_url
+             else f"(not recorded: set {config.STATE_URL})"),
+            ("metrics push (celery task)", redact_url(settings.pushgateway_url) if settings.pushgateway_url
+             else "(off)"),
             ("broker (ready-made worker)", redact_url(settings.broker_url))]
     args.out(_table("configuration", used))
     failed = False
@@ -261,7 +310,9 @@ def _cmd_seed(args: argparse.Namespace, settings: config.Settings) -> int:
 def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
     grace = values.duration(args.grace, "--grace")
     with _backend(args, settings) as backend:
-        report = backend.sweep_orphans(grace=grace, dry_run=args.dry_run, on_batch=Progress("orphans"))
+        report = _recorded(args, settings, backend, metrics.ORPHANS,
+                           lambda on_batch: backend.sweep_orphans(grace=grace, dry_run=args.dry_run,
+                                                                  on_batch=on_batch), args.dry_run)
     args.out(report.to_json(indent=2) if args.json else format_orphans(report))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
@@ -278,8 +329,113 @@ def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_metrics(args: argparse.Namespace, settings: config.Settings) -> int:
+    """An audit, plus the history's counters when a state store is configured, in Prometheus' text format."""
+    days = args.days or settings.retention_days
+    now = utcnow()
+    with _backend(args, settings) as backend:
+        report = backend.audit(older_than=now - timedelta(days=days) if days else None,
+                               grace=values.duration(args.grace, "--grace"))
+        store = backend.url
+    audit = metrics.audit_snapshot(report, days)
+    snapshot = metrics.Snapshot(store=metrics.store_label(store), audit=audit)
+    history = _history(args, settings, store)
+    failed = False
+    if history is not None:
+        try:
+            history.record_audit(audit)
+            _from_history(snapshot, history, days, now)
+        except RetentionError as exc:
+            log.error("metrics: the run history could not be read, so the counters and the last success are "
+                      "missing: %s", exc)
+            failed = True
+        finally:
+            history.close()
+    else:
+        snapshot.lag = metrics.retention_lag(now, days, None, audit)
+    args.out(metrics.text(metrics.registry_for(snapshot)).rstrip("\n"))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _from_history(snapshot: metrics.Snapshot, history: History, days: int | None, now: datetime) -> None:
+    """Fill ``snapshot`` from the run history: counters, last success, last runs, lag."""
+    from workflow_retention.timeutil import parse_timestamp
+
+    state = history.state()
+    snapshot.totals = history.totals()
+    if state.get("last_success_at"):
+        snapshot.last_success_at = parse_timestamp(state["last_success_at"]).timestamp()
+    clean = parse_timestamp(state["clean_at"]) if state.get("clean_at") else None
+    snapshot.clean_at = clean.timestamp() if clean else None
+    snapshot.last_runs = {op: {"finished_at": parse_timestamp(run["finished_at"]).timestamp(),
+                               "duration_s": run.get("duration_s"), "outcome": run.get("outcome")}
+                          for op in (metrics.PURGE, metrics.ORPHANS)
+                          if isinstance(run := state.get(f"last_{op}"), dict) and run.get("finished_at")}
+    snapshot.audit = snapshot.audit or history.last_audit()
+    snapshot.lag = metrics.retention_lag(now, days, clean, snapshot.audit)
+
+
+def _cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    from workflow_retention.celery import daily_schedule
+
+    storage_url = args.storage or settings.storage_url
+    store = redact_url(storage_url) if storage_url else f"(none: {settings.storage_error})"
+    spec = config.load_schedule()
+    lock_key = _lock_key(args, settings)
+    history = _history(args, settings, store)
+    lease = open_lease(settings.lock_url, lock_key, settings.lock_ttl) if settings.lock_url else None
+    try:
+        state = status.collect(store=store, history=history, lock_key=lock_key, lease=lease,
+                               state_store=redact_url(settings.cli_history_url) if settings.cli_history_url else None,
+                               retention_days=settings.retention_days, max_age=args.max_age, now=utcnow(),
+                               spec=spec, schedule=daily_schedule(spec))
+    finally:
+        for client in (history, lease.client if lease else None):
+            if client is not None:
+                client.close()
+    args.out(json.dumps(state.to_dict(), indent=2) if args.json else format_status(state))
+    for problem in state.problems:
+        log.error("status: %s", problem)
+    if not state.healthy:
+        log.error("status: unhealthy: %s", state.reason())
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def format_status(s: status.Status) -> str:
+    """The status as tables: the summary, then the last runs."""
+    human = values.human
+
+    def ago(when: datetime | None) -> str:
+        return f"{when.isoformat()} ({human(s.now - when)} ago)" if when else "(none)"
+
+    holder = s.holder or ("(free)" if s.holder_error is None else f"(unknown: {s.holder_error})")
+    lag = "(unknown)"
+    if s.lag is not None:
+        lag = f"{'at most ' + human(timedelta(seconds=round(s.lag.seconds))) if s.lag.seconds is not None else '?'}" \
+              f" ({s.lag.basis})"
+    rows = [("health", "OK" if s.healthy else f"UNHEALTHY: {s.reason()}"), ("store", s.store),
+            ("state store", s.state_store or f"(none: set {config.STATE_URL} to record history)"),
+            ("last success", ago(s.last_success_at)), ("max age", human(s.max_age)),
+            ("next run", f"{s.next_run_at.isoformat() if s.next_run_at else '(unknown)'}  [{s.schedule}]"),
+            ("lock", f"{s.lock_key}: {holder}"), ("retention lag", lag)]
+    text = _table("status", rows)
+    lines = []
+    for run in s.runs:
+        report = run.get("report") or {}
+        counts = (f"runs {report.get('runs', 0):,}, held {report.get('held', 0):,}" if run["operation"] == "purge"
+                  else f"orphans {report.get('total', 0):,}") if report else ""
+        duration = f"{run['duration_s']:.2f}s" if run.get("duration_s") is not None else ""
+        outcome = run.get("outcome") or "started (running, or died without finishing)"
+        error = f"  error: {run['error']}" if run.get("error") else ""
+        lines.append(f"  {run['started_at']}  {run['operation']:<7}  {run['source']:<6}  {outcome:<9}  "
+                     f"{duration:>9}  {counts}{error}")
+    return text + "\n" + ("last runs (newest first)\n" + "\n".join(lines) if lines else "last runs: (none)")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
     "purge": _cmd_purge, "check": _cmd_check, "seed": _cmd_seed, "orphans": _cmd_orphans, "audit": _cmd_audit,
+    "metrics": _cmd_metrics, "status": _cmd_status,
 }
 
 
@@ -317,6 +473,7 @@ def _print(text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     secrets = config.secrets(urls=(getattr(args, "storage", None),))
+    args.secrets = secrets
     _logging(args.verbose, secrets)
     args.out = lambda text: _print(remove_secrets(text, secrets))
     try:

@@ -46,7 +46,8 @@ STORAGE_URLS = [
 LOCK_URLS = [f"redis://:{P}@127.0.0.1:1/0", f"unix:///tmp/wr-secret.sock?db=0&password={P}",
              f"redis:/:{P}@127.0.0.1:1/0"]
 COMMANDS = [["check"], ["purge", "--days", "30"], ["purge", "--days", "30", "--dry-run"],
-            ["audit", "--days", "30"], ["orphans", "--dry-run"], ["seed", "--runs", "1"]]
+            ["audit", "--days", "30"], ["orphans", "--dry-run"], ["seed", "--runs", "1"],
+            ["metrics", "--days", "30"], ["status"], ["status", "--json"]]
 
 
 def leaks(text: str) -> list[str]:
@@ -90,6 +91,24 @@ def test_check_never_prints_the_password_of_a_lock_or_broker_url(url: str, monke
     cli.main(["-v", "check", "--storage", "memory://"])
     out, err = capfd.readouterr()
     assert not leaks(out + err), (out, err)
+
+
+@pytest.mark.parametrize("url", LOCK_URLS)
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["purge", "--days", "30"], ["orphans"],
+                                     ["metrics", "--days", "30"]])
+def test_history_and_metrics_never_print_the_password_of_a_state_or_lock_url(
+        url: str, command: list[str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """The state store (history) and the lock are unreachable: the ERROR lines and the tables stay clean."""
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("PYWORKFLOW_RETENTION_STATE_URL", url)
+    monkeypatch.setenv("PYWORKFLOW_RETENTION_LOCK_URL", url.replace("/0", "/1"))
+    monkeypatch.setenv("PYWORKFLOW_RETENTION_PUSHGATEWAY_URL", f"http://gw:{P.replace('#', '%23')}@127.0.0.1:1")
+    code = cli.main(["-v", *command, "--storage", "memory://secrets"])
+    out, err = capfd.readouterr()
+    assert not leaks(out + err), (command, out, err)
+    assert "ERROR" in err, (command, err)
+    # status/metrics fail: unreachable (1) or malformed, named (2); a purge's own outcome stays its own (0)
+    assert code in ((0, 1, 2) if command[0] in ("purge", "orphans") else (1, 2)), (command, code, err)
 
 
 @pytest.mark.parametrize("url", STORAGE_URLS)
