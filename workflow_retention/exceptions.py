@@ -49,3 +49,7 @@ class LeaseLostError(PurgeStopped):
 
 class LockHeldError(RetentionError):
     """Another purge holds the singleton lock."""
+
+
+class ArchiveError(RetentionError):
+    """The archive could not be written, read or verified: nothing of the batch concerned is deleted."""

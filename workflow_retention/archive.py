@@ -1,0 +1,395 @@
+"""Archives: where a purge writes each batch, verified, before deleting it.
+
+``open_archive(url)`` gives an :class:`ArchiveStore` for ``file:///abs/dir``
+or ``s3://bucket/prefix[?endpoint_url=...&region=...]`` (boto3; credentials
+from the AWS chain only, never in the URL). Every object is written so that it
+can never replace another (:meth:`ArchiveStore.put_new`: ``O_EXCL`` and a
+hard link on file stores, ``PutObject`` with ``IfNoneMatch="*"`` on S3), then
+read back and compared by SHA-256 (:func:`put_verified`): only a verified
+object lets the caller delete what it holds.
+
+:class:`ArchiveWriter` lays out one purge: its batch objects, the runs it
+kept after archiving them (superseded), and a manifest written last. A purge
+with no manifest is unfinished (it crashed or was stopped); :func:`archived_versions`
+reads such purges so that a rerun does not archive the same run version twice.
+The format is versioned and described in ``docs/archive.md``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import stat
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from workflow_retention.exceptions import ArchiveError, BackendUnavailableError, ConfigurationError
+from workflow_retention.urls import redact_url, split_url
+
+#: The setting that names the archive.
+SETTING = "PYWORKFLOW_RETENTION_ARCHIVE_URL"
+#: ``format`` of every object and manifest; ``version`` changes when a reader must change.
+FORMAT, FORMAT_VERSION = "workflow-retention-archive", 1
+MANIFEST = "manifest.json"
+BATCH_SUFFIX = ".jsonl.gz"
+_FORMS = "file:///absolute/dir or s3://bucket[/prefix][?endpoint_url=...&region=...]"
+_S3_PARAMS = {"endpoint_url", "region"}
+
+
+class ArchiveCollision(ArchiveError):
+    """An object of that name already exists: nothing was written (an archive never overwrites)."""
+
+
+class ArchiveMismatch(ArchiveError):
+    """An object read back differs from what was written: the batch it holds must not be deleted."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArchiveStore(ABC):
+    """Objects by name (``a/b/c.jsonl.gz``, relative, ``/``-separated), written once, never replaced."""
+
+    #: The archive's URL, safe to print.
+    url: str
+
+    @abstractmethod
+    def put_new(self, name: str, data: bytes) -> None:
+        """Write ``data`` as ``name`` durably; :class:`ArchiveCollision` if ``name`` exists (nothing written)."""
+
+    @abstractmethod
+    def get(self, name: str) -> bytes:
+        """The object's bytes; :class:`ArchiveError` if it is missing or cannot be read."""
+
+    @abstractmethod
+    def names(self, prefix: str = "") -> Iterator[str]:
+        """The names of the objects under ``prefix`` (any order)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`ArchiveError` unless the archive is reachable and can be written."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def _clean_name(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")):
+        raise ArchiveError(f"invalid archive object name {name!r}")
+    return path
+
+
+class FileArchiveStore(ArchiveStore):
+    """A folder: each object a file, created with ``O_EXCL`` under a temporary name, ``fsync``-ed, then
+    hard-linked to its name (which fails if the name exists: no object is ever replaced) and the folder
+    ``fsync``-ed. Reads open regular files only, never following a symlink and never blocking."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root, self.url = root, url
+
+    def _path(self, name: str) -> Path:
+        return self.root.joinpath(*_clean_name(name).parts)
+
+    def put_new(self, name: str, data: bytes) -> None:
+        final = self._path(name)
+        try:
+            self._mkdirs(final.parent)
+            temp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    out.write(data)
+                    out.flush()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temp, final)  # atomic, and never replaces an existing name
+            except FileExistsError:
+                raise ArchiveCollision(f"archive object {name!r} already exists in {self.url}") from None
+            finally:
+                os.unlink(temp)
+            _fsync_dir(final.parent)
+        except ArchiveError:
+            raise
+        except OSError as exc:
+            raise ArchiveError(f"cannot write archive object {name!r} to {self.url}: "
+                               f"{exc.strerror or type(exc).__name__}") from exc
+
+    def _mkdirs(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for made in reversed(missing):
+            try:
+                made.mkdir(mode=0o750)
+            except FileExistsError:
+                continue
+            _fsync_dir(made.parent)
+
+    def get(self, name: str) -> bytes:
+        path = self._path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            raise ArchiveError(f"cannot read archive object {name!r} in {self.url}: "
+                               f"{exc.strerror or type(exc).__name__}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ArchiveError(f"archive object {name!r} in {self.url} is not a regular file")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def names(self, prefix: str = "") -> Iterator[str]:
+        base = self.root.joinpath(*_clean_name(prefix).parts) if prefix else self.root
+        if not base.is_dir():
+            return
+        for folder, dirs, files in os.walk(base):
+            dirs.sort()
+            for file in sorted(files):
+                if not file.startswith("."):
+                    yield Path(folder, file).relative_to(self.root).as_posix()
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise ArchiveError(f"archive folder {self.url} does not exist (create it first)")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ArchiveError(f"archive folder {self.url} is not writable by this user")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class S3ArchiveStore(ArchiveStore):
+    """An S3 bucket and key prefix (any S3-compatible server: AWS, MinIO, moto). ``PutObject`` with
+    ``IfNoneMatch="*"``: a name that exists answers 412 and nothing is written. Credentials come from
+    the AWS chain (environment, shared files, instance roles)."""
+
+    #: Attempts per request (botocore's standard retry mode: throttling, 5xx and connection errors).
+    max_attempts = 5
+
+    def __init__(self, bucket: str, prefix: str, url: str, *, endpoint_url: str | None = None,
+                 region: str | None = None) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:
+            raise BackendUnavailableError("S3 archive", "s3", exc) from exc
+        self.bucket, self.prefix, self.url = bucket, prefix, url
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                                   config=Config(retries={"mode": "standard", "max_attempts": self.max_attempts},
+                                                 connect_timeout=10, read_timeout=60))
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{_clean_name(name)}"
+
+    def _error(self, what: str, name: str, exc: Exception) -> ArchiveError:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        return ArchiveError(f"cannot {what} archive object {name!r} in {self.url}: {code}")
+
+    def put_new(self, name: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412 or exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                raise ArchiveCollision(f"archive object {name!r} already exists in {self.url}") from exc
+            raise self._error("write", name, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("write", name, exc) from exc
+
+    def get(self, name: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("read", name, exc) from exc
+        return body
+
+    def names(self, prefix: str = "") -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        start = self.prefix + (str(_clean_name(prefix)) + "/" if prefix else "")
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                for entry in page.get("Contents", ()):
+                    yield entry["Key"][len(self.prefix):]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("list", prefix or "/", exc) from exc
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("reach", "/", exc) from exc
+
+
+def open_archive(url: str, setting: str = SETTING) -> ArchiveStore:
+    """The archive named by ``url``; a URL that cannot be used is a :class:`ConfigurationError` naming
+    ``setting`` and the expected forms, raised before anything is read or written."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"{setting}: expected {_FORMS}; got an empty value")
+    parts = split_url(url.strip(), what=setting)
+    shown = redact_url(url.strip())
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise ConfigurationError(f"{setting}: expected {_FORMS}; got {shown!r}")
+        path = Path(unquote(parts.path))
+        if not path.is_absolute() or ".." in path.parts:
+            raise ConfigurationError(f"{setting}: the folder must be an absolute path without '..'; got {shown!r}")
+        return FileArchiveStore(path, f"file://{path}")
+    if parts.scheme == "s3":
+        if parts.username is not None or parts.password is not None:
+            raise ConfigurationError(f"{setting}: credentials do not belong in the URL (they come from the "
+                                     f"AWS chain: environment, shared files, roles); got {shown!r}")
+        bucket = parts.hostname or ""
+        if not bucket or parts.fragment:
+            raise ConfigurationError(f"{setting}: expected {_FORMS}; got {shown!r}")
+        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = sorted(set(params) - _S3_PARAMS)
+        if unknown:
+            raise ConfigurationError(f"{setting}: unknown parameter {unknown[0]!r} (allowed: "
+                                     f"{', '.join(sorted(_S3_PARAMS))}); got {shown!r}")
+        endpoint = params.get("endpoint_url")
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigurationError(f"{setting}: endpoint_url must be an http:// or https:// URL; got {shown!r}")
+        prefix = parts.path.strip("/")
+        return S3ArchiveStore(bucket, prefix + "/" if prefix else "", shown, endpoint_url=endpoint,
+                              region=params.get("region") or None)
+    raise ConfigurationError(f"{setting}: expected {_FORMS}; got {shown!r}")
+
+
+def put_verified(store: ArchiveStore, name: str, data: bytes) -> str:
+    """Write ``data`` as a new object, read it back, and return its SHA-256; :class:`ArchiveMismatch` if
+    what was read differs (the caller must then delete nothing of it)."""
+    digest = sha256(data)
+    store.put_new(name, data)
+    back = store.get(name)
+    if sha256(back) != digest:
+        raise ArchiveMismatch(f"archive object {name!r} in {store.url} reads back different from what was "
+                              f"written (sha256 {sha256(back)[:12]}..., expected {digest[:12]}...)")
+    return digest
+
+
+def encode_lines(records: Iterable[Mapping[str, Any]]) -> bytes:
+    """gzip-compressed JSON Lines, deterministic (sorted keys, no timestamp in the gzip header)."""
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+                   for r in records)
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
+def decode_lines(data: bytes) -> list[dict[str, Any]]:
+    """The records of an object written by :func:`encode_lines`."""
+    try:
+        text = gzip.decompress(data).decode("utf-8")
+        return [json.loads(line) for line in text.splitlines() if line]
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArchiveError(f"archive object cannot be decoded: {type(exc).__name__}") from exc
+
+
+@dataclass
+class ArchivedObject:
+    name: str
+    sha256: str
+    runs: int
+    bytes: int
+
+
+@dataclass
+class ArchiveWriter:
+    """One purge's part of an archive: ``purges/<purge_id>/`` holding ``batch-NNNNNN.jsonl.gz`` objects
+    (one line per run: :func:`run_line`), ``superseded-NNNNNN.json`` objects (runs archived, then kept
+    because they changed), and ``manifest.json``, written last by :meth:`finish`."""
+
+    store: ArchiveStore
+    backend: str
+    cutoff: datetime
+    started_at: datetime
+    purge_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    objects: list[ArchivedObject] = field(default_factory=list)
+    superseded: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return f"purges/{self.started_at:%Y-%m-%d}-{self.purge_id}/"
+
+    def write_batch(self, lines: list[dict[str, Any]]) -> ArchivedObject:
+        """Archive one batch (its runs' lines) as a new, verified object; raises before anything is deleted."""
+        data = encode_lines(lines)
+        name = f"{self.prefix}batch-{len(self.objects) + 1:06d}{BATCH_SUFFIX}"
+        written = ArchivedObject(name, put_verified(self.store, name, data), len(lines), len(data))
+        self.objects.append(written)
+        return written
+
+    def supersede(self, runs: Mapping[str, str], obj: ArchivedObject) -> None:
+        """Record that ``runs`` (run_id -> archived version), archived in ``obj``, were kept: they changed."""
+        if not runs:
+            return
+        entries = [{"run_id": r, "version": v, "object": obj.name} for r, v in sorted(runs.items())]
+        name = f"{self.prefix}superseded-{len(self.superseded) + 1:06d}.json"
+        put_verified(self.store, name, json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
+                                                   "runs": entries}, sort_keys=True).encode())
+        self.superseded.extend(entries)
+
+    def finish(self, outcome: str, report: Mapping[str, Any]) -> str:
+        """Write the manifest (last): the purge's cutoff, store, outcome, report and every object with its
+        checksum. Returns its name."""
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "purge_id": self.purge_id,
+                    "backend": self.backend, "cutoff": self.cutoff.isoformat(),
+                    "started_at": self.started_at.isoformat(), "outcome": outcome, "report": dict(report),
+                    "objects": [vars(o) for o in self.objects], "superseded": self.superseded}
+        name = self.prefix + MANIFEST
+        put_verified(self.store, name, json.dumps(manifest, sort_keys=True, indent=1).encode())
+        return name
+
+
+def run_line(backend: str, run_id: str, version: str, records: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """One archived run: everything the purge deletes of it, in the store's own terms (``records``: table,
+    item kind or folder -> its rows, items or files as JSON values), with the version that was checked."""
+    return {"format": FORMAT, "version": FORMAT_VERSION, "backend": backend, "run_id": run_id,
+            "run_version": version, "records": dict(records)}
+
+
+def archived_versions(store: ArchiveStore) -> dict[str, set[str]]:
+    """run_id -> versions archived by purges that have no manifest (unfinished: crashed or stopped).
+
+    A rerun skips archiving a run version found here again (it is verified in the archive already) and
+    names the unfinished objects in its own manifest.
+    """
+    by_purge: dict[str, list[str]] = {}
+    for name in store.names("purges"):
+        folder, _, leaf = name.rpartition("/")
+        by_purge.setdefault(folder, []).append(leaf)
+    found: dict[str, set[str]] = {}
+    for folder, leaves in by_purge.items():
+        if MANIFEST in leaves:
+            continue
+        for leaf in sorted(leaf for leaf in leaves if leaf.endswith(BATCH_SUFFIX)):
+            for line in decode_lines(store.get(f"{folder}/{leaf}")):
+                found.setdefault(line["run_id"], set()).add(line["run_version"])
+    return found
