@@ -116,7 +116,10 @@ def test_a_run_with_more_rows_than_max_rows_goes_in_several_bounded_transactions
     assert (report.runs, report.counts["events"], report.counts["steps"], report.counts["checkpoints"]) == \
         (2, 2500, 300, 700)
     assert dict(dry.counts) == dict(report.counts)
-    assert len(sizes) >= 4 and max(sizes) <= 1000 + 2, sizes
+    if sql.name == "postgres":  # the engine's cascade cannot be held back: the heavy run in one transaction
+        assert sorted(sizes) == [1, 3501], sizes
+    else:
+        assert len(sizes) >= 4 and max(sizes) <= 1000 + 2, sizes
     assert not run_ids(sql.inventory())
     assert_no_orphans(sql.inventory())
 
@@ -131,12 +134,15 @@ def test_a_run_with_more_step_checkpoints_than_max_rows_goes_in_bounded_transact
     report = backend.delete_old_runs(CUTOFF)
     sizes = rows.per_transaction()
     assert (report.runs, report.counts["checkpoints"], report.counts["events"]) == (2, 2500, 10)
-    assert len(sizes) >= 3 and max(sizes) <= 1000 + 2, sizes
+    if sql.name == "postgres":  # rolled back, then the part in one transaction (the cascade cannot wait)
+        assert sizes == [2500 + 10 + 300 + 2], sizes
+    else:
+        assert len(sizes) >= 3 and max(sizes) <= 1000 + 2, sizes
     assert not run_ids(sql.inventory())
     assert_no_orphans(sql.inventory())
 
 
-def test_a_heavy_family_goes_children_first_across_transactions(sql: Any) -> None:
+def test_a_heavy_family_goes_records_first_then_rows_across_transactions(sql: Any) -> None:
     _heavy_run(sql, "run_parent", events=1200, checkpoints=10)
     _heavy_run(sql, "run_child", events=1200, checkpoints=10, parent="run_parent")
     backend = sql.retention(max_rows=1000)
@@ -146,25 +152,26 @@ def test_a_heavy_family_goes_children_first_across_transactions(sql: Any) -> Non
     assert_no_orphans(sql.inventory())
 
 
-def test_every_step_rechecks_and_a_run_revived_between_steps_keeps_what_it_still_has(sql: Any) -> None:
+def test_a_run_revived_before_its_commit_point_keeps_every_row(sql: Any) -> None:
+    """The commit transaction re-checks the runs under lock: a run revived before it keeps all it has,
+    and no later step touches it (tests/sql/test_revived_runs.py revives it at every boundary)."""
     _heavy_run(sql)
     backend = sql.retention(max_rows=1000)
     calls: list[tuple[str, ...]] = []
 
     def engine_revives_it(info: Any) -> None:
         calls.append(info.run_ids)
-        if len(calls) == 2:  # after the first step committed
-            with sql.raw().begin() as conn:
-                conn.execute(text("UPDATE workflow_runs SET status = 'running', updated_at = :t WHERE run_id = :r"),
-                             {"t": backend.db_time(OLD.replace(year=OLD.year + 1)), "r": "run_big"})
+        with sql.raw().begin() as conn:
+            conn.execute(text("UPDATE workflow_runs SET status = 'running', updated_at = :t WHERE run_id = :r"),
+                         {"t": backend.db_time(OLD.replace(year=OLD.year + 1)), "r": "run_big"})
 
     report = backend.delete_old_runs(CUTOFF, on_batch=engine_revives_it)
     items = sql.inventory()
     assert run_ids(items) == {"run_big"} and report.runs == 0 and report.changed == 1
     left = Counter(i.kind for i in items)
-    assert 0 < left["events"] + left["steps"] + left["checkpoints"] < 3500
-    assert sum(report.counts.values()) + sum(left[k] for k in ("events", "steps", "checkpoints")) == 3500
-    assert len(calls) == 2, "a step ran after the run was found changed"
+    assert (left["events"], left["steps"], left["checkpoints"]) == (2500, 300, 700)
+    assert not report.counts
+    assert len(calls) == 1, "a step ran after the run was found changed"
 
 
 def test_a_purge_stopped_between_steps_is_finished_by_the_next(sql: Any) -> None:
@@ -178,10 +185,14 @@ def test_a_purge_stopped_between_steps_is_finished_by_the_next(sql: Any) -> None
             raise PurgeStopped("lease lost")
 
     first = backend.delete_old_runs(CUTOFF, on_batch=stop_at_the_third)
-    assert first.stopped and first.runs == 0
-    assert run_ids(sql.inventory()) == {"run_big"}  # the record goes last: the next purge finds the run
+    assert first.runs == 1  # the record goes first (the commit point): the engine cannot revive the run
+    assert not run_ids(sql.inventory())
+    if sql.name == "postgres":  # one transaction: nothing left to stop in
+        assert not first.stopped and steps == [1]
+    else:
+        assert first.stopped and any(i.run_id == "run_big" for i in sql.inventory())
     second = backend.delete_old_runs(CUTOFF)
-    assert second.runs == 1 and not run_ids(sql.inventory())
+    assert second.runs == 0 and not sql.inventory()
     assert sum(first.counts.values()) + sum(second.counts.values()) == 3501
     assert_no_orphans(sql.inventory())
 
@@ -193,8 +204,8 @@ def test_the_row_budget_shrinks_when_a_transaction_is_slow(sqlite_harness: Any) 
     budgets: list[int] = []
     original = type(backend).write
 
-    def slow_write(self: Any, body: Any) -> Any:
-        result = original(self, body)
+    def slow_write(self: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, body, *args, **kwargs)
         time.sleep(2 * self.transaction_target)  # as if the disk were slow
         budgets.append(self._row_budget)
         return result
@@ -217,8 +228,8 @@ def test_a_budget_that_shrinks_inside_a_batch_wastes_no_transaction(sqlite_harne
     event.listen(backend.engine, "rollback", lambda conn: rollbacks.append(1))
     original = type(backend).write
 
-    def slow_write(self: Any, body: Any) -> Any:
-        result = original(self, body)
+    def slow_write(self: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, body, *args, **kwargs)
         time.sleep(4 * self.transaction_target)  # the budget falls to min_rows
         return result
 

@@ -49,7 +49,7 @@ def create(harness: Any, path: Path) -> str | None:
             try:
                 conn.exec_driver_sql(ddl)
                 conn.commit()
-            except Exception as exc:  # noqa: BLE001 - the release's connect() stopped here too
+            except Exception as exc:
                 conn.rollback()
                 return str(exc)
     return None

@@ -175,7 +175,7 @@ def _deadlock_partner(harness: Any, started: threading.Event, outcome: dict[str,
             conn.execute(text("SELECT run_id FROM workflow_runs WHERE run_id = :r FOR UPDATE"), {"r": RUNS[0]})
             time.sleep(0.2)
         outcome["ok"] = True
-    except Exception as exc:  # noqa: BLE001 - the test reports it
+    except Exception as exc:
         outcome["error"] = exc
     finally:
         engine.dispose()

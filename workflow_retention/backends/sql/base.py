@@ -15,7 +15,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from functools import cached_property
 from typing import Any, ClassVar, TypeVar
@@ -222,13 +222,17 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
             with conn.begin():
                 yield conn
 
-    def write(self, body: Callable[[Connection], T]) -> T:
-        """Run ``body`` in one write transaction; retry it on deadlock or serialization failure."""
+    def write(self, body: Callable[[Connection], T], cascade: bool = True) -> T:
+        """Run ``body`` in one write transaction; retry it on deadlock or serialization failure.
+
+        ``cascade=False``: the transaction runs without the engine's ON DELETE CASCADE
+        (:meth:`without_cascade`; only where :attr:`can_defer_cascade`).
+        """
         for attempt in range(1, self.retry_attempts + 1):
             try:
                 with self._connection() as conn:
                     conn.execution_options(**self.write_options())
-                    with conn.begin():
+                    with nullcontext() if cascade else self.without_cascade(conn), conn.begin():
                         return body(conn)
             except DBAPIError as exc:
                 if attempt == self.retry_attempts or not self.retryable(exc):
@@ -240,14 +244,14 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _timed_write(self, body: Callable[[Connection], T]) -> T:
+    def _timed_write(self, body: Callable[[Connection], T], cascade: bool = True) -> T:
         """:meth:`write`, timed: the purge's row budget follows how long it took, then :meth:`after_write`.
 
         Over ``transaction_target`` the budget shrinks in proportion (not below ``min_rows``);
         well under it, it grows back towards ``max_rows``.
         """
         started = time.perf_counter()
-        result = self.write(body)
+        result = self.write(body, cascade)
         seconds = time.perf_counter() - started
         if seconds > self.transaction_target:
             self._row_budget = max(min(self.min_rows, self.max_rows),
@@ -282,6 +286,16 @@ class SQLBackend(PurgeMixin, SweepMixin, SeedMixin, StorageBackend):
 
     def retryable(self, exc: DBAPIError) -> bool:
         return False
+
+    #: True when :meth:`without_cascade` can open a transaction in which deleting a run record does not
+    #: fire the engine's ON DELETE CASCADE: a heavy run's record is then deleted first (the commit
+    #: point) and its rows in bounded transactions after; False: a heavy run goes in one transaction.
+    can_defer_cascade: ClassVar[bool] = False
+
+    def without_cascade(self, conn: Connection) -> AbstractContextManager[None]:
+        """Around the begin and end of a transaction on ``conn`` (no transaction open): inside it, foreign
+        keys are neither checked nor cascaded; restored on the way out, whatever happens."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold back the engine's cascade")
 
     def after_write(self, seconds: float) -> None:
         """Called after each write transaction of a purge or sweep, with how long it took (SQLite yields)."""

@@ -22,6 +22,8 @@ and on MariaDB 10.2+.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -95,6 +97,24 @@ class MySQLBackend(SQLBackend):
                             f"SESSION {limit}")
 
         return engine
+
+    can_defer_cascade = True
+
+    @contextmanager
+    def without_cascade(self, conn: Connection) -> Iterator[None]:
+        # A session variable (no privilege needed); InnoDB then neither checks nor cascades.
+        driver = conn.connection.driver_connection
+        with driver.cursor() as cur:
+            cur.execute("SET SESSION foreign_key_checks = 0")
+        try:
+            yield
+        finally:
+            try:
+                with driver.cursor() as cur:
+                    cur.execute("SET SESSION foreign_key_checks = 1")
+            except Exception:
+                conn.invalidate()  # never hand a connection without foreign keys back to the pool
+                raise
 
     def catalog(self, conn: Connection) -> tuple[frozenset[str], dict[str, list[tuple[str, ...]]]]:
         tables = frozenset(conn.exec_driver_sql(

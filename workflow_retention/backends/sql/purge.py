@@ -39,14 +39,20 @@ parent reference row by row.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, or_, select, union_all
+from sqlalchemy import Column, MetaData, Table, delete, func, insert, or_, select, union_all
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateTable
 
+from workflow_retention.backends.sql.schema import MYSQL_OPTIONS
 from workflow_retention.exceptions import StorageError
 from workflow_retention.planning import (
     LIVE_STATUSES,
@@ -63,7 +69,7 @@ from workflow_retention.report import Kind
 from workflow_retention.timeutil import parse_timestamp, utcnow
 
 if TYPE_CHECKING:
-    from workflow_retention.base import PurgeJob
+    from workflow_retention.base import OrphanJob, PurgeJob
 
 log = logging.getLogger("workflow_retention.sql")
 
@@ -116,6 +122,9 @@ class Weights(Counter):
 PURGED_TABLES = ("checkpoints", "schedules", "signals", "stream_subscriptions", "signal_acknowledgments",
                  "scheduled_signals")
 
+#: Our own table: the runs whose records a purge deleted before their child rows (see _delete_in_steps).
+MARKERS = "workflow_retention_purge_markers"
+
 #: Child tables whose rows per run are counted before a batch is cut (a run has at most one flag).
 COUNTED_CHILDREN = ("events", "steps", "hooks")
 #: Child tables of a run, keyed by ``run_id``, in deletion order, with their report kind.
@@ -134,6 +143,8 @@ class PurgeMixin:
     _transaction_budget: int | None = None
     #: True while a batch is redone reading its step checkpoints before deleting (see NotOwned).
     _checkpoints_first: bool = False
+    #: Written into the markers of the purge under way (see _commit_family).
+    _purge_id: str = ""
 
     def _purge(self, job: PurgeJob) -> None:
         window = job.batch_size * self.window_batches
@@ -147,6 +158,8 @@ class PurgeMixin:
         with self.translated("purge"), self.session():
             if not self._purge_allowed(job):
                 return
+            self._purge_id = uuid.uuid4().hex
+            self._resume(job)
             ranges: list[tuple[Any, tuple[Any, ...]]]
             if any(need.columns == ("created_at", "run_id") for need in self.layout.missing_indexes):
                 ranges = [(or_(past, later), (runs.run_id,))]  # one linear scan of the primary key
@@ -409,7 +422,7 @@ class PurgeMixin:
         job.report.held += held_now
         job.report.merge(counts)
 
-    def _write_batch(self, plan: Plan, ids: list[str], budget: int) -> tuple[int, int, Counter]:
+    def _write_batch(self, plan: Plan, ids: list[str], budget: int | None) -> tuple[int, int, Counter]:
         """The one write transaction of a batch that fits ``budget`` (:class:`TooHeavy`: it rolled back)."""
         self._transaction_budget = budget
         try:
@@ -448,48 +461,163 @@ class PurgeMixin:
         return len(changed), len(held), self._cascade(conn, plan, deletable, dry_run=False)
 
     def _delete_in_steps(self, job: PurgeJob, plan: Plan, ids: list[str], announced: bool = False) -> None:
-        """A family with more rows than one transaction may delete: one bounded transaction per step.
+        """A family with more rows than one transaction may delete: its records first, then its rows.
 
-        Every step locks and re-checks the runs before deleting anything; a run that changed
-        since planning keeps what it still has, and its ancestors are held. Child rows go
-        first, up to the budget per step; the run records go last, in the step that finds no
-        child row left, so a stop or crash in between leaves the runs for the next purge.
+        Where the dialect can delete run records without the engine's ON DELETE CASCADE firing
+        (:attr:`can_defer_cascade`), one short transaction locks and re-checks the runs, marks the
+        deletable ones in :data:`MARKERS` and deletes their records, leaves first: the commit point,
+        after which the engine can no longer revive them (its UPDATE matches nothing, its inserts
+        fail the foreign key). Bounded transactions then delete the marked runs' child rows
+        (:meth:`_finish_marked`); a purge stopped in between is finished by the next one
+        (:meth:`_resume`). Elsewhere (PostgreSQL) the family goes in one transaction.
         """
-        changed: set[str] = set()
-        while True:
-            if not announced:
-                job.boundary(ids)
-            announced = False
-            now, held, counts, done = self._timed_write(lambda conn: self._delete_step(conn, plan.copy(), ids))
-            changed |= now
+        if not self.can_defer_cascade:
+            self._delete_whole(job, plan, ids, announced)
+            return
+        if not announced:
+            job.boundary(ids)
+        self._ensure_markers()
+        changed, held, marked, counts = self._timed_write(
+            lambda conn: self._commit_family(conn, plan.copy(), ids), cascade=False)
+        job.report.changed += len(changed)
+        job.report.held += held
+        job.report.merge(counts)
+        if marked:
+            self._finish_marked(job, marked)
+
+    def _delete_whole(self, job: PurgeJob, plan: Plan, ids: list[str], announced: bool) -> None:
+        """A heavy family in one transaction (the dialect cannot hold back the cascade); reported when it
+        took longer than ``transaction_target``."""
+        if not announced:
+            job.boundary(ids)
+        started = time.perf_counter()
+        changed, held, counts = self._write_batch(plan, ids, None)
+        seconds = time.perf_counter() - started
+        job.report.changed += changed
+        job.report.held += held
+        job.report.merge(counts)
+        if seconds > self.transaction_target:
+            job.report.warn(f"run {ids[0]!r}{f' and {len(ids) - 1} more' if len(ids) > 1 else ''}: "
+                            f"{sum(counts.values())} rows deleted in one transaction of {seconds:.2f} s "
+                            f"(target {self.transaction_target} s); this dialect cannot split a run's "
+                            "deletion safely (see docs/backends/sql.md)")
+
+    def _commit_family(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[set[str], int, list[str],
+                                                                                   Counter]:
+        """The commit point of a heavy family: (changed, held, marked run ids, counts).
+
+        Runs in a transaction opened without the engine's cascade (:meth:`without_cascade`): the
+        runs are locked and re-checked, each deletable one gets a marker row and loses its record,
+        leaves first; its child rows stay for :meth:`_finish_marked`.
+        """
+        changed, deletable, held = self._recheck(conn, plan, ids)
+        runs = [r.run_id for r in deletable]
+        if not runs:
+            return changed, len(held), [], Counter()
+        now = self.db_time(utcnow())
+        markers = self.markers_table
+        for chunk in chunked(runs, self.id_chunk):
+            conn.execute(insert(markers), [{"run_id": r, "purge_id": self._purge_id, "created_at": now}
+                                           for r in chunk])
+        return changed, len(held), runs, self._delete_runs(conn, plan, deletable, dry_run=False)
+
+    def _finish_marked(self, job: PurgeJob | OrphanJob, run_ids: list[str]) -> None:
+        """Delete the child rows of marked runs (records gone) in transactions of the row budget, then
+        their markers. A marked run whose record exists again keeps everything: its marker is dropped
+        and it is reported."""
+        ids = list(run_ids)
+        while ids:
+            job.boundary(ids)
+            counts, done, back = self._timed_write(lambda conn, part=ids: self._finish_step(conn, part))
             job.report.merge(counts)
+            for run_id in back:
+                job.report.skipped += 1
+                job.report.warn(f"run {run_id!r}: marked for deletion by an interrupted purge, but its record "
+                                "exists again; its marker was dropped and the run left alone")
+            ids = [i for i in ids if i not in back]
             if done:
-                job.report.changed += len(changed)
-                job.report.held += held
                 return
 
-    def _delete_step(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[set[str], int, Counter, bool]:
-        """One step of :meth:`_delete_in_steps`: (changed, held, counts, done)."""
-        changed, deletable, held = self._recheck(conn, plan, ids)
+    def _finish_step(self, conn: Connection, run_ids: list[str]) -> tuple[Counter, bool, set[str]]:
+        """One bounded transaction of :meth:`_finish_marked`: (counts, done, run ids whose record exists)."""
+        markers = self.markers_table
+        back = self._records(conn, run_ids)  # checked under the write transaction: never delete a live run's rows
+        for chunk in chunked(sorted(back), self.id_chunk):
+            conn.execute(delete(markers).where(self.among(markers.c.run_id, chunk)))
+        runs = [i for i in run_ids if i not in back]
         counts: Counter = Counter()
-        runs = [r.run_id for r in deletable]
         left = self._row_budget
         for name, kind in RUN_CHILDREN if runs else ():
+            if not self.has(name):
+                continue
             table = self.table(name)
             for chunk in chunked(runs, self.id_chunk):
                 n = conn.execute(self.delete_some(table, self.among(table.c.run_id, chunk), left)).rowcount
                 counts[kind] += n
                 left -= n
                 if left <= 0:
-                    return changed, len(held), +counts, False
+                    return +counts, False, back
         keys = self._owned_checkpoints(conn, runs) if runs else []
         step_run_id = self.table("checkpoints").c.step_run_id
         for chunk in chunked(keys[:left], self.id_chunk):
             counts[Kind.CHECKPOINTS] += self._apply(conn, "checkpoints", self.among(step_run_id, chunk), False)
         if len(keys) > left:
-            return changed, len(held), +counts, False
-        counts.update(self._delete_runs(conn, plan, deletable, dry_run=False))
-        return changed, len(held), +counts, True
+            return +counts, False, back
+        for chunk in chunked(runs, self.id_chunk):
+            conn.execute(delete(markers).where(self.among(markers.c.run_id, chunk)))
+        return +counts, True, back
+
+    # -- markers of runs whose records are gone and whose rows are not yet --------------------
+
+    @cached_property
+    def markers_table(self) -> Table:
+        """:data:`MARKERS`: one row per run whose record a purge deleted before its child rows."""
+        return Table(MARKERS, MetaData(), Column("run_id", self.types.id, primary_key=True, autoincrement=False),
+                     Column("purge_id", self.types.name, nullable=False),
+                     Column("created_at", self.types.ts, nullable=False), **MYSQL_OPTIONS)
+
+    def _ensure_markers(self) -> None:
+        """Create :data:`MARKERS` in the store's schema if it is not there (never in a dry run)."""
+        if self.has(MARKERS):
+            return
+        self.write(lambda conn: conn.execute(CreateTable(self.markers_table, if_not_exists=True)))
+        self.layout = replace(self.layout, tables=self.layout.tables | {MARKERS})
+
+    def _resume(self, job: PurgeJob | OrphanJob) -> None:
+        """Finish the runs an interrupted purge marked (their records gone, their rows not yet).
+
+        A dry run only says how many there are. Read in pages of ``batch_size`` marker rows.
+        """
+        if not self.has(MARKERS):
+            return
+        markers = self.markers_table
+        if job.dry_run:
+            with self.read() as conn:
+                pending = conn.execute(select(func.count()).select_from(markers)).scalar_one()
+            if pending:
+                job.report.warn(f"{pending} runs of an interrupted purge are marked in {MARKERS}: their records "
+                                "are gone, their rows are not yet (counted as orphans here); the next purge or "
+                                "orphan sweep finishes them")
+            return
+        cursor: str | None = None
+        finished = 0
+        while True:
+            stmt = select(markers.c.run_id).order_by(markers.c.run_id).limit(job.batch_size)
+            if cursor is not None:
+                stmt = stmt.where(markers.c.run_id > cursor)
+            with self.read() as conn:
+                ids = list(conn.execute(stmt).scalars())
+            if not ids:
+                break
+            cursor = ids[-1]
+            skipped = job.report.skipped
+            self._finish_marked(job, ids)
+            finished += len(ids) - (job.report.skipped - skipped)
+            if len(ids) < job.batch_size:
+                break
+        if finished:
+            job.report.warn(f"{finished} runs of an interrupted purge (records already deleted) had rows left; "
+                            "they were deleted now")
 
     def _cascade(self, conn: Connection, plan: Plan, runs: list[RunRef], dry_run: bool) -> Counter:
         """Delete (or count) the runs' child rows, checkpoints, then the runs, leaves first."""
@@ -559,13 +687,21 @@ class PurgeMixin:
             raise TooHeavy(rows)
 
     def _existing(self, conn: Connection, run_ids: Collection[str]) -> set[str]:
-        """Those of ``run_ids`` that name a run record, whatever its status (ids compared as the store does)."""
+        """Those of ``run_ids`` that name a run record, whatever its status, or a marked run (whose rows are
+        still its own, see :data:`MARKERS`); ids compared as the store does."""
+        found = self._records(conn, run_ids)
+        if self.has(MARKERS) and len(found) < len(run_ids):
+            found |= self._records(conn, [i for i in run_ids if i not in found], self.markers_table)
+        return found
+
+    def _records(self, conn: Connection, run_ids: Collection[str], table: Any = None) -> set[str]:
+        """Those of ``run_ids`` that name a row of ``table`` (the run records by default)."""
         if not run_ids:
             return set()
-        r = self.table("workflow_runs").c
+        column = (table if table is not None else self.table("workflow_runs")).c.run_id
         stored: set[str] = set()
         for chunk in chunked(sorted(run_ids), self.id_chunk):
-            stored.update(self.id_fold(v) for v in conn.execute(select(r.run_id).where(self.among(r.run_id, chunk)))
+            stored.update(self.id_fold(v) for v in conn.execute(select(column).where(self.among(column, chunk)))
                           .scalars())
         return {i for i in run_ids if self.id_fold(i) in stored}
 

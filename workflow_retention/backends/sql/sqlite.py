@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,23 @@ class SQLiteBackend(SQLBackend):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+
+    can_defer_cascade = True
+
+    @contextmanager
+    def without_cascade(self, conn: Connection) -> Iterator[None]:
+        # Per connection, and a no-op inside a transaction: set on the DBAPI connection (autocommit)
+        # before BEGIN IMMEDIATE, and back on after the commit or rollback.
+        driver = conn.connection.driver_connection
+        driver.execute("PRAGMA foreign_keys = OFF")
+        try:
+            yield
+        finally:
+            try:
+                driver.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.Error:
+                conn.invalidate()  # never hand a connection without foreign keys back to the pool
+                raise
 
     def after_write(self, seconds: float) -> None:
         self._held += seconds

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Text, cast, delete, exists, func, literal, select, true, tuple_
 
 from workflow_retention import timeutil
+from workflow_retention.backends.sql.purge import MARKERS
 from workflow_retention.planning import TERMINAL_SUBSCRIPTIONS, key_owners, key_prefixes
 from workflow_retention.report import Kind, age_bucket
 from workflow_retention.timeutil import parse_timestamp
@@ -175,6 +176,7 @@ class SweepMixin:
         with self.translated("orphan sweep"), self.session():
             with self.read() as conn:
                 layout = self.inspect_layout(conn)
+            self._resume(job)  # runs an interrupted purge left without records: finished first
             for sweep in self.orphan_sweeps(job.not_after):
                 if not self.has(sweep.table.name):
                     job.report.warn(layout.table_note(sweep.table.name))
@@ -237,6 +239,12 @@ class SweepMixin:
                 status = self.exact(runs.c.status).label("status")
                 for value, n in conn.execute(select(status, func.count()).group_by(status)):
                     census.runs_by_status[str(value)] += n  # exactly as stored: COMPLETED is not completed
+                if self.has(MARKERS):
+                    pending = conn.execute(select(func.count()).select_from(self.markers_table)).scalar_one()
+                    if pending:
+                        census.warn(f"{pending} runs of an interrupted purge are marked in {MARKERS}: their "
+                                    "records are gone, their rows not yet; the next purge or orphan sweep "
+                                    "finishes them")
                 sizes = self.table_bytes(conn)
                 for kind, name in CENSUS_TABLES:
                     if name in tables and self.has(name):
