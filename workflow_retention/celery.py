@@ -25,6 +25,17 @@
   a result backend, such as pyworkflow-engine's default app.
 * **The task opens and closes the store itself**, so it works as the first task
   of a fresh worker on every backend.
+* **Every purge and orphan sweep is recorded** in the run history
+  (:mod:`workflow_retention.history`; the lock's Redis unless
+  ``PYWORKFLOW_RETENTION_STATE_URL`` is set), and, with
+  ``PYWORKFLOW_RETENTION_PUSHGATEWAY_URL`` set, the metrics are pushed to a
+  Pushgateway after the run. Neither can change the task's outcome: a failure
+  of either is an ERROR line, and the task's result or error stays the purge's.
+* **A start-up line.** When a worker with the task starts (``worker_ready``),
+  a background thread audits the store for at most
+  ``PYWORKFLOW_RETENTION_STARTUP_AUDIT`` (30s) and logs one line: the store,
+  runs by status, runs a purge would delete now, the lag and the next run.
+  It never delays or fails the worker's start-up: a failure is a WARNING line.
 """
 
 from __future__ import annotations
@@ -32,17 +43,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 import traceback
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflow_retention import config
+from workflow_retention import config, metrics
 from workflow_retention.backends import by_url
-from workflow_retention.exceptions import ConfigurationError, LeaseLostError, StorageError
+from workflow_retention.exceptions import (
+    ConfigurationError,
+    LeaseLostError,
+    PurgeStopped,
+    RetentionError,
+    StorageError,
+)
+from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import Lease, open_lease
 from workflow_retention.report import OrphanReport, PurgeReport
 from workflow_retention.timeutil import parse_timestamp, utcnow
-from workflow_retention.urls import remove_secrets
+from workflow_retention.urls import redact_url, remove_secrets
 
 log = logging.getLogger("workflow_retention.celery")
 
@@ -92,6 +112,7 @@ def install(
                           name=entry_name, expires=window, **options)
     if replace_pyworkflow_entry:
         _drop_pyworkflow_entry(app)
+    _log_at_startup(app, entry_name)
     return task
 
 
@@ -188,18 +209,33 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None) -> dict[str
                                  "finished so recently")
     storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
     lease = open_lease(settings.lock_url_for(broker_url), settings.lock_key, settings.lock_ttl)
+    history = _open_history(settings, broker_url, storage.url, lease.key)
     try:
         if not lease.acquire():
             holder = lease.holder()
             log.info("workflow-retention skipped status=locked lock=%s holder=%s", lease.key, holder)
             return {"skipped": "locked", "lock_key": lease.key, "holder": holder}
-        return _holding(lease, settings, storage, sent_at)
+        return _holding(lease, settings, storage, sent_at, history)
     finally:
         lease.client.close()
+        if history is not None:
+            history.close()
 
 
-def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: datetime | None) -> dict[str, Any]:
-    """Under the acquired lease: purge, release, then log the summary line (whatever happened)."""
+def _open_history(settings: config.Settings, broker_url: str | None, store: str, key: str) -> History | None:
+    """The run history of this store (its lock key names it); None, after an ERROR line, if it cannot be used."""
+    try:
+        return History.open(settings.history_url_for(broker_url), key, store=store, source="celery",
+                            secrets=config.secrets(urls=(broker_url,)))
+    except RetentionError as exc:
+        log.error("workflow-retention run history not recorded: %s", exc)
+        return None
+
+
+def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: datetime | None,
+             history: History | None = None) -> dict[str, Any]:
+    """Under the acquired lease: purge, release, then log the summary line and push the metrics (whatever
+    happened)."""
     summary: dict[str, Any] | None = None
     try:
         with lease:
@@ -209,7 +245,7 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
                          lease.key, done.isoformat(), sent_at.isoformat())
                 return {"skipped": "already-done", "lock_key": lease.key, "done_at": done.isoformat()}
             summary = {"status": "failed", "backend": storage.url, "lock": lease.key}
-            purge, orphans = _purge(settings, storage, lease)
+            purge, orphans = _purge(settings, storage, lease, history)
             summary.update(_summary(purge, orphans))
             if summary["status"] == "purged":
                 _mark_done(lease)
@@ -220,6 +256,7 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
     finally:
         if summary is not None:
             _log_summary(summary, lease)
+            _push_metrics(settings, storage.url, history, summary)
     result = {**purge.to_dict(), "status": summary["status"], "lock": _lock_info(lease)}
     if orphans is not None:
         result["orphans"] = orphans.to_dict()
@@ -229,18 +266,55 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
     return result
 
 
-def _purge(settings: config.Settings, storage: Any, lease: Lease) -> tuple[PurgeReport, OrphanReport | None]:
+def _purge(settings: config.Settings, storage: Any, lease: Lease,
+           history: History | None = None) -> tuple[PurgeReport, OrphanReport | None]:
+    """The purge (and the orphan sweep), each recorded in the history, each batch fenced by the lease."""
     assert settings.retention_days is not None
+    days = settings.retention_days
     storage.open()
     try:
-        cutoff = utcnow() - timedelta(days=settings.retention_days)
-        purge = storage.delete_old_runs(cutoff, on_batch=lease.check)
+        purge = record_run(history, metrics.PURGE, lambda on_batch: storage.delete_old_runs(
+            utcnow() - timedelta(days=days), on_batch=on_batch), then=lease.check, log=log)
         orphans = None
         if settings.repair_orphans and not purge.stopped:
-            orphans = storage.sweep_orphans(grace=settings.orphan_grace, on_batch=lease.check)
+            orphans = record_run(history, metrics.ORPHANS, lambda on_batch: storage.sweep_orphans(
+                grace=settings.orphan_grace, on_batch=on_batch), then=lease.check, log=log)
         return purge, orphans
     finally:
         storage.close()
+
+
+def _push_metrics(settings: config.Settings, store_url: str, history: History | None,
+                  summary: dict[str, Any]) -> None:
+    """Push the store's metrics to the Pushgateway, if one is configured. Never raises: ERROR lines instead.
+
+    The metrics come from the history (cumulative counters, last success, lag).
+    If it cannot be read, the gauges this run knows are pushed with POST, so
+    the gateway keeps the counters it had.
+    """
+    if not settings.pushgateway_url:
+        return
+    store = metrics.store_label(store_url)
+    snapshot = metrics.Snapshot(store=store)
+    replace = True
+    try:
+        if history is None:
+            raise StorageError("the run history is not available")
+        fill_snapshot(snapshot, history, settings.retention_days, utcnow())
+    except RetentionError as exc:
+        log.error("workflow-retention metrics incomplete (no counters, no last success): %s", exc)
+        replace = False
+        outcome = {"purged": metrics.SUCCEEDED, "stopped": metrics.LEASE_LOST}.get(summary["status"], metrics.FAILED)
+        snapshot.last_runs = {metrics.PURGE: {"finished_at": time.time(), "outcome": outcome,
+                                              "duration_s": summary.get("duration_s")}}
+        if outcome == metrics.SUCCEEDED:
+            snapshot.last_success_at = time.time()
+    try:
+        metrics.push(settings.pushgateway_url, metrics.registry_for(snapshot), store, replace=replace)
+    except RetentionError as exc:
+        log.error("workflow-retention metrics not pushed: %s", exc)
+        return
+    log.info("workflow-retention metrics pushed gateway=%s store=%s", redact_url(settings.pushgateway_url), store)
 
 
 def _last_done(lease: Lease) -> datetime | None:
@@ -295,3 +369,116 @@ def _log_summary(summary: dict[str, Any], lease: Lease) -> None:
     else:
         level = logging.INFO
     log.log(level, "workflow-retention summary %s", line)
+
+
+# -- the start-up line ---------------------------------------------------------------
+
+
+class _AuditDeadline(PurgeStopped):
+    """The start-up audit's time is up: stop counting at this progress point."""
+
+
+def _log_at_startup(app: Any, entry_name: str) -> None:
+    """Connect the start-up audit to ``worker_ready`` for workers of ``app``."""
+    from celery.signals import worker_ready
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if id(getattr(sender, "app", None)) != id(app):  # another app's worker in this process
+            return
+        try:
+            entry = app.conf.beat_schedule.get(entry_name) or {}
+            thread = threading.Thread(target=startup_audit, name="workflow-retention-startup-audit", daemon=True,
+                                      kwargs={"broker_url": app.conf.broker_url, "schedule": entry.get("schedule")})
+            thread.start()
+        except Exception as exc:  # noqa: BLE001 - the line must never stop a worker from starting
+            log.warning("workflow-retention startup audit not started: %s: %s", type(exc).__name__, exc)
+
+    worker_ready.connect(on_ready, weak=False)
+
+
+def startup_audit(*, broker_url: str | None, schedule: Any = None) -> dict[str, Any] | None:
+    """Audit the store for at most ``PYWORKFLOW_RETENTION_STARTUP_AUDIT`` and log one line; return its fields.
+
+    Logged at INFO (``workflow-retention startup key=value ...``), or WARNING
+    when the time ran out before the counts were complete (they are then lower
+    bounds, ``complete=false``). Never raises: a failure is a WARNING line. The
+    time bound is checked at every progress point of the census and every
+    batch boundary of the dry run; the worker never waits for any of it (this
+    runs in a thread of its own).
+    """
+    secrets = config.secrets(urls=(broker_url,))
+    try:
+        settings = config.load_settings()
+        if settings.startup_audit <= timedelta(0):
+            log.debug("workflow-retention startup audit disabled (%s=0s)", config.STARTUP_AUDIT)
+            return None
+        fields = _startup_fields(settings, broker_url, schedule)
+    except Exception as exc:  # noqa: BLE001 - a start-up line never crashes a worker: a WARNING instead
+        log.warning("workflow-retention startup audit failed: %s",
+                    remove_secrets(f"{type(exc).__name__}: {exc}", secrets))
+        return None
+    line = " ".join(f"{k}={json.dumps(v, separators=(',', ':'), default=str)}" for k, v in fields.items())
+    log.log(logging.INFO if fields["complete"] else logging.WARNING, "workflow-retention startup %s",
+            remove_secrets(line, secrets))
+    return fields
+
+
+def _startup_fields(settings: config.Settings, broker_url: str | None, schedule: Any) -> dict[str, Any]:
+    from workflow_retention.status import next_run
+
+    storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
+    days = settings.retention_days
+    budget = settings.startup_audit.total_seconds()
+    started = time.monotonic()
+
+    def on_progress(what: str, n: int) -> None:
+        if time.monotonic() - started > budget:
+            raise _AuditDeadline(f"the start-up audit stopped after {budget:g}s ({config.STARTUP_AUDIT})")
+
+    now = utcnow()
+    fields: dict[str, Any] = {"store": storage.url, "enabled": settings.enabled,
+                              "retention_days": days, "complete": True}
+    report = None
+    try:
+        with storage:
+            report = storage.audit(older_than=now - timedelta(days=days) if days else None,
+                                   grace=settings.orphan_grace, on_progress=on_progress)
+    except _AuditDeadline as exc:
+        fields.update(complete=False, stopped=str(exc))
+    if report is not None:
+        preview = report.purge
+        fields["runs_by_status"] = dict(sorted(report.census.runs_by_status.items()))
+        fields["would_delete"] = preview.runs if preview is not None else None
+        fields["held"] = preview.held if preview is not None else None
+        if preview is not None and preview.stopped:
+            fields.update(complete=False, stopped=preview.stopped)
+    history = _open_history(settings, broker_url, storage.url, settings.lock_key)
+    lag, last_started = None, None
+    if history is not None:
+        try:
+            if report is not None:
+                history.record_audit(metrics.audit_snapshot(report, days, complete=fields["complete"]))
+            state = history.state()
+            clean = parse_timestamp(state["clean_at"]) if state.get("clean_at") else None
+            lag = metrics.retention_lag(utcnow(), days, clean, history.last_audit())
+            runs = [r for r in history.runs(20) if r.get("source") == "celery"]
+            last_started = parse_timestamp(runs[0]["started_at"]) if runs else None
+        except RetentionError as exc:
+            fields["history_error"] = str(exc)
+        finally:
+            history.close()
+    elif report is not None:
+        lag = metrics.retention_lag(utcnow(), days, None, metrics.audit_snapshot(report, days,
+                                                                                  complete=fields["complete"]))
+    fields["lag_s"] = round(lag.seconds, 3) if lag is not None and lag.seconds is not None else None
+    fields["lag_basis"] = lag.basis if lag is not None else None
+    if schedule is None:
+        from workflow_retention.status import schedule_text
+
+        spec = config.load_schedule()
+        schedule = daily_schedule(spec)
+        fields["schedule"] = schedule_text(spec)
+    due = next_run(schedule, utcnow(), last_started)
+    fields["next_run"] = due.isoformat() if due else None
+    fields["audit_s"] = round(time.monotonic() - started, 3)
+    return fields

@@ -16,7 +16,7 @@ from workflow_retention import config, metrics, status, values
 from workflow_retention.backends import by_url
 from workflow_retention.base import BatchInfo, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, RetentionError
-from workflow_retention.history import History, record_run
+from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import open_lease
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
 from workflow_retention.seed import generate
@@ -344,7 +344,7 @@ def _cmd_metrics(args: argparse.Namespace, settings: config.Settings) -> int:
     if history is not None:
         try:
             history.record_audit(audit)
-            _from_history(snapshot, history, days, now)
+            fill_snapshot(snapshot, history, days, now)
         except RetentionError as exc:
             log.error("metrics: the run history could not be read, so the counters and the last success are "
                       "missing: %s", exc)
@@ -355,24 +355,6 @@ def _cmd_metrics(args: argparse.Namespace, settings: config.Settings) -> int:
         snapshot.lag = metrics.retention_lag(now, days, None, audit)
     args.out(metrics.text(metrics.registry_for(snapshot)).rstrip("\n"))
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _from_history(snapshot: metrics.Snapshot, history: History, days: int | None, now: datetime) -> None:
-    """Fill ``snapshot`` from the run history: counters, last success, last runs, lag."""
-    from workflow_retention.timeutil import parse_timestamp
-
-    state = history.state()
-    snapshot.totals = history.totals()
-    if state.get("last_success_at"):
-        snapshot.last_success_at = parse_timestamp(state["last_success_at"]).timestamp()
-    clean = parse_timestamp(state["clean_at"]) if state.get("clean_at") else None
-    snapshot.clean_at = clean.timestamp() if clean else None
-    snapshot.last_runs = {op: {"finished_at": parse_timestamp(run["finished_at"]).timestamp(),
-                               "duration_s": run.get("duration_s"), "outcome": run.get("outcome")}
-                          for op in (metrics.PURGE, metrics.ORPHANS)
-                          if isinstance(run := state.get(f"last_{op}"), dict) and run.get("finished_at")}
-    snapshot.audit = snapshot.audit or history.last_audit()
-    snapshot.lag = metrics.retention_lag(now, days, clean, snapshot.audit)
 
 
 def _cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -34,9 +34,19 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from workflow_retention.exceptions import StorageError
-from workflow_retention.metrics import LEASE_LOST, PURGE, SUCCEEDED, BatchTimer, Observations, increments
+from workflow_retention.metrics import (
+    LEASE_LOST,
+    ORPHANS,
+    PURGE,
+    SUCCEEDED,
+    BatchTimer,
+    Observations,
+    Snapshot,
+    increments,
+    retention_lag,
+)
 from workflow_retention.report import OrphanReport, PurgeReport
-from workflow_retention.timeutil import utcnow
+from workflow_retention.timeutil import parse_timestamp, utcnow
 from workflow_retention.urls import redact_url, remove_secrets
 
 R = TypeVar("R", PurgeReport, OrphanReport)
@@ -292,3 +302,22 @@ def _finish(history: History | None, record_id: str | None, outcome: str, log: l
             log.warning("run history: record %s was already finished or is gone; left as it was", record_id)
     except StorageError as exc:
         log.error("run history not recorded (outcome %s): %s", outcome, exc)
+
+
+def fill_snapshot(snapshot: Snapshot, history: History, retention_days: int | None, now: datetime) -> None:
+    """Fill a metrics snapshot from the history: counters, last success, last runs, last audit, lag.
+
+    Raises :class:`StorageError` when the state store cannot be read.
+    """
+    state = history.state()
+    snapshot.totals = history.totals()
+    if state.get("last_success_at"):
+        snapshot.last_success_at = parse_timestamp(state["last_success_at"]).timestamp()
+    clean = parse_timestamp(state["clean_at"]) if state.get("clean_at") else None
+    snapshot.clean_at = clean.timestamp() if clean else None
+    snapshot.last_runs = {op: {"finished_at": parse_timestamp(run["finished_at"]).timestamp(),
+                               "duration_s": run.get("duration_s"), "outcome": run.get("outcome")}
+                          for op in (PURGE, ORPHANS)
+                          if isinstance(run := state.get(f"last_{op}"), dict) and run.get("finished_at")}
+    snapshot.audit = snapshot.audit or history.last_audit()
+    snapshot.lag = retention_lag(now, retention_days, clean, snapshot.audit)

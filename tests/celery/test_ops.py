@@ -1,0 +1,174 @@
+"""The task's run history and metrics push, and the worker's start-up line: in this process and in real workers."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.celery.conftest import BATCH, NOW, CeleryEnv, seed_store, wait_until
+from workflow_retention import config
+from workflow_retention.backends import by_url
+from workflow_retention.celery import TASK_NAME, run_retention, startup_audit
+from workflow_retention.exceptions import StorageError
+from workflow_retention.history import History
+from workflow_retention.seed import generate
+
+PASSWORD = "Gw7-secret-Pw"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, redis_service: Any) -> Iterator[dict[str, str]]:
+    """A retention environment with its own memory store, lock key (which names the history) and fault key."""
+    for name in list(__import__("os").environ):
+        if name.startswith("PYWORKFLOW_"):
+            monkeypatch.delenv(name)
+    uid = uuid.uuid4().hex[:10]
+    values = {config.RETENTION_DAYS: "30", config.STORAGE_URL: f"memory://ops-{uid}",
+              config.LOCK_URL: redis_service.url, config.LOCK_KEY: f"wr-test-{uid}:lock",
+              config.BATCH_SIZE: str(BATCH), "TEST_FAULTS_REDIS": redis_service.url,
+              "TEST_FAULTS_KEY": f"wr-test-{uid}:faults"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    yield values
+    client = redis.Redis.from_url(redis_service.url)
+    keys = list(client.scan_iter(match=f"wr-test-{uid}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def seeded(url: str, n: int = 120) -> int:
+    by_url(url).seed(generate(n, now=NOW, seed=3))
+    return by_url(url).delete_old_runs(datetime.now(UTC) - timedelta(days=30), dry_run=True).runs
+
+
+def history(env: dict[str, str]) -> History:
+    return History.open(env[config.LOCK_URL], env[config.LOCK_KEY], store=env[config.STORAGE_URL], source="t")
+
+
+def test_the_task_records_each_purge_and_orphan_sweep(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    total = seeded(env[config.STORAGE_URL])
+    monkeypatch.setenv(config.REPAIR_ORPHANS, "true")
+    assert run_retention(broker_url=None)["status"] == "purged"
+    orphans, purge = history(env).runs()
+    assert (purge["operation"], purge["source"], purge["outcome"]) == ("purge", "celery", "succeeded")
+    assert purge["report"]["runs"] == total
+    assert (orphans["operation"], orphans["outcome"]) == ("orphans", "succeeded")
+    totals = history(env).totals()
+    assert totals["runs_deleted"] == total
+    assert totals["batch|purge|count"] >= total // BATCH
+
+
+def test_a_failed_purge_is_recorded_with_its_error_and_still_fails_the_task(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, faulty_scheme: None) -> None:
+    url = env[config.STORAGE_URL]
+    seeded(url)
+    monkeypatch.setenv(config.STORAGE_URL, "faulty+" + url)
+    redis.Redis.from_url(env["TEST_FAULTS_REDIS"]).set(env["TEST_FAULTS_KEY"], '{"fail_at": 2}')
+    with pytest.raises(StorageError, match="injected failure at batch 2"):
+        run_retention(broker_url=None)
+    [record] = History.open(env[config.LOCK_URL], env[config.LOCK_KEY], store="x", source="t").runs()
+    assert record["outcome"] == "failed" and "injected failure at batch 2" in record["error"]
+
+
+def test_a_push_that_fails_is_an_error_line_and_the_task_keeps_its_outcome(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    total = seeded(env[config.STORAGE_URL])
+    monkeypatch.setenv(config.PUSHGATEWAY_URL, f"http://ops:{PASSWORD}@127.0.0.1:1")
+    with caplog.at_level(logging.INFO, logger="workflow_retention"):
+        result = run_retention(broker_url=None)
+    assert result["status"] == "purged" and result["counts"]["runs"] == total
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("metrics not pushed" in e and "127.0.0.1:1" in e for e in errors), errors
+    assert not any(PASSWORD in r.getMessage() for r in caplog.records)
+
+
+def test_the_startup_audit_counts_what_a_purge_would_delete(env: dict[str, str],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    total = seeded(env[config.STORAGE_URL])
+    with caplog.at_level(logging.INFO, logger="workflow_retention.celery"):
+        fields = startup_audit(broker_url=None)
+    assert fields is not None and fields["complete"] and fields["would_delete"] == total
+    assert sum(fields["runs_by_status"].values()) == 120
+    assert fields["next_run"] and fields["lag_s"] is not None  # from the census: expired runs, no purge yet
+    [line] = [r for r in caplog.records if "workflow-retention startup" in r.getMessage()]
+    assert line.levelno == logging.INFO and f"would_delete={total}" in line.getMessage()
+    assert history(env).last_audit()["expired_runs"] == total  # the metrics' store sizes come from it
+    run_retention(broker_url=None)
+    assert startup_audit(broker_url=None)["lag_s"] < 60  # the purge just completed
+
+
+def test_the_startup_audit_stops_at_its_time_bound_with_a_warning(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, faulty_scheme: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    url = env[config.STORAGE_URL]
+    total = seeded(url)
+    monkeypatch.setenv(config.STORAGE_URL, "faulty+" + url)
+    monkeypatch.setenv(config.STARTUP_AUDIT, "1s")
+    redis.Redis.from_url(env["TEST_FAULTS_REDIS"]).set(env["TEST_FAULTS_KEY"], '{"delay": 0.4}')
+    with caplog.at_level(logging.INFO, logger="workflow_retention.celery"):
+        fields = startup_audit(broker_url=None)
+    assert fields is not None and not fields["complete"]
+    assert fields["audit_s"] < 5
+    assert fields.get("would_delete") is None or fields["would_delete"] < total
+    [line] = [r for r in caplog.records if "workflow-retention startup" in r.getMessage()]
+    assert line.levelno == logging.WARNING and "complete=false" in line.getMessage()
+
+
+@pytest.mark.parametrize("setting", [(config.STORAGE_URL, f"postgresql://app:{PASSWORD}@127.0.0.1:1/db"),
+                                     (config.STORAGE_URL, "oracle://db"), (config.STARTUP_AUDIT, "forever")])
+def test_a_startup_audit_that_fails_is_a_warning_without_secrets(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        setting: tuple[str, str]) -> None:
+    monkeypatch.setenv(*setting)
+    with caplog.at_level(logging.INFO, logger="workflow_retention"):
+        assert startup_audit(broker_url=None) is None
+    lines = [r for r in caplog.records if "startup audit failed" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert not any(PASSWORD in r.getMessage() for r in caplog.records)
+
+
+def test_the_startup_audit_can_be_turned_off(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(config.STARTUP_AUDIT, "0s")
+    with caplog.at_level(logging.INFO, logger="workflow_retention"):
+        assert startup_audit(broker_url=None) is None
+    assert not [r for r in caplog.records if "startup" in r.getMessage()]
+
+
+# -- real workers ---------------------------------------------------------------------------------------
+
+STARTUP = re.compile(r"(INFO|WARNING)/MainProcess\] workflow-retention startup (.*)")
+
+
+@pytest.mark.slow
+def test_a_worker_logs_the_startup_line_and_its_tasks_record_history(celery_env: CeleryEnv, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'pyworkflow.db'}"
+    total = seed_store(url)
+    worker = celery_env.worker(celery_env.env(url, PYWORKFLOW_RETENTION_STARTUP_AUDIT="30s"))
+    worker.wait_for(r"\bready\.", timeout=60)
+    line = worker.wait_for(r"workflow-retention startup .*", timeout=60).group(0)
+    assert f"would_delete={total}" in line and '"completed":' in line and f'store="{url}"' in line, line
+    assert "next_run=" in line and "lag_s=" in line
+    result = celery_env.client().send_task(TASK_NAME).get(timeout=60)
+    assert result["status"] == "purged"
+    runs = History.open(celery_env.redis_url, celery_env.lock_key, store=url, source="t").runs()
+    assert [(r["operation"], r["source"], r["outcome"]) for r in runs] == [("purge", "celery", "succeeded")]
+
+
+@pytest.mark.slow
+def test_a_worker_whose_store_is_down_starts_and_says_so_in_a_warning(celery_env: CeleryEnv) -> None:
+    url = f"postgresql://app:{PASSWORD}@127.0.0.1:1/db"
+    worker = celery_env.worker(celery_env.env(url, PYWORKFLOW_RETENTION_STARTUP_AUDIT="30s"))
+    worker.wait_for(r"\bready\.", timeout=60)
+    worker.wait_for(r"WARNING/MainProcess\] workflow-retention startup audit failed", timeout=60)
+    wait_until(lambda: worker.popen is not None and worker.popen.poll() is None, 5, "the worker to keep running")
+    assert PASSWORD not in worker.output()
