@@ -29,7 +29,14 @@ $(SERVICES)/.installed:
 	cd $(SERVICES) && npm install --no-audit --no-fund --no-save --loglevel=error $(NPM_PACKAGES)
 	touch $@
 
+# Prometheus, its Pushgateway and promtool (Debian packages), for the metrics tests; installed when missing.
+MONITORING := prometheus prometheus-pushgateway promtool
+
 services: $(SERVICES)/.installed
+	@for b in $(MONITORING); do command -v $$b >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus prometheus-pushgateway; \
+	fi
 
 # Quickstart 1: seed a SQLite store with 2,000 runs and purge what is older than 30 days.
 demo: $(VENV)/.core

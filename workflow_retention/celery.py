@@ -271,10 +271,13 @@ def _purge(settings: config.Settings, storage: Any, lease: Lease,
     """The purge (and the orphan sweep), each recorded in the history, each batch fenced by the lease."""
     assert settings.retention_days is not None
     days = settings.retention_days
-    storage.open()
+
+    def purge_run(on_batch: Any) -> PurgeReport:
+        storage.open()  # inside the record: a store that cannot be opened is a failed purge too
+        return storage.delete_old_runs(utcnow() - timedelta(days=days), on_batch=on_batch)
+
     try:
-        purge = record_run(history, metrics.PURGE, lambda on_batch: storage.delete_old_runs(
-            utcnow() - timedelta(days=days), on_batch=on_batch), then=lease.check, log=log)
+        purge = record_run(history, metrics.PURGE, purge_run, then=lease.check, log=log)
         orphans = None
         if settings.repair_orphans and not purge.stopped:
             orphans = record_run(history, metrics.ORPHANS, lambda on_batch: storage.sweep_orphans(
