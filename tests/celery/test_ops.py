@@ -172,3 +172,95 @@ def test_a_worker_whose_store_is_down_starts_and_says_so_in_a_warning(celery_env
     worker.wait_for(r"WARNING/MainProcess\] workflow-retention startup audit failed", timeout=60)
     wait_until(lambda: worker.popen is not None and worker.popen.poll() is None, 5, "the worker to keep running")
     assert PASSWORD not in worker.output()
+
+
+# -- what is pushed, and how ----------------------------------------------------------------------------------
+
+
+class _Gateway:
+    """A stand-in HTTP endpoint that records each request (method, path, headers, body) and answers 200."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        requests: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                 "body": body.decode()})
+                self.send_response(200)
+                self.end_headers()
+
+            do_PUT = do_POST = _record  # http.server's handler names
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.requests = requests
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gateway() -> Iterator[_Gateway]:
+    g = _Gateway()
+    yield g
+    g.close()
+
+
+def test_the_task_pushes_everything_with_put_grouped_by_store_with_basic_auth(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, gateway: _Gateway) -> None:
+    import base64
+
+    total = seeded(env[config.STORAGE_URL])
+    monkeypatch.setenv(config.PUSHGATEWAY_URL, f"http://ops:{PASSWORD}@{gateway.url}")
+    run_retention(broker_url=None)
+    [push] = gateway.requests
+    assert push["method"] == "PUT"
+    prefix, _, label = push["path"].rpartition("/")
+    assert prefix == "/metrics/job/workflow-retention/store@base64"
+    assert base64.urlsafe_b64decode(label + "=" * (-len(label) % 4)).decode() == env[config.STORAGE_URL]
+    assert push["headers"]["Authorization"] == "Basic " + base64.b64encode(f"ops:{PASSWORD}".encode()).decode()
+    assert f"workflow_retention_runs_deleted_total{{store=\"{env[config.STORAGE_URL]}\"}} {float(total)}" \
+        in push["body"]
+    assert "workflow_retention_last_success_timestamp_seconds" in push["body"]
+
+
+def test_without_its_history_the_task_pushes_its_own_gauges_with_post(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, gateway: _Gateway,
+        caplog: pytest.LogCaptureFixture) -> None:
+    seeded(env[config.STORAGE_URL])
+    monkeypatch.setenv(config.PUSHGATEWAY_URL, f"http://{gateway.url}")
+    monkeypatch.setenv(config.STATE_URL, "redis://127.0.0.1:1/0")  # the history's Redis is down, the lock's is up
+    with caplog.at_level(logging.INFO, logger="workflow_retention"):
+        assert run_retention(broker_url=None)["status"] == "purged"
+    [push] = gateway.requests
+    assert push["method"] == "POST"  # the gateway keeps the counters it had
+    assert "_total" not in push["body"]
+    assert 'workflow_retention_last_run_success{operation="purge"' in push["body"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("run history not recorded" in e for e in errors)
+    assert any("metrics incomplete" in e for e in errors)
+
+
+@pytest.mark.slow
+def test_a_real_worker_never_shows_the_pushgateway_password(celery_env: CeleryEnv, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'pyworkflow.db'}"
+    seed_store(url)
+    env = celery_env.env(url, PYWORKFLOW_RETENTION_STARTUP_AUDIT="30s",
+                         PYWORKFLOW_RETENTION_PUSHGATEWAY_URL=f"http://ops:{PASSWORD}@127.0.0.1:1")
+    worker = celery_env.worker(env)
+    worker.wait_for(r"workflow-retention startup ", timeout=60)
+    result = celery_env.client().send_task(TASK_NAME)
+    assert result.get(timeout=60)["status"] == "purged"  # a failed push is not a failed task
+    worker.wait_for(r"ERROR/.*workflow-retention metrics not pushed", timeout=30)
+    assert PASSWORD not in worker.output()
+    assert PASSWORD not in str(result.result)
