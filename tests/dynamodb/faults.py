@@ -77,6 +77,18 @@ class FaultyClient:
 
         self.rules["batch_write_item"] = rule
 
+    def failed_statements(self, k: int, code: str = "ThrottlingError") -> None:
+        """The first ``k`` BatchExecuteStatement calls run only their first statement; every other one comes
+        back with the per-statement error ``code`` (as DynamoDB reports a throttled statement), unrun."""
+        def rule(real_fn: Callable[..., Any], n: int, Statements: list, **params: Any) -> Any:
+            if n > k:
+                return real_fn(Statements=Statements, **params)
+            first = real_fn(Statements=Statements[:1], **params)
+            error = {"Error": {"Code": code, "Message": f"injected {code}"}}
+            return {**first, "Responses": first["Responses"] + [error] * (len(Statements) - 1)}
+
+        self.rules["batch_execute_statement"] = rule
+
     def unprocessed_reads(self, k: int) -> None:
         """The first ``k`` BatchGetItem calls return half of the keys as ``UnprocessedKeys``."""
         def rule(real_fn: Callable[..., Any], n: int, RequestItems: dict, **params: Any) -> Any:

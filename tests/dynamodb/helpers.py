@@ -25,3 +25,14 @@ def faulty_backend(h: DynamoDBHarness, **options: Any) -> tuple[Any, FaultyClien
 
 def markers(h: DynamoDBHarness) -> set[str]:
     return {i.run_id for i in h.inventory() if i.kind == "retention_markers" and i.run_id is not None}
+
+
+def commit_ids(params: dict[str, Any]) -> list[str]:
+    """The run ids whose items a commit request (BatchExecuteStatement of conditional deletes) deletes."""
+    return [st["Parameters"][0]["S"][len("RUN#"):] for st in params.get("Statements", [])
+            if st["Statement"].startswith("DELETE") and st["Parameters"][0]["S"].startswith("RUN#")]
+
+
+def is_hooks_read(params: dict[str, Any]) -> bool:
+    """The first read of a cascade: the hooks of its runs on GSI1 (``RUN_HOOKS#<run_id>``), a PartiQL ``IN``."""
+    return any(str(v.get("S", "")).startswith("RUN_HOOKS#") for v in params.get("Parameters", []))

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.dynamodb.faults import Crash
-from tests.dynamodb.helpers import faulty_backend, markers
+from tests.dynamodb.helpers import faulty_backend, is_hooks_read, markers
 from tests.harness.dynamodb import DynamoDBHarness
 from tests.scenario import CUTOFF, NOW, OLD, add_run
 
@@ -38,12 +38,6 @@ def _store(h: DynamoDBHarness) -> tuple[set[str], set[str], set[str]]:
     h.run(add_run(pw, "run_live", "running", ANCIENT))
     h.run(add_run(pw, "run_recent", "completed", NOW - timedelta(days=1)))
     return mine, both, {"run_live", "run_recent"}
-
-
-def _is_hooks_query(params: dict[str, Any]) -> bool:
-    """The first query of a cascade: a run's hooks on GSI1 (``RUN_HOOKS#<run_id>``)."""
-    values = params.get("ExpressionAttributeValues", {}).values()
-    return any(str(v.get("S", "")).startswith("RUN_HOOKS#") for v in values)
 
 
 def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -73,8 +67,8 @@ def test_a_purge_keeps_the_markers_of_a_concurrent_purge_that_then_dies_between_
         assert a_done.wait(WAIT), "purge A never finished"
 
     b, client = faulty_backend(h, workers=1)  # one thread: B pauses as a whole
-    client.before("delete_item", 1, pause)
-    client.crash_when("query", _is_hooks_query)
+    client.before("batch_execute_statement", 1, pause)
+    client.crash_when("execute_statement", is_hooks_read)
     thread, out = _in_thread(lambda: b.delete_old_runs(CUTOFF))
     assert b_at_commit.wait(WAIT), "purge B never reached its commit"
     assert markers(h) == mine | both
@@ -107,7 +101,7 @@ def test_a_purge_that_runs_inside_another_purges_cascade_window_finishes_what_it
     fired: list[int] = []
 
     def rule(real_fn: Any, n: int, **params: Any) -> Any:
-        if _is_hooks_query(params) and not fired:
+        if is_hooks_read(params) and not fired:
             fired.append(n)
             b_cascading.set()
             assert a_done.wait(WAIT), "purge A never finished"
@@ -116,7 +110,7 @@ def test_a_purge_that_runs_inside_another_purges_cascade_window_finishes_what_it
         return real_fn(**params)
 
     b, client = faulty_backend(h, workers=1)
-    client.rules["query"] = rule
+    client.rules["execute_statement"] = rule
     thread, out = _in_thread(lambda: b.delete_old_runs(CUTOFF))
     assert b_cascading.wait(WAIT), "purge B never reached its cascade"
     try:

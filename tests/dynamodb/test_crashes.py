@@ -9,7 +9,7 @@ import pytest
 
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.dynamodb.faults import Crash
-from tests.dynamodb.helpers import faulty_backend, markers
+from tests.dynamodb.helpers import commit_ids, faulty_backend, markers
 from tests.harness.dynamodb import DynamoDBHarness
 from tests.scenario import CUTOFF, Scenario, build
 
@@ -43,13 +43,25 @@ def nth(n: int) -> Any:
     return matches
 
 
+def cascade_read(n: int) -> Any:
+    """Matches the ``n``-th read of a cascade (hooks on GSI1, or the runs' partitions), not the planner's."""
+    calls: list[dict[str, Any]] = []
+
+    def matches(params: dict[str, Any]) -> bool:
+        if '"GSI4"' not in params["Statement"]:
+            calls.append(params)
+        return len(calls) == n
+
+    return matches
+
+
 CRASH_POINTS = {
     "markers-written": ("batch_write_item", writes("RETENTION#", "PutRequest")),
-    "first-commit": ("delete_item", nth(1)),
-    "after-some-commits": ("delete_item", nth(3)),
+    "first-commit": ("batch_execute_statement", nth(1)),
+    "after-some-commits": ("batch_execute_statement", nth(3)),
     "tokens-and-flags": ("batch_write_item", writes("TOKEN#")),
     "hooks-and-partitions": ("batch_write_item", writes("RUN#")),
-    "cascade-lookups": ("query", nth(12)),
+    "cascade-lookups": ("execute_statement", cascade_read(2)),
     "before-the-scan": ("scan", nth(1)),
     "checkpoints": ("batch_write_item", writes("CHECKPOINT#")),
     "markers-dropped": ("batch_write_item", writes("RETENTION#")),
@@ -86,12 +98,12 @@ def test_run_changed_after_its_marker_keeps_everything(dynamodb_harness: DynamoD
     seen: dict[str, Any] = {}
 
     def engine_updates_the_run(params: dict[str, Any]) -> None:
-        victim = params["Key"]["PK"]["S"][len("RUN#"):]
+        victim = commit_ids(params)[0]
         h.run(pw.update_run_status(victim, RunStatus.FAILED))
         seen.update(victim=victim, items=items_of(h.inventory(), {victim}))
 
     backend, client = faulty_backend(h, workers=1)  # the engine call runs on the caller's thread
-    client.before("delete_item", 1, engine_updates_the_run)
+    client.before("batch_execute_statement", 1, engine_updates_the_run)
     report = backend.delete_old_runs(CUTOFF)
     victim = seen["victim"]
     items = h.inventory()
@@ -114,11 +126,11 @@ def test_run_gone_before_its_commit_is_cascaded_not_counted(dynamodb_harness: Dy
     gone: dict[str, str] = {}
 
     def someone_deletes_it(params: dict[str, Any]) -> None:
-        h.client.delete_item(TableName=h.table, Key=params["Key"])
-        gone["id"] = params["Key"]["PK"]["S"][len("RUN#"):]
+        gone["id"] = commit_ids(params)[0]
+        h.client.delete_item(TableName=h.table, Key={"PK": {"S": f"RUN#{gone['id']}"}, "SK": {"S": "#METADATA"}})
 
     backend, client = faulty_backend(h, workers=1)
-    client.before("delete_item", 1, someone_deletes_it)
+    client.before("batch_execute_statement", 1, someone_deletes_it)
     report = backend.delete_old_runs(CUTOFF)
     items = h.inventory()
     assert report.runs == len(scenario.deleted) - 1 and report.changed == 0
@@ -134,7 +146,7 @@ def test_markers_of_a_dead_purge_whose_runs_changed_since_are_dropped(dynamodb_h
 
     h = dynamodb_harness
     backend, client = faulty_backend(h, workers=1)
-    client.crash_at("delete_item", 1)
+    client.crash_at("batch_execute_statement", 1)
     with pytest.raises(Crash):
         backend.delete_old_runs(CUTOFF)
     marked = markers(h)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids
-from tests.dynamodb.helpers import faulty_backend, markers
+from tests.dynamodb.helpers import commit_ids, faulty_backend, markers
 from tests.engine import ConcurrentEngine
 from tests.harness.base import Item
 from tests.harness.dynamodb import DynamoDBHarness
@@ -37,12 +37,12 @@ def _record_commits(client: Any) -> dict[str, float]:
 
     def rule(real_fn: Any, n: int, **params: Any) -> Any:
         response = real_fn(**params)
-        pk = params["Key"]["PK"]["S"]
-        if pk.startswith("RUN#"):
-            committed[pk[len("RUN#"):]] = time.monotonic()
+        for run_id, answer in zip(commit_ids(params), response["Responses"]):
+            if not answer.get("Error") and answer.get("Item"):
+                committed[run_id] = time.monotonic()
         return response
 
-    client.rules["delete_item"] = rule
+    client.rules["batch_execute_statement"] = rule
     return committed
 
 
@@ -58,13 +58,13 @@ def test_an_engine_write_after_the_commit_leaves_a_ghost_that_is_kept_and_report
     victim: list[str] = []
 
     def engine_revives(real_fn: Any, n: int, **params: Any) -> Any:
-        value = next(iter(params["ExpressionAttributeValues"].values()))["S"]
+        value = params["Parameters"][0]["S"]
         if value.startswith("RUN_HOOKS#") and not victim:
             victim.append(value[len("RUN_HOOKS#"):])
             h.run(h.pyworkflow().update_run_status(victim[0], RunStatus.RUNNING))
         return real_fn(**params)
 
-    client.rules["query"] = engine_revives
+    client.rules["execute_statement"] = engine_revives
     report = backend.delete_old_runs(CUTOFF)
     ghost = victim[0]
     assert ghost in committed and h.ghosts() == {ghost}

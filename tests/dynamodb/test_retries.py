@@ -48,11 +48,40 @@ def test_throttling_is_retried_on_every_call(dynamodb_harness: DynamoDBHarness, 
     h = dynamodb_harness
     expected = h.retention().delete_old_runs(CUTOFF, dry_run=True)
     backend, client = faulty_backend(h)
-    for n, op in enumerate(("query", "scan", "batch_get_item", "batch_write_item", "delete_item")):
+    ops = ("query", "scan", "batch_get_item", "batch_write_item", "execute_statement", "batch_execute_statement")
+    for n, op in enumerate(ops):
         client.throttle_first(op, 2, THROTTLES[n % len(THROTTLES)])
     report = backend.delete_old_runs(CUTOFF)
-    assert backend.table.capacity.retries == 10
+    assert backend.table.capacity.retries == 2 * len(ops)
     assert dict(report.counts) == dict(expected.counts)
+    assert_clean(h, scenario)
+
+
+def test_throttled_statements_of_a_commit_are_retried_and_counted_once(dynamodb_harness: DynamoDBHarness,
+                                                                      scenario: Scenario) -> None:
+    """BatchExecuteStatement reports throttling per statement: those statements are sent again, the rest not."""
+    h = dynamodb_harness
+    expected = h.retention().delete_old_runs(CUTOFF, dry_run=True)
+    backend, client = faulty_backend(h, batch_size=4)
+    client.failed_statements(k=3)
+    report = backend.delete_old_runs(CUTOFF)
+    assert client.calls["batch_execute_statement"] > 3 and backend.table.capacity.retries >= 1
+    assert dict(report.counts) == dict(expected.counts) and report.runs == len(scenario.deleted)
+    assert_clean(h, scenario)
+
+
+def test_a_statement_error_that_is_no_throttling_is_loud_and_loses_nothing(dynamodb_harness: DynamoDBHarness,
+                                                                            scenario: Scenario) -> None:
+    h = dynamodb_harness
+    backend, client = faulty_backend(h, batch_size=4)
+    client.failed_statements(k=10**6, code="ValidationError")
+    with pytest.raises(StorageError, match="BatchExecuteStatement .* failed: ValidationError"):
+        backend.delete_old_runs(CUTOFF)
+    backend.close()
+    items = h.inventory()
+    assert run_ids(items) >= scenario.kept | scenario.held
+    assert scenario.deleted - run_ids(items) <= markers(h), "a run was deleted without a marker to finish it"
+    h.retention().delete_old_runs(CUTOFF)
     assert_clean(h, scenario)
 
 

@@ -30,6 +30,13 @@ RETRYABLE = frozenset({
     "InternalServerError", "ServiceUnavailable",
 })
 WRITE_BATCH, READ_BATCH = 25, 100
+STATEMENT_BATCH = 25  # statements per BatchExecuteStatement
+IN_VALUES = 50  # values of one PartiQL ``IN`` list on a partition key
+#: Per-statement error codes of BatchExecuteStatement that are retried (the others raise StorageError).
+STATEMENT_RETRYABLE = frozenset({
+    "ProvisionedThroughputExceeded", "ThrottlingError", "RequestLimitExceeded", "InternalServerError",
+    "TransactionConflict",
+})
 SCAN_PAGE = 1000  # items evaluated per Scan page (at least; a larger batch size gives larger pages)
 BACKOFF_BASE, BACKOFF_CAP = 0.05, 5.0
 CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -224,7 +231,7 @@ class Table:
         """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if op not in ("batch_write_item", "batch_get_item"):
+        if op not in ("batch_write_item", "batch_get_item", "execute_statement", "batch_execute_statement"):
             params["TableName"] = self.name
         deadline = deadline or self.deadline(op)
         while True:
@@ -279,6 +286,69 @@ class Table:
             if not last:
                 return
             params["ExclusiveStartKey"] = last
+
+    def select(self, statement: str, parameters: list[Item | dict[str, Any]], *, consistent: bool = False,
+               limit: int | None = None) -> Iterator[list[Item]]:
+        """A PartiQL SELECT (ExecuteStatement), one page (``limit`` items evaluated) at a time."""
+        params: dict[str, Any] = {"Statement": statement, "Parameters": parameters}
+        if consistent:
+            params["ConsistentRead"] = True
+        if limit:
+            params["Limit"] = limit
+        while True:
+            response = self.call("execute_statement", **params)
+            yield response.get("Items", [])
+            token = response.get("NextToken")
+            if not token:
+                return
+            params["NextToken"] = token
+
+    def delete_versions(self, statement: str, rows: Sequence[list[dict[str, Any]]]) -> list[tuple[str, Item | None]]:
+        """One conditional PartiQL ``DELETE … RETURNING ALL OLD *`` (``statement``) per row of parameters,
+        25 per BatchExecuteStatement; per row, in order: ``("deleted", old item)``, ``("changed", current
+        item)`` (the condition failed on a stored item) or ``("gone", None)`` (no item to delete).
+
+        Throttled statements are retried until the deadline; any other per-statement error raises
+        StorageError. Every statement is billed as a write, whatever its outcome.
+        """
+        return [r for part in self.map(lambda c: self._delete_chunk(statement, c), list(chunked(rows, STATEMENT_BATCH)))
+                for r in part]
+
+    def _delete_chunk(self, statement: str, rows: list[list[dict[str, Any]]]) -> list[tuple[str, Item | None]]:
+        outcome: list[tuple[str, Item | None] | None] = [None] * len(rows)
+        pending = list(range(len(rows)))
+        deadline = self.deadline("BatchExecuteStatement")
+        while pending:
+            statements = [{"Statement": statement, "Parameters": rows[i],
+                           "ReturnValuesOnConditionCheckFailure": "ALL_OLD"} for i in pending]
+            response = self.call("batch_execute_statement", Statements=statements, write_units=len(pending),
+                                 deadline=deadline)
+            answers = response.get("Responses") or []
+            if len(answers) != len(pending):
+                raise StorageError(f"DynamoDB BatchExecuteStatement on table {self.name!r} at "
+                                   f"{self.endpoint or 'AWS'} answered {len(answers)} of {len(pending)} "
+                                   "statements; nothing after its commits was touched, rerun to finish")
+            retry = []
+            for i, answer in zip(pending, answers):
+                error = answer.get("Error")
+                if not error:
+                    outcome[i] = ("deleted", answer["Item"]) if answer.get("Item") else ("gone", None)
+                elif error.get("Code") == "ConditionalCheckFailed":
+                    outcome[i] = ("changed", error["Item"]) if error.get("Item") else ("gone", None)
+                elif error.get("Code") in STATEMENT_RETRYABLE:
+                    retry.append(i)
+                else:
+                    raise StorageError(f"DynamoDB BatchExecuteStatement on table {self.name!r} at "
+                                       f"{self.endpoint or 'AWS'} failed: {error.get('Code')}: "
+                                       f"{error.get('Message')}")
+            with self.capacity.lock:
+                self.capacity.items_written += len(pending) - len(retry)
+            pending = retry
+            if pending:
+                with self.capacity.lock:
+                    self.capacity.retries += 1
+                deadline.wait(f"{len(pending)} throttled statements")
+        return [o for o in outcome if o is not None]
 
     def scan(self, **params: Any) -> Iterator[list[Item]]:
         """A parallel Scan: one page of each segment (one per worker) fetched at a time, on the threads.

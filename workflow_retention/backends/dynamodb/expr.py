@@ -92,3 +92,27 @@ def condition(equal: dict[str, str]) -> dict[str, Any]:
 
 def keys_only(items: list[Item]) -> list[Item]:
     return [{"PK": i["PK"], "SK": i["SK"]} for i in items]
+
+
+# -- PartiQL (ExecuteStatement, BatchExecuteStatement) -------------------------------
+
+
+def quoted(name: str) -> str:
+    """A PartiQL identifier: table, index or attribute name in double quotes (names here never hold one)."""
+    if '"' in name:
+        raise ValueError(f"a DynamoDB name with a double quote cannot be used in PartiQL: {name!r}")
+    return f'"{name}"'
+
+
+def select_in(table: str, partition: str, count: int, *, fields: tuple[str, ...], index: str | None = None) -> str:
+    """``SELECT fields FROM table[.index] WHERE partition IN [?, …]`` with ``count`` parameters."""
+    source = quoted(table) + (f".{quoted(index)}" if index else "")
+    return (f"SELECT {', '.join(map(quoted, fields))} FROM {source} "
+            f"WHERE {quoted(partition)} IN [{', '.join('?' * count)}]")
+
+
+def delete_if_equal(table: str, attributes: tuple[str, ...]) -> str:
+    """A conditional PartiQL DELETE of one item by ``PK``/``SK``, on condition that each of ``attributes``
+    equals its parameter (parameters: PK, SK, then the attributes in order); it returns the deleted item."""
+    cond = " AND ".join(f"{quoted(a)} = ?" for a in ("PK", "SK", *attributes))
+    return f"DELETE FROM {quoted(table)} WHERE {cond} RETURNING ALL OLD *"

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
@@ -32,7 +33,7 @@ from workflow_retention.planning import (
 from workflow_retention.report import Kind
 
 from . import expr
-from .client import SCAN_PAGE, Table
+from .client import IN_VALUES, SCAN_PAGE, Table
 from .layout import (
     COUNTER_SK,
     RUN_SK,
@@ -46,6 +47,7 @@ from .layout import (
     key_of,
     leave,
     run_key,
+    s,
     text,
 )
 from .markers import Markers
@@ -57,7 +59,8 @@ log = logging.getLogger("workflow_retention.dynamodb")
 HOOK_FIELDS = ("PK", "SK", "token", "run_id")
 COMMITTED = ("deleted", "gone")  # outcomes after which the run item is gone
 TIME_SLACK = timedelta(hours=14)  # the largest UTC offset a GSI1SK timestamp can carry
-PARTITION_PAGE = 200
+PARTITION_PAGE = 1000  # items per page of a partition read (50 runs)
+VERSION_FIELDS = ("status", "updated_at")  # a run's version: the commit's condition
 SCAN_FIELDS = ("PK", "SK", *STREAM_FIELDS)
 
 
@@ -100,15 +103,55 @@ class Purge:
         self.ghosts = Ghosts()
         # The live-engine windows of the batch being committed: (longest read to commit, first commit, runs).
         self.committing: tuple[float, float, int] | None = None
+        # The bulk delete running behind the purge (defer/settle), with the live-engine window it closes.
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynamodb-retention-bulk")
+        self.pending: tuple[Future[None], tuple[float, float, int] | None] | None = None
 
     def run(self) -> None:
-        self.resume()
-        for page in chunked(self.expired_runs(), self.job.batch_size):
-            self.batch(page)
-        self.scan()
+        try:
+            self.resume()
+            for page in chunked(self.expired_runs(), self.job.batch_size):
+                self.batch(page)
+            self.settle()
+            self.scan()
+            self.settle()
+        except BaseException:
+            self.settle(quiet=True)  # nothing keeps writing after the error is raised
+            raise
+        finally:
+            self.background.shutdown(wait=True)
         if not self.dry:
             self.markers.drop_own()
         ScheduleSweep(self.table, self.job).run()
+
+    # -- the bulk deletes of committed runs, one step behind ---------------------------
+
+    def defer(self, keys: list[Item], window: tuple[float, float, int] | None = None) -> None:
+        """Delete ``keys`` (items of committed runs only) in the background while the purge reads on.
+
+        At most one such step is pending: the previous one is waited for first, so memory holds two
+        batches' keys. ``settle`` waits for it before the Scan and before markers are dropped.
+        """
+        self.settle()
+        self.pending = (self.background.submit(self.table.delete_many, keys), window)
+
+    def settle(self, *, quiet: bool = False) -> None:
+        """Wait for the pending bulk delete; raise its error (``quiet``: the purge is failing already)."""
+        if self.pending is None:
+            return
+        future, window = self.pending
+        self.pending = None
+        try:
+            future.result()
+        except BaseException:
+            if not quiet:
+                raise
+            log.debug("dynamodb purge: a pending bulk delete failed too", exc_info=True)
+            return
+        if window is not None:  # how long the batch left a live engine to write to its runs
+            read_to_commit, first_commit, deleted = window
+            log.debug("dynamodb purge batch: %d runs committed; read to commit <= %.3fs, first commit to "
+                      "cascade end %.3fs", deleted, read_to_commit, time.monotonic() - first_commit)
 
     # -- selection ------------------------------------------------------------------
 
@@ -153,12 +196,6 @@ class Purge:
             done, held = self.commit(plan)
         self.report.held += len(held)
         self.cascade(done)
-        if self.committing is not None:  # how long the batch left a live engine to write to its runs
-            read_to_commit, first_commit, deleted = self.committing
-            self.committing = None
-            log.debug("dynamodb purge batch %d: %d runs committed; read to commit <= %.3fs, first commit to "
-                      "cascade end %.3fs", self.report.batches, deleted, read_to_commit,
-                      time.monotonic() - first_commit)
 
     # -- commit: markers first, then each run item's conditional delete, children first ------
 
@@ -178,7 +215,7 @@ class Purge:
         for level in heights(plan, planned):
             allowed = {r.run_id for r in plan.order(survivors=survivors)[0]}
             attempt = [r for r in level if r.run_id in allowed]
-            for ref, result in zip(attempt, self.table.map(self.delete_run, attempt)):
+            for ref, (result, _) in zip(attempt, self.delete_runs(attempt)):
                 outcome[ref.run_id] = result
                 if result == "changed":
                     survivors.add(ref.run_id)
@@ -193,21 +230,27 @@ class Purge:
         self.report.add(Kind.RUNS, sum(1 for result in outcome.values() if result == "deleted"))
         return [i for i, result in outcome.items() if result in COMMITTED], held
 
-    def delete_run(self, ref: RunRef) -> str:
-        """``deleted``, ``changed`` (status or updated_at differ) or ``gone`` (no item)."""
-        seen = version(ref)
-        deleted, current = self.table.delete_if(run_key(ref.run_id), {
-            "status": seen.status or "", "updated_at": seen.updated_at or ""}, current=True)
-        return "deleted" if deleted else "changed" if current else "gone"
+    def delete_runs(self, refs: list[RunRef]) -> list[tuple[str, Item | None]]:
+        """Each run item's conditional delete, on the version read (25 per BatchExecuteStatement, on the
+        threads): ``deleted``, ``changed`` (status or updated_at differ) or ``gone`` (no item)."""
+        rows = []
+        for ref in refs:
+            seen, where = version(ref), run_key(ref.run_id)
+            rows.append([where["PK"], where["SK"], s(seen.status or ""), s(seen.updated_at or "")])
+        return self.table.delete_versions(expr.delete_if_equal(self.table.name, VERSION_FIELDS), rows)
 
     # -- cascade: everything else of committed runs -----------------------------------
 
     def cascade(self, run_ids: list[str]) -> None:
-        """Token items and flags first (tokens are found through the hooks), then hooks and the partitions."""
+        """Token items and flags first (tokens are found through the hooks), then hooks and the partitions.
+
+        Hooks and partitions are read 50 runs per PartiQL ``IN`` (one paged ExecuteStatement each).
+        """
         if not run_ids:
             return
         self.cascaded += len(run_ids)
-        hooks = [h for part in self.table.map(self.hooks_of, run_ids) for h in part]
+        chunks = list(chunked(run_ids, IN_VALUES))
+        hooks = [h for part in self.table.map(self.hooks_of, chunks) for h in part]
         derived = [key(f"TOKEN#{text(h, 'token')}", h["PK"]["S"]) for h in hooks if text(h, "token")]
         found = self.table.get_many(derived + [flag_key(r) for r in run_ids], expr.projection("PK", "SK"))
         tokens = [k for k in found if k["PK"]["S"].startswith("TOKEN#")]
@@ -217,28 +260,35 @@ class Purge:
         if not self.dry:
             self.table.delete_many(found)
         rest = expr.keys_only(hooks)
-        for counts, keys in self.table.map(self.clear_partition, run_ids):
+        for counts, keys in self.table.map(self.clear_partitions, chunks):
             self.report.merge(counts)
             rest += keys
+        window, self.committing = self.committing, None
         if not self.dry:
-            self.table.delete_many(rest)
+            self.defer(rest, window)
         self.ghosts.report(self.report)
 
-    def hooks_of(self, run_id: str) -> list[Item]:
-        params = expr.query("GSI1PK", f"RUN_HOOKS#{run_id}", index="GSI1", fields=HOOK_FIELDS)
-        return [h for page in self.table.pages("query", **params) for h in page if text(h, "run_id") == run_id]
+    def hooks_of(self, run_ids: list[str]) -> list[Item]:
+        """The hooks of up to 50 runs, from GSI1 (``RUN_HOOKS#<run_id>``), each naming its run."""
+        wanted = {f"RUN_HOOKS#{r}" for r in run_ids}
+        statement = expr.select_in(self.table.name, "GSI1PK", len(run_ids), fields=(*HOOK_FIELDS, "GSI1PK"),
+                                   index="GSI1")
+        return [h for page in self.table.select(statement, [s(f"RUN_HOOKS#{r}") for r in run_ids], limit=SCAN_PAGE)
+                for h in page if text(h, "GSI1PK") in wanted and text(h, "GSI1PK") == f"RUN_HOOKS#{text(h, 'run_id')}"]
 
-    def clear_partition(self, run_id: str) -> tuple[Counter[str], list[Item]]:
-        """Count events, the event counter and steps under ``RUN#<id>`` (on a worker thread).
+    def clear_partitions(self, run_ids: list[str]) -> tuple[Counter[str], list[Item]]:
+        """Count events, event counters and steps under ``RUN#<id>`` of up to 50 runs (on a worker thread).
 
-        Returns the keys of the last page for the caller to delete with the
-        batch's other keys (fewer, fuller requests); longer partitions are
-        deleted page by page here, so memory stays bounded.
+        One consistent PartiQL ``IN`` over the partitions, paged. Returns the keys of the last page for
+        the caller to delete with the batch's other keys (fewer, fuller requests); earlier pages are
+        deleted here, so memory stays bounded.
         """
         counts: Counter[str] = Counter()
         pending: list[Item] = []
-        params = expr.query("PK", f"RUN#{run_id}", fields=("PK", "SK"), limit=PARTITION_PAGE)
-        for page in self.table.pages("query", **params):
+        statement = expr.select_in(self.table.name, "PK", len(run_ids), fields=("PK", "SK"))
+        pages = self.table.select(statement, [s(f"RUN#{r}") for r in run_ids], consistent=True,
+                                  limit=PARTITION_PAGE)
+        for page in pages:
             if pending and not self.dry:
                 self.table.delete_many(pending, parallel=False)
             pending = []
@@ -294,7 +344,7 @@ class Purge:
             for kind, _ in stream:
                 self.report.add(kind)
             if not self.dry:
-                self.table.delete_many([key_of(i) for _, i in doomed + stream])
+                self.defer([key_of(i) for _, i in doomed + stream])
 
     def doomed_checkpoints(self, items: list[Item]) -> list[tuple[str, Item]]:
         """Checkpoints whose owner (``planning.key_owners``) is a committed run: marked, its record gone.

@@ -6,10 +6,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from workflow_retention.planning import RunRef
+from workflow_retention.planning import RunRef, chunked
 
 from . import expr
-from .client import Table
+from .client import IN_VALUES, SCAN_PAGE, Table
 from .layout import Item, run_key, text
 
 RUN_FIELDS = ("PK", "status", "updated_at", "parent_run_id")
@@ -49,9 +49,17 @@ def get_runs(table: Table, ids: Iterable[str]) -> dict[str, RunRef]:
 
 
 def children_of(table: Table, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
-    """Child runs of each parent, from the parent index GSI4 (one paged Query per parent)."""
-    def one(parent: str) -> tuple[str, list[RunRef]]:
-        params = expr.query("GSI4PK", f"PARENT#{parent}", index="GSI4", fields=RUN_FIELDS)
-        return parent, [run_ref(i) for page in table.pages("query", **params) for i in page]
+    """Child runs of each parent, from the parent index GSI4 (one paged PartiQL ``IN`` over 50 parents)."""
+    parents = sorted(set(parent_ids))
+    found: dict[str, list[RunRef]] = {p: [] for p in parents}
 
-    return dict(table.map(one, list(parent_ids)))
+    def some(chunk: list[str]) -> list[tuple[str, RunRef]]:
+        statement = expr.select_in(table.name, "GSI4PK", len(chunk), fields=(*RUN_FIELDS, "GSI4PK"), index="GSI4")
+        pages = table.select(statement, [{"S": f"PARENT#{p}"} for p in chunk], limit=SCAN_PAGE)
+        return [((text(i, "GSI4PK") or "")[len("PARENT#"):], run_ref(i)) for page in pages for i in page]
+
+    for part in table.map(some, list(chunked(parents, IN_VALUES))):
+        for parent, ref in part:
+            if parent in found:
+                found[parent].append(ref)
+    return found
