@@ -166,3 +166,46 @@ def test_pyworkflows_own_cascade_leaves_orphans_that_the_sweep_repairs(cassandra
     assert report.total == len(left) and report.bytes > 0
     assert_no_orphans(h.inventory())
     assert run_ids(h.inventory()) == {"run_recent"}
+
+
+def test_runs_created_years_apart_lose_every_listing_row_in_reads_of_bounded_fan_out(
+        cassandra_harness: CassandraHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing reads name at most MAX_BUCKETS day buckets and IN_CHUNK runs (and parents), however sparse the
+    runs of a workflow are; every status, workflow and parent row of the purged runs still goes."""
+    from workflow_retention.backends.cassandra.cascade import MAX_BUCKETS
+
+    h, pw = cassandra_harness, cassandra_harness.pyworkflow()
+    parents = [f"run_parent_{p}" for p in "abc"]
+    spread = [f"run_spread_{i:02d}" for i in range(70)]
+
+    async def build() -> None:
+        for parent in parents:
+            await add_run(pw, parent, "completed", OLD, extras=False)
+        for i, run_id in enumerate(spread):  # one run every 20 days, over almost four years
+            await add_run(pw, run_id, "completed", OLD - timedelta(days=20 * i), extras=False,
+                          parent=parents[i % 3] if i % 2 else None, depth=i % 2)
+
+    h.run(build())
+    listing_reads: list[tuple[str, Any]] = []
+    reads = client_module.Cql.reads
+
+    def recorded(self: Any, items: Any) -> Any:
+        listing_reads.extend(item for item in items if item[0].endswith("_rows_in"))
+        return reads(self, items)
+
+    monkeypatch.setattr(client_module.Cql, "reads", recorded)
+    dry = h.retention().delete_old_runs(CUTOFF, dry_run=True)
+    report = h.retention().delete_old_runs(CUTOFF)
+    assert report.runs == dry.runs == len(parents) + len(spread)
+    assert report.counts == dry.counts
+    items = h.inventory()
+    assert not [i for i in items if i.run_id in set(parents) | set(spread)]
+    assert_no_orphans(items)
+    for name, params in listing_reads:
+        pairs = params[-1]
+        assert len(pairs) <= client_module.IN_CHUNK, name
+        if name == "parent_rows_in":
+            assert len(params[0]) <= client_module.IN_CHUNK
+        else:
+            assert len(params[1]) <= MAX_BUCKETS, (name, len(params[1]))
+    assert {name for name, _ in listing_reads} == {"status_rows_in", "workflow_rows_in", "parent_rows_in"}

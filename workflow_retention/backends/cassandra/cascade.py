@@ -29,6 +29,8 @@ POINTERS = (("idempotency_in", "delete_idempotency", Kind.IDEMPOTENCY_KEYS),
             ("steps_by_id_in", "delete_step_by_id", Kind.INDEX_ENTRIES),
             ("hooks_by_id_in", "delete_hook_by_id", Kind.INDEX_ENTRIES),
             ("tokens_in", "delete_token", Kind.HOOK_TOKENS))
+#: Day buckets per listing read at most (a run needs two or three; runs created far apart go in separate reads).
+MAX_BUCKETS = 64
 
 
 class Cascade:
@@ -89,26 +91,48 @@ class Cascade:
 def _listing_reads(runs: Sequence[RunKeys]) -> list[Statement]:
     """Reads of the runs' listing rows: under every status and every date bucket pyworkflow may have used.
 
-    Runs are taken in ``created_at`` order, IN_CHUNK at a time, so each read
-    names a few day buckets and the chunk's ``(created_at, run_id)`` pairs.
+    Status rows: the runs in ``created_at`` order, one read per status and
+    chunk (:func:`_bucketed`). Workflow rows: the same per workflow name, so a
+    read names one workflow's chunk, not a few runs of each name. Parent rows:
+    ``parent_run_id IN`` the chunk's parents. Each read is the cartesian product
+    of its partitions and its ``(created_at, run_id)`` pairs; a row it finds
+    names a run of the chunk, whichever partition it is filed under.
     """
     listed = sorted((r for r in runs if r.buckets), key=lambda r: (r.created_ms, r.run_id))
     reads: list[Statement] = []
-    for chunk in chunked(listed, IN_CHUNK):
-        buckets = sorted({b for r in chunk for b in r.buckets})
-        pairs = [(r.created_ms, r.run_id) for r in chunk]
-        reads += [("status_rows_in", (status, buckets, pairs)) for status in sorted(RUN_STATUSES)]
-        by_workflow: dict[str, list[RunKeys]] = defaultdict(list)
-        for r in chunk:
-            if r.workflow_name:
-                by_workflow[r.workflow_name].append(r)
-        reads += [("workflow_rows_in", (name, sorted({b for r in group for b in r.buckets}),
-                                        [(r.created_ms, r.run_id) for r in group]))
-                  for name, group in sorted(by_workflow.items())]
-    by_parent: dict[str, list[RunKeys]] = defaultdict(list)
+    for buckets, chunk in _bucketed(listed):
+        reads += [("status_rows_in", (status, buckets, _pairs(chunk))) for status in sorted(RUN_STATUSES)]
+    by_workflow: dict[str, list[RunKeys]] = defaultdict(list)
     for r in listed:
-        if r.parent_run_id:
-            by_parent[r.parent_run_id].append(r)
-    reads += [("parent_rows_in", (parent, [(r.created_ms, r.run_id) for r in chunk]))
-              for parent, group in sorted(by_parent.items()) for chunk in chunked(group, IN_CHUNK)]
+        if r.workflow_name:
+            by_workflow[r.workflow_name].append(r)
+    reads += [("workflow_rows_in", (name, buckets, _pairs(chunk)))
+              for name, group in sorted(by_workflow.items()) for buckets, chunk in _bucketed(group)]
+    children = sorted((r for r in listed if r.parent_run_id), key=lambda r: (r.parent_run_id or "", r.run_id))
+    reads += [("parent_rows_in", (sorted({r.parent_run_id or "" for r in chunk}), _pairs(chunk)))
+              for chunk in chunked(children, IN_CHUNK)]
     return reads
+
+
+def _pairs(runs: Sequence[RunKeys]) -> list[tuple[int | None, str]]:
+    return [(r.created_ms, r.run_id) for r in runs]
+
+
+def _bucketed(listed: Sequence[RunKeys]) -> list[tuple[list[str], list[RunKeys]]]:
+    """Runs (in ``created_at`` order) cut into chunks of at most IN_CHUNK runs and MAX_BUCKETS day buckets.
+
+    Returns (the chunk's buckets, the chunk): a read's fan-out stays bounded
+    however far apart the runs were created.
+    """
+    out: list[tuple[list[str], list[RunKeys]]] = []
+    chunk: list[RunKeys] = []
+    buckets: set[str] = set()
+    for r in listed:
+        if chunk and (len(chunk) == IN_CHUNK or len(buckets | set(r.buckets)) > MAX_BUCKETS):
+            out.append((sorted(buckets), chunk))
+            chunk, buckets = [], set()
+        chunk.append(r)
+        buckets.update(r.buckets)
+    if chunk:
+        out.append((sorted(buckets), chunk))
+    return out

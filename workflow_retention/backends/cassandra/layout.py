@@ -161,7 +161,7 @@ STATEMENTS: dict[str, str] = {
                         "FROM runs_by_workflow WHERE workflow_name = ? AND date_bucket IN ? "
                         "AND (created_at, run_id) IN ?",
     "parent_rows_in": f"SELECT parent_run_id, {ms('created_at')}, run_id, WRITETIME(status) AS written "
-                      "FROM runs_by_parent WHERE parent_run_id = ? AND (created_at, run_id) IN ?",
+                      "FROM runs_by_parent WHERE parent_run_id IN ? AND (created_at, run_id) IN ?",
     # -- the cascade: lookup and listing rows first, then the run's partitions ---------------
     "delete_idempotency": "DELETE FROM runs_by_idempotency_key USING TIMESTAMP ? WHERE idempotency_key = ?",
     "delete_step_by_id": "DELETE FROM steps_by_id USING TIMESTAMP ? WHERE step_id = ?",
