@@ -28,7 +28,8 @@ timestamps: what ``extra`` counts afterwards must equal what our purge leaves.
 ``BENCH_CASSANDRA_FLOOR=batched`` (read in the child) makes the floor
 stricter, for reference: the same rows, but each run's ``events``, ``steps``
 and ``hooks`` rows go with one partition delete each, and the deletes travel
-in UNLOGGED batches of 32 statements, as our purge sends its own. The default (``rows``) is the floor of issue 17.
+in UNLOGGED batches of 32 statements, as our purge sends its own. The default
+(``rows``) is the floor of issue 17. Each floor row names its method (``floor_method``).
 
 ``server_cpu_s``: CPU seconds the Cassandra server process (the ``java``
 whose ``cassandra.yaml`` has this ``native_transport_port``) spent between
@@ -253,8 +254,8 @@ def floor(url: str, cutoff: datetime) -> dict[str, Any]:
             pass
     finally:
         backend.close()
-    return {"runs": len(doomed), "counts": counts, "requests": len(work),
-            "requests_per_run": round(len(work) / max(len(doomed), 1), 2)}
+    return {"runs": len(doomed), "floor_method": "batched" if batched else "rows", "counts": counts,
+            "requests": len(work), "requests_per_run": round(len(work) / max(len(doomed), 1), 2)}
 
 
 def _batches(work: list[tuple[Any, tuple[Any, ...]]]) -> list[tuple[Any, tuple[Any, ...]]]:
