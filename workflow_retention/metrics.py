@@ -291,12 +291,13 @@ class RetentionCollector:
             success.add_metric([store, operation], 1.0 if run.get("outcome") == SUCCEEDED else 0.0)
         yield from (at, duration, success)
         if s.audit is not None:
-            yield from self._audit(s.audit, store, gauge)
+            yield from self._audit(s.audit, store, gauge, s.last_success_at)
         if s.totals is not None:
             yield from self._counters(s.totals, store, CounterMetricFamily, HistogramMetricFamily)
 
     @staticmethod
-    def _audit(audit: Mapping[str, Any], store: str, gauge: Callable[..., Any]) -> Iterator[Any]:
+    def _audit(audit: Mapping[str, Any], store: str, gauge: Callable[..., Any],
+               last_success_at: float | None) -> Iterator[Any]:
         records = gauge("store_records", "Records per kind in the store, at the last audit.", ("kind",))
         size = gauge("store_bytes", "Bytes per kind in the store at the last audit (estimated where the store "
                      "cannot tell).", ("kind",))
@@ -308,12 +309,13 @@ class RetentionCollector:
         for status, n in sorted(audit.get("runs_by_status", {}).items()):
             runs.add_metric([store, status], n)
         yield runs
-        if audit.get("expired_runs") is not None:
+        when = _when(audit.get("generated_at"))
+        purged_since = last_success_at is not None and (when is None or last_success_at > when.timestamp())
+        if audit.get("expired_runs") is not None and not purged_since:  # a purge since made it obsolete
             expired = gauge("expired_runs", "Runs a purge would have deleted at the last audit (a lower bound when "
                             "the audit stopped early).")
             expired.add_metric([store], audit["expired_runs"])
             yield expired
-        when = _when(audit.get("generated_at"))
         if when is not None:
             audited = gauge("audit_timestamp_seconds", "When the last audit ran (Unix time).")
             audited.add_metric([store], when.timestamp())

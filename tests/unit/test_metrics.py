@@ -190,3 +190,14 @@ def test_new_url_settings_are_scrubbed() -> None:
     found = config.secrets({config.PUSHGATEWAY_URL: "https://u:Gw-pass-1@gw:9091",
                             config.STATE_URL: "redis://:St-pass-2@r:6379/0"})
     assert "Gw-pass-1" in found and "St-pass-2" in found
+
+
+def test_expired_runs_from_an_audit_older_than_the_last_success_are_not_exported() -> None:
+    audit = {"generated_at": NOW.isoformat(), "kinds": {}, "expired_runs": 7}
+    before = metrics.text(metrics.registry_for(metrics.Snapshot(store=STORE, audit=audit,
+                                                                last_success_at=NOW.timestamp() - 60)))
+    after = metrics.text(metrics.registry_for(metrics.Snapshot(store=STORE, audit=audit,
+                                                               last_success_at=NOW.timestamp() + 60)))
+    assert "workflow_retention_expired_runs{" in before
+    assert "workflow_retention_expired_runs{" not in after
+    assert "workflow_retention_audit_timestamp_seconds{" in after
