@@ -297,6 +297,15 @@ def _push_metrics(settings: config.Settings, store_url: str, history: History | 
     """
     if not settings.pushgateway_url:
         return
+    try:
+        _push(settings.pushgateway_url, settings, store_url, history, summary)
+    except Exception as exc:  # noqa: BLE001 - the push must never replace the purge's own outcome
+        log.error("workflow-retention metrics not pushed: %s: %s", type(exc).__name__,
+                  remove_secrets(str(exc), config.secrets()))
+
+
+def _push(url: str, settings: config.Settings, store_url: str, history: History | None,
+          summary: dict[str, Any]) -> None:
     store = metrics.store_label(store_url)
     snapshot = metrics.Snapshot(store=store)
     replace = True
@@ -313,11 +322,11 @@ def _push_metrics(settings: config.Settings, store_url: str, history: History | 
         if outcome == metrics.SUCCEEDED:
             snapshot.last_success_at = time.time()
     try:
-        metrics.push(settings.pushgateway_url, metrics.registry_for(snapshot), store, replace=replace)
+        metrics.push(url, metrics.registry_for(snapshot), store, replace=replace)
     except RetentionError as exc:
         log.error("workflow-retention metrics not pushed: %s", exc)
         return
-    log.info("workflow-retention metrics pushed gateway=%s store=%s", redact_url(settings.pushgateway_url), store)
+    log.info("workflow-retention metrics pushed gateway=%s store=%s", redact_url(url), store)
 
 
 def _last_done(lease: Lease) -> datetime | None:

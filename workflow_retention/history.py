@@ -282,6 +282,8 @@ def record_run(history: History | None, operation: str, run: Callable[[BatchTime
             record_id = history.start(operation)
         except StorageError as exc:
             log.error("run history not recorded: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a history write never stops the run
+            log.error("run history not recorded: %s: %s", type(exc).__name__, remove_secrets(str(exc), history.secrets))
     try:
         report = run(timer)
     except BaseException as exc:
@@ -302,6 +304,9 @@ def _finish(history: History | None, record_id: str | None, outcome: str, log: l
             log.warning("run history: record %s was already finished or is gone; left as it was", record_id)
     except StorageError as exc:
         log.error("run history not recorded (outcome %s): %s", outcome, exc)
+    except Exception as exc:  # noqa: BLE001 - a history write never replaces the run's own outcome
+        log.error("run history not recorded (outcome %s): %s: %s", outcome, type(exc).__name__,
+                  remove_secrets(str(exc), history.secrets))
 
 
 def fill_snapshot(snapshot: Snapshot, history: History, retention_days: int | None, now: datetime) -> None:

@@ -264,3 +264,18 @@ def test_a_real_worker_never_shows_the_pushgateway_password(celery_env: CeleryEn
     worker.wait_for(r"ERROR/.*workflow-retention metrics not pushed", timeout=30)
     assert PASSWORD not in worker.output()
     assert PASSWORD not in str(result.result)
+
+
+def test_a_corrupt_state_store_never_changes_the_tasks_outcome(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, gateway: _Gateway,
+        caplog: pytest.LogCaptureFixture) -> None:
+    total = seeded(env[config.STORAGE_URL])
+    monkeypatch.setenv(config.PUSHGATEWAY_URL, f"http://{gateway.url}")
+    h = history(env)
+    h.client.hset(h.state_key, "last_orphans", "{not json")
+    with caplog.at_level(logging.INFO, logger="workflow_retention"):
+        result = run_retention(broker_url=None)
+    assert result["status"] == "purged" and result["counts"]["runs"] == total
+    assert gateway.requests == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("metrics not pushed: JSONDecodeError" in e for e in errors), errors
