@@ -37,10 +37,11 @@ def next_run(schedule: Any, now: datetime, last_started: datetime | None = None)
         while due < now:  # missed slots: beat runs the next one when it is due
             due += schedule
         return due
-    remaining = getattr(schedule, "remaining_estimate", None)
-    if remaining is None:
-        return None
-    return (now + remaining(now)).replace(second=0, microsecond=0)  # a crontab fires at second 0
+    if hasattr(schedule, "remaining_delta"):  # a crontab: the first slot after ``now``, in its own timezone
+        last, delta, _ = schedule.remaining_delta(now)
+        return (last + delta).astimezone(now.tzinfo)
+    remaining = getattr(schedule, "remaining_estimate", None)  # another Celery schedule: from the real clock
+    return now + remaining(now) if remaining is not None else None
 
 
 def schedule_text(spec: config.ScheduleSettings) -> str:
