@@ -296,6 +296,14 @@ def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
             log.error("check: the lock's Redis cannot be used: %s", exc)
             args.out(_table("lock: FAILED", [("error", str(exc))]))
             failed = True
+    if settings.state_url and settings.state_url != settings.lock_url:
+        try:
+            open_lease(settings.state_url, lock_key, settings.lock_ttl).ping()  # a ping only: nothing is written
+            args.out(_table("run history: OK", [("redis", redact_url(settings.state_url))]))
+        except RetentionError as exc:
+            log.error("check: the run history's Redis cannot be used: %s", exc)
+            args.out(_table("run history: FAILED", [("error", str(exc))]))
+            failed = True
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -151,3 +151,14 @@ def test_metrics_with_an_unreachable_state_store_fails_loudly(ops: dict[str, str
     assert cli.main(["metrics"]) == 1
     captured = capsys.readouterr()
     assert "ERROR" in captured.err and "workflow_retention_store_records" in captured.out
+
+
+def test_check_pings_a_separate_state_store(ops: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(config.STATE_URL, ops[config.STATE_URL].replace("/0", "/1"))
+    assert cli.main(["check"]) == 0
+    assert "run history: OK" in capsys.readouterr().out
+    monkeypatch.setenv(config.STATE_URL, "redis://127.0.0.1:1/0")
+    assert cli.main(["check"]) == 1
+    captured = capsys.readouterr()
+    assert "run history: FAILED" in captured.out and "ERROR" in captured.err
