@@ -94,8 +94,8 @@ def test_check_never_prints_the_password_of_a_lock_or_broker_url(url: str, monke
 
 
 @pytest.mark.parametrize("url", LOCK_URLS)
-@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["purge", "--days", "30"], ["orphans"],
-                                     ["metrics", "--days", "30"]])
+@pytest.mark.parametrize("command", [["check"], ["status"], ["status", "--json"], ["purge", "--days", "30"],
+                                     ["orphans"], ["metrics", "--days", "30"]])
 def test_history_and_metrics_never_print_the_password_of_a_state_or_lock_url(
         url: str, command: list[str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     """The state store (history) and the lock are unreachable: the ERROR lines and the tables stay clean."""
@@ -109,6 +109,8 @@ def test_history_and_metrics_never_print_the_password_of_a_state_or_lock_url(
     assert "ERROR" in err, (command, err)
     # status/metrics fail: unreachable (1) or malformed, named (2); a purge's own outcome stays its own (0)
     assert code in ((0, 1, 2) if command[0] in ("purge", "orphans") else (1, 2)), (command, code, err)
+    if command == ["check"]:
+        assert "run history: FAILED" in out or "configuration error" in err, (out, err)
 
 
 @pytest.mark.parametrize("url", STORAGE_URLS)
