@@ -23,8 +23,13 @@ def _nested(h: DynamoDBHarness) -> None:
     h.run(add_run(pw, INNER, "failed", OLD))
 
 
+@pytest.mark.parametrize("own_ids", [50_000, 0], ids=["own-markers-in-memory", "markers-read"])
 def test_runs_inside_and_around_a_live_run_go_whole_and_the_live_run_keeps_its_checkpoints(
-        dynamodb_harness: DynamoDBHarness) -> None:
+        dynamodb_harness: DynamoDBHarness, monkeypatch: pytest.MonkeyPatch, own_ids: int) -> None:
+    """The Scan's join, with the purge's own committed runs in memory, and past that limit (markers read)."""
+    from workflow_retention.backends.dynamodb import purge
+
+    monkeypatch.setattr(purge, "OWN_IDS", own_ids)
     h = dynamodb_harness
     _nested(h)
     live = items_of(h.inventory(), {LIVE})

@@ -61,6 +61,7 @@ COMMITTED = ("deleted", "gone")  # outcomes after which the run item is gone
 TIME_SLACK = timedelta(hours=14)  # the largest UTC offset a GSI1SK timestamp can carry
 PARTITION_PAGE = 1000  # items per page of a partition read (50 runs)
 VERSION_FIELDS = ("status", "updated_at")  # a run's version: the commit's condition
+OWN_IDS = 50_000  # run ids of its own markers a purge keeps in memory (about 5 MB) for the Scan's join
 SCAN_FIELDS = ("PK", "SK", *STREAM_FIELDS)
 
 
@@ -103,6 +104,9 @@ class Purge:
         self.ghosts = Ghosts()
         # The live-engine windows of the batch being committed: (longest read to commit, first commit, runs).
         self.committing: tuple[float, float, int] | None = None
+        # Runs this purge committed or claimed (their markers are its own), for the Scan's join; None once
+        # more than OWN_IDS: the join then reads the markers instead.
+        self.own: set[str] | None = set()
         # The bulk delete running behind the purge (defer/settle), with the live-engine window it closes.
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynamodb-retention-bulk")
         self.pending: tuple[Future[None], tuple[float, float, int] | None] | None = None
@@ -225,10 +229,18 @@ class Purge:
                 longest, first, count = self.committing or (0.0, now, 0)
                 self.committing = (max(longest, *waits), first, count + len(waits))
         self.table.map(self.markers.unmark, [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED])
+        self.remember([i for i, result in outcome.items() if result in COMMITTED])
         _, held = plan.order(survivors=survivors)
         self.report.changed += len(survivors)
         self.report.add(Kind.RUNS, sum(1 for result in outcome.values() if result == "deleted"))
         return [i for i, result in outcome.items() if result in COMMITTED], held
+
+    def remember(self, run_ids: list[str]) -> None:
+        """Note runs whose markers this purge now owns (up to ``OWN_IDS``; past that, forget them all)."""
+        if self.own is not None:
+            self.own.update(run_ids)
+            if len(self.own) > OWN_IDS:
+                self.own = None
 
     def delete_runs(self, refs: list[RunRef]) -> list[tuple[str, Item | None]]:
         """Each run item's conditional delete, on the version read (25 per BatchExecuteStatement, on the
@@ -326,6 +338,7 @@ class Purge:
                 if not self.dry:
                     self.markers.drop_dead(dead)
                     self.markers.claim(gone)
+                    self.remember(gone)
                 self.cascade(gone)
 
     # -- the one Scan: checkpoints of committed runs, and stream data (streams.py) -----
@@ -351,15 +364,20 @@ class Purge:
 
         Ownership is decided on the store as it was before the commits: the
         existing runs and the committed ones. Only prefixes at least as long
-        as a key's shortest marked prefix can own it, so only those are read
-        (a page with no marked prefix costs one BatchGetItem of markers). A
-        dry run writes no markers: it asks the planner about each owner.
+        as a key's shortest marked prefix can own it, so only those are read.
+        The marked prefixes are this purge's own (committed or claimed runs,
+        held in memory up to ``OWN_IDS``; past that, every marker is read:
+        one BatchGetItem per page). A dry run writes no markers: it asks the
+        planner about each owner.
         """
         keys = {key: item for item in items if (key := checkpoint_key(item)) is not None}
         prefixes = {p for key in keys for p in key_prefixes(key)}
         if not prefixes:
             return []
-        marked = self.markers.marked(prefixes)
+        if self.dry or self.own is None:
+            marked = self.markers.marked(prefixes)
+        else:  # this purge's own markers: another purge's committed runs are that purge's to finish
+            marked = prefixes & self.own
         if self.dry:
             wanted = prefixes
         else:
