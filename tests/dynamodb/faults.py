@@ -77,17 +77,17 @@ class FaultyClient:
 
         self.rules["batch_write_item"] = rule
 
-    def failed_statements(self, k: int, code: str = "ThrottlingError") -> None:
-        """The first ``k`` BatchExecuteStatement calls run only their first statement; every other one comes
-        back with the per-statement error ``code`` (as DynamoDB reports a throttled statement), unrun."""
-        def rule(real_fn: Callable[..., Any], n: int, Statements: list, **params: Any) -> Any:
+    def cancelled_transactions(self, k: int, code: str = "ThrottlingError") -> None:
+        """The first ``k`` TransactWriteItems calls are cancelled unrun: the first delete with reason ``code``
+        (as DynamoDB reports a throttled or conflicting one), the others with ``None``."""
+        def rule(real_fn: Callable[..., Any], n: int, TransactItems: list, **params: Any) -> Any:
             if n > k:
-                return real_fn(Statements=Statements, **params)
-            first = real_fn(Statements=Statements[:1], **params)
-            error = {"Error": {"Code": code, "Message": f"injected {code}"}}
-            return {**first, "Responses": first["Responses"] + [error] * (len(Statements) - 1)}
+                return real_fn(TransactItems=TransactItems, **params)
+            reasons = [{"Code": code, "Message": f"injected {code}"}] + [{"Code": "None"}] * (len(TransactItems) - 1)
+            raise ClientError({"Error": {"Code": "TransactionCanceledException", "Message": "injected"},
+                               "CancellationReasons": reasons}, "TransactWriteItems")
 
-        self.rules["batch_execute_statement"] = rule
+        self.rules["transact_write_items"] = rule
 
     def unprocessed_reads(self, k: int) -> None:
         """The first ``k`` BatchGetItem calls return half of the keys as ``UnprocessedKeys``."""

@@ -28,9 +28,9 @@ def markers(h: DynamoDBHarness) -> set[str]:
 
 
 def commit_ids(params: dict[str, Any]) -> list[str]:
-    """The run ids whose items a commit request (BatchExecuteStatement of conditional deletes) deletes."""
-    return [st["Parameters"][0]["S"][len("RUN#"):] for st in params.get("Statements", [])
-            if st["Statement"].startswith("DELETE") and st["Parameters"][0]["S"].startswith("RUN#")]
+    """The run ids whose items a commit request (TransactWriteItems of conditional deletes) deletes."""
+    keys = [action["Delete"]["Key"]["PK"]["S"] for action in params.get("TransactItems", []) if "Delete" in action]
+    return [pk[len("RUN#"):] for pk in keys if pk.startswith("RUN#")]
 
 
 def is_hooks_read(params: dict[str, Any]) -> bool:

@@ -67,7 +67,7 @@ def test_a_purge_keeps_the_markers_of_a_concurrent_purge_that_then_dies_between_
         assert a_done.wait(WAIT), "purge A never finished"
 
     b, client = faulty_backend(h, workers=1)  # one thread: B pauses as a whole
-    client.before("batch_execute_statement", 1, pause)
+    client.before("transact_write_items", 1, pause)
     client.crash_when("execute_statement", is_hooks_read)
     thread, out = _in_thread(lambda: b.delete_old_runs(CUTOFF))
     assert b_at_commit.wait(WAIT), "purge B never reached its commit"

@@ -57,8 +57,8 @@ def cascade_read(n: int) -> Any:
 
 CRASH_POINTS = {
     "markers-written": ("batch_write_item", writes("RETENTION#", "PutRequest")),
-    "first-commit": ("batch_execute_statement", nth(1)),
-    "after-some-commits": ("batch_execute_statement", nth(3)),
+    "first-commit": ("transact_write_items", nth(1)),
+    "after-some-commits": ("transact_write_items", nth(3)),
     "tokens-and-flags": ("batch_write_item", writes("TOKEN#")),
     "hooks-and-partitions": ("batch_write_item", writes("RUN#")),
     "cascade-lookups": ("execute_statement", cascade_read(2)),
@@ -103,7 +103,7 @@ def test_run_changed_after_its_marker_keeps_everything(dynamodb_harness: DynamoD
         seen.update(victim=victim, items=items_of(h.inventory(), {victim}))
 
     backend, client = faulty_backend(h, workers=1)  # the engine call runs on the caller's thread
-    client.before("batch_execute_statement", 1, engine_updates_the_run)
+    client.before("transact_write_items", 1, engine_updates_the_run)
     report = backend.delete_old_runs(CUTOFF)
     victim = seen["victim"]
     items = h.inventory()
@@ -130,7 +130,7 @@ def test_run_gone_before_its_commit_is_cascaded_not_counted(dynamodb_harness: Dy
         h.client.delete_item(TableName=h.table, Key={"PK": {"S": f"RUN#{gone['id']}"}, "SK": {"S": "#METADATA"}})
 
     backend, client = faulty_backend(h, workers=1)
-    client.before("batch_execute_statement", 1, someone_deletes_it)
+    client.before("transact_write_items", 1, someone_deletes_it)
     report = backend.delete_old_runs(CUTOFF)
     items = h.inventory()
     assert report.runs == len(scenario.deleted) - 1 and report.changed == 0
@@ -146,7 +146,7 @@ def test_markers_of_a_dead_purge_whose_runs_changed_since_are_dropped(dynamodb_h
 
     h = dynamodb_harness
     backend, client = faulty_backend(h, workers=1)
-    client.crash_at("batch_execute_statement", 1)
+    client.crash_at("transact_write_items", 1)
     with pytest.raises(Crash):
         backend.delete_old_runs(CUTOFF)
     marked = markers(h)

@@ -48,7 +48,7 @@ def test_throttling_is_retried_on_every_call(dynamodb_harness: DynamoDBHarness, 
     h = dynamodb_harness
     expected = h.retention().delete_old_runs(CUTOFF, dry_run=True)
     backend, client = faulty_backend(h)
-    ops = ("query", "scan", "batch_get_item", "batch_write_item", "execute_statement", "batch_execute_statement")
+    ops = ("query", "scan", "batch_get_item", "batch_write_item", "execute_statement", "transact_write_items")
     for n, op in enumerate(ops):
         client.throttle_first(op, 2, THROTTLES[n % len(THROTTLES)])
     report = backend.delete_old_runs(CUTOFF)
@@ -57,26 +57,30 @@ def test_throttling_is_retried_on_every_call(dynamodb_harness: DynamoDBHarness, 
     assert_clean(h, scenario)
 
 
-def test_throttled_statements_of_a_commit_are_retried_and_counted_once(dynamodb_harness: DynamoDBHarness,
-                                                                      scenario: Scenario) -> None:
-    """BatchExecuteStatement reports throttling per statement: those statements are sent again, the rest not."""
+@pytest.mark.parametrize("code", ["ThrottlingError", "TransactionConflict"])
+def test_a_commit_transaction_cancelled_by_throttling_or_a_conflict_is_sent_again(
+        dynamodb_harness: DynamoDBHarness, scenario: Scenario, code: str) -> None:
+    """TransactWriteItems reports throttling and conflicts per delete: the transaction is sent again."""
     h = dynamodb_harness
     expected = h.retention().delete_old_runs(CUTOFF, dry_run=True)
     backend, client = faulty_backend(h, batch_size=4)
-    client.failed_statements(k=3)
+    client.cancelled_transactions(k=3, code=code)
     report = backend.delete_old_runs(CUTOFF)
-    assert client.calls["batch_execute_statement"] > 3 and backend.table.capacity.retries >= 1
+    assert client.calls["transact_write_items"] > 3 and backend.table.capacity.retries >= 3
     assert dict(report.counts) == dict(expected.counts) and report.runs == len(scenario.deleted)
     assert_clean(h, scenario)
 
 
-def test_a_statement_error_that_is_no_throttling_is_loud_and_loses_nothing(dynamodb_harness: DynamoDBHarness,
-                                                                            scenario: Scenario) -> None:
+def test_a_cancellation_reason_that_is_no_throttling_is_loud_and_loses_nothing(dynamodb_harness: DynamoDBHarness,
+                                                                              scenario: Scenario) -> None:
+    from botocore.exceptions import ClientError
+
     h = dynamodb_harness
     backend, client = faulty_backend(h, batch_size=4)
-    client.failed_statements(k=10**6, code="ValidationError")
-    with pytest.raises(StorageError, match="BatchExecuteStatement .* failed: ValidationError"):
+    client.cancelled_transactions(k=10**6, code="ValidationError")
+    with pytest.raises(StorageError, match="TransactWriteItems .*ValidationError") as caught:
         backend.delete_old_runs(CUTOFF)
+    assert isinstance(caught.value.__cause__, ClientError)
     backend.close()
     items = h.inventory()
     assert run_ids(items) >= scenario.kept | scenario.held

@@ -30,12 +30,13 @@ RETRYABLE = frozenset({
     "InternalServerError", "ServiceUnavailable",
 })
 WRITE_BATCH, READ_BATCH = 25, 100
-STATEMENT_BATCH = 25  # statements per BatchExecuteStatement
+TRANSACTION_BATCH = 25  # conditional deletes per TransactWriteItems (a cancelled one is sent again without
+# the deletes that failed, so a smaller transaction wastes less)
 IN_VALUES = 50  # values of one PartiQL ``IN`` list on a partition key
-#: Per-statement error codes of BatchExecuteStatement that are retried (the others raise StorageError).
-STATEMENT_RETRYABLE = frozenset({
-    "ProvisionedThroughputExceeded", "ThrottlingError", "RequestLimitExceeded", "InternalServerError",
-    "TransactionConflict",
+CANCELLED = "TransactionCanceledException"
+#: Cancellation reasons of a TransactWriteItems delete that are retried (the others raise StorageError).
+TRANSACTION_RETRYABLE = frozenset({
+    "TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError", "RequestLimitExceeded",
 })
 SCAN_PAGE = 1000  # items evaluated per Scan page (at least; a larger batch size gives larger pages)
 BACKOFF_BASE, BACKOFF_CAP = 0.05, 5.0
@@ -231,7 +232,7 @@ class Table:
         """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if op not in ("batch_write_item", "batch_get_item", "execute_statement", "batch_execute_statement"):
+        if op not in ("batch_write_item", "batch_get_item", "execute_statement", "transact_write_items"):
             params["TableName"] = self.name
         deadline = deadline or self.deadline(op)
         while True:
@@ -303,52 +304,60 @@ class Table:
                 return
             params["NextToken"] = token
 
-    def delete_versions(self, statement: str, rows: Sequence[list[dict[str, Any]]]) -> list[tuple[str, Item | None]]:
-        """One conditional PartiQL ``DELETE … RETURNING ALL OLD *`` (``statement``) per row of parameters,
-        25 per BatchExecuteStatement; per row, in order: ``("deleted", old item)``, ``("changed", current
-        item)`` (the condition failed on a stored item) or ``("gone", None)`` (no item to delete).
+    def delete_if_many(self, rows: Sequence[tuple[Item, Mapping[str, str]]]) -> list[tuple[str, Item | None]]:
+        """:meth:`delete_if` for many items, 25 per TransactWriteItems, on the threads; per row, in order:
+        ``("deleted", None)``, ``("changed", stored item)`` (the condition failed on an item) or
+        ``("gone", None)`` (no item).
 
-        Throttled statements are retried until the deadline; any other per-statement error raises
-        StorageError. Every statement is billed as a write, whatever its outcome.
+        A transaction cancelled by some of its deletes is sent again without them; throttling and
+        conflicts with other writes are retried until the deadline; any other reason raises StorageError.
+        DynamoDB bills 2 write units per transactional delete (``items_written`` counts 2).
         """
-        return [r for part in self.map(lambda c: self._delete_chunk(statement, c), list(chunked(rows, STATEMENT_BATCH)))
-                for r in part]
+        return [r for part in self.map(self._delete_if_chunk, list(chunked(rows, TRANSACTION_BATCH))) for r in part]
 
-    def _delete_chunk(self, statement: str, rows: list[list[dict[str, Any]]]) -> list[tuple[str, Item | None]]:
-        outcome: list[tuple[str, Item | None] | None] = [None] * len(rows)
+    def _delete_if_chunk(self, rows: list[tuple[Item, Mapping[str, str]]]) -> list[tuple[str, Item | None]]:
+        from botocore.exceptions import ClientError
+
+        outcome: dict[int, tuple[str, Item | None]] = {}
         pending = list(range(len(rows)))
-        deadline = self.deadline("BatchExecuteStatement")
+        deadline = self.deadline("TransactWriteItems")
         while pending:
-            statements = [{"Statement": statement, "Parameters": rows[i],
-                           "ReturnValuesOnConditionCheckFailure": "ALL_OLD"} for i in pending]
-            response = self.call("batch_execute_statement", Statements=statements, write_units=len(pending),
-                                 deadline=deadline)
-            answers = response.get("Responses") or []
-            if len(answers) != len(pending):
-                raise StorageError(f"DynamoDB BatchExecuteStatement on table {self.name!r} at "
-                                   f"{self.endpoint or 'AWS'} answered {len(answers)} of {len(pending)} "
-                                   "statements; nothing after its commits was touched, rerun to finish")
-            retry = []
-            for i, answer in zip(pending, answers):
-                error = answer.get("Error")
-                if not error:
-                    outcome[i] = ("deleted", answer["Item"]) if answer.get("Item") else ("gone", None)
-                elif error.get("Code") == "ConditionalCheckFailed":
-                    outcome[i] = ("changed", error["Item"]) if error.get("Item") else ("gone", None)
-                elif error.get("Code") in STATEMENT_RETRYABLE:
-                    retry.append(i)
-                else:
-                    raise StorageError(f"DynamoDB BatchExecuteStatement on table {self.name!r} at "
-                                       f"{self.endpoint or 'AWS'} failed: {error.get('Code')}: "
-                                       f"{error.get('Message')}")
-            with self.capacity.lock:
-                self.capacity.items_written += len(pending) - len(retry)
-            pending = retry
-            if pending:
+            actions = [{"Delete": {"TableName": self.name, "Key": rows[i][0], **expr.condition(dict(rows[i][1])),
+                                   "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for i in pending]
+            if self.limiter:
+                self.limiter.spend(2 * len(pending))
+            try:
+                self.call("transact_write_items", TransactItems=actions, passthrough=CANCELLED, deadline=deadline)
+            except ClientError as exc:  # only a cancellation: any other error is a StorageError
+                reasons = exc.response.get("CancellationReasons") or []
+                if len(reasons) != len(pending):
+                    raise self.error(exc, "TransactWriteItems") from exc
+                retry, throttled = [], False
+                for i, reason in zip(pending, reasons):
+                    code = reason.get("Code") or "None"
+                    if code == "ConditionalCheckFailed":
+                        outcome[i] = ("changed", reason["Item"]) if reason.get("Item") else ("gone", None)
+                    elif code == "None":  # fine itself: cancelled because of another delete
+                        retry.append(i)
+                    elif code in TRANSACTION_RETRYABLE:
+                        retry.append(i)
+                        throttled = True
+                    else:
+                        raise self.error(exc, f"TransactWriteItems ({code}: {reason.get('Message')})") from exc
                 with self.capacity.lock:
-                    self.capacity.retries += 1
-                deadline.wait(f"{len(pending)} throttled statements")
-        return [o for o in outcome if o is not None]
+                    self.capacity.items_written += 2 * (len(pending) - len(retry))
+                pending = retry
+                if throttled:
+                    with self.capacity.lock:
+                        self.capacity.retries += 1
+                    deadline.wait(f"{len(pending)} deletes throttled or in conflict")
+                continue
+            with self.capacity.lock:
+                self.capacity.items_written += 2 * len(pending)
+            for i in pending:
+                outcome[i] = ("deleted", None)
+            pending = []
+        return [outcome[i] for i in range(len(rows))]
 
     def scan(self, **params: Any) -> Iterator[list[Item]]:
         """A parallel Scan: one page of each segment (one per worker) fetched at a time, on the threads.

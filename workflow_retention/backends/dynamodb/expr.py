@@ -109,10 +109,3 @@ def select_in(table: str, partition: str, count: int, *, fields: tuple[str, ...]
     source = quoted(table) + (f".{quoted(index)}" if index else "")
     return (f"SELECT {', '.join(map(quoted, fields))} FROM {source} "
             f"WHERE {quoted(partition)} IN [{', '.join('?' * count)}]")
-
-
-def delete_if_equal(table: str, attributes: tuple[str, ...]) -> str:
-    """A conditional PartiQL DELETE of one item by ``PK``/``SK``, on condition that each of ``attributes``
-    equals its parameter (parameters: PK, SK, then the attributes in order); it returns the deleted item."""
-    cond = " AND ".join(f"{quoted(a)} = ?" for a in ("PK", "SK", *attributes))
-    return f"DELETE FROM {quoted(table)} WHERE {cond} RETURNING ALL OLD *"

@@ -60,7 +60,6 @@ HOOK_FIELDS = ("PK", "SK", "token", "run_id")
 COMMITTED = ("deleted", "gone")  # outcomes after which the run item is gone
 TIME_SLACK = timedelta(hours=14)  # the largest UTC offset a GSI1SK timestamp can carry
 PARTITION_PAGE = 1000  # items per page of a partition read (50 runs)
-VERSION_FIELDS = ("status", "updated_at")  # a run's version: the commit's condition
 OWN_IDS = 50_000  # run ids of its own markers a purge keeps in memory (about 5 MB) for the Scan's join
 SCAN_FIELDS = ("PK", "SK", *STREAM_FIELDS)
 
@@ -243,13 +242,11 @@ class Purge:
                 self.own = None
 
     def delete_runs(self, refs: list[RunRef]) -> list[tuple[str, Item | None]]:
-        """Each run item's conditional delete, on the version read (25 per BatchExecuteStatement, on the
+        """Each run item's conditional delete on the version read (25 per TransactWriteItems, on the
         threads): ``deleted``, ``changed`` (status or updated_at differ) or ``gone`` (no item)."""
-        rows = []
-        for ref in refs:
-            seen, where = version(ref), run_key(ref.run_id)
-            rows.append([where["PK"], where["SK"], s(seen.status or ""), s(seen.updated_at or "")])
-        return self.table.delete_versions(expr.delete_if_equal(self.table.name, VERSION_FIELDS), rows)
+        return self.table.delete_if_many([(run_key(r.run_id), {"status": version(r).status or "",
+                                                                "updated_at": version(r).updated_at or ""})
+                                          for r in refs])
 
     # -- cascade: everything else of committed runs -----------------------------------
 
