@@ -6,9 +6,9 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from workflow_retention import values
 from workflow_retention.exceptions import ConfigurationError, PurgeStopped
@@ -42,6 +42,9 @@ class Capability:
     SCHEDULED_SIGNALS = "scheduled_signals"
     #: A stored timestamp can be unreadable (text, JSON, or missing), not only a typed value.
     CORRUPTIBLE_TIMESTAMPS = "corruptible_timestamps"
+    #: :meth:`StorageBackend.shards` splits the store into several disjoint shards that can be purged
+    #: concurrently, each reporting its cursor and resumable from it (see "Shards" in the class docstring).
+    SHARDS = "shards"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,62 @@ class BatchInfo:
 
 
 OnBatch = Callable[[BatchInfo], None]
+#: Called with a shard purge's cursor (a string, the last key it finished) after every batch.
+OnCursor = Callable[[str], None]
+#: The most shards a store is split into.
+MAX_SHARDS = 1024
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A disjoint part of a store's runs, as :meth:`StorageBackend.shards` plans it.
+
+    ``index`` (0-based) of ``count`` shards; ``spec``: what the backend needs to page only this part
+    (a range of its paging key, a token range, a Scan segment, a hash range of run ids), made of JSON
+    values only. A shard crosses process boundaries (a Celery message, a process pool) as
+    :meth:`to_dict` and comes back with :meth:`from_dict`. The shard with ``count == 1`` is the whole
+    store (:meth:`whole`).
+    """
+
+    index: int = 0
+    count: int = 1
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def whole(cls) -> Shard:
+        """The one shard of a store that cannot be split (or is not): every run."""
+        return cls(0, 1, {})
+
+    @property
+    def is_whole(self) -> bool:
+        return self.count == 1
+
+    @property
+    def label(self) -> str:
+        """``1/4``: the shard's 1-based position, for logs and reports."""
+        return f"{self.index + 1}/{self.count}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "count": self.count, "spec": dict(self.spec)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Shard:
+        """The shard :meth:`to_dict` described; :class:`ConfigurationError` for anything else."""
+        try:
+            index, count, spec = data["index"], data["count"], data.get("spec") or {}
+            ok = (isinstance(index, int) and isinstance(count, int) and isinstance(spec, dict)
+                  and 1 <= count <= MAX_SHARDS and 0 <= index < count)
+        except (TypeError, KeyError, AttributeError):
+            ok = False
+        if not ok:
+            raise ConfigurationError(f"a shard must be {{'index': i, 'count': n, 'spec': {{...}}}} with "
+                                     f"0 <= i < n <= {MAX_SHARDS}; got {data!r}")
+        return cls(index, count, dict(spec))
+
+
+def validate_shards(value: object, name: str = "shards") -> int:
+    """A number of shards: an integer from 1 to :data:`MAX_SHARDS`."""
+    return values.integer(value, name, maximum=MAX_SHARDS, example=4)
 
 
 @dataclass
@@ -77,8 +136,28 @@ class _Job:
 
 @dataclass
 class PurgeJob(_Job):
+    """One purge: the cutoff, its report, and for a shard purge the shard, where to resume and ``on_cursor``."""
+
     cutoff: datetime
     report: PurgeReport
+    shard: Shard = field(default_factory=Shard.whole)
+    resume_after: str | None = None
+    on_cursor: OnCursor | None = None
+
+    @property
+    def partial(self) -> bool:
+        """A shard of several: only this shard's runs, no schedule or stream sweep (the final pass does those)."""
+        return not self.shard.is_whole
+
+    def finished(self, cursor: str) -> None:
+        """Report the cursor after a batch is done (deleted, or counted in a dry run): ``on_cursor(cursor)``.
+
+        The cursor is the last key of the shard's paging order the purge has finished with; a purge given
+        it as ``resume_after`` starts after it. Whatever ``on_cursor`` raises stops the purge here, like
+        ``on_batch`` (:class:`PurgeStopped`: cleanly, the report says so).
+        """
+        if self.on_cursor is not None:
+            self.on_cursor(cursor)
 
 
 @dataclass
@@ -164,6 +243,42 @@ class StorageBackend(ABC):
     failure is logged at ERROR and raised; store errors are raised as
     :class:`StorageError` with the driver's error chained.
 
+    **Shards.** :meth:`shards` splits the store into ``n`` disjoint
+    :class:`Shard` s that together cover every run, computed from the store's
+    metadata or key space, never by a scan of the runs (SQL: ranges of the key
+    the purge pages on; Cassandra: token ranges; DynamoDB: parallel Scan
+    segments; file: hash ranges of the run id). A backend without
+    :attr:`Capability.SHARDS` returns the one whole-store shard. A shard is
+    purged with ``delete_old_runs(..., shard=s)``; several shards of one plan
+    may be purged at the same time, by different processes or hosts, and the
+    rules above hold for each of them and for all of them together:
+
+    * *Same planning code.* A shard screens, plans, re-checks and holds with the
+      same rules (:mod:`workflow_retention.planning`) as a whole-store purge.
+      A family is planned by the shard holding its root (a run whose parent is
+      missing or not eligible); its descendants are found through the parent
+      link, whatever shard they are in, and a shard never plans a run whose
+      parent is eligible. A backend that cannot find children without a full
+      scan (file) leaves every run that has a child to the final pass instead.
+    * *No parent before its children.* No shard deletes a run while a child of
+      it exists that is not deleted in the same step (children first).
+    * *Runs only.* A shard of several purges runs; the schedule and stream
+      sweeps belong to the whole-store purge.
+    * *The final pass.* An expired parent that a shard could not delete because
+      a child was still present when it looked is deleted by one ordinary
+      whole-store purge run after all the shards (:mod:`workflow_retention.shards`
+      does this): only what the shards kept remains for it, and its ``held`` is
+      the purge's. The merged report of the shards and the final pass equals
+      that of one whole-store purge of the same data.
+    * *Cursors.* After each batch of a shard is finished, ``on_cursor(cursor)``
+      is called with the last key of the shard's paging order it is done with
+      (a string). ``resume_after=cursor`` makes a later purge of the same shard
+      start after it, without redoing the batches before; what lies before the
+      cursor and is still there (a held run, a run expired since) is left to the
+      final pass. A backend may report no cursor (then a retry restarts the
+      shard, which is safe: a rerun deletes nothing twice). Whatever
+      ``on_cursor`` raises stops the purge like ``on_batch``.
+
     :meth:`sweep_orphans` and :meth:`audit` follow the same rules for paging,
     batches, ``on_batch`` and errors; see their docstrings.
     """
@@ -222,6 +337,9 @@ class StorageBackend(ABC):
         dry_run: bool = False,
         batch_size: int | None = None,
         on_batch: OnBatch | None = None,
+        shard: Shard | None = None,
+        resume_after: str | None = None,
+        on_cursor: OnCursor | None = None,
     ) -> PurgeReport:
         """Delete every expired run with everything of it, children before parents (see the class docstring).
 
@@ -236,19 +354,62 @@ class StorageBackend(ABC):
         chained) when the store fails. Records that cannot be judged safely (an unreadable timestamp, an
         unsafe id, a status pyworkflow never writes) are kept, counted in ``skipped`` and described in
         ``warnings``.
+
+        ``shard``: purge only this shard of :meth:`shards` (default: the whole store). ``resume_after``: a
+        cursor this shard reported earlier; start after it. ``on_cursor``: called with the shard's cursor
+        after every finished batch (see "Shards" in the class docstring). A shard of several on a backend
+        without :attr:`Capability.SHARDS`, or a cursor that is not a string, is a :class:`ConfigurationError`.
         """
         cutoff = require_aware(older_than, "older_than")
         size = self._batch_size(batch_size)
+        part = self._check_shard(shard)
+        if resume_after is not None and not isinstance(resume_after, str):
+            raise ConfigurationError(f"resume_after must be a cursor string reported by on_cursor; "
+                                     f"got {resume_after!r}")
         report = PurgeReport(backend=self.url, dry_run=dry_run, cutoff=cutoff, started_at=utcnow())
-        job = PurgeJob(dry_run=dry_run, batch_size=size, on_batch=on_batch, cutoff=cutoff, report=report)
-        log.info("purge started backend=%s cutoff=%s dry_run=%s batch_size=%d",
-                 self.url, cutoff.isoformat(), dry_run, size)
+        job = PurgeJob(dry_run=dry_run, batch_size=size, on_batch=on_batch, cutoff=cutoff, report=report,
+                       shard=part, resume_after=resume_after, on_cursor=on_cursor)
+        where = "" if part.is_whole else f" shard={part.label}"
+        resume = f" resume_after={resume_after!r}" if resume_after is not None else ""
+        log.info("purge started backend=%s cutoff=%s dry_run=%s batch_size=%d%s%s",
+                 self.url, cutoff.isoformat(), dry_run, size, where, resume)
         self._run("purge", report, lambda: self._purge(job))
-        log.info("purge finished backend=%s runs=%d held=%d changed=%d skipped=%d dry_run=%s "
-                 "batches=%d duration_s=%.3f counts=%s%s", self.url, report.runs, report.held,
+        log.info("purge finished backend=%s%s runs=%d held=%d changed=%d skipped=%d dry_run=%s "
+                 "batches=%d duration_s=%.3f counts=%s%s", self.url, where, report.runs, report.held,
                  report.changed, report.skipped, dry_run, report.batches, report.duration_s,
                  dict(report.counts), f" stopped={report.stopped!r}" if report.stopped else "")
         return report
+
+    def shards(self, n: int) -> list[Shard]:
+        """Split the store into at most ``n`` disjoint shards that together cover every run.
+
+        Computed without a scan of the runs (the store's key space or metadata). A backend without
+        :attr:`Capability.SHARDS`, or ``n == 1``, gives ``[Shard.whole()]``. Each shard is JSON-serialisable
+        (:meth:`Shard.to_dict`) and is purged with ``delete_old_runs(..., shard=...)``. ``n``: 1 to
+        :data:`MAX_SHARDS` (:class:`ConfigurationError` otherwise).
+        """
+        n = validate_shards(n)
+        if n == 1 or Capability.SHARDS not in self.capabilities:
+            return [Shard.whole()]
+        self.open()
+        planned = self._shards(n)
+        if not planned or any(s.count != len(planned) or s.index != i for i, s in enumerate(planned)):
+            raise RuntimeError(f"{type(self).__name__}._shards({n}) must return shards 0..k-1 of count k")
+        return planned
+
+    def _check_shard(self, shard: Shard | None) -> Shard:
+        if shard is None:
+            return Shard.whole()
+        if not isinstance(shard, Shard):
+            shard = Shard.from_dict(shard)
+        if not shard.is_whole and Capability.SHARDS not in self.capabilities:
+            raise ConfigurationError(f"the {self.name} backend cannot be sharded: purge its one shard "
+                                     f"(shards(n) returns it); got shard {shard.label}")
+        return shard
+
+    def _shards(self, n: int) -> list[Shard]:
+        """The shards of a backend with :attr:`Capability.SHARDS` (``n`` > 1); see :meth:`shards`."""
+        raise NotImplementedError(f"{type(self).__name__} declares Capability.SHARDS but has no _shards()")
 
     def sweep_orphans(
         self,

@@ -125,7 +125,8 @@ class MemoryBackend(StorageBackend):
     # -- purge ------------------------------------------------------------------
 
     def _purge(self, job: PurgeJob) -> None:
-        cursor = ""
+        """Keyset pages by run_id (the cursor: the last run_id of a finished page); one shard, the whole store."""
+        cursor = job.resume_after or ""
         while True:
             with self.store._lock:
                 page, after = self._next_page(job.cutoff, cursor, job.batch_size)
@@ -135,6 +136,7 @@ class MemoryBackend(StorageBackend):
                 plan = plan_page(page, job.cutoff, job.report, self._refs_of, self._children_of)
             if plan is not None:
                 self._delete_plan(job, plan)
+            job.finished(cursor)
         self._purge_aux(job)
 
     def _delete_plan(self, job: PurgeJob, plan: Plan) -> None:

@@ -16,9 +16,10 @@ from workflow_retention.backends.file.orphans import sweep_orphans
 from workflow_retention.backends.file.purge import purge_runs
 from workflow_retention.backends.file.seed import SeedWriter, prepare
 from workflow_retention.backends.file.streams import StreamSweep
-from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.seed import SeedRun
+from workflow_retention.shards import hash_shards
 from workflow_retention.urls import query_params, redact_url, split_url
 
 URL_FORM = "file:///absolute/path/to/store"
@@ -59,7 +60,8 @@ class FileBackend(StorageBackend):
     """
 
     name = "file"
-    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
+                              Capability.SHARDS})
 
     def __init__(self, base_path: str | os.PathLike[str], *,
                  lock_timeout: float | str | timedelta = DEFAULT_LOCK_TIMEOUT, url: str | None = None,
@@ -97,10 +99,15 @@ class FileBackend(StorageBackend):
                 "run_files": sum(1 for n in names if n.endswith(JSON)),
                 "pending_purge_markers": sum(1 for n in names if n.endswith(MARKER_SUFFIX))}
 
+    def _shards(self, n: int) -> list[Shard]:
+        """``n`` hash ranges of the run id (the file name): no directory is read to plan them."""
+        return hash_shards(n)
+
     def _purge(self, job: PurgeJob) -> None:
         with errors(self._base), Store.open(self._base) as store:
             purge_runs(store, job, self.lock_timeout)
-            StreamSweep(store, job, self.lock_timeout).run()
+            if not job.partial:  # a shard of several purges runs only; the final pass sweeps the rest
+                StreamSweep(store, job, self.lock_timeout).run()
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         with errors(self._base), Store.open(self._base) as store:

@@ -300,6 +300,8 @@ class Cascade:
             run_id = stem(entry.name, MARKER_SUFFIX)
             if run_id is None or not self._marker_condemns(entry, run_id):
                 continue
+            if not self.verdict.doomed(run_id):
+                continue  # another shard's run: its own purge (the same plan's) finishes it
             if flags and not self.dry_run:
                 self._stragglers(run_id)
             if self.all_incomplete or run_id in self.incomplete:

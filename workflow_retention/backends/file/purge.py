@@ -11,6 +11,7 @@ docs/backends/file.md, sections 2 and 3.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterator
 from functools import lru_cache
@@ -39,12 +40,16 @@ from workflow_retention.base import PurgeJob
 from workflow_retention.exceptions import PurgeStopped
 from workflow_retention.planning import RunRef, chunked, is_safe_run_id, left_alone, screen
 from workflow_retention.report import Kind
+from workflow_retention.shards import in_hash_shard
 
 # Run ids whose record/marker state a purge's cascade remembers (a run's files are found in every directory).
 STATE_CACHE = 4096
 # Run files changed this long before the purge began are read again after the commits
 # (file-system timestamps are coarser than the clock).
 CTIME_SLACK = 2.0
+# A shard purge takes the next batch_size * SHARD_WINDOW run names of its shard (in name order, after its
+# cursor) from one listing of runs/: memory O(batch), one listing per window.
+SHARD_WINDOW = 20
 
 
 def purge_runs(store: Store, job: PurgeJob, lock_timeout: float) -> None:
@@ -83,7 +88,7 @@ def purge_verdict(store: Store, selection: Selection, dry_run: bool) -> Verdict:
 
     def committed(run_id: str) -> bool:
         record, marker = state(run_id)
-        return marker and not record and is_safe_run_id(run_id)
+        return marker and not record and is_safe_run_id(run_id) and selection.mine(run_id)
 
     if not dry_run:
         return Verdict.cached(exists, committed, orphans=False, recheck=False)
@@ -108,6 +113,15 @@ class Selection:
         self.committing = False
         self.shallow_committed_unsafe = False  # a parent became unknown after commits began
         self.started = time.time()
+        # A shard of several (job.partial): only runs of the shard go, and none that has a child run file
+        # (in any shard) when the plan pass looks: those are left to the final pass (memory O(them)).
+        self.shard = job.shard
+        self.partial = job.partial
+        self.has_children: set[str] = set()
+
+    def mine(self, run_id: str) -> bool:
+        """The run belongs to this purge's shard (always, for a whole-store purge)."""
+        return not self.partial or in_hash_shard(self.shard, run_id)
 
     @property
     def lockdown(self) -> bool:
@@ -222,8 +236,10 @@ class Selection:
         """Would the commit passes delete this run (dry run: they only count)?"""
         if run_id in self.held or run_id in self.lockdown_held or (marker := marker_file(run_id)) is None:
             return False
+        if self.partial and (not self.mine(run_id) or run_id in self.has_children):
+            return False
         ref = self._read(run_id)
-        return (ref is not None and ref.eligible(self.cutoff) and level(ref) in self.levels
+        return (ref is not None and ref.eligible(self.cutoff) and (self.partial or level(ref) in self.levels)
                 and not self._blocked(ref) and not self.store.exists(RUNS, marker))
 
     def _blocked(self, ref: RunRef) -> bool:
@@ -246,8 +262,13 @@ class Selection:
         return added
 
     def plan(self) -> None:
-        """Pass 1: held set, depth levels, and skipped runs (reported once)."""
+        """Pass 1: held set, depth levels, and skipped runs (reported once); a shard: which of its runs have a child."""
         for ref in self._runs():
+            if self.partial:
+                if ref.parent_run_id and self.mine(ref.parent_run_id):
+                    self.has_children.add(ref.parent_run_id)
+                if not self.mine(ref.run_id):
+                    continue
             if ref.candidate(self.cutoff) and screen([ref], self.cutoff, self.job.report):
                 self.levels.add(level(ref))
                 self._check_depth(ref)
@@ -273,11 +294,38 @@ class Selection:
     def commit(self) -> None:
         """One pass per depth level, deepest first, committing batches of deletable runs."""
         self.committing = True
+        if self.partial:
+            self._commit_shard()
+            self._set_held()
+            return
         for lvl in sorted(self.levels, reverse=True):
             deletable = (ref for ref in self._runs() if self._deletable(ref, lvl))
             for batch in chunked(deletable, self.job.batch_size):
                 self._commit_batch(batch)
         self._set_held()
+
+    def _commit_shard(self) -> None:
+        """A shard's commits: its run files in name order after the cursor, in batches, each followed by its cursor.
+
+        Only runs with no child run file go (see :meth:`plan`), so the order of depths does not matter here.
+        """
+        cursor = self.job.resume_after
+        window = self.job.batch_size * SHARD_WINDOW
+        while True:
+            names = heapq.nsmallest(window, (
+                run_id for entry in self.store.entries(RUNS, regular=False)
+                if entry.name.endswith(JSON) and (run_id := entry.name[: -len(JSON)])
+                and (cursor is None or run_id > cursor) and self.mine(run_id)))
+            if not names:
+                return
+            for chunk in chunked(names, self.job.batch_size):
+                refs = [ref for run_id in chunk
+                        if (ref := self._inspect(run_id + JSON, run_id, hold=True)) is not None
+                        and ref.run_id not in self.has_children and self._deletable(ref, level(ref))]
+                if refs:
+                    self._commit_batch(refs)
+                self.job.finished(chunk[-1])
+            cursor = names[-1]
 
     def _deletable(self, ref: RunRef, lvl: int) -> bool:
         if not ref.eligible(self.cutoff):
