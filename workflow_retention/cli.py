@@ -10,16 +10,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from workflow_retention import config, metrics, status, values
 from workflow_retention.backends import by_url
-from workflow_retention.base import BatchInfo, StorageBackend
-from workflow_retention.exceptions import ConfigurationError, RetentionError
+from workflow_retention.base import MAX_SHARDS, BatchInfo, Shard, StorageBackend, validate_shards
+from workflow_retention.exceptions import ConfigurationError, RetentionError, StorageError
 from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import open_lease
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
 from workflow_retention.seed import generate
+from workflow_retention.shards import ShardedPurge, purge_sharded
 from workflow_retention.timeutil import utcnow
 from workflow_retention.urls import redact_url, remove_secrets
 
@@ -43,6 +45,10 @@ _runs = _argument(lambda text: values.integer(text, "--runs", minimum=0, maximum
 _seed = _argument(lambda text: values.integer(text, "--seed", minimum=0, maximum=2**31 - 1, example=42))
 _age_days = _argument(lambda text: values.number(text, "--max-age-days", maximum=values.MAX_DAYS, example="120"))
 _max_age = _argument(lambda text: values.duration(text, "--max-age", minimum=timedelta(seconds=1)))
+_shards = _argument(lambda text: validate_shards(text, "--shards"))
+#: The most processes ``purge --workers`` starts.
+MAX_WORKERS = 256
+_workers = _argument(lambda text: values.integer(text, "--workers", maximum=MAX_WORKERS, example=4))
 
 
 DESCRIPTION = ("Delete expired PyWorkflow runs with everything that belongs to them (purge), repair what "
@@ -79,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                             "minutes ago would be deleted")
     purge.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
     purge.add_argument("--json", action="store_true", help="print the report as JSON")
+    purge.add_argument("--shards", type=_shards, default=1,
+                       help="split the store into N shards purged side by side, then a final whole-store pass "
+                            f"(1 to {MAX_SHARDS}; default 1; backends that cannot be split purge as one)")
+    purge.add_argument("--workers", type=_workers, default=None,
+                       help=f"processes purging shards at once (1 to {MAX_WORKERS}; default: one per shard)")
 
     check = sub.add_parser("check", help="validate the configuration and the connection")
     storage(check)
@@ -147,7 +158,8 @@ def _table(title: str, rows: Sequence[tuple[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_purge(r: PurgeReport) -> str:
+def format_purge(r: PurgeReport, sharded: ShardedPurge | None = None) -> str:
+    """The report as tables; a sharded purge adds its shards, their runs and the final pass."""
     head = [("cutoff", r.cutoff.isoformat() if r.cutoff else "-"),
             ("runs" + (" (would delete)" if r.dry_run else " deleted"), r.runs),
             ("held (child survives)", r.held), ("changed (kept)", r.changed), ("skipped (invalid)", r.skipped)]
@@ -155,6 +167,11 @@ def format_purge(r: PurgeReport) -> str:
     text = _table(f"purge {r.backend}{'  [DRY RUN]' if r.dry_run else ''}", head)
     text += "\n" + _table("data" + (" that would go" if r.dry_run else " deleted"), kinds or [("(nothing)", 0)])
     text += f"\n  batches {r.batches}, {r.duration_s:.2f}s"
+    if sharded is not None and len(sharded.shards) > 1:
+        parts = [(f"shard {s.label}", sharded.parts[s.index].runs if s.index in sharded.parts
+                  else f"FAILED: {sharded.failures.get(s.index)}") for s in sharded.shards]
+        parts.append(("final pass", sharded.final.runs if sharded.final is not None else "(not run)"))
+        text += "\n" + _table(f"runs per shard ({len(sharded.shards)} shards)", parts)
     if r.stopped:
         text += f"\n  STOPPED: {r.stopped}"
     return text + _warnings(r.warnings, r.warnings_total)
@@ -240,11 +257,55 @@ def _recorded(args: argparse.Namespace, settings: config.Settings, backend: Stor
 
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     cutoff = _cutoff(args, settings)
+    if args.shards > 1:
+        return _purge_sharded(args, settings, cutoff)
     with _backend(args, settings) as backend:
         report = _recorded(args, settings, backend, metrics.PURGE,
                            lambda on_batch: backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=on_batch),
                            args.dry_run)
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
+    _left_alone(report.skipped, report.warnings)
+    return EXIT_STOPPED if report.stopped else EXIT_OK
+
+
+def _purge_sharded(args: argparse.Namespace, settings: config.Settings, cutoff: datetime) -> int:
+    """``purge --shards N --workers W``: the shards in W processes, then the final pass; one merged report.
+
+    A shard that fails fails the command (an ERROR line per shard, exit 1) after the partial report is
+    printed; the final pass is not run, and a rerun finishes the purge.
+    """
+    url = args.storage or settings.require_storage_url()
+    batch_size = settings.batch_size if args.batch_size is None else args.batch_size
+    open_backend = partial(by_url, url, batch_size=batch_size)
+    with open_backend() as backend:  # settings and URL errors here, before any process starts
+        label = backend.url
+    progress = Progress("purge")
+    outcome: list[ShardedPurge] = []
+
+    def shard_done(shard: Shard, report: PurgeReport | None, error: str | None) -> None:
+        text = f"{report.runs:,} runs in {report.duration_s:.1f}s" if report is not None else f"FAILED: {error}"
+        print(remove_secrets(f"purge: shard {shard.label} {text}", args.secrets), file=progress.stream, flush=True)
+
+    def run(on_batch: Any) -> PurgeReport:
+        result = purge_sharded(open_backend, cutoff, args.shards, workers=args.workers, processes=True,
+                               dry_run=args.dry_run, on_shard=shard_done)
+        outcome.append(result)
+        if result.failed:
+            raise StorageError(f"{len(result.failures)} of {len(result.shards)} shards failed, so the final pass "
+                               f"was not run (a rerun finishes the purge): {result.failure_text()}")
+        return result.report
+
+    history = None if args.dry_run else _history(args, settings, label)
+    try:
+        report = record_run(history, metrics.PURGE, run, log=log)
+    except StorageError:
+        if outcome:
+            args.out(format_purge(outcome[0].report, outcome[0]))
+        raise
+    finally:
+        if history is not None:
+            history.close()
+    args.out(report.to_json(indent=2) if args.json else format_purge(report, outcome[0]))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
 
