@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import column, event, select, table, text
 
 from workflow_retention.backends import by_url
-from workflow_retention.planning import TERMINAL_STATUSES
+from workflow_retention.planning import TERMINAL_STATUSES, chunked, key_owners, key_prefixes
 
 TABLES = ("workflow_runs", "events", "steps", "hooks", "cancellation_flags", "checkpoints")
 TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
@@ -76,7 +76,7 @@ def floor(url: str, cutoff: datetime) -> dict[str, Any]:
               "mysql": "CREATE TEMPORARY TABLE doomed (PRIMARY KEY (run_id)) "}[dialect]
     started = time.perf_counter()
     with backend.engine.connect() as conn:
-        conn.execution_options(**backend.write_options())
+        conn.execution_options(**backend.dialect.write_options())
         with conn.begin():
             conn.execute(text(create + doomed), params)
             if dialect == "postgresql":
@@ -97,9 +97,35 @@ def floor(url: str, cutoff: datetime) -> dict[str, Any]:
     return {"runs": counts.pop("runs"), "counts": counts, "transactions": 1, "longest_tx_s": round(seconds, 4)}
 
 
+def checkpoint_orphans(conn: Any, fold: Callable[[str], str], page: int = 10_000) -> int:
+    """Step checkpoints no prefix of whose key names a run: the ownership rule of the purge and the sweep
+    (:func:`~workflow_retention.planning.key_owners`: ``a:b:s`` is the run ``a:b``'s, not ``a``'s), read in
+    keyset pages of ``page`` keys; ``fold``: run ids as the store compares them (MySQL ignores case)."""
+    def existing(prefixes: set[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in chunked(sorted(prefixes), 1000):
+            found.update(map(fold, conn.execute(select(runs.c.run_id).where(runs.c.run_id.in_(chunk))).scalars()))
+        return {p for p in prefixes if fold(p) in found}
+
+    runs = table("workflow_runs", column("run_id"))
+    checkpoints = table("checkpoints", column("step_run_id"))
+    orphans, cursor = 0, None
+    while True:
+        stmt = select(checkpoints.c.step_run_id).order_by(checkpoints.c.step_run_id).limit(page)
+        if cursor is not None:
+            stmt = stmt.where(checkpoints.c.step_run_id > cursor)
+        keys = list(conn.execute(stmt).scalars())
+        if not keys:
+            return orphans
+        cursor = keys[-1]
+        owners = key_owners(keys, existing)
+        orphans += sum(1 for key, owner in owners.items() if owner is None and key_prefixes(key))
+        if len(keys) < page:
+            return orphans
+
+
 def rows_left(url: str) -> dict[str, Any]:
     backend = by_url(url)
-    dialect = backend.engine.dialect.name
     out: dict[str, Any] = {}
     with backend.engine.connect() as conn:
         for table in TABLES:
@@ -107,10 +133,7 @@ def rows_left(url: str) -> dict[str, Any]:
         orphans = sum(conn.exec_driver_sql(
             f"SELECT COUNT(*) FROM {t} x WHERE NOT EXISTS (SELECT 1 FROM workflow_runs r WHERE r.run_id = x.run_id)"
         ).scalar_one() for t in ("events", "steps", "hooks", "cancellation_flags"))
-        orphans += conn.execute(text(  # text(): SQLAlchemy escapes the % signs for the driver
-            f"SELECT COUNT(*) FROM checkpoints c WHERE step_run_id LIKE '%:%' AND NOT EXISTS "
-            f"(SELECT 1 FROM workflow_runs r WHERE r.run_id = {OWNER[dialect].replace('step_run_id', 'c.step_run_id')})"
-        )).scalar_one()
+        orphans += checkpoint_orphans(conn, backend.dialect.id_fold)
         out["orphans_left"] = orphans
     backend.close()
     return out

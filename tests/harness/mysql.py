@@ -26,6 +26,7 @@ from sqlalchemy import Engine, create_engine, event
 
 from tests.harness.sql import SQLHarness
 from tests.services import Service
+from workflow_retention.backends.sql.mysql import MySQLBackend
 
 
 def server_parts(url: str) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def _utc_escape(original: Any) -> Any:
 
 class MySQLHarness(SQLHarness):
     name = "mysql"
-    capabilities = frozenset({"schedules", "streams"})
+    capabilities = MySQLBackend.capabilities  # pyworkflow writes all of them there
     baseline_fails = True  # pyworkflow 0.4.0's MySQL purge always raises (pyworkflow-layout.md, section 4)
     pyworkflow_modules = ("pyworkflow.storage.mysql",)
 

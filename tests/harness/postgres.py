@@ -21,8 +21,8 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from tests.harness.sql import SQLHarness
 from tests.services import Service
-from workflow_retention.backends.sql.postgres import register_unloadable_timestamps
-from workflow_retention.backends.sql.schema import SCHEMA_VERSIONS
+from workflow_retention.backends.sql.layout import SCHEMA_VERSIONS
+from workflow_retention.backends.sql.postgres import PostgresBackend, register_unloadable_timestamps
 
 
 def with_query(url: str, **params: str) -> str:
@@ -36,7 +36,7 @@ def sa_url(url: str) -> str:
 
 class PostgresHarness(SQLHarness):
     name = "postgres"
-    capabilities = frozenset({"schedules", "streams", "scheduled_signals"})
+    capabilities = PostgresBackend.capabilities  # pyworkflow writes all of them there
     pyworkflow_modules = ("pyworkflow.storage.postgres",)
 
     def __init__(self, server_url: str, schema: str) -> None:

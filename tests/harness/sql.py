@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Engine, insert, inspect, text
 
 from tests.harness.base import Harness, Item, derived, digest
-from workflow_retention.backends.sql.base import SQLBackend
+from workflow_retention.backends.sql.backend import SQLBackend
 from workflow_retention.report import Kind
 
 #: table -> (inventory kind, key columns, column naming the run)
@@ -103,7 +103,8 @@ class SQLHarness(Harness):
             Kind.HOOKS: ("hooks", {"run_id": run_id, "hook_id": "hook_x_1", "token": f"{run_id}:hook_x_1",
                                    "created_at": ts, "status": "pending", "metadata": "{}"}),
             Kind.CANCELLATION_FLAGS: ("cancellation_flags", {"run_id": run_id, "created_at": ts}),
-            Kind.CHECKPOINTS: ("checkpoints", {"step_run_id": f"{run_id}:step_x", "data": backend._json({"c": 1}),
+            Kind.CHECKPOINTS: ("checkpoints", {"step_run_id": f"{run_id}:step_x",
+                                               "data": backend.dialect.json({"c": 1}),
                                                "created_at": ts, "updated_at": ts}),
         }
         if kind not in rows:

@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from tests.harness.sql import SQLHarness
+from workflow_retention.backends.sql.sqlite import SQLiteBackend
 
 
 class SQLiteHarness(SQLHarness):
     name = "sqlite"
-    capabilities = frozenset({"schedules", "streams", "corruptible_timestamps"})
+    capabilities = SQLiteBackend.capabilities  # pyworkflow writes all of them there
     pyworkflow_modules = ("pyworkflow.storage.sqlite",)
 
     def __init__(self, directory: Path) -> None:

@@ -68,7 +68,7 @@ def holds_nothing(harness: Any, backend: Any) -> bool:
     Asked from outside where the server can tell (PostgreSQL ``pg_stat_activity``,
     InnoDB's transaction list); for SQLite, from the sqlite3 connection's own state.
     """
-    session = backend._session
+    session = backend.client._session
     if session is None:
         return True
     driver = session.connection.driver_connection

@@ -96,7 +96,7 @@ class WriteClock:
     def __init__(self, backend: Any) -> None:
         self.durations: list[float] = []
         self._open: dict[int, float] = {}
-        writes = backend.write_options()
+        writes = backend.dialect.write_options()
         engine = backend.engine
 
         def begin(conn: Any) -> None:
@@ -164,7 +164,7 @@ def measure(runs: int, events: int, hold_s: float | None = None, **options: Any)
 
             backend = harness.retention(**options)
             if hold_s is not None:
-                backend.hold_s = hold_s
+                backend.dialect.hold_s = hold_s
             clock = WriteClock(backend)
             report, failure = None, None
             with EngineThread(harness, record, pause=0.01) as engine:

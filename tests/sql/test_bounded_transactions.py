@@ -41,7 +41,7 @@ class RowsPerWrite:
     def __init__(self, harness: Any, backend: Any, live: str = "") -> None:
         self.harness, self.live = harness, live
         self.counts: list[int] = []
-        writes = backend.write_options()
+        writes = backend.dialect.write_options()
 
         def begin(conn: Any) -> None:
             options = conn.get_execution_options()
@@ -101,7 +101,8 @@ def _heavy_run(harness: Any, run_id: str = "run_big", events: int = 2500, checkp
         {"step_id": f"step_{run_id}_{n}", "run_id": run_id, "step_name": "s", "status": "completed",
          "created_at": old, "input_args": "[]", "input_kwargs": "{}"} for n in range(300)])
     insert_rows(harness, "checkpoints", [
-        {"step_run_id": f"{run_id}:step_{n}", "data": backend._json({"n": n}), "created_at": old, "updated_at": old}
+        {"step_run_id": f"{run_id}:step_{n}", "data": backend.dialect.json({"n": n}), "created_at": old,
+         "updated_at": old}
         for n in range(checkpoints)])
 
 
@@ -202,20 +203,20 @@ def test_the_row_budget_shrinks_when_a_transaction_is_slow(sqlite_harness: Any) 
     fill_heavy(h, 40, 100)
     backend = h.retention(max_rows=2000, batch_size=10)
     budgets: list[int] = []
-    original = type(backend).write
+    original = type(backend.client).write
 
     def slow_write(self: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, body, *args, **kwargs)
         time.sleep(2 * self.transaction_target)  # as if the disk were slow
-        budgets.append(self._row_budget)
+        budgets.append(self.row_budget)
         return result
 
-    type(backend).write = slow_write  # type: ignore[method-assign]
+    type(backend.client).write = slow_write  # type: ignore[method-assign]
     try:
         backend.delete_old_runs(CUTOFF)
     finally:
-        type(backend).write = original  # type: ignore[method-assign]
-    assert budgets[0] == 2000 and min(budgets) == backend.min_rows
+        type(backend.client).write = original  # type: ignore[method-assign]
+    assert budgets[0] == 2000 and min(budgets) == backend.client.min_rows
 
 
 def test_a_budget_that_shrinks_inside_a_batch_wastes_no_transaction(sqlite_harness: Any) -> None:
@@ -226,18 +227,18 @@ def test_a_budget_that_shrinks_inside_a_batch_wastes_no_transaction(sqlite_harne
     backend = h.retention(max_rows=3000, batch_size=40)
     rollbacks: list[int] = []
     event.listen(backend.engine, "rollback", lambda conn: rollbacks.append(1))
-    original = type(backend).write
+    original = type(backend.client).write
 
     def slow_write(self: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, body, *args, **kwargs)
         time.sleep(4 * self.transaction_target)  # the budget falls to min_rows
         return result
 
-    type(backend).write = slow_write  # type: ignore[method-assign]
+    type(backend.client).write = slow_write  # type: ignore[method-assign]
     try:
         report = backend.delete_old_runs(CUTOFF)
     finally:
-        type(backend).write = original  # type: ignore[method-assign]
+        type(backend.client).write = original  # type: ignore[method-assign]
     assert report.runs == 40 and report.batches == 2
     assert not rollbacks
 

@@ -20,7 +20,8 @@ OLD = NOW - timedelta(days=40)
 def checkpoint_rows(harness: Any, keys: list[str]) -> list[dict[str, Any]]:
     backend = harness.retention()
     ts = backend.db_time(OLD)
-    return [{"step_run_id": k, "data": backend._json({"k": k}), "created_at": ts, "updated_at": ts} for k in keys]
+    return [{"step_run_id": k, "data": backend.dialect.json({"k": k}), "created_at": ts, "updated_at": ts}
+            for k in keys]
 
 
 def checkpoint_keys(harness: Any) -> set[str]:
@@ -54,7 +55,7 @@ def test_a_linguistic_collation_falls_back_to_an_exact_like(postgres_harness: An
         conn.exec_driver_sql('ALTER TABLE checkpoints ALTER COLUMN step_run_id TYPE text COLLATE "en-x-icu"')
     _hostile_store(h)
     backend = h.retention()
-    assert backend._codepoint_collation() is False
+    assert backend.dialect.codepoint_collation() is False
     backend.delete_old_runs(CUTOFF)
     assert checkpoint_keys(h) == set(STAYING)
     # Why: under this collation ':' sorts after ';', so the byte range would have matched nothing.
@@ -103,10 +104,10 @@ def test_mysql_ddl_uses_only_mysql_8_text_defaults() -> None:
     from sqlalchemy.dialects import mysql
     from sqlalchemy.schema import CreateTable
 
-    from workflow_retention.backends.sql.mysql import MySQLBackend
-    from workflow_retention.backends.sql.schema import build_metadata
+    from workflow_retention.backends.sql.layout import build_metadata
+    from workflow_retention.backends.sql.mysql import MySQLDialect
 
-    for table in build_metadata(MySQLBackend.types).sorted_tables:
+    for table in build_metadata(MySQLDialect.types).sorted_tables:
         ddl = str(CreateTable(table).compile(dialect=mysql.dialect()))
         for line in ddl.splitlines():
             if "TEXT" in line and "DEFAULT" in line:
@@ -152,11 +153,13 @@ def test_pyworkflow_environment_variables_reach_the_sql_backends(tmp_path: Any) 
     pg = by_url(load_settings({"PYWORKFLOW_STORAGE_TYPE": "postgres", "PYWORKFLOW_POSTGRES_HOST": "db.internal",
                                "PYWORKFLOW_POSTGRES_PASSWORD": "p@ss:w/rd", "PYWORKFLOW_POSTGRES_DATABASE": "wf"})
                 .require_storage_url())
-    assert (pg._sa_url.host, pg._sa_url.port, pg._sa_url.username, pg._sa_url.password, pg._sa_url.database) == \
+    pg_url = pg.dialect.sa_url
+    assert (pg_url.host, pg_url.port, pg_url.username, pg_url.password, pg_url.database) == \
         ("db.internal", 5432, "pyworkflow", "p@ss:w/rd", "wf")
     my = by_url(load_settings({"PYWORKFLOW_STORAGE_BACKEND": "mysql", "PYWORKFLOW_MYSQL_PORT": "3307"})
                 .require_storage_url())
-    assert (my._sa_url.host, my._sa_url.port, my._sa_url.database) == ("localhost", 3307, "pyworkflow")
+    my_url = my.dialect.sa_url
+    assert (my_url.host, my_url.port, my_url.database) == ("localhost", 3307, "pyworkflow")
     lite = by_url(load_settings({"PYWORKFLOW_STORAGE_TYPE": "sqlite",
                                  "PYWORKFLOW_STORAGE_PATH": str(tmp_path / "a b.db")}).require_storage_url())
     assert lite.path == tmp_path / "a b.db"

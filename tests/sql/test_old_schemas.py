@@ -95,7 +95,8 @@ def fill(harness: Any) -> dict[str, set[str]]:
                                         "created_at": ts, "status": "received", "metadata": "{}"}])
         insert_rows(harness, "cancellation_flags", [{"run_id": run_id, "created_at": ts}])
         if "checkpoints" in have:
-            insert_rows(harness, "checkpoints", [{"step_run_id": f"{run_id}:step_{n}", "data": backend._json({"n": n}),
+            insert_rows(harness, "checkpoints", [{"step_run_id": f"{run_id}:step_{n}",
+                                                  "data": backend.dialect.json({"n": n}),
                                                   "created_at": ts, "updated_at": ts} for n in range(2)])
     return {"gone": {"run_old", "run_old_child"}, "kept": {"run_live", "run_recent"}}
 

@@ -148,7 +148,7 @@ def test_an_unknown_mysql_charset_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="charset") as error:
         by_url("mysql://u:s3cret@h:3306/db?charset=bogus")
     assert "s3cret" not in str(error.value) and "bogus" in str(error.value)
-    assert by_url("mysql://u@h:3306/db?charset=utf8mb4")._sa_url.query["charset"] == "utf8mb4"
+    assert by_url("mysql://u@h:3306/db?charset=utf8mb4").dialect.sa_url.query["charset"] == "utf8mb4"
 
 
 @pytest.mark.parametrize("query, setting", [("sslmode=bogus", "sslmode"), ("connect_timeout=soon", "connect_timeout")])
@@ -157,5 +157,5 @@ def test_a_bad_postgres_setting_is_a_configuration_error(query: str, setting: st
     with pytest.raises(ConfigurationError, match=setting) as error:
         by_url(f"postgresql://u:s3cret@h:5432/db?{query}")
     assert "s3cret" not in str(error.value)
-    assert by_url("postgresql://u@h:5432/db?sslmode=verify-full&connect_timeout=5")._sa_url.query == \
+    assert by_url("postgresql://u@h:5432/db?sslmode=verify-full&connect_timeout=5").dialect.sa_url.query == \
         {"sslmode": "verify-full", "connect_timeout": "5"}

@@ -44,7 +44,7 @@ def heavy_run(harness: Any, run_id: str = "run_big", status: str = "interrupted"
          "status": "pending", "metadata": "{}"} for n in range(ROWS["hooks"])])
     insert_rows(harness, "cancellation_flags", [{"run_id": run_id, "created_at": old}])
     insert_rows(harness, "checkpoints", [
-        {"step_run_id": f"{run_id}:step_{n}", "data": backend._json({"n": n}), "created_at": old,
+        {"step_run_id": f"{run_id}:step_{n}", "data": backend.dialect.json({"n": n}), "created_at": old,
          "updated_at": old} for n in range(ROWS["checkpoints"])])
 
 
@@ -151,7 +151,7 @@ def test_an_interrupted_purge_and_a_rerun_leave_a_clean_store(sql: Any) -> None:
     heavy_run(sql, "run_other", status="completed")
     backend = sql.retention(max_rows=200)
     steps = {"n": 0}
-    original = backend._timed_write
+    original = backend.client.timed_write
 
     def crash_after_two_transactions(body: Any, cascade: bool = True) -> Any:
         result = original(body, cascade)
@@ -160,7 +160,7 @@ def test_an_interrupted_purge_and_a_rerun_leave_a_clean_store(sql: Any) -> None:
             raise RuntimeError("killed")
         return result
 
-    backend._timed_write = crash_after_two_transactions  # type: ignore[method-assign]
+    backend.client.timed_write = crash_after_two_transactions  # type: ignore[method-assign]
     with pytest.raises(Exception, match="killed"):
         backend.delete_old_runs(CUTOFF)
     rerun = sql.retention(max_rows=200)

@@ -61,7 +61,7 @@ def test_a_linguistic_collation_follows_the_same_rule(postgres_harness: Any) -> 
         conn.exec_driver_sql('ALTER TABLE checkpoints ALTER COLUMN step_run_id TYPE text COLLATE "en-x-icu"')
     _store(h)
     backend = h.retention()
-    assert backend._codepoint_collation() is False
+    assert backend.dialect.codepoint_collation() is False
     report = backend.delete_old_runs(CUTOFF)
     assert checkpoint_keys(h) == set(OWNERS) - _going()
     assert report.counts["checkpoints"] == len(_going())

@@ -1,53 +1,40 @@
-"""PostgreSQL: pyworkflow-engine's PostgreSQL store through psycopg 3 (``postgresql://user:pw@host:port/db``).
-
-Live-engine safety: each batch is one READ COMMITTED transaction that locks
-the batch's run rows with ``SELECT ... FOR UPDATE`` (in run_id order),
-re-reads them and deletes; an engine write to one of those rows waits for
-at most one batch, and a write that landed before the lock is seen by the
-re-check. A child inserted concurrently needs a key-share lock on its
-parent row, so it cannot slip in under a locked parent.
-
-Every connection carries ``statement_timeout``, ``lock_timeout`` and
-``idle_in_transaction_session_timeout``, so nothing can hang; deadlocks
-(40P01) and serialization failures (40001) are retried with jittered
-exponential backoff, anything else is raised.
-
-Step checkpoints are matched by primary-key range when the column's
-collation orders by code point (C, POSIX, C.UTF-8, ucs_basic, the builtin
-provider); under a linguistic collation a range would be wrong, so an
-escaped ``LIKE`` is used instead, which is exact and uses an index only if
-one with ``text_pattern_ops`` exists (a warning says so). The keys found are
-given to their owners in Python (:func:`~workflow_retention.planning.key_owners`)
-and deleted by exact key. ``?schema=NAME`` selects a schema through
-``search_path``.
-
-Timestamps psycopg cannot load (``infinity``, ``-infinity``, BC, year 10000
-on) load as :class:`Unloadable`: reported as unreadable, never deleted, and
-sent back as read, so a keyset cursor can stop on one.
-"""
+"""PostgreSQL: pyworkflow-engine's PostgreSQL store through psycopg 3 (``postgresql://user:pw@host:port/db``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-from collections import Counter
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from sqlalchemy import Boolean, ColumnElement, Engine, Text, bindparam, create_engine, event, func, select, text
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Engine,
+    Table,
+    Text,
+    TextClause,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
-from workflow_retention.backends.sql.base import SQLBackend
-from workflow_retention.backends.sql.purge import COUNTED_CHILDREN, RUN_CHILDREN, NotOwned
-from workflow_retention.backends.sql.schema import Types
+from workflow_retention.backends.sql.backend import SQLBackend, timeout
+from workflow_retention.backends.sql.dialect import Dialect
+from workflow_retention.backends.sql.layout import Types
+from workflow_retention.base import Capability
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
-from workflow_retention.report import Kind
-from workflow_retention.urls import query_params, server_and_database
+from workflow_retention.urls import query_params, redact_url, server_and_database
 
 log = logging.getLogger("workflow_retention.sql")
 
@@ -118,48 +105,29 @@ def _timestamp_adapters() -> tuple[type, type]:
     return UnloadableLoader, UnloadableDumper
 
 
-class PostgresBackend(SQLBackend):
-    name = "postgresql"
-    capabilities = frozenset({"schedules", "streams", "scheduled_signals"})
-    id_chunk = checkpoint_chunk = 10_000  # ids travel as one array parameter
+class PostgresDialect(Dialect):
+    """PostgreSQL: typed timestamps, row locks, the cascade in one statement; checkpoint ranges need a
+    code-point collation."""
+
+    name = "postgres"
     types = Types(id=Text(), name=Text(), status=Text(), short=Text(), long=Text(), json=JSONB(),
                   ts=TIMESTAMP(timezone=True), flag=Boolean(), long_default="'{0}'", now_default=True,
                   streams_v5=True)
+    id_chunk = checkpoint_chunk = 10_000  # ids travel as one array parameter
+    one_statement_cascade = True
 
-    def __init__(self, *, host: str = "localhost", port: int = 5432, user: str = "pyworkflow",
-                 password: str = "", database: str = "pyworkflow", schema: str | None = None,
-                 query: dict[str, str] | None = None, url: str | None = None, **options: Any) -> None:
-        try:
-            import psycopg  # noqa: F401
-        except ImportError as exc:
-            raise BackendUnavailableError("PostgreSQL", "postgres", exc) from exc
-        query = dict(query or {})
-        if query.get("sslmode", "prefer") not in SSLMODES:
-            raise ConfigurationError(f"sslmode in the PostgreSQL URL must be one of {', '.join(sorted(SSLMODES))}; "
-                                     f"got {query['sslmode']!r}")
-        if not query.get("connect_timeout", "10").isdigit():
-            raise ConfigurationError(f"connect_timeout in the PostgreSQL URL must be whole seconds; "
-                                     f"got {query['connect_timeout']!r}")
-        if schema is not None and not _SCHEMA.match(schema):
-            raise ConfigurationError(f"PostgreSQL schema must be a lower-case identifier such as "
-                                     f"pyworkflow; got {schema!r}")
-        self._sa_url = URL.create("postgresql+psycopg", username=user, password=password or None, host=host,
-                                  port=port, database=database, query=query)
+    def __init__(self, sa_url: URL, schema: str | None, statement_timeout: float, lock_timeout: float,
+                 url: str) -> None:
+        super().__init__()
+        self.sa_url = sa_url
         self.schema = schema
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        self.url = url  # redacted, for the collation warning
+        self._engine: Engine | None = None
         self._codepoint: bool | None = None
-        super().__init__(url=url or f"postgresql://{user}@{host}:{port}/{database}", **options)
 
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> PostgresBackend:
-        parts, database = server_and_database(
-            url, "PostgreSQL URL must be postgresql://user:password@host:5432/database[?schema=NAME]")
-        params = query_params(parts, QUERY, url)
-        schema = params.pop("schema", None)
-        return cls(host=parts.hostname, port=parts.port or 5432, user=unquote(parts.username or "pyworkflow"),
-                   password=unquote(parts.password or ""), database=unquote(database), schema=schema,
-                   query=params, url=url, **options)
-
-    def _create_engine(self) -> Engine:
+    def create_engine(self) -> Engine:
         ms = {"statement_timeout": self.statement_timeout, "lock_timeout": self.lock_timeout,
               "idle_in_transaction_session_timeout": max(60.0, 2 * self.statement_timeout)}
         # jit=off: JIT compiling costs more than these short, index-driven statements take.
@@ -167,23 +135,17 @@ class PostgresBackend(SQLBackend):
         if self.schema:
             settings.append(f"-c search_path={self.schema}")
         connect_args: dict[str, Any] = {"options": " ".join(settings)}
-        if "connect_timeout" not in self._sa_url.query:
+        if "connect_timeout" not in self.sa_url.query:
             connect_args["connect_timeout"] = 10
-        engine = create_engine(self._sa_url, hide_parameters=True, pool_pre_ping=True,
+        engine = create_engine(self.sa_url, hide_parameters=True, pool_pre_ping=True,
                                isolation_level="READ COMMITTED", connect_args=connect_args)
 
         @event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, record: Any) -> None:
             register_unloadable_timestamps(dbapi_connection)
 
+        self._engine = engine
         return engine
-
-    def bulk_insert(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
-        columns = list(rows[0])
-        sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-        with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as copy:
-            for row in rows:
-                copy.write_row([json.dumps(v) if isinstance(v, (dict, list)) else v for v in row.values()])
 
     def read_options(self) -> dict[str, Any]:
         return {"isolation_level": "AUTOCOMMIT"}  # each read is one statement: no BEGIN/COMMIT round trips
@@ -191,52 +153,11 @@ class PostgresBackend(SQLBackend):
     def write_options(self) -> dict[str, Any]:
         return {"isolation_level": "READ COMMITTED"}
 
-    def _cascade(self, conn: Connection, plan: Any, runs: list[Any], dry_run: bool) -> Counter:
-        """The whole cascade in one statement (one round trip): data-modifying CTEs, counted.
+    def retryable(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES
 
-        The step checkpoints go by key range and come back from the statement; inside the same
-        transaction :func:`~workflow_retention.planning.key_owners` must give every one of them
-        to a run of the batch, else (a ``:`` id: ``a:b:s`` is the live run ``a:b``'s) the
-        statement is undone (:class:`NotOwned`) and the batch redone reading its checkpoints first
-        and deleting them by exact key. PostgreSQL checks the parent reference at the end of the
-        statement, so runs and their children can go together; the explicit child deletes leave
-        the engine's ON DELETE CASCADE nothing to do.
-        """
-        ids = [r.run_id for r in runs]
-        if not ids:
-            return Counter()
-        among = "run_id IN (SELECT unnest(CAST(:ids AS text[])))"
-        parts = [(kind, table, among) for table, kind in RUN_CHILDREN]
-        params: dict[str, Any] = {"ids": ids}
-        by_range = not dry_run and not self._checkpoints_first and self.has("checkpoints")
-        if by_range:
-            cp_where, cp_params = self.checkpoint_match(ids)
-            params.update(cp_params)
-            parts.append((Kind.CHECKPOINTS, "checkpoints", cp_where.text))
-        else:
-            params["keys"] = self._owned_checkpoints(conn, ids)  # ownership decided in Python first
-            if params["keys"]:
-                parts.append((Kind.CHECKPOINTS, "checkpoints", "step_run_id IN (SELECT unnest(CAST(:keys AS text[])))"))
-        parts.append((Kind.RUNS, "workflow_runs", among))
-        if dry_run:
-            sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t} WHERE {w})" for _, t, w in parts)
-        else:
-            returning = {"checkpoints": "step_run_id"}
-            ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE {w} RETURNING {returning.get(t, '1')})"
-                             for i, (_, t, w) in enumerate(parts))
-            selects = [f"(SELECT count(*) FROM d{i})" for i in range(len(parts))]
-            if by_range:
-                selects.append(f"(SELECT array_agg(step_run_id) FROM d{len(parts) - 2})")
-            sql = f"WITH {ctes} SELECT " + ", ".join(selects)
-        row = conn.execute(text(sql), params).one()
-        counts = +Counter({kind: n for (kind, _, _), n in zip(parts, row)})
-        if by_range:
-            deleted = row[-1] or []
-            if len(self._owners_of(conn, deleted, ids)) < len(deleted):
-                raise NotOwned(len(deleted))
-        if not dry_run:
-            self._within_budget(sum(counts.values()))  # over it (its checkpoints): rolled back, in steps
-        return counts
+    def server_version(self, conn: Connection) -> str:
+        return "PostgreSQL " + str(conn.exec_driver_sql("SHOW server_version").scalar_one())
 
     def catalog(self, conn: Connection) -> tuple[frozenset[str], dict[str, list[tuple[str, ...]]]]:
         # Two catalog queries (SQLAlchemy's inspector sends a dozen heavier ones, ~0.25 s cold).
@@ -253,45 +174,52 @@ class PostgresBackend(SQLBackend):
             indexes.setdefault(table, []).append(tuple(columns))
         return tables, indexes
 
-    def child_rows(self, conn: Connection, run_ids: Any, over: int) -> Any:
-        # Four index-only counts per run (about half the server time of a grouped union).
-        counts = " + ".join(f"(SELECT count(*) FROM {name} t WHERE t.run_id = r.id)" for name in COUNTED_CHILDREN)
-        return conn.execute(text(f"SELECT id, n FROM (SELECT r.id, {counts} AS n FROM unnest(CAST(:ids AS text[])) "
-                                 "AS r(id)) w WHERE n > :over"), {"ids": list(run_ids), "over": over}).all()
+    def table_bytes(self, conn: Connection) -> dict[str, int]:
+        rows = conn.exec_driver_sql(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+            "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace").all()
+        return {name: int(size) for name, size in rows}
 
-    def retryable(self, exc: DBAPIError) -> bool:
-        return getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES
-
-    def server_version(self, conn: Connection) -> str:
-        return "PostgreSQL " + conn.exec_driver_sql("SHOW server_version").scalar_one()
-
-    def among(self, column: ColumnElement, values: Any) -> ColumnElement:
+    def among(self, column: ColumnElement, values: Sequence[str]) -> ColumnElement:
         # One array parameter, joined: the planner drives an index scan (or a hash) from the ids.
         # "= ANY(array)" would make it compare every scanned row with every id.
         return column.in_(select(func.unnest(bindparam(None, list(values), type_=ARRAY(Text)))))
 
-    def checkpoint_match(self, run_ids: Any) -> tuple[Any, dict[str, Any]]:
+    def id_array(self, name: str) -> str:
+        return f"(SELECT unnest(CAST(:{name} AS text[])))"
+
+    def child_rows(self, conn: Connection, tables: Sequence[Table], run_ids: Sequence[str],
+                   over: int) -> Iterable[tuple[str, int]]:
+        # Four index-only counts per run (about half the server time of a grouped union).
+        counts = " + ".join(f"(SELECT count(*) FROM {t.name} t WHERE t.run_id = r.id)" for t in tables)
+        rows = conn.execute(text(f"SELECT id, n FROM (SELECT r.id, {counts} AS n FROM unnest(CAST(:ids AS text[])) "
+                                 "AS r(id)) w WHERE n > :over"), {"ids": list(run_ids), "over": over})
+        return [(row[0], int(row[1])) for row in rows]
+
+    def checkpoint_match(self, run_ids: Sequence[str]) -> tuple[TextClause, dict[str, Any]]:
         if not self.checkpoint_ranges():
             return super().checkpoint_match(run_ids)
         # One primary-key range scan per run id, driven from the id array (one statement shape).
         return LATERAL_CHECKPOINTS, {"cp_ids": list(run_ids)}
 
-    def checkpoint_keys(self, run_ids: Any) -> tuple[Any, dict[str, Any]]:
+    def checkpoint_keys(self, checkpoints: Table, run_ids: Sequence[str]) -> tuple[Any, dict[str, Any]]:
         if not self.checkpoint_ranges():
-            return super().checkpoint_keys(run_ids)
+            return super().checkpoint_keys(checkpoints, run_ids)
         return text(LATERAL_KEYS), {"cp_ids": list(run_ids)}  # one primary-key range scan per id
 
     def checkpoint_ranges(self) -> bool:
         if self._codepoint is None:
-            self._codepoint = self._codepoint_collation()
+            self._codepoint = self.codepoint_collation()
             if not self._codepoint:
                 log.warning("%s: checkpoints.step_run_id has a linguistic collation; step checkpoints are "
                             "matched with LIKE, which scans the table unless an index with text_pattern_ops "
                             "exists: CREATE INDEX ON checkpoints (step_run_id text_pattern_ops)", self.url)
         return self._codepoint
 
-    def _codepoint_collation(self) -> bool:
-        with self.engine.connect() as conn:  # its own connection: asked in the middle of a batch
+    def codepoint_collation(self) -> bool:
+        """True when ``checkpoints.step_run_id`` sorts by code point (asked on a connection of its own)."""
+        engine = self._engine if self._engine is not None else self.create_engine()
+        with engine.connect() as conn:  # its own connection: asked in the middle of a batch
             row = conn.exec_driver_sql(
                 "SELECT co.collname, co.collprovider, co.collcollate FROM pg_attribute a "
                 "JOIN pg_collation co ON co.oid = a.attcollation "
@@ -302,10 +230,75 @@ class PostgresBackend(SQLBackend):
                 provider, collate = info.get("datlocprovider", "c"), info["datcollate"]
             else:
                 provider, collate = row.collprovider, row.collcollate
-        return provider == "b" or (provider == "c" and collate in CODEPOINT_COLLATIONS)
+        return bool(provider == "b" or (provider == "c" and collate in CODEPOINT_COLLATIONS))
 
-    def table_bytes(self, conn: Connection) -> dict[str, int]:
-        rows = conn.exec_driver_sql(
-            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
-            "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace").all()
-        return {name: int(size) for name, size in rows}
+    def bulk_insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        columns = list(rows[0])
+        sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        driver: Any = conn.connection.driver_connection
+        with driver.cursor() as cur, cur.copy(sql) as copy:
+            for row in rows:
+                copy.write_row([json.dumps(v) if isinstance(v, (dict, list)) else v for v in row.values()])
+
+
+class PostgresBackend(SQLBackend):
+    """pyworkflow-engine's PostgreSQL store: ``postgresql://user:password@host:5432/database``.
+
+    URL query options: ``schema`` (a lower-case identifier, through ``search_path``), ``sslmode``
+    (disable, allow, prefer, require, verify-ca, verify-full), ``sslrootcert``, ``connect_timeout``
+    (whole seconds, default 10), ``application_name``.
+
+    Options (keyword arguments of the constructor, ``from_url`` or ``by_url``):
+
+    * ``batch_size`` (default 500): runs per batch;
+    * ``max_rows`` (default 40000): rows one write transaction deletes at most, whatever the runs hold
+      (a single run over it is deleted in one transaction: docs/backends/sql.md);
+    * ``statement_timeout`` (seconds, default 30) and ``lock_timeout`` (seconds, default 10): the server
+      settings of every connection (``idle_in_transaction_session_timeout`` follows).
+
+    Errors: :class:`~workflow_retention.exceptions.BackendUnavailableError` without psycopg (the
+    ``postgres`` extra); :class:`~workflow_retention.exceptions.ConfigurationError` for a bad URL or
+    option; :class:`~workflow_retention.exceptions.StorageError` (chained to the driver's) when the
+    server cannot be reached, the schema is not a PyWorkflow store, or a statement fails; deadlocks and
+    serialization failures are retried.
+    """
+
+    name = "postgresql"
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SCHEDULED_SIGNALS})
+
+    def __init__(self, *, host: str = "localhost", port: int = 5432, user: str = "pyworkflow",
+                 password: str = "", database: str = "pyworkflow", schema: str | None = None,
+                 query: dict[str, str] | None = None, url: str | None = None, statement_timeout: object = 30.0,
+                 lock_timeout: object = 10.0, batch_size: int | None = None, max_rows: int | None = None) -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailableError("PostgreSQL", "postgres", exc) from exc
+        query = dict(query or {})
+        if query.get("sslmode", "prefer") not in SSLMODES:
+            raise ConfigurationError(f"sslmode in the PostgreSQL URL must be one of {', '.join(sorted(SSLMODES))}; "
+                                     f"got {query['sslmode']!r}")
+        if not query.get("connect_timeout", "10").isdigit():
+            raise ConfigurationError(f"connect_timeout in the PostgreSQL URL must be whole seconds; "
+                                     f"got {query['connect_timeout']!r}")
+        if schema is not None and not _SCHEMA.match(schema):
+            raise ConfigurationError(f"PostgreSQL schema must be a lower-case identifier such as "
+                                     f"pyworkflow; got {schema!r}")
+        sa_url = URL.create("postgresql+psycopg", username=user, password=password or None, host=host,
+                            port=port, database=database, query=query)
+        self.schema = schema
+        self.statement_timeout = timeout(statement_timeout, "statement_timeout")
+        self.lock_timeout = timeout(lock_timeout, "lock_timeout")
+        url = url or f"postgresql://{user}@{host}:{port}/{database}"
+        dialect = PostgresDialect(sa_url, schema, self.statement_timeout, self.lock_timeout, redact_url(url))
+        super().__init__(url=url, dialect=dialect, batch_size=batch_size, max_rows=max_rows)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresBackend:
+        parts, database = server_and_database(
+            url, "PostgreSQL URL must be postgresql://user:password@host:5432/database[?schema=NAME]")
+        params = query_params(parts, QUERY, url)
+        schema = params.pop("schema", None)
+        return cls(host=parts.hostname or "localhost", port=parts.port or 5432,
+                   user=unquote(parts.username or "pyworkflow"), password=unquote(parts.password or ""),
+                   database=unquote(database), schema=schema, query=params, url=url, **options)

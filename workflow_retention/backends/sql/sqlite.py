@@ -1,25 +1,4 @@
-"""SQLite: pyworkflow-engine's SQLite store (``sqlite:///abs/path.db``).
-
-Timestamps are ISO-8601 text with whatever offset they were written with,
-and the engine compares them as strings; that is wrong across offsets, so
-SQL only narrows (the cutoff is widened by the largest UTC offset plus
-margin, 15 h) and Python decides on parsed instants.
-
-Live-engine safety: a batch's write transaction starts with ``BEGIN
-IMMEDIATE`` (the database's single writer lock), re-reads the batch's runs
-and deletes in the same transaction. It deletes at most ``max_rows`` rows
-(and is kept near 0.5 s), and after holding the lock for ``hold_s`` in all the
-purge leaves the database alone for ``yield_s``: the engine's writers
-(``busy_timeout`` 5 s, a retry about every 100 ms) are never starved by
-back-to-back batches. Reads run in plain short ``BEGIN`` transactions that
-are closed before ``on_batch`` is called, so the engine can commit in
-between. ``PRAGMA foreign_keys=ON`` is set on every
-connection, as the engine does (it is per connection in SQLite), though the
-cascade deletes its child rows explicitly anyway.
-
-The database file must exist except for ``seed``, which creates it: a typo
-in a path never leaves an empty database behind.
-"""
+"""SQLite: pyworkflow-engine's SQLite store (``sqlite:///abs/path.db``)."""
 
 from __future__ import annotations
 
@@ -32,13 +11,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sqlalchemy import ColumnElement, Engine, Integer, Text, TextClause, create_engine, event, text
+from sqlalchemy import ColumnElement, Engine, Integer, Select, Table, Text, TextClause, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from workflow_retention.backends.sql.base import SQLBackend, power_of_two
-from workflow_retention.backends.sql.schema import IsoText, Types
+from workflow_retention.backends.sql.backend import SQLBackend, timeout
+from workflow_retention.backends.sql.dialect import Dialect, power_of_two
+from workflow_retention.backends.sql.layout import IsoText, Types
+from workflow_retention.base import Capability
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.urls import redact_url, split_url
 
@@ -46,45 +27,31 @@ from workflow_retention.urls import redact_url, split_url
 OFFSET_MARGIN = timedelta(hours=15)
 
 
-class SQLiteBackend(SQLBackend):
+class SQLiteDialect(Dialect):
+    """SQLite: ISO-8601 text timestamps, one writer (``BEGIN IMMEDIATE``), yields between write transactions."""
+
     name = "sqlite"
-    capabilities = frozenset({"schedules", "streams", "corruptible_timestamps"})
     types = Types(id=Text(), name=Text(), status=Text(), short=Text(), long=Text(), json=Text(), ts=IsoText(),
                   flag=Integer(), long_default="'{0}'", now_default=False, streams_v5=False,
                   loose_pk=True)
     exact_time = False
     checkpoint_chunk = 1000  # ids per checkpoint-key statement (a VALUES list, see checkpoint_keys)
+    can_defer_cascade = True
     #: SQLite has one writer and no queue: a writer waiting on its busy timeout retries about every
     #: 100 ms (SQLite's default busy handler) and misses the milliseconds between two of our write
     #: transactions. So after holding the write lock for ``hold_s`` in all, a purge or sweep leaves
     #: the database alone for ``yield_s``, longer than that retry interval.
-    hold_s = 1.5
-    yield_s = 0.12
-    # One writer at a time: each batch commits (journal + fsync), so fewer, larger batches are much
-    # cheaper; 1,000 runs hold the write lock for well under the engine's 5 s busy timeout.
-    default_batch_size = 1000
+    hold_s: float = 1.5
+    yield_s: float = 0.12
 
-    def __init__(self, path: str | Path, *, url: str | None = None, **options: Any) -> None:
-        self.path = Path(path)
-        if not self.path.is_absolute():
-            raise ConfigurationError(f"the SQLite database path must be absolute; got {str(path)!r}")
-        super().__init__(url=url or f"sqlite://{self.path}", **options)
+    def __init__(self, path: Path, lock_timeout: float) -> None:
+        super().__init__()
+        self.path = path
+        self.lock_timeout = lock_timeout
         self._held = 0.0  # seconds the write lock was held since the purge last yielded it
         self._keys_sql: dict[int, TextClause] = {}
 
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
-        parts = split_url(url)
-        path = unquote(parts.path)
-        if parts.scheme.lower() not in ("sqlite", "sqlite+pysqlite") or parts.netloc or parts.query \
-                or not path.startswith("/") or path.endswith("/"):
-            raise ConfigurationError(
-                f"SQLite URL must be sqlite:///absolute/path/to/pyworkflow.db; got {redact_url(url)!r}")
-        if path.startswith("//"):  # SQLAlchemy's spelling sqlite:////abs/path
-            path = path[1:]
-        return cls(path, url=url, **options)
-
-    def _create_engine(self) -> Engine:
+    def create_engine(self) -> Engine:
         uri = f"file:{quote(self.path.as_posix())}?mode=rw"
 
         def connect() -> sqlite3.Connection:
@@ -107,13 +74,24 @@ class SQLiteBackend(SQLBackend):
 
         return engine
 
-    can_defer_cascade = True
+    def read_options(self) -> dict[str, Any]:
+        return {"sqlite_immediate": False}
+
+    def write_options(self) -> dict[str, Any]:
+        return {"sqlite_immediate": True}
+
+    def after_write(self, seconds: float) -> None:
+        self._held += seconds
+        if self._held >= self.hold_s:
+            time.sleep(self.yield_s)
+            self._held = 0.0
 
     @contextmanager
     def without_cascade(self, conn: Connection) -> Iterator[None]:
         # Per connection, and a no-op inside a transaction: set on the DBAPI connection (autocommit)
         # before BEGIN IMMEDIATE, and back on after the commit or rollback.
         driver = conn.connection.driver_connection
+        assert driver is not None
         driver.execute("PRAGMA foreign_keys = OFF")
         try:
             yield
@@ -124,25 +102,20 @@ class SQLiteBackend(SQLBackend):
                 conn.invalidate()  # never hand a connection without foreign keys back to the pool
                 raise
 
-    def after_write(self, seconds: float) -> None:
-        self._held += seconds
-        if self._held >= self.hold_s:
-            time.sleep(self.yield_s)
-            self._held = 0.0
-
     def before_create(self) -> None:
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             sqlite3.connect(self.path).close()
 
-    def read_options(self) -> dict[str, Any]:
-        return {"sqlite_immediate": False}
-
-    def write_options(self) -> dict[str, Any]:
-        return {"sqlite_immediate": True}
-
     def server_version(self, conn: Connection) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
+
+    def table_bytes(self, conn: Connection) -> dict[str, int]:
+        try:
+            rows = conn.exec_driver_sql("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").all()
+        except SQLAlchemyError:  # dbstat is an optional compile-time feature
+            return {}
+        return {name: int(size or 0) for name, size in rows}
 
     def db_time(self, when: datetime) -> Any:
         return when.isoformat()
@@ -150,7 +123,14 @@ class SQLiteBackend(SQLBackend):
     def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
         return column < (when + OFFSET_MARGIN).isoformat()
 
-    def checkpoint_keys(self, run_ids: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    def not_before(self, column: ColumnElement, when: datetime) -> ColumnElement:
+        # Past any offset-carrying text of an instant before ``when``; all non-ISO text sorts here too.
+        return column >= (when + OFFSET_MARGIN).isoformat()
+
+    def lock(self, stmt: Select) -> Select:
+        return stmt  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def checkpoint_keys(self, checkpoints: Table, run_ids: Sequence[str]) -> tuple[Any, dict[str, Any]]:
         # One primary-key range per id, joined from a VALUES list: planned once whatever the number of
         # ids (an OR of hundreds of ranges costs SQLite's planner more than the scans themselves).
         ids = list(run_ids) + [run_ids[-1]] * (power_of_two(len(run_ids)) - len(run_ids))
@@ -162,16 +142,49 @@ class SQLiteBackend(SQLBackend):
                 "ON c.step_run_id >= r.id || ':' AND c.step_run_id < r.id || ';'")
         return sql, {f"k{i}": run_id for i, run_id in enumerate(ids)}
 
-    def not_before(self, column: ColumnElement, when: datetime) -> ColumnElement:
-        # Past any offset-carrying text of an instant before ``when``; all non-ISO text sorts here too.
-        return column >= (when + OFFSET_MARGIN).isoformat()
 
-    def lock(self, stmt: Any) -> Any:
-        return stmt  # BEGIN IMMEDIATE already holds the database's write lock
+class SQLiteBackend(SQLBackend):
+    """pyworkflow-engine's SQLite store: ``sqlite:///absolute/path/to/pyworkflow.db``.
 
-    def table_bytes(self, conn: Connection) -> dict[str, int]:
-        try:
-            rows = conn.exec_driver_sql("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").all()
-        except SQLAlchemyError:  # dbstat is an optional compile-time feature
-            return {}
-        return {name: int(size or 0) for name, size in rows}
+    The database file must exist (``seed`` creates it); the URL takes no query string.
+
+    Options (keyword arguments of the constructor, ``from_url`` or ``by_url``):
+
+    * ``batch_size`` (default 1000): runs per batch; one writer at a time, so fewer, larger batches;
+    * ``max_rows`` (default 40000): rows one write transaction deletes at most, whatever the runs hold;
+    * ``lock_timeout`` (seconds, default 10): SQLite's busy timeout, how long a statement waits for the
+      database lock;
+    * ``statement_timeout`` (seconds, default 30): accepted for symmetry with the servers (SQLite has none).
+
+    Errors: :class:`~workflow_retention.exceptions.ConfigurationError` for a bad URL or option (a relative
+    path, a query string); :class:`~workflow_retention.exceptions.StorageError` (chained to the driver's)
+    when the file is missing or not a PyWorkflow store, or a statement fails.
+    """
+
+    name = "sqlite"
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
+    # One writer at a time: each batch commits (journal + fsync), so fewer, larger batches are much
+    # cheaper; 1,000 runs hold the write lock for well under the engine's 5 s busy timeout.
+    default_batch_size = 1000
+
+    def __init__(self, path: str | Path, *, url: str | None = None, statement_timeout: object = 30.0,
+                 lock_timeout: object = 10.0, batch_size: int | None = None, max_rows: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_absolute():
+            raise ConfigurationError(f"the SQLite database path must be absolute; got {str(path)!r}")
+        self.statement_timeout = timeout(statement_timeout, "statement_timeout")
+        self.lock_timeout = timeout(lock_timeout, "lock_timeout")
+        super().__init__(url=url or f"sqlite://{self.path}", dialect=SQLiteDialect(self.path, self.lock_timeout),
+                         batch_size=batch_size, max_rows=max_rows)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
+        parts = split_url(url)
+        path = unquote(parts.path)
+        if parts.scheme.lower() not in ("sqlite", "sqlite+pysqlite") or parts.netloc or parts.query \
+                or not path.startswith("/") or path.endswith("/"):
+            raise ConfigurationError(
+                f"SQLite URL must be sqlite:///absolute/path/to/pyworkflow.db; got {redact_url(url)!r}")
+        if path.startswith("//"):  # SQLAlchemy's spelling sqlite:////abs/path
+            path = path[1:]
+        return cls(path, url=url, **options)

@@ -1,11 +1,13 @@
-"""pyworkflow-engine 0.4.0's SQL schema as SQLAlchemy Core tables, one builder for every dialect.
+"""The SQL store's layout: pyworkflow-engine 0.4.0's tables as SQLAlchemy Core, one builder for every dialect.
 
 The tables, columns, defaults, keys and index names are those the engine's
 ``storage/sqlite.py``, ``postgres.py`` and ``mysql.py`` create (PostgreSQL: as
 after its migrations v2 and v5, which add ``idx_events_run_id_step_id_type``
 and ``idx_subscriptions_stream_run``). ``create_all`` on a fresh database
 therefore produces a store the engine reads and writes as its own. Only the
-column types differ per dialect; :class:`Types` holds them.
+column types differ per dialect; :class:`Types` holds them. Also here: which
+tables a purge and a census read, and our own markers table
+(docs/backends/sql.md).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
+from workflow_retention.report import Kind
+
 #: Table options pyworkflow uses on MySQL (ignored by the other dialects).
-MYSQL_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
+MYSQL_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4",
+                                 "mysql_collate": "utf8mb4_unicode_ci"}
 
 #: The migration versions pyworkflow-engine 0.4.0 records on a fresh store.
 SCHEMA_VERSIONS = {
@@ -80,7 +85,7 @@ def _pk(t: Types, name: str, type_: TypeEngine, *args: Any) -> Column:
 
 def build_metadata(t: Types) -> MetaData:
     md = MetaData()
-    now = {"server_default": text("NOW()")} if t.now_default else {}
+    now: dict[str, Any] = {"server_default": text("NOW()")} if t.now_default else {}
     runs = Table(
         "workflow_runs", md,
         _pk(t, "run_id", t.id),
@@ -212,7 +217,7 @@ def build_metadata(t: Types) -> MetaData:
           **MYSQL_OPTIONS)
     _stream_tables(md, t, now)
     Table("schema_versions", md,
-          _pk(t, "version", Integer),
+          _pk(t, "version", Integer()),
           Column("applied_at", t.ts, nullable=False),
           Column("description", Text),
           **MYSQL_OPTIONS)
@@ -328,3 +333,34 @@ class Layout:
     def index_note(self, need: IndexNeed) -> str:
         columns = ", ".join(need.columns)
         return f"no index on {need.table} ({columns}): {need.without}; add it with: {need.create}"
+
+
+#: Our own table: the runs whose records a purge deleted before their child rows (docs/backends/sql.md).
+MARKERS = "workflow_retention_purge_markers"
+
+#: Tables a purge deletes from besides the runs' own (a missing one is reported).
+PURGED_TABLES = ("checkpoints", "schedules", "signals", "stream_subscriptions", "signal_acknowledgments",
+                 "scheduled_signals")
+
+#: Child tables whose rows per run are counted before a batch is cut (a run has at most one flag).
+COUNTED_CHILDREN = ("events", "steps", "hooks")
+
+#: Child tables of a run, keyed by ``run_id``, in deletion order, with their report kind.
+RUN_CHILDREN = (("events", Kind.EVENTS), ("steps", Kind.STEPS), ("hooks", Kind.HOOKS),
+                ("cancellation_flags", Kind.CANCELLATION_FLAGS))
+
+#: Report kind of each table the census counts (never :data:`MARKERS`: it is not pyworkflow data).
+CENSUS_TABLES = (
+    (Kind.RUNS, "workflow_runs"), (Kind.EVENTS, "events"), (Kind.STEPS, "steps"),
+    (Kind.CHECKPOINTS, "checkpoints"), (Kind.HOOKS, "hooks"), (Kind.CANCELLATION_FLAGS, "cancellation_flags"),
+    (Kind.SCHEDULES, "schedules"), (Kind.STREAMS, "streams"), (Kind.SIGNALS, "signals"),
+    (Kind.SUBSCRIPTIONS, "stream_subscriptions"), (Kind.ACKNOWLEDGMENTS, "signal_acknowledgments"),
+    (Kind.SCHEDULED_SIGNALS, "scheduled_signals"),
+)
+
+
+def build_markers(types: Types) -> Table:
+    """:data:`MARKERS` in a dialect's types (not in :func:`build_metadata`: ``seed`` never creates it)."""
+    return Table(MARKERS, MetaData(), Column("run_id", types.id, primary_key=True, autoincrement=False),
+                 Column("purge_id", types.name, nullable=False), Column("created_at", types.ts, nullable=False),
+                 **MYSQL_OPTIONS)

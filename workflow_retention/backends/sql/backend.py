@@ -1,0 +1,121 @@
+"""The SQL backends' shared class: options, and the operations of the backend contract on a :class:`Client`.
+
+One SQLAlchemy Core implementation serves SQLite, PostgreSQL and MySQL/MariaDB;
+what differs is a :class:`~.dialect.Dialect` object (``backend.dialect``).
+The design is in docs/backends/sql.md.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import Engine, Table, func, select
+from sqlalchemy.engine import Connection
+
+from workflow_retention import values
+from workflow_retention.backends.sql.census import census
+from workflow_retention.backends.sql.client import Client
+from workflow_retention.backends.sql.dialect import Dialect
+from workflow_retention.backends.sql.layout import OPTIONAL_TABLES
+from workflow_retention.backends.sql.orphans import sweep_orphans
+from workflow_retention.backends.sql.purge import Purge
+from workflow_retention.backends.sql.seed import prepare_seed, write_seed
+from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
+
+if TYPE_CHECKING:
+    from workflow_retention.seed import SeedRun
+
+#: The largest ``max_rows`` accepted.
+MAX_ROWS = 10_000_000
+#: The longest ``statement_timeout`` / ``lock_timeout`` accepted, in seconds.
+MAX_TIMEOUT_S = 86_400.0
+
+
+def timeout(value: object, name: str) -> float:
+    """A ``statement_timeout`` / ``lock_timeout`` option: a positive number of seconds (or a duration)."""
+    return values.seconds(value, name, maximum=MAX_TIMEOUT_S)
+
+
+class SQLBackend(StorageBackend):
+    """Base of :class:`~.sqlite.SQLiteBackend`, :class:`~.postgres.PostgresBackend` and
+    :class:`~.mysql.MySQLBackend` (not registered itself)."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({Capability.SCHEDULES, Capability.STREAMS})
+
+    def __init__(self, *, url: str, dialect: Dialect, batch_size: int | None = None,
+                 max_rows: int | None = None) -> None:
+        super().__init__(url=url, batch_size=batch_size)
+        rows = values.integer(max_rows if max_rows is not None else dialect.default_max_rows, "max_rows",
+                              maximum=MAX_ROWS, example=dialect.default_max_rows)
+        #: What differs between SQL dialects (every hook the shared code calls).
+        self.dialect = dialect
+        #: The engine, transactions and the store's layout.
+        self.client = Client(dialect, self.url, rows)
+
+    # -- what tests, benchmarks and tools use -------------------------------------------
+
+    @property
+    def max_rows(self) -> int:
+        """Rows one write transaction deletes at most (the ``max_rows`` option)."""
+        return self.client.max_rows
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (built on first use)."""
+        return self.client.engine
+
+    def table(self, name: str) -> Table:
+        """pyworkflow's table ``name`` in this dialect's types."""
+        return self.client.table(name)
+
+    def db_time(self, when: datetime) -> Any:
+        """An aware datetime as this dialect binds it to a timestamp column."""
+        return self.dialect.db_time(when)
+
+    def session(self) -> AbstractContextManager[None]:
+        """One connection for everything inside (see :meth:`Client.session`)."""
+        return self.client.session()
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """A short read transaction (see :meth:`Client.read`)."""
+        return self.client.read()
+
+    # -- the backend contract ---------------------------------------------------------------
+
+    def open(self) -> None:
+        self.client.engine  # noqa: B018 - builds the engine; connections are made on first use
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _check(self) -> dict[str, object]:
+        client = self.client
+        with client.translated("check"), client.read() as conn:
+            layout = client.inspect_layout(conn)
+            runs = conn.execute(select(func.count()).select_from(client.table("workflow_runs"))).scalar_one()
+            facts: dict[str, object] = {"runs": runs, "server": self.dialect.server_version(conn)}
+        for name in layout.missing_tables:
+            facts[f"missing table {name}"] = f"skipped (pyworkflow-engine before {OPTIONAL_TABLES[name]})"
+        for need in layout.missing_indexes:
+            facts[f"missing index on {need.table} ({', '.join(need.columns)})"] = (
+                f"{'the purge refuses' if need.refuse else 'slower purge'}; add it with: {need.create}")
+        return facts
+
+    def _purge(self, job: PurgeJob) -> None:
+        Purge(self.client, job).run()
+
+    def _sweep_orphans(self, job: OrphanJob) -> None:
+        sweep_orphans(self.client, job)
+
+    def _census(self, job: CensusJob) -> None:
+        census(self.client, job)
+
+    def _prepare_seed(self) -> None:
+        prepare_seed(self.client)
+
+    def _write_seed(self, runs: list[SeedRun]) -> None:
+        write_seed(self.client, runs)
+
+

@@ -1,0 +1,201 @@
+"""The SQL store's I/O: engine, schema objects, the store's layout, transactions, retries, error translation."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from functools import cached_property
+from typing import ClassVar, TypeVar
+
+from sqlalchemy import Engine, MetaData, Table
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.schema import CreateTable
+
+from workflow_retention.backends.sql.dialect import Dialect
+from workflow_retention.backends.sql.layout import (
+    INDEX_NEEDS,
+    MARKERS,
+    OPTIONAL_TABLES,
+    REQUIRED_TABLES,
+    Layout,
+    build_markers,
+    build_metadata,
+)
+from workflow_retention.exceptions import StorageError
+
+log = logging.getLogger("workflow_retention.sql")
+T = TypeVar("T")
+
+
+class Client:
+    """One store's engine and transactions, through its :class:`Dialect`.
+
+    Every read is a short transaction closed before ``on_batch`` runs; every write is one transaction,
+    retried whole on a deadlock or serialization failure and timed, so that the purge's row budget
+    (:attr:`row_budget`) follows how long transactions take.
+    """
+
+    #: Attempts of a batch transaction that hits a deadlock or serialization failure.
+    retry_attempts: ClassVar[int] = 6
+    #: Seconds a write transaction should take at most: a longer one shrinks the row budget.
+    transaction_target: ClassVar[float] = 0.5
+    #: The row budget never shrinks below this (nor grows above ``max_rows``).
+    min_rows: ClassVar[int] = 1000
+
+    def __init__(self, dialect: Dialect, url: str, max_rows: int) -> None:
+        self.dialect = dialect
+        self.url = url
+        self.max_rows = max_rows
+        #: Rows the next write transaction of a purge may delete (adapted by :meth:`timed_write`).
+        self.row_budget = max_rows
+        #: The store's tables and missing indexes, read at the start of each operation.
+        self.layout = Layout(frozenset(self.metadata.tables), (), ())
+        #: Transactions retried after a deadlock or serialization failure (for logs and tests).
+        self.retries = 0
+        self._engine: Engine | None = None
+        self._session: Connection | None = None
+
+    # -- schema objects and the store's layout ----------------------------------------
+
+    @cached_property
+    def metadata(self) -> MetaData:
+        """pyworkflow's tables in this dialect's types."""
+        return build_metadata(self.dialect.types)
+
+    @cached_property
+    def markers(self) -> Table:
+        """Our own markers table (:data:`~.layout.MARKERS`)."""
+        return build_markers(self.dialect.types)
+
+    def table(self, name: str) -> Table:
+        """pyworkflow's table ``name``."""
+        return self.metadata.tables[name]
+
+    def has(self, name: str) -> bool:
+        """True when the store has table ``name`` (per the last :meth:`inspect_layout`)."""
+        return name in self.layout.tables
+
+    def inspect_layout(self, conn: Connection) -> Layout:
+        """Read which of pyworkflow's tables and of the indexes the purge relies on the store has.
+
+        Kept as :attr:`layout` for the operation that asked. A store without one of
+        :data:`REQUIRED_TABLES` is not a PyWorkflow store (StorageError).
+        """
+        tables, indexes = self.dialect.catalog(conn)
+        missing = [name for name in REQUIRED_TABLES if name not in tables]
+        if missing:
+            raise StorageError(f"{self.url} is not a PyWorkflow store: table(s) {', '.join(missing)} missing")
+        lacking = [need for need in INDEX_NEEDS
+                   if not any(cols[:len(need.columns)] == need.columns for cols in indexes.get(need.table, ()))]
+        self.layout = Layout(tables, tuple(n for n in OPTIONAL_TABLES if n in self.metadata.tables and n not in tables),
+                             tuple(lacking))
+        return self.layout
+
+    def ensure_markers(self) -> None:
+        """Create :data:`~.layout.MARKERS` in the store's schema if it is not there (never in a dry run)."""
+        if self.has(MARKERS):
+            return
+        self.write(lambda conn: conn.execute(CreateTable(self.markers, if_not_exists=True)))
+        self.layout = replace(self.layout, tables=self.layout.tables | {MARKERS})
+
+    # -- connections ------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, built on first use."""
+        if self._engine is None:
+            self._engine = self.dialect.create_engine()
+        return self._engine
+
+    def close(self) -> None:
+        """Dispose of the engine's pool (a later use builds a new one)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Use one connection for a whole purge, sweep or census (one pool checkout and ping).
+
+        Between transactions it is idle: it holds no lock and no transaction while
+        ``on_batch`` runs.
+        """
+        if self._session is not None:
+            yield
+            return
+        with self.engine.connect() as conn:
+            self._session = conn
+            try:
+                yield
+            finally:
+                self._session = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        if self._session is not None:
+            yield self._session
+        else:
+            with self.engine.connect() as conn:
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A short read (closed before any ``on_batch`` call)."""
+        with self._connection() as conn:
+            conn.execution_options(**self.dialect.read_options())
+            with conn.begin():
+                yield conn
+
+    def write(self, body: Callable[[Connection], T], cascade: bool = True) -> T:
+        """Run ``body`` in one write transaction; retry it on deadlock or serialization failure.
+
+        ``cascade=False``: the transaction runs without the engine's ON DELETE CASCADE
+        (:meth:`Dialect.without_cascade`; only where :attr:`Dialect.can_defer_cascade`).
+        """
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                with self._connection() as conn:
+                    conn.execution_options(**self.dialect.write_options())
+                    with nullcontext() if cascade else self.dialect.without_cascade(conn), conn.begin():
+                        return body(conn)
+            except DBAPIError as exc:
+                if attempt == self.retry_attempts or not self.dialect.retryable(exc):
+                    raise
+                delay = min(2.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                self.retries += 1
+                log.warning("%s: %s; retrying the batch in %.2fs (attempt %d of %d)", self.url,
+                            type(exc.orig).__name__, delay, attempt + 1, self.retry_attempts)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def timed_write(self, body: Callable[[Connection], T], cascade: bool = True) -> T:
+        """:meth:`write`, timed: the row budget follows how long it took, then :meth:`Dialect.after_write`.
+
+        Over ``transaction_target`` the budget shrinks in proportion (not below ``min_rows``);
+        well under it, it grows back towards ``max_rows``.
+        """
+        started = time.perf_counter()
+        result = self.write(body, cascade)
+        seconds = time.perf_counter() - started
+        if seconds > self.transaction_target:
+            self.row_budget = max(min(self.min_rows, self.max_rows),
+                                  int(self.row_budget * self.transaction_target / seconds))
+        elif seconds < self.transaction_target / 4:
+            self.row_budget = min(self.max_rows, self.row_budget * 2)
+        self.dialect.after_write(seconds)
+        return result
+
+    @contextmanager
+    def translated(self, what: str) -> Iterator[None]:
+        """Driver and SQLAlchemy errors become :class:`StorageError` (chained), loud and named."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+            raise StorageError(f"{what} failed on {self.url}: {type(orig).__name__}: {first}") from exc

@@ -1,0 +1,136 @@
+"""Run records as the purge and the sweeps read them: refs, children, existence, step-checkpoint owners."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, delete, func, select
+from sqlalchemy.engine import Connection
+
+from workflow_retention.backends.sql.client import Client
+from workflow_retention.backends.sql.layout import MARKERS
+from workflow_retention.planning import RunRef, chunked, key_owners
+from workflow_retention.timeutil import parse_timestamp
+
+#: RunRef.data of a run whose created_at cannot be read.
+UNREADABLE_CREATED_AT = "created_at"
+
+
+def readable(value: Any) -> bool:
+    """True when :func:`parse_timestamp` reads ``value``; the common forms are recognised without it."""
+    when = value
+    if type(value) is str:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            when = None
+    if type(when) is datetime and 1 < when.year < 9999:  # no offset can take it out of range
+        return True
+    try:
+        parse_timestamp(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def ref_of(run_id: str, status: Any, updated_at: Any, parent_run_id: str | None, created_at: Any) -> RunRef:
+    """A run as plans see it: one whose created_at cannot be read is, like one whose updated_at cannot,
+    never eligible (``data`` says which)."""
+    ref = RunRef.parse(run_id, status, updated_at, parent_run_id)
+    if not readable(created_at):
+        ref.updated_at, ref.data = None, UNREADABLE_CREATED_AT
+    return ref
+
+
+def refs(client: Client, conn: Connection, run_ids: Sequence[str], lock: bool = False) -> dict[str, RunRef]:
+    """The runs of ``run_ids`` that exist, locked until the transaction ends when ``lock``."""
+    d, r = client.dialect, client.table("workflow_runs").c
+    found: dict[str, RunRef] = {}
+    for chunk in chunked(sorted(run_ids), d.id_chunk):
+        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at).where(d.among(r.run_id, chunk))
+        if lock:
+            stmt = d.lock(stmt.order_by(r.run_id))
+        for row in conn.execute(stmt):
+            found[row.run_id] = ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at)
+    return found
+
+
+def children(client: Client, conn: Connection, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
+    """The child runs of ``parent_ids``, by parent."""
+    d, r = client.dialect, client.table("workflow_runs").c
+    found: dict[str, list[RunRef]] = {}
+    for chunk in chunked(sorted(parent_ids), d.id_chunk):
+        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at).where(
+            d.among(r.parent_run_id, chunk))
+        for row in conn.execute(stmt):
+            ref = ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at)
+            found.setdefault(row.parent_run_id, []).append(ref)
+    return found
+
+
+def records(client: Client, conn: Connection, run_ids: Collection[str], table: Table | None = None) -> set[str]:
+    """Those of ``run_ids`` that name a row of ``table`` (the run records by default), ids compared as the
+    store does."""
+    if not run_ids:
+        return set()
+    d = client.dialect
+    column = (table if table is not None else client.table("workflow_runs")).c.run_id
+    stored: set[str] = set()
+    for chunk in chunked(sorted(run_ids), d.id_chunk):
+        stored.update(d.id_fold(v) for v in conn.execute(select(column).where(d.among(column, chunk))).scalars())
+    return {i for i in run_ids if d.id_fold(i) in stored}
+
+
+def existing(client: Client, conn: Connection, run_ids: Collection[str]) -> set[str]:
+    """Those of ``run_ids`` that name a run record, whatever its status, or a marked run (whose rows are
+    still its own, see :data:`~.layout.MARKERS`)."""
+    found = records(client, conn, run_ids)
+    if client.has(MARKERS) and len(found) < len(run_ids):
+        found |= records(client, conn, [i for i in run_ids if i not in found], client.markers)
+    return found
+
+
+def owners_of(client: Client, conn: Connection, keys: Iterable[str], run_ids: Sequence[str]) -> dict[str, str]:
+    """Those of ``keys`` that belong to one of ``run_ids`` (taken to exist), with that run (:func:`key_owners`)."""
+    fold = client.dialect.id_fold
+    batch = set(run_ids)
+
+    def exists(prefixes: set[str]) -> set[str]:
+        return (prefixes & batch) | existing(client, conn, prefixes - batch)
+
+    mine = {fold(r): r for r in run_ids}
+    owners = key_owners(keys, exists)
+    return {k: mine[fold(o)] for k, o in owners.items() if o is not None and fold(o) in mine}
+
+
+def checkpoint_owners(client: Client, conn: Connection, run_ids: Sequence[str]) -> dict[str, str]:
+    """Each step checkpoint that belongs to one of ``run_ids`` (all taken to exist), with that run.
+
+    The checkpoints whose key starts with ``<run_id>:`` are read (a primary-key range or an
+    escaped LIKE per run); each belongs to its longest prefix that names an existing run
+    (:func:`key_owners`): the checkpoint ``a:b:s`` of a run ``a:b`` is not ``a``'s. Only keys
+    with more than one ``:`` cost an existence lookup.
+    """
+    if not client.has("checkpoints"):
+        return {}
+    d = client.dialect
+    keys: set[str] = set()
+    for chunk in chunked(run_ids, d.checkpoint_chunk):
+        stmt, params = d.checkpoint_keys(client.table("checkpoints"), chunk)
+        keys.update(conn.execute(stmt, params).scalars())
+    return owners_of(client, conn, keys, run_ids) if keys else {}
+
+
+def owned_checkpoints(client: Client, conn: Connection, run_ids: Sequence[str]) -> list[str]:
+    """The keys of the step checkpoints that belong to ``run_ids`` (see :func:`checkpoint_owners`), sorted."""
+    return sorted(checkpoint_owners(client, conn, run_ids))
+
+
+def apply(client: Client, conn: Connection, name: str, where: Any, dry_run: bool) -> int:
+    """Delete (or, in a dry run, count) the rows of table ``name`` that match ``where``."""
+    table = client.table(name)
+    if dry_run:
+        return int(conn.execute(select(func.count()).select_from(table).where(where)).scalar_one())
+    return int(conn.execute(delete(table).where(where)).rowcount)
