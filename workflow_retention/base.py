@@ -57,8 +57,9 @@ class BatchInfo:
 
 
 OnBatch = Callable[[BatchInfo], None]
-#: Called with a shard purge's cursor (a string, the last key it finished) after every batch.
-OnCursor = Callable[[str], None]
+#: Called after every finished batch with the purge's cursor (a string, the last key it finished) and its
+#: report so far (persist both, and a resumed purge's report adds up with the one that stopped).
+OnCursor = Callable[[str, PurgeReport], None]
 #: The most shards a store is split into.
 MAX_SHARDS = 1024
 
@@ -99,7 +100,7 @@ class Shard:
     def from_dict(cls, data: Any) -> Shard:
         """The shard :meth:`to_dict` described; :class:`ConfigurationError` for anything else."""
         try:
-            index, count, spec = data["index"], data["count"], data.get("spec") or {}
+            index, count, spec = data["index"], data["count"], data.get("spec", {})
             ok = (isinstance(index, int) and isinstance(count, int) and isinstance(spec, dict)
                   and 1 <= count <= MAX_SHARDS and 0 <= index < count)
         except (TypeError, KeyError, AttributeError):
@@ -150,14 +151,14 @@ class PurgeJob(_Job):
         return not self.shard.is_whole
 
     def finished(self, cursor: str) -> None:
-        """Report the cursor after a batch is done (deleted, or counted in a dry run): ``on_cursor(cursor)``.
+        """Report the cursor after a batch is done (deleted, or counted in a dry run): ``on_cursor(cursor, report)``.
 
         The cursor is the last key of the shard's paging order the purge has finished with; a purge given
         it as ``resume_after`` starts after it. Whatever ``on_cursor`` raises stops the purge here, like
         ``on_batch`` (:class:`PurgeStopped`: cleanly, the report says so).
         """
         if self.on_cursor is not None:
-            self.on_cursor(cursor)
+            self.on_cursor(cursor, self.report)
 
 
 @dataclass
@@ -270,10 +271,14 @@ class StorageBackend(ABC):
       does this): only what the shards kept remains for it, and its ``held`` is
       the purge's. The merged report of the shards and the final pass equals
       that of one whole-store purge of the same data.
-    * *Cursors.* After each batch of a shard is finished, ``on_cursor(cursor)``
-      is called with the last key of the shard's paging order it is done with
-      (a string). ``resume_after=cursor`` makes a later purge of the same shard
-      start after it, without redoing the batches before; what lies before the
+    * *Cursors.* After each batch of a shard is finished, ``on_cursor(cursor,
+      report)`` is called with the last key of the shard's paging order it is
+      done with (a string) and the report so far (persisted with the cursor, it
+      lets a resumed purge's report add up with the one that stopped: a kill
+      between a batch's commit and the write of its cursor loses that batch
+      from the counts, never from the purge). ``resume_after=cursor`` makes a
+      later purge of the same shard start after it, without redoing the
+      batches before; what lies before the
       cursor and is still there (a held run, a run expired since) is left to the
       final pass. A backend may report no cursor (then a retry restarts the
       shard, which is safe: a rerun deletes nothing twice). Whatever
@@ -356,9 +361,10 @@ class StorageBackend(ABC):
         ``warnings``.
 
         ``shard``: purge only this shard of :meth:`shards` (default: the whole store). ``resume_after``: a
-        cursor this shard reported earlier; start after it. ``on_cursor``: called with the shard's cursor
-        after every finished batch (see "Shards" in the class docstring). A shard of several on a backend
-        without :attr:`Capability.SHARDS`, or a cursor that is not a string, is a :class:`ConfigurationError`.
+        cursor this shard reported earlier; start after it. ``on_cursor``: called with the shard's cursor and
+        the report so far after every finished batch (see "Shards" in the class docstring). A shard of
+        several on a backend without :attr:`Capability.SHARDS`, or a cursor that is not a string, is a
+        :class:`ConfigurationError`.
         """
         cutoff = require_aware(older_than, "older_than")
         size = self._batch_size(batch_size)

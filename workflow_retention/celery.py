@@ -31,6 +31,15 @@
   ``PYWORKFLOW_RETENTION_PUSHGATEWAY_URL`` set, the metrics are pushed to a
   Pushgateway after the run. Neither can change the task's outcome: a failure
   of either is an ERROR line, and the task's result or error stays the purge's.
+* **Shards.** With ``PYWORKFLOW_RETENTION_SHARDS`` (or ``install(app, shards=N)``) above 1 on a store that
+  can be split, the task, under the singleton lease, plans the shards and dispatches them as a Celery
+  ``chord``: one ``workflow_retention.purge_shard`` task per shard, then ``workflow_retention.finish_shards``.
+  Each shard task holds its own lease (renewed, and checked at every batch boundary), persists its cursor
+  in Redis after every batch (a guarded write: only while it holds its lease and the plan is current), and
+  is resumed from that cursor by a retry (``acks_late``: a killed worker's shard is delivered again) or by
+  the next run of the task. The callback, under the singleton lease again, runs the final whole-store pass,
+  merges the reports into one report, one summary line and one history record, and fails if a shard
+  failed for good. The fan-out state and design: docs/scaling.md.
 * **A start-up line.** When a worker with the task starts (``worker_ready``),
   a background thread audits the store for at most
   ``PYWORKFLOW_RETENTION_STARTUP_AUDIT`` (30s) and logs one line: the store,
@@ -46,14 +55,18 @@ import logging
 import threading
 import time
 import traceback
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from workflow_retention import config, metrics
 from workflow_retention.backends import by_url
+from workflow_retention.base import Shard, validate_shards
 from workflow_retention.exceptions import (
     ConfigurationError,
     LeaseLostError,
+    LockHeldError,
     PurgeStopped,
     RetentionError,
     StorageError,
@@ -61,12 +74,21 @@ from workflow_retention.exceptions import (
 from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import Lease, open_lease
 from workflow_retention.report import OrphanReport, PurgeReport
+from workflow_retention.shards import merge_reports, report_from_dict
 from workflow_retention.timeutil import parse_timestamp, utcnow
 from workflow_retention.urls import redact_url, remove_secrets
 
 log = logging.getLogger("workflow_retention.celery")
 
 TASK_NAME = "workflow_retention.run_retention"
+#: One shard of a fanned-out purge (see :func:`run_shard`).
+SHARD_TASK_NAME = "workflow_retention.purge_shard"
+#: The chord's callback: the final pass and the merged report (see :func:`finish_shards`).
+FINISH_TASK_NAME = "workflow_retention.finish_shards"
+#: Retries of a shard task (a store error, a lost lease, its lease still held by a killed attempt).
+SHARD_RETRIES = 10
+#: How long the fan-out state (plan, cursors, finished shards' reports) is kept after its last write.
+FANOUT_TTL = timedelta(days=7)
 #: The beat entry's name, whatever its schedule (daily, interval or a crontab of the user's).
 ENTRY_NAME = "workflow-retention"
 #: pyworkflow-engine's own hourly retention entry (see README: run only one of the two).
@@ -90,6 +112,7 @@ def install(
     queue: str | None = None,
     entry_name: str = ENTRY_NAME,
     replace_pyworkflow_entry: bool = True,
+    shards: int | None = None,
 ) -> Any:
     """Register the retention task on ``app`` and add its beat entry; return the task.
 
@@ -100,15 +123,25 @@ def install(
     (default ``PYWORKFLOW_RETENTION_QUEUE``, else the app's default queue)
     routes the beat entry's messages. With
     ``replace_pyworkflow_entry`` the app's ``pyworkflow-data-retention`` entry,
-    if any, is removed. Call it after the app's configuration is loaded.
+    if any, is removed. ``shards`` (default ``PYWORKFLOW_RETENTION_SHARDS``,
+    else 1) fans each purge out to that many shard tasks (docs/scaling.md);
+    the shard and callback tasks are registered on ``app`` either way. Call it
+    after the app's configuration is loaded.
     """
     spec = config.load_schedule()
     queue = queue or spec.queue
     sched = schedule if schedule is not None else daily_schedule(spec, jitter)
     window = _seconds(expires) if expires is not None else default_expires(sched)
     options = {"queue": queue} if queue else {}
+    fan_out = validate_shards(shards, "install(shards=...)") if shards is not None else None
     task = app.task(bind=True, name=TASK_NAME)(_task_body)
-    app.add_periodic_task(sched, app.signature(TASK_NAME, kwargs={"beat_expires_s": window}),
+    app.task(bind=True, name=SHARD_TASK_NAME, acks_late=True, reject_on_worker_lost=True,
+             max_retries=SHARD_RETRIES)(_shard_body)
+    app.task(bind=True, name=FINISH_TASK_NAME, max_retries=SHARD_RETRIES)(_finish_body)
+    kwargs: dict[str, Any] = {"beat_expires_s": window}
+    if fan_out is not None:
+        kwargs["shards"] = fan_out
+    app.add_periodic_task(sched, app.signature(TASK_NAME, kwargs=kwargs),
                           name=entry_name, expires=window, **options)
     if replace_pyworkflow_entry:
         _drop_pyworkflow_entry(app)
@@ -166,14 +199,15 @@ def _drop_pyworkflow_entry(app: Any) -> None:
 # -- the task -----------------------------------------------------------------------
 
 
-def _task_body(self: Any, beat_expires_s: float | None = None) -> dict[str, Any]:
+def _task_body(self: Any, beat_expires_s: float | None = None, shards: int | None = None) -> dict[str, Any]:
     sent_at = None
     if beat_expires_s and self.request.expires:
         sent_at = parse_timestamp(self.request.expires) - timedelta(seconds=beat_expires_s)
-    return run_retention(broker_url=self.app.conf.broker_url, sent_at=sent_at)
+    return run_retention(broker_url=self.app.conf.broker_url, sent_at=sent_at, app=self.app, shards=shards)
 
 
-def run_retention(*, broker_url: str | None, sent_at: datetime | None = None) -> dict[str, Any]:
+def run_retention(*, broker_url: str | None, sent_at: datetime | None = None, app: Any = None,
+                  shards: int | None = None) -> dict[str, Any]:
     """Read the settings, take the lock, purge (and sweep orphans), return the report as a dict.
 
     ``broker_url`` is the lock's Redis unless ``PYWORKFLOW_RETENTION_LOCK_URL``
@@ -184,18 +218,34 @@ def run_retention(*, broker_url: str | None, sent_at: datetime | None = None) ->
     and traceback in its result backend and logs them.
     """
     try:
-        return _run_retention(broker_url, sent_at)
+        return _run_retention(broker_url, sent_at, app, shards)
     except Exception as exc:
-        secrets = config.secrets(urls=(broker_url,))
-        full = "".join(traceback.format_exception(exc))
-        if remove_secrets(full, secrets) == full:
-            raise
-        clean = remove_secrets(str(exc), secrets)
-        cls = type(exc) if isinstance(exc, (ConfigurationError, StorageError, LeaseLostError)) else StorageError
-        raise cls(f"{type(exc).__name__}: {clean}" if cls is not type(exc) else clean) from None
+        _scrubbed(exc, broker_url)
+        raise
 
 
-def _run_retention(broker_url: str | None, sent_at: datetime | None) -> dict[str, Any]:
+def _scrubbed(exc: Exception, broker_url: str | None) -> None:
+    """Raise ``exc`` again without any secret of the configuration in its text or chain (a no-op if it has none)."""
+    if isinstance(exc, _celery_control()):
+        return
+    secrets = config.secrets(urls=(broker_url,))
+    full = "".join(traceback.format_exception(exc))
+    if remove_secrets(full, secrets) == full:
+        return
+    clean = remove_secrets(str(exc), secrets)
+    cls = type(exc) if isinstance(exc, (ConfigurationError, StorageError, LeaseLostError)) else StorageError
+    raise cls(f"{type(exc).__name__}: {clean}" if cls is not type(exc) else clean) from None
+
+
+def _celery_control() -> tuple[type[BaseException], ...]:
+    """Celery's control-flow exceptions (a retry), which are not errors to scrub."""
+    from celery.exceptions import Retry
+
+    return (Retry,)
+
+
+def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = None,
+                   shards: int | None = None) -> dict[str, Any]:
     settings = config.load_settings()
     if not settings.enabled:
         log.info("workflow-retention skipped status=disabled reason=%s=false", config.ENABLED)
@@ -215,7 +265,8 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None) -> dict[str
             holder = lease.holder()
             log.info("workflow-retention skipped status=locked lock=%s holder=%s", lease.key, holder)
             return {"skipped": "locked", "lock_key": lease.key, "holder": holder}
-        return _holding(lease, settings, storage, sent_at, history)
+        fan_out = FanOut(app, shards or settings.shards) if (shards or settings.shards) > 1 else None
+        return _holding(lease, settings, storage, sent_at, history, fan_out)
     finally:
         lease.client.close()
         if history is not None:
@@ -233,9 +284,9 @@ def _open_history(settings: config.Settings, broker_url: str | None, store: str,
 
 
 def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: datetime | None,
-             history: History | None = None) -> dict[str, Any]:
+             history: History | None = None, fan_out: FanOut | None = None) -> dict[str, Any]:
     """Under the acquired lease: purge, release, then log the summary line and push the metrics (whatever
-    happened)."""
+    happened). With ``fan_out`` and a store that splits: plan the shards and dispatch them instead."""
     summary: dict[str, Any] | None = None
     try:
         with lease:
@@ -244,11 +295,16 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
                 log.info("workflow-retention skipped status=already-done lock=%s done_at=%s sent_at=%s",
                          lease.key, done.isoformat(), sent_at.isoformat())
                 return {"skipped": "already-done", "lock_key": lease.key, "done_at": done.isoformat()}
+            if fan_out is not None:
+                dispatched = fan_out.dispatch(lease, settings, storage, sent_at, history)
+                if dispatched is not None:
+                    return dispatched
             summary = {"status": "failed", "backend": storage.url, "lock": lease.key}
             purge, orphans = _purge(settings, storage, lease, history)
             summary.update(_summary(purge, orphans))
             if summary["status"] == "purged":
                 _mark_done(lease)
+                FanOutState(lease.client, lease.key).drop()  # a whole purge finishes any unfinished fan-out
     except Exception as exc:
         if summary is not None:
             summary["error"] = f"{type(exc).__name__}: {exc}"
@@ -381,6 +437,398 @@ def _log_summary(summary: dict[str, Any], lease: Lease) -> None:
     else:
         level = logging.INFO
     log.log(level, "workflow-retention summary %s", line)
+
+
+# -- the fan-out over shards ----------------------------------------------------------
+
+# Write one field of the fan-out state only while KEYS[1] (the writer's shard lease) holds ARGV[1] (its
+# token) and the state is still plan ARGV[2]: a stale attempt, or one whose lease expired, changes nothing.
+_GUARDED_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[2], 'plan') ~= ARGV[2] then return -2 end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+_DROP_PLAN = """
+if ARGV[1] == '' or redis.call('HGET', KEYS[1], 'plan') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class FanOutState:
+    """The persisted state of one store's fanned-out purge: the Redis hash ``<lock key>:fanout``.
+
+    Fields: ``plan`` (its id), ``shards`` (the plan, JSON), ``cutoff``, ``started_at``, ``record`` (the run
+    history record the callback finishes), ``cursor:<i>`` (the last key shard ``i`` finished) and
+    ``done:<i>`` (shard ``i``'s report, JSON). Shard tasks write only through :meth:`save`: one script that
+    writes only while the writer's shard lease (``<lock key>:shard:<plan>:<i>``) holds its token and the plan
+    is still the current one, so a write is guarded (a stale attempt changes nothing) and idempotent (the
+    same cursor twice is one state). The hash expires :data:`FANOUT_TTL` after its last write; the callback
+    deletes it once the purge is complete, and keeps it when a shard failed, for the next run to resume.
+    """
+
+    def __init__(self, client: Any, lock_key: str) -> None:
+        self.client, self.lock_key, self.key = client, lock_key, f"{lock_key}:fanout"
+        self._set = client.register_script(_GUARDED_SET)
+        self._drop = client.register_script(_DROP_PLAN)
+
+    def meta(self) -> dict[str, str]:
+        """Every field, decoded (empty: no fan-out in progress)."""
+        raw = self.client.hgetall(self.key)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def create(self, plan_id: str, shards: list[dict[str, Any]], cutoff: datetime, record: str | None) -> None:
+        """Start plan ``plan_id`` (replacing any other state of this store)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key)
+        pipe.hset(self.key, mapping={"plan": plan_id, "shards": json.dumps(shards), "cutoff": cutoff.isoformat(),
+                                     "started_at": utcnow().isoformat(), "record": record or ""})
+        pipe.pexpire(self.key, int(FANOUT_TTL.total_seconds() * 1000))
+        pipe.execute()
+
+    def resume(self, cutoff: datetime, record: str | None) -> None:
+        """A later run takes the unfinished plan over: its cutoff and its history record."""
+        self.client.hset(self.key, mapping={"cutoff": cutoff.isoformat(), "record": record or ""})
+        self.client.pexpire(self.key, int(FANOUT_TTL.total_seconds() * 1000))
+
+    def lease_key(self, plan_id: str, index: int) -> str:
+        """The Redis key of shard ``index``'s lease."""
+        return f"{self.lock_key}:shard:{plan_id}:{index}"
+
+    def save(self, lease: Lease, plan_id: str, field: str, value: str) -> bool:
+        """Set ``field`` if ``lease`` still holds its key and ``plan_id`` is current; False (nothing written) if not."""
+        done = self._set(keys=[lease.key, self.key],
+                         args=[lease.token, plan_id, field, value, int(FANOUT_TTL.total_seconds() * 1000)])
+        return int(done) == 1
+
+    def drop(self, plan_id: str | None = None) -> None:
+        """Delete the state (of ``plan_id`` only, if given). A Redis error is logged: the state expires anyway."""
+        from redis.exceptions import RedisError
+
+        try:
+            self._drop(keys=[self.key], args=[plan_id or ""])
+        except RedisError as exc:
+            log.error("workflow-retention fan-out state %s not deleted (it expires in %s): %s", self.key, FANOUT_TTL,
+                      exc)
+
+
+class FanOut:
+    """The daily task's side of a sharded purge: plan (or take over an unfinished plan) and dispatch the chord."""
+
+    def __init__(self, app: Any, shards: int) -> None:
+        self.app, self.shards = app, validate_shards(shards, config.SHARDS)
+
+    def dispatch(self, lease: Lease, settings: config.Settings, storage: Any, sent_at: datetime | None,
+                 history: History | None) -> dict[str, Any] | None:
+        """Under the singleton lease: dispatch ``chord(group(shard tasks), finish_shards)``; its description.
+
+        None when the store cannot be split: the caller purges it as one, as with one shard. An unfinished
+        plan of this store (a shard failed, a chord was lost) is taken over with this run's cutoff: finished
+        shards return their stored reports, the others resume from their cursors. A duplicate message of the
+        slot that started the plan in progress is skipped (``already-running``).
+        """
+        assert settings.retention_days is not None
+        backend = getattr(getattr(self.app, "conf", None), "result_backend", None)
+        if self.app is None or not backend or backend == "disabled":
+            raise ConfigurationError(f"{config.SHARDS}={self.shards} fans the purge out as a Celery chord, which needs "
+                                     "a result backend: set the app's result_backend (e.g. redis://localhost:6379/1), "
+                                     f"or {config.SHARDS}=1")
+        state = FanOutState(lease.client, lease.key)
+        meta = state.meta()
+        cutoff = utcnow() - timedelta(days=settings.retention_days)
+        if meta.get("plan"):
+            started = parse_timestamp(meta["started_at"])
+            if sent_at is not None and started >= sent_at:
+                log.info("workflow-retention skipped status=already-running lock=%s plan=%s started_at=%s",
+                         lease.key, meta["plan"], started.isoformat())
+                return {"skipped": "already-running", "lock_key": lease.key, "plan": meta["plan"]}
+            plan_id, shards, resumed = meta["plan"], json.loads(meta["shards"]), True
+            record = _start_record(history)
+            state.resume(cutoff, record)
+        else:
+            try:
+                plan = storage.shards(self.shards)
+            finally:
+                storage.close()
+            if len(plan) == 1:
+                log.info("workflow-retention %s=%d: the %s backend cannot be split; one purge", config.SHARDS,
+                         self.shards, storage.name)
+                return None
+            plan_id, shards, resumed = uuid.uuid4().hex[:12], [s.to_dict() for s in plan], False
+            record = _start_record(history)
+            state.create(plan_id, shards, cutoff, record)
+        from celery import chord, group
+
+        queue = config.load_schedule().queue
+        options = {"queue": queue} if queue else {}
+        header = group(self.app.signature(SHARD_TASK_NAME, args=(plan_id, s["index"], s, cutoff.isoformat()),
+                                          **options) for s in shards)
+        callback = chord(header)(self.app.signature(FINISH_TASK_NAME, args=(plan_id, cutoff.isoformat()),
+                                                    **options))
+        log.info("workflow-retention fan-out dispatched backend=%s lock=%s plan=%s shards=%d resumed=%s cutoff=%s",
+                 storage.url, lease.key, plan_id, len(shards), resumed, cutoff.isoformat())
+        return {"status": "dispatched", "backend": storage.url, "lock_key": lease.key, "plan": plan_id,
+                "shards": len(shards), "resumed": resumed, "cutoff": cutoff.isoformat(), "callback": callback.id}
+
+
+def _start_record(history: History | None) -> str | None:
+    if history is None:
+        return None
+    try:
+        return history.start(metrics.PURGE)
+    except RetentionError as exc:
+        log.error("workflow-retention run history not recorded: %s", exc)
+        return None
+
+
+def _finish_record(history: History | None, record: str | None, outcome: str, *, report: PurgeReport | None = None,
+                   error: BaseException | str | None = None) -> None:
+    """Finish the fan-out's history record; a state store that fails is an ERROR line, never the outcome."""
+    if history is None or not record:
+        return
+    try:
+        if not history.finish(record, outcome, report=report, error=error):
+            log.warning("run history: record %s was already finished or is gone; left as it was", record)
+    except RetentionError as exc:
+        log.error("workflow-retention run history not recorded (outcome %s): %s", outcome, exc)
+
+
+def _retry_after(settings: config.Settings) -> float:
+    """Seconds before a shard task tries again: a killed attempt's lease has expired by then."""
+    return max(1.0, min(settings.lock_ttl.total_seconds(), 60.0))
+
+
+def _shard_body(self: Any, plan_id: str, index: int, shard: dict[str, Any], cutoff: str) -> dict[str, Any]:
+    broker = self.app.conf.broker_url
+    try:
+        return run_shard(self, plan_id, index, shard, cutoff, broker_url=broker)
+    except Exception as exc:
+        _scrubbed(exc, broker)
+        raise
+
+
+def run_shard(task: Any, plan_id: str, index: int, shard_data: dict[str, Any], cutoff_iso: str, *,
+              broker_url: str | None) -> dict[str, Any]:
+    """One shard of plan ``plan_id``: under its own lease, from its persisted cursor; its partial report.
+
+    Returns ``{"shard": i, "report": {...}, "resumed_after": cursor}``; the stored report if the shard is
+    already done (a redelivered or duplicate task); ``{"skipped": "superseded"}`` if the plan is no longer
+    current. A store error, a lost lease or a lease still held by an earlier attempt is retried
+    (:data:`SHARD_RETRIES`, ``task.retry``) and resumes from the cursor; after the last retry, or for a
+    configuration error, ``{"shard": i, "failed": "..."}`` after an ERROR line: the callback fails the purge.
+    """
+    from workflow_retention.lock import redis_client
+
+    settings = config.load_settings()
+    shard = Shard.from_dict(shard_data)
+    client = redis_client(settings.lock_url_for(broker_url), settings.lock_ttl)
+    state = FanOutState(client, settings.lock_key)
+    lease = Lease(client, state.lease_key(plan_id, index), settings.lock_ttl)
+    secrets = config.secrets(urls=(broker_url,))
+    try:
+        if state.meta().get("plan") != plan_id:
+            log.warning("workflow-retention shard %s skipped: plan %s is no longer current", shard.label, plan_id)
+            return {"shard": index, "skipped": "superseded"}
+        if not lease.acquire():
+            raise LockHeldError(f"the lease of shard {shard.label} ({lease.key}) is held by {lease.holder()} "
+                                f"(an earlier attempt: it expires within {settings.lock_ttl})")
+        with lease:
+            meta = state.meta()  # read under the lease: the cursor the last holder left
+            if meta.get("plan") != plan_id:
+                return {"shard": index, "skipped": "superseded"}
+            if done := meta.get(f"done:{index}"):
+                return {"shard": index, "report": json.loads(done), "already_done": True}
+            saved = json.loads(meta.get(f"cursor:{index}") or "null") or {}
+            cursor, before = saved.get("cursor"), saved.get("report")
+
+            def on_cursor(value: str, so_far: PurgeReport) -> None:
+                lease.check()
+                progress = json.dumps({"cursor": value, "report": _added(before, so_far).to_dict()}, default=str)
+                if not state.save(lease, plan_id, f"cursor:{index}", progress):
+                    raise LeaseLostError(f"the cursor of shard {shard.label} could not be saved: lease or plan gone")
+
+            storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
+            try:
+                storage.open()
+                report = storage.delete_old_runs(parse_timestamp(cutoff_iso), shard=shard, resume_after=cursor,
+                                                 on_batch=lease.check, on_cursor=on_cursor)
+            finally:
+                storage.close()
+            if report.stopped:
+                raise LeaseLostError(f"shard {shard.label} stopped at a batch boundary: {report.stopped}")
+            report = _added(before, report)
+            data = report.to_dict()
+            if not state.save(lease, plan_id, f"done:{index}", json.dumps(data, default=str)):
+                raise LeaseLostError(f"shard {shard.label} could not record its report: lease or plan gone")
+        log.info("workflow-retention shard %s done plan=%s runs=%d batches=%d resumed_after=%s duration_s=%.3f",
+                 shard.label, plan_id, report.runs, report.batches, json.dumps(cursor), report.duration_s)
+        return {"shard": index, "report": data, "resumed_after": cursor}
+    except ConfigurationError as exc:
+        return _shard_failed(shard, exc, secrets)
+    except (RetentionError, _redis_error()) as exc:
+        if task.request.retries < SHARD_RETRIES:
+            log.warning("workflow-retention shard %s will be retried in %.0fs (attempt %d of %d): %s", shard.label,
+                        _retry_after(settings), task.request.retries + 1, SHARD_RETRIES,
+                        remove_secrets(f"{type(exc).__name__}: {exc}", secrets))
+            raise task.retry(exc=exc, countdown=_retry_after(settings)) from None
+        return _shard_failed(shard, exc, secrets)
+    finally:
+        client.close()
+
+
+def _added(before: dict[str, Any] | None, report: PurgeReport) -> PurgeReport:
+    """``report`` plus what earlier attempts of the same shard finished (saved with the cursor they left)."""
+    if not before:
+        return report
+    earlier = report_from_dict(before)
+    assert report.cutoff is not None
+    return merge_reports([earlier, report], None, backend=report.backend, cutoff=report.cutoff,
+                         started_at=earlier.started_at, duration_s=earlier.duration_s + report.duration_s)
+
+
+def _redis_error() -> type[Exception]:
+    from redis.exceptions import RedisError
+
+    return RedisError
+
+
+def _shard_failed(shard: Shard, exc: BaseException, secrets: list[str]) -> dict[str, Any]:
+    why = remove_secrets(f"{type(exc).__name__}: {exc}", secrets)
+    log.error("workflow-retention shard %s failed for good: %s", shard.label, why)
+    return {"shard": shard.index, "failed": why}
+
+
+def _finish_body(self: Any, results: list[dict[str, Any]], plan_id: str, cutoff: str) -> dict[str, Any]:
+    broker = self.app.conf.broker_url
+    try:
+        return finish_shards(self, results, plan_id, cutoff, broker_url=broker)
+    except Exception as exc:
+        _scrubbed(exc, broker)
+        raise
+
+
+def finish_shards(task: Any, results: list[dict[str, Any]], plan_id: str, cutoff_iso: str, *,
+                  broker_url: str | None) -> dict[str, Any]:
+    """The chord's callback: the final pass under the singleton lease, one merged report, summary and record.
+
+    Fails (raises :class:`StorageError`, after an ERROR summary line and a failed history record) when a
+    shard failed for good; the fan-out state is kept so that the next run resumes the unfinished shards.
+    """
+    settings = config.load_settings()
+    storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
+    lease = open_lease(settings.lock_url_for(broker_url), settings.lock_key, settings.lock_ttl)
+    history = _open_history(settings, broker_url, storage.url, lease.key)
+    state = FanOutState(lease.client, lease.key)
+    try:
+        meta = state.meta()
+        if meta.get("plan") != plan_id:
+            log.info("workflow-retention fan-out %s already finished or superseded; nothing to do", plan_id)
+            return {"skipped": "superseded", "plan": plan_id}
+        plan = [Shard.from_dict(s) for s in json.loads(meta["shards"])]
+        outcomes = {r["shard"]: r for r in results if isinstance(r, dict) and isinstance(r.get("shard"), int)}
+        parts = {i: report_from_dict(r["report"]) for i, r in outcomes.items() if "report" in r}
+        failures = {s.index: (outcomes.get(s.index) or {}).get("failed")
+                    or f"no report ({(outcomes.get(s.index) or {}).get('skipped', 'no result')})"
+                    for s in plan if s.index not in parts}
+        fan = _Finish(settings, storage, lease, history, state, plan_id, plan, parts, parse_timestamp(cutoff_iso),
+                      meta, outcomes)
+        if failures:
+            fan.failed(failures)
+        if not lease.acquire():
+            if task.request.retries < SHARD_RETRIES:
+                log.warning("workflow-retention fan-out %s: the lock is held by %s; the final pass waits", plan_id,
+                            lease.holder())
+                raise task.retry(countdown=_retry_after(settings))
+            raise LockHeldError(f"the final pass of fan-out {plan_id} could not take the lock {lease.key}")
+        return fan.final_pass()
+    finally:
+        lease.client.close()
+        if history is not None:
+            history.close()
+
+
+@dataclass
+class _Finish:
+    settings: config.Settings
+    storage: Any
+    lease: Lease
+    history: History | None
+    state: FanOutState
+    plan_id: str
+    plan: list[Shard]
+    parts: dict[int, PurgeReport]
+    cutoff: datetime
+    meta: dict[str, str]
+    outcomes: dict[int, dict[str, Any]]
+
+    def merged(self, final: PurgeReport | None) -> PurgeReport:
+        started = parse_timestamp(self.meta["started_at"])
+        return merge_reports([self.parts[i] for i in sorted(self.parts)], final, backend=self.storage.url,
+                             cutoff=self.cutoff, started_at=started,
+                             duration_s=(utcnow() - started).total_seconds())
+
+    def head(self) -> dict[str, Any]:
+        return {"status": "failed", "backend": self.storage.url, "lock": self.lease.key, "plan": self.plan_id,
+                "shards": len(self.plan)}
+
+    def failed(self, failures: dict[int, str]) -> None:
+        """Log the ERROR summary, record the failure, push the metrics, and raise: the purge failed."""
+        text = "; ".join(f"shard {self.plan[i].label}: {why}" for i, why in sorted(failures.items()))
+        error = (f"{len(failures)} of {len(self.plan)} shards failed for good, so the final pass was not run; the next "
+                 f"run resumes them from their cursors: {text}")
+        merged = self.merged(None)
+        summary = {**self.head(), **_summary(merged, None), "status": "failed", "error": error}
+        _finish_record(self.history, self.meta.get("record"), metrics.FAILED, report=merged, error=error)
+        _log_summary(summary, self.lease)
+        _push_metrics(self.settings, self.storage.url, self.history, summary)
+        raise StorageError(error)
+
+    def final_pass(self) -> dict[str, Any]:
+        """Under the acquired singleton lease: the final whole-store pass (and the orphan sweep), then the merge."""
+        summary: dict[str, Any] | None = None
+        record = self.meta.get("record")
+        try:
+            with self.lease:
+                summary = self.head()
+                try:
+                    self.storage.open()
+                    final = self.storage.delete_old_runs(self.cutoff, on_batch=self.lease.check)
+                    orphans = None
+                    if self.settings.repair_orphans and not final.stopped:
+                        orphans = record_run(self.history, metrics.ORPHANS, lambda on_batch: self.storage.sweep_orphans(
+                            grace=self.settings.orphan_grace, on_batch=on_batch), then=self.lease.check, log=log)
+                finally:
+                    self.storage.close()
+                merged = self.merged(final)
+                summary.update(_summary(merged, orphans))
+                summary["final_pass_runs"] = final.runs
+                outcome = metrics.SUCCEEDED if summary["status"] == "purged" else metrics.LEASE_LOST
+                _finish_record(self.history, record, outcome, report=merged)
+                if summary["status"] == "purged":
+                    _mark_done(self.lease)
+                    self.state.drop(self.plan_id)
+        except Exception as exc:
+            if summary is not None:
+                summary["error"] = f"{type(exc).__name__}: {exc}"
+                _finish_record(self.history, record, metrics.FAILED, error=exc)
+            raise
+        finally:
+            if summary is not None:
+                _log_summary(summary, self.lease)
+                _push_metrics(self.settings, self.storage.url, self.history, summary)
+        result = {**merged.to_dict(), "status": summary["status"], "lock": _lock_info(self.lease), "plan": self.plan_id,
+                  "final_pass": final.to_dict(),
+                  "shards": [{"shard": s.label, "runs": self.parts[s.index].runs,
+                              "resumed_after": self.outcomes.get(s.index, {}).get("resumed_after")}
+                             for s in self.plan]}
+        if orphans is not None:
+            result["orphans"] = orphans.to_dict()
+        if summary["status"] == "stopped":
+            raise LeaseLostError(f"the final pass stopped at a batch boundary: {summary['stopped']}; the next run "
+                                 "finishes it")
+        return result
 
 
 # -- the start-up line ---------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from workflow_retention import values
-from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size
+from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size, validate_shards
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.urls import REDIS_URL_PREFIXES, redact_url, secrets_of, split_url
 
@@ -38,6 +38,7 @@ MIN_AGE = "PYWORKFLOW_RETENTION_MIN_AGE"
 PUSHGATEWAY_URL = "PYWORKFLOW_RETENTION_PUSHGATEWAY_URL"
 STATE_URL = "PYWORKFLOW_RETENTION_STATE_URL"
 STARTUP_AUDIT = "PYWORKFLOW_RETENTION_STARTUP_AUDIT"
+SHARDS = "PYWORKFLOW_RETENTION_SHARDS"
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
 DEFAULT_LOCK_TTL = timedelta(minutes=5)
@@ -100,6 +101,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     STARTUP_AUDIT: ("30s",
         "When a worker with the task starts, it logs what the store holds and what a purge would delete, "
         "counting for at most this long; 0s disables it."),
+    SHARDS: ("1",
+        "Shards the Celery task splits the purge into, each a task of its own (a chord), then a final "
+        "whole-store pass; 1 to 1024. 1 is one purge in the task itself. Needs a result backend when above 1."),
 }
 
 
@@ -124,6 +128,8 @@ class Settings:
     #: PYWORKFLOW_RETENTION_STATE_URL as set (None: the history goes to the lock's Redis, see history_url_for).
     state_url: str | None = field(default=None, repr=False)
     startup_audit: timedelta = field(default=DEFAULT_STARTUP_AUDIT, repr=False)
+    #: PYWORKFLOW_RETENTION_SHARDS: how many shards the Celery task fans the purge out to (1: no fan-out).
+    shards: int = field(default=1, repr=False)
 
     def __repr__(self) -> str:
         return (f"Settings(retention_days={self.retention_days}, storage_url={self._safe(self.storage_url)}, "
@@ -353,6 +359,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, strict: bool = True) 
                                                           maximum=MAX_STARTUP_AUDIT)
                                   if env.get(STARTUP_AUDIT) else DEFAULT_STARTUP_AUDIT,
                                   DEFAULT_STARTUP_AUDIT),  # type: ignore[arg-type]
+        shards=celery_only(lambda: validate_shards(env[SHARDS], SHARDS) if env.get(SHARDS) else 1,
+                           1),  # type: ignore[arg-type]
         problems=tuple(problems),
     )
 

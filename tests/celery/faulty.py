@@ -5,12 +5,15 @@ change them between two invocations served by the same worker process:
 ``SET <TEST_FAULTS_KEY> '{"delay": 0.5, "fail_at": 2, "hang_at": 3}'``.
 
 * ``delay``: seconds to sleep at every batch boundary (a slow store);
-* ``fail_at``: raise :class:`StorageError` at that batch (a store failing mid-purge);
+* ``fail_at``: raise :class:`StorageError` at that batch (a store failing mid-purge), or
+  :class:`ConfigurationError` with ``fail_kind: "config"`` (an error no retry fixes);
 * ``hang_at``: sleep ``hang_s`` seconds (default 600) at that batch: one batch
-  longer than the lock's TTL, or a purge to SIGKILL.
+  longer than the lock's TTL, or a purge to SIGKILL;
+* ``shard``: apply ``fail_at`` and ``hang_at`` only in the purge of that shard (its index).
 
 Every boundary reached is appended to ``<TEST_FAULTS_KEY>:batches`` as
-``{"pid", "index", "t"}`` before the fault applies, so the test sees progress.
+``{"pid", "index", "t", "shard", "run_ids"}`` before the fault applies, so the test sees progress
+(``shard``: the shard's index, None for a whole-store purge).
 The lock's fencing check (the real ``on_batch``) runs after the fault.
 """
 
@@ -24,8 +27,8 @@ from typing import Any
 import redis
 
 from workflow_retention.backends import by_url
-from workflow_retention.base import BatchInfo, CensusJob, OrphanJob, PurgeJob, StorageBackend
-from workflow_retention.exceptions import StorageError
+from workflow_retention.base import BatchInfo, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
+from workflow_retention.exceptions import ConfigurationError, StorageError
 
 PREFIX = "faulty+"
 #: Registry entry of this backend (registered only where a test asks for it, never globally).
@@ -38,6 +41,7 @@ class FaultyBackend(StorageBackend):
     def __init__(self, inner: StorageBackend, **options: Any) -> None:
         super().__init__(url=PREFIX + inner.url, batch_size=inner.batch_size)
         self.inner = inner
+        self.capabilities = inner.capabilities  # type: ignore[misc]  # shards where the inner store has them
         self.control = redis.Redis.from_url(os.environ["TEST_FAULTS_REDIS"])
         self.key = os.environ["TEST_FAULTS_KEY"]
 
@@ -51,17 +55,25 @@ class FaultyBackend(StorageBackend):
     def close(self) -> None:
         self.inner.close()
 
+    def _shards(self, n: int) -> list[Shard]:
+        return self.inner._shards(n)
+
     def _purge(self, job: PurgeJob) -> None:
-        job.on_batch = self._faulty(job.on_batch)
+        job.on_batch = self._faulty(job.on_batch, None if job.shard.is_whole else job.shard.index)
         self.inner._purge(job)
 
-    def _faulty(self, on_batch: Any) -> Any:
+    def _faulty(self, on_batch: Any, shard: int | None = None) -> Any:
         faults = json.loads(self.control.get(self.key) or "{}")
+        if "shard" in faults and faults["shard"] != shard:
+            faults = {"delay": faults.get("delay", 0)}
 
         def boundary(info: BatchInfo) -> None:
             self.control.rpush(f"{self.key}:batches",
-                               json.dumps({"pid": os.getpid(), "index": info.index, "t": time.time()}))
+                               json.dumps({"pid": os.getpid(), "index": info.index, "t": time.time(), "shard": shard,
+                                           "run_ids": list(info.run_ids)}))
             if faults.get("fail_at") == info.index:
+                if faults.get("fail_kind") == "config":  # an error no retry can fix: the shard fails for good
+                    raise ConfigurationError(f"injected configuration error at batch {info.index}")
                 raise StorageError(f"injected failure at batch {info.index}")
             if faults.get("hang_at") == info.index:
                 time.sleep(faults.get("hang_s", 600))

@@ -143,7 +143,8 @@ def test_a_stopped_shard_resumes_after_its_cursor_without_redoing_a_batch(capabl
         first_batches.append(info.run_ids)
 
     retention = backend.retention(batch_size=1)
-    stopped = retention.delete_old_runs(CUTOFF, shard=plan[0], on_batch=stop_after_two, on_cursor=cursors.append)
+    stopped = retention.delete_old_runs(CUTOFF, shard=plan[0], on_batch=stop_after_two,
+                                        on_cursor=lambda cursor, report: cursors.append(cursor))
     assert stopped.stopped and len(first_batches) == 2 and cursors
     resumed_batches: list[tuple[str, ...]] = []
     rest = retention.delete_old_runs(CUTOFF, shard=plan[0], resume_after=cursors[-1],
