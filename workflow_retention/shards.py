@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from workflow_retention.base import Shard, StorageBackend, validate_shards
+from workflow_retention.base import OnBatch, Shard, StorageBackend, validate_shards
 from workflow_retention.report import MAX_WARNINGS, PurgeReport
 from workflow_retention.timeutil import parse_timestamp, utcnow
 
@@ -136,7 +136,7 @@ class ShardedPurge:
 
 
 def purge_one_shard(open_backend: Callable[[], StorageBackend], cutoff_iso: str, shard: dict[str, Any],
-                    dry_run: bool = False) -> dict[str, Any]:
+                    dry_run: bool = False, on_batch: OnBatch | None = None) -> dict[str, Any]:
     """Purge one shard in this process or thread; ``{"report": {...}}`` or ``{"error": "Type: message"}``.
 
     Module-level and given plain values only, so a process pool can run it. An error is returned as text
@@ -146,7 +146,7 @@ def purge_one_shard(open_backend: Callable[[], StorageBackend], cutoff_iso: str,
         backend = open_backend()
         with backend:
             report = backend.delete_old_runs(parse_timestamp(cutoff_iso), dry_run=dry_run,
-                                             shard=Shard.from_dict(shard))
+                                             shard=Shard.from_dict(shard), on_batch=on_batch)
     except Exception as exc:  # noqa: BLE001 - reported by the caller as the shard's failure
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"report": report.to_dict()}
@@ -154,29 +154,34 @@ def purge_one_shard(open_backend: Callable[[], StorageBackend], cutoff_iso: str,
 
 def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, shards: int, *,
                   workers: int | None = None, processes: bool = False, dry_run: bool = False,
-                  on_shard: Callable[[Shard, PurgeReport | None, str | None], None] | None = None) -> ShardedPurge:
+                  on_shard: Callable[[Shard, PurgeReport | None, str | None], None] | None = None,
+                  on_batch: OnBatch | None = None) -> ShardedPurge:
     """Purge the store ``open_backend()`` opens in ``shards`` shards, ``workers`` at a time, then the final pass.
 
     ``open_backend`` builds a new backend object (each shard gets its own, in its own thread or process;
     with ``processes=True`` it must pickle, e.g. ``functools.partial(by_url, url)``). A plan of one shard
     (``shards=1``, or a backend that cannot be split) is one ordinary purge in this thread. A dry run is one
     whole-store dry run: it counts exactly what the sharded purge would delete, in one report.
-    ``on_shard(shard, report, error)`` is called as each shard ends. When a shard fails, the final pass is
-    not run and ``failures`` says why; the caller must fail loudly.
+    ``on_shard(shard, report, error)`` is called as each shard ends. ``on_batch`` is every purge's (the
+    shards' and the final pass's; threads only: it does not cross a process boundary). When a shard fails,
+    the final pass is not run and ``failures`` says why; the caller must fail loudly.
     """
+    if processes and on_batch is not None:
+        raise ValueError("on_batch cannot be sent to other processes: use threads (processes=False)")
     shards = validate_shards(shards, "shards")
     started, clock = utcnow(), time.monotonic()
     with open_backend() as planner:
         plan = planner.shards(shards) if not dry_run else [Shard.whole()]
         if len(plan) == 1:
-            report = planner.delete_old_runs(cutoff, dry_run=dry_run)
+            report = planner.delete_old_runs(cutoff, dry_run=dry_run, on_batch=on_batch)
             return ShardedPurge(report=report, shards=plan, parts={0: report})
         backend_url = planner.url
     log.info("sharded purge started backend=%s shards=%d workers=%s", backend_url, len(plan), workers or len(plan))
     result = ShardedPurge(report=PurgeReport(backend=backend_url, dry_run=False, cutoff=cutoff), shards=plan)
     pool: Executor = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers or len(plan))
     with pool:
-        futures = {pool.submit(purge_one_shard, open_backend, cutoff.isoformat(), s.to_dict()): s for s in plan}
+        futures = {pool.submit(purge_one_shard, open_backend, cutoff.isoformat(), s.to_dict(), False, on_batch): s
+                   for s in plan}
         for future in as_completed(futures):
             shard = futures[future]
             try:
@@ -193,7 +198,7 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
                 on_shard(shard, part, outcome.get("error"))
     if not result.failed and not any(p.stopped for p in result.parts.values()):
         with open_backend() as backend:
-            result.final = backend.delete_old_runs(cutoff)
+            result.final = backend.delete_old_runs(cutoff, on_batch=on_batch)
     result.report = merge_reports([result.parts[i] for i in sorted(result.parts)], result.final,
                                   backend=backend_url, cutoff=cutoff, started_at=started,
                                   duration_s=time.monotonic() - clock)

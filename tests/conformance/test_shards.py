@@ -95,6 +95,38 @@ def test_sharded_dry_run_changes_nothing_and_counts_like_the_sharded_purge(
     assert dict(dry.counts) == dict(real.counts) and (dry.runs, dry.held) == (real.runs, real.held)
 
 
+def test_a_run_changed_by_the_engine_during_a_sharded_purge_keeps_all_its_data(
+        backend: Harness, scenario: Scenario) -> None:
+    import threading
+
+    from pyworkflow.storage.schemas import RunStatus
+
+    pw = backend.pyworkflow()
+    touched: dict[str, Any] = {}
+    guard = threading.Lock()
+
+    def engine_updates_a_run(info: Any) -> None:
+        with guard:
+            if touched or not info.run_ids:
+                return
+            victim = "run_tree_grandchild" if "run_tree_grandchild" in info.run_ids else info.run_ids[0]
+            backend.run(pw.update_run_status(victim, RunStatus.FAILED))  # updated_at becomes now
+            touched["id"] = victim
+            touched["items"] = items_of(backend.inventory(), {victim})
+
+    report = sharded(backend, on_batch=engine_updates_a_run).report
+    victim = touched["id"]
+    ancestors, node = set(), victim
+    while node in scenario.parents:
+        node = scenario.parents[node]
+        ancestors.add(node)
+    items = backend.inventory()
+    assert items_of(items, {victim}) == touched["items"], "the changed run lost data"
+    assert run_ids(items) == scenario.kept | scenario.held | {victim} | (ancestors & scenario.deleted)
+    assert report.changed == 1
+    assert_no_orphans(items)
+
+
 def _ids_across_shards(h: Harness, prefix: str, count: int) -> list[str]:
     """``count`` run ids, each in a different shard of the backend's plan where it can split."""
     plan = h.retention().shards(SHARDS)
