@@ -141,6 +141,8 @@ def install(
     kwargs: dict[str, Any] = {"beat_expires_s": window}
     if fan_out is not None:
         kwargs["shards"] = fan_out
+    if queue:
+        kwargs["queue"] = queue  # where a fan-out sends its shard tasks and its callback
     app.add_periodic_task(sched, app.signature(TASK_NAME, kwargs=kwargs),
                           name=entry_name, expires=window, **options)
     if replace_pyworkflow_entry:
@@ -199,15 +201,17 @@ def _drop_pyworkflow_entry(app: Any) -> None:
 # -- the task -----------------------------------------------------------------------
 
 
-def _task_body(self: Any, beat_expires_s: float | None = None, shards: int | None = None) -> dict[str, Any]:
+def _task_body(self: Any, beat_expires_s: float | None = None, shards: int | None = None,
+               queue: str | None = None) -> dict[str, Any]:
     sent_at = None
     if beat_expires_s and self.request.expires:
         sent_at = parse_timestamp(self.request.expires) - timedelta(seconds=beat_expires_s)
-    return run_retention(broker_url=self.app.conf.broker_url, sent_at=sent_at, app=self.app, shards=shards)
+    return run_retention(broker_url=self.app.conf.broker_url, sent_at=sent_at, app=self.app, shards=shards,
+                         queue=queue)
 
 
 def run_retention(*, broker_url: str | None, sent_at: datetime | None = None, app: Any = None,
-                  shards: int | None = None) -> dict[str, Any]:
+                  shards: int | None = None, queue: str | None = None) -> dict[str, Any]:
     """Read the settings, take the lock, purge (and sweep orphans), return the report as a dict.
 
     ``broker_url`` is the lock's Redis unless ``PYWORKFLOW_RETENTION_LOCK_URL``
@@ -216,9 +220,13 @@ def run_retention(*, broker_url: str | None, sent_at: datetime | None = None, ap
     errors' text, holds a secret of the configuration is raised again with the
     secret removed and without the chain: Celery stores a failed task's message
     and traceback in its result backend and logs them.
+
+    ``app``, ``shards`` and ``queue``: the fan-out (see docs/scaling.md): with more than one shard
+    (``shards``, else ``PYWORKFLOW_RETENTION_SHARDS``) the shard tasks are sent through ``app`` to ``queue``
+    (else ``PYWORKFLOW_RETENTION_QUEUE``, else the app's default queue).
     """
     try:
-        return _run_retention(broker_url, sent_at, app, shards)
+        return _run_retention(broker_url, sent_at, app, shards, queue)
     except Exception as exc:
         _scrubbed(exc, broker_url)
         raise
@@ -245,7 +253,7 @@ def _celery_control() -> tuple[type[BaseException], ...]:
 
 
 def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = None,
-                   shards: int | None = None) -> dict[str, Any]:
+                   shards: int | None = None, queue: str | None = None) -> dict[str, Any]:
     settings = config.load_settings()
     if not settings.enabled:
         log.info("workflow-retention skipped status=disabled reason=%s=false", config.ENABLED)
@@ -265,7 +273,7 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = 
             holder = lease.holder()
             log.info("workflow-retention skipped status=locked lock=%s holder=%s", lease.key, holder)
             return {"skipped": "locked", "lock_key": lease.key, "holder": holder}
-        fan_out = FanOut(app, shards or settings.shards) if (shards or settings.shards) > 1 else None
+        fan_out = FanOut(app, shards or settings.shards, queue) if (shards or settings.shards) > 1 else None
         return _holding(lease, settings, storage, sent_at, history, fan_out)
     finally:
         lease.client.close()
@@ -517,8 +525,8 @@ class FanOutState:
 class FanOut:
     """The daily task's side of a sharded purge: plan (or take over an unfinished plan) and dispatch the chord."""
 
-    def __init__(self, app: Any, shards: int) -> None:
-        self.app, self.shards = app, validate_shards(shards, config.SHARDS)
+    def __init__(self, app: Any, shards: int, queue: str | None = None) -> None:
+        self.app, self.shards, self.queue = app, validate_shards(shards, config.SHARDS), queue
 
     def dispatch(self, lease: Lease, settings: config.Settings, storage: Any, sent_at: datetime | None,
                  history: History | None) -> dict[str, Any] | None:
@@ -561,7 +569,7 @@ class FanOut:
             state.create(plan_id, shards, cutoff, record)
         from celery import chord, group
 
-        queue = config.load_schedule().queue
+        queue = self.queue or config.load_schedule().queue
         options = {"queue": queue} if queue else {}
         header = group(self.app.signature(SHARD_TASK_NAME, args=(plan_id, s["index"], s, cutoff.isoformat()),
                                           **options) for s in shards)

@@ -334,6 +334,8 @@ def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
                                          f"key {lock_key}, lease {human(settings.lock_ttl)}"),
             ("orphan repair", f"after each purge, grace {human(settings.orphan_grace)}" if settings.repair_orphans
              else "off"),
+            ("shards (celery task)", f"{settings.shards} (a chord of shard tasks, then a final pass)"
+             if settings.shards > 1 else "1 (one purge in the task)"),
             ("run history (command line)", redact_url(settings.cli_history_url) if settings.cli_history_url
              else f"(not recorded: set {config.STATE_URL})"),
             ("metrics push (celery task)", redact_url(settings.pushgateway_url) if settings.pushgateway_url

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,65 @@ def one_purge_counts(path: Path) -> dict[str, Any]:
 def fanout_env(celery_env: CeleryEnv, url: str, **extra: str) -> dict[str, str]:
     return celery_env.env("faulty+" + url, PYWORKFLOW_RETENTION_SHARDS="2", PYWORKFLOW_RETENTION_LOCK_TTL=f"{TTL}s",
                           **extra)
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, redis_service: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """This process's environment for a task run in-process: a seeded file store, the test Redis, own keys."""
+    import uuid
+
+    for name in list(os.environ):
+        if name.startswith("PYWORKFLOW_"):
+            monkeypatch.delenv(name)
+    uid = uuid.uuid4().hex[:10]
+    url, _ = file_store(tmp_path / "store")
+    values = {"PYWORKFLOW_DATA_RETENTION_DAYS": "30", "PYWORKFLOW_RETENTION_STORAGE_URL": url,
+              "PYWORKFLOW_RETENTION_LOCK_URL": redis_service.url,
+              "PYWORKFLOW_RETENTION_LOCK_KEY": f"wr-test-{uid}:lock"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    yield values
+    client = celery_redis(redis_service.url)
+    client.delete(*client.keys(f"wr-test-{uid}*") or ["none"])
+
+
+def celery_redis(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def test_a_fan_out_without_a_result_backend_is_refused_naming_the_setting(
+        in_process: dict[str, str], redis_service: Any) -> None:
+    from celery import Celery
+
+    from workflow_retention.celery import run_retention
+    from workflow_retention.exceptions import ConfigurationError
+
+    app = Celery("wr_no_results", broker=redis_service.url, set_as_current=False)
+    url = in_process["PYWORKFLOW_RETENTION_STORAGE_URL"]
+    before = left(url)
+    with pytest.raises(ConfigurationError, match="PYWORKFLOW_RETENTION_SHARDS=2 fans the purge out as a Celery "
+                                                 "chord, which needs a result backend"):
+        run_retention(broker_url=redis_service.url, app=app, shards=2)
+    assert left(url) == before > 0
+    assert not celery_redis(redis_service.url).exists(in_process["PYWORKFLOW_RETENTION_LOCK_KEY"])
+
+
+def test_a_store_that_cannot_be_split_is_purged_in_the_task_as_before(
+        in_process: dict[str, str], redis_service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import Celery
+
+    from workflow_retention.backends.memory import get_store
+    from workflow_retention.celery import run_retention
+
+    monkeypatch.setenv("PYWORKFLOW_RETENTION_STORAGE_URL", "memory://celery-shards-one")
+    store = by_url("memory://celery-shards-one")
+    store.seed(generate(100, now=NOW, seed=3))
+    app = Celery("wr_one_shard", broker=redis_service.url, backend=redis_service.url, set_as_current=False)
+    result = run_retention(broker_url=redis_service.url, app=app, shards=4)
+    assert result["status"] == "purged" and result["counts"]["runs"] > 0
+    assert get_store("celery-shards-one") is store.store
 
 
 def test_a_shard_whose_worker_process_is_sigkilled_resumes_from_its_cursor(
