@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workflow_retention.base import CensusJob
-from workflow_retention.report import Kind, age_bucket
+from workflow_retention.report import Kind
 
 from .client import Cql
 from .layout import OTHER_TABLES, SOURCES
@@ -13,14 +13,12 @@ CENSUS_PAGE = 1000
 
 
 def census(cql: Cql, job: CensusJob) -> None:
-    """Runs by status and age (of updated_at), and rows and estimated bytes per kind."""
+    """Runs by status and age (of updated_at) and the oldest terminal run, and rows and estimated bytes per kind."""
     counted = 0
     for page in cql.scan("scan_runs", CENSUS_PAGE):
         for row in page:
             ref = run_ref(row)
-            job.census.runs_by_status[ref.status or "unknown"] += 1
-            if ref.updated_at is not None:
-                job.census.runs_by_age[age_bucket((job.now - ref.updated_at).total_seconds() / 86400)] += 1
+            job.census.count_run(ref.status, ref.updated_at, job.now)
         job.census.count(Kind.RUNS, len(page))
         counted += len(page)
         job.progress("runs", counted)
