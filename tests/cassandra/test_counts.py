@@ -6,14 +6,25 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+import pytest
+
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids, snapshot
 from tests.harness.base import Item
 from tests.harness.cassandra import CassandraHarness
 from tests.scenario import CUTOFF, NOW, OLD, add_run
+from workflow_retention.backends.cassandra import purge as purge_module
 from workflow_retention.backends.cassandra.layout import SOURCES
 from workflow_retention.report import Kind
 
 KIND_OF_TABLE = {"runs": Kind.RUNS, **{s.table: s.kind for s in SOURCES}}
+
+
+@pytest.fixture(autouse=True, params=["own_ids_in_memory", "own_ids_from_markers"])
+def own_ids(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test twice: the checkpoint pass with the purge's committed runs in memory, and past OWN_IDS
+    (then it reads the markers)."""
+    if request.param == "own_ids_from_markers":
+        monkeypatch.setattr(purge_module, "OWN_IDS", 0)
 
 
 def kinds(items: list[Item]) -> Counter:
@@ -82,3 +93,19 @@ def test_a_purged_run_whose_id_extends_a_live_one_takes_its_checkpoints_with_it(
     assert report.counts[Kind.CHECKPOINTS] == dry.counts[Kind.CHECKPOINTS] == 2
     assert_no_orphans(items)
     assert h.retention().sweep_orphans(grace=timedelta(0)).total == 0
+
+
+def test_a_live_run_whose_id_extends_a_purged_one_keeps_its_checkpoints(cassandra_harness: CassandraHarness) -> None:
+    """``run_a:b:step`` belongs to the live ``run_a:b``, not to the purged ``run_a``: it stays."""
+    h, pw = cassandra_harness, cassandra_harness.pyworkflow()
+    h.run(add_run(pw, "run_a", "completed", OLD))
+    h.run(add_run(pw, "run_a:b", "running", OLD))
+    kept = items_of(h.inventory(), {"run_a:b"})
+    dry = h.retention().delete_old_runs(CUTOFF, dry_run=True)
+    report = h.retention().delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert run_ids(items) == {"run_a:b"}
+    assert items_of(items, {"run_a:b"}) == kept
+    assert {i.key for i in items if i.kind == "checkpoints"} == {"run_a:b:step_charge_a:b", "run_a:b:step_charge_a:b_b"}
+    assert report.counts[Kind.CHECKPOINTS] == dry.counts[Kind.CHECKPOINTS] == 2
+    assert_no_orphans(items)

@@ -5,6 +5,8 @@ Soft-deleted schedules and stream data are :mod:`.streams`'s; the backend runs i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
     Plan,
@@ -27,6 +29,9 @@ from .versioned import Versioned, stamp
 
 #: Checkpoint deletes per UNLOGGED batch (one partition each).
 CHECKPOINTS_PER_BATCH = 20
+#: Run ids this purge committed (or finished for an earlier purge) kept in memory for the checkpoint pass
+#: (about 5 MB); past that, the pass reads the markers instead.
+OWN_IDS = 50_000
 
 
 class Purge:
@@ -39,6 +44,9 @@ class Purge:
         self.cascade = Cascade(cql, job.report, job.dry_run)
         self.records = Versioned(cql, "records_in", "delete_run", "restore_run", RECORD_COLUMNS)
         self.cascaded = 0  # runs this purge cascaded (in a dry run: would cascade)
+        #: The runs this purge committed and cascaded (and those it finished for earlier purges), while at
+        #: most OWN_IDS; None past that (the checkpoint pass then reads the markers).
+        self.own: set[str] | None = set()
 
     def run(self) -> None:
         self.markers.open(create=not self.job.dry_run)
@@ -69,6 +77,7 @@ class Purge:
                 self.job.boundary([k.run_id for k in committed])
                 self.cascade.run(committed)
                 self.cascaded += len(committed)
+                self._own(k.run_id for k in committed)
 
     # -- runs: a paged token scan of workflow_runs, then one plan per batch ------------------
 
@@ -131,7 +140,14 @@ class Purge:
         self.cascaded += len(gone)
         late = self._put_back(deleted, "the data its purge had read was deleted")
         self.report.add(Kind.RUNS, len(set(deleted) - late))
+        self._own(r.run_id for r in gone if r.run_id not in late)
         return kept | late
+
+    def _own(self, run_ids: Iterable[str]) -> None:
+        if self.own is not None:
+            self.own.update(run_ids)
+            if len(self.own) > OWN_IDS:
+                self.own = None
 
     def _delete_records(self, runs: list[RunRef]) -> tuple[list[RunRef], set[str], dict[str, tuple[Row, int]]]:
         """The commit point: delete each record only in the version that was planned (:mod:`.versioned`).
@@ -189,12 +205,22 @@ class Purge:
                             ) -> tuple[dict[str, str], set[str]]:
         """Checkpoint key -> owner for the keys whose owner this purge committed (or, dry, would delete).
 
-        Also returns the marked runs among the keys' prefixes (``marked``: already known).
+        Also returns the marked runs among the keys' prefixes (``marked``: already known). The committed
+        runs are this purge's own (held in memory up to OWN_IDS) or, past that, those its markers (and
+        those of the earlier purges it finished) name; either way a committed owner's record must be
+        gone when this reads it. Only prefixes at least as long as a key's shortest marked one can own
+        it, so only those are read.
         """
         prefixes = {p for key in rows for p in key_prefixes(key)}
-        refs = self.reader.refs(prefixes)
-        if marked is None:
-            marked = self.markers.marked(prefixes - set(refs))
+        if self.job.dry_run:
+            refs = self.reader.refs(prefixes)
+            if marked is None:
+                marked = self.markers.marked(prefixes - set(refs))
+        else:
+            if marked is None:
+                marked = prefixes & self.own if self.own is not None else self.markers.marked(prefixes)
+            rows = {key: row for key, row in rows.items() if any(p in marked for p in key_prefixes(key))}
+            refs = self.reader.refs({p for key in rows for p in _from_shortest_marked(key, marked)})
         committed = marked - set(refs)  # marked and gone
         named = set(refs) | committed
         owners = key_owners(rows, lambda ids: named & ids)
@@ -202,3 +228,10 @@ class Purge:
         if self.job.dry_run:
             goes |= self.reader.deletable(refs[o] for o in set(owners.values()) if o in refs)
         return {key: owner for key, owner in owners.items() if owner in goes}, marked
+
+
+def _from_shortest_marked(key: str, marked: set[str]) -> list[str]:
+    """The prefixes of ``key`` that can own it once one is committed: from its shortest marked prefix on."""
+    prefixes = key_prefixes(key)
+    first = next((n for n, p in enumerate(prefixes) if p in marked), len(prefixes))
+    return prefixes[first:]
