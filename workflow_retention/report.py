@@ -164,6 +164,10 @@ class Census:
         """One run record: counted by status (``(none)`` when it has none) and by the age of its ``updated_at``
         (not when it cannot be read: the purge preview reports such a run); the oldest terminal one is kept."""
         self.runs_by_status[status or "(none)"] += 1
+        self.count_age(status, updated_at, now)
+
+    def count_age(self, status: str | None, updated_at: datetime | None, now: datetime) -> None:
+        """The age half of :meth:`count_run`, for stores that count runs by status on their own."""
         if updated_at is None:
             return
         self.runs_by_age[age_bucket((now - updated_at).total_seconds() / 86400)] += 1

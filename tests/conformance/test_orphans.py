@@ -86,6 +86,8 @@ def test_audit_describes_without_changing(backend: Harness, scenario: Scenario) 
     assert snapshot(backend.inventory()) == before
     assert sum(audit.census.runs_by_status.values()) == len(scenario.all_runs)
     assert audit.census.runs_by_status["completed"] >= 5
+    # The oldest terminal run (the live runs are older still), and how far retention is behind the cutoff.
+    assert audit.census.oldest_terminal == OLD and audit.census.lag(CUTOFF) == CUTOFF - OLD
     assert audit.purge is not None and audit.purge.dry_run
     assert audit.purge.runs == len(scenario.deleted) and audit.purge.held == len(scenario.held)
     assert audit.orphans.dry_run and audit.orphans.total == (1 if backend.orphan_kinds else 0)

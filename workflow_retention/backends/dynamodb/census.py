@@ -4,7 +4,7 @@ paged Scan."""
 from __future__ import annotations
 
 from workflow_retention.base import CensusJob
-from workflow_retention.report import Kind, age_bucket
+from workflow_retention.report import Kind
 
 from .client import SCAN_PAGE, Table
 from .layout import classify, item_size, text
@@ -20,10 +20,7 @@ def census(table: Table, job: CensusJob) -> None:
                 continue
             job.census.count(kind, 1, item_size(item))
             if kind == Kind.RUNS:
-                job.census.runs_by_status[text(item, "status") or "?"] += 1
-                updated_at = run_ref(item).updated_at
-                if updated_at is not None:  # unreadable: the purge preview reports the run
-                    job.census.runs_by_age[age_bucket((job.now - updated_at).total_seconds() / 86400)] += 1
+                job.census.count_run(text(item, "status"), run_ref(item).updated_at, job.now)
                 if "GSI3PK" in item:
                     job.census.count(Kind.IDEMPOTENCY_KEYS, 1, item_size({"GSI3PK": item["GSI3PK"]}))
         seen += len(page)

@@ -10,8 +10,6 @@ from workflow_retention.backends.sql import markers
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.layout import CENSUS_TABLES, MARKERS
 from workflow_retention.base import CensusJob
-from workflow_retention.planning import TERMINAL_STATUSES
-from workflow_retention.report import age_bucket
 from workflow_retention.timeutil import parse_timestamp
 
 log = logging.getLogger("workflow_retention.sql")
@@ -63,10 +61,7 @@ def _ages(client: Client, job: CensusJob) -> None:
                 updated_at = parse_timestamp(row.updated_at)
             except ValueError:
                 continue  # an unreadable updated_at: counted by status only (the purge preview reports it)
-            job.census.runs_by_age[age_bucket((job.now - updated_at).total_seconds() / 86400)] += 1
-            oldest = job.census.oldest_terminal
-            if row.status in TERMINAL_STATUSES and (oldest is None or updated_at < oldest):
-                job.census.oldest_terminal = updated_at
+            job.census.count_age(row.status, updated_at, job.now)
         seen += len(rows)
         job.progress("runs_by_age", seen)
         if len(rows) < AGE_PAGE:
