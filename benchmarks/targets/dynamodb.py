@@ -278,3 +278,99 @@ def cleanup(url: str) -> None:
         backend.table.client.delete_table(TableName=backend.table_name)
     finally:
         backend.close()
+
+
+# -- where a purge's time goes: ``python -m benchmarks.targets.dynamodb profile N [--workers W]`` ---------
+
+
+def profile(n: int, workers: int) -> None:
+    """Seed ``bench_runs(n, now)``, purge it with ours through a client that times every request, and print
+    per request type: calls, seconds spent waiting and DynamoDB Local's CPU (``server_pids``) meanwhile.
+
+    With ``--workers 1`` the requests do not overlap, so each one's server CPU is its own (other users of the
+    same DynamoDB Local still count).
+    """
+    import threading
+    import time
+    from collections import defaultdict
+    from datetime import UTC
+
+    import boto3
+    from botocore.config import Config
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    url = prepare(n, "profile", now)
+    pids = server_pids()
+
+    def cpu() -> float:
+        total = 0
+        for pid in pids:
+            text = Path(f"/proc/{pid}/stat").read_text()
+            fields = text[text.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    stats: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    lock = threading.Lock()
+    table, region, endpoint = _parts(url)
+    real = boto3.client("dynamodb", endpoint_url=endpoint, region_name=region,
+                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                                      max_pool_connections=workers + 4))
+
+    def what(op: str, params: dict[str, Any]) -> str:
+        if op == "execute_statement":
+            return f"{op} {params['Statement'].split(' WHERE ')[0].split(' FROM ')[-1].replace(table, 'T')}"
+        if op == "query":
+            values = list(params.get("ExpressionAttributeValues", {}).values())
+            return f"{op} {params.get('IndexName') or 'table'} {values[0]['S'].split('#')[0] if values else ''}"
+        if op == "batch_write_item":
+            request = next(iter(params["RequestItems"].values()))[0]
+            kind = next(iter(request))
+            body = request[kind].get("Key") or request[kind].get("Item")
+            return f"{op} {kind} {'markers' if body['PK']['S'].startswith('RETENTION#') else 'items'}"
+        return op
+
+    class Timed:
+        def __init__(self) -> None:
+            self.meta, self.exceptions = real.meta, real.exceptions
+
+        def __getattr__(self, op: str) -> Any:
+            fn = getattr(real, op)
+            if not callable(fn):
+                return fn
+
+            def call(**params: Any) -> Any:
+                started, server = time.perf_counter(), cpu()
+                try:
+                    return fn(**params)
+                finally:
+                    with lock:
+                        row = stats[what(op, params)]
+                        row[0] += 1
+                        row[1] += time.perf_counter() - started
+                        row[2] += cpu() - server
+            return call
+
+    backend = DynamoDBBackend(table, region=region, endpoint_url=endpoint, client=Timed(), workers=workers)
+    started, client_cpu, server = time.perf_counter(), time.process_time(), cpu()
+    try:
+        report = backend.delete_old_runs(now - timedelta(days=CUTOFF_DAYS))
+        print(f"N={n} workers={workers}: {report.runs} runs in {time.perf_counter() - started:.2f}s, client CPU "
+              f"{time.process_time() - client_cpu:.2f}s, server CPU {cpu() - server:.2f}s")
+        print("| requests | request | seconds waited | server CPU s |\n|---|---|---|---|")
+        for name, (calls, waited, spent) in sorted(stats.items(), key=lambda kv: -kv[1][2]):
+            print(f"| {calls:.0f} | {name} | {waited:.2f} | {spent:.2f} |")
+    finally:
+        backend.close()
+        cleanup(url)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Where a DynamoDB purge's time goes (see profile()).")
+    parser.add_argument("command", choices=["profile"])
+    parser.add_argument("n", type=int)
+    parser.add_argument("--workers", type=int, default=8)
+    arguments = parser.parse_args()
+    profile(arguments.n, arguments.workers)

@@ -85,9 +85,10 @@ class DynamoDBBackend(StorageBackend):
         The URL the backend was built from, shown (redacted) in logs and reports.
 
     Consistency: run records (and, in the Scan's checkpoint join, markers) are read with strongly consistent
-    BatchGetItem; Queries and Scans use DynamoDB's default eventually consistent reads (indexes offer nothing
-    else). A run is committed only by its conditional delete, and an orphan is deleted only after a
-    consistent read finds its run gone; an item a read missed is left for the next purge or orphan sweep.
+    BatchGetItem, and a purged run's partition with a strongly consistent PartiQL read; reads of the indexes
+    (GSI1, GSI4) and Scans are eventually consistent (indexes offer nothing else). A run is committed only by
+    its conditional delete, and an orphan is deleted only after a consistent read finds its run gone; an item
+    a read missed is left for the next purge or orphan sweep.
 
     Errors: :class:`ConfigurationError` for a malformed URL, credentials in it, an unknown parameter or a
     value out of range (naming the option and its range), before anything connects;
