@@ -83,6 +83,18 @@ def _pk(t: Types, name: str, type_: TypeEngine, *args: Any) -> Column:
     return Column(name, type_, *args, primary_key=True, nullable=t.loose_pk, autoincrement=False)
 
 
+def _execution_columns(t: Types) -> list[Column]:
+    """The column run that ``workflow_runs`` and ``steps`` share, in pyworkflow's order (new objects per call)."""
+    return [
+        Column("started_at", t.ts),
+        Column("completed_at", t.ts),
+        Column("input_args", t.long, nullable=False, server_default=_d(t, "[]")),
+        Column("input_kwargs", t.long, nullable=False, server_default=_d(t, "{}")),
+        Column("result", t.long),
+        Column("error", t.long),
+    ]
+
+
 def build_metadata(t: Types) -> MetaData:
     md = MetaData()
     now: dict[str, Any] = {"server_default": text("NOW()")} if t.now_default else {}
@@ -93,12 +105,7 @@ def build_metadata(t: Types) -> MetaData:
         Column("status", t.status, nullable=False),
         Column("created_at", t.ts, nullable=False),
         Column("updated_at", t.ts, nullable=False),
-        Column("started_at", t.ts),
-        Column("completed_at", t.ts),
-        Column("input_args", t.long, nullable=False, server_default=_d(t, "[]")),
-        Column("input_kwargs", t.long, nullable=False, server_default=_d(t, "{}")),
-        Column("result", t.long),
-        Column("error", t.long),
+        *_execution_columns(t),
         Column("idempotency_key", t.name),
         Column("max_duration", t.name),
         Column("metadata", t.long, server_default=_d(t, "{}")),
@@ -145,12 +152,7 @@ def build_metadata(t: Types) -> MetaData:
         Column("step_name", t.name, nullable=False),
         Column("status", t.status, nullable=False),
         Column("created_at", t.ts, nullable=False),
-        Column("started_at", t.ts),
-        Column("completed_at", t.ts),
-        Column("input_args", t.long, nullable=False, server_default=_d(t, "[]")),
-        Column("input_kwargs", t.long, nullable=False, server_default=_d(t, "{}")),
-        Column("result", t.long),
-        Column("error", t.long),
+        *_execution_columns(t),
         Column("retry_count", Integer, server_default=text("0")),
         **MYSQL_OPTIONS,
     )
