@@ -91,23 +91,27 @@ def event_of(run_id: str, kind: str = "step.started", **data: Any) -> Any:
 
 
 class WriteClock:
-    """The duration of every write transaction of a retention backend (BEGIN to COMMIT/ROLLBACK)."""
+    """The duration of every write transaction of a retention backend (BEGIN to COMMIT/ROLLBACK): wall
+    clock (``durations``) and the CPU time of the thread that ran it (``cpu``; on SQLite the whole
+    transaction's work, as the database runs in that thread; on a server only the client's share)."""
 
     def __init__(self, backend: Any) -> None:
         self.durations: list[float] = []
-        self._open: dict[int, float] = {}
+        self.cpu: list[float] = []
+        self._open: dict[int, tuple[float, float]] = {}
         writes = backend.dialect.write_options()
         engine = backend.engine
 
         def begin(conn: Any) -> None:
             options = conn.get_execution_options()
             if all(options.get(k) == v for k, v in writes.items()):
-                self._open[id(conn)] = time.perf_counter()
+                self._open[id(conn)] = (time.perf_counter(), time.thread_time())
 
         def end(conn: Any) -> None:
             started = self._open.pop(id(conn), None)
             if started is not None:
-                self.durations.append(time.perf_counter() - started)
+                self.durations.append(time.perf_counter() - started[0])
+                self.cpu.append(time.thread_time() - started[1])
 
         event.listen(engine, "begin", begin)
         event.listen(engine, "commit", end)
