@@ -12,8 +12,13 @@ from workflow_retention.seed import generate
 
 
 def purge_profile(service: Service, n: int) -> dict[str, float]:
-    """Seed ``n`` runs into a fresh table, purge with batches of 50; peak traced memory and calls per run."""
+    """Seed ``n`` runs into a fresh table, purge with batches of 50 and Scan pages of 100 items (so that both
+    stores fill every page: with 1,000-item pages the smaller store's pages are partly empty, and the peak
+    grew with N until they filled); peak traced memory and calls per run."""
+    from workflow_retention.backends.dynamodb import purge
+
     h = DynamoDBHarness(service.url)
+    purge.SCAN_PAGE, page = 100, purge.SCAN_PAGE
     try:
         h.retention(batch_size=500).seed(generate(n, now=NOW, seed=3))
         backend = h.retention(batch_size=50)
@@ -26,6 +31,7 @@ def purge_profile(service: Service, n: int) -> dict[str, float]:
             tracemalloc.stop()
         return {"runs": report.runs, "peak": peak, "calls_per_run": backend.table.capacity.calls / report.runs}
     finally:
+        purge.SCAN_PAGE = page
         h.close()
 
 
