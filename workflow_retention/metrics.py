@@ -176,6 +176,12 @@ def retention_lag(now: datetime, retention_days: int | None, clean_at: datetime 
         bound = max(0.0, (now - clean_at).total_seconds())
         basis = "since the store last held no expired run"
         return Lag(bound, basis + ("; the last audit found expired runs" if behind else ""))
+    if behind and audit and retention_days and (oldest_at := _when(audit.get("oldest_terminal"))) is not None:
+        # The census read every run: the oldest terminal one gives the lag exactly (as of the audit; it grows
+        # with the time since), held and unreadable runs included.
+        cutoff = now - timedelta(days=retention_days)
+        return Lag(max(0.0, (cutoff - oldest_at).total_seconds()),
+                   "expired runs present; the oldest terminal run, read by the last audit")
     if behind and audit and retention_days:
         oldest = next((name for name in reversed(AGE_BUCKETS) if audit.get("runs_by_age", {}).get(name)), None)
         limit = AGE_BUCKETS.get(oldest, float("inf")) if oldest else float("inf")
@@ -215,6 +221,7 @@ def audit_snapshot(report: AuditReport, retention_days: int | None, *, complete:
         "bytes_estimated": report.census.bytes_estimated,
         "runs_by_status": dict(sorted(report.census.runs_by_status.items())),
         "runs_by_age": report.census.to_dict()["runs_by_age"],
+        "oldest_terminal": report.census.oldest_terminal.isoformat() if report.census.oldest_terminal else None,
         "expired_runs": preview.runs if preview is not None else None,
         "expired_held": preview.held if preview is not None else None,
         "clean_at": clean_at,

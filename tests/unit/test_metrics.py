@@ -138,6 +138,14 @@ def test_an_audit_that_found_expired_runs_and_no_purge_bounds_the_lag_by_its_old
     assert metrics.retention_lag(NOW, 30, None, None).seconds is None
 
 
+def test_an_audit_that_read_the_oldest_terminal_run_gives_the_lag_exactly() -> None:
+    audit = {"generated_at": (NOW - timedelta(hours=1)).isoformat(), "complete": True, "expired_runs": 4,
+             "runs_by_age": {"30-90d": 4}, "oldest_terminal": (NOW - timedelta(days=40)).isoformat()}
+    lag = metrics.retention_lag(NOW, 30, None, audit)
+    assert lag.seconds == 10 * 86400 and "oldest terminal run" in lag.basis
+    assert metrics.retention_lag(NOW, 60, None, audit).seconds == 0  # not older than that cutoff
+
+
 def test_an_incomplete_audit_never_claims_the_store_is_clean() -> None:
     audit = {"generated_at": NOW.isoformat(), "complete": False, "expired_runs": 0, "clean_at": NOW.isoformat()}
     assert metrics.retention_lag(NOW, 30, None, audit).seconds is None
