@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from workflow_retention import values
-from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url
@@ -21,8 +21,10 @@ from . import seed
 from .census import census
 from .client import Cql, driver
 from .layout import MARKER_STATEMENTS, MARKER_TABLE, STATEMENTS
+from .markers import Markers
 from .orphans import OrphanSweep
 from .purge import Purge
+from .ring import token_shards
 from .streams import StreamSweep
 
 log = logging.getLogger("workflow_retention.cassandra")
@@ -211,7 +213,8 @@ class CassandraBackend(StorageBackend):
     """
 
     name = "cassandra"
-    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
+                              Capability.SHARDS})
     #: Each batch waits on a few rounds of concurrent requests: bigger batches keep the cluster busier.
     default_batch_size = 1000
 
@@ -291,11 +294,24 @@ class CassandraBackend(StorageBackend):
 
     # -- the operations -------------------------------------------------------------------
 
+    def _shards(self, n: int) -> list[Shard]:
+        """``n`` contiguous token ranges of the driver's token map (:mod:`.ring`): no run is read.
+
+        Plans a real purge (a sharded dry run is one whole-store dry run), so it also creates the purge
+        markers' table if missing: here, once, and not by the shards at the same time (concurrent
+        ``CREATE TABLE IF NOT EXISTS`` on one table is a schema conflict on Cassandra 2.1).
+        """
+        self.cql.require_keyspace()
+        Markers(self.cql).open(create=True)
+        low, high = self.cql.token_space
+        return token_shards(self.cql.ring(), low, high, n)
+
     def _purge(self, job: PurgeJob) -> None:
         self.cql.require_keyspace()
         before = self.cql.summary()
         Purge(self.cql, job).run()
-        StreamSweep(self.cql, job).run()
+        if not job.partial:  # a shard of several purges runs only; the final pass sweeps the rest
+            StreamSweep(self.cql, job).run()
         self._log_statements("purge", before)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:

@@ -22,6 +22,7 @@ from workflow_retention.exceptions import BackendUnavailableError, RetentionErro
 from workflow_retention.planning import chunked
 
 from .layout import STATEMENTS, WRITES, Row
+from .ring import TOKEN_SPACES
 
 if TYPE_CHECKING:
     from .backend import CassandraSettings
@@ -35,7 +36,6 @@ IN_CHUNK = 50
 IN_FETCH = 2000
 #: Statements per UNLOGGED batch (:func:`packed`): a few runs' deletes per request.
 BATCH_STATEMENTS = 32
-MIN_TOKENS = {"Murmur3Partitioner": -(2**63), "RandomPartitioner": -1}
 
 
 def driver() -> ModuleType:
@@ -134,11 +134,31 @@ class Cql:
 
     @property
     def min_token(self) -> int:
+        return self.token_space[0]
+
+    @property
+    def token_space(self) -> tuple[int, int]:
+        """The partitioner's tokens ``(minimum, maximum]``: every partition's token lies in it."""
         partitioner = (self.cluster.metadata.partitioner or "").rsplit(".", 1)[-1]
-        if partitioner not in MIN_TOKENS:
-            raise StorageError(f"token range scans support {', '.join(MIN_TOKENS)}; "
+        if partitioner not in TOKEN_SPACES:
+            raise StorageError(f"token range scans support {', '.join(TOKEN_SPACES)}; "
                                f"this cluster uses {partitioner or 'an unknown partitioner'}")
-        return MIN_TOKENS[partitioner]
+        return TOKEN_SPACES[partitioner]
+
+    def token_of(self, key: str) -> int:
+        """The partitioner's token of a text partition key, computed by the driver (its token map's class)."""
+        token_map = self.cluster.metadata.token_map
+        if token_map is None:
+            raise StorageError("the driver has no token map of the cluster: cannot place a key in a token range")
+        return int(token_map.token_class.from_key(key.encode("utf-8")).value)
+
+    def ring(self) -> list[int]:
+        """The tokens of the driver's token map (``cluster.metadata.token_map.ring``), as integers."""
+        token_map = self.cluster.metadata.token_map
+        if token_map is None:
+            raise StorageError("the driver has no token map of the cluster (token metadata disabled?): "
+                               "cannot plan token-range shards")
+        return [int(token.value) for token in token_map.ring]
 
     # -- statements ------------------------------------------------------------------
 

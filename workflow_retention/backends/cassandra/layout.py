@@ -139,6 +139,9 @@ OTHER_TABLES = [("schedules", "schedule_id", "schedules"), ("streams", "stream_i
 STATEMENTS: dict[str, str] = {
     # -- the purge: discovery and planning ------------------------------------------------
     "scan_runs": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE token(run_id) > ?",
+    # one token range (a shard, or the whole ring), in token order; the token is the shard's cursor
+    "scan_runs_range": f"SELECT {RUN_COLUMNS}, token(run_id) AS run_token FROM workflow_runs "
+                       "WHERE token(run_id) > ? AND token(run_id) <= ?",
     "runs_in": f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE run_id IN ?",
     "children_in": "SELECT parent_run_id, run_id FROM runs_by_parent WHERE parent_run_id IN ?",
     # -- the purge: the commit (children first), after the run's marker is written: the record is

@@ -24,6 +24,7 @@ from .cascade import Cascade
 from .client import Cql, packed
 from .layout import RECORD_COLUMNS, Row
 from .markers import Markers
+from .ring import resume_token, shard_range
 from .runs import RunReader, run_ref
 from .versioned import Versioned, stamp
 
@@ -50,6 +51,13 @@ class Purge:
 
     def run(self) -> None:
         self.markers.open(create=not self.job.dry_run)
+        if self.job.partial:
+            # A shard of several: its token range only. The other shards of its plan write their markers
+            # meanwhile, so earlier markers (resume, drop) and the checkpoint pass (one token scan of the
+            # whole table) are the final pass's: it is alone, finishes every shard's cascades from their
+            # markers and deletes their checkpoints in one scan (docs/backends/cassandra.md, "Shards").
+            self.purge_runs()
+            return
         self.resume()
         self.purge_runs()
         self.purge_checkpoints()
@@ -82,14 +90,28 @@ class Purge:
     # -- runs: a paged token scan of workflow_runs, then one plan per batch ------------------
 
     def purge_runs(self) -> None:
-        size, pending = self.job.batch_size, []
-        for page in self.cql.scan("scan_runs", size):
-            pending += [ref for ref in map(run_ref, page) if ref.candidate(self.job.cutoff)]
+        """Page the shard's token range (the whole ring for the whole store) in token order, after the cursor.
+
+        After each finished batch the token of its last candidate is the cursor (``job.finished``): a purge
+        given it as ``resume_after`` scans ``token(run_id) > cursor`` and redoes none of those batches.
+        """
+        size = self.job.batch_size
+        low, high = self.cql.token_space
+        first, last = shard_range(self.job.shard, low, high)
+        start = resume_token(self.job.resume_after, first, last)
+        pending: list[tuple[RunRef, int]] = []
+        for page in self.cql.pages("scan_runs_range", (start, last), size):
+            pending += [(ref, row.run_token) for ref, row in ((run_ref(row), row) for row in page)
+                        if ref.candidate(self.job.cutoff)]
             while len(pending) >= size:
-                self._batch(pending[:size])
+                self._finish(pending[:size])
                 pending = pending[size:]
         if pending:
-            self._batch(pending)
+            self._finish(pending)
+
+    def _finish(self, batch: list[tuple[RunRef, int]]) -> None:
+        self._batch([ref for ref, _ in batch])
+        self.job.finished(str(batch[-1][1]))
 
     def _batch(self, candidates: list[RunRef]) -> None:
         # Pages are read ahead of the batches: a candidate may have gone since (with its parent's plan).
@@ -101,9 +123,33 @@ class Purge:
                                                                "read (outside the datetime range)")
             else:
                 page.append(ref)
-        plan = plan_page(page, self.job.cutoff, self.report, self.reader.refs, self.reader.children_of)
+        parents: dict[str, RunRef] = {}
+
+        def parents_of(ids: set[str]) -> dict[str, RunRef]:
+            parents.update(found := self.reader.refs(ids))
+            return found
+
+        plan = plan_page(page, self.job.cutoff, self.report, parents_of, self.reader.children_of)
+        if plan is not None and self.job.partial:
+            plan = self._own_families(plan, parents)
         if plan is not None:
             self._delete_plan(plan)
+
+    def _own_families(self, plan: Plan, parents: dict[str, RunRef]) -> Plan | None:
+        """A shard's plan without the roots whose (not eligible) parent lies in another shard's range.
+
+        Those are the final pass's. Were this shard to plan such a run, and the other shard had read the
+        parent eligible just before an engine write changed it, both would plan and count the run; the
+        final pass plans it alone. A root with no parent, or a parent in this shard, is this shard's.
+        """
+        first, last = shard_range(self.job.shard, *self.cql.token_space)
+        foreign = set()
+        for root in plan.roots:
+            parent = plan.nodes[root].parent_run_id
+            if parent and parent in parents and not first < self.cql.token_of(parent) <= last:
+                foreign.add(root)
+        plan.forget(foreign)
+        return plan if plan.roots else None
 
     def _delete_plan(self, plan: Plan) -> None:
         """Mark the deletable runs, then commit them children first, each wave's cascade right after it."""
