@@ -10,11 +10,20 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from workflow_retention import values
-from workflow_retention.base import DEFAULT_BATCH_SIZE, Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import (
+    DEFAULT_BATCH_SIZE,
+    Capability,
+    CensusJob,
+    OrphanJob,
+    PurgeJob,
+    Shard,
+    StorageBackend,
+)
 from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import split_url
 
+from . import segments
 from .census import census
 from .client import Table, connect, default_region
 from .layout import KEY_SCHEMA, REQUIRED_INDEXES
@@ -100,7 +109,8 @@ class DynamoDBBackend(StorageBackend):
     """
 
     name = "dynamodb"
-    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
+    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
+                              Capability.SHARDS})
 
     def __init__(self, table: str = "pyworkflow", *, region: str | None = None, endpoint_url: str | None = None,
                  max_wcu_per_second: float | str | None = None,
@@ -193,9 +203,19 @@ class DynamoDBBackend(StorageBackend):
 
     # -- the operations -----------------------------------------------------------------
 
+    def _shards(self, n: int) -> list[Shard]:
+        """``n`` parallel Scan segments of GSI1 (``Segment=i, TotalSegments=n``): nothing is read to plan them."""
+        return segments.plan(n)
+
     def _purge(self, job: PurgeJob) -> None:
+        if job.partial:
+            segments.segment_of(job.shard)
+        elif job.resume_after is not None:
+            raise ConfigurationError("resume_after is a shard's cursor: a whole-store DynamoDB purge reports none "
+                                     "and cannot resume from one")
         self._verify()
-        self._logged(Purge(self.table, job).run, "purge")
+        with self.table.share_of_cap(job.shard.count):
+            self._logged(Purge(self.table, job).run, "purge")
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self._verify()

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -158,6 +159,23 @@ class Table:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dynamodb-retention") \
             if workers > 1 else None
         self.segments = workers
+
+    @contextmanager
+    def share_of_cap(self, parts: int) -> Iterator[None]:
+        """Pace at ``1/parts`` of ``max_wcu_per_second`` while the block runs (one shard of ``parts``).
+
+        The cap is per store: ``parts`` shards of one plan purging side by side, each on its share, spend at
+        most the cap together. Without a cap, or with ``parts == 1``, nothing changes.
+        """
+        if self.limiter is None or parts <= 1:
+            yield
+            return
+        whole = self.limiter.rate
+        self.limiter.rate = whole / parts
+        try:
+            yield
+        finally:
+            self.limiter.rate = whole
 
     def deadline(self, what: str) -> Deadline:
         return Deadline(self.deadline_s, what, self.clock, self.sleep,

@@ -82,6 +82,19 @@ def scan_prefixes(prefixes: tuple[str, ...], fields: tuple[str, ...] = (), limit
                          ProjectionExpression=", ".join(req.name(f) for f in fields) or None), "Limit": limit}
 
 
+def scan_equal(attribute: str, value: str, *, index: str | None = None, fields: tuple[str, ...] = (),
+               limit: int | None = None) -> dict[str, Any]:
+    """Parameters of a Scan (of the table, or of ``index``) keeping items whose ``attribute`` equals ``value``."""
+    req = Request()
+    params = req.params(FilterExpression=f"{req.name(attribute)} = {req.value(value)}",
+                        ProjectionExpression=", ".join(req.name(f) for f in fields) or None)
+    if index:
+        params["IndexName"] = index
+    if limit:
+        params["Limit"] = limit
+    return params
+
+
 def condition(equal: dict[str, str]) -> dict[str, Any]:
     """A ConditionExpression: the item exists and each attribute holds the given string."""
     req = Request()

@@ -32,7 +32,7 @@ from workflow_retention.planning import (
 )
 from workflow_retention.report import Kind
 
-from . import expr
+from . import expr, segments
 from .client import IN_VALUES, SCAN_PAGE, Table
 from .layout import (
     COUNTER_SK,
@@ -111,6 +111,10 @@ class Purge:
         self.pending: tuple[Future[None], tuple[float, float, int] | None] | None = None
 
     def run(self) -> None:
+        """The purge: a shard's (:meth:`run_shard`), or the whole store's with its Scan and schedule sweep."""
+        if self.job.partial:
+            self.run_shard()
+            return
         try:
             self.resume()
             for page in chunked(self.expired_runs(), self.job.batch_size):
@@ -126,6 +130,52 @@ class Purge:
         if not self.dry:
             self.markers.drop_own()
         ScheduleSweep(self.table, self.job).run()
+
+    def run_shard(self) -> None:
+        """A shard of several: its Scan segment of GSI1, one batch per page, the cursor after each.
+
+        Each page (``Limit`` = the batch size) is screened, planned, committed and cascaded by the same code as
+        a whole-store purge's batch; its bulk deletes are waited for, then ``job.finished`` gets the page's
+        ``LastEvaluatedKey``. What a shard leaves to the final pass (a whole-store purge run after every shard):
+        the markers of its committed runs, whose checkpoints only a Scan of the whole table can find (the final
+        pass's :meth:`resume` claims them, finds their cascade done, and its one Scan deletes their checkpoints),
+        the schedule and stream sweeps, and every parent it kept. No marker is claimed or dropped here: other
+        shards of the plan may be between their commits and their cascades.
+        """
+        try:
+            for page, cursor in self.segment_pages():
+                self.batch(page)
+                self.settle()
+                self.job.finished(cursor)
+        except BaseException:
+            self.settle(quiet=True)
+            raise
+        finally:
+            self.background.shutdown(wait=True)
+
+    def segment_pages(self) -> Iterator[tuple[list[RunRef], str]]:
+        """The shard's candidates, one Scan page of GSI1 (``GSI1PK = RUNS``) at a time, with the cursor after it.
+
+        Every run record in the segment is read (the Scan cannot range on GSI1SK); ``RunRef.candidate`` keeps the
+        expired ones and those to report, as the status ranges and gaps of :meth:`expired_runs` do together.
+        """
+        shard = self.job.shard
+        number, total = segments.segment_of(shard)
+        done, start = segments.start_of(shard, self.job.resume_after)
+        if done:
+            return
+        params = expr.scan_equal("GSI1PK", "RUNS", index=segments.INDEX, fields=RUN_FIELDS,
+                                 limit=self.job.batch_size)
+        params.update(Segment=number, TotalSegments=total)
+        while True:
+            if start:
+                params["ExclusiveStartKey"] = start
+            response = self.table.call("scan", **params)
+            start = response.get("LastEvaluatedKey") or None
+            refs = [ref for ref in map(run_ref, response.get("Items", [])) if ref.candidate(self.cutoff)]
+            yield refs, segments.cursor(shard, start)
+            if start is None:
+                return
 
     # -- the bulk deletes of committed runs, one step behind ---------------------------
 
