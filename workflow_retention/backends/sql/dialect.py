@@ -81,6 +81,10 @@ class Dialect:
     #: fire the engine's ON DELETE CASCADE: a heavy run's record is then deleted first (its commit point)
     #: and its rows in bounded transactions after; False: a heavy run goes in one transaction.
     can_defer_cascade: ClassVar[bool] = False
+    #: True when every batch's write transaction also runs :meth:`without_cascade` (the engine's foreign
+    #: keys neither checked nor cascaded): the batch deletes every child row explicitly, leaves before
+    #: parents, after the re-check under lock; see docs/backends/sql.md for why each dialect may.
+    batches_without_cascade: ClassVar[bool] = False
     #: True when a batch's whole cascade is one statement of data-modifying CTEs (see :meth:`id_array`).
     one_statement_cascade: ClassVar[bool] = False
 

@@ -321,12 +321,13 @@ class Purge:
         """The one write transaction of a batch that fits ``budget`` (:class:`TooHeavy`: it rolled back)."""
         self._transaction_budget = budget
         try:
+            cascade = not self.dialect.batches_without_cascade
             try:
-                return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
+                return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids), cascade)
             except NotOwned:  # a ':' id: the one-statement cascade met another run's checkpoint; redo
                 self._checkpoints_first = True
                 try:
-                    return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids))
+                    return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids), cascade)
                 finally:
                     self._checkpoints_first = False
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -11,13 +12,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sqlalchemy import ColumnElement, Engine, Integer, Select, Table, Text, TextClause, create_engine, event, text
+from sqlalchemy import ColumnElement, Engine, Integer, Select, Table, Text, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from workflow_retention.backends.sql.backend import SQLBackend, timeout
-from workflow_retention.backends.sql.dialect import Dialect, power_of_two
+from workflow_retention.backends.sql.dialect import Dialect
 from workflow_retention.backends.sql.layout import IsoText, Types
 from workflow_retention.base import Capability
 from workflow_retention.exceptions import ConfigurationError
@@ -35,8 +36,11 @@ class SQLiteDialect(Dialect):
                   flag=Integer(), long_default="'{0}'", now_default=False, streams_v5=False,
                   loose_pk=True)
     exact_time = False
-    checkpoint_chunk = 1000  # ids per checkpoint-key statement (a VALUES list, see checkpoint_keys)
+    #: Ids per statement: one JSON parameter whatever their number (see :meth:`among`).
+    id_chunk = 10_000
+    checkpoint_chunk = 10_000  # ids per checkpoint-key statement (one JSON parameter, see checkpoint_keys)
     can_defer_cascade = True
+    batches_without_cascade = True
     #: SQLite has one writer and no queue: a writer waiting on its busy timeout retries about every
     #: 100 ms (SQLite's default busy handler) and misses the milliseconds between two of our write
     #: transactions. So after holding the write lock for ``hold_s`` in all, a purge or sweep leaves
@@ -49,7 +53,8 @@ class SQLiteDialect(Dialect):
         self.path = path
         self.lock_timeout = lock_timeout
         self._held = 0.0  # seconds the write lock was held since the purge last yielded it
-        self._keys_sql: dict[int, TextClause] = {}
+        self._keys_sql = text("WITH r(id) AS (SELECT value FROM json_each(:ids)) SELECT c.step_run_id FROM r "
+                              "JOIN checkpoints c ON c.step_run_id >= r.id || ':' AND c.step_run_id < r.id || ';'")
 
     def create_engine(self) -> Engine:
         uri = f"file:{quote(self.path.as_posix())}?mode=rw"
@@ -130,17 +135,19 @@ class SQLiteDialect(Dialect):
     def lock(self, stmt: Select) -> Select:
         return stmt  # BEGIN IMMEDIATE already holds the database's write lock
 
+    def among(self, column: ColumnElement, values: Sequence[Any]) -> ColumnElement:
+        # ``column IN (SELECT value FROM json_each(?))``: one parameter and one statement text for any
+        # number of ids, so SQLite prepares it once (an IN list of n parameters is a new text, parsed
+        # and planned again, for every n). Only for text values, which JSON carries unchanged.
+        if not values or not all(isinstance(v, str) for v in values):
+            return super().among(column, values)
+        ids = func.json_each(json.dumps(list(values))).table_valued("value")
+        return column.in_(select(ids.c.value))
+
     def checkpoint_keys(self, checkpoints: Table, run_ids: Sequence[str]) -> tuple[Any, dict[str, Any]]:
-        # One primary-key range per id, joined from a VALUES list: planned once whatever the number of
-        # ids (an OR of hundreds of ranges costs SQLite's planner more than the scans themselves).
-        ids = list(run_ids) + [run_ids[-1]] * (power_of_two(len(run_ids)) - len(run_ids))
-        sql = self._keys_sql.get(len(ids))
-        if sql is None:
-            values = ", ".join(f"(:k{i})" for i in range(len(ids)))
-            sql = self._keys_sql[len(ids)] = text(
-                f"WITH r(id) AS (VALUES {values}) SELECT c.step_run_id FROM r JOIN checkpoints c "
-                "ON c.step_run_id >= r.id || ':' AND c.step_run_id < r.id || ';'")
-        return sql, {f"k{i}": run_id for i, run_id in enumerate(ids)}
+        # One primary-key range per id, joined from the ids' JSON array: planned once whatever the number
+        # of ids (an OR of hundreds of ranges costs SQLite's planner more than the scans themselves).
+        return self._keys_sql, {"ids": json.dumps(list(run_ids))}
 
 
 class SQLiteBackend(SQLBackend):
