@@ -1,0 +1,119 @@
+"""Token-range shards (issue 18): the plan from the token map, the paging of a shard, resuming from its cursor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conformance.checks import assert_no_orphans, run_ids
+from tests.harness.cassandra import CassandraHarness
+from tests.scenario import CUTOFF, OLD, add_run
+from workflow_retention.backends.cassandra.ring import TOKEN_SPACES, resume_token, shard_range, token_shards
+from workflow_retention.base import Capability, Shard
+from workflow_retention.exceptions import ConfigurationError, PurgeStopped
+
+LOW, HIGH = TOKEN_SPACES["Murmur3Partitioner"]
+
+
+def _covers(plan: list[Shard], low: int, high: int) -> None:
+    assert [s.index for s in plan] == list(range(len(plan))) and {s.count for s in plan} == {len(plan)}
+    ranges = [shard_range(s, low, high) for s in plan]
+    assert ranges[0][0] == low and ranges[-1][1] == high
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), "not contiguous"
+    assert all(first < last for first, last in ranges)
+
+
+def test_a_one_token_ring_is_cut_in_equal_parts() -> None:
+    plan = token_shards([1323709731561197568], LOW, HIGH, 4)
+    assert len(plan) == 4
+    _covers(plan, LOW, HIGH)
+
+
+def test_a_vnode_ring_is_cut_at_its_own_tokens_and_the_wrap_around_range_at_the_minimum() -> None:
+    ring = [LOW + (HIGH - LOW) * k // 257 + 12345 for k in range(1, 257)]
+    plan = token_shards(list(reversed(ring)), LOW, HIGH, 8)
+    assert len(plan) == 8
+    _covers(plan, LOW, HIGH)
+    cuts = [shard_range(s, LOW, HIGH)[1] for s in plan[:-1]]
+    assert set(cuts) <= set(ring)  # ring ranges are never split; the last shard ends at the maximum
+    sizes = [b - a for a, b in (shard_range(s, LOW, HIGH) for s in plan)]
+    assert max(sizes) < 2 * min(sizes)
+
+
+def test_bad_specs_and_cursors_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError):
+        shard_range(Shard(0, 2, {"hash": "sha256-32", "from": 0, "to": 5}), LOW, HIGH)
+    with pytest.raises(ConfigurationError):
+        shard_range(Shard(0, 2, {"token": "range", "from": 5, "to": 5}), LOW, HIGH)
+    assert shard_range(Shard.whole(), LOW, HIGH) == (LOW, HIGH)
+    assert resume_token(None, -5, 9) == -5 and resume_token("7", -5, 9) == 7
+    for bad in ("x", "10", "-6"):
+        with pytest.raises(ConfigurationError):
+            resume_token(bad, -5, 9)
+
+
+def _seed(h: CassandraHarness, count: int) -> set[str]:
+    pw = h.pyworkflow()
+    ids = {f"run_shard_{n:03d}" for n in range(count)}
+    for run_id in sorted(ids):
+        h.run(add_run(pw, run_id, "completed", OLD, extras=False))
+    return ids
+
+
+def test_disjoint_shards_cover_every_run_once_in_token_order(cassandra_harness: CassandraHarness) -> None:
+    h = cassandra_harness
+    ids = _seed(h, 40)
+    retention: Any = h.retention(batch_size=3)
+    assert Capability.SHARDS in retention.capabilities
+    plan = retention.shards(4)
+    assert len(plan) == 4
+    seen: dict[str, int] = {}
+    for shard in plan:
+        first, last = shard_range(shard, *retention.cql.token_space)
+        batches: list[tuple[str, ...]] = []
+        cursors: list[int] = []
+        report = retention.delete_old_runs(CUTOFF, shard=shard, on_batch=lambda i, b=batches: b.append(i.run_ids),
+                                           on_cursor=lambda c, r, cs=cursors: cs.append(int(c)))
+        for run_id in (r for b in batches for r in b):
+            assert run_id not in seen, f"{run_id} purged by shards {seen[run_id]} and {shard.index}"
+            seen[run_id] = shard.index
+            assert first < retention.cql.token_of(run_id) <= last
+        assert report.runs == sum(len(b) for b in batches) and len(cursors) == len(batches)
+        assert cursors == sorted(cursors) and all(first < c <= last for c in cursors)
+    assert set(seen) == ids
+    assert len(set(seen.values())) > 1, "40 runs all in one of 4 equal token ranges"
+    assert not run_ids(h.inventory())
+
+
+def test_a_shard_resumed_from_its_cursor_redoes_no_batch(cassandra_harness: CassandraHarness) -> None:
+    h = cassandra_harness
+    ids = _seed(h, 30)
+    retention: Any = h.retention(batch_size=2)
+    shard = retention.shards(2)[0]
+    first, last = shard_range(shard, *retention.cql.token_space)
+    mine = {r for r in ids if first < retention.cql.token_of(r) <= last}
+    assert len(mine) >= 6
+    done: list[tuple[str, ...]] = []
+    cursors: list[str] = []
+
+    def stop_after_two(info: Any) -> None:
+        if info.index > 2:
+            raise PurgeStopped("injected: lease lost")
+        done.append(info.run_ids)
+
+    stopped = retention.delete_old_runs(CUTOFF, shard=shard, on_batch=stop_after_two,
+                                        on_cursor=lambda c, r: cursors.append(c))
+    assert stopped.stopped and stopped.runs == 4 and len(cursors) == 2
+    redone: list[tuple[str, ...]] = []
+    rest = retention.delete_old_runs(CUTOFF, shard=shard, resume_after=cursors[-1],
+                                     on_batch=lambda i: redone.append(i.run_ids))
+    first_ids = {r for b in done for r in b}
+    later_ids = {r for b in redone for r in b}
+    assert not first_ids & later_ids, "a finished batch was redone"
+    assert first_ids | later_ids == mine and stopped.runs + rest.runs == len(mine)
+    assert all(retention.cql.token_of(r) > int(cursors[-1]) for r in later_ids)
+    retention.delete_old_runs(CUTOFF)  # the final pass: the other shard's runs
+    items = h.inventory()
+    assert not run_ids(items)
+    assert_no_orphans(items)
