@@ -1,0 +1,145 @@
+"""Shards of a DynamoDB table: parallel Scan segments of GSI1 (docs/backends/dynamodb.md, "Shards").
+
+The conformance suite (tests/conformance/test_shards.py) purges every case in 4 shards; these tests look at
+the paging itself: the segments are disjoint and cover every run once, a shard resumed from its cursor redoes
+no batch and misses no run, cursors are checked, a shard leaves its markers to the final pass, and each shard
+keeps to its share of ``max_wcu_per_second``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.conformance.checks import assert_no_orphans, run_ids
+from tests.dynamodb.helpers import markers
+from tests.harness.dynamodb import DynamoDBHarness
+from tests.scenario import CUTOFF, NOW, OLD, add_run
+from workflow_retention.base import Shard
+from workflow_retention.exceptions import ConfigurationError, PurgeStopped
+from workflow_retention.report import Kind
+
+RUNS = 40
+
+
+def _flat(h: DynamoDBHarness, count: int = RUNS, *, extras: bool = False) -> set[str]:
+    """``count`` expired runs without parents (each one its own family), plus a live and a recent run."""
+    pw = h.pyworkflow()
+    ids = {f"run_flat_{n:03d}" for n in range(count)}
+    for run_id in sorted(ids):
+        h.run(add_run(pw, run_id, "completed", OLD, hooks=("hook_a",) if extras else (), extras=extras))
+    h.run(add_run(pw, "run_flat_live", "running", OLD, hooks=(), extras=False))
+    h.run(add_run(pw, "run_flat_recent", "completed", NOW, hooks=(), extras=False))
+    return ids
+
+
+def _batches_of(h: DynamoDBHarness, shard: Shard, **options: Any) -> tuple[list[tuple[str, ...]], list[str], Any]:
+    batches: list[tuple[str, ...]] = []
+    cursors: list[str] = []
+    report = h.retention(batch_size=7).delete_old_runs(
+        CUTOFF, shard=shard, on_batch=lambda info: batches.append(info.run_ids),
+        on_cursor=lambda cursor, so_far: cursors.append(cursor), **options)
+    return batches, cursors, report
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_disjoint_segments_cover_every_run_once(dynamodb_harness: DynamoDBHarness, n: int) -> None:
+    h = dynamodb_harness
+    expired = _flat(h)
+    plan = h.retention().shards(n)
+    assert [s.spec for s in plan] == [{"segment": i, "total": n, "index": "GSI1"} for i in range(n)]
+    seen: Counter[str] = Counter()
+    total = 0
+    for shard in plan:  # dry runs: each shard's runs, nothing changes
+        batches, cursors, report = _batches_of(h, shard, dry_run=True)
+        seen.update(r for b in batches for r in b)
+        total += report.runs
+        assert cursors and json.loads(cursors[-1]) == {"segment": shard.index, "total": n, "after": None}
+    assert set(seen) == expired and set(seen.values()) == {1}, "a run in no shard, or in two"
+    assert total == RUNS
+    assert run_ids(h.inventory()) == expired | {"run_flat_live", "run_flat_recent"}
+
+
+def test_a_shard_resumed_from_its_cursor_redoes_no_batch_and_misses_no_run(
+        dynamodb_harness: DynamoDBHarness) -> None:
+    h = dynamodb_harness
+    expired = _flat(h)
+    shard = h.retention().shards(2)[0]
+    done: list[tuple[str, ...]] = []
+    cursors: list[str] = []
+
+    def stop_after_two(info: Any) -> None:
+        if info.index > 2:
+            raise PurgeStopped("injected: lease lost")
+        done.append(info.run_ids)
+
+    stopped = h.retention(batch_size=5).delete_old_runs(CUTOFF, shard=shard, on_batch=stop_after_two,
+                                                         on_cursor=lambda cursor, so_far: cursors.append(cursor))
+    assert stopped.stopped and len(done) == 2 and stopped.runs == sum(map(len, done))
+    assert json.loads(cursors[-1])["after"] is not None
+    rest, rest_cursors, resumed = _batches_of(h, shard, resume_after=cursors[-1])
+    first = {r for b in done for r in b}
+    later = {r for b in rest for r in b}
+    assert not first & later, "a finished batch was redone"
+    whole, _, _ = _batches_of(h, h.retention().shards(2)[1], dry_run=True)
+    other = {r for b in whole for r in b}
+    assert first | later | other == expired and not (first | later) & other
+    assert stopped.runs + resumed.runs == len(first | later)
+    assert json.loads(rest_cursors[-1])["after"] is None  # the segment's end: resuming there does nothing
+    again, cursors_again, report = _batches_of(h, shard, resume_after=rest_cursors[-1])
+    assert again == [] and cursors_again == [] and report.runs == 0
+
+
+def test_a_cursor_of_another_shard_or_of_nothing_is_refused(dynamodb_harness: DynamoDBHarness) -> None:
+    h = dynamodb_harness
+    _flat(h, 3)
+    plan = h.retention().shards(3)
+    _, cursors, _ = _batches_of(h, plan[1], dry_run=True)
+    for shard, cursor in [(plan[0], cursors[-1]), (plan[0], "not json"), (plan[0], '{"segment": 0}'),
+                          (plan[0], json.dumps({"segment": 0, "total": 3, "after": {"PK": "RUN#x"}}))]:
+        with pytest.raises(ConfigurationError, match="not a cursor of DynamoDB shard 1/3"):
+            h.retention().delete_old_runs(CUTOFF, shard=shard, resume_after=cursor)
+    with pytest.raises(ConfigurationError, match="whole-store"):
+        h.retention().delete_old_runs(CUTOFF, resume_after=cursors[-1])
+    with pytest.raises(ConfigurationError, match="not a DynamoDB Scan segment"):
+        h.retention().delete_old_runs(CUTOFF, shard=Shard(0, 2, {"hash": "sha256-32", "from": 0, "to": 1}))
+    assert run_ids(h.inventory()) >= {"run_flat_000", "run_flat_001", "run_flat_002"}
+
+
+def test_shards_leave_their_markers_and_checkpoints_to_the_final_pass(dynamodb_harness: DynamoDBHarness) -> None:
+    h = dynamodb_harness
+    expired = _flat(h, 6, extras=True)
+    retention = h.retention(batch_size=4)
+    parts = [retention.delete_old_runs(CUTOFF, shard=s) for s in retention.shards(2)]
+    items = h.inventory()
+    assert not run_ids(items) & expired and sum(p.runs for p in parts) == 6
+    assert markers(h) == expired, "a shard's markers are the final pass's"
+    assert {i.run_id for i in items if i.kind == "checkpoints"} >= expired
+    assert sum(p.counts[Kind.CHECKPOINTS] for p in parts) == 0
+    final = retention.delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert final.runs == 0 and final.counts[Kind.CHECKPOINTS] > 0
+    assert final.counts[Kind.HOOKS] == final.counts[Kind.EVENTS] == 0, "the shards' cascades were counted again"
+    assert markers(h) == set()
+    assert_no_orphans(items)
+
+
+def test_each_shard_keeps_to_its_share_of_the_write_cap(dynamodb_harness: DynamoDBHarness) -> None:
+    h = dynamodb_harness
+    _flat(h, 4)
+    retention = h.retention(max_wcu_per_second=400)
+    rates: list[float] = []
+    plan = retention.shards(4)
+
+    def note(info: Any) -> None:
+        limiter = retention.table.limiter
+        assert limiter is not None
+        rates.append(limiter.rate)
+
+    for shard in plan:
+        retention.delete_old_runs(CUTOFF, shard=shard, on_batch=note)
+    assert rates and set(rates) == {100.0}
+    assert retention.table.limiter is not None and retention.table.limiter.rate == 400.0, "the cap came back"
