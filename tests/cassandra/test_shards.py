@@ -117,3 +117,58 @@ def test_a_shard_resumed_from_its_cursor_redoes_no_batch(cassandra_harness: Cass
     items = h.inventory()
     assert not run_ids(items)
     assert_no_orphans(items)
+
+
+def test_a_run_whose_live_parent_is_in_another_shard_is_left_to_the_final_pass(
+        cassandra_harness: CassandraHarness) -> None:
+    h = cassandra_harness
+    retention: Any = h.retention()
+    plan = retention.shards(2)
+    space = retention.cql.token_space
+
+    def shard_of(run_id: str) -> int:
+        return next(s.index for s in plan if shard_range(s, *space)[0] < retention.cql.token_of(run_id)
+                    <= shard_range(s, *space)[1])
+
+    names = [f"run_x_{n}" for n in range(200)]
+    parent = next(n for n in names if shard_of(n) == 1)
+    near = next(n for n in names if shard_of(n) == 0 and n != parent)
+    far_parent = next(n for n in names if shard_of(n) == 0 and n != near)
+    far = next(n for n in names if shard_of(n) == 1 and n != parent)
+    pw = h.pyworkflow()
+    h.run(add_run(pw, parent, "running", OLD))                        # live parent in shard 2/2
+    h.run(add_run(pw, near, "completed", OLD, parent=parent, depth=1))  # its expired child in shard 1/2
+    h.run(add_run(pw, far_parent, "running", OLD))                    # live parent in shard 1/2
+    h.run(add_run(pw, far, "completed", OLD, parent=far_parent, depth=1))  # its expired child in shard 2/2
+    parts = [retention.delete_old_runs(CUTOFF, shard=s) for s in plan]
+    assert [p.runs for p in parts] == [0, 0], "a shard planned a run whose parent lies in another shard"
+    assert run_ids(h.inventory()) == {parent, near, far_parent, far}
+    final = retention.delete_old_runs(CUTOFF)
+    assert final.runs == 2 and final.held == 0
+    items = h.inventory()
+    assert run_ids(items) == {parent, far_parent}
+    assert_no_orphans(items)
+
+
+def test_a_family_inside_one_shard_is_that_shards(cassandra_harness: CassandraHarness) -> None:
+    h = cassandra_harness
+    retention: Any = h.retention()
+    plan = retention.shards(2)
+    space = retention.cql.token_space
+    first, last = shard_range(plan[0], *space)
+    names = [n for n in (f"run_in_{k}" for k in range(200)) if first < retention.cql.token_of(n) <= last]
+    live, child, top, kid = names[:4]
+    pw = h.pyworkflow()
+    h.run(add_run(pw, live, "running", OLD))
+    h.run(add_run(pw, child, "failed", OLD, parent=live, depth=1))
+    h.run(add_run(pw, top, "completed", OLD))
+    h.run(add_run(pw, kid, "completed", OLD, parent=top, depth=1))
+    part = retention.delete_old_runs(CUTOFF, shard=plan[0])
+    assert (part.runs, part.held) == (3, 0) and not part.counts["checkpoints"]
+    assert run_ids(h.inventory()) == {live}
+    # the checkpoint pass (one token scan of the whole table) is the final pass's: once, for every shard
+    final = retention.delete_old_runs(CUTOFF)
+    assert final.runs == 0 and final.counts["checkpoints"] == 6
+    items = h.inventory()
+    assert run_ids(items) == {live}
+    assert_no_orphans(items)
