@@ -76,7 +76,9 @@ class DynamoDBBackend(StorageBackend):
         Another endpoint (``http://host:port`` or ``https://host``), e.g. DynamoDB Local; no credentials in it.
     ``max_wcu_per_second`` (default: no cap)
         Cap on the write capacity units retention spends per second (one second of burst), above 0 and up
-        to 100,000, so that a purge cannot starve production traffic.
+        to 100,000, so that a purge cannot starve production traffic. The cap is per store: a shard of ``n``
+        (:meth:`shards`) paces at ``max_wcu_per_second / n``, so the shards of one plan spend at most the cap
+        together.
     ``retry_deadline`` (default ``60s``)
         How long throttling and ``UnprocessedItems``/``UnprocessedKeys`` are retried (exponential backoff,
         full jitter) before the operation stops with an error: seconds (``7.5``) or a duration (``90s``,
@@ -98,6 +100,10 @@ class DynamoDBBackend(StorageBackend):
     (GSI1, GSI4) and Scans are eventually consistent (indexes offer nothing else). A run is committed only by
     its conditional delete, and an orphan is deleted only after a consistent read finds its run gone; an item
     a read missed is left for the next purge or orphan sweep.
+
+    Shards (:meth:`shards`): ``n`` parallel Scan segments of GSI1; a shard purges the runs of its segment one
+    Scan page (one batch) at a time and reports the page's ``LastEvaluatedKey`` as its cursor; the final pass
+    deletes its runs' checkpoints (docs/backends/dynamodb.md, "Shards").
 
     Errors: :class:`ConfigurationError` for a malformed URL, credentials in it, an unknown parameter or a
     value out of range (naming the option and its range), before anything connects;
