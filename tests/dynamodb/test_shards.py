@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.conformance.checks import assert_no_orphans, run_ids
-from tests.dynamodb.helpers import markers
+from tests.conformance.checks import assert_no_orphans, items_of, run_ids
+from tests.dynamodb.faults import Crash
+from tests.dynamodb.helpers import faulty_backend, markers
+from tests.dynamodb.test_crashes import CRASH_POINTS
 from tests.harness.dynamodb import DynamoDBHarness
-from tests.scenario import CUTOFF, NOW, OLD, add_run
+from tests.scenario import CUTOFF, NOW, OLD, add_run, build
 from workflow_retention.base import Shard
 from workflow_retention.exceptions import ConfigurationError, PurgeStopped
 from workflow_retention.report import Kind
@@ -143,3 +145,44 @@ def test_each_shard_keeps_to_its_share_of_the_write_cap(dynamodb_harness: Dynamo
         retention.delete_old_runs(CUTOFF, shard=shard, on_batch=note)
     assert rates and set(rates) == {100.0}
     assert retention.table.limiter is not None and retention.table.limiter.rate == 400.0, "the cap came back"
+
+
+
+SHARD_CRASH_POINTS = ("markers-written", "first-commit", "after-some-commits", "tokens-and-flags",
+                      "hooks-and-partitions", "cascade-lookups")
+
+
+@pytest.mark.parametrize("point", SHARD_CRASH_POINTS)
+def test_a_shard_that_dies_anywhere_is_finished_by_its_retry_and_the_final_pass(
+        dynamodb_harness: DynamoDBHarness, point: str) -> None:
+    """A shard dies at a crash point of tests/dynamodb/test_crashes.py; its retry resumes from its last cursor,
+    the other shard runs, the final pass finishes what the dead attempt committed: nothing kept is touched."""
+    h = dynamodb_harness
+    scenario = h.run(build(h, h.pyworkflow()))
+    survivors = scenario.kept | scenario.held
+    before = items_of(h.inventory(), survivors)
+    plan = h.retention().shards(2)
+    dying, client = faulty_backend(h, batch_size=3)
+    client.crash_when(*CRASH_POINTS[point])
+    cursors: list[str] = []
+    dead: Shard | None = None
+    try:
+        for shard in plan:
+            dead = shard
+            cursors.clear()
+            dying.delete_old_runs(CUTOFF, shard=shard, on_cursor=lambda cursor, so_far: cursors.append(cursor))
+        dead = None
+    except Crash:
+        pass
+    dying.close()
+    assert dead is not None, "the crash point was never reached"
+    assert items_of(h.inventory(), survivors) == before, "a crash touched a run that must be kept"
+    retention = h.retention(batch_size=3)
+    for shard in plan:
+        retention.delete_old_runs(CUTOFF, shard=shard, resume_after=cursors[-1] if shard == dead and cursors else None)
+    retention.delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert run_ids(items) == survivors
+    assert items_of(items, survivors) == before
+    assert not markers(h)
+    assert_no_orphans(items)
