@@ -17,7 +17,7 @@ import pytest
 from tests.conformance.checks import assert_no_orphans, items_of, run_ids
 from tests.dynamodb.faults import Crash
 from tests.dynamodb.helpers import faulty_backend, markers
-from tests.dynamodb.test_crashes import CRASH_POINTS
+from tests.dynamodb.test_crashes import cascade_read, nth, writes
 from tests.harness.dynamodb import DynamoDBHarness
 from tests.scenario import CUTOFF, NOW, OLD, add_run, build
 from workflow_retention.base import Shard
@@ -148,6 +148,18 @@ def test_each_shard_keeps_to_its_share_of_the_write_cap(dynamodb_harness: Dynamo
 
 
 
+def _crash_point(point: str) -> tuple[str, Any]:
+    """The crash points of tests/dynamodb/test_crashes.py a shard reaches, each with a fresh matcher (they count)."""
+    return {
+        "markers-written": lambda: ("batch_write_item", writes("RETENTION#", "PutRequest")),
+        "first-commit": lambda: ("transact_write_items", nth(1)),
+        "after-some-commits": lambda: ("transact_write_items", nth(3)),
+        "tokens-and-flags": lambda: ("batch_write_item", writes("TOKEN#")),
+        "hooks-and-partitions": lambda: ("batch_write_item", writes("RUN#")),
+        "cascade-lookups": lambda: ("execute_statement", cascade_read(2)),
+    }[point]()
+
+
 SHARD_CRASH_POINTS = ("markers-written", "first-commit", "after-some-commits", "tokens-and-flags",
                       "hooks-and-partitions", "cascade-lookups")
 
@@ -163,7 +175,7 @@ def test_a_shard_that_dies_anywhere_is_finished_by_its_retry_and_the_final_pass(
     before = items_of(h.inventory(), survivors)
     plan = h.retention().shards(2)
     dying, client = faulty_backend(h, batch_size=3)
-    client.crash_when(*CRASH_POINTS[point])
+    client.crash_when(*_crash_point(point))
     cursors: list[str] = []
     dead: Shard | None = None
     try:
