@@ -198,3 +198,32 @@ def test_a_shard_that_dies_anywhere_is_finished_by_its_retry_and_the_final_pass(
     assert items_of(items, survivors) == before
     assert not markers(h)
     assert_no_orphans(items)
+
+
+def test_a_run_another_purge_deleted_first_is_left_to_the_final_pass_and_counted_once(
+        dynamodb_harness: DynamoDBHarness) -> None:
+    """Two shards may both plan a run (one through its parent, one from a stale page after the parent went):
+    the one whose commit finds it gone leaves its cascade to the other and its marker to the final pass."""
+    h = dynamodb_harness
+    expired = _flat(h, 3, extras=True)
+    victim = "run_flat_001"
+    twin = h.retention().delete_old_runs(CUTOFF, dry_run=True)
+    taken: list[str] = []
+
+    def someone_else_deletes_it_first(info: Any) -> None:
+        if victim in info.run_ids and not taken:
+            h.client.delete_item(TableName=h.table, Key={"PK": {"S": f"RUN#{victim}"}, "SK": {"S": "#METADATA"}})
+            taken.append(victim)
+
+    retention = h.retention()
+    parts = [retention.delete_old_runs(CUTOFF, shard=s, on_batch=someone_else_deletes_it_first)
+             for s in retention.shards(2)]
+    assert taken and victim in markers(h)
+    assert sum(p.runs for p in parts) == 2 and sum(p.counts[Kind.HOOKS] for p in parts) == 2
+    final = retention.delete_old_runs(CUTOFF)
+    assert final.counts[Kind.HOOKS] == 1 and final.runs == 0
+    for kind in (Kind.HOOKS, Kind.EVENTS, Kind.CHECKPOINTS):
+        assert sum(p.counts[kind] for p in parts) + final.counts[kind] == twin.counts[kind], kind
+    items = h.inventory()
+    assert not run_ids(items) & expired and not markers(h)
+    assert_no_orphans(items)

@@ -259,7 +259,7 @@ class Purge:
         then the commit. A run that changed keeps its item, and with it every
         other item, and its marker is removed again; its ancestors are not
         attempted. A run already gone (deleted by someone else) is cascaded
-        but not counted.
+        but not counted (by a shard: not cascaded; its marker stays for the final pass).
         """
         survivors: set[str] = set()
         planned, _ = plan.order()
@@ -282,7 +282,12 @@ class Purge:
         _, held = plan.order(survivors=survivors)
         self.report.changed += len(survivors)
         self.report.add(Kind.RUNS, sum(1 for result in outcome.values() if result == "deleted"))
-        return [i for i, result in outcome.items() if result in COMMITTED], held
+        # A run gone before its commit was deleted by someone else. A shard leaves its cascade to that purge and,
+        # through the marker it wrote (never dropped by a shard), to the final pass: two shards of one plan
+        # cascading the same run would count its items twice.
+        cascade = [i for i, result in outcome.items()
+                   if result == "deleted" or (result == "gone" and not self.job.partial)]
+        return cascade, held
 
     def remember(self, run_ids: list[str]) -> None:
         """Note runs whose markers this purge now owns (up to ``OWN_IDS``; past that, forget them all)."""
