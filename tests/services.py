@@ -69,6 +69,26 @@ def docker_available() -> bool:
         return False
 
 
+def clear_retention_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop every ``PYWORKFLOW_`` variable, so a test runs with exactly the settings it sets."""
+    for name in list(os.environ):
+        if name.startswith("PYWORKFLOW_"):
+            monkeypatch.delenv(name)
+
+
+def delete_keys(url: str, prefix: str) -> None:
+    """Delete a test's own keys (``prefix*``) from the Redis at ``url``."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @dataclass
 class Service:
     name: str

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.data import seed_store
+from benchmarks.procs import command_lines
 from workflow_retention.backends.cassandra import CassandraBackend
 from workflow_retention.backends.cassandra.layout import RUN_COLUMNS, SOURCES, TABLES, ms, timestamp_columns
 from workflow_retention.backends.cassandra.runs import run_ref
@@ -141,21 +142,17 @@ def _server_pids() -> list[int]:
     port = (os.environ.get("CASSANDRA_PORT") or "9042") if os.environ.get("CASSANDRA_CONTACT_POINTS") \
         else _address().partition("?")[0].rpartition(":")[2]
     pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        config = next((a.decode()[len("-Dcassandra.config=file://"):] for a in args
-                       if a.startswith(b"-Dcassandra.config=file://")), None)
-        if b"org.apache.cassandra.service.CassandraDaemon" not in args or config is None:
+    prefix = "-Dcassandra.config=file://"
+    for pid, args in command_lines():
+        config = next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
+        if "org.apache.cassandra.service.CassandraDaemon" not in args or config is None:
             continue
         try:
             text = Path(config).read_text()
         except OSError:
             continue
         if re.search(rf"^native_transport_port:\s*{port}\s*$", text, re.M):
-            pids.append(int(cmdline.parent.name))
+            pids.append(pid)
     return pids
 
 

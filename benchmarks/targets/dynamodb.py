@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from benchmarks.data import seed_store
+from benchmarks.procs import command_lines
 from workflow_retention.backends import by_url
 from workflow_retention.backends.dynamodb import DynamoDBBackend
 
@@ -258,17 +259,9 @@ def floor(url: str, cutoff: datetime) -> dict[str, Any]:
 def server_pids() -> list[int]:
     """DynamoDB Local's process: the ``java`` running DynamoDBLocal.jar on the endpoint's port."""
     port = str(urlsplit(_endpoint()).port or "")
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in args]
-        if any(w.endswith("DynamoDBLocal.jar") for w in words) and "-port" in words \
-                and words[words.index("-port") + 1:][:1] == [port]:
-            pids.append(int(cmdline.parent.name))
-    return pids
+    return [pid for pid, words in command_lines()
+            if any(w.endswith("DynamoDBLocal.jar") for w in words) and "-port" in words
+            and words[words.index("-port") + 1:][:1] == [port]]
 
 
 def cleanup(url: str) -> None:

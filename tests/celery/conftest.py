@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.services import delete_keys
 from workflow_retention.backends import BACKENDS, by_url
 from workflow_retention.seed import generate
 
@@ -181,10 +182,7 @@ class CeleryEnv:
             proc.stop()
         for app in self.apps:
             app.close()
-        client = self.redis()
-        keys = list(client.scan_iter(match=f"wr-test-{self.uid}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_keys(self.redis_url, f"wr-test-{self.uid}")
 
 
 @pytest.fixture

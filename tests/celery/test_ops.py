@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.celery.conftest import BATCH, NOW, CeleryEnv, seed_store, wait_until
+from tests.services import clear_retention_env, delete_keys
 from workflow_retention import config
 from workflow_retention.backends import by_url
 from workflow_retention.celery import TASK_NAME, run_retention, startup_audit
@@ -27,9 +28,7 @@ PASSWORD = "Gw7-secret-Pw"
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, redis_service: Any) -> Iterator[dict[str, str]]:
     """A retention environment with its own memory store, lock key (which names the history) and fault key."""
-    for name in list(__import__("os").environ):
-        if name.startswith("PYWORKFLOW_"):
-            monkeypatch.delenv(name)
+    clear_retention_env(monkeypatch)
     uid = uuid.uuid4().hex[:10]
     values = {config.RETENTION_DAYS: "30", config.STORAGE_URL: f"memory://ops-{uid}",
               config.LOCK_URL: redis_service.url, config.LOCK_KEY: f"wr-test-{uid}:lock",
@@ -38,11 +37,7 @@ def env(monkeypatch: pytest.MonkeyPatch, redis_service: Any) -> Iterator[dict[st
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     yield values
-    client = redis.Redis.from_url(redis_service.url)
-    keys = list(client.scan_iter(match=f"wr-test-{uid}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_keys(redis_service.url, f"wr-test-{uid}")
 
 
 def seeded(url: str, n: int = 120) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.celery.conftest import CeleryEnv, wait_until
+from tests.services import clear_retention_env
 from workflow_retention import cli
 from workflow_retention.backends import by_url
 
@@ -55,11 +56,7 @@ def leaks(text: str) -> list[str]:
 
 
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("PYWORKFLOW_"):
-            monkeypatch.delenv(name)
+    clear_retention_env(monkeypatch)
 
 
 @pytest.mark.parametrize("url", STORAGE_URLS)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.celery.conftest import NOW, CeleryEnv, expired_runs, wait_until
+from tests.services import clear_retention_env, delete_keys
 from workflow_retention.backends import by_url
 from workflow_retention.celery import TASK_NAME
 from workflow_retention.exceptions import StorageError
@@ -67,9 +68,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch, redis_service: Any, tmp_path: Pa
     """This process's environment for a task run in-process: a seeded file store, the test Redis, own keys."""
     import uuid
 
-    for name in list(os.environ):
-        if name.startswith("PYWORKFLOW_"):
-            monkeypatch.delenv(name)
+    clear_retention_env(monkeypatch)
     uid = uuid.uuid4().hex[:10]
     url, _ = file_store(tmp_path / "store")
     values = {"PYWORKFLOW_DATA_RETENTION_DAYS": "30", "PYWORKFLOW_RETENTION_STORAGE_URL": url,
@@ -78,8 +77,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch, redis_service: Any, tmp_path: Pa
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     yield values
-    client = celery_redis(redis_service.url)
-    client.delete(*client.keys(f"wr-test-{uid}*") or ["none"])
+    delete_keys(redis_service.url, f"wr-test-{uid}")
 
 
 def celery_redis(url: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from celery import Celery
 from celery.schedules import crontab
 
 from tests.celery.conftest import BATCH, NOW, wait_until
+from tests.services import clear_retention_env
 from workflow_retention import config
 from workflow_retention.backends import by_url
 from workflow_retention.celery import ENTRY_NAME, PYWORKFLOW_ENTRY, TASK_NAME, install, run_retention
@@ -29,9 +29,7 @@ CUTOFF_DAYS = 30
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, redis_service: Any) -> Iterator[dict[str, str]]:
     """A clean retention environment with its own memory store, lock key and fault key."""
-    for name in list(os.environ):
-        if name.startswith("PYWORKFLOW_"):
-            monkeypatch.delenv(name)
+    clear_retention_env(monkeypatch)
     uid = uuid.uuid4().hex[:10]
     values = {
         config.RETENTION_DAYS: str(CUTOFF_DAYS),

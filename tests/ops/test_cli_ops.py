@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.services import clear_retention_env, delete_keys
 from workflow_retention import cli, config
 from workflow_retention.backends import by_url
 from workflow_retention.history import History
@@ -26,9 +25,7 @@ NOW = datetime.now(UTC)
 @pytest.fixture
 def ops(monkeypatch: pytest.MonkeyPatch, redis_service: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A seeded SQLite store, a state store on the test Redis, a lock key of this test's own."""
-    for name in list(os.environ):
-        if name.startswith("PYWORKFLOW_"):
-            monkeypatch.delenv(name)
+    clear_retention_env(monkeypatch)
     uid = uuid.uuid4().hex[:10]
     url = f"sqlite:///{tmp_path}/store.db"
     by_url(url).seed(generate(200, now=NOW, seed=11))
@@ -37,11 +34,7 @@ def ops(monkeypatch: pytest.MonkeyPatch, redis_service: Any, tmp_path: Path) -> 
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     yield values
-    client = redis.Redis.from_url(redis_service.url)
-    keys = list(client.scan_iter(match=f"wr-test-{uid}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_keys(redis_service.url, f"wr-test-{uid}")
 
 
 def history(ops: dict[str, str]) -> History:

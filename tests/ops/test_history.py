@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import redis
 
+from tests.services import delete_keys
 from workflow_retention.exceptions import LeaseLostError, StorageError
 from workflow_retention.history import History, record_run
 from workflow_retention.metrics import Observations
@@ -25,11 +25,7 @@ def history(redis_service: Any) -> Iterator[History]:
     base = f"wr-test-{uuid.uuid4().hex[:10]}:lock"
     h = History.open(redis_service.url, base, store=STORE, source="cli", secrets=["Hist-pass-7"])
     yield h
-    client = redis.Redis.from_url(redis_service.url)
-    keys = list(client.scan_iter(match=f"{base}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_keys(redis_service.url, base)
     h.close()
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.services import clear_retention_env
 from workflow_retention import config
 from workflow_retention.cli import EXIT_OK, EXIT_USAGE, main
 from workflow_retention.exceptions import ConfigurationError
@@ -16,9 +16,7 @@ NON_ASCII_DIGITS = ["٣٠", "３０", "²", "3٠"]
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("PYWORKFLOW_"):
-            monkeypatch.delenv(name)
+    clear_retention_env(monkeypatch)
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, *argv: str) -> str:

@@ -64,13 +64,8 @@ def query(partition: str, value: str, *, index: str | None = None, sk_prefix: tu
         if operator not in SK_OPERATORS:
             raise ValueError(f"sort-key operator must be one of {SK_OPERATORS}; got {operator!r}")
         cond += f" AND {req.name(attr)} {operator} {req.value(bound)}"
-    params = req.params(KeyConditionExpression=cond,
-                        ProjectionExpression=", ".join(req.name(f) for f in fields) or None)
-    if index:
-        params["IndexName"] = index
-    if limit:
-        params["Limit"] = limit
-    return params
+    return _read(req.params(KeyConditionExpression=cond,
+                            ProjectionExpression=", ".join(req.name(f) for f in fields) or None), index, limit)
 
 
 def scan_prefixes(prefixes: tuple[str, ...], fields: tuple[str, ...] = (), limit: int = 1000) -> dict[str, Any]:
@@ -86,8 +81,12 @@ def scan_equal(attribute: str, value: str, *, index: str | None = None, fields: 
                limit: int | None = None) -> dict[str, Any]:
     """Parameters of a Scan (of the table, or of ``index``) keeping items whose ``attribute`` equals ``value``."""
     req = Request()
-    params = req.params(FilterExpression=f"{req.name(attribute)} = {req.value(value)}",
-                        ProjectionExpression=", ".join(req.name(f) for f in fields) or None)
+    return _read(req.params(FilterExpression=f"{req.name(attribute)} = {req.value(value)}",
+                            ProjectionExpression=", ".join(req.name(f) for f in fields) or None), index, limit)
+
+
+def _read(params: dict[str, Any], index: str | None, limit: int | None) -> dict[str, Any]:
+    """A Query's or Scan's parameters with the index it reads and its page size, when given."""
     if index:
         params["IndexName"] = index
     if limit:
