@@ -135,7 +135,7 @@ def test_a_run_whose_live_parent_is_in_another_shard_is_left_to_the_final_pass(
         return next(s.index for s in plan if shard_range(s, *space)[0] < retention.cql.token_of(run_id)
                     <= shard_range(s, *space)[1])
 
-    names = [f"run_x_{n}" for n in range(200)]
+    names = [f"run_x_{n}" for n in range(20_000)]  # enough for both shards whatever the node's random token
     parent = next(n for n in names if shard_of(n) == 1)
     near = next(n for n in names if shard_of(n) == 0 and n != parent)
     far_parent = next(n for n in names if shard_of(n) == 0 and n != near)
@@ -160,7 +160,9 @@ def test_a_family_inside_one_shard_is_that_shards(cassandra_harness: CassandraHa
     retention: Any = h.retention()
     plan = retention.shards(2)
     space = retention.cql.token_space
-    first, last = shard_range(plan[0], *space)
+    # The larger of the two shards (the cut is the node's random token): half the token space or more.
+    shard = max(plan, key=lambda s: (lambda r: r[1] - r[0])(shard_range(s, *space)))
+    first, last = shard_range(shard, *space)
     names = [n for n in (f"run_in_{k}" for k in range(200)) if first < retention.cql.token_of(n) <= last]
     live, child, top, kid = names[:4]
     pw = h.pyworkflow()
@@ -168,7 +170,7 @@ def test_a_family_inside_one_shard_is_that_shards(cassandra_harness: CassandraHa
     h.run(add_run(pw, child, "failed", OLD, parent=live, depth=1))
     h.run(add_run(pw, top, "completed", OLD))
     h.run(add_run(pw, kid, "completed", OLD, parent=top, depth=1))
-    part = retention.delete_old_runs(CUTOFF, shard=plan[0])
+    part = retention.delete_old_runs(CUTOFF, shard=shard)
     assert (part.runs, part.held) == (3, 0) and not part.counts["checkpoints"]
     assert run_ids(h.inventory()) == {live}
     # the checkpoint pass (one token scan of the whole table) is the final pass's: once, for every shard
