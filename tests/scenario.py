@@ -36,6 +36,14 @@ class Scenario:
     def all_runs(self) -> set[str]:
         return self.deleted | self.kept | self.held
 
+    def ancestors(self, run_id: str) -> set[str]:
+        """Every run above ``run_id`` through its parent links."""
+        found, node = set(), run_id
+        while node in self.parents:
+            node = self.parents[node]
+            found.add(node)
+        return found
+
 
 async def add_run(pw: Any, run_id: str, status: str, updated_at: datetime, *, parent: str | None = None,
                   depth: int = 0, hooks: tuple[str, ...] = ("hook_approval_1",), extras: bool = True) -> None:

@@ -127,10 +127,7 @@ def test_run_changed_between_selection_and_deletion_keeps_all_its_data(
 
     report = purge(backend, on_batch=engine_updates_a_run)
     victim = touched["id"]
-    ancestors, node = set(), victim
-    while node in scenario.parents:
-        node = scenario.parents[node]
-        ancestors.add(node)
+    ancestors = scenario.ancestors(victim)
     items = backend.inventory()
     assert items_of(items, {victim}) == touched["items"], "the changed run lost data"
     assert run_ids(items) == scenario.kept | scenario.held | {victim} | (ancestors & scenario.deleted)

@@ -116,10 +116,7 @@ def test_a_run_changed_by_the_engine_during_a_sharded_purge_keeps_all_its_data(
 
     report = sharded(backend, on_batch=engine_updates_a_run).report
     victim = touched["id"]
-    ancestors, node = set(), victim
-    while node in scenario.parents:
-        node = scenario.parents[node]
-        ancestors.add(node)
+    ancestors = scenario.ancestors(victim)
     items = backend.inventory()
     assert items_of(items, {victim}) == touched["items"], "the changed run lost data"
     assert run_ids(items) == scenario.kept | scenario.held | {victim} | (ancestors & scenario.deleted)
