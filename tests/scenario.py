@@ -72,7 +72,8 @@ async def add_run(pw: Any, run_id: str, status: str, updated_at: datetime, *, pa
     await pw.set_cancellation_flag(run_id)
 
 
-async def build(h: Harness, pw: Any) -> Scenario:
+async def build(h: Harness, pw: Any, *, aux: bool = True) -> Scenario:
+    """The scenario's runs, and (``aux``) its schedules and stream data."""
     sc = Scenario()
     for status in ("completed", "failed", "cancelled", "continued_as_new", "interrupted"):
         await add_run(pw, f"run_exp_{status}", status, OLD)
@@ -106,7 +107,8 @@ async def build(h: Harness, pw: Any) -> Scenario:
     # An expired child of a held parent still goes.
     await add_run(pw, "run_expired_sibling", "completed", OLD, parent="run_held_by_live", depth=1)
     sc.deleted.add("run_expired_sibling")
-    await _aux(h, pw, sc)
+    if aux:
+        await _aux(h, pw, sc)
     return sc
 
 

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from workflow_retention import values
 from workflow_retention.exceptions import ConfigurationError, PurgeStopped
-from workflow_retention.planning import chunked
+from workflow_retention.planning import RunRef, chunked
 from workflow_retention.report import AuditReport, Census, OrphanReport, PurgeReport
 from workflow_retention.timeutil import require_aware, utcnow
 from workflow_retention.urls import redact_url
 
 if TYPE_CHECKING:
+    from workflow_retention.explain import Explanation
     from workflow_retention.seed import SeedRun
 
 log = logging.getLogger("workflow_retention")
@@ -144,11 +145,24 @@ class PurgeJob(_Job):
     shard: Shard = field(default_factory=Shard.whole)
     resume_after: str | None = None
     on_cursor: OnCursor | None = None
+    #: :meth:`StorageBackend.explain`'s dry run: exactly these runs are the candidates, read by id (not paged
+    #: from the index), planned with their descendants by the same rules; no schedule or stream sweep.
+    only: frozenset[str] | None = None
 
     @property
     def partial(self) -> bool:
         """A shard of several: only this shard's runs, no schedule or stream sweep (the final pass does those)."""
         return not self.shard.is_whole
+
+    def within(self, run_ids: set[str]) -> set[str]:
+        """Those of ``run_ids`` this purge may delete (or count): all, or with ``only`` those among them."""
+        return run_ids if self.only is None else run_ids & self.only
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether this purge also sweeps schedules and stream data: a whole-store purge of every run does."""
+        return not self.partial and self.only is None
+
 
     def finished(self, cursor: str) -> None:
         """Report the cursor after a batch is done (deleted, or counted in a dry run): ``on_cursor(cursor, report)``.
@@ -417,6 +431,33 @@ class StorageBackend(ABC):
         """The shards of a backend with :attr:`Capability.SHARDS` (``n`` > 1); see :meth:`shards`."""
         raise NotImplementedError(f"{type(self).__name__} declares Capability.SHARDS but has no _shards()")
 
+    def explain(self, run_id: str, older_than: datetime) -> Explanation:
+        """Would a purge with cutoff ``older_than`` delete ``run_id`` now, and if not, why not.
+
+        The reasons come from the purge's rules applied to the run, its ancestors and its
+        descendants (read by id through :meth:`_read_runs` and :meth:`_read_children`); the
+        verdict and the counts per kind come from this backend's own purge, run as a dry run
+        over exactly that family (``PurgeJob.only``). Nothing is written. Returns an
+        :class:`~workflow_retention.explain.Explanation`; :class:`ConfigurationError` for a naive
+        cutoff or an empty id, :class:`StorageError` when the store fails.
+        """
+        from workflow_retention.explain import explain_run
+
+        cutoff = require_aware(older_than, "older_than")
+        if not isinstance(run_id, str) or not run_id:
+            raise ConfigurationError(f"explain needs a run id (a non-empty string); got {run_id!r}")
+
+        def dry_run(family: frozenset[str]) -> tuple[PurgeReport, set[str]]:
+            report = PurgeReport(backend=self.url, dry_run=True, cutoff=cutoff, started_at=utcnow())
+            going: set[str] = set()
+            job = PurgeJob(dry_run=True, batch_size=self.batch_size, on_batch=lambda b: going.update(b.run_ids),
+                           cutoff=cutoff, report=report, only=family)
+            self._run("explain", report, lambda: self._purge(job))
+            return report, going
+
+        self.open()
+        return explain_run(run_id, cutoff, self.url, self._read_runs, self._read_children, dry_run)
+
     def sweep_orphans(
         self,
         *,
@@ -518,6 +559,18 @@ class StorageBackend(ABC):
     @abstractmethod
     def _purge(self, job: PurgeJob) -> None:
         """Delete (or count, in a dry run) per the class contract, into ``job.report``."""
+
+    @abstractmethod
+    def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
+        """The runs of ``run_ids`` that have a record, as plans see them (:meth:`RunRef.parse`).
+
+        A record that exists but cannot be read at all is returned with ``unreadable`` saying why.
+        Reads only; no lock is taken (used by :meth:`explain`).
+        """
+
+    @abstractmethod
+    def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
+        """The child runs of each of ``parent_ids`` (by ``parent_run_id``), as :meth:`_read_runs` gives them."""
 
     @abstractmethod
     def _sweep_orphans(self, job: OrphanJob) -> None:

@@ -127,6 +127,15 @@ def _parser() -> argparse.ArgumentParser:
     status_.add_argument("--max-age", type=_max_age, default=timedelta(days=2),
                          help="unhealthy (exit 1) when the last successful purge is older than this (default 2d)")
     status_.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    explain = sub.add_parser("explain", help="would a purge delete this run now, and if not, why not")
+    explain.add_argument("run_id", metavar="RUN_ID", help="the run to explain")
+    storage(explain)
+    when = explain.add_mutually_exclusive_group()
+    when.add_argument("--days", type=_positive_days, help=f"cutoff = now - N days (default: ${config.RETENTION_DAYS})")
+    when.add_argument("--older-than", metavar="ISO8601", help="explicit cutoff, with a UTC offset")
+    explain.add_argument("--allow-recent-cutoff", action="store_true", help="as for purge")
+    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
     return p
 
 
@@ -486,9 +495,18 @@ def format_status(s: status.Status) -> str:
     return text + "\n" + ("last runs (newest first)\n" + "\n".join(lines) if lines else "last runs: (none)")
 
 
+def _cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
+    """One run, judged by the purge's rules and its dry run (nothing is written); exit 0 whatever the verdict."""
+    cutoff = _cutoff(args, settings)
+    with _backend(args, settings) as backend:
+        answer = backend.explain(args.run_id, cutoff)
+    args.out(json.dumps(answer.to_dict(), indent=2) if args.json else "\n".join(answer.lines()))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
     "purge": _cmd_purge, "check": _cmd_check, "seed": _cmd_seed, "orphans": _cmd_orphans, "audit": _cmd_audit,
-    "metrics": _cmd_metrics, "status": _cmd_status,
+    "metrics": _cmd_metrics, "status": _cmd_status, "explain": _cmd_explain,
 }
 
 

@@ -78,6 +78,8 @@ class RunRef:
     updated_at: datetime | None
     parent_run_id: str | None = None
     data: Any = None
+    #: Why the record exists but cannot be read at all (a damaged run file): such a run is never expired.
+    unreadable: str | None = None
 
     @classmethod
     def parse(cls, run_id: str, status: object, updated_at: object, parent_run_id: str | None = None,
@@ -110,6 +112,8 @@ class RunRef:
 
     def defect(self, cutoff: datetime) -> str | None:
         """Why a run a purge at ``cutoff`` would consider is left alone and reported; None if it is not."""
+        if self.unreadable is not None:
+            return f"its record cannot be read ({self.unreadable})"
         if self.unknown_status:
             if self.updated_at is None or self.updated_at < cutoff:
                 return f"its status {self.status!r} is not one pyworkflow writes"

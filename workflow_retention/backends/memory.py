@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -127,7 +127,7 @@ class MemoryBackend(StorageBackend):
     def _purge(self, job: PurgeJob) -> None:
         """Keyset pages by run_id (the cursor: the last run_id of a finished page); one shard, the whole store."""
         cursor = job.resume_after or ""
-        while True:
+        while job.only is None:
             with self.store._lock:
                 page, after = self._next_page(job.cutoff, cursor, job.batch_size)
                 if after is None:
@@ -137,7 +137,15 @@ class MemoryBackend(StorageBackend):
             if plan is not None:
                 self._delete_plan(job, plan)
             job.finished(cursor)
-        self._purge_aux(job)
+        if job.only is not None:
+            with self.store._lock:
+                plan = plan_page([r for r in self._read_runs(set(job.only)).values() if r.candidate(job.cutoff)],
+                                 job.cutoff, job.report, self._refs_of, self._children_of)
+            if plan is not None:
+                self._delete_plan(job, plan)
+        if job.sweeps:
+            self._purge_aux(job)
+
 
     def _delete_plan(self, job: PurgeJob, plan: Plan) -> None:
         """Boundary with the store unlocked (the engine may write meanwhile); re-check and delete under its lock."""
@@ -168,6 +176,14 @@ class MemoryBackend(StorageBackend):
 
     def _refs_of(self, run_ids: set[str]) -> dict[str, RunRef]:
         return {i: ref for i in run_ids if (ref := self._ref_of(i)) is not None}
+
+    def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
+        with self.store._lock:
+            return self._refs_of(run_ids)
+
+    def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
+        with self.store._lock:
+            return self._children_of(parent_ids)
 
     def _next_page(self, cutoff: datetime, cursor: str, size: int) -> tuple[list[RunRef], str | None]:
         """The next candidate runs after ``cursor`` and the new cursor (None: done).

@@ -7,6 +7,7 @@ import functools
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 from workflow_retention import values
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
+from workflow_retention.planning import RunRef
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url
 
@@ -25,6 +27,7 @@ from .markers import Markers
 from .orphans import OrphanSweep
 from .purge import Purge
 from .ring import token_shards
+from .runs import RunReader
 from .streams import StreamSweep
 
 log = logging.getLogger("workflow_retention.cassandra")
@@ -310,9 +313,21 @@ class CassandraBackend(StorageBackend):
         self.cql.require_keyspace()
         before = self.cql.summary()
         Purge(self.cql, job).run()
-        if not job.partial:  # a shard of several purges runs only; the final pass sweeps the rest
+        if job.sweeps:  # a shard of several purges runs only; the final pass sweeps the rest
             StreamSweep(self.cql, job).run()
         self._log_statements("purge", before)
+
+    def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
+        self.cql.require_keyspace()
+        found = RunReader(self.cql).refs(sorted(run_ids))
+        for ref in found.values():
+            if ref.data.unreadable:
+                ref.unreadable = f"its {' and '.join(ref.data.unreadable)} is outside the datetime range"
+        return found
+
+    def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
+        self.cql.require_keyspace()
+        return RunReader(self.cql).children_of(parent_ids)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self.cql.require_keyspace()

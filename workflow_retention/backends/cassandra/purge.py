@@ -51,6 +51,10 @@ class Purge:
 
     def run(self) -> None:
         self.markers.open(create=not self.job.dry_run)
+        if self.job.only is not None:  # explain: exactly these runs, read by id; their checkpoints counted
+            self._batch(list(self.reader.refs(sorted(self.job.only)).values()))
+            self.purge_checkpoints()
+            return
         if self.job.partial:
             # A shard of several: its token range only. The other shards of its plan write their markers
             # meanwhile, so earlier markers (resume, drop) and the checkpoint pass (one token scan of the
@@ -273,6 +277,7 @@ class Purge:
         goes = set(committed)
         if self.job.dry_run:
             goes |= self.reader.deletable(refs[o] for o in set(owners.values()) if o in refs)
+        goes = self.job.within(goes)
         return {key: owner for key, owner in owners.items() if owner in goes}, marked
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -20,6 +20,7 @@ from workflow_retention.base import (
     StorageBackend,
 )
 from workflow_retention.exceptions import ConfigurationError, StorageError
+from workflow_retention.planning import RunRef
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import split_url
 
@@ -29,6 +30,7 @@ from .client import Table, connect, default_region
 from .layout import KEY_SCHEMA, REQUIRED_INDEXES
 from .orphans import OrphanSweep
 from .purge import Purge
+from .runs import children_of, get_runs
 from .seed import prepare_table, write_runs
 
 log = logging.getLogger("workflow_retention.dynamodb")
@@ -222,6 +224,14 @@ class DynamoDBBackend(StorageBackend):
         self._verify()
         with self.table.share_of_cap(job.shard.count):
             self._logged(Purge(self.table, job).run, "purge")
+
+    def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
+        self._verify()
+        return get_runs(self.table, run_ids)
+
+    def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
+        self._verify()
+        return children_of(self.table, parent_ids)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self._verify()

@@ -116,8 +116,9 @@ class Purge:
             self.run_shard()
             return
         try:
-            self.resume()
-            for page in chunked(self.expired_runs(), self.job.batch_size):
+            if self.job.only is None:
+                self.resume()
+            for page in chunked(self.candidates(), self.job.batch_size):
                 self.batch(page)
             self.settle()
             self.scan()
@@ -129,7 +130,15 @@ class Purge:
             self.background.shutdown(wait=True)
         if not self.dry:
             self.markers.drop_own()
-        ScheduleSweep(self.table, self.job).run()
+        if self.job.sweeps:
+            ScheduleSweep(self.table, self.job).run()
+
+    def candidates(self) -> Iterator[RunRef]:
+        """:meth:`expired_runs`, or for explain (``job.only``) exactly those runs, read by id."""
+        if self.job.only is None:
+            return self.expired_runs()
+        found = get_runs(self.table, self.job.only)
+        return (ref for ref in found.values() if ref.candidate(self.cutoff))
 
     def run_shard(self) -> None:
         """A shard of several: its Scan segment of GSI1, one batch per page, the cursor after each.
@@ -401,7 +410,7 @@ class Purge:
         for page in self.table.scan(**params):
             doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
                 if self.cascaded else []
-            stream = old_stream_items(page, self.cutoff, self.report)
+            stream = old_stream_items(page, self.cutoff, self.report) if self.job.sweeps else []
             if not doomed and not stream:
                 continue
             self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
@@ -440,6 +449,7 @@ class Purge:
         doomed = set(committed)
         if self.dry:
             doomed |= self.would_delete({o for o in owners.values() if o in alive})
+        doomed = self.job.within(doomed)
         return sorted(((o, keys[k]) for k, o in owners.items() if o is not None and o in doomed),
                       key=lambda pair: pair[0])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ from workflow_retention.backends.file.census import census
 from workflow_retention.backends.file.client import Store, errors
 from workflow_retention.backends.file.layout import JSON, MARKER_SUFFIX, RUNS
 from workflow_retention.backends.file.orphans import sweep_orphans
-from workflow_retention.backends.file.purge import purge_runs
+from workflow_retention.backends.file.purge import purge_runs, read_run
 from workflow_retention.backends.file.seed import SeedWriter, prepare
 from workflow_retention.backends.file.streams import StreamSweep
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.planning import RunRef
 from workflow_retention.seed import SeedRun
 from workflow_retention.shards import hash_shards
 from workflow_retention.urls import query_params, redact_url, split_url
@@ -106,8 +108,22 @@ class FileBackend(StorageBackend):
     def _purge(self, job: PurgeJob) -> None:
         with errors(self._base), Store.open(self._base) as store:
             purge_runs(store, job, self.lock_timeout)
-            if not job.partial:  # a shard of several purges runs only; the final pass sweeps the rest
+            if job.sweeps:  # a shard of several purges runs only; the final pass sweeps the rest
                 StreamSweep(store, job, self.lock_timeout).run()
+
+    def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
+        with errors(self._base), Store.open(self._base) as store:
+            return {run_id: ref for run_id in sorted(run_ids) if (ref := read_run(store, run_id)) is not None}
+
+    def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
+        """One listing of runs/ per call (the file layout has no parent index): every run file is read."""
+        wanted, found = set(parent_ids), dict[str, list[RunRef]]()
+        with errors(self._base), Store.open(self._base) as store:
+            for entry in store.entries(RUNS, regular=False):
+                if entry.name.endswith(JSON) and (ref := read_run(store, entry.name[: -len(JSON)])) is not None \
+                        and ref.parent_run_id in wanted:
+                    found.setdefault(ref.parent_run_id, []).append(ref)
+        return found
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         with errors(self._base), Store.open(self._base) as store:

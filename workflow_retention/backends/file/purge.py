@@ -72,6 +72,22 @@ def purge_runs(store: Store, job: PurgeJob, lock_timeout: float) -> None:
     cascade.run()
 
 
+def read_run(store: Store, run_id: str) -> RunRef | None:
+    """The run file of ``run_id`` as plans see it, read without a lock; None if there is none.
+
+    A file that exists but cannot be used (not regular, not JSON, another run's record) comes back with
+    ``unreadable`` saying why (possible parents are not guessed here: :meth:`Selection._unusable` does that).
+    """
+    if not is_safe_run_id(run_id) or (name := run_file(run_id)) is None:
+        return None
+    try:
+        return parse_run(store.read_json(RUNS, name), run_id)
+    except FileNotFoundError:
+        return None
+    except Corrupt as exc:
+        return RunRef(run_id, "", None, unreadable=f"runs/{name}: {exc}")
+
+
 def purge_verdict(store: Store, selection: Selection, dry_run: bool) -> Verdict:
     """Real purge: runs with a regular marker and no record. Dry run: those plus the runs the commits would mark."""
 
@@ -118,9 +134,13 @@ class Selection:
         self.shard = job.shard
         self.partial = job.partial
         self.has_children: set[str] = set()
+        # explain's dry run (job.only): every run file is read (holds), only these runs are judged and counted.
+        self.only = job.only
 
     def mine(self, run_id: str) -> bool:
-        """The run belongs to this purge's shard (always, for a whole-store purge)."""
+        """The run belongs to this purge's shard (always, for a whole-store purge), or to ``job.only``."""
+        if self.only is not None:
+            return run_id in self.only
         return not self.partial or in_hash_shard(self.shard, run_id)
 
     @property
@@ -236,7 +256,7 @@ class Selection:
         """Would the commit passes delete this run (dry run: they only count)?"""
         if run_id in self.held or run_id in self.lockdown_held or (marker := marker_file(run_id)) is None:
             return False
-        if self.partial and (not self.mine(run_id) or run_id in self.has_children):
+        if not self.mine(run_id) or (self.partial and run_id in self.has_children):
             return False
         ref = self._read(run_id)
         return (ref is not None and ref.eligible(self.cutoff) and (self.partial or level(ref) in self.levels)
@@ -269,6 +289,10 @@ class Selection:
                     self.has_children.add(ref.parent_run_id)
                 if not self.mine(ref.run_id):
                     continue
+            elif not self.mine(ref.run_id):  # explain: not judged, but a run that stays still holds its parent
+                if not ref.eligible(self.cutoff):
+                    self.hold_ancestors(ref.parent_run_id)
+                continue
             if ref.candidate(self.cutoff) and screen([ref], self.cutoff, self.job.report):
                 self.levels.add(level(ref))
                 self._check_depth(ref)
@@ -328,6 +352,8 @@ class Selection:
             cursor = names[-1]
 
     def _deletable(self, ref: RunRef, lvl: int) -> bool:
+        if not self.mine(ref.run_id):
+            return False
         if not ref.eligible(self.cutoff):
             # A survivor whose expired parent is not held changed since the plan pass.
             if ref.parent_run_id and ref.parent_run_id not in self.held and self.hold_ancestors(ref.parent_run_id):

@@ -7,6 +7,7 @@ The design is in docs/backends/sql.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.engine import Connection
 
 from workflow_retention import values
+from workflow_retention.backends.sql import runs
 from workflow_retention.backends.sql.census import census
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.dialect import Dialect
@@ -23,6 +25,7 @@ from workflow_retention.backends.sql.orphans import sweep_orphans
 from workflow_retention.backends.sql.purge import Purge
 from workflow_retention.backends.sql.seed import prepare_seed, write_seed
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.planning import RunRef
 
 if TYPE_CHECKING:
     from workflow_retention.seed import SeedRun
@@ -105,6 +108,14 @@ class SQLBackend(StorageBackend):
 
     def _purge(self, job: PurgeJob) -> None:
         Purge(self.client, job).run()
+
+    def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
+        with self.client.translated("explain"), self.client.read() as conn:
+            return runs.refs(self.client, conn, sorted(run_ids))
+
+    def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
+        with self.client.translated("explain"), self.client.read() as conn:
+            return runs.children(self.client, conn, parent_ids)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         sweep_orphans(self.client, job)
