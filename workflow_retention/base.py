@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workflow_retention import values
-from workflow_retention.exceptions import ConfigurationError, PurgeStopped
+from workflow_retention.exceptions import ConfigurationError, PurgeStopped, RetentionError
 from workflow_retention.planning import RunRef, chunked
-from workflow_retention.report import AuditReport, Census, OrphanReport, PurgeReport
+from workflow_retention.report import AuditReport, Census, OrphanReport, PurgeReport, SpaceReport
 from workflow_retention.timeutil import require_aware, utcnow
 from workflow_retention.urls import redact_url
 
@@ -162,7 +162,6 @@ class PurgeJob(_Job):
     def sweeps(self) -> bool:
         """Whether this purge also sweeps schedules and stream data: a whole-store purge of every run does."""
         return not self.partial and self.only is None
-
 
     def finished(self, cursor: str) -> None:
         """Report the cursor after a batch is done (deleted, or counted in a dry run): ``on_cursor(cursor, report)``.
@@ -516,20 +515,46 @@ class StorageBackend(ABC):
             if on_progress is not None:
                 on_progress("batch", info.index)
 
-        purge = self.delete_old_runs(cutoff, dry_run=True, on_batch=batches) if cutoff else None
-        orphans = self.sweep_orphans(grace=grace, dry_run=True, on_batch=batches)
-        return AuditReport(backend=self.url, generated_at=now, census=census, purge=purge,
-                           orphans=orphans, duration_s=round(time.monotonic() - started, 3))
+        def phase(name: str) -> None:
+            if on_progress is not None:
+                on_progress(name, 0)
 
-    def seed(self, runs: Iterable[SeedRun], *, batch_size: int | None = None) -> int:
-        """Write runs from :mod:`workflow_retention.seed` in the store's PyWorkflow layout."""
+        if cutoff:
+            phase("purge preview")
+        purge = self.delete_old_runs(cutoff, dry_run=True, on_batch=batches) if cutoff else None
+        phase("orphan scan")
+        orphans = self.sweep_orphans(grace=grace, dry_run=True, on_batch=batches)
+        phase("space")
+        space = self.measured_space()
+        return AuditReport(backend=self.url, generated_at=now, census=census, purge=purge,
+                           orphans=orphans, duration_s=round(time.monotonic() - started, 3), space=space)
+
+    def seed(self, runs: Iterable[SeedRun], *, batch_size: int | None = None, require_empty: bool = False,
+             on_progress: Callable[[str, int], None] | None = None) -> int:
+        """Write runs from :mod:`workflow_retention.seed` in the store's PyWorkflow layout.
+
+        ``require_empty``: refuse (:class:`~workflow_retention.seed.StoreNotEmpty`, a
+        :class:`ConfigurationError`) when the store already holds runs, before anything is written
+        (``seed`` without ``--append``). Without it the runs are added beside what is there: their ids must
+        be new (:func:`~workflow_retention.seed.generate` with a fresh ``salt``); a file or memory store
+        refuses a run id it already holds (:class:`StorageError`), SQL's primary key too, Cassandra and
+        DynamoDB would overwrite it. ``on_progress("runs", n)`` after every batch written.
+        """
+        from workflow_retention.seed import SEED_COUNT_LIMIT, StoreNotEmpty
+
         size = self._batch_size(batch_size)
         self.open()
         self._prepare_seed()
+        if require_empty:
+            held, exact = self._count_runs(SEED_COUNT_LIMIT)
+            if held:
+                raise StoreNotEmpty(self.url, held, exact)
         total = 0
         for chunk in chunked(runs, size):
             self._write_seed(chunk)
             total += len(chunk)
+            if on_progress is not None:
+                on_progress("runs", total)
         return total
 
     def _batch_size(self, batch_size: int | None) -> int:
@@ -591,3 +616,65 @@ class StorageBackend(ABC):
     @abstractmethod
     def _write_seed(self, runs: list[SeedRun]) -> None:
         """Write one batch of seed runs exactly as pyworkflow-engine would store them."""
+
+    # -- space: what the store occupies (``purge`` reports it after a purge, ``audit`` per table) -----------
+
+    #: :meth:`vacuum` gives free space inside the store back to the file system (SQLite).
+    can_vacuum: ClassVar[bool] = False
+
+    def space(self) -> SpaceReport:
+        """What the store occupies now and how much of it is free for reuse, as cheaply as the store can tell.
+
+        Per table (SQL), directory (file) or kind: bytes used (data, indexes), bytes free inside the store
+        (SQLite free pages, MySQL ``data_free``), dead rows not yet vacuumed and the last autovacuum
+        (PostgreSQL), with notes: autovacuum lagging, figures the service refreshes only every few hours
+        (DynamoDB), figures the store cannot give at all (Cassandra without ``nodetool``, memory). A
+        backend that cannot tell returns a report with ``known=False`` and a note saying why, never made-up
+        numbers. It reads metadata only (catalog views, ``PRAGMA``, ``DescribeTable``), except on file stores,
+        whose bytes are the sizes of their files (one pass over the directories, as ``audit``'s census).
+        Changes nothing. Store errors raise :class:`StorageError`.
+        """
+        self.open()
+        report = self._space()
+        report.backend = self.url
+        return report
+
+    def measured_space(self) -> SpaceReport:
+        """:meth:`space`, or a report saying why it could not be measured (a report never fails on it)."""
+        try:
+            return self.space()
+        except RetentionError as exc:
+            log.warning("space not measured backend=%s: %s", self.url, exc)
+            return SpaceReport.unknown(self.url, f"could not be measured: {exc}")
+
+    def vacuum(self) -> SpaceReport:
+        """Give the free space inside the store back to the file system, where the store does that on request.
+
+        SQLite only: ``PRAGMA incremental_vacuum`` when the database was created with
+        ``auto_vacuum=INCREMENTAL``, otherwise a full ``VACUUM`` (it holds the write lock while it rewrites the
+        whole file, and needs that much free disk for the copy). Call it after a purge, never during one (the
+        CLI's ``purge --vacuum`` runs it after the last batch has committed). Other stores raise
+        :class:`ConfigurationError` naming what they do instead (PostgreSQL's autovacuum, InnoDB's purge
+        thread, compaction, files deleted at once). Returns :meth:`space` after it, with a note of what ran.
+        """
+        self.open()
+        report = self._vacuum()
+        report.backend = self.url
+        return report
+
+    def _space(self) -> SpaceReport:
+        """The store's :class:`SpaceReport` (see :meth:`space`); ``SpaceReport.unknown(reason)`` when it cannot tell."""
+        return SpaceReport.unknown(self.url, f"the {self.name or type(self).__name__} backend does not report "
+                                             "its space")
+
+    def _vacuum(self) -> SpaceReport:
+        """Return free space to the file system (see :meth:`vacuum`); stores that have no such step refuse."""
+        raise ConfigurationError(f"--vacuum applies to SQLite stores only; the {self.name} backend returns space "
+                                 "on its own (see docs/operations.md, Space)")
+
+    def _count_runs(self, limit: int) -> tuple[int, bool]:
+        """Run records in the store, counted up to ``limit``: ``(n, exact)`` (``exact`` False: at least ``n``).
+
+        Called by :meth:`seed` with ``require_empty`` after ``_prepare_seed`` (the layout exists).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot count its runs (_count_runs)")

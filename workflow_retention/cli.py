@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -19,8 +20,8 @@ from workflow_retention.base import MAX_SHARDS, BatchInfo, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, RetentionError, StorageError
 from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import open_lease
-from workflow_retention.report import AuditReport, OrphanReport, PurgeReport
-from workflow_retention.seed import generate
+from workflow_retention.report import AuditReport, OrphanReport, PurgeReport, SpaceReport
+from workflow_retention.seed import StoreNotEmpty, fresh_salt, generate
 from workflow_retention.shards import ShardedPurge, purge_sharded
 from workflow_retention.timeutil import utcnow
 from workflow_retention.urls import redact_url, remove_secrets
@@ -90,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
                             f"(1 to {MAX_SHARDS}; default 1; backends that cannot be split purge as one)")
     purge.add_argument("--workers", type=_workers, default=None,
                        help=f"processes purging shards at once (1 to {MAX_WORKERS}; default: one per shard)")
+    purge.add_argument("--vacuum", action="store_true",
+                       help="SQLite: after the purge, give the free pages back to the file system (PRAGMA "
+                            "incremental_vacuum when auto_vacuum=INCREMENTAL, else a full VACUUM, which rewrites the "
+                            "file and holds the write lock until done)")
 
     check = sub.add_parser("check", help="validate the configuration and the connection")
     storage(check)
@@ -99,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--runs", type=_runs, default=1000, help="number of runs (default 1000)")
     seed.add_argument("--seed", type=_seed, default=42, help="random seed (default 42)")
     seed.add_argument("--max-age-days", type=_age_days, default=120.0, help="ages spread over this many days")
+    seed.add_argument("--append", action="store_true",
+                      help="add the sample runs to a store that already holds runs (with fresh ids; without it, "
+                           "seed refuses such a store)")
 
     orphans = sub.add_parser("orphans", help="find and delete data whose run record is gone")
     storage(orphans)
@@ -140,20 +148,116 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class Progress:
-    """Progress lines on stderr, at most one a second, from the first second on."""
+    """Progress of a long phase on stderr, from a background thread, so a phase that reports nothing still shows.
 
-    def __init__(self, label: str, stream: Any = None) -> None:
+    On a terminal: one status line redrawn in place (a bar when the total is known, as ``seed``'s), at most
+    five times a second. Otherwise (a pipe, a log file, cron): a plain line every ``interval`` seconds
+    (default 5), the first after ``interval``; nothing at all for a command done sooner. Each line says what
+    the command is doing, the batches and records so far (read from the live report, so a file store's
+    cascade, which deletes between batch boundaries, counts up), and the time since it started. Use it as a
+    context manager (the thread runs inside); ``on_batch`` callbacks call it, ``on_progress`` ones
+    :meth:`tick`, ``seed`` :meth:`count`.
+    """
+
+    def __init__(self, label: str, stream: Any = None, *, interval: float | None = None, total: int | None = None,
+                 unit: str = "") -> None:
         self.label, self.stream = label, stream or sys.stderr
+        self.tty = _isatty(self.stream)
+        self.interval = interval if interval is not None else (TTY_INTERVAL if self.tty else LINE_INTERVAL)
+        self.total, self.unit = total, unit
         self.started = self.last = time.monotonic()
+        self.text = "starting"
+        self.report: PurgeReport | OrphanReport | None = None
+        self.batch = 0
+        self.done: int | None = 0 if total is not None else None
+        self._records = 0
+        self._drawn = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Progress:
+        self._thread = threading.Thread(target=self._beat, name=f"progress-{self.label}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            if self._drawn:  # leave the terminal's cursor on a fresh line
+                print("\r\x1b[K", end="", file=self.stream, flush=True)
+                self._drawn = False
 
     def __call__(self, info: BatchInfo) -> None:
-        self.tick(f"batch {info.index}, {sum(info.report.counts.values()):,} records so far")
+        """``on_batch``: the batch number and the live report (whose counts keep growing between batches)."""
+        self.report, self.batch, self.text = info.report, info.index, ""
+        self._show()
 
     def tick(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self.started >= 1 and now - self.last >= 1:
+        """What the command is doing now (a phase, a count): shown at the next line."""
+        self.report, self.text = None, text
+        self._show()
+
+    def count(self, done: int) -> None:
+        """``done`` of :attr:`total` (``seed``'s runs written)."""
+        self.done, self.text = done, ""
+        self._show()
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        if self.done is not None:
+            what = f"{self.done:,}" + (f" of {self.total:,}" if self.total else "") + f" {self.unit}".rstrip()
+            if self.total:
+                share = min(self.done / self.total, 1.0)
+                what += f" ({share:.0%})"
+                if self.tty:
+                    filled = round(share * BAR_WIDTH)
+                    what = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {what}"
+        elif self.report is not None:
+            what = f"batch {self.batch}, {self._live_records():,} records so far"
+        else:
+            what = self.text
+        return f"{self.label}: {what} ({elapsed:.0f}s)"
+
+    def _live_records(self) -> int:
+        report = self.report
+        if report is not None:
+            try:  # another thread may add a kind meanwhile: keep the last figure then
+                self._records = sum(list(report.counts.values()))
+            except RuntimeError:
+                pass
+        return self._records
+
+    def _show(self) -> None:
+        with self._lock:  # the command's thread and the heartbeat's
+            now = time.monotonic()
+            if now - self.last < self.interval:
+                return
             self.last = now
-            print(f"{self.label}: {text} ({now - self.started:.0f}s)", file=self.stream, flush=True)
+            if self.tty:
+                print(f"\r{self.line(now)}\x1b[K", end="", file=self.stream, flush=True)
+                self._drawn = True
+            else:
+                print(self.line(now), file=self.stream, flush=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self.interval, 1.0) / 2):
+            self._show()
+
+
+#: Progress lines: every 5 s when stderr is not a terminal; on a terminal the status line is redrawn 5 times a second.
+LINE_INTERVAL = 5.0
+TTY_INTERVAL = 0.2
+BAR_WIDTH = 24
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _backend(args: argparse.Namespace, settings: config.Settings) -> StorageBackend:
@@ -183,7 +287,36 @@ def format_purge(r: PurgeReport, sharded: ShardedPurge | None = None) -> str:
         text += "\n" + _table(f"runs per shard ({len(sharded.shards)} shards)", parts)
     if r.stopped:
         text += f"\n  STOPPED: {r.stopped}"
+    if r.space is not None:
+        text += "\n" + format_space(r.space, per_table=False)
     return text + _warnings(r.warnings, r.warnings_total)
+
+
+def _bytes(n: int | None) -> str:
+    return "?" if n is None else f"{n:,} B"
+
+
+def format_space(sp: SpaceReport, *, per_table: bool = True) -> str:
+    """What the store occupies: the totals, what a purge gave back, per table (``audit``), and the notes."""
+    title = "space" + (" (estimates)" if sp.approximate else "")
+    if not sp.known:
+        return f"{title}: unknown" + "".join(f"\n  {n}" for n in sp.notes)
+    rows: list[tuple[str, Any]] = [("store occupies", _bytes(sp.bytes))]
+    if sp.free_bytes:
+        rows.append(("free inside the store", f"{_bytes(sp.free_bytes)} (reused by new data, not returned)"))
+    if sp.freed_bytes is not None:
+        rows.append(("returned by this purge", _bytes(sp.freed_bytes)))
+    if sp.vacuum:
+        rows.append(("vacuum", sp.vacuum))
+    text = _table(title, rows)
+    if per_table and sp.tables:
+        lines = [f"  {'table':<28} {'bytes':>14} {'index bytes':>14} {'free':>12} {'rows':>12} {'dead rows':>10}"]
+        for t in sp.tables:
+            cells = [t.bytes, t.index_bytes, t.free_bytes, t.rows, t.dead_rows]
+            shown = ["-" if c is None else f"{c:,}" for c in cells]
+            lines.append(f"  {t.name:<28} {shown[0]:>14} {shown[1]:>14} {shown[2]:>12} {shown[3]:>12} {shown[4]:>10}")
+        text += "\n" + "\n".join(lines)
+    return text + "".join(f"\n  note: {n}" for n in sp.notes)
 
 
 def format_orphans(r: OrphanReport) -> str:
@@ -208,6 +341,8 @@ def format_audit(a: AuditReport) -> str:
     if a.purge is not None:
         parts.append(format_purge(a.purge))
     parts.append(format_orphans(a.orphans))
+    if a.space is not None:
+        parts.append(format_space(a.space))
     return "\n\n".join(parts) + f"\n\naudit took {a.duration_s:.2f}s"
 
 
@@ -255,23 +390,64 @@ def _history(args: argparse.Namespace, settings: config.Settings, store: str) ->
 
 
 def _recorded(args: argparse.Namespace, settings: config.Settings, backend: StorageBackend, operation: str,
-              run: Callable[[Any], Any], dry_run: bool) -> Any:
+              run: Callable[[Any], Any], dry_run: bool, progress: Progress) -> Any:
     history = None if dry_run else _history(args, settings, backend.url)
     try:
-        return record_run(history, operation, run, then=Progress(operation), log=log)
+        return record_run(history, operation, run, then=progress, log=log)
     finally:
         if history is not None:
             history.close()
+
+
+def _space_before(backend: StorageBackend) -> SpaceReport | None:
+    """The space before a purge, to tell what it gave back; a store that cannot be read fails the purge itself."""
+    try:
+        return backend.space()
+    except RetentionError as exc:
+        log.info("space before the purge not measured backend=%s: %s", backend.url, exc)
+        return None
+
+
+def _space_after(backend: StorageBackend, before: SpaceReport | None, vacuum: bool, progress: Progress) -> SpaceReport:
+    """What the store occupies after a purge (after ``--vacuum``, announced, when asked) and what it gave back."""
+    if vacuum:
+        print(f"purge: vacuuming {backend.url}: {VACUUM_NOTE}", file=progress.stream, flush=True)
+        progress.tick("vacuum")
+        after = backend.vacuum()
+    else:
+        progress.tick("measuring the space left")
+        after = backend.measured_space()
+    if before is not None and before.bytes is not None and after.bytes is not None:
+        after.freed_bytes = max(before.bytes - after.bytes, 0)
+    return after
+
+
+#: What ``purge --vacuum`` says before it starts.
+VACUUM_NOTE = ("the purge has committed; PRAGMA incremental_vacuum if the database has auto_vacuum=INCREMENTAL, "
+               "otherwise a full VACUUM, which rewrites the whole file and holds the write lock until done (the "
+               "engine's writes wait; it needs free disk as large as the file)")
+
+
+def _vacuum_allowed(args: argparse.Namespace, backend: StorageBackend) -> None:
+    if args.vacuum and args.dry_run:
+        raise ConfigurationError("--vacuum changes the store: it does not go with --dry-run")
+    if args.vacuum and not backend.can_vacuum:
+        raise ConfigurationError(f"--vacuum applies to SQLite stores only; the {backend.name} backend returns space "
+                                 "its own way (see docs/operations.md, Space); run the purge without it")
 
 
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     cutoff = _cutoff(args, settings)
     if args.shards > 1:
         return _purge_sharded(args, settings, cutoff)
-    with _backend(args, settings) as backend:
+    with _backend(args, settings) as backend, Progress("purge") as progress:
+        _vacuum_allowed(args, backend)
+        progress.tick("measuring the space used")
+        before = None if args.dry_run else _space_before(backend)
         report = _recorded(args, settings, backend, metrics.PURGE,
                            lambda on_batch: backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=on_batch),
-                           args.dry_run)
+                           args.dry_run, progress)
+        report.space = _space_after(backend, before, args.vacuum and not report.stopped, progress)
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
@@ -288,6 +464,8 @@ def _purge_sharded(args: argparse.Namespace, settings: config.Settings, cutoff: 
     open_backend = partial(by_url, url, batch_size=batch_size)
     with open_backend() as backend:  # settings and URL errors here, before any process starts
         label = backend.url
+        _vacuum_allowed(args, backend)
+        before = None if args.dry_run else _space_before(backend)
     progress = Progress("purge")
     outcome: list[ShardedPurge] = []
 
@@ -314,6 +492,8 @@ def _purge_sharded(args: argparse.Namespace, settings: config.Settings, cutoff: 
     finally:
         if history is not None:
             history.close()
+    with open_backend() as backend, progress:
+        report.space = _space_after(backend, before, args.vacuum and not report.stopped, progress)
     args.out(report.to_json(indent=2) if args.json else format_purge(report, outcome[0]))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
@@ -380,19 +560,28 @@ def _cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _cmd_seed(args: argparse.Namespace, settings: config.Settings) -> int:
-    with _backend(args, settings) as backend:
+    """Seed a sample store: refused (exit 2) when the store holds runs, unless ``--append`` (fresh ids then)."""
+    salt = fresh_salt() if args.append else None
+    runs = generate(args.runs, seed=args.seed, max_age_days=args.max_age_days, salt=salt)
+    with _backend(args, settings) as backend, Progress("seed", total=args.runs, unit="runs") as progress:
         started = time.monotonic()
-        n = backend.seed(generate(args.runs, seed=args.seed, max_age_days=args.max_age_days))
-    args.out(f"seeded {n:,} runs into {backend.url} in {time.monotonic() - started:.2f}s")
+        try:
+            n = backend.seed(runs, require_empty=not args.append, on_progress=lambda _, done: progress.count(done))
+        except StoreNotEmpty as exc:
+            log.error("seed refused: %s", exc)
+            return EXIT_USAGE
+    added = " (appended beside the runs it held)" if args.append else ""
+    args.out(f"seeded {n:,} runs into {backend.url}{added} in {time.monotonic() - started:.2f}s")
     return EXIT_OK
 
 
 def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
     grace = values.duration(args.grace, "--grace")
-    with _backend(args, settings) as backend:
+    with _backend(args, settings) as backend, Progress("orphans") as progress:
+        progress.tick("scanning the store")
         report = _recorded(args, settings, backend, metrics.ORPHANS,
                            lambda on_batch: backend.sweep_orphans(grace=grace, dry_run=args.dry_run,
-                                                                  on_batch=on_batch), args.dry_run)
+                                                                  on_batch=on_batch), args.dry_run, progress)
     args.out(report.to_json(indent=2) if args.json else format_orphans(report))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
@@ -400,13 +589,23 @@ def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
     days = args.days or settings.retention_days
-    progress = Progress("audit")
-    with _backend(args, settings) as backend:
+    with _backend(args, settings) as backend, Progress("audit") as progress:
+        progress.tick("census")
         report = backend.audit(older_than=utcnow() - timedelta(days=days) if days else None,
                                grace=values.duration(args.grace, "--grace"),
-                               on_progress=lambda what, n: progress.tick(f"{what} {n:,}"))
+                               on_progress=partial(_audit_progress, progress))
     args.out(report.to_json(indent=2) if args.json else format_audit(report))
     return EXIT_OK
+
+
+def _audit_progress(progress: Progress, what: str, n: int) -> None:
+    """An audit's ``on_progress``: a phase starting (``n`` 0), a census count, or a dry run's batch."""
+    if what == "batch":
+        progress.tick(f"{progress.text.split(':')[0]}: batch {n:,}")
+    elif n == 0:
+        progress.tick(what)
+    else:
+        progress.tick(f"census: {what} {n:,}")
 
 
 def _cmd_metrics(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from workflow_retention.exceptions import StorageError
-from workflow_retention.report import AGE_BUCKETS, AuditReport, Kind, OrphanReport, PurgeReport
+from workflow_retention.report import AGE_BUCKETS, AuditReport, Kind, OrphanReport, PurgeReport, SpaceReport
 from workflow_retention.urls import redact_url, scrub, split_url
 
 #: The Pushgateway job name.
@@ -226,7 +226,17 @@ def audit_snapshot(report: AuditReport, retention_days: int | None, *, complete:
         "expired_held": preview.held if preview is not None else None,
         "clean_at": clean_at,
         "complete": complete,
+        "space": _space_snapshot(report.space),
     }
+
+
+def _space_snapshot(space: SpaceReport | None) -> dict[str, Any] | None:
+    """What the metrics keep of the audit's space: bytes per table (directory, index), the free bytes inside."""
+    if space is None or not space.known:
+        return None
+    return {"tables": {t.name: t.bytes for t in space.tables if t.bytes is not None},
+            "bytes": space.bytes, "free_bytes": space.free_bytes,
+            "dead_rows": {t.name: t.dead_rows for t in space.tables if t.dead_rows is not None}}
 
 
 # -- the collector ------------------------------------------------------------------------------------
@@ -312,6 +322,24 @@ class RetentionCollector:
             records.add_metric([store, kind], count)
             size.add_metric([store, kind], nbytes)
         yield from (records, size)
+        space = audit.get("space")
+        if space:
+            tables = gauge("store_space_bytes", "Bytes each table (directory, index) of the store occupies, data and "
+                           "indexes, at the last audit (see docs/operations.md, Space).", ("table",))
+            for table, nbytes in sorted(space.get("tables", {}).items()):
+                tables.add_metric([store, table], nbytes)
+            yield tables
+            if space.get("free_bytes") is not None:
+                free = gauge("store_free_bytes", "Bytes free inside the store at the last audit (SQLite free pages, "
+                             "MySQL data_free): reused by new data, not returned to the file system.")
+                free.add_metric([store], space["free_bytes"])
+                yield free
+            if space.get("dead_rows"):
+                dead = gauge("store_dead_rows", "Dead rows waiting for (auto)vacuum per table at the last audit "
+                             "(PostgreSQL).", ("table",))
+                for table, n in sorted(space["dead_rows"].items()):
+                    dead.add_metric([store, table], n)
+                yield dead
         runs = gauge("store_runs", "Runs per status in the store, at the last audit.", ("status",))
         for status, n in sorted(audit.get("runs_by_status", {}).items()):
             runs.add_metric([store, status], n)

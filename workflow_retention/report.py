@@ -86,8 +86,11 @@ class _Report:
             self.warnings.append(printable(message))
 
     def to_dict(self) -> dict[str, Any]:
+        space = getattr(self, "space", None)
         data = asdict(self)
         data["counts"] = dict(sorted(self.counts.items()))
+        if "space" in data:
+            data["space"] = space.to_dict() if space is not None else None
         for key, value in list(data.items()):
             if isinstance(value, datetime):
                 data[key] = _iso(value)
@@ -113,6 +116,9 @@ class PurgeReport(_Report):
     held: int = 0
     changed: int = 0
     skipped: int = 0
+    #: What the store occupies after the purge and what it gave back (the command line measures it:
+    #: ``StorageBackend.space`` before and after); None when not measured.
+    space: SpaceReport | None = None
 
     @property
     def runs(self) -> int:
@@ -222,6 +228,8 @@ class AuditReport:
     purge: PurgeReport | None
     orphans: OrphanReport
     duration_s: float = 0.0
+    #: What the store occupies, per table (directory, index), with notes (see ``StorageBackend.space``).
+    space: SpaceReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -231,7 +239,82 @@ class AuditReport:
             "census": self.census.to_dict(),
             "purge_preview": self.purge.to_dict() if self.purge else None,
             "orphans": self.orphans.to_dict(),
+            "space": self.space.to_dict() if self.space else None,
         }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+@dataclass
+class TableSpace:
+    """One table (SQL), directory (file store) or table of a key-value store, as :class:`SpaceReport` lists it.
+
+    Every figure is None when the store cannot tell it. ``bytes``: what it occupies now (data and indexes);
+    ``free_bytes``: space inside it that new rows reuse but the file system does not get back (MySQL's
+    ``data_free``); ``live_rows``/``dead_rows``: PostgreSQL's estimates (dead rows wait for vacuum);
+    ``last_vacuum``: the later of the last manual and the last automatic vacuum (PostgreSQL).
+    """
+
+    name: str
+    bytes: int | None = None
+    data_bytes: int | None = None
+    index_bytes: int | None = None
+    free_bytes: int | None = None
+    rows: int | None = None
+    dead_rows: int | None = None
+    last_vacuum: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["last_vacuum"] = _iso(self.last_vacuum)
+        return data
+
+
+@dataclass
+class SpaceReport:
+    """What a store occupies, and how much of it is free space held by the store (see ``StorageBackend.space``).
+
+    ``known`` False: the store cannot tell (``notes`` says why); the figures are then None, never invented.
+    ``bytes``: the store's total (a database file, the tables' data and indexes, the files); ``free_bytes``:
+    space the store holds that new data reuses but the file system does not have back (SQLite's free pages,
+    MySQL's ``data_free``; PostgreSQL's dead rows are counted in ``dead_rows``, not here). ``freed_bytes``:
+    bytes a purge or vacuum gave back, when it can be measured (set by the caller from two reports).
+    ``vacuum``: what ``--vacuum`` ran, if it ran. ``approximate``: the figures are estimates the service
+    refreshes on its own schedule (DynamoDB's, about every six hours).
+    """
+
+    backend: str
+    known: bool = True
+    bytes: int | None = None
+    free_bytes: int | None = None
+    tables: list[TableSpace] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    approximate: bool = False
+    freed_bytes: int | None = None
+    vacuum: str | None = None
+    measured_at: datetime | None = None
+
+    @classmethod
+    def unknown(cls, backend: str, reason: str) -> SpaceReport:
+        """A store that cannot tell its size: says so (``known`` False), with the reason as its note."""
+        return cls(backend=backend, known=False, notes=[reason])
+
+    def note(self, text: str) -> None:
+        self.notes.append(printable(text))
+
+    def total(self) -> None:
+        """``bytes`` and ``free_bytes`` as the sums of the tables' figures that are known."""
+        sizes = [t.bytes for t in self.tables if t.bytes is not None]
+        free = [t.free_bytes for t in self.tables if t.free_bytes is not None]
+        self.bytes = sum(sizes) if sizes else self.bytes
+        self.free_bytes = sum(free) if free else self.free_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "known": self.known, "bytes": self.bytes, "free_bytes": self.free_bytes,
+                "freed_bytes": self.freed_bytes, "approximate": self.approximate, "vacuum": self.vacuum,
+                "measured_at": _iso(self.measured_at), "tables": [t.to_dict() for t in self.tables],
+                "notes": list(self.notes)}
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.timeutil import require_aware, utcnow
 
 TERMINAL_MIX = [("completed", 70), ("failed", 12), ("cancelled", 8), ("continued_as_new", 5), ("interrupted", 5)]
@@ -69,8 +71,9 @@ def _run_dict(run_id: str, name: str, status: str, created: datetime, updated: d
 
 
 def _build(rng: random.Random, index: int, now: datetime, max_age_days: float,
-           parent: SeedRun | None, outlive_share: float) -> SeedRun:
-    run_id = "run_" + hashlib.sha256(f"{rng.random()}:{index}".encode()).hexdigest()[:16]
+           parent: SeedRun | None, outlive_share: float, salt: str | None = None) -> SeedRun:
+    salted = f"{salt}:" if salt else ""
+    run_id = "run_" + hashlib.sha256(f"{salted}{rng.random()}:{index}".encode()).hexdigest()[:16]
     name = parent.run["workflow_name"] + "_child" if parent else rng.choice(WORKFLOWS)
     live = rng.random() < 0.15
     outlives = parent is not None and rng.random() < outlive_share
@@ -82,7 +85,7 @@ def _build(rng: random.Random, index: int, now: datetime, max_age_days: float,
     else:
         updated = now - timedelta(days=rng.uniform(0, max_age_days))
     created = updated - timedelta(seconds=rng.randint(5, 3600))
-    key = f"order-{index}" if rng.random() < 0.3 else None
+    key = (f"order-{salt}-{index}" if salt else f"order-{index}") if rng.random() < 0.3 else None
     seed = SeedRun(run=_run_dict(run_id, name, status, created, updated, parent, key))
     clock = created
     events = seed.events
@@ -107,7 +110,7 @@ def _build(rng: random.Random, index: int, now: datetime, max_age_days: float,
                 "input_kwargs": "{}", "result": '{"amount": 10}', "error": None,
                 "retry_after": None, "retry_delay": None})
     for n in range(rng.choice([0, 1, 1, 2])):
-        hook_id = f"hook_approval_{n + 1}"
+        hook_id = f"hook_approval_{salt}_{n + 1}" if salt else f"hook_approval_{n + 1}"
         token = f"{run_id}:{hook_id}"
         event("hook.created", {"hook_id": hook_id, "token": token, "url": "", "name": "approval"})
         seed.hooks.append({
@@ -129,14 +132,17 @@ def _build(rng: random.Random, index: int, now: datetime, max_age_days: float,
 
 def generate(n: int, *, now: datetime | None = None, seed: int = 42,
              max_age_days: float = 120.0, child_share: float = 0.1,
-             outlive_share: float = 0.2) -> Iterator[SeedRun]:
+             outlive_share: float = 0.2, salt: str | None = None) -> Iterator[SeedRun]:
     """Yield ``n`` runs with ages spread uniformly over ``max_age_days``.
 
     About 85 % are terminal; about ``child_share`` are child runs of an
     earlier run, ``outlive_share`` of which outlive their parent (recent, and
     sometimes still live), so an expired parent is held. The other children
     are terminal and finished before their parent.
-    The output depends only on ``n``, ``now`` and ``seed``.
+    The output depends only on ``n``, ``now``, ``seed`` and ``salt``.
+
+    ``salt`` (see :func:`fresh_salt`) goes into every run id and idempotency key: runs generated with a
+    salt never reuse the ids of runs generated without one or with another salt (``seed --append``).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0; got {n}")
@@ -145,7 +151,32 @@ def generate(n: int, *, now: datetime | None = None, seed: int = 42,
     last_root: SeedRun | None = None
     for index in range(n):
         parent = last_root if last_root is not None and rng.random() < child_share else None
-        run = _build(rng, index, now, max_age_days, parent, outlive_share)
+        run = _build(rng, index, now, max_age_days, parent, outlive_share, salt)
         if parent is None:
             last_root = run
         yield run
+
+
+def fresh_salt() -> str:
+    """A salt for :func:`generate` that no earlier seeding used: 64 random bits (``secrets``).
+
+    Run ids stay in pyworkflow's form (``run_`` and 16 hex digits, a hash of the salt, the random seed and
+    the index), so ids of two seedings with different salts coincide only by a 64-bit hash collision
+    (about 1 in 10^8 for 100,000 runs appended to a store of 10 million); file and memory stores also check
+    every appended run id before writing it, and SQL's primary key refuses a duplicate.
+    """
+    return secrets.token_hex(8)
+
+
+#: ``count_runs`` counts up to this many runs when a seed checks that the store is empty.
+SEED_COUNT_LIMIT = 100_000
+
+
+class StoreNotEmpty(ConfigurationError):
+    """``seed`` into a store that already holds runs, without ``--append`` (exit 2)."""
+
+    def __init__(self, store: str, runs: int, exact: bool) -> None:
+        self.store, self.runs, self.exact = store, runs, exact
+        held = f"{runs:,} runs" if exact else f"at least {runs:,} runs"
+        super().__init__(f"{store} already holds {held}: seeding it would mix sample runs into real data. Pass "
+                         "--append to add sample runs with fresh ids beside them, or seed an empty store")

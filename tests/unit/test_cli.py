@@ -85,7 +85,7 @@ def test_progress_lines_are_throttled(monkeypatch) -> None:
     clock = iter([0.0, 0.5, 1.2, 1.5, 2.4])
     monkeypatch.setattr(cli_time, "monotonic", lambda: next(clock))
     buf = io.StringIO()
-    p = Progress("purge", buf)
+    p = Progress("purge", buf, interval=1.0)
     for _ in range(4):
         p.tick("x")
     assert buf.getvalue().count("purge: x") == 2

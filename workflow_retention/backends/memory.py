@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
-from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.planning import (
     DELETED_SCHEDULE,
     TERMINAL_STATUSES,
@@ -36,7 +36,7 @@ from workflow_retention.planning import (
     key_prefixes,
     plan_page,
 )
-from workflow_retention.report import Kind
+from workflow_retention.report import Kind, SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.timeutil import older
 from workflow_retention.urls import redact_url, split_url
@@ -145,7 +145,6 @@ class MemoryBackend(StorageBackend):
                 self._delete_plan(job, plan)
         if job.sweeps:
             self._purge_aux(job)
-
 
     def _delete_plan(self, job: PurgeJob, plan: Plan) -> None:
         """Boundary with the store unlocked (the engine may write meanwhile); re-check and delete under its lock."""
@@ -327,6 +326,10 @@ class MemoryBackend(StorageBackend):
         make = _factories(self.store)
         store = self.store
         with store._lock:
+            taken = [s.run_id for s in runs if s.run_id in store._runs]
+            if taken:  # the engine never overwrites a run on creation; nor does the seeder
+                raise StorageError(f"cannot seed {self.url}: run {taken[0]} already exists (seed --append draws "
+                                   "fresh ids)")
             for seed in runs:
                 run = make["run"](seed.run)
                 store._runs[run.run_id] = run
@@ -342,6 +345,16 @@ class MemoryBackend(StorageBackend):
                 store._checkpoints.update(seed.checkpoints)
                 if seed.cancel_flag:
                     store._cancellation_flags[run.run_id] = True
+
+
+    def _space(self) -> SpaceReport:
+        return SpaceReport.unknown(self.url, "an in-process memory store: its data is Python objects in this "
+                                             "process's heap, not measured (a purge frees them for the garbage "
+                                             "collector at once)")
+
+    def _count_runs(self, limit: int) -> tuple[int, bool]:
+        n = len(self.store._runs)
+        return min(n, limit), n <= limit
 
 
 def _old_enough(kind: str, value: Any, not_after: datetime) -> bool:

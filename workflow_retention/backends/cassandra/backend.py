@@ -16,11 +16,12 @@ from workflow_retention import values
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.planning import RunRef
+from workflow_retention.report import SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url
 
 from . import seed
-from .census import census
+from .census import census, count_runs, space
 from .client import Cql, driver
 from .layout import MARKER_STATEMENTS, MARKER_TABLE, STATEMENTS
 from .markers import Markers
@@ -344,6 +345,14 @@ class CassandraBackend(StorageBackend):
 
     def _write_seed(self, runs: list[SeedRun]) -> None:
         seed.write(self.cql, runs)
+
+    def _space(self) -> SpaceReport:
+        self.cql.require_keyspace()
+        return space(self.cql, self.url)
+
+    def _count_runs(self, limit: int) -> tuple[int, bool]:
+        self.cql.require_keyspace()
+        return count_runs(self.cql, limit)
 
     def _log_statements(self, what: str, before: dict[str, int]) -> None:
         after = self.cql.summary()

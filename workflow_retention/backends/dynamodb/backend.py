@@ -21,11 +21,12 @@ from workflow_retention.base import (
 )
 from workflow_retention.exceptions import ConfigurationError, StorageError
 from workflow_retention.planning import RunRef
+from workflow_retention.report import SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import split_url
 
 from . import segments
-from .census import census
+from .census import census, count_runs, space
 from .client import Table, connect, default_region
 from .layout import KEY_SCHEMA, REQUIRED_INDEXES
 from .orphans import OrphanSweep
@@ -256,3 +257,10 @@ class DynamoDBBackend(StorageBackend):
 
     def _write_seed(self, runs: list[SeedRun]) -> None:
         write_runs(self.table, runs)
+
+    def _space(self) -> SpaceReport:
+        return space(self.table.describe(region=self.region, where=self.endpoint_url or "AWS"), self.url)
+
+    def _count_runs(self, limit: int) -> tuple[int, bool]:
+        self._verify()
+        return count_runs(self.table, limit)

@@ -10,16 +10,17 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from workflow_retention import values
-from workflow_retention.backends.file.census import census
+from workflow_retention.backends.file.census import census, space
 from workflow_retention.backends.file.client import Store, errors
 from workflow_retention.backends.file.layout import JSON, MARKER_SUFFIX, RUNS
 from workflow_retention.backends.file.orphans import sweep_orphans
 from workflow_retention.backends.file.purge import purge_runs, read_run
-from workflow_retention.backends.file.seed import SeedWriter, prepare
+from workflow_retention.backends.file.seed import SeedWriter, count_runs, prepare
 from workflow_retention.backends.file.streams import StreamSweep
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.planning import RunRef
+from workflow_retention.report import SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.shards import hash_shards
 from workflow_retention.urls import query_params, redact_url, split_url
@@ -143,3 +144,11 @@ class FileBackend(StorageBackend):
         assert self._seeder is not None, "_prepare_seed first"
         with errors(self._base), Store.open(self._base) as store:
             self._seeder.write(store, runs)
+
+    def _space(self) -> SpaceReport:
+        with errors(self._base), Store.open(self._base) as store:
+            return space(store, self.url)
+
+    def _count_runs(self, limit: int) -> tuple[int, bool]:
+        with errors(self._base), Store.open(self._base) as store:
+            return count_runs(store, limit)

@@ -9,6 +9,7 @@ from workflow_retention.backends.file.layout import (
     ACKS,
     BASE,
     CHECKPOINTS,
+    DIRECTORIES,
     EVENTS,
     FLAG_SUFFIX,
     HOOKS,
@@ -26,7 +27,8 @@ from workflow_retention.backends.file.layout import (
 )
 from workflow_retention.base import CensusJob
 from workflow_retention.planning import RunRef
-from workflow_retention.report import Kind
+from workflow_retention.report import Kind, SpaceReport, TableSpace
+from workflow_retention.timeutil import utcnow
 
 PROGRESS_EVERY = 5000
 PURGE_MARKERS = "purge_markers"
@@ -113,3 +115,31 @@ def _array_length(store: Store, name: str) -> int:
     except (FileNotFoundError, Corrupt):
         return 0
     return len(data) if isinstance(data, list) else 0
+
+
+def space(store: Store, url: str) -> SpaceReport:
+    """Bytes per directory (the sum of its files' sizes), files, and the disk blocks they take: one pass.
+
+    A deleted file gives its space back to the file system at once (unless a process still holds it open),
+    so a file store never holds free space of its own.
+    """
+    report = SpaceReport(backend=url, measured_at=utcnow(), free_bytes=0)
+    blocks = 0
+    for directory in (BASE, *DIRECTORIES):
+        size = files = 0
+        for entry in store.entries(directory, regular=True):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            size += st.st_size
+            blocks += st.st_blocks * 512
+            files += 1
+        if files or directory != BASE:
+            name = "(base)" if directory == BASE else f"{directory}/"
+            report.tables.append(TableSpace(name=name, bytes=size, data_bytes=size, rows=files))
+    report.total()
+    report.free_bytes = 0
+    report.note(f"{sum(t.rows or 0 for t in report.tables):,} files of {report.bytes:,} B take {blocks:,} B of "
+                "disk (whole blocks); a deleted file gives its space back to the file system at once")
+    return report

@@ -67,6 +67,9 @@ class SeedWriter:
     def _run(self, seed: SeedRun) -> None:
         write, run_id = self.store.write_new, seed.run_id
         _check_names(seed)
+        if self.store.exists(RUNS, f"{run_id}{JSON}"):  # the engine never rewrites a run on creation; nor do we
+            raise StorageError(f"cannot seed {self.store.base}: run {run_id} already exists (seed --append "
+                               "draws fresh ids)")
         when = parse_timestamp(seed.run["updated_at"]).timestamp()
         write(RUNS, f"{run_id}{JSON}", _pretty(seed.run), when)
         run_lock, events_lock, cancel_lock = run_locks(run_id)
@@ -101,3 +104,14 @@ def _check_names(seed: SeedRun) -> None:
 
 def _pretty(data: object) -> bytes:
     return json.dumps(data, indent=2).encode()
+
+
+def count_runs(store: Store, limit: int) -> tuple[int, bool]:
+    """Run records in ``runs/`` (``*.json``, markers and flags aside), up to ``limit``; (count, exact)."""
+    n = 0
+    for entry in store.entries(RUNS, regular=False):
+        if entry.name.endswith(JSON):
+            n += 1
+            if n >= limit:
+                return n, False
+    return n, True

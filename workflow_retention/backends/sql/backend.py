@@ -17,15 +17,17 @@ from sqlalchemy.engine import Connection
 
 from workflow_retention import values
 from workflow_retention.backends.sql import runs
-from workflow_retention.backends.sql.census import census
+from workflow_retention.backends.sql.census import census, count_runs
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.dialect import Dialect
 from workflow_retention.backends.sql.layout import OPTIONAL_TABLES
 from workflow_retention.backends.sql.orphans import sweep_orphans
 from workflow_retention.backends.sql.purge import Purge
 from workflow_retention.backends.sql.seed import prepare_seed, write_seed
+from workflow_retention.backends.sql.space import space
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.planning import RunRef
+from workflow_retention.report import SpaceReport
 
 if TYPE_CHECKING:
     from workflow_retention.seed import SeedRun
@@ -129,4 +131,8 @@ class SQLBackend(StorageBackend):
     def _write_seed(self, runs: list[SeedRun]) -> None:
         write_seed(self.client, runs)
 
+    def _space(self) -> SpaceReport:
+        return space(self.client)
 
+    def _count_runs(self, limit: int) -> tuple[int, bool]:
+        return count_runs(self.client, limit)

@@ -67,3 +67,11 @@ def _ages(client: Client, job: CensusJob) -> None:
         if len(rows) < AGE_PAGE:
             return
         cursor = rows[-1].run_id
+
+
+def count_runs(client: Client, limit: int) -> tuple[int, bool]:
+    """Rows of ``workflow_runs``, counted up to ``limit`` (one bounded index scan): ``(n, exact)``."""
+    r = client.table("workflow_runs")
+    with client.translated("counting runs"), client.read() as conn:
+        n = conn.execute(select(func.count()).select_from(select(r.c.run_id).limit(limit).subquery())).scalar_one()
+    return int(n), n < limit

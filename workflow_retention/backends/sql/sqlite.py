@@ -20,8 +20,10 @@ from sqlalchemy.pool import QueuePool
 from workflow_retention.backends.sql.backend import SQLBackend, timeout
 from workflow_retention.backends.sql.dialect import Dialect
 from workflow_retention.backends.sql.layout import IsoText, Types
+from workflow_retention.backends.sql.space import sqlite_vacuum
 from workflow_retention.base import Capability
 from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.report import SpaceReport
 from workflow_retention.urls import redact_url, split_url
 
 #: Largest UTC offset in use (+14:00) plus margin: the SQL pre-filter's widening.
@@ -170,6 +172,8 @@ class SQLiteBackend(SQLBackend):
 
     name = "sqlite"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
+    #: ``vacuum()`` (``purge --vacuum``) gives SQLite's free pages back to the file system.
+    can_vacuum = True
     # One writer at a time: each batch commits (journal + fsync), so fewer, larger batches are much
     # cheaper; 1,000 runs hold the write lock for well under the engine's 5 s busy timeout.
     default_batch_size = 1000
@@ -195,3 +199,11 @@ class SQLiteBackend(SQLBackend):
         if path.startswith("//"):  # SQLAlchemy's spelling sqlite:////abs/path
             path = path[1:]
         return cls(path, url=url, **options)
+
+    def _vacuum(self) -> SpaceReport:
+        """``PRAGMA incremental_vacuum`` (``auto_vacuum=INCREMENTAL``) or a full ``VACUUM``; then :meth:`space`."""
+        with self.client.translated("vacuum"):
+            what = sqlite_vacuum(self.client)
+        report = self._space()
+        report.vacuum = what
+        return report
