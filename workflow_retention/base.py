@@ -516,8 +516,12 @@ class StorageBackend(ABC):
                 on_progress("batch", info.index)
 
         def phase(name: str) -> None:
+            """Announce a phase (progress output); not a stopping point: a bounded audit stops inside phases."""
             if on_progress is not None:
-                on_progress(name, 0)
+                try:
+                    on_progress(name, 0)
+                except PurgeStopped:
+                    pass
 
         if cutoff:
             phase("purge preview")
