@@ -23,8 +23,11 @@ class BackendUnavailableError(RetentionError, ImportError):
     """The driver a backend needs is not installed."""
 
     def __init__(self, backend: str, extra: str, exc: BaseException | None = None) -> None:
+        # The package is on no index: the extra is installed from a checkout or from a wheel built from one.
         super().__init__(
-            f"the {backend} backend needs its driver: pip install 'workflow-retention[{extra}]'"
+            f"the {backend} backend needs its driver (the '{extra}' extra): pip install '.[{extra}]' in a checkout "
+            f"of workflow-retention, or pip install 'workflow_retention-<version>-py3-none-any.whl[{extra}]' from a "
+            "built wheel (README, Command line)"
             + (f" ({exc})" if exc else "")
         )
 

@@ -210,10 +210,10 @@ class CassandraBackend(StorageBackend):
     Errors: :class:`ConfigurationError` for a malformed URL, an unknown parameter or a value out of range
     (naming the option and its range), before anything connects, the password never in it (``TypeError`` for
     a constructor option that does not exist); :class:`BackendUnavailableError` when cassandra-driver is not
-    installed (``pip install 'workflow-retention[cassandra]'``); :class:`StorageError`, the driver's error
-    chained (naming the statement, when one failed): no host answers (``NoHostAvailable``), a request times
-    out, the keyspace does not exist or is not pyworkflow's (``check()`` names the statements the server
-    rejected), the cluster's partitioner is neither Murmur3 nor Random (token scans need one of them).
+    installed (the ``cassandra`` extra: ``pip install '.[cassandra]'`` in a checkout); :class:`StorageError`,
+    the driver's error chained (naming the statement, when one failed): no host answers
+    (``NoHostAvailable``), a request times out, the keyspace does not exist or is not pyworkflow's
+    (``check()`` names the statements the server rejected), the cluster's partitioner is neither Murmur3 nor Random (token scans need one of them).
     """
 
     name = "cassandra"

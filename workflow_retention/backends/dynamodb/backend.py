@@ -110,8 +110,8 @@ class DynamoDBBackend(StorageBackend):
 
     Errors: :class:`ConfigurationError` for a malformed URL, credentials in it, an unknown parameter or a
     value out of range (naming the option and its range), before anything connects;
-    :class:`BackendUnavailableError` when boto3 is not installed (``pip install
-    'workflow-retention[dynamodb]'``); :class:`StorageError`, the driver's error chained, when the table does
+    :class:`BackendUnavailableError` when boto3 is not installed (the ``dynamodb`` extra: ``pip install
+    '.[dynamodb]'`` in a checkout); :class:`StorageError`, the driver's error chained, when the table does
     not exist or is not a pyworkflow table (keys ``PK``/``SK``, indexes GSI1 and GSI4), when a call fails
     (naming the call, the table, the endpoint and the cause: no answer within ``timeout``, no connection, no
     credentials), or when retries pass ``retry_deadline`` (naming what is undone; rerun to finish).
