@@ -213,7 +213,8 @@ class CassandraBackend(StorageBackend):
     installed (the ``cassandra`` extra: ``pip install '.[cassandra]'`` in a checkout); :class:`StorageError`,
     the driver's error chained (naming the statement, when one failed): no host answers
     (``NoHostAvailable``), a request times out, the keyspace does not exist or is not pyworkflow's
-    (``check()`` names the statements the server rejected), the cluster's partitioner is neither Murmur3 nor Random (token scans need one of them).
+    (``check()`` names the statements the server rejected), the cluster's partitioner is neither Murmur3 nor
+    Random (token scans need one of them).
     """
 
     name = "cassandra"
