@@ -296,6 +296,11 @@ def _bytes(n: int | None) -> str:
     return "?" if n is None else f"{n:,} B"
 
 
+#: ``audit``'s space columns: (heading, TableSpace field).
+SPACE_COLUMNS = (("bytes", "bytes"), ("index bytes", "index_bytes"), ("free", "free_bytes"), ("rows", "rows"),
+                 ("dead rows", "dead_rows"))
+
+
 def format_space(sp: SpaceReport, *, per_table: bool = True) -> str:
     """What the store occupies: the totals, what a purge gave back, per table (``audit``), and the notes."""
     title = "space" + (" (estimates)" if sp.approximate else "")
@@ -310,11 +315,16 @@ def format_space(sp: SpaceReport, *, per_table: bool = True) -> str:
         rows.append(("vacuum", sp.vacuum))
     text = _table(title, rows)
     if per_table and sp.tables:
-        lines = [f"  {'table':<28} {'bytes':>14} {'index bytes':>14} {'free':>12} {'rows':>12} {'dead rows':>10}"]
+        # Only the columns this store fills: a file store has no indexes, only PostgreSQL has dead rows.
+        columns = [(head, field) for head, field in SPACE_COLUMNS
+                   if any(getattr(t, field) is not None for t in sp.tables)]
+        width = max(len(t.name) for t in sp.tables) + 2
+        files = any(t.name.endswith("/") for t in sp.tables)  # a file store: directories of files
+        lines = [f"  {'per directory' if files else 'per table':<{width}}"
+                 + "".join(f"{'files' if files and head == 'rows' else head:>14}" for head, _ in columns)]
         for t in sp.tables:
-            cells = [t.bytes, t.index_bytes, t.free_bytes, t.rows, t.dead_rows]
-            shown = ["-" if c is None else f"{c:,}" for c in cells]
-            lines.append(f"  {t.name:<28} {shown[0]:>14} {shown[1]:>14} {shown[2]:>12} {shown[3]:>12} {shown[4]:>10}")
+            cells = [getattr(t, field) for _, field in columns]
+            lines.append(f"  {t.name:<{width}}" + "".join(f"{'-' if c is None else f'{c:,}':>14}" for c in cells))
         text += "\n" + "\n".join(lines)
     return text + "".join(f"\n  note: {n}" for n in sp.notes)
 

@@ -101,3 +101,12 @@ def test_audit_and_purge_report_the_space(via_cli: Harness, capsys: pytest.Captu
         assert space["freed_bytes"] == 0 and space["free_bytes"] > 0
     assert main(["purge", "--storage", "memory://unused", "--days", "30"]) == EXIT_OK
     assert "\nspace" in capsys.readouterr().out
+
+
+def test_a_sharded_purge_reports_the_space_too(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"file://{tmp_path}/store"
+    assert main(["seed", "--storage", url, "--runs", "200"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["purge", "--storage", url, "--days", "30", "--shards", "2", "--workers", "2", "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["runs"] > 0 and report["space"]["freed_bytes"] > 0
