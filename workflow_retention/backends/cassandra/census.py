@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from workflow_retention.base import CensusJob
+from workflow_retention.exceptions import StorageError
 from workflow_retention.report import Kind, SpaceReport, TableSpace
 from workflow_retention.timeutil import utcnow
 
@@ -62,9 +63,12 @@ def space(cql: Cql, url: str) -> SpaceReport:
     from cassandra import InvalidRequest
 
     try:
-        rows = list(cql.session.execute(SIZE_ESTIMATES, (cql.settings.keyspace,)))
-    except InvalidRequest:  # 2.1.0-2.1.4: no such table
-        report = SpaceReport.unknown(url, NO_SIZES)
+        with cql._guard("size_estimates"):  # any other failure: a StorageError, as every statement's
+            rows = list(cql.session.execute(SIZE_ESTIMATES, (cql.settings.keyspace,)))
+    except StorageError as exc:
+        if not isinstance(exc.__cause__, InvalidRequest):
+            raise
+        report = SpaceReport.unknown(url, NO_SIZES)  # 2.1.0-2.1.4: no such table
         report.note(TOMBSTONES)
         return report
     report = SpaceReport(backend=url, measured_at=utcnow(), approximate=True)
