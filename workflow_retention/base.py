@@ -625,6 +625,9 @@ class StorageBackend(ABC):
 
     #: :meth:`vacuum` gives free space inside the store back to the file system (SQLite).
     can_vacuum: ClassVar[bool] = False
+    #: Seconds after a writer closed its connections before :meth:`space` includes its writes (PostgreSQL's
+    #: statistics: dead rows); after a purge, the CLI closes the backend and waits this long before it measures.
+    space_settle_s: float = 0.0
 
     def space(self) -> SpaceReport:
         """What the store occupies now and how much of it is free for reuse, as cheaply as the store can tell.

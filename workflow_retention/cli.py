@@ -420,6 +420,10 @@ def _space_before(backend: StorageBackend) -> SpaceReport | None:
 
 def _space_after(backend: StorageBackend, before: SpaceReport | None, vacuum: bool, progress: Progress) -> SpaceReport:
     """What the store occupies after a purge (after ``--vacuum``, announced, when asked) and what it gave back."""
+    if before is not None and backend.space_settle_s:  # a real purge: let the server's statistics catch up
+        progress.tick("waiting for the server's statistics")
+        backend.close()  # the purge's connections report their statistics as they end
+        time.sleep(backend.space_settle_s)
     if vacuum:
         print(f"purge: vacuuming {backend.url}: {VACUUM_NOTE}", file=progress.stream, flush=True)
         progress.tick("vacuum")

@@ -24,7 +24,7 @@ from workflow_retention.backends.sql.layout import OPTIONAL_TABLES
 from workflow_retention.backends.sql.orphans import sweep_orphans
 from workflow_retention.backends.sql.purge import Purge
 from workflow_retention.backends.sql.seed import prepare_seed, write_seed
-from workflow_retention.backends.sql.space import space
+from workflow_retention.backends.sql.space import SETTLE_S, space
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
 from workflow_retention.planning import RunRef
 from workflow_retention.report import SpaceReport
@@ -130,6 +130,10 @@ class SQLBackend(StorageBackend):
 
     def _write_seed(self, runs: list[SeedRun]) -> None:
         write_seed(self.client, runs)
+
+    @property
+    def space_settle_s(self) -> float:  # type: ignore[override]
+        return SETTLE_S.get(self.dialect.name, 0.0)
 
     def _space(self) -> SpaceReport:
         return space(self.client)

@@ -31,6 +31,10 @@ from workflow_retention.timeutil import utcnow
 
 #: PostgreSQL: a table whose dead rows are past autovacuum's trigger with no (auto)vacuum for this long lags.
 AUTOVACUUM_LAG = timedelta(days=1)
+#: Seconds after the writer's connections closed before the dialect's space figures include its writes: a
+#: PostgreSQL backend flushes its table statistics (dead rows) to ``pg_stat_user_tables`` when it exits (an idle
+#: one may keep them up to 10 s), so the caller closes its connections and waits this long.
+SETTLE_S = {"postgres": 0.5, "postgresql": 0.5}
 
 
 def space(client: Client) -> SpaceReport:
