@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -159,6 +160,9 @@ class Progress:
     :meth:`tick`, ``seed`` :meth:`count`.
     """
 
+    #: The terminal stream a progress line is drawn on now (None: none), for the log handler to erase it first.
+    drawn_on: Any = None
+
     def __init__(self, label: str, stream: Any = None, *, interval: float | None = None, total: int | None = None,
                  unit: str = "") -> None:
         self.label, self.stream = label, stream or sys.stderr
@@ -189,6 +193,7 @@ class Progress:
             if self._drawn:  # leave the terminal's cursor on a fresh line
                 print("\r\x1b[K", end="", file=self.stream, flush=True)
                 self._drawn = False
+                Progress.drawn_on = None
 
     def __call__(self, info: BatchInfo) -> None:
         """``on_batch``: the batch number and the live report (whose counts keep growing between batches)."""
@@ -239,6 +244,7 @@ class Progress:
             if self.tty:
                 print(f"\r{self.line(now)}\x1b[K", end="", file=self.stream, flush=True)
                 self._drawn = True
+                Progress.drawn_on = self.stream
             else:
                 print(self.line(now), file=self.stream, flush=True)
 
@@ -734,8 +740,19 @@ class ScrubbingFormatter(logging.Formatter):
         return remove_secrets(super().format(record), self.secrets)
 
 
+class _ProgressAwareHandler(logging.StreamHandler):
+    """A log line on a terminal first erases the progress line being redrawn there (it is drawn again next)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        drawn = Progress.drawn_on
+        if drawn is not None and drawn is self.stream:
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.write("\r\x1b[K")
+        super().emit(record)
+
+
 def _logging(verbose: bool, secrets: list[str]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ProgressAwareHandler(sys.stderr)
     handler.setFormatter(ScrubbingFormatter("%(levelname)s %(name)s: %(message)s", secrets))
     root = logging.getLogger()
     for old in list(root.handlers):  # ours, from an earlier main() in this process

@@ -103,3 +103,16 @@ def test_on_a_terminal_one_line_is_redrawn_with_a_bar(monkeypatch: pytest.Monkey
     assert text.count("\r") >= 3 and "\n" not in text
     assert "[######.................." in text and "250 of 1,000 runs (25%)" in text
     assert text.endswith("\r\x1b[K")  # the line is cleared when the command is done
+
+
+def test_a_log_line_on_a_terminal_erases_the_progress_line_first() -> None:
+    import logging
+
+    screen = _Terminal()
+    handler = cli._ProgressAwareHandler(screen)
+    with Progress("purge", screen, interval=0.0) as progress:
+        progress.tick("batch 1")
+        handler.emit(logging.LogRecord("x", logging.WARNING, __file__, 1, "a warning", None, None))
+    text = screen.getvalue()
+    assert "batch 1" in text and "\r\x1b[Ka warning\n" in text
+    assert Progress.drawn_on is None
