@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -29,6 +30,8 @@ import redis
 from workflow_retention.backends import by_url
 from workflow_retention.base import BatchInfo, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
+from workflow_retention.planning import RunRef
+from workflow_retention.report import SpaceReport
 
 PREFIX = "faulty+"
 #: Registry entry of this backend (registered only where a test asks for it, never globally).
@@ -83,6 +86,12 @@ class FaultyBackend(StorageBackend):
 
         return boundary
 
+    def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
+        return self.inner._read_runs(run_ids)
+
+    def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
+        return self.inner._read_children(parent_ids)
+
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self.inner._sweep_orphans(job)
 
@@ -97,3 +106,9 @@ class FaultyBackend(StorageBackend):
 
     def _write_seed(self, runs: list) -> None:
         self.inner._write_seed(runs)
+
+    def _space(self) -> SpaceReport:
+        return self.inner._space()
+
+    def _count_runs(self, limit: int) -> tuple[int, bool]:
+        return self.inner._count_runs(limit)
