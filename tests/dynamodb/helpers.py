@@ -24,7 +24,21 @@ def faulty_backend(h: DynamoDBHarness, **options: Any) -> tuple[Any, FaultyClien
 
 
 def markers(h: DynamoDBHarness) -> set[str]:
-    return {i.run_id for i in h.inventory() if i.kind == "retention_markers" and i.run_id is not None}
+    """The run ids the purge markers in the table name: a per-run marker's, or each run a batch marker lists."""
+    from workflow_retention.backends.dynamodb.layout import MARKER_PREFIX
+    from workflow_retention.backends.dynamodb.markers import Marker
+
+    named: set[str] = set()
+    params: dict[str, Any] = {"TableName": h.table, "ConsistentRead": True}
+    while True:
+        page = h.client.scan(**params)
+        for item in page.get("Items", []):
+            if item["PK"]["S"].startswith(MARKER_PREFIX):
+                marker = Marker.parse(item)
+                named |= marker.runs.keys() if marker.runs or marker.batch else {item["SK"]["S"]}
+        if "LastEvaluatedKey" not in page:
+            return named
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def commit_ids(params: dict[str, Any]) -> list[str]:

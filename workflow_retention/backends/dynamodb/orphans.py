@@ -12,6 +12,7 @@ from workflow_retention.timeutil import older
 from . import expr
 from .client import SCAN_PAGE, Table
 from .layout import (
+    MARKER_PREFIX,
     RUN_SK,
     Item,
     checkpoint_key,
@@ -22,6 +23,7 @@ from .layout import (
     leave,
     written,
 )
+from .markers import Marker, is_batch
 from .runs import get_runs
 
 #: Kinds an orphan can be: everything that names a run, except the run record itself.
@@ -52,16 +54,42 @@ class OrphanSweep:
 
     def run(self) -> None:
         for page in self.table.scan(Limit=max(self.job.batch_size, SCAN_PAGE)):
-            found = self.sibling_grace(self.orphans(self.candidates(page), report=True))
-            if not found:
+            batches = [i for i in page if i["PK"]["S"].startswith(MARKER_PREFIX) and is_batch(i)]
+            found = self.sibling_grace(self.orphans(self.candidates([i for i in page if not (
+                i["PK"]["S"].startswith(MARKER_PREFIX) and is_batch(i))]), report=True))
+            markers = self.stale_markers(batches, report=True)
+            if not found and not markers:
                 continue
-            self.job.boundary(sorted({named_run(c) for c in found}))
+            named = {named_run(c) for c in found} | {r for m in markers for r in Marker.parse(m).runs}
+            self.job.boundary(sorted(named))
             found = self.orphans(found)  # the run's absence, re-checked right before the delete
+            markers = self.stale_markers(markers)
             for c in found:
                 self.report.add(c.kind)
                 self.report.bytes += item_size(c.item)
+            for m in markers:
+                self.report.add(Kind.INDEX_ENTRIES)
+                self.report.bytes += item_size(m)
             if found and not self.job.dry_run:
                 self.table.delete_many([key_of(c.item) for c in found])
+            if markers and not self.job.dry_run:
+                self.table.delete_many([key_of(m) for m in markers], units=[Marker.parse(m).units for m in markers])
+
+    def stale_markers(self, items: list[Item], *, report: bool = False) -> list[Item]:
+        """Batch markers (``markers.py``) older than the grace period none of whose runs exists: a purge marker
+        whose runs are all gone is an orphan, as a per-run marker whose run is gone. One whose time cannot
+        be read is kept (with ``report``: reported)."""
+        old = []
+        for item in items:
+            when = older(written(item, "created_at"), self.job.not_after, missing=True)
+            if when is None and report:
+                leave(self.report, item, "its created_at cannot be read (it may be younger than the grace period)")
+            if when is True:
+                old.append(item)
+        if not old:
+            return []
+        alive = set(get_runs(self.table, {r for m in old for r in Marker.parse(m).runs}))
+        return [m for m in old if not alive & Marker.parse(m).runs.keys()]
 
     def candidates(self, page: list[Item]) -> list[Candidate]:
         """Items naming a run, written before the grace period or at a time that cannot be read.

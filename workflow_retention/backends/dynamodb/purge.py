@@ -24,7 +24,6 @@ from workflow_retention.planning import (
     RunRef,
     chunked,
     heights,
-    is_safe_run_id,
     key_owners,
     key_prefixes,
     plan_deletion,
@@ -50,7 +49,7 @@ from .layout import (
     s,
     text,
 )
-from .markers import Markers
+from .markers import Marker, Markers, outdated, seen_of
 from .runs import RUN_FIELDS, children_of, get_runs, run_ref, version
 from .streams import STREAM_FIELDS, ScheduleSweep, old_stream_items
 
@@ -61,7 +60,9 @@ COMMITTED = ("deleted", "gone")  # outcomes after which the run item is gone
 TIME_SLACK = timedelta(hours=14)  # the largest UTC offset a GSI1SK timestamp can carry
 PARTITION_PAGE = 1000  # items per page of a partition read (50 runs)
 OWN_IDS = 50_000  # run ids of its own markers a purge keeps in memory (about 5 MB) for the Scan's join
+WAITING = 10_000  # other purges' markers a purge notes to re-check at its end (their keys only)
 SCAN_FIELDS = ("PK", "SK", *STREAM_FIELDS)
+JOIN_ITEMS = 600  # Scan items joined at once (several pages; memory: these and one page per segment)
 
 
 class Ghosts:
@@ -103,9 +104,12 @@ class Purge:
         self.ghosts = Ghosts()
         # The live-engine windows of the batch being committed: (longest read to commit, first commit, runs).
         self.committing: tuple[float, float, int] | None = None
-        # Runs this purge committed or claimed (their markers are its own), for the Scan's join; None once
-        # more than OWN_IDS: the join then reads the markers instead.
-        self.own: set[str] | None = set()
+        # Runs this purge committed or claimed (their markers are its own; a dry run: those it would claim), for
+        # the Scan's join, up to OWN_IDS; past that (``spilled``) its markers are per-run, read by the join.
+        self.own: set[str] = set()
+        self.spilled = False
+        # Other purges' markers naming runs that awaited a commit when resume read them, re-checked at the end.
+        self.waiting: list[Item] = []
         # The bulk delete running behind the purge (defer/settle), with the live-engine window it closes.
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynamodb-retention-bulk")
         self.pending: tuple[Future[None], tuple[float, float, int] | None] | None = None
@@ -129,6 +133,7 @@ class Purge:
         finally:
             self.background.shutdown(wait=True)
         if not self.dry:
+            self.finish_waiting()
             self.markers.drop_own()
         if self.job.sweeps:
             ScheduleSweep(self.table, self.job).run()
@@ -264,15 +269,18 @@ class Purge:
     def commit(self, plan: Plan) -> tuple[list[str], list[RunRef]]:
         """Commit the plan's runs; return (ids to cascade, held runs).
 
-        Each run's marker is written first; its item's conditional delete is
-        then the commit. A run that changed keeps its item, and with it every
-        other item, and its marker is removed again; its ancestors are not
-        attempted. A run already gone (deleted by someone else) is cascaded
-        but not counted (by a shard: not cascaded; its marker stays for the final pass).
+        The batch's marker is written first (one item naming every run and the version about to be
+        committed); each run item's conditional delete is then the commit. A run that changed keeps its
+        item, and with it every other item, and the marker is rewritten without it; its ancestors are not
+        attempted. A run already gone (deleted by someone else) is cascaded but not counted (by a shard:
+        not cascaded; the marker stays for the final pass).
         """
         survivors: set[str] = set()
         planned, _ = plan.order()
-        self.markers.write(planned)
+        per_run = self.per_run_markers(len(planned))
+        marks = [] if per_run else self.markers.mark(planned)
+        if per_run:
+            self.markers.write(planned)
         outcome: dict[str, str] = {}
         for level in heights(plan, planned):
             allowed = {r.run_id for r in plan.order(survivors=survivors)[0]}
@@ -286,7 +294,11 @@ class Purge:
             if waits:
                 longest, first, count = self.committing or (0.0, now, 0)
                 self.committing = (max(longest, *waits), first, count + len(waits))
-        self.table.map(self.markers.unmark, [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED])
+        kept = [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED]
+        if kept and per_run:
+            self.table.map(self.markers.unmark, kept)
+        elif kept:  # the marker names only committed runs again (a shard's stay for the final pass)
+            self.markers.narrow(marks, {r.run_id: seen_of(r) for r in planned if outcome.get(r.run_id) in COMMITTED})
         self.remember([i for i, result in outcome.items() if result in COMMITTED])
         _, held = plan.order(survivors=survivors)
         self.report.changed += len(survivors)
@@ -298,12 +310,24 @@ class Purge:
                    if result == "deleted" or (result == "gone" and not self.job.partial)]
         return cascade, held
 
+    def per_run_markers(self, runs: int) -> bool:
+        """Whether the next ``runs`` are marked one item each: once this purge's own runs would pass ``OWN_IDS``
+        (the Scan's join then reads its markers by run id). A shard, which makes no Scan, never does."""
+        if self.job.partial:
+            return False
+        if not self.spilled and len(self.own) + runs > OWN_IDS:
+            self.spilled = True
+        return self.spilled
+
     def remember(self, run_ids: list[str]) -> None:
-        """Note runs whose markers this purge now owns (up to ``OWN_IDS``; past that, forget them all)."""
-        if self.own is not None:
+        """Note runs whose markers this purge now owns, for the Scan's join (not past ``OWN_IDS``: see
+        :meth:`per_run_markers`)."""
+        if self.job.partial:
+            return
+        if not self.spilled and len(self.own) + len(run_ids) > OWN_IDS:
+            self.spilled = True  # (a dry run's resume; a purge's commits and claims checked before marking)
+        if not self.spilled:
             self.own.update(run_ids)
-            if len(self.own) > OWN_IDS:
-                self.own = None
 
     def delete_runs(self, refs: list[RunRef]) -> list[tuple[str, Item | None]]:
         """Each run item's conditional delete on the version read (25 per TransactWriteItems, on the
@@ -377,48 +401,97 @@ class Purge:
         return counts, pending
 
     def resume(self) -> None:
-        """Finish the cascades of runs whose marker remains though their record is gone.
+        """Finish the cascades of runs a marker names though their record is gone.
 
         Such a run was committed by a purge that died, or by one still running
         (the CLI takes no lock). Either way its cascade is re-run here, after
-        the marker is claimed (rewritten with this purge's id) so that this
-        purge drops it once the cascade, checkpoints included, is complete. A
-        marker whose run exists is another purge's before its commit: it is
-        left alone, unless the run has changed since that purge read it (its
-        conditional delete can then never succeed), when it is dropped.
+        this purge has marked it as its own (a claim), so that it is finished
+        even if this purge dies too; the claim is dropped once the cascade,
+        checkpoints included, is complete. A run a marker names that exists at
+        the version the marker records awaits another purge's commit: that
+        marker stays. Once none of a marker's runs awaits a commit (each is gone,
+        now claimed, or exists at another version, which no commit can match),
+        the marker is deleted; otherwise the entries of those runs are removed
+        from it, and it is checked again at the end of this purge.
         """
         for partition in self.markers.occupied():
             for page in self.markers.pages(partition):
-                page = [m for m in page if is_safe_run_id(m["SK"]["S"])]
-                alive = get_runs(self.table, [m["SK"]["S"] for m in page])
-                gone = [m["SK"]["S"] for m in page if m["SK"]["S"] not in alive]
-                dead = [m for m in page if m["SK"]["S"] in alive and Markers.outdated(m, alive[m["SK"]["S"]])]
-                if not gone and not dead:
-                    continue
-                self.job.boundary(gone + [m["SK"]["S"] for m in dead])
-                if not self.dry:
-                    self.markers.drop_dead(dead)
-                    self.markers.claim(gone)
-                    self.remember(gone)
-                self.cascade(gone)
+                # (a per-run marker naming no safe run id is left alone; a claim of this purge may be on the page)
+                self.resume_page([m for m in page if m.purge_id != self.purge_id and (m.batch or m.runs)])
+
+    def resume_page(self, page: list[Marker]) -> None:
+        alive = get_runs(self.table, {r for m in page for r in m.runs})
+        gone = sorted({r for m in page for r in m.runs if r not in alive})
+        claims = [r for r in gone if r not in self.own]  # not resumed already (through another marker)
+        dead = sorted({r for m in page for r, seen in m.runs.items() if r in alive and outdated(seen, alive[r])})
+        waiting = {id(m): {r for r, seen in m.runs.items() if r in alive and not outdated(seen, alive[r])}
+                   for m in page}
+        done = [m for m in page if len(waiting[id(m)]) < len(m.runs) or not m.runs]
+        if not claims and not done:
+            self.wait_for([m for m in page if waiting[id(m)]])
+            return
+        self.job.boundary(claims + dead)
+        if not self.dry:
+            if claims and self.per_run_markers(len(claims)):
+                self.settle()  # a run two markers name is cascaded twice: the second cascade must find it empty
+                self.markers.claim(claims)
+            else:
+                self.markers.claim_batch(claims)
+            for m in done:  # after the claims: a committed run is never left unmarked
+                self.markers.take_over(m, set(m.runs) - waiting[id(m)], whole=not waiting[id(m)])
+            self.wait_for([m for m in page if waiting[id(m)]])
+        self.remember(claims)
+        self.cascade(claims)
+
+    def wait_for(self, markers: list[Marker]) -> None:
+        """Note other purges' markers naming runs that await a commit, to re-check them at the end."""
+        room = WAITING - len(self.waiting)
+        self.waiting += [m.key for m in markers[:max(room, 0)]]
+
+    def finish_waiting(self) -> None:
+        """Delete the noted markers of other purges whose runs this purge has since committed itself (their
+        cascades and checkpoints are done) or that changed: none of their runs awaits a commit any more.
+
+        Runs committed past ``OWN_IDS`` are not known here: such a marker stays for the next purge."""
+        if not self.waiting or self.spilled:
+            return
+        for chunk in chunked(self.waiting, 100):
+            markers = self.markers.reread(chunk)
+            alive = get_runs(self.table, {r for m in markers for r in m.runs})
+            for m in markers:
+                if all(r in self.own if r not in alive else outdated(seen, alive[r]) for r, seen in m.runs.items()):
+                    self.markers.take_over(m, set(m.runs), whole=True)
+        self.waiting = []
 
     # -- the one Scan: checkpoints of committed runs, and stream data (streams.py) -----
 
     def scan(self) -> None:
-        """One paged Scan after the batches, joined page by page against the purge markers."""
+        """One paged Scan after the batches, its items joined ``JOIN_ITEMS`` at a time against the purge's
+        committed runs (a Scan page of 1,000 items evaluated returns ~160 checkpoints: joined alone, its run
+        records would take a BatchGetItem of a few dozen keys)."""
         params = expr.scan_prefixes(SCANNED_PREFIXES, SCAN_FIELDS, limit=self.page)
+        held: list[Item] = []
         for page in self.table.scan(**params):
-            doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
-                if self.cascaded else []
-            stream = old_stream_items(page, self.cutoff, self.report) if self.job.sweeps else []
-            if not doomed and not stream:
-                continue
-            self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
-            self.report.add(Kind.CHECKPOINTS, len(doomed))
-            for kind, _ in stream:
-                self.report.add(kind)
-            if not self.dry:
-                self.defer([key_of(i) for _, i in doomed + stream])
+            held += page
+            if len(held) >= JOIN_ITEMS:
+                self.sweep(held)
+                held = []
+        if held:
+            self.sweep(held)
+
+    def sweep(self, page: list[Item]) -> None:
+        """The checkpoints and stream items of some Scan pages: count them and delete them (in the background)."""
+        doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
+            if self.cascaded else []
+        stream = old_stream_items(page, self.cutoff, self.report) if self.job.sweeps else []
+        if not doomed and not stream:
+            return
+        self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
+        self.report.add(Kind.CHECKPOINTS, len(doomed))
+        for kind, _ in stream:
+            self.report.add(kind)
+        if not self.dry:
+            self.defer([key_of(i) for _, i in doomed + stream])
 
     def doomed_checkpoints(self, items: list[Item]) -> list[tuple[str, Item]]:
         """Checkpoints whose owner (``planning.key_owners``) is a committed run: marked, its record gone.
@@ -435,10 +508,11 @@ class Purge:
         prefixes = {p for key in keys for p in key_prefixes(key)}
         if not prefixes:
             return []
-        if self.dry or self.own is None:
-            marked = self.markers.marked(prefixes)
-        else:  # this purge's own markers: another purge's committed runs are that purge's to finish
-            marked = prefixes & self.own
+        # This purge's own runs (a dry run: those its resume would claim): another purge's committed runs are
+        # that purge's to finish. Past OWN_IDS, its per-run markers too (whoever's).
+        marked = prefixes & self.own
+        if self.spilled:
+            marked |= self.markers.marked(prefixes)
         if self.dry:
             wanted = prefixes
         else:
