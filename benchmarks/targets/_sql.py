@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -49,7 +51,8 @@ class TxClock:
 
 
 def run_ours(url: str, cutoff: datetime, batch: int) -> dict[str, Any]:
-    backend = by_url(url, batch_size=batch or None)
+    """Our purge; ``BENCH_OPTIONS`` (JSON, e.g. ``{"parallel_batches": 1}``) adds backend options, for A/B runs."""
+    backend = by_url(url, batch_size=batch or None, **json.loads(os.environ.get("BENCH_OPTIONS") or "{}"))
     clock = TxClock(backend.engine)
     report = backend.delete_old_runs(cutoff)
     backend.close()

@@ -43,19 +43,51 @@ TABLES = ("workflow_runs", "events", "steps", "hooks", "cancellation_flags", "ch
 
 class RowsPerWrite:
     """Rows each write transaction of a backend deleted, measured from outside: the store's rows are
-    counted (on another connection) as each write transaction begins and once more at the end."""
+    counted (on another connection) as each write transaction begins and once more at the end.
+
+    PostgreSQL and MySQL run a purge's batches on several connections at once (docs/backends/sql.md,
+    "Parallel batches"), so counting from outside would add up concurrent transactions: there each
+    write transaction's rows are read from the server's own account of that transaction right before it
+    commits. PostgreSQL: the deletes of ``pg_stat_xact_user_tables``, less their value as the
+    transaction began (the view also holds earlier transactions' counts until the backend flushes
+    them, at most once a second, never inside a transaction); MySQL: ``trx_rows_modified`` of
+    ``information_schema.innodb_trx`` (every row the transaction changed, marker rows included)."""
 
     def __init__(self, harness: Any, backend: Any, live: str = "") -> None:
         self.harness, self.live = harness, live
         self.counts: list[int] = []
+        self.deleted: list[int] = []  # PostgreSQL: per transaction, from the server's statistics
+        self.parallel = harness.name in ("postgres", "mysql")
         writes = backend.dialect.write_options()
 
-        def begin(conn: Any) -> None:
+        def write(conn: Any) -> bool:
             options = conn.get_execution_options()
-            if all(options.get(k) == v for k, v in writes.items()):
+            return all(options.get(k) == v for k, v in writes.items())
+
+        def deletes(conn: Any) -> int:
+            driver = conn.connection.driver_connection
+            if harness.name == "mysql":
+                with driver.cursor() as cur:
+                    cur.execute("SELECT coalesce(sum(trx_rows_modified), 0) FROM information_schema.innodb_trx "
+                                "WHERE trx_mysql_thread_id = CONNECTION_ID()")
+                    return int(cur.fetchone()[0])
+            return int(driver.execute("SELECT coalesce(sum(n_tup_del), 0) FROM pg_stat_xact_user_tables")
+                       .fetchone()[0])
+
+        def begin(conn: Any) -> None:
+            if write(conn) and not self.parallel:
                 self.counts.append(self.rows())
+            elif write(conn):
+                conn.info["deletes_before"] = deletes(conn) if harness.name == "postgres" else 0
+
+        def commit(conn: Any) -> None:
+            if write(conn) and self.parallel and "deletes_before" in conn.info:
+                n = deletes(conn) - conn.info.pop("deletes_before")
+                if n:
+                    self.deleted.append(n)
 
         event.listen(backend.engine, "begin", begin)
+        event.listen(backend.engine, "commit", commit)
 
     def rows(self) -> int:
         with self.harness.raw().connect() as conn:  # the live run's events are the engine's, not ours
@@ -64,6 +96,8 @@ class RowsPerWrite:
                        for t in TABLES)
 
     def per_transaction(self) -> list[int]:
+        if self.parallel:
+            return list(self.deleted)
         marks = [*self.counts, self.rows()]
         return [a - b for a, b in zip(marks, marks[1:]) if a != b]
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from functools import cached_property
@@ -58,7 +60,8 @@ class Client:
         #: Transactions retried after a deadlock or serialization failure (for logs and tests).
         self.retries = 0
         self._engine: Engine | None = None
-        self._session: Connection | None = None
+        #: Each thread's session connection (the purge's writer threads have their own, see :meth:`writers`).
+        self._local = threading.local()
 
     # -- schema objects and the store's layout ----------------------------------------
 
@@ -118,9 +121,13 @@ class Client:
             self._engine.dispose()
             self._engine = None
 
+    @property
+    def _session(self) -> Connection | None:
+        return getattr(self._local, "conn", None)
+
     @contextmanager
     def session(self) -> Iterator[None]:
-        """Use one connection for a whole purge, sweep or census (one pool checkout and ping).
+        """Use one connection for a whole purge, sweep or census (one pool checkout and ping), in this thread.
 
         Between transactions it is idle: it holds no lock and no transaction while
         ``on_batch`` runs.
@@ -129,11 +136,34 @@ class Client:
             yield
             return
         with self.engine.connect() as conn:
-            self._session = conn
+            self._local.conn = conn
             try:
                 yield
             finally:
-                self._session = None
+                self._local.conn = None
+
+    @contextmanager
+    def writers(self, n: int) -> Iterator[Callable[[Callable[[], T]], Future[T]]]:
+        """``submit(fn)``: ``fn()`` on one of ``n`` threads, each with a session connection of its own (opened by
+        its first task, closed when the block ends, after every task submitted has finished)."""
+        opened: list[Connection] = []
+        guard = threading.Lock()
+
+        def task(fn: Callable[[], T]) -> T:
+            if self._session is None:
+                conn = self.engine.connect()
+                with guard:
+                    opened.append(conn)
+                self._local.conn = conn
+            return fn()
+
+        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="wr-writer")
+        try:
+            yield lambda fn: pool.submit(task, fn)
+        finally:
+            pool.shutdown(wait=True)
+            for conn in opened:
+                conn.close()
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:

@@ -39,6 +39,9 @@ from sqlalchemy.exc import DBAPIError
 
 from workflow_retention.backends.sql.layout import INDEX_NEEDS, Types
 
+#: The most connections a purge's batches may use at once (the ``parallel_batches`` option).
+MAX_PARALLEL_BATCHES = 16
+
 
 def like_prefix(run_id: str) -> str:
     """``LIKE`` pattern for ``<run_id>:...`` with ``!`` as the escape character."""
@@ -87,6 +90,10 @@ class Dialect:
     batches_without_cascade: ClassVar[bool] = False
     #: True when a batch's whole cascade is one statement of data-modifying CTEs (see :meth:`id_array`).
     one_statement_cascade: ClassVar[bool] = False
+    #: Write batches of a purge that run at once, each on a connection of its own (disjoint families; a
+    #: wave's ``on_batch`` calls come first, with no transaction of the purge open): docs/backends/sql.md,
+    #: "Parallel batches". 1: one batch at a time (SQLite has one writer).
+    parallel_batches: int = 1
 
     def __init__(self) -> None:
         self._checkpoint_sql: dict[tuple[int, bool], TextClause] = {}
@@ -177,6 +184,10 @@ class Dialect:
         """``run_id`` as the store compares ids (MySQL's collation ignores case): equal folds, same run."""
         return run_id
 
+    def pin_plans(self, conn: Connection) -> None:
+        """At the start of a purge batch's write transaction: keep its statements on the run_id indexes (one
+        batch's work must not grow with the table)."""
+
     def lock(self, stmt: Select) -> Select:
         """Lock the selected run rows until the transaction ends."""
         return stmt.with_for_update()
@@ -204,8 +215,9 @@ class Dialect:
         return [(row[0], int(row[1])) for row in
                 conn.execute(select(both.c.run_id, total).group_by(both.c.run_id).having(total > over))]
 
-    def id_array(self, name: str) -> str:
-        """SQL text of the set of ids bound as parameter ``name`` (only with :attr:`one_statement_cascade`)."""
+    def id_array(self, name: str, values: Sequence[str]) -> tuple[str, Any]:
+        """(SQL text of the set of ``values`` bound as parameter ``name``, the parameter's value); only with
+        :attr:`one_statement_cascade`."""
         raise NotImplementedError(f"{type(self).__name__} has no one-statement cascade")
 
     # -- step checkpoints ----------------------------------------------------------------
@@ -236,6 +248,12 @@ class Dialect:
         else:
             params = {f"cp_like{i}": like_prefix(r) for i, r in enumerate(run_ids)}
         return clause, params
+
+    def checkpoint_delete(self, run_ids: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """A ``DELETE … RETURNING step_run_id`` (text, with its parameters) of the step checkpoints
+        :meth:`checkpoint_match` matches for ``run_ids`` (only with :attr:`one_statement_cascade`)."""
+        where, params = self.checkpoint_match(run_ids)
+        return f"DELETE FROM checkpoints WHERE {where.text} RETURNING step_run_id", params
 
     def checkpoint_keys(self, checkpoints: Table, run_ids: Sequence[str]) -> tuple[Any, dict[str, Any]]:
         """A SELECT (with its parameters) of the keys :meth:`checkpoint_match` matches for ``run_ids``."""

@@ -14,8 +14,9 @@ from sqlalchemy.dialects.mysql import DATETIME, LONGTEXT
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
+from workflow_retention import values
 from workflow_retention.backends.sql.backend import SQLBackend, timeout
-from workflow_retention.backends.sql.dialect import Dialect, expanded_after
+from workflow_retention.backends.sql.dialect import MAX_PARALLEL_BATCHES, Dialect, expanded_after
 from workflow_retention.backends.sql.layout import Types
 from workflow_retention.base import Capability
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
@@ -36,9 +37,16 @@ class MySQLDialect(Dialect):
     # SQLite's or PostgreSQL's rate here, so a quarter of their rows per transaction.
     default_max_rows = 5_000
     can_defer_cascade = True
+    #: Every batch with the session's foreign-key checks off, as SQLite's (issue 17; why it is safe:
+    #: docs/backends/sql.md, "Batches without the engine's foreign keys").
+    batches_without_cascade = True
+    #: Two connections (docs/backends/sql.md, "Parallel batches").
+    default_parallel_batches = 2
 
-    def __init__(self, sa_url: URL, connect_timeout: int, statement_timeout: float, lock_timeout: float) -> None:
+    def __init__(self, sa_url: URL, connect_timeout: int, statement_timeout: float, lock_timeout: float,
+                 parallel_batches: int = default_parallel_batches) -> None:
         super().__init__()
+        self.parallel_batches = parallel_batches
         self.sa_url = sa_url
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
@@ -135,7 +143,9 @@ class MySQLBackend(SQLBackend):
     * ``max_rows`` (default 5000): rows one write transaction deletes at most, whatever the runs hold;
     * ``lock_timeout`` (seconds, default 10): ``innodb_lock_wait_timeout`` (rounded up to whole seconds);
     * ``statement_timeout`` (seconds, default 30): ``max_execution_time`` (MySQL, SELECTs) or
-      ``max_statement_time`` (MariaDB, every statement).
+      ``max_statement_time`` (MariaDB, every statement);
+    * ``parallel_batches`` (default 2): write batches a purge runs at once, each on its own connection
+      (1 to 16; 1 is one batch at a time): docs/backends/sql.md, "Parallel batches".
 
     Errors: :class:`~workflow_retention.exceptions.BackendUnavailableError` without PyMySQL (the ``mysql``
     extra); :class:`~workflow_retention.exceptions.ConfigurationError` for a bad URL or option;
@@ -149,7 +159,8 @@ class MySQLBackend(SQLBackend):
     def __init__(self, *, host: str = "localhost", port: int = 3306, user: str = "pyworkflow", password: str = "",
                  database: str = "pyworkflow", query: dict[str, str] | None = None, url: str | None = None,
                  statement_timeout: object = 30.0, lock_timeout: object = 10.0, batch_size: int | None = None,
-                 max_rows: int | None = None) -> None:
+                 max_rows: int | None = None,
+                 parallel_batches: object = MySQLDialect.default_parallel_batches) -> None:
         try:
             from pymysql.charset import charset_by_name
         except ImportError as exc:
@@ -164,7 +175,8 @@ class MySQLBackend(SQLBackend):
                             database=database, query=query)
         self.statement_timeout = timeout(statement_timeout, "statement_timeout")
         self.lock_timeout = timeout(lock_timeout, "lock_timeout")
-        dialect = MySQLDialect(sa_url, connect_timeout, self.statement_timeout, self.lock_timeout)
+        parallel = values.integer(parallel_batches, "parallel_batches", maximum=MAX_PARALLEL_BATCHES, example=2)
+        dialect = MySQLDialect(sa_url, connect_timeout, self.statement_timeout, self.lock_timeout, parallel)
         super().__init__(url=url or f"mysql://{user}@{host}:{port}/{database}", dialect=dialect,
                          batch_size=batch_size, max_rows=max_rows)
 

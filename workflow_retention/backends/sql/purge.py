@@ -7,11 +7,16 @@ commit point, what each dialect guarantees beside a live engine) is in docs/back
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 from sqlalchemy import or_, select, text
@@ -57,6 +62,32 @@ class NotOwned(Exception):
     run id): it rolls back, and the batch is redone reading its checkpoints first."""
 
 
+@dataclass
+class Pending:
+    """A batch handed to a writer thread: its plan and ids, and the future of its transaction."""
+
+    plan: Plan
+    ids: list[str]
+    future: Future
+
+
+def compact(plan: Plan) -> Plan:
+    """``plan`` (roots sharing a window's nodes) with only the nodes its roots reach: a batch's own plan, cheap
+    to copy per transaction attempt and safe to hand to another thread."""
+    nodes: dict[str, RunRef] = {}
+    children: dict[str, list[str]] = {}
+    stack = list(plan.roots)
+    while stack:
+        run_id = stack.pop()
+        if run_id in nodes or run_id not in plan.nodes:
+            continue
+        nodes[run_id] = plan.nodes[run_id]
+        if run_id in plan.children:
+            kids = children[run_id] = list(plan.children[run_id])
+            stack.extend(kids)
+    return Plan(plan.cutoff, nodes, children, list(plan.roots))
+
+
 class Weights(Counter):
     """Rows each run holds in its child tables, for the runs over ``share``; any other run holds at most that."""
 
@@ -80,11 +111,19 @@ class Purge:
         self.client = client
         self.dialect = client.dialect
         self.job = job
-        #: Rows the batch being deleted may delete in its one transaction (None: no limit); see _write_batch.
-        self._transaction_budget: int | None = None
-        #: True while a batch is redone reading its step checkpoints before deleting (see NotOwned).
-        self._checkpoints_first = False
+        #: Per writer thread: ``budget``, the rows the batch being deleted may delete in its one transaction
+        #: (None: no limit), and ``checkpoints_first``, True while a batch is redone reading its step
+        #: checkpoints before deleting (see NotOwned); see _write_batch.
+        self._tx = threading.local()
         self.markers = Markers(client, job, uuid.uuid4().hex)
+        #: Write batches run on this many connections at once (docs/backends/sql.md, "Parallel batches").
+        self.parallel = 1 if job.dry_run else max(1, self.dialect.parallel_batches)
+        #: ``submit(fn)`` of the writer threads while a purge runs with ``parallel`` > 1.
+        self._submit: Callable[[Callable[[], Any]], Future] | None = None
+        #: The next wave: batches planned, whose ``on_batch`` is still to be called (by :meth:`_flush`).
+        self._wave: list[tuple[Plan, list[str], int]] = []
+        #: The wave running on the writer threads.
+        self._running: list[Pending] = []
 
     def run(self) -> None:
         """Purge: the marked runs of an interrupted purge, then both discovery ranges, then the sweeps."""
@@ -97,7 +136,7 @@ class Purge:
         # such a run is reported instead of never being seen.
         future = max(job.report.started_at or utcnow(), job.cutoff) + FUTURE_MARGIN
         past, later = self.dialect.before(r.created_at, job.cutoff), self.dialect.not_before(r.created_at, future)
-        with client.translated("purge"), client.session():
+        with client.translated("purge"), client.session(), self._writers():
             if not self._allowed():
                 return
             if job.only is None:  # (explain reads its runs by id; an interrupted purge is not its business)
@@ -109,8 +148,13 @@ class Purge:
                 ranges = [(or_(past, later), (r.run_id,))]  # one linear scan of the primary key
             else:
                 ranges = [(past, (r.created_at, r.run_id)), (later, (r.created_at, r.run_id))]
-            for created, order in ranges:
-                self._range(created, order, window)
+            try:
+                for created, order in ranges:
+                    self._range(created, order, window)
+                self._drain()
+            except BaseException:
+                self._abandon()
+                raise
             if job.sweeps:
                 purge_streams(client, job)
 
@@ -148,7 +192,7 @@ class Purge:
                 return
             cursor = tuple(getattr(rows[-1], column.name) for column in order)
             for batch in split_plan(plan, self.job.batch_size) if plan is not None else ():
-                self._batch(batch, weights)
+                self._batch(compact(batch), weights)
             if len(rows) < window:
                 return
 
@@ -239,7 +283,7 @@ class Purge:
             return
         budget = self.client.row_budget  # the transactions adapt it; this batch is cut with one value
         for part, heavy in self._parts(plan, deletable, weights, budget):
-            self._part(part, heavy, budget)
+            self._part(part, heavy, budget, (deletable, held) if part is plan else None)
 
     def _parts(self, plan: Plan, deletable: list[RunRef], weights: Weights,
                budget: int) -> list[tuple[Plan, bool]]:
@@ -294,9 +338,10 @@ class Purge:
                 weights[d.id_fold(run_id)] += n
         return weights
 
-    def _part(self, plan: Plan, heavy: bool, budget: int) -> None:
+    def _part(self, plan: Plan, heavy: bool, budget: int,
+              order: tuple[list[RunRef], list[RunRef]] | None = None) -> None:
         job = self.job
-        deletable, held = plan.order()
+        deletable, held = order if order is not None else plan.order()
         if not deletable:
             job.report.held += len(held)
             return
@@ -309,33 +354,120 @@ class Purge:
             job.report.merge(counts)
             return
         if heavy:
+            self._drain()
             self._heavy(plan, ids)
+            return
+        if self._submit is not None:  # parallel batches: this one joins the next wave
+            self._wave.append((plan, ids, budget))
+            if len(self._wave) >= self.parallel:
+                self._flush()
             return
         job.boundary(ids)
         try:
-            changed, held_now, counts = self._write_batch(plan, ids, budget)
+            result = self._write_batch(plan, ids, budget)
         except TooHeavy:  # its step checkpoints would take it over the budget: rolled back, records first
             self._heavy(plan, ids, announced=True)
             return
-        job.report.changed += changed
-        job.report.held += held_now
-        job.report.merge(counts)
+        self._merge(result)
+
+    def _merge(self, result: tuple[int, int, Counter]) -> None:
+        changed, held, counts = result
+        self.job.report.changed += changed
+        self.job.report.held += held
+        self.job.report.merge(counts)
+
+    # -- parallel batches (docs/backends/sql.md, "Parallel batches") ------------------------
+
+    @contextmanager
+    def _writers(self) -> Iterator[None]:
+        """The writer threads of a purge with :attr:`parallel` > 1, each with its own connection."""
+        if self.parallel <= 1:
+            yield
+            return
+        with self.client.writers(self.parallel) as submit:
+            self._submit = submit
+            try:
+                yield
+            finally:
+                self._submit = None
+
+    def _flush(self) -> None:
+        """Start the next wave: once the running wave has finished (so that no transaction of this purge is
+        open), ``on_batch`` for each of its batches in turn, then every batch on a writer thread of its own.
+
+        Whatever ``on_batch`` raises stops the purge before that batch; the batches approved before it
+        still run (as they would have, one at a time), and are waited for.
+        """
+        self._collect()
+        wave, self._wave = self._wave, []
+        approved: list[tuple[Plan, list[str], int]] = []
+        try:
+            for plan, ids, budget in wave:
+                self.job.boundary(ids)
+                approved.append((plan, ids, budget))
+        finally:
+            assert self._submit is not None
+            for plan, ids, budget in approved:
+                future = self._submit(partial(self._write_batch, plan, ids, budget))
+                self._running.append(Pending(plan, ids, future))
+
+    def _collect(self) -> None:
+        """Wait for the running wave; merge its results, in batch order. A batch over its row budget (its step
+        checkpoints) then goes records first, as it would alone; the first error is raised, after the rest of
+        the wave has finished."""
+        running, self._running = self._running, []
+        error: BaseException | None = None
+        heavy: list[Pending] = []
+        for pending in running:
+            try:
+                self._merge(pending.future.result())
+            except TooHeavy:
+                heavy.append(pending)
+            except BaseException as exc:  # noqa: BLE001 - raised below, after every batch of the wave finished
+                error = error or exc
+        if error is not None:
+            raise error
+        for pending in heavy:
+            self._heavy(pending.plan, pending.ids, announced=True)
+
+    def _drain(self) -> None:
+        """Run and wait for every batch not yet finished (before a heavy family, a dry run's count, the end)."""
+        if self._wave:
+            self._flush()
+        self._collect()
+
+    def _abandon(self) -> None:
+        """The purge stops (an error, or ``on_batch`` raised): batches not yet approved are dropped (the next
+        purge finds them); the running ones are waited for and counted, their errors logged."""
+        self._wave = []
+        running, self._running = self._running, []
+        for pending in running:
+            try:
+                self._merge(pending.future.result())
+            except TooHeavy:
+                pass  # rolled back: left for the next purge
+            except Exception as exc:  # noqa: BLE001 - the purge is already failing with the first error
+                log.warning("%s: a parallel batch failed while the purge stopped: %s", self.client.url, exc)
 
     def _write_batch(self, plan: Plan, ids: list[str], budget: int | None) -> tuple[int, int, Counter]:
-        """The one write transaction of a batch that fits ``budget`` (:class:`TooHeavy`: it rolled back)."""
-        self._transaction_budget = budget
+        """The one write transaction of a batch that fits ``budget`` (:class:`TooHeavy`: it rolled back).
+
+        Runs in the calling thread (a writer thread, with parallel batches), on its session connection.
+        """
+        tx = self._tx
+        tx.budget = budget
         try:
             cascade = not self.dialect.batches_without_cascade
             try:
                 return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids), cascade)
             except NotOwned:  # a ':' id: the one-statement cascade met another run's checkpoint; redo
-                self._checkpoints_first = True
+                tx.checkpoints_first = True
                 try:
                     return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids), cascade)
                 finally:
-                    self._checkpoints_first = False
+                    tx.checkpoints_first = False
         finally:
-            self._transaction_budget = None
+            tx.budget = None
 
     def _recheck(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[set[str], list[RunRef], list[RunRef]]:
         """Lock the runs and read them again: (changed, deletable, held) as of now.
@@ -343,8 +475,8 @@ class Purge:
         A run whose status or updated_at moved, or that is gone, has changed; it survives, and
         so does a child created since planning; their ancestors are held.
         """
-        fresh = runs.refs(self.client, conn, ids, lock=True)
-        changed = {i for i in ids if i not in fresh or not plan.nodes[i].same_version(fresh[i])}
+        same = runs.unchanged(self.client, conn, [plan.nodes[i] for i in ids])
+        changed = {i for i in ids if i not in same}
         survivors = set(changed)
         for parent, kids in runs.children(self.client, conn, ids).items():
             for kid in kids:
@@ -357,6 +489,7 @@ class Purge:
 
     def _delete_batch(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[int, int, Counter]:
         """Lock, re-check, delete. Returns (changed, held, counts); retried as a whole on deadlock."""
+        self.dialect.pin_plans(conn)
         changed, deletable, held = self._recheck(conn, plan, ids)
         return len(changed), len(held), self._cascade(conn, plan, deletable, dry_run=False)
 
@@ -453,35 +586,38 @@ class Purge:
         ids = [r.run_id for r in refs]
         if not ids:
             return Counter()
-        among = f"run_id IN {d.id_array('ids')}"
-        parts = [(kind, table, among) for table, kind in RUN_CHILDREN]
-        params: dict[str, Any] = {"ids": ids}
-        by_range = not dry_run and not self._checkpoints_first and client.has("checkpoints")
+        ids_sql, ids_value = d.id_array("ids", ids)
+        among = f"run_id IN {ids_sql}"
+        # (kind, table, WHERE) of each delete; a delete given whole instead: (kind, None, DELETE ... RETURNING key)
+        parts: list[tuple[str, str | None, str]] = [(kind, table, among) for table, kind in RUN_CHILDREN]
+        params: dict[str, Any] = {"ids": ids_value}
+        by_range = not dry_run and not getattr(self._tx, "checkpoints_first", False) and client.has("checkpoints")
         if by_range:
-            cp_where, cp_params = d.checkpoint_match(ids)
+            cp_delete, cp_params = d.checkpoint_delete(ids)
             params.update(cp_params)
-            parts.append((Kind.CHECKPOINTS, "checkpoints", cp_where.text))
+            parts.append((Kind.CHECKPOINTS, None, cp_delete))
         else:
-            params["keys"] = runs.owned_checkpoints(client, conn, ids)  # ownership decided in Python first
-            if params["keys"]:
-                parts.append((Kind.CHECKPOINTS, "checkpoints", f"step_run_id IN {d.id_array('keys')}"))
+            keys = runs.owned_checkpoints(client, conn, ids)  # ownership decided in Python first
+            if keys:
+                keys_sql, params["keys"] = d.id_array("keys", keys)
+                parts.append((Kind.CHECKPOINTS, "checkpoints", f"step_run_id IN {keys_sql}"))
         parts.append((Kind.RUNS, "workflow_runs", among))
         if dry_run:
             sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t} WHERE {w})" for _, t, w in parts)
         else:
-            returning = {"checkpoints": "step_run_id"}
-            ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE {w} RETURNING {returning.get(t, '1')})"
+            ctes = ", ".join(f"d{i} AS ({w if t is None else f'DELETE FROM {t} WHERE {w} RETURNING 1'})"
                              for i, (_, t, w) in enumerate(parts))
             selects = [f"(SELECT count(*) FROM d{i})" for i in range(len(parts))]
-            if by_range:
-                selects.append(f"(SELECT array_agg(step_run_id) FROM d{len(parts) - 2})")
+            if by_range:  # only a key with two ':' or more can belong to a run other than its first prefix
+                selects.append(f"(SELECT array_agg(step_run_id) FROM d{len(parts) - 2} "
+                               "WHERE strpos(substr(step_run_id, strpos(step_run_id, ':') + 1), ':') > 0)")
             sql = f"WITH {ctes} SELECT " + ", ".join(selects)
         row = conn.execute(text(sql), params).one()
         counts = +Counter({kind: n for (kind, _, _), n in zip(parts, row)})
         if by_range:
-            deleted = row[-1] or []
-            if len(runs.owners_of(client, conn, deleted, ids)) < len(deleted):
-                raise NotOwned(len(deleted))
+            nested = row[-1] or []  # every other key is "<id>:<step>" of a run of the batch: its own
+            if nested and len(runs.owners_of(client, conn, nested, ids)) < len(nested):
+                raise NotOwned(len(nested))
         if not dry_run:
             self._within_budget(sum(counts.values()))  # over it (its checkpoints): rolled back, records first
         return counts
@@ -499,5 +635,6 @@ class Purge:
     def _within_budget(self, rows: int) -> None:
         """Raise :class:`TooHeavy` (the transaction rolls back) when a batch's transaction would delete more
         rows than its budget: only its step checkpoints, counted where they are read, can take it there."""
-        if self._transaction_budget is not None and rows > self._transaction_budget:
+        budget = getattr(self._tx, "budget", None)
+        if budget is not None and rows > budget:
             raise TooHeavy(rows)

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.layout import MARKERS
-from workflow_retention.planning import RunRef, chunked, key_owners
+from workflow_retention.planning import KEY_SEPARATOR, RunRef, chunked, key_owners
 from workflow_retention.timeutil import parse_timestamp
 
 #: RunRef.data of a run whose created_at cannot be read.
@@ -55,6 +55,25 @@ def refs(client: Client, conn: Connection, run_ids: Sequence[str], lock: bool = 
         for row in conn.execute(stmt):
             found[row.run_id] = ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at)
     return found
+
+
+def unchanged(client: Client, conn: Connection, refs: Sequence[RunRef]) -> set[str]:
+    """Lock the runs of ``refs`` (until the transaction ends, in run_id order) and read them again: the ids of
+    those that still exist with the same status and updated_at (:meth:`RunRef.same_version`) and a readable
+    created_at (:func:`ref_of`). A typed timestamp equal to the planned instant is not parsed again."""
+    d, r = client.dialect, client.table("workflow_runs").c
+    planned = {ref.run_id: ref for ref in refs}
+    same: set[str] = set()
+    for chunk in chunked(sorted(planned), d.id_chunk):
+        stmt = d.lock(select(r.run_id, r.status, r.updated_at, r.created_at).where(d.among(r.run_id, chunk))
+                      .order_by(r.run_id))
+        for run_id, status, updated_at, created_at in conn.execute(stmt):
+            ref = planned.get(run_id)
+            if ref is None or status != ref.status or not readable(created_at):
+                continue
+            if updated_at == ref.updated_at or ref.same_version(RunRef.parse(run_id, status, updated_at)):
+                same.add(run_id)
+    return same
 
 
 def children(client: Client, conn: Connection, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
@@ -101,8 +120,18 @@ def owners_of(client: Client, conn: Connection, keys: Iterable[str], run_ids: Se
         return (prefixes & batch) | existing(client, conn, prefixes - batch)
 
     mine = {fold(r): r for r in run_ids}
-    owners = key_owners(keys, exists)
-    return {k: mine[fold(o)] for k, o in owners.items() if o is not None and fold(o) in mine}
+    found: dict[str, str] = {}
+    nested: list[str] = []
+    for key in keys:
+        head, sep, rest = key.partition(KEY_SEPARATOR)
+        if sep and KEY_SEPARATOR not in rest:  # one ':': its only possible owner is the run it names
+            if (owner := mine.get(fold(head))) is not None:
+                found[key] = owner
+        elif sep:
+            nested.append(key)
+    owners = key_owners(nested, exists) if nested else {}
+    found.update({k: mine[fold(o)] for k, o in owners.items() if o is not None and fold(o) in mine})
+    return found
 
 
 def checkpoint_owners(client: Client, conn: Connection, run_ids: Sequence[str]) -> dict[str, str]:
