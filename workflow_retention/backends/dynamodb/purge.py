@@ -160,6 +160,7 @@ class Purge:
             for page, cursor in self.segment_pages():
                 self.batch(page)
                 self.settle()
+                self.markers.own.clear()  # a shard's markers stay (for the final pass): forget their keys
                 self.job.finished(cursor)
         except BaseException:
             self.settle(quiet=True)
@@ -500,9 +501,10 @@ class Purge:
         existing runs and the committed ones. Only prefixes at least as long
         as a key's shortest marked prefix can own it, so only those are read.
         The marked prefixes are this purge's own (committed or claimed runs,
-        held in memory up to ``OWN_IDS``; past that, every marker is read:
-        one BatchGetItem per page). A dry run writes no markers: it asks the
-        planner about each owner.
+        held in memory up to ``OWN_IDS``; past that, its runs get per-run
+        markers and every per-run marker is read: one BatchGetItem per join).
+        A dry run writes no markers: its marked prefixes are the runs its
+        resume would claim, and it asks the planner about each other owner.
         """
         keys = {key: item for item in items if (key := checkpoint_key(item)) is not None}
         prefixes = {p for key in keys for p in key_prefixes(key)}
