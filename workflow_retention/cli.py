@@ -730,13 +730,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
 
 
 class ScrubbingFormatter(logging.Formatter):
-    """Formats a record, traceback included, then removes every known secret from the text."""
+    """Formats a record, then removes every known secret from the text.
 
-    def __init__(self, fmt: str, secrets: list[str]) -> None:
+    Tracebacks (a record's ``exc_info`` or ``stack_info``, ours or a driver's, such as the Cassandra driver's
+    connection warnings) only with ``tracebacks`` (``-v``): otherwise each record is its one line.
+    """
+
+    def __init__(self, fmt: str, secrets: list[str], tracebacks: bool = True) -> None:
         super().__init__(fmt)
         self.secrets = secrets
+        self.tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
+        if not self.tracebacks and (record.exc_info or record.exc_text or record.stack_info):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                            "stack_info": None})
         return remove_secrets(super().format(record), self.secrets)
 
 
@@ -753,7 +761,7 @@ class _ProgressAwareHandler(logging.StreamHandler):
 
 def _logging(verbose: bool, secrets: list[str]) -> None:
     handler = _ProgressAwareHandler(sys.stderr)
-    handler.setFormatter(ScrubbingFormatter("%(levelname)s %(name)s: %(message)s", secrets))
+    handler.setFormatter(ScrubbingFormatter("%(levelname)s %(name)s: %(message)s", secrets, tracebacks=verbose))
     root = logging.getLogger()
     for old in list(root.handlers):  # ours, from an earlier main() in this process
         if isinstance(old.formatter, ScrubbingFormatter):

@@ -34,9 +34,6 @@ from workflow_retention.planning import (
 )
 from workflow_retention.report import PurgeReport, printable
 
-#: The most ancestors walked up from a run (pyworkflow nests at most a few levels; a longer chain is a loop).
-MAX_ANCESTORS = 100
-
 ReadRuns = Callable[[set[str]], Mapping[str, RunRef]]
 ReadChildren = Callable[[Sequence[str]], Mapping[str, Sequence[RunRef]]]
 
@@ -115,7 +112,10 @@ def explain_run(run_id: str, cutoff: datetime, backend: str, read_runs: ReadRuns
     answer.reasons += _own_reasons(ref, cutoff)
     if answer.reasons:
         return answer
-    root = _plan_root(ref, cutoff, read_runs)
+    root, loop = _plan_root(ref, cutoff, read_runs)
+    if loop:
+        answer.reasons.append(f"its parent_run_id links loop ({' -> '.join(repr(r) for r in loop)}), so no root "
+                              "run reaches it: a purge plans a family from a run whose parent is not expired")
     plan = plan_deletion([root], read_children, cutoff)
     deletable, held = plan.order()
     if ref in held:
@@ -149,16 +149,19 @@ def _own_reasons(ref: RunRef, cutoff: datetime) -> list[str]:
     return []
 
 
-def _plan_root(ref: RunRef, cutoff: datetime, read_runs: ReadRuns) -> RunRef:
-    """The topmost expired ancestor of ``ref`` (a purge plans a family from there), or ``ref`` itself."""
-    root, seen = ref, {ref.run_id}
-    while root.parent_run_id and root.parent_run_id not in seen and len(seen) <= MAX_ANCESTORS:
+def _plan_root(ref: RunRef, cutoff: datetime, read_runs: ReadRuns) -> tuple[RunRef, list[str]]:
+    """The topmost expired ancestor of ``ref`` (a purge plans a family from there), or ``ref`` itself; and the
+    loop of expired ancestors the walk ran into (empty when it reached a root), as the purge walks: to the end."""
+    root, path = ref, [ref.run_id]
+    while root.parent_run_id:
+        if root.parent_run_id in path:
+            return root, path[path.index(root.parent_run_id):] + [root.parent_run_id]
         parent = read_runs({root.parent_run_id}).get(root.parent_run_id)
         if parent is None or not parent.eligible(cutoff):
             break
-        seen.add(parent.run_id)
+        path.append(parent.run_id)
         root = parent
-    return root
+    return root, []
 
 
 def _holders(plan: Plan, run_id: str, cutoff: datetime) -> list[str]:

@@ -169,8 +169,12 @@ class Census:
     def count_run(self, status: str | None, updated_at: datetime | None, now: datetime) -> None:
         """One run record: counted by status (``(none)`` when it has none) and by the age of its ``updated_at``
         (not when it cannot be read: the purge preview reports such a run); the oldest terminal one is kept."""
-        self.runs_by_status[status or "(none)"] += 1
+        self.count_status(status)
         self.count_age(status, updated_at, now)
+
+    def count_status(self, status: str | None, n: int = 1) -> None:
+        """``n`` runs of ``status``, exactly as stored but printable (a stored terminal escape is shown escaped)."""
+        self.runs_by_status[printable(status) if status else "(none)"] += n
 
     def count_age(self, status: str | None, updated_at: datetime | None, now: datetime) -> None:
         """The age half of :meth:`count_run`, for stores that count runs by status on their own."""

@@ -177,6 +177,6 @@ class StoreNotEmpty(ConfigurationError):
 
     def __init__(self, store: str, runs: int, exact: bool) -> None:
         self.store, self.runs, self.exact = store, runs, exact
-        held = f"{runs:,} runs" if exact else f"at least {runs:,} runs"
+        held = f"{runs:,} run{'' if runs == 1 else 's'}" if exact else f"at least {runs:,} runs"
         super().__init__(f"{store} already holds {held}: seeding it would mix sample runs into real data. Pass "
                          "--append to add sample runs with fresh ids beside them, or seed an empty store")

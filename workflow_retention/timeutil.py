@@ -18,9 +18,18 @@ def require_aware(value: datetime, name: str = "older_than") -> datetime:
             f"datetime(2026, 1, 1, tzinfo=timezone.utc)); got the naive datetime {value.isoformat()}"
         )
     try:
-        return value.astimezone(UTC)
+        utc = value.astimezone(UTC)
     except OverflowError:
         raise ConfigurationError(f"{name} {value.isoformat()} has no UTC equivalent (out of range)") from None
+    if not CUTOFF_RANGE[0] <= utc <= CUTOFF_RANGE[1]:
+        raise ConfigurationError(f"{name} {value.isoformat()} is out of range: give an instant from "
+                                 f"{CUTOFF_RANGE[0].date()} to {CUTOFF_RANGE[1].date()} (a purge computes "
+                                 "margins around it)")
+    return utc
+
+
+#: The instants a cutoff may be: a purge adds and subtracts margins of up to days around it.
+CUTOFF_RANGE = (datetime(2, 1, 1, tzinfo=UTC), datetime(9998, 12, 31, tzinfo=UTC))
 
 
 def parse_timestamp(value: object) -> datetime:

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from tests.conformance.checks import snapshot
+from tests.conformance.checks import run_ids, snapshot
 from tests.harness.base import Harness
-from tests.scenario import CUTOFF, Scenario, build
+from tests.scenario import CUTOFF, OLD, Scenario, add_run, build
 from workflow_retention.base import Capability
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.report import Kind
@@ -91,3 +91,21 @@ def test_bad_input_is_refused(backend: Harness, scenario: Scenario) -> None:
         backend.retention().explain("", CUTOFF)
     with pytest.raises(ConfigurationError):
         backend.retention().explain("run_exp_failed", CUTOFF.replace(tzinfo=None))
+
+
+def test_a_chain_deeper_than_any_engine_nests_is_walked_to_its_root(backend: Harness) -> None:
+    """Damaged or hand-written data can chain runs far deeper than pyworkflow nests: explain walks up as the
+    purge does, to the run whose parent is not expired, so the verdict is the purge's."""
+    pw = backend.pyworkflow()
+    chain = [f"run_chain{i:03d}" for i in range(105)]
+    for i, run_id in enumerate(chain):
+        backend.run(add_run(pw, run_id, "completed", OLD, parent=chain[i - 1] if i else None,
+                            depth=min(i, 3), extras=False))
+    retention = backend.retention()
+    leaf = retention.explain(chain[-1], CUTOFF)
+    assert leaf.deleted, leaf.reasons
+    verdicts = {run_id: retention.explain(run_id, CUTOFF).deleted for run_id in (chain[0], chain[50], chain[-2])}
+    retention.delete_old_runs(CUTOFF)
+    left = run_ids(backend.inventory())
+    assert chain[-1] not in left
+    assert {r: r not in left for r in verdicts} == verdicts  # (a file store holds parents whose depth is not below)

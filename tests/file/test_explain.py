@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.file.conftest import write_json
 from tests.harness.file import FileHarness
 from tests.scenario import CUTOFF, OLD, add_run
 
@@ -37,3 +38,13 @@ def test_a_file_that_names_no_parent_holds_every_possible_parent(store: FileHarn
     assert not answer.deleted
     assert "the purge's own checks keep it" in answer.reasons[0]
     assert any("run_ghost.json" in w for w in answer.warnings)
+
+
+def test_a_run_file_with_an_unsafe_id_is_found_and_named_unsafe(store: FileHarness) -> None:
+    (store.base / "runs").mkdir(parents=True, exist_ok=True)
+    write_json(store.base / "runs" / "has space.json",
+               {"run_id": "has space", "workflow_name": "w", "status": "completed", "created_at": OLD.isoformat(),
+                "updated_at": OLD.isoformat()})
+    answer = store.retention().explain("has space", CUTOFF)
+    assert answer.exists and not answer.deleted
+    assert answer.reasons == ["its run_id is not a safe identifier"]

@@ -78,7 +78,7 @@ def read_run(store: Store, run_id: str) -> RunRef | None:
     A file that exists but cannot be used (not regular, not JSON, another run's record) comes back with
     ``unreadable`` saying why (possible parents are not guessed here: :meth:`Selection._unusable` does that).
     """
-    if not is_safe_run_id(run_id) or (name := run_file(run_id)) is None:
+    if (name := run_file(run_id)) is None:  # an unsafe id that is one file name is read (and judged unsafe)
         return None
     try:
         return parse_run(store.read_json(RUNS, name), run_id)

@@ -113,7 +113,11 @@ class SQLBackend(StorageBackend):
 
     def _read_runs(self, run_ids: set[str]) -> dict[str, RunRef]:
         with self.client.translated("explain"), self.client.read() as conn:
-            return runs.refs(self.client, conn, sorted(run_ids))
+            found = runs.refs(self.client, conn, sorted(run_ids))
+        for ref in found.values():
+            if ref.data is runs.UNREADABLE_CREATED_AT:
+                ref.unreadable = "its created_at is not a timestamp"
+        return found
 
     def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
         with self.client.translated("explain"), self.client.read() as conn:

@@ -31,7 +31,7 @@ def census(client: Client, job: CensusJob) -> None:
                 log.warning("%s: %s", client.url, note)
             status = d.exact(tables["workflow_runs"].c.status).label("status")
             for value, n in conn.execute(select(status, func.count()).group_by(status)):
-                result.runs_by_status[str(value)] += n  # exactly as stored: COMPLETED is not completed
+                result.count_status(str(value), n)  # exactly as stored: COMPLETED is not completed
             pending = markers.pending(client, conn)
             if pending:
                 result.warn(f"{pending} runs of an interrupted purge are marked in {MARKERS}: their records are "

@@ -1,0 +1,32 @@
+"""``explain`` on rows pyworkflow would not write: the reason is the purge's own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.sql.conftest import insert_rows, run_row
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+CUTOFF = NOW - timedelta(days=30)
+OLD = NOW - timedelta(days=40)
+
+
+def test_an_unreadable_created_at_is_named_as_such(sqlite_harness: Any) -> None:
+    insert_rows(sqlite_harness, "workflow_runs", [run_row(sqlite_harness, "run_bad", "completed", OLD,
+                                                          created="garbage")])
+    answer = sqlite_harness.retention().explain("run_bad", CUTOFF)
+    assert not answer.deleted and "created_at" in answer.reasons[0], answer.reasons
+
+
+def test_a_parent_loop_is_the_reason(sqlite_harness: Any) -> None:
+    insert_rows(sqlite_harness, "workflow_runs", [
+        run_row(sqlite_harness, "run_a", "completed", OLD, parent="run_b"),
+        run_row(sqlite_harness, "run_b", "completed", OLD, parent="run_a"),
+        run_row(sqlite_harness, "run_kid", "completed", OLD, parent="run_a"),
+        run_row(sqlite_harness, "run_self", "completed", OLD, parent="run_self")])
+    retention = sqlite_harness.retention()
+    for run_id in ("run_a", "run_kid", "run_self"):
+        answer = retention.explain(run_id, CUTOFF)
+        assert not answer.deleted and "links loop" in answer.reasons[0], (run_id, answer.reasons)
+    assert retention.delete_old_runs(CUTOFF).runs == 0
