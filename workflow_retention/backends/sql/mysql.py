@@ -37,11 +37,8 @@ class MySQLDialect(Dialect):
     # SQLite's or PostgreSQL's rate here, so a quarter of their rows per transaction.
     default_max_rows = 5_000
     can_defer_cascade = True
-    #: Every batch with the session's foreign-key checks off, as SQLite's (issue 17; why it is safe:
-    #: docs/backends/sql.md, "Batches without the engine's foreign keys").
-    batches_without_cascade = True
-    #: Two connections (docs/backends/sql.md, "Parallel batches").
-    default_parallel_batches = 2
+    #: One batch at a time unless asked (docs/backends/sql.md, "Parallel batches": no gain measured here).
+    default_parallel_batches = 1
 
     def __init__(self, sa_url: URL, connect_timeout: int, statement_timeout: float, lock_timeout: float,
                  parallel_batches: int = default_parallel_batches) -> None:
@@ -144,7 +141,7 @@ class MySQLBackend(SQLBackend):
     * ``lock_timeout`` (seconds, default 10): ``innodb_lock_wait_timeout`` (rounded up to whole seconds);
     * ``statement_timeout`` (seconds, default 30): ``max_execution_time`` (MySQL, SELECTs) or
       ``max_statement_time`` (MariaDB, every statement);
-    * ``parallel_batches`` (default 2): write batches a purge runs at once, each on its own connection
+    * ``parallel_batches`` (default 1): write batches a purge runs at once, each on its own connection
       (1 to 16; 1 is one batch at a time): docs/backends/sql.md, "Parallel batches".
 
     Errors: :class:`~workflow_retention.exceptions.BackendUnavailableError` without PyMySQL (the ``mysql``
