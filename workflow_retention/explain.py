@@ -129,8 +129,9 @@ def explain_run(run_id: str, cutoff: datetime, backend: str, read_runs: ReadRuns
         answer.reasons = []
         answer.goes_with = sorted(going - {run_id})
     elif not answer.reasons:
-        answer.reasons.append("the purge's own checks keep it (see the dry run's warnings)" if report.warnings
-                              else "the purge's dry run does not delete it")
+        own = [w for w in report.warnings if repr(run_id) in w]
+        answer.reasons += own or ["the purge's own checks keep it (see the dry run's warnings)" if report.warnings
+                                  else "the purge's dry run does not delete it"]
     if not answer.deleted:
         answer.counts = {}
     return answer

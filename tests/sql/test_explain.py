@@ -30,3 +30,15 @@ def test_a_parent_loop_is_the_reason(sqlite_harness: Any) -> None:
         answer = retention.explain(run_id, CUTOFF)
         assert not answer.deleted and "links loop" in answer.reasons[0], (run_id, answer.reasons)
     assert retention.delete_old_runs(CUTOFF).runs == 0
+
+
+def test_a_run_created_after_the_cutoff_is_not_selected_and_explain_says_so(sql: Any) -> None:
+    """Clock skew: updated_at before created_at. A purge finds expired runs by created_at, so it keeps this one
+    until the cutoff passes its created_at; explain must say what the purge does, and why."""
+    insert_rows(sql, "workflow_runs", [run_row(sql, "run_skewed", "completed", OLD, created=CUTOFF + timedelta(days=1)),
+                                       run_row(sql, "run_plain", "completed", OLD)])
+    retention = sql.retention()
+    skewed = retention.explain("run_skewed", CUTOFF)
+    assert not skewed.deleted and "created_at" in skewed.reasons[0], skewed.reasons
+    assert retention.explain("run_plain", CUTOFF).deleted
+    assert retention.delete_old_runs(CUTOFF).runs == 1

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.engine import Connection
 
 from workflow_retention import values
-from workflow_retention.backends.sql import runs
+from workflow_retention.backends.sql import runs, shards
 from workflow_retention.backends.sql.census import census, count_runs
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.dialect import Dialect
@@ -25,7 +25,7 @@ from workflow_retention.backends.sql.orphans import sweep_orphans
 from workflow_retention.backends.sql.purge import Purge
 from workflow_retention.backends.sql.seed import prepare_seed, write_seed
 from workflow_retention.backends.sql.space import SETTLE_S, space
-from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, StorageBackend
+from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.planning import RunRef
 from workflow_retention.report import SpaceReport
 
@@ -47,7 +47,7 @@ class SQLBackend(StorageBackend):
     """Base of :class:`~.sqlite.SQLiteBackend`, :class:`~.postgres.PostgresBackend` and
     :class:`~.mysql.MySQLBackend` (not registered itself)."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({Capability.SCHEDULES, Capability.STREAMS})
+    capabilities: ClassVar[frozenset[str]] = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SHARDS})
 
     def __init__(self, *, url: str, dialect: Dialect, batch_size: int | None = None,
                  max_rows: int | None = None) -> None:
@@ -107,6 +107,11 @@ class SQLBackend(StorageBackend):
             facts[f"missing index on {need.table} ({', '.join(need.columns)})"] = (
                 f"{'the purge refuses' if need.refuse else 'slower purge'}; add it with: {need.create}")
         return facts
+
+    def _shards(self, n: int) -> list[Shard]:
+        """``n`` ranges of ``(created_at, run_id)`` cut at the index ends (see :mod:`.shards`)."""
+        with self.client.translated("shards"):
+            return shards.plan(self.client, n)
 
     def _purge(self, job: PurgeJob) -> None:
         Purge(self.client, job).run()

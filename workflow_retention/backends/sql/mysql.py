@@ -18,7 +18,6 @@ from workflow_retention import values
 from workflow_retention.backends.sql.backend import SQLBackend, timeout
 from workflow_retention.backends.sql.dialect import MAX_PARALLEL_BATCHES, Dialect, expanded_after
 from workflow_retention.backends.sql.layout import Types
-from workflow_retention.base import Capability
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
 from workflow_retention.urls import query_params, redact_url, server_and_database
 
@@ -151,7 +150,7 @@ class MySQLBackend(SQLBackend):
     """
 
     name = "mysql"
-    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS})
+    capabilities = SQLBackend.capabilities
 
     def __init__(self, *, host: str = "localhost", port: int = 3306, user: str = "pyworkflow", password: str = "",
                  database: str = "pyworkflow", query: dict[str, str] | None = None, url: str | None = None,

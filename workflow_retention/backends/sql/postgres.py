@@ -316,7 +316,7 @@ class PostgresBackend(SQLBackend):
     """
 
     name = "postgresql"
-    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SCHEDULED_SIGNALS})
+    capabilities = SQLBackend.capabilities | {Capability.SCHEDULED_SIGNALS}
 
     def __init__(self, *, host: str = "localhost", port: int = 5432, user: str = "pyworkflow",
                  password: str = "", database: str = "pyworkflow", schema: str | None = None,

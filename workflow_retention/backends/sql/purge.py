@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar
 
-from sqlalchemy import or_, select, text
+from sqlalchemy import and_, not_, or_, select, text
 from sqlalchemy.engine import Connection
 
-from workflow_retention.backends.sql import runs
+from workflow_retention.backends.sql import runs, shards
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.layout import COUNTED_CHILDREN, PURGED_TABLES, RUN_CHILDREN
 from workflow_retention.backends.sql.markers import Markers
@@ -128,7 +128,8 @@ class Purge:
     def run(self) -> None:
         """Purge: the marked runs of an interrupted purge, then both discovery ranges, then the sweeps."""
         job, client = self.job, self.client
-        window = job.batch_size * self.window_batches
+        # A shard reports its cursor after every window: one batch's worth, so a stopped shard redoes no batch.
+        window = job.batch_size * (1 if job.partial else self.window_batches)
         client.row_budget = client.max_rows
         r = client.table("workflow_runs").c
         # created_at < cutoff holds every expired run (updated_at >= created_at); created_at in the
@@ -139,18 +140,21 @@ class Purge:
         with client.translated("purge"), client.session(), self._writers():
             if not self._allowed():
                 return
-            if job.only is None:  # (explain reads its runs by id; an interrupted purge is not its business)
+            if job.sweeps:  # (explain reads its runs by id; a shard leaves other purges' markers to the final pass)
                 self.markers.resume()
             ranges: list[tuple[Any, tuple[Any, ...]]]
-            if job.only is not None:
-                ranges = [(self.dialect.among(r.run_id, sorted(job.only)), (r.run_id,))]
+            if job.only is not None:  # explain: these runs, by id, in the created_at ranges a purge selects from
+                ranges = [(and_(self.dialect.among(r.run_id, sorted(job.only)), or_(past, later)), (r.run_id,))]
+                self._not_selected(job.only, or_(past, later))
             elif any(need.columns == ("created_at", "run_id") for need in client.layout.missing_indexes):
                 ranges = [(or_(past, later), (r.run_id,))]  # one linear scan of the primary key
             else:
                 ranges = [(past, (r.created_at, r.run_id)), (later, (r.created_at, r.run_id))]
+            start, after = shards.decode_cursor(job.resume_after) if job.resume_after is not None else (0, None)
             try:
-                for created, order in ranges:
-                    self._range(created, order, window)
+                for index, (created, order) in enumerate(ranges):
+                    if index >= start:
+                        self._range(index, created, order, window, after if index == start else None)
                 self._drain()
             except BaseException:
                 self._abandon()
@@ -179,10 +183,22 @@ class Purge:
             log.warning("%s: %s", client.url, warning)
         return not refused
 
-    def _range(self, created: Any, order: tuple[Any, ...], window: int) -> None:
-        """Keyset pages (in ``order``) of ``window`` candidates whose created_at is in ``created``, each
-        planned and purged."""
-        cursor: tuple[Any, ...] | None = None
+    def _not_selected(self, run_ids: Collection[str], selected: Any) -> None:
+        """explain: say which of ``run_ids`` no purge selects now (created_at after the cutoff, clock skew)."""
+        r = self.client.table("workflow_runs").c
+        with self.client.read() as conn:
+            rows = conn.execute(select(r.run_id, r.created_at).where(
+                self.dialect.among(r.run_id, sorted(run_ids)), not_(selected))).all()
+        for row in rows:
+            self.job.report.warn(f"run {row.run_id!r}: its created_at ({row.created_at}) is not before the cutoff: "
+                                 "a purge finds expired runs by created_at (pyworkflow never updates a run before "
+                                 "it is created), so it is selected once the cutoff passes its created_at")
+
+    def _range(self, index: int, created: Any, order: tuple[Any, ...], window: int,
+               cursor: tuple[Any, ...] | None) -> None:
+        """Keyset pages (in ``order``, after ``cursor``) of ``window`` candidates whose created_at is in
+        ``created``, each planned and purged; a shard then reports the cursor (``job.finished``) once the
+        window's batches are done."""
         while True:
             with self.client.read() as conn:
                 rows = conn.execute(self._candidates(created, order, cursor, window)).all()
@@ -193,6 +209,9 @@ class Purge:
             cursor = tuple(getattr(rows[-1], column.name) for column in order)
             for batch in split_plan(plan, self.job.batch_size) if plan is not None else ():
                 self._batch(compact(batch), weights)
+            if self.job.partial:
+                self._drain()
+                self.job.finished(shards.encode_cursor(index, cursor))
             if len(rows) < window:
                 return
 
@@ -213,6 +232,8 @@ class Purge:
                               | (r.updated_at >= d.db_time(LAST_LOADABLE)))
         if cursor is not None:
             stmt = stmt.where(d.after(order, cursor))
+        if (mine := shards.where(self.client, self.job.shard)) is not None:
+            stmt = stmt.where(mine)
         return d.candidate_hint(stmt).order_by(*order).limit(limit)
 
     def _plan(self, conn: Connection, rows: Sequence[Any]) -> Plan | None:
@@ -230,6 +251,10 @@ class Purge:
         for ref in page:
             if ref.run_id in loops:
                 left_alone(report, f"run {ref.run_id!r}", "its parent_run_id links loop, so no root run reaches it")
+        if self.job.partial:  # a root whose parent lies in another shard is the final pass's (shards.py)
+            foreign = shards.foreign_parents(self.client, conn, self.job.shard,
+                                             {p for r in page if (p := r.parent_run_id) is not None and p in parents})
+            page = [r for r in page if r.parent_run_id not in foreign]
         return plan_page([r for r in page if r.run_id not in loops], cutoff, report, lambda ids: parents,
                          lambda ids: runs.children(self.client, conn, ids))
 

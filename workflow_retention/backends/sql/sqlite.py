@@ -171,7 +171,7 @@ class SQLiteBackend(SQLBackend):
     """
 
     name = "sqlite"
-    capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS})
+    capabilities = SQLBackend.capabilities | {Capability.CORRUPTIBLE_TIMESTAMPS}
     #: ``vacuum()`` (``purge --vacuum``) gives SQLite's free pages back to the file system.
     can_vacuum = True
     # One writer at a time: each batch commits (journal + fsync), so fewer, larger batches are much
