@@ -19,19 +19,6 @@ def test_an_unreadable_created_at_is_named_as_such(sqlite_harness: Any) -> None:
     assert not answer.deleted and "created_at" in answer.reasons[0], answer.reasons
 
 
-def test_a_parent_loop_is_the_reason(sqlite_harness: Any) -> None:
-    insert_rows(sqlite_harness, "workflow_runs", [
-        run_row(sqlite_harness, "run_a", "completed", OLD, parent="run_b"),
-        run_row(sqlite_harness, "run_b", "completed", OLD, parent="run_a"),
-        run_row(sqlite_harness, "run_kid", "completed", OLD, parent="run_a"),
-        run_row(sqlite_harness, "run_self", "completed", OLD, parent="run_self")])
-    retention = sqlite_harness.retention()
-    for run_id in ("run_a", "run_kid", "run_self"):
-        answer = retention.explain(run_id, CUTOFF)
-        assert not answer.deleted and "links loop" in answer.reasons[0], (run_id, answer.reasons)
-    assert retention.delete_old_runs(CUTOFF).runs == 0
-
-
 def test_a_run_created_after_the_cutoff_is_not_selected_and_explain_says_so(sql: Any) -> None:
     """Clock skew: updated_at before created_at. A purge finds expired runs by created_at, so it keeps this one
     until the cutoff passes its created_at; explain must say what the purge does, and why."""

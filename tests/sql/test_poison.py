@@ -127,6 +127,9 @@ def test_parent_cycles_are_kept_and_reported(sql: Any) -> None:
         run_row(sql, "run_loop_b", "failed", OLD, parent="run_loop_a"),
         run_row(sql, "run_self", "completed", OLD, parent="run_self"),
         run_row(sql, "run_under_loop", "completed", OLD, parent="run_loop_a")])
+    for run_id in ("run_loop_a", "run_self", "run_under_loop"):  # explain names the loop as the reason
+        answer = sql.retention().explain(run_id, CUTOFF)
+        assert not answer.deleted and "links loop" in answer.reasons[0], (run_id, answer.reasons)
     _purge_and_audit(sql, {"run_loop_a", "run_loop_b", "run_self", "run_under_loop"})
     assert_no_orphans(sql.inventory())
 
