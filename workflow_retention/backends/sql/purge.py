@@ -187,9 +187,12 @@ class Purge:
         """explain: say which of ``run_ids`` no purge selects now (created_at after the cutoff, clock skew)."""
         r = self.client.table("workflow_runs").c
         with self.client.read() as conn:
-            rows = conn.execute(select(r.run_id, r.created_at).where(
+            rows = conn.execute(select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at).where(
                 self.dialect.among(r.run_id, sorted(run_ids)), not_(selected))).all()
         for row in rows:
+            if not runs.ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id,
+                               row.created_at).is_expired(self.job.cutoff):
+                continue  # not expired anyway: its own reason says why
             self.job.report.warn(f"run {row.run_id!r}: its created_at ({row.created_at}) is not before the cutoff: "
                                  "a purge finds expired runs by created_at (pyworkflow never updates a run before "
                                  "it is created), so it is selected once the cutoff passes its created_at")
