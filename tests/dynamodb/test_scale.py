@@ -12,13 +12,15 @@ from workflow_retention.seed import generate
 
 
 def purge_profile(service: Service, n: int) -> dict[str, float]:
-    """Seed ``n`` runs into a fresh table, purge with batches of 50 and Scan pages of 100 items (so that both
-    stores fill every page: with 1,000-item pages the smaller store's pages are partly empty, and the peak
-    grew with N until they filled); peak traced memory and calls per run."""
+    """Seed ``n`` runs into a fresh table, purge with batches of 50, Scan pages of 100 items and the Scan's
+    join over 100 items (so that both stores fill every page and every join: with 1,000-item pages, or a
+    600-item join, the smaller store's are partly empty, and the peak grew with N until they filled); peak
+    traced memory and calls per run."""
     from workflow_retention.backends.dynamodb import purge
 
     h = DynamoDBHarness(service.url)
     purge.SCAN_PAGE, page = 100, purge.SCAN_PAGE
+    purge.JOIN_ITEMS, join = 100, purge.JOIN_ITEMS
     try:
         h.retention(batch_size=500).seed(generate(n, now=NOW, seed=3))
         backend = h.retention(batch_size=50)
@@ -31,7 +33,7 @@ def purge_profile(service: Service, n: int) -> dict[str, float]:
             tracemalloc.stop()
         return {"runs": report.runs, "peak": peak, "calls_per_run": backend.table.capacity.calls / report.runs}
     finally:
-        purge.SCAN_PAGE = page
+        purge.SCAN_PAGE, purge.JOIN_ITEMS = page, join
         h.close()
 
 

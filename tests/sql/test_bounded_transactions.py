@@ -45,8 +45,9 @@ class RowsPerWrite:
     """Rows each write transaction of a backend deleted, measured from outside: the store's rows are
     counted (on another connection) as each write transaction begins and once more at the end.
 
-    PostgreSQL and MySQL run a purge's batches on several connections at once (docs/backends/sql.md,
-    "Parallel batches"), so counting from outside would add up concurrent transactions: there each
+    With ``parallel_batches`` over 1, PostgreSQL and MySQL run a purge's batches on several connections at
+    once (docs/backends/sql.md, "Parallel batches"), so counting from outside would add up concurrent
+    transactions: there each
     write transaction's rows are read from the server's own account of that transaction right before it
     commits. PostgreSQL: the deletes of ``pg_stat_xact_user_tables``, less their value as the
     transaction began (the view also holds earlier transactions' counts until the backend flushes
@@ -57,7 +58,8 @@ class RowsPerWrite:
         self.harness, self.live = harness, live
         self.counts: list[int] = []
         self.deleted: list[int] = []  # PostgreSQL: per transaction, from the server's statistics
-        self.parallel = harness.name in ("postgres", "mysql")
+        # Counting from outside works while the purge writes on one connection at a time (the default).
+        self.parallel = backend.dialect.parallel_batches > 1
         writes = backend.dialect.write_options()
 
         def write(conn: Any) -> bool:
