@@ -117,23 +117,21 @@ def explain_run(run_id: str, cutoff: datetime, backend: str, read_runs: ReadRuns
         answer.reasons.append(f"its parent_run_id links loop ({' -> '.join(repr(r) for r in loop)}), so no root "
                               "run reaches it: a purge plans a family from a run whose parent is not expired")
     plan = plan_deletion([root], read_children, cutoff)
-    deletable, held = plan.order()
+    _, held = plan.order()
     if ref in held:
         answer.reasons += _holders(plan, run_id, cutoff)
     answer.planned_under = root.run_id
     report, going = dry_run(frozenset(plan.nodes))
-    answer.counts = {k: v for k, v in report.counts.items() if v}
     answer.warnings = list(report.warnings)
     answer.deleted = run_id in going
     if answer.deleted:
         answer.reasons = []
         answer.goes_with = sorted(going - {run_id})
+        answer.counts = {k: v for k, v in report.counts.items() if v}
     elif not answer.reasons:
         own = [w for w in report.warnings if repr(run_id) in w]
         answer.reasons += own or ["the purge's own checks keep it (see the dry run's warnings)" if report.warnings
                                   else "the purge's dry run does not delete it"]
-    if not answer.deleted:
-        answer.counts = {}
     return answer
 
 
@@ -153,14 +151,14 @@ def _own_reasons(ref: RunRef, cutoff: datetime) -> list[str]:
 def _plan_root(ref: RunRef, cutoff: datetime, read_runs: ReadRuns) -> tuple[RunRef, list[str]]:
     """The topmost expired ancestor of ``ref`` (a purge plans a family from there), or ``ref`` itself; and the
     loop of expired ancestors the walk ran into (empty when it reached a root), as the purge walks: to the end."""
-    root, path = ref, [ref.run_id]
+    root, path = ref, {ref.run_id: 0}  # run id -> position on the walk (a dict keeps the order: no quadratic scan)
     while root.parent_run_id:
         if root.parent_run_id in path:
-            return root, path[path.index(root.parent_run_id):] + [root.parent_run_id]
+            return root, [*list(path)[path[root.parent_run_id]:], root.parent_run_id]
         parent = read_runs({root.parent_run_id}).get(root.parent_run_id)
         if parent is None or not parent.eligible(cutoff):
             break
-        path.append(parent.run_id)
+        path[parent.run_id] = len(path)
         root = parent
     return root, []
 

@@ -125,9 +125,18 @@ class MemoryBackend(StorageBackend):
     # -- purge ------------------------------------------------------------------
 
     def _purge(self, job: PurgeJob) -> None:
-        """Keyset pages by run_id (the cursor: the last run_id of a finished page); one shard, the whole store."""
+        """Keyset pages by run_id (the cursor: the last run_id of a finished page); one shard, the whole store.
+
+        Explain's dry run (``job.only``): those runs are the one page."""
+        if job.only is not None:
+            with self.store._lock:
+                page = [r for r in self._refs_of(set(job.only)).values() if r.candidate(job.cutoff)]
+                plan = plan_page(page, job.cutoff, job.report, self._refs_of, self._children_of)
+            if plan is not None:
+                self._delete_plan(job, plan)
+            return
         cursor = job.resume_after or ""
-        while job.only is None:
+        while True:
             with self.store._lock:
                 page, after = self._next_page(job.cutoff, cursor, job.batch_size)
                 if after is None:
@@ -137,14 +146,7 @@ class MemoryBackend(StorageBackend):
             if plan is not None:
                 self._delete_plan(job, plan)
             job.finished(cursor)
-        if job.only is not None:
-            with self.store._lock:
-                plan = plan_page([r for r in self._read_runs(set(job.only)).values() if r.candidate(job.cutoff)],
-                                 job.cutoff, job.report, self._refs_of, self._children_of)
-            if plan is not None:
-                self._delete_plan(job, plan)
-        if job.sweeps:
-            self._purge_aux(job)
+        self._purge_aux(job)
 
     def _delete_plan(self, job: PurgeJob, plan: Plan) -> None:
         """Boundary with the store unlocked (the engine may write meanwhile); re-check and delete under its lock."""

@@ -151,12 +151,10 @@ class Selection:
 
     def _read(self, run_id: str | None) -> RunRef | None:
         """A run by id (no lock), or None if the id is unsafe or the file is absent or unusable."""
-        if not run_id or not is_safe_run_id(run_id) or (name := run_file(run_id)) is None:
+        if not run_id or not is_safe_run_id(run_id):
             return None
-        try:
-            return parse_run(self.store.read_json(RUNS, name), run_id)
-        except (FileNotFoundError, Corrupt):
-            return None
+        ref = read_run(self.store, run_id)
+        return None if ref is None or ref.unreadable is not None else ref
 
     def _runs(self) -> Iterator[RunRef]:
         """Stream a RunRef per run file; unusable ones are handled by :meth:`_unusable` (holds, report)."""
