@@ -39,6 +39,8 @@ SETTING = "PYWORKFLOW_RETENTION_ARCHIVE_URL"
 #: ``format`` of every object and manifest; ``version`` changes when a reader must change.
 FORMAT, FORMAT_VERSION = "workflow-retention-archive", 1
 MANIFEST = "manifest.json"
+#: A manifest's ``outcome`` when the purge finished; anything else ("failed", "stopped") leaves it unfinished.
+OK = "ok"
 BATCH_SUFFIX = ".jsonl.gz"
 _FORMS = "file:///absolute/dir or s3://bucket[/prefix][?endpoint_url=...&region=...]"
 _S3_PARAMS = {"endpoint_url", "region"}
@@ -252,6 +254,20 @@ class S3ArchiveStore(ArchiveStore):
 def open_archive(url: str, setting: str = SETTING) -> ArchiveStore:
     """The archive named by ``url``; a URL that cannot be used is a :class:`ConfigurationError` naming
     ``setting`` and the expected forms, raised before anything is read or written."""
+    kind, args = _parse_url(url, setting)
+    if kind == "file":
+        return FileArchiveStore(*args)
+    bucket, prefix, shown, endpoint, region = args
+    return S3ArchiveStore(bucket, prefix, shown, endpoint_url=endpoint, region=region)
+
+
+def check_archive_url(url: str, setting: str = SETTING) -> str:
+    """``url`` (stripped) if :func:`open_archive` accepts it; checks the form only (no I/O, no driver)."""
+    _parse_url(url, setting)
+    return url.strip()
+
+
+def _parse_url(url: str, setting: str) -> tuple[str, tuple[Any, ...]]:
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"{setting}: expected {_FORMS}; got an empty value")
     parts = split_url(url.strip(), what=setting)
@@ -262,7 +278,7 @@ def open_archive(url: str, setting: str = SETTING) -> ArchiveStore:
         path = Path(unquote(parts.path))
         if not path.is_absolute() or ".." in path.parts:
             raise ConfigurationError(f"{setting}: the folder must be an absolute path without '..'; got {shown!r}")
-        return FileArchiveStore(path, f"file://{path}")
+        return "file", (path, f"file://{path}")
     if parts.scheme == "s3":
         if parts.username is not None or parts.password is not None:
             raise ConfigurationError(f"{setting}: credentials do not belong in the URL (they come from the "
@@ -279,8 +295,7 @@ def open_archive(url: str, setting: str = SETTING) -> ArchiveStore:
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
             raise ConfigurationError(f"{setting}: endpoint_url must be an http:// or https:// URL; got {shown!r}")
         prefix = parts.path.strip("/")
-        return S3ArchiveStore(bucket, prefix + "/" if prefix else "", shown, endpoint_url=endpoint,
-                              region=params.get("region") or None)
+        return "s3", (bucket, prefix + "/" if prefix else "", shown, endpoint, params.get("region") or None)
     raise ConfigurationError(f"{setting}: expected {_FORMS}; got {shown!r}")
 
 
@@ -346,50 +361,128 @@ class ArchiveWriter:
         self.objects.append(written)
         return written
 
-    def supersede(self, runs: Mapping[str, str], obj: ArchivedObject) -> None:
-        """Record that ``runs`` (run_id -> archived version), archived in ``obj``, were kept: they changed."""
+    def supersede(self, runs: Mapping[str, str], obj: ArchivedObject | str) -> None:
+        """Record that ``runs`` (run_id -> archived version), archived in ``obj`` (an object or its name), were
+        kept: they changed, or a child created meanwhile held them."""
         if not runs:
             return
-        entries = [{"run_id": r, "version": v, "object": obj.name} for r, v in sorted(runs.items())]
+        where = obj if isinstance(obj, str) else obj.name
+        entries = [{"run_id": r, "version": v, "object": where} for r, v in sorted(runs.items())]
         name = f"{self.prefix}superseded-{len(self.superseded) + 1:06d}.json"
         put_verified(self.store, name, json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
                                                    "runs": entries}, sort_keys=True).encode())
         self.superseded.extend(entries)
 
-    def finish(self, outcome: str, report: Mapping[str, Any]) -> str:
+    def finish(self, outcome: str, report: Mapping[str, Any], continues: Iterable[str] = ()) -> str:
         """Write the manifest (last): the purge's cutoff, store, outcome, report and every object with its
-        checksum. Returns its name."""
+        checksum. ``continues``: the unfinished purges (folders) whose archived runs this one relied on
+        (:func:`unfinished`); an ``ok`` manifest closes them. Returns its name."""
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "purge_id": self.purge_id,
                     "backend": self.backend, "cutoff": self.cutoff.isoformat(),
                     "started_at": self.started_at.isoformat(), "outcome": outcome, "report": dict(report),
-                    "objects": [vars(o) for o in self.objects], "superseded": self.superseded}
+                    "objects": [vars(o) for o in self.objects], "superseded": self.superseded,
+                    "continues": sorted(continues)}
         name = self.prefix + MANIFEST
         put_verified(self.store, name, json.dumps(manifest, sort_keys=True, indent=1).encode())
         return name
 
 
-def run_line(backend: str, run_id: str, version: str, records: Mapping[str, list[Any]]) -> dict[str, Any]:
+def run_line(backend: str, run_id: str, version: str, records: Mapping[str, list[Any]], *,
+             parent_run_id: str | None = None, archived_at: str | None = None) -> dict[str, Any]:
     """One archived run: everything the purge deletes of it, in the store's own terms (``records``: table,
-    item kind or folder -> its rows, items or files as JSON values), with the version that was checked."""
-    return {"format": FORMAT, "version": FORMAT_VERSION, "backend": backend, "run_id": run_id,
+    item kind or folder -> its rows, items or files as JSON values), with the version that was checked,
+    its parent (restore writes parents first) and when it was archived (restore takes the newest line)."""
+    line = {"format": FORMAT, "version": FORMAT_VERSION, "backend": backend, "run_id": run_id,
             "run_version": version, "records": dict(records)}
+    if parent_run_id is not None:
+        line["parent_run_id"] = parent_run_id
+    if archived_at is not None:
+        line["archived_at"] = archived_at
+    return line
 
 
-def archived_versions(store: ArchiveStore) -> dict[str, set[str]]:
-    """run_id -> versions archived by purges that have no manifest (unfinished: crashed or stopped).
+def read_manifest(store: ArchiveStore, folder: str) -> dict[str, Any]:
+    """The manifest of the purge in ``folder`` (``purges/<day>-<id>``); :class:`ArchiveError` if unreadable."""
+    try:
+        manifest = json.loads(store.get(f"{folder}/{MANIFEST}"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArchiveError(f"manifest {folder}/{MANIFEST} in {store.url} cannot be read: {type(exc).__name__}") from exc
+    check_format(manifest, f"{folder}/{MANIFEST}")
+    return dict(manifest)
 
-    A rerun skips archiving a run version found here again (it is verified in the archive already) and
-    names the unfinished objects in its own manifest.
-    """
+
+def check_format(record: Any, where: str) -> None:
+    """Refuse a record that is not of this format, or of a version this reader does not know."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ArchiveError(f"{where} is not a {FORMAT} record")
+    if record.get("version") != FORMAT_VERSION:
+        raise ArchiveError(f"{where} has format version {record.get('version')!r}; this reader knows "
+                           f"{FORMAT_VERSION} only (upgrade workflow-retention)")
+
+
+def purge_folders(store: ArchiveStore) -> dict[str, list[str]]:
+    """Each purge folder (``purges/<day>-<id>``) with the leaf names of its objects."""
     by_purge: dict[str, list[str]] = {}
     for name in store.names("purges"):
         folder, _, leaf = name.rpartition("/")
         by_purge.setdefault(folder, []).append(leaf)
-    found: dict[str, set[str]] = {}
-    for folder, leaves in by_purge.items():
-        if MANIFEST in leaves:
+    return by_purge
+
+
+@dataclass
+class Unfinished:
+    """What purges that did not finish ``ok`` archived, and no later ``ok`` purge continued."""
+
+    #: The purge folders.
+    folders: list[str] = field(default_factory=list)
+    #: (run_id, version) -> the object that holds it.
+    runs: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def unfinished(store: ArchiveStore) -> Unfinished:
+    """The runs archived by purges that crashed (no manifest), stopped or failed (manifest outcome not
+    ``ok``), unless a later ``ok`` purge names them in ``continues``.
+
+    A rerun does not archive such a run version again (it is verified in the archive already): it relies
+    on that object, and its own ``ok`` manifest continues (closes) those purges.
+    """
+    folders = purge_folders(store)
+    closed: set[str] = set()
+    # folder -> the objects it verified (a failed or stopped purge's manifest lists them with their checksums),
+    # or None (no manifest: a killed purge; each of its objects is trusted only if it decodes)
+    open_: dict[str, dict[str, str] | None] = {}
+    for folder, leaves in sorted(folders.items()):
+        if MANIFEST not in leaves:
+            open_[folder] = None
             continue
-        for leaf in sorted(leaf for leaf in leaves if leaf.endswith(BATCH_SUFFIX)):
-            for line in decode_lines(store.get(f"{folder}/{leaf}")):
-                found.setdefault(line["run_id"], set()).add(line["run_version"])
+        manifest = read_manifest(store, folder)
+        if manifest.get("outcome") == OK:
+            closed.update(manifest.get("continues", ()))
+        else:
+            open_[folder] = {o["name"]: o["sha256"] for o in manifest.get("objects", ())}
+    found = Unfinished()
+    for folder, verified in open_.items():
+        if folder in closed:
+            continue
+        found.folders.append(folder)
+        names = sorted(verified) if verified is not None else sorted(
+            f"{folder}/{leaf}" for leaf in folders[folder] if leaf.endswith(BATCH_SUFFIX))
+        for name in names:
+            data = store.get(name)
+            if verified is not None and sha256(data) != verified[name]:
+                continue  # not what was verified: its runs are archived again
+            try:
+                lines = decode_lines(data)
+            except ArchiveError:
+                continue  # written but never verified (killed mid-write): archived again
+            for line in lines:
+                found.runs[(line["run_id"], line["run_version"])] = name
+    return found
+
+
+def archived_versions(store: ArchiveStore) -> dict[str, set[str]]:
+    """run_id -> versions archived by purges that are unfinished (see :func:`unfinished`)."""
+    found: dict[str, set[str]] = {}
+    for run_id, version in unfinished(store).runs:
+        found.setdefault(run_id, set()).add(version)
     return found

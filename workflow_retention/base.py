@@ -18,6 +18,8 @@ from workflow_retention.timeutil import require_aware, utcnow
 from workflow_retention.urls import redact_url
 
 if TYPE_CHECKING:
+    from workflow_retention.archive import ArchiveStore
+    from workflow_retention.archiving import Archiving, Gathered, RestoreReport
     from workflow_retention.explain import Explanation
     from workflow_retention.seed import SeedRun
 
@@ -46,6 +48,10 @@ class Capability:
     #: :meth:`StorageBackend.shards` splits the store into several disjoint shards that can be purged
     #: concurrently, each reporting its cursor and resumable from it (see "Shards" in the class docstring).
     SHARDS = "shards"
+    #: The backend gathers each batch's runs for an archive before deleting them and restores archived runs
+    #: (:meth:`StorageBackend._gather`, :meth:`StorageBackend._restore`; docs/archive.md).
+    ARCHIVE = "archive"
+
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,17 @@ class PurgeJob(_Job):
     #: :meth:`StorageBackend.explain`'s dry run: exactly these runs are the candidates, read by id (not paged
     #: from the index), planned with their descendants by the same rules; no schedule or stream sweep.
     only: frozenset[str] | None = None
+    #: The purge's archive (``delete_old_runs(archive=...)``): every batch is archived, verified, at its boundary.
+    archive: Archiving | None = None
+
+    def boundary(self, ids: Sequence[str]) -> None:
+        """As :meth:`_Job.boundary`; with an archive, the runs of ``ids`` that have a record are then gathered
+        and written as one verified object before this returns (an :class:`ArchiveError` stops the purge
+        here, nothing of the batch deleted). Batches of other records (schedules, stream data, the rows of
+        runs whose records an interrupted purge deleted) find no run record and write nothing."""
+        super().boundary(ids)
+        if self.archive is not None:
+            self.archive.batch(ids)
 
     @property
     def partial(self) -> bool:
@@ -257,6 +274,17 @@ class StorageBackend(ABC):
     failure is logged at ERROR and raised; store errors are raised as
     :class:`StorageError` with the driver's error chained.
 
+    **Archive.** ``delete_old_runs(archive=...)`` (a URL or an
+    :class:`~workflow_retention.archive.ArchiveStore`) archives before it deletes, on a backend with
+    :attr:`Capability.ARCHIVE`; the rules live once in :mod:`workflow_retention.archiving`. At every batch
+    boundary, after ``on_batch``, :meth:`_gather` returns each run of the batch that has a record with
+    everything the purge will delete of it, in the store's own terms; the batch is written as one object,
+    read back and verified, and only then does the backend delete it. The archive is checked before the
+    store is read: unreachable, unwritable or a checksum that differs raises :class:`ArchiveError` and
+    nothing of that batch is deleted. A run archived by a purge that did not finish (a crash between archive
+    and delete) is not archived again. A run archived and then kept is recorded as superseded; the manifest
+    is written last. :meth:`restore` writes archived runs back (:meth:`_restore`), refusing runs that exist.
+
     **Shards.** :meth:`shards` splits the store into ``n`` disjoint
     :class:`Shard` s that together cover every run, computed from the store's
     metadata or key space, never by a scan of the runs (SQL: ranges of the key
@@ -358,6 +386,7 @@ class StorageBackend(ABC):
         shard: Shard | None = None,
         resume_after: str | None = None,
         on_cursor: OnCursor | None = None,
+        archive: ArchiveStore | str | None = None,
     ) -> PurgeReport:
         """Delete every expired run with everything of it, children before parents (see the class docstring).
 
@@ -378,21 +407,41 @@ class StorageBackend(ABC):
         the report so far after every finished batch (see "Shards" in the class docstring). A shard of
         several on a backend without :attr:`Capability.SHARDS`, or a cursor that is not a string, is a
         :class:`ConfigurationError`.
+
+        ``archive``: archive every batch before deleting it (see "Archive" in the class docstring); a URL
+        that cannot be used, or a backend without :attr:`Capability.ARCHIVE`, is a
+        :class:`ConfigurationError` before anything is read; an archive that cannot be reached, written or
+        verified raises :class:`ArchiveError` before the batch concerned is deleted. A dry run only checks
+        that the archive can be reached.
         """
+        from workflow_retention.archive import OK
+        from workflow_retention.archiving import Archiving, prepare
+
         cutoff = require_aware(older_than, "older_than")
         size = self._batch_size(batch_size)
         part = self._check_shard(shard)
         if resume_after is not None and not isinstance(resume_after, str):
             raise ConfigurationError(f"resume_after must be a cursor string reported by on_cursor; "
                                      f"got {resume_after!r}")
+        store = prepare(self, archive, dry_run)
         report = PurgeReport(backend=self.url, dry_run=dry_run, cutoff=cutoff, started_at=utcnow())
         job = PurgeJob(dry_run=dry_run, batch_size=size, on_batch=on_batch, cutoff=cutoff, report=report,
                        shard=part, resume_after=resume_after, on_cursor=on_cursor)
         where = "" if part.is_whole else f" shard={part.label}"
         resume = f" resume_after={resume_after!r}" if resume_after is not None else ""
-        log.info("purge started backend=%s cutoff=%s dry_run=%s batch_size=%d%s%s",
-                 self.url, cutoff.isoformat(), dry_run, size, where, resume)
-        self._run("purge", report, lambda: self._purge(job))
+        log.info("purge started backend=%s cutoff=%s dry_run=%s batch_size=%d%s%s%s",
+                 self.url, cutoff.isoformat(), dry_run, size, where, resume,
+                 f" archive={store.url}" if store is not None else "")
+        if store is not None and not dry_run:
+            job.archive = Archiving.start(self, store, cutoff, report.started_at or utcnow())
+        try:
+            self._run("purge", report, lambda: self._purge(job))
+        except BaseException as exc:
+            if job.archive is not None:
+                job.archive.abandon(report, exc)
+            raise
+        if job.archive is not None:
+            job.archive.close("stopped" if report.stopped else OK, report)
         log.info("purge finished backend=%s%s runs=%d held=%d changed=%d skipped=%d dry_run=%s "
                  "batches=%d duration_s=%.3f counts=%s%s", self.url, where, report.runs, report.held,
                  report.changed, report.skipped, dry_run, report.batches, report.duration_s,
@@ -583,6 +632,23 @@ class StorageBackend(ABC):
         finally:
             report.duration_s = round(time.monotonic() - started, 3)
 
+    def restore(self, archive: ArchiveStore | str, run_ids: Iterable[str] | None = None,
+                on_progress: Callable[[int], None] | None = None) -> RestoreReport:
+        """Write archived runs back into this store in its own layout (``run_ids``; None: every archived run).
+
+        The newest archived line of each run is written, parents before children, exactly as archived (the
+        store's raw rows, items or files), so the store is as it was before the purge. A run that exists in
+        the store, is not in the archive, or was archived from another kind of store is refused (reported in
+        :attr:`RestoreReport.refused`, nothing of it written). :class:`ConfigurationError` on a backend
+        without :attr:`Capability.ARCHIVE`; :class:`ArchiveError` / :class:`StorageError` when either side fails.
+        """
+        from workflow_retention.archive import open_archive
+        from workflow_retention.archiving import restore
+
+        store = open_archive(archive) if isinstance(archive, str) else archive
+        self.open()
+        return restore(self, store, run_ids, on_progress)
+
     # -- what each backend implements -------------------------------------------
 
     @abstractmethod
@@ -600,6 +666,22 @@ class StorageBackend(ABC):
     @abstractmethod
     def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
         """The child runs of each of ``parent_ids`` (by ``parent_run_id``), as :meth:`_read_runs` gives them."""
+
+    def _gather(self, run_ids: Sequence[str]) -> dict[str, Gathered]:
+        """Archive primitive (:attr:`Capability.ARCHIVE`): for each of ``run_ids`` that has a run record, the
+        run as :meth:`_read_runs` gives it and everything a purge deletes of it, read raw in the store's own
+        terms: ``{kind: [record, ...]}`` where kind is a table, item kind or folder, and each record a raw
+        row (column -> value), item or file as the store holds it (values that
+        :func:`workflow_retention.archiving.encode` takes: datetimes, bytes, engine dataclasses...). Ids with
+        no record are left out. Called at a batch boundary with nothing of the store locked; reads only."""
+        raise NotImplementedError(f"{type(self).__name__} cannot archive (no _gather)")
+
+    def _restore(self, lines: list[dict[str, Any]]) -> None:
+        """Archive primitive: write back the runs of ``lines`` (each ``{"run_id", "records": {kind: [raw
+        record, ...]}}`` as :meth:`_gather` gave it), exactly as they were. The caller has checked that none of
+        them exists and gives parents before children; a run that appears meanwhile fails the write
+        (:class:`StorageError`) rather than being overwritten, where the store can tell."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore (no _restore)")
 
     @abstractmethod
     def _sweep_orphans(self, job: OrphanJob) -> None:

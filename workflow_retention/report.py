@@ -119,6 +119,9 @@ class PurgeReport(_Report):
     #: What the store occupies after the purge and what it gave back (the command line measures it:
     #: ``StorageBackend.space`` before and after); None when not measured.
     space: SpaceReport | None = None
+    #: With an archive (docs/archive.md): its URL, the purge's id there, objects written, runs archived in
+    #: them, runs already archived by an unfinished purge, runs archived and then kept (superseded).
+    archive: dict[str, Any] | None = None
 
     @property
     def runs(self) -> int:

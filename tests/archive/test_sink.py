@@ -93,7 +93,7 @@ def test_a_purge_writes_batches_then_its_manifest_and_an_unfinished_one_is_found
     done = ArchiveWriter(archive, backend="sqlite:///x.db", cutoff=NOW, started_at=NOW)
     obj = done.write_batch([run_line("sqlite", "run_c", "v1", {})])
     done.supersede({"run_c": "v1"}, obj)
-    manifest = done.finish("succeeded", {"runs": 0})
+    manifest = done.finish("ok", {"runs": 0})
     assert manifest.endswith("/manifest.json")
     assert archived_versions(archive) == {"run_a": {"v1"}, "run_b": {"v1"}}  # finished purges are not pending
     names = set(archive.names("purges"))

@@ -97,7 +97,7 @@ def _ref(run: Any) -> RunRef:
 class MemoryBackend(StorageBackend):
     name = "memory"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SCHEDULED_SIGNALS,
-                              Capability.CORRUPTIBLE_TIMESTAMPS})
+                              Capability.CORRUPTIBLE_TIMESTAMPS, Capability.ARCHIVE})
     # A batch is one hold of the store's lock plus one pass over its dicts; larger
     # batches amortize the pass (this backend's own memory stays O(batch)).
     default_batch_size = 5000
@@ -265,6 +265,50 @@ class MemoryBackend(StorageBackend):
                 if old:
                     store._signals[sid] = [s for s in store._signals[sid] if s["signal_id"] not in gone]
             store._acknowledgments.difference_update(acks)
+
+    # -- archive ----------------------------------------------------------------
+
+    #: The engine's dicts a purge deletes from, as archive kinds: each record is a ``[key, value]`` pair.
+    _ARCHIVED = ("_runs", "_events", "_event_sequences", "_cancellation_flags", "_steps", "_checkpoints",
+                 "_hooks", "_token_index", "_idempotency_index")
+
+    def _gather(self, run_ids: Sequence[str]) -> dict[str, Any]:
+        """Each run's entries in the engine's dicts (the objects themselves), exactly those :meth:`_delete` pops."""
+        store = self.store
+        with store._lock:
+            refs = self._refs_of(set(run_ids))
+            found: dict[str, Any] = {}
+            owned: dict[str, dict[str, list[Any]]] = {i: {k: [] for k in self._ARCHIVED} for i in refs}
+            for run_id in refs:
+                for name in ("_runs", "_events", "_event_sequences", "_cancellation_flags"):
+                    if run_id in getattr(store, name):
+                        owned[run_id][name].append([run_id, getattr(store, name)[run_id]])
+                key = getattr(refs[run_id].data, "idempotency_key", None)
+                if key and store._idempotency_index.get(key) == run_id:
+                    owned[run_id]["_idempotency_index"].append([key, run_id])
+            for name, owner in (("_steps", lambda k, v: v.run_id), ("_hooks", lambda k, v: k[0]),
+                                ("_token_index", lambda k, v: v[0]),
+                                ("_checkpoints", lambda k, v: key_owner(k, store._runs.__contains__))):
+                for k, v in getattr(store, name).items():
+                    if (who := owner(k, v)) in owned:
+                        owned[who][name].append([k, v])
+            for run_id, ref in refs.items():
+                found[run_id] = (ref, {k: v for k, v in owned[run_id].items() if v})
+            return found
+
+    def _restore(self, lines: list[dict[str, Any]]) -> None:
+        store = self.store
+        with store._lock:
+            taken = [line["run_id"] for line in lines if line["run_id"] in store._runs]
+            if taken:
+                raise StorageError(f"cannot restore into {self.url}: run {taken[0]} exists")
+            for line in lines:
+                for name, pairs in line["records"].items():
+                    if name not in self._ARCHIVED:
+                        raise StorageError(f"cannot restore {line['run_id']} into {self.url}: unknown kind {name!r}")
+                    target = getattr(store, name)
+                    for key, value in pairs:
+                        target[key] = value
 
     # -- orphans ----------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.engine import Connection
 
 from workflow_retention import values
-from workflow_retention.backends.sql import runs, shards
+from workflow_retention.backends.sql import archive, runs, shards
 from workflow_retention.backends.sql.census import census, count_runs
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.dialect import Dialect
@@ -47,7 +47,8 @@ class SQLBackend(StorageBackend):
     """Base of :class:`~.sqlite.SQLiteBackend`, :class:`~.postgres.PostgresBackend` and
     :class:`~.mysql.MySQLBackend` (not registered itself)."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SHARDS})
+    capabilities: ClassVar[frozenset[str]] = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SHARDS,
+                                                        Capability.ARCHIVE})
 
     def __init__(self, *, url: str, dialect: Dialect, batch_size: int | None = None,
                  max_rows: int | None = None) -> None:
@@ -127,6 +128,12 @@ class SQLBackend(StorageBackend):
     def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
         with self.client.translated("explain"), self.client.read() as conn:
             return runs.children(self.client, conn, parent_ids)
+
+    def _gather(self, run_ids: Sequence[str]) -> dict[str, Any]:
+        return archive.gather(self.client, run_ids)
+
+    def _restore(self, lines: list[dict[str, Any]]) -> None:
+        archive.restore(self.client, lines)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         sweep_orphans(self.client, job)

@@ -1,0 +1,434 @@
+"""Archiving a purge, and restoring what it archived: the rules every backend shares.
+
+A backend supplies two primitives (``StorageBackend._gather`` and ``_restore``, see base.py); this
+module does the rest, once:
+
+* :class:`Archiving` is the hook at every batch boundary of a purge with an archive
+  (``PurgeJob.boundary``): after ``on_batch`` and before anything of the batch is deleted, it gathers
+  everything the purge will delete of each run of the batch, writes it as one verified object
+  (:meth:`ArchiveWriter.write_batch`) and only then returns; an :class:`ArchiveError` stops the purge
+  there, nothing of that batch deleted. Runs archived by an unfinished purge (a crash between archive
+  and delete) are not written again. Runs archived and then kept (changed, or held by a child created
+  meanwhile) are recorded as superseded; the manifest is written last (:meth:`Archiving.close`).
+* :func:`encode` / :func:`decode`: the store's raw values as JSON values and back, exactly (datetimes,
+  bytes, decimals, enums and dataclasses tagged), so a restored store is row-, item- and byte-equal.
+* :func:`read_archive` and :func:`restore`: the newest archived line of each run, restored parents first,
+  refusing any run that exists.
+
+The format: docs/archive.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import importlib
+import logging
+import types
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from workflow_retention.archive import (
+    BATCH_SUFFIX,
+    MANIFEST,
+    OK,
+    ArchiveStore,
+    ArchiveWriter,
+    check_format,
+    decode_lines,
+    purge_folders,
+    read_manifest,
+    run_line,
+    unfinished,
+)
+from workflow_retention.exceptions import ArchiveError, ConfigurationError, RetentionError
+from workflow_retention.planning import RunRef
+from workflow_retention.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from workflow_retention.base import StorageBackend
+    from workflow_retention.report import PurgeReport
+
+log = logging.getLogger("workflow_retention")
+
+#: What ``StorageBackend._gather`` returns per run: the run as plans see it, and its records
+#: (table, item kind or folder -> rows, items or files, as raw values; :func:`encode` makes them JSON).
+Gathered = tuple[RunRef, dict[str, list[Any]]]
+
+#: Modules whose classes an archived value may name (``$object``, ``$enum``): the engine's, and plain namespaces.
+_TRUSTED_MODULES = ("pyworkflow.", "types")
+
+
+def version_of(ref: RunRef) -> str:
+    """The version a purge's re-check compares (:meth:`RunRef.same_version`): status and updated_at as an instant."""
+    when = ref.updated_at.astimezone(UTC).isoformat() if ref.updated_at is not None else "unreadable"
+    return f"{ref.status}@{when}"
+
+
+# -- values ------------------------------------------------------------------------------------------
+
+
+def encode(value: Any) -> Any:
+    """A raw value of a store as a JSON value that :func:`decode` turns back into an equal value of the same type."""
+    if value is None or isinstance(value, (bool, int, str)) and not isinstance(value, enum.Enum):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {"$float": repr(value)}
+        return value
+    if isinstance(value, enum.Enum):
+        return {"$enum": _class_name(type(value)), "value": encode(value.value)}
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, time):
+        return {"$time": value.isoformat()}
+    if isinstance(value, timedelta):
+        return {"$timedelta": [value.days, value.seconds, value.microseconds]}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, tuple):
+        return {"$tuple": [encode(v) for v in value]}
+    if isinstance(value, (set, frozenset)):
+        items = sorted((encode(v) for v in value), key=repr)
+        return {"$set": items} if isinstance(value, set) else {"$frozenset": items}
+    if isinstance(value, dict):
+        keys = list(value)
+        if all(isinstance(k, str) and not k.startswith("$") for k in keys) and keys == sorted(keys):
+            return {k: encode(v) for k, v in value.items()}  # (lines are written with sorted keys: order kept)
+        return {"$dict": [[encode(k), encode(v)] for k, v in value.items()]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"$object": _class_name(type(value)),
+                "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, types.SimpleNamespace):
+        return {"$object": "types:SimpleNamespace", "fields": {k: encode(v) for k, v in vars(value).items()}}
+    raise ArchiveError(f"cannot archive a value of type {type(value).__name__}")
+
+
+def decode(value: Any) -> Any:
+    """The raw value :func:`encode` turned into ``value``."""
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1 or (len(value) == 2 and ("$enum" in value or "$object" in value)):
+        tag = next((k for k in value if k.startswith("$")), None)
+        if tag is not None:
+            return _decode_tagged(tag, value)
+    return {k: decode(v) for k, v in value.items()}
+
+
+def _decode_tagged(tag: str, value: dict[str, Any]) -> Any:
+    body = value[tag]
+    simple: dict[str, Callable[[Any], Any]] = {
+        "$float": float, "$datetime": datetime.fromisoformat, "$date": date.fromisoformat,
+        "$time": time.fromisoformat, "$timedelta": lambda v: timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
+        "$bytes": base64.b64decode, "$decimal": Decimal, "$uuid": uuid.UUID,
+        "$tuple": lambda v: tuple(decode(x) for x in v), "$set": lambda v: {decode(x) for x in v},
+        "$frozenset": lambda v: frozenset(decode(x) for x in v),
+        "$dict": lambda v: {decode(k): decode(x) for k, x in v},
+    }
+    if tag in simple:
+        return simple[tag](body)
+    if tag == "$enum":
+        return _trusted_class(body)(decode(value["value"]))
+    if tag == "$object":
+        cls = _trusted_class(body)
+        fields = {k: decode(v) for k, v in value["fields"].items()}
+        if cls is types.SimpleNamespace:
+            return types.SimpleNamespace(**fields)
+        obj = cls.__new__(cls)  # the stored fields as they were, without running __init__ / __post_init__
+        for name, field_value in fields.items():
+            object.__setattr__(obj, name, field_value)
+        return obj
+    raise ArchiveError(f"unknown tag {tag!r} in an archived value")
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _trusted_class(name: Any) -> Any:
+    module, _, qualname = str(name).partition(":")
+    if not (module == "types" or module.startswith(_TRUSTED_MODULES)) or not qualname:
+        raise ArchiveError(f"an archived value names class {name!r}, outside the engine's modules: refused")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ArchiveError(f"an archived value names class {name!r}, which cannot be loaded here") from exc
+    return found
+
+
+# -- the purge's hook --------------------------------------------------------------------------------
+
+
+@dataclass
+class Archiving:
+    """One purge's archiving: :meth:`batch` at every boundary, :meth:`close` at the end."""
+
+    backend: StorageBackend
+    writer: ArchiveWriter
+    #: (run_id, version) -> object, archived by unfinished purges (not written again).
+    earlier: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Those unfinished purges (the manifest continues them when this purge finishes ok).
+    continues: list[str] = field(default_factory=list)
+    #: run_id -> (version, object) archived by this purge and not yet seen deleted or kept.
+    pending: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Runs archived in this purge's own objects, and runs found archived by an unfinished purge.
+    archived: int = 0
+    reused: int = 0
+
+    @classmethod
+    def start(cls, backend: StorageBackend, store: ArchiveStore, cutoff: datetime,
+              started_at: datetime) -> Archiving:
+        """Check the archive can be written and read what unfinished purges archived; before the store is read."""
+        store.check()
+        earlier = unfinished(store)
+        if earlier.folders:
+            log.warning("archive %s: %d unfinished purge(s) archived %d run version(s); they are not archived "
+                        "again", store.url, len(earlier.folders), len(earlier.runs))
+        writer = ArchiveWriter(store, backend=backend.url, cutoff=cutoff, started_at=started_at)
+        return cls(backend, writer, earlier.runs, earlier.folders)
+
+    def batch(self, ids: Sequence[str]) -> None:
+        """Archive the runs of one batch (those of ``ids`` that have a record), verified, before it is deleted."""
+        self.settle(final=False)
+        wanted = [i for i in dict.fromkeys(ids) if i not in self.pending]
+        if not wanted:
+            return
+        gathered = self.backend._gather(wanted)
+        stamp = utcnow().isoformat()
+        lines = []
+        for run_id, (ref, records) in gathered.items():
+            version = version_of(ref)
+            earlier = self.earlier.get((run_id, version))
+            if earlier is not None:  # archived and verified by a purge that did not finish: not again
+                self.pending[run_id] = (version, earlier)
+                self.reused += 1
+                continue
+            lines.append(run_line(self.backend.name, run_id, version,
+                                  {kind: [encode(r) for r in rows] for kind, rows in records.items()},
+                                  parent_run_id=ref.parent_run_id, archived_at=stamp))
+        if not lines:
+            return
+        written = self.writer.write_batch(lines)
+        self.archived += len(lines)
+        for line in lines:
+            self.pending[line["run_id"]] = (line["run_version"], written.name)
+
+    def settle(self, final: bool) -> None:
+        """Forget the archived runs that are gone (deleted); record as superseded those kept: present with
+        another version, or (``final``: the purge is over) present at all."""
+        if not self.pending:
+            return
+        fresh = self.backend._read_runs(set(self.pending))
+        kept: dict[str, dict[str, str]] = {}
+        for run_id, (version, name) in list(self.pending.items()):
+            ref = fresh.get(run_id)
+            if ref is None:
+                del self.pending[run_id]
+            elif final or version_of(ref) != version:
+                kept.setdefault(name, {})[run_id] = version
+                del self.pending[run_id]
+        for name, runs in sorted(kept.items()):
+            self.writer.supersede(runs, name)
+
+    def close(self, outcome: str, report: PurgeReport) -> None:
+        """Record the kept runs and write the manifest (last). ``outcome``: ``ok``, ``stopped`` or ``failed``."""
+        if outcome == OK:
+            self.settle(final=True)
+        report.archive = {"url": self.writer.store.url, "purge_id": self.writer.purge_id,
+                          "objects": len(self.writer.objects), "runs": self.archived,
+                          "already_archived": self.reused, "superseded": len(self.writer.superseded)}
+        self.writer.finish(outcome, report.to_dict(), self.continues if outcome == OK else ())
+
+    def abandon(self, report: PurgeReport, error: BaseException) -> None:
+        """The purge failed: write a ``failed`` manifest if the archive still takes it (a rerun then knows
+        what was archived); never raises (the purge's own error is the one reported)."""
+        try:
+            self.close("failed", report)
+        except RetentionError as exc:
+            log.warning("archive %s: the failed purge's manifest could not be written (%s); the next purge "
+                        "finds its objects as unfinished", self.writer.store.url, exc)
+
+
+def prepare(backend: StorageBackend, archive: ArchiveStore | str | None, dry_run: bool) -> ArchiveStore | None:
+    """The archive a purge writes to (a URL is opened), refused before anything is read when the backend
+    cannot archive."""
+    if archive is None:
+        return None
+    from workflow_retention.archive import open_archive
+    from workflow_retention.base import Capability
+
+    store = open_archive(archive) if isinstance(archive, str) else archive
+    if Capability.ARCHIVE not in backend.capabilities:
+        raise ConfigurationError(f"the {backend.name} backend cannot archive its runs yet (no gather/restore "
+                                 "primitives); purge it without an archive (see docs/archive.md)")
+    if dry_run:
+        store.check()
+    return store
+
+
+# -- reading an archive; restore ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where the newest archived line of a run is."""
+
+    run_id: str
+    archived_at: str
+    object: str
+    parent_run_id: str | None
+    backend: str
+
+
+def purges(store: ArchiveStore) -> list[dict[str, Any]]:
+    """Every purge in the archive: its folder, manifest fields (or ``unfinished``) and objects."""
+    found = []
+    for folder, leaves in sorted(purge_folders(store).items()):
+        entry: dict[str, Any] = {"folder": folder, "objects": sorted(x for x in leaves if x.endswith(BATCH_SUFFIX))}
+        if MANIFEST in leaves:
+            manifest = read_manifest(store, folder)
+            entry.update({k: manifest.get(k) for k in ("purge_id", "backend", "cutoff", "started_at", "outcome")})
+            entry["runs"] = sum(o.get("runs", 0) for o in manifest.get("objects", ()))
+            entry["superseded"] = len(manifest.get("superseded", ()))
+        else:
+            entry["outcome"] = "unfinished"
+            entry["runs"] = None
+        found.append(entry)
+    return found
+
+
+def lines_of(store: ArchiveStore, name: str) -> list[dict[str, Any]]:
+    lines = decode_lines(store.get(name))
+    for n, line in enumerate(lines, 1):
+        check_format(line, f"{name} line {n}")
+    return lines
+
+
+def read_archive(store: ArchiveStore) -> dict[str, Entry]:
+    """run_id -> where its newest archived line is (by ``archived_at``, then object name)."""
+    newest: dict[str, Entry] = {}
+    for folder, leaves in sorted(purge_folders(store).items()):
+        for leaf in sorted(x for x in leaves if x.endswith(BATCH_SUFFIX)):
+            name = f"{folder}/{leaf}"
+            for line in lines_of(store, name):
+                entry = Entry(line["run_id"], str(line.get("archived_at", "")), name, line.get("parent_run_id"),
+                              line["backend"])
+                old = newest.get(entry.run_id)
+                if old is None or (entry.archived_at, entry.object) > (old.archived_at, old.object):
+                    newest[entry.run_id] = entry
+    return newest
+
+
+@dataclass
+class RestoreReport:
+    """What :func:`restore` wrote and refused."""
+
+    written: list[str] = field(default_factory=list)
+    #: run_id -> why it was not written.
+    refused: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"written": sorted(self.written), "refused": dict(sorted(self.refused.items())),
+                "records": dict(sorted(self.counts.items()))}
+
+
+def _levels(chosen: Mapping[str, Entry]) -> list[list[Entry]]:
+    """The chosen runs by depth among themselves (a parent that is restored too comes first)."""
+    depth: dict[str, int] = {}
+
+    def of(run_id: str) -> int:
+        seen: list[str] = []
+        node: str | None = run_id
+        while node in chosen and node not in depth and node not in seen:
+            seen.append(node)
+            node = chosen[node].parent_run_id
+        base = depth.get(node, -1) if node is not None else -1
+        for n in reversed(seen):
+            base += 1
+            depth[n] = base
+        return depth[run_id]
+
+    levels: dict[int, list[Entry]] = {}
+    for run_id in sorted(chosen):
+        levels.setdefault(of(run_id), []).append(chosen[run_id])
+    return [levels[k] for k in sorted(levels)]
+
+
+def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str] | None,
+            on_progress: Callable[[int], None] | None = None) -> RestoreReport:
+    """Write the newest archived line of each of ``run_ids`` (None: every archived run) back into ``backend``,
+    parents before children, refusing runs that exist (and runs not in the archive, or archived from another
+    kind of store). Reads the archive twice (an index, then the objects holding the chosen runs)."""
+    from workflow_retention.base import Capability
+
+    if Capability.ARCHIVE not in backend.capabilities:
+        raise ConfigurationError(f"the {backend.name} backend cannot restore archived runs yet")
+    index = read_archive(store)
+    report = RestoreReport()
+    wanted = sorted(index) if run_ids is None else list(dict.fromkeys(run_ids))
+    chosen: dict[str, Entry] = {}
+    for run_id in wanted:
+        entry = index.get(run_id)
+        if entry is None:
+            report.refused[run_id] = "not in the archive"
+        elif entry.backend != backend.name:
+            report.refused[run_id] = f"archived from a {entry.backend} store, not {backend.name}"
+        else:
+            chosen[run_id] = entry
+    backend.open()
+    for chunk_start in range(0, len(chosen), max(1, backend.batch_size)):
+        ids = set(sorted(chosen)[chunk_start:chunk_start + backend.batch_size])
+        for run_id in sorted(backend._read_runs(ids)):
+            report.refused[run_id] = "exists in the store"
+            del chosen[run_id]
+    for level in _levels(chosen):
+        by_object: dict[str, set[str]] = {}
+        for entry in level:
+            by_object.setdefault(entry.object, set()).add(entry.run_id)
+        for name, ids in sorted(by_object.items()):
+            lines = [line for line in lines_of(store, name) if line["run_id"] in ids]
+            for line in lines:
+                line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
+            backend._restore(lines)
+            for line in lines:
+                report.written.append(line["run_id"])
+                for kind, rows in line["records"].items():
+                    report.counts[kind] = report.counts.get(kind, 0) + len(rows)
+            if on_progress is not None:
+                on_progress(len(report.written))
+    return report
+
+
+def archived_runs(store: ArchiveStore, folder: str) -> Iterator[dict[str, Any]]:
+    """The runs one purge archived: run id, version, parent, object and record counts (``archive show``)."""
+    manifest = read_manifest(store, folder) if store_has(store, f"{folder}/{MANIFEST}") else {}
+    superseded = {(s["run_id"], s["version"]) for s in manifest.get("superseded", ())}
+    for name in sorted(n for n in store.names(folder) if n.endswith(BATCH_SUFFIX)):
+        for line in lines_of(store, name):
+            yield {"run_id": line["run_id"], "run_version": line["run_version"], "object": name,
+                   "parent_run_id": line.get("parent_run_id"),
+                   "superseded": (line["run_id"], line["run_version"]) in superseded,
+                   "records": {k: len(v) for k, v in sorted(line["records"].items())}}
+
+
+def store_has(store: ArchiveStore, name: str) -> bool:
+    folder, _, _leaf = name.rpartition("/")
+    return name in set(store.names(folder))

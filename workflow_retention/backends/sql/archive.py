@@ -1,0 +1,71 @@
+"""The archive primitives of the SQL stores: a batch's rows read raw before the purge deletes them, and
+archived rows inserted back (docs/archive.md).
+
+A run's rows are its ``workflow_runs`` record, its rows in the tables keyed by ``run_id`` (events, steps,
+hooks, cancellation flag: :data:`~.layout.RUN_CHILDREN`) and the step checkpoints it owns
+(:func:`~.runs.owned_checkpoints`): exactly what :class:`~.purge.Purge` deletes. Values are read as the
+dialect's driver returns them and written back the same way, so restored rows equal the archived ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from workflow_retention.backends.sql import runs
+from workflow_retention.backends.sql.client import Client
+from workflow_retention.backends.sql.layout import RUN_CHILDREN
+from workflow_retention.exceptions import StorageError
+from workflow_retention.planning import RunRef, chunked
+
+#: The tables a run's rows are archived from, in the order they are restored (the record first).
+TABLES = ("workflow_runs", *(name for name, _kind in RUN_CHILDREN), "checkpoints")
+
+
+def gather(client: Client, run_ids: Sequence[str]) -> dict[str, tuple[RunRef, dict[str, list[Any]]]]:
+    """Each run of ``run_ids`` that has a record, with its rows per table (column -> value), in one read."""
+    d = client.dialect
+    with client.translated("archive read"), client.read() as conn:
+        refs = runs.refs(client, conn, list(run_ids))
+        if not refs:
+            return {}
+        ids = sorted(refs)
+        fold = {d.id_fold(i): i for i in ids}
+        rows: dict[str, dict[str, list[Any]]] = {i: {} for i in ids}
+        for name in TABLES[:-1]:
+            if not client.has(name):
+                continue
+            table = client.table(name)
+            for chunk in chunked(ids, d.id_chunk):
+                for row in conn.execute(select(table).where(d.among(table.c.run_id, chunk))):
+                    owner = fold.get(d.id_fold(row.run_id))
+                    if owner is not None:
+                        rows[owner].setdefault(name, []).append(dict(row._mapping))
+        owners = runs.checkpoint_owners(client, conn, ids)
+        if owners:
+            table = client.table("checkpoints")
+            for chunk in chunked(sorted(owners), d.id_chunk):
+                for row in conn.execute(select(table).where(d.among(table.c.step_run_id, chunk))):
+                    rows[owners[row.step_run_id]].setdefault("checkpoints", []).append(dict(row._mapping))
+    return {i: (refs[i], rows[i]) for i in ids}
+
+
+def restore(client: Client, lines: list[dict[str, Any]]) -> None:
+    """Insert the archived rows of ``lines`` in one transaction, records first (parents before children as
+    given); a run that exists fails the insert on its primary key (:class:`StorageError`), nothing written."""
+    unknown = {name for line in lines for name in line["records"]} - set(TABLES)
+    if unknown:
+        raise StorageError(f"cannot restore into {client.url}: archived table(s) {sorted(unknown)} are not "
+                           "pyworkflow's")
+
+    def write(conn: Connection) -> None:
+        for name in TABLES:
+            batch = [row for line in lines for row in line["records"].get(name, ())]
+            if batch:
+                conn.execute(insert(client.table(name)), batch)
+
+    with client.translated("restore"):
+        client.write(write)
