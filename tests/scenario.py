@@ -46,14 +46,15 @@ class Scenario:
 
 
 async def add_run(pw: Any, run_id: str, status: str, updated_at: datetime, *, parent: str | None = None,
-                  depth: int = 0, hooks: tuple[str, ...] = ("hook_approval_1",), extras: bool = True) -> None:
+                  depth: int = 0, hooks: tuple[str, ...] = ("hook_approval_1",), extras: bool = True,
+                  workflow: str = "conformance", created: datetime | None = None) -> None:
     """Create a run with events, a step, step checkpoints, hooks, a flag and an idempotency key."""
     from pyworkflow.engine.events import Event, EventType
     from pyworkflow.storage.schemas import Hook, RunStatus, StepExecution, StepStatus, WorkflowRun
 
-    created = updated_at - timedelta(minutes=5)
+    created = created or updated_at - timedelta(minutes=5)
     await pw.create_run(WorkflowRun(
-        run_id=run_id, workflow_name="conformance", status=RunStatus(status), created_at=created,
+        run_id=run_id, workflow_name=workflow, status=RunStatus(status), created_at=created,
         updated_at=updated_at, idempotency_key=f"idem-{run_id}" if extras else None,
         parent_run_id=parent, nesting_depth=depth, input_args='["x"]', context={"k": 1}))
     if not extras:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from workflow_retention import values
 from workflow_retention.exceptions import ConfigurationError, PurgeStopped, RetentionError
-from workflow_retention.planning import RunRef, chunked
+from workflow_retention.planning import Expiry, RunRef, chunked
 from workflow_retention.report import AuditReport, Census, OrphanReport, PurgeReport, SpaceReport
 from workflow_retention.timeutil import require_aware, utcnow
 from workflow_retention.urls import redact_url
@@ -174,6 +174,11 @@ class PurgeJob(_Job):
     def within(self, run_ids: set[str]) -> set[str]:
         """Those of ``run_ids`` this purge may delete (or count): all, or with ``only`` those among them."""
         return run_ids if self.only is None else run_ids & self.only
+
+    @property
+    def sweep_cutoff(self) -> datetime:
+        """The schedule and stream sweeps' cutoff: ``cutoff``, or a policy's default rule (:class:`Expiry`)."""
+        return self.cutoff.sweep_cutoff if isinstance(self.cutoff, Expiry) else self.cutoff
 
     @property
     def sweeps(self) -> bool:
@@ -417,7 +422,7 @@ class StorageBackend(ABC):
         from workflow_retention.archive import OK
         from workflow_retention.archiving import Archiving, prepare
 
-        cutoff = require_aware(older_than, "older_than")
+        cutoff = self._cutoff(older_than)
         size = self._batch_size(batch_size)
         part = self._check_shard(shard)
         if resume_after is not None and not isinstance(resume_after, str):
@@ -435,7 +440,7 @@ class StorageBackend(ABC):
         if store is not None and not dry_run:
             job.archive = Archiving.start(self, store, cutoff, report.started_at or utcnow())
         try:
-            self._run("purge", report, lambda: self._purge(job))
+            self._run("purge", report, lambda: self._purge(self._bind(job)))
         except BaseException as exc:
             if job.archive is not None:
                 job.archive.abandon(report, exc)
@@ -447,6 +452,35 @@ class StorageBackend(ABC):
                  report.changed, report.skipped, dry_run, report.batches, report.duration_s,
                  dict(report.counts), f" stopped={report.stopped!r}" if report.stopped else "")
         return report
+
+    @staticmethod
+    def _cutoff(older_than: datetime) -> datetime:
+        """``older_than`` validated: an aware datetime in range, or a policy's :class:`Expiry` whose bound is."""
+        if isinstance(older_than, Expiry):
+            require_aware(older_than.bound, "older_than")
+            return older_than
+        return require_aware(older_than, "older_than")
+
+    def _bind(self, job: PurgeJob) -> PurgeJob:
+        """A policy's cutoff bound to this store for this purge (``keep_last`` asks :meth:`_newest_runs`)."""
+        if isinstance(job.cutoff, Expiry):
+            job.cutoff = job.cutoff.bound_to(self._newest_runs if job.cutoff.keeps_last else None,
+                                             self.ranks_whole_store)
+        return job
+
+    #: :meth:`_newest_runs` ranks every workflow name in one call (a pass over the store, or one statement): a
+    #: purge asks it once before it starts instead of once per workflow name it meets.
+    ranks_whole_store: ClassVar[bool] = False
+
+    def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
+        """For each workflow name of ``names`` (a backend that reads them all in one pass may return more), the ids
+        of its ``n`` most recent *terminal* runs by ``created_at`` (then ``run_id``), newest first.
+
+        ``keep_last`` of a policy (:class:`Expiry`) asks once per workflow name per purge. Runs whose
+        ``created_at`` cannot be read are not ranked. The cost per store is in ``docs/backends/``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot rank runs per workflow (_newest_runs): "
+                                  "keep_last is not available on it")
 
     def shards(self, n: int) -> list[Shard]:
         """Split the store into at most ``n`` disjoint shards that together cover every run.
@@ -491,7 +525,7 @@ class StorageBackend(ABC):
         """
         from workflow_retention.explain import explain_run
 
-        cutoff = require_aware(older_than, "older_than")
+        cutoff = self._cutoff(older_than)
         if not isinstance(run_id, str) or not run_id:
             raise ConfigurationError(f"explain needs a run id (a non-empty string); got {run_id!r}")
 
@@ -500,10 +534,12 @@ class StorageBackend(ABC):
             going: set[str] = set()
             job = PurgeJob(dry_run=True, batch_size=self.batch_size, on_batch=lambda b: going.update(b.run_ids),
                            cutoff=cutoff, report=report, only=family)
-            self._run("explain", report, lambda: self._purge(job))
+            self._run("explain", report, lambda: self._purge(self._bind(job)))
             return report, going
 
         self.open()
+        if isinstance(cutoff, Expiry):
+            cutoff = cutoff.bound_to(self._newest_runs if cutoff.keeps_last else None, self.ranks_whole_store)
         return explain_run(run_id, cutoff, self.url, self._read_runs, self._read_children, dry_run)
 
     def sweep_orphans(
@@ -553,7 +589,7 @@ class StorageBackend(ABC):
         sizes where the store can tell, what a purge with ``older_than`` would
         delete (a dry run), and the orphans a sweep would remove (a dry run).
         """
-        cutoff = require_aware(older_than, "older_than") if older_than is not None else None
+        cutoff = self._cutoff(older_than) if older_than is not None else None
         started = time.monotonic()
         now = utcnow()
         census = Census()

@@ -23,14 +23,19 @@ place:
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from itertools import islice
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from workflow_retention.timeutil import parse_timestamp
+
+if TYPE_CHECKING:
+    from workflow_retention.policy import Policy
 
 T = TypeVar("T")
 
@@ -80,21 +85,31 @@ class RunRef:
     data: Any = None
     #: Why the record exists but cannot be read at all (a damaged run file): such a run is never expired.
     unreadable: str | None = None
+    #: The run's ``workflow_name`` as stored (None: not read, or not a string); a policy's rules need it.
+    workflow_name: str | None = None
 
     @classmethod
     def parse(cls, run_id: str, status: object, updated_at: object, parent_run_id: str | None = None,
-              data: Any = None) -> RunRef:
+              data: Any = None, workflow_name: object = None) -> RunRef:
         try:
             when: datetime | None = parse_timestamp(updated_at)
         except (TypeError, ValueError):
             when = None
         status_text = getattr(status, "value", status)
         return cls(run_id, str(status_text) if status_text is not None else "", when,
-                   parent_run_id or None, data)
+                   parent_run_id or None, data,
+                   workflow_name=workflow_name if isinstance(workflow_name, str) else None)
 
     def is_expired(self, cutoff: datetime) -> bool:
-        """Terminal (exactly as pyworkflow writes it) and updated strictly before ``cutoff``."""
-        return self.status in TERMINAL_STATUSES and self.updated_at is not None and self.updated_at < cutoff
+        """Terminal (exactly as pyworkflow writes it) and updated strictly before ``cutoff``.
+
+        With a policy's :class:`Expiry` as ``cutoff``, the run's own rule decides (:meth:`Expiry.expires`).
+        """
+        if self.status not in TERMINAL_STATUSES or self.updated_at is None:
+            return False
+        if isinstance(cutoff, Expiry):
+            return cutoff.expires(self)
+        return self.updated_at < cutoff
 
     def eligible(self, cutoff: datetime) -> bool:
         """Expired with a safe id: it goes if all its children go. The one test every plan applies."""
@@ -120,6 +135,9 @@ class RunRef:
             return None
         if self.corrupt:
             return "its updated_at cannot be read"
+        if (isinstance(cutoff, Expiry) and cutoff.needs_name and self.workflow_name is None
+                and self.status in TERMINAL_STATUSES and self.updated_at is not None and self.updated_at < cutoff):
+            return "its workflow_name cannot be read, and the retention policy decides by workflow name"
         if self.is_expired(cutoff) and not is_safe_run_id(self.run_id):
             return "its run_id is not a safe identifier"
         return None
@@ -131,6 +149,173 @@ class RunRef:
     def same_version(self, other: RunRef) -> bool:
         """True when ``other`` (a fresh read) still has this status and updated_at."""
         return self.status == other.status and self.updated_at == other.updated_at
+
+
+#: A backend's :meth:`~workflow_retention.base.StorageBackend._newest_runs`: ``(names, n)`` -> for each workflow
+#: name (at least those of ``names``), the ids of its ``n`` most recent terminal runs, newest first.
+NewestRuns = Callable[[set[str], int], Mapping[str, Sequence[str]]]
+
+
+class Expiry(datetime):
+    """A retention policy's cutoff at one instant: the per-run decision, shared by every backend.
+
+    As a ``datetime`` it is the *latest* cutoff any rule gives (``now`` minus the policy's shortest
+    retention): the bound every backend's candidate query already uses, so each run some rule could expire
+    is read. Per run, :meth:`RunRef.is_expired` hands the decision to :meth:`expires`: the run's own rule
+    (status and workflow name, :meth:`Policy.retention`), its pins, and ``keep_last`` (the most recent
+    terminal runs of its workflow, asked of the store once per workflow name through ``newest``).
+
+    Derived values (``+``, ``-``, :meth:`replace`, :meth:`astimezone`) are plain datetimes, and an Expiry
+    cannot be pickled: a value that lost its policy must never decide a run by the shortest retention.
+    """
+
+    policy: Policy
+    instant: datetime
+    pinned_runs: frozenset[str]
+    pinned_workflows: tuple[str, ...]
+    _newest: NewestRuns | None
+    _kept: dict[str, tuple[str, ...]]
+
+    def __new__(cls, policy: Policy, now: datetime, *, pinned_runs: Collection[str] = (),
+                pinned_workflows: Sequence[str] = (), newest: NewestRuns | None = None) -> Expiry:
+        if now.tzinfo is None:
+            raise ValueError("an Expiry needs a timezone-aware now")
+        now = now.astimezone(UTC)
+        bound = now - policy.shortest()
+        self = datetime.__new__(cls, bound.year, bound.month, bound.day, bound.hour, bound.minute, bound.second,
+                                bound.microsecond, bound.tzinfo)
+        self.policy, self.instant = policy, now
+        self.pinned_runs, self.pinned_workflows = frozenset(pinned_runs), tuple(pinned_workflows)
+        self._newest, self._kept = newest, {}
+        return self
+
+    def bound_to(self, newest: NewestRuns | None, whole_store: bool = False) -> Expiry:
+        """The same policy, instant and pins for one purge of one store: ``newest`` answers ``keep_last``.
+
+        ``whole_store``: ``newest`` ranks every workflow name in one call; it is asked once, now (before the
+        purge opens any transaction), and a name it did not return has no terminal run.
+        """
+        bound = Expiry(self.policy, self.instant, pinned_runs=self.pinned_runs, pinned_workflows=self.pinned_workflows,
+                       newest=newest)
+        if newest is not None and whole_store:
+            bound._kept = {name: tuple(ids) for name, ids in newest(set(), self.keeps_last).items()}
+            bound._newest = lambda names, n: {}
+        return bound
+
+    @property
+    def bound(self) -> datetime:
+        """This cutoff as a plain datetime (the candidate queries' bound)."""
+        return datetime(self.year, self.month, self.day, self.hour, self.minute, self.second, self.microsecond,
+                        self.tzinfo)
+
+    @property
+    def sweep_cutoff(self) -> datetime:
+        """The cutoff of the schedule and stream sweeps: the policy's default rule (they have no run status)."""
+        return self.instant - self.policy.default
+
+    @property
+    def keeps_last(self) -> int:
+        """The largest ``keep_last`` of any rule (0: the policy keeps no run by its rank)."""
+        return self.policy.max_keep_last()
+
+    @property
+    def needs_name(self) -> bool:
+        """Whether a run's workflow name can change the decision (workflow rules, keep_last, workflow pins)."""
+        return bool(self.policy.workflows) or self.keeps_last > 0 or bool(self.pinned_workflows)
+
+    def limit(self, ref: RunRef) -> datetime:
+        """The cutoff of ``ref``'s own rule: it goes when updated strictly before it."""
+        return self.instant - self.policy.retention(ref.workflow_name, ref.status)
+
+    def expires(self, ref: RunRef) -> bool:
+        """Whether the policy expires ``ref`` (terminal, with a readable ``updated_at``) now."""
+        return ref.updated_at is not None and self.why_kept(ref) is None
+
+    def why_kept(self, ref: RunRef) -> str | None:
+        """Why the policy keeps a terminal run (None: it expires): its rule, a pin, or keep_last."""
+        if ref.updated_at is None:
+            return "its updated_at cannot be read"
+        if self.needs_name and ref.workflow_name is None:
+            return "its workflow_name cannot be read"
+        limit = self.limit(ref)
+        if ref.updated_at >= limit:
+            return f"it was updated at {ref.updated_at.isoformat()}, not before its rule's cutoff {limit.isoformat()}"
+        if ref.run_id in self.pinned_runs:
+            return "it is pinned"
+        name = ref.workflow_name
+        if name is not None and any(fnmatchcase(name, p) for p in self.pinned_workflows):
+            return f"its workflow {name!r} is pinned"
+        keep = self.policy.keep_last_for(name) if name is not None else 0
+        if name is not None and keep and ref.run_id in self.kept_last(name)[:keep]:
+            return f"it is one of the {keep} most recent terminal runs of workflow {name!r} (keep_last)"
+        return None
+
+    def kept_last(self, name: str) -> tuple[str, ...]:
+        """The ids of the most recent terminal runs of workflow ``name``, newest first, as the store orders them."""
+        if name not in self._kept:
+            if self._newest is None:
+                raise RuntimeError("keep_last needs the store's newest runs: bind the Expiry with bound_to()")
+            found = self._newest({name}, self.keeps_last)
+            for other, ids in found.items():
+                self._kept.setdefault(other, tuple(ids))
+            self._kept.setdefault(name, ())
+        return self._kept[name]
+
+    def rule_label(self, ref: RunRef) -> str:
+        """The rule that decides ``ref``, as ``purge --dry-run`` and ``audit`` name it."""
+        return self.policy.rule_label(ref.workflow_name, ref.status)
+
+    # A derived value is a plain datetime; an Expiry is never copied across a process boundary.
+    def __add__(self, other: Any) -> Any:
+        return self.bound + other
+
+    def __radd__(self, other: Any) -> Any:
+        return self.bound + other
+
+    def __sub__(self, other: Any) -> Any:
+        return self.bound - (other.bound if isinstance(other, Expiry) else other)
+
+    def replace(self, *args: Any, **kwargs: Any) -> datetime:  # type: ignore[override]
+        return self.bound.replace(*args, **kwargs)
+
+    def astimezone(self, tz: Any = None) -> datetime:  # type: ignore[override]
+        return self.bound.astimezone(tz)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an Expiry holds a retention policy and is not pickled: send the policy and the instant")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__reduce__()
+
+    def __copy__(self) -> Expiry:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Expiry:
+        return self
+
+
+def newest_terminal(runs: Iterable[tuple[object, str, object, object]], n: int,
+                    names: Collection[str] | None = None) -> dict[str, list[str]]:
+    """:data:`NewestRuns` by one pass over ``runs`` (``(workflow_name, run_id, status, created_at)``), for stores
+    without an ordering by workflow and creation time: a heap of ``n`` per workflow name (of ``names``, or every
+    name), so memory is bounded by the names times ``n``, not by the store. Only terminal runs with a
+    readable ``created_at`` and a string name rank."""
+    heaps: dict[str, list[tuple[datetime, str]]] = {}
+    for name, run_id, status, created_at in runs:
+        if not isinstance(name, str) or getattr(status, "value", status) not in TERMINAL_STATUSES:
+            continue
+        if names is not None and name not in names:
+            continue
+        try:
+            created = parse_timestamp(created_at)
+        except (TypeError, ValueError):
+            continue
+        heap = heaps.setdefault(name, [])
+        if len(heap) < n:
+            heapq.heappush(heap, (created, run_id))
+        elif (created, run_id) > heap[0]:
+            heapq.heapreplace(heap, (created, run_id))
+    return {name: [run_id for _, run_id in sorted(heap, reverse=True)] for name, heap in heaps.items()}
 
 
 def left_alone(report: Reporter, what: str, why: str) -> None:

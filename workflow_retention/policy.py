@@ -110,6 +110,20 @@ class Policy:
         rule = self.rule_for(workflow_name)
         return rule.keep_last if rule is not None and rule.keep_last is not None else self.keep_last
 
+    def max_keep_last(self) -> int:
+        """The largest ``keep_last`` of any rule: how many recent runs per workflow a purge asks the store for."""
+        return max([self.keep_last, *(w.keep_last for w in self.workflows if w.keep_last is not None)])
+
+    def rule_label(self, workflow_name: str | None, status: str) -> str:
+        """The rule :meth:`retention` applies, named as in the file (``workflow."billing.*".failed``)."""
+        rule = self.rule_for(workflow_name)
+        if rule is not None and (status in rule.status or rule.default is not None):
+            part = status if status in rule.status else "default"
+            return f"workflow.{rule.pattern!r}.{part} = {values.human(self.retention(workflow_name, status))}"
+        if status in self.status:
+            return f"status.{status} = {values.human(self.status[status])}"
+        return f"default = {values.human(self.default)}"
+
     def shortest(self) -> timedelta:
         """The shortest retention any rule gives: ``now - shortest()`` bounds every candidate."""
         return min(self.retentions())

@@ -34,6 +34,7 @@ from workflow_retention.planning import (
     RunRef,
     key_owner,
     key_prefixes,
+    newest_terminal,
     plan_page,
 )
 from workflow_retention.report import Kind, SpaceReport
@@ -91,7 +92,8 @@ def _maybe_candidate(run: Any, cutoff: datetime) -> bool:
 
 
 def _ref(run: Any) -> RunRef:
-    return RunRef.parse(run.run_id, run.status, run.updated_at, run.parent_run_id, run)
+    return RunRef.parse(run.run_id, run.status, run.updated_at, run.parent_run_id, run,
+                        getattr(run, "workflow_name", None))
 
 
 class MemoryBackend(StorageBackend):
@@ -197,6 +199,14 @@ class MemoryBackend(StorageBackend):
         refs = [_ref(runs[run_id]) for run_id in ids]
         return [ref for ref in refs if ref.candidate(cutoff)], (ids[-1] if ids else None)
 
+    ranks_whole_store = True
+
+    def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
+        """One pass over the runs (no ordering by workflow): every workflow name at once."""
+        with self.store._lock:
+            return newest_terminal(((getattr(r, "workflow_name", None), r.run_id, _value(r.status), r.created_at)
+                                    for r in self.store._runs.values()), n)
+
     def _children_of(self, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
         wanted = set(parent_ids)
         found: dict[str, list[RunRef]] = {}
@@ -238,7 +248,7 @@ class MemoryBackend(StorageBackend):
 
     def _purge_aux(self, job: PurgeJob) -> None:
         """Soft-deleted schedules and stream data older than the cutoff."""
-        store, cutoff, report = self.store, job.cutoff, job.report
+        store, cutoff, report = self.store, job.sweep_cutoff, job.report
         with store._lock:
             schedules = [sid for sid, s in store._schedules.items()
                          if _value(s.status) == DELETED_SCHEDULE and older(s.updated_at, cutoff)]

@@ -15,20 +15,20 @@ from urllib.parse import unquote, urlsplit
 from workflow_retention import values
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, StorageError
-from workflow_retention.planning import RunRef
+from workflow_retention.planning import RunRef, newest_terminal
 from workflow_retention.report import SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url
 
 from . import seed
-from .census import census, count_runs, space
+from .census import CENSUS_PAGE, census, count_runs, space
 from .client import Cql, driver
 from .layout import MARKER_STATEMENTS, MARKER_TABLE, STATEMENTS
 from .markers import Markers
 from .orphans import OrphanSweep
 from .purge import Purge
 from .ring import token_shards
-from .runs import RunReader
+from .runs import RunReader, from_ms
 from .streams import StreamSweep
 
 log = logging.getLogger("workflow_retention.cassandra")
@@ -330,6 +330,15 @@ class CassandraBackend(StorageBackend):
     def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
         self.cql.require_keyspace()
         return RunReader(self.cql).children_of(parent_ids)
+
+    ranks_whole_store = True
+
+    def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
+        """keep_last: one paged token() scan of workflow_runs, every workflow name at once (runs_by_workflow's
+        day buckets have no bound to stop at: docs/backends/cassandra.md)."""
+        self.cql.require_keyspace()
+        rows = (row for page in self.cql.scan("scan_runs", CENSUS_PAGE) for row in page)
+        return newest_terminal(((r.workflow_name, r.run_id, r.status, from_ms(r.created_at)) for r in rows), n)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self.cql.require_keyspace()

@@ -90,7 +90,7 @@ def run_ref(row: Row) -> RunRef:
     """
     keys = RunKeys.of(row)
     updated = None if keys.unreadable else from_ms(keys.updated_ms)
-    return RunRef.parse(row.run_id, row.status, updated, keys.parent_run_id, keys)
+    return RunRef.parse(row.run_id, row.status, updated, keys.parent_run_id, keys, keys.workflow_name)
 
 
 class RunReader:

@@ -114,7 +114,7 @@ class StreamSweep:
 
     def _older(self, value: int | None, what: str, column: str) -> bool | None:
         """Whether a timestamp read as milliseconds is before the cutoff; None (reported) when unreadable."""
-        verdict = older(from_ms(value), self.job.cutoff)
+        verdict = older(from_ms(value), self.job.sweep_cutoff)
         if verdict is None:
             left_alone(self.report, what, f"its {column} cannot be read")
         return verdict

@@ -31,7 +31,7 @@ from .client import Table, connect, default_region
 from .layout import KEY_SCHEMA, REQUIRED_INDEXES
 from .orphans import OrphanSweep
 from .purge import Purge
-from .runs import children_of, get_runs
+from .runs import children_of, get_runs, newest_runs
 from .seed import prepare_table, write_runs
 
 log = logging.getLogger("workflow_retention.dynamodb")
@@ -233,6 +233,11 @@ class DynamoDBBackend(StorageBackend):
     def _read_children(self, parent_ids: Sequence[str]) -> dict[str, list[RunRef]]:
         self._verify()
         return children_of(self.table, parent_ids)
+
+    def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
+        """One GSI2 Query per workflow name (its runs by created_at), newest first, until n terminal runs."""
+        self._verify()
+        return newest_runs(self.table, names, n)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self._verify()

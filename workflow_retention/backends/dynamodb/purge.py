@@ -484,7 +484,7 @@ class Purge:
         """The checkpoints and stream items of some Scan pages: count them and delete them (in the background)."""
         doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
             if self.cascaded else []
-        stream = old_stream_items(page, self.cutoff, self.report) if self.job.sweeps else []
+        stream = old_stream_items(page, self.job.sweep_cutoff, self.report) if self.job.sweeps else []
         if not doomed and not stream:
             return
         self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])

@@ -6,13 +6,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from workflow_retention.planning import RunRef, chunked
+from workflow_retention.planning import TERMINAL_STATUSES, RunRef, chunked, newest_terminal
 
 from . import expr
 from .client import IN_VALUES, SCAN_PAGE, Table
 from .layout import Item, run_key, text
 
-RUN_FIELDS = ("PK", "status", "updated_at", "parent_run_id")
+RUN_FIELDS = ("PK", "status", "updated_at", "parent_run_id", "workflow_name")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def run_ref(item: Item) -> RunRef:
     """The run as read now (``data``: its :class:`Version`)."""
     seen = Version(text(item, "status"), text(item, "updated_at"), time.monotonic())
     return RunRef.parse(item["PK"]["S"][len("RUN#"):], seen.status, seen.updated_at, text(item, "parent_run_id"),
-                        seen)
+                        seen, text(item, "workflow_name"))
 
 
 def get_runs(table: Table, ids: Iterable[str]) -> dict[str, RunRef]:
@@ -46,6 +46,32 @@ def get_runs(table: Table, ids: Iterable[str]) -> dict[str, RunRef]:
         return {}
     items = table.get_many([run_key(i) for i in wanted], expr.projection(*RUN_FIELDS))
     return {ref.run_id: ref for ref in map(run_ref, items)}
+
+
+def newest_runs(table: Table, names: Iterable[str], n: int) -> dict[str, list[str]]:
+    """keep_last: the ``n`` most recent terminal runs of each workflow name, from GSI2 (``WORKFLOW#<name>``,
+    sorted by ``created_at``) read newest first, page by page, until ``n`` terminal runs are found (schedules,
+    which share the partition, and live runs are passed over)."""
+    found: dict[str, list[str]] = {}
+    for name in sorted(set(names)):
+        seen: list[tuple[str, str, str | None, str | None]] = []
+        ranks: list[str] = []  # GSI2SK of the terminal runs met, newest first
+        params = expr.query("GSI2PK", f"WORKFLOW#{name}", index="GSI2",
+                            fields=("PK", "SK", "status", "created_at", "GSI2SK"), limit=SCAN_PAGE)
+        params["ScanIndexForward"] = False
+        for page in table.pages("query", **params):
+            for item in page:
+                key = text(item, "PK") or ""
+                if key.startswith("RUN#") and text(item, "SK") == "#METADATA" \
+                        and text(item, "status") in TERMINAL_STATUSES:
+                    seen.append((name, key[len("RUN#"):], text(item, "status"), text(item, "created_at")))
+                    ranks.append(text(item, "GSI2SK") or "")
+            last = text(page[-1], "GSI2SK") if page else None
+            # past the n-th terminal run and every run created at the same instant as it (ties go by run_id)
+            if len(ranks) >= n and last is not None and last < ranks[n - 1]:
+                break
+        found.update(newest_terminal(seen, n))
+    return found
 
 
 def children_of(table: Table, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:

@@ -65,8 +65,8 @@ class ScheduleSweep:
         for page in self.table.pages("query", **params):
             old = []
             for item in page:
-                age = older(written(item, "updated_at"), self.job.cutoff) if text(item, "status") == DELETED_SCHEDULE \
-                    else False
+                soft_deleted = text(item, "status") == DELETED_SCHEDULE
+                age = older(written(item, "updated_at"), self.job.sweep_cutoff) if soft_deleted else False
                 if age is None:
                     leave(self.report, item, unreadable(item, "updated_at"))
                 elif age:

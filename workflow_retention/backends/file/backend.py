@@ -12,14 +12,14 @@ from urllib.parse import quote, unquote
 from workflow_retention import values
 from workflow_retention.backends.file.census import census, space
 from workflow_retention.backends.file.client import Store, errors
-from workflow_retention.backends.file.layout import JSON, MARKER_SUFFIX, RUNS
+from workflow_retention.backends.file.layout import JSON, MARKER_SUFFIX, RUNS, Corrupt
 from workflow_retention.backends.file.orphans import sweep_orphans
 from workflow_retention.backends.file.purge import purge_runs, read_run
 from workflow_retention.backends.file.seed import SeedWriter, count_runs, prepare
 from workflow_retention.backends.file.streams import StreamSweep
 from workflow_retention.base import Capability, CensusJob, OrphanJob, PurgeJob, Shard, StorageBackend
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.planning import RunRef
+from workflow_retention.planning import RunRef, newest_terminal
 from workflow_retention.report import SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.shards import hash_shards
@@ -125,6 +125,22 @@ class FileBackend(StorageBackend):
                         and ref.parent_run_id in wanted:
                     found.setdefault(ref.parent_run_id, []).append(ref)
         return found
+
+    ranks_whole_store = True
+
+    def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
+        """One pass over runs/ (the file layout has no ordering by workflow): every workflow name at once."""
+        def runs(store: Store) -> Any:
+            for entry in store.entries(RUNS):
+                if entry.name.endswith(JSON):
+                    try:
+                        data = store.read_json(RUNS, entry.name)
+                    except (FileNotFoundError, Corrupt):
+                        continue
+                    if isinstance(data, dict) and data.get("run_id") == entry.name[: -len(JSON)]:
+                        yield data.get("workflow_name"), data["run_id"], data.get("status"), data.get("created_at")
+        with errors(self._base), Store.open(self._base) as store:
+            return newest_terminal(runs(store), n)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         with errors(self._base), Store.open(self._base) as store:

@@ -150,7 +150,7 @@ def parse_run(data: object, run_id: str) -> RunRef:
     nesting = data.get("nesting_depth")
     valid_depth = nesting if type(nesting) is int and 0 <= nesting <= MAX_DEPTH else None
     return RunRef.parse(run_id, data.get("status"), data.get("updated_at"),
-                        parent if isinstance(parent, str) else None, valid_depth)
+                        parent if isinstance(parent, str) else None, valid_depth, data.get("workflow_name"))
 
 
 def depth(ref: RunRef) -> int | None:

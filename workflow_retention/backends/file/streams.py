@@ -59,7 +59,7 @@ class StreamSweep:
     # -- predicates (the file name must match the ids inside) ----------------------------
 
     def _older(self, value: object) -> bool:
-        return bool(older(value, self.job.cutoff))
+        return bool(older(value, self.job.sweep_cutoff))
 
     def _deleted_schedule(self, name: str, data: object) -> bool:
         return (isinstance(data, dict) and name == f"{data.get('schedule_id')}{JSON}"

@@ -135,6 +135,12 @@ class SQLBackend(StorageBackend):
     def _restore(self, lines: list[dict[str, Any]]) -> None:
         archive.restore(self.client, lines)
 
+    ranks_whole_store = True
+
+    def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
+        with self.client.translated("keep_last"), self.client.read() as conn:
+            return runs.newest(self.client, conn, n)
+
     def _sweep_orphans(self, job: OrphanJob) -> None:
         sweep_orphans(self.client, job)
 

@@ -227,7 +227,8 @@ class Purge:
         r, p = table.c, parent.c
         stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at, p.run_id.label("p_run_id"),
                       p.status.label("p_status"), p.updated_at.label("p_updated_at"),
-                      p.parent_run_id.label("p_parent_run_id"), p.created_at.label("p_created_at"))
+                      p.parent_run_id.label("p_parent_run_id"), p.created_at.label("p_created_at"),
+                      r.workflow_name, p.workflow_name.label("p_workflow_name"))
         stmt = stmt.select_from(table.outerjoin(parent, p.run_id == r.parent_run_id)).where(
             created, d.exact(r.status).not_in(sorted(LIVE_STATUSES)))
         if d.exact_time:  # typed columns: NULL and values Python cannot load are candidates (reported)
@@ -243,13 +244,15 @@ class Purge:
         cutoff, report = self.job.cutoff, self.job.report
         page: list[RunRef] = []
         for row in rows:
-            ref = runs.ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at)
+            ref = runs.ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at,
+                              row.workflow_name)
             if ref.data is UNREADABLE_CREATED_AT and ref.status in TERMINAL_STATUSES:
                 left_alone(report, f"run {ref.run_id!r}", "its created_at cannot be read")
             elif ref.candidate(cutoff):
                 page.append(ref)
         parents = {row.p_run_id: runs.ref_of(row.p_run_id, row.p_status, row.p_updated_at, row.p_parent_run_id,
-                                             row.p_created_at) for row in rows if row.p_run_id is not None}
+                                             row.p_created_at, row.p_workflow_name)
+                   for row in rows if row.p_run_id is not None}
         loops = self._loops(conn, page, parents, cutoff)
         for ref in page:
             if ref.run_id in loops:

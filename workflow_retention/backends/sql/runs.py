@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.layout import MARKERS
-from workflow_retention.planning import KEY_SEPARATOR, RunRef, chunked, key_owners
+from workflow_retention.planning import KEY_SEPARATOR, TERMINAL_STATUSES, RunRef, chunked, key_owners
 from workflow_retention.timeutil import parse_timestamp
 
 #: RunRef.data of a run whose created_at cannot be read.
@@ -35,10 +35,11 @@ def readable(value: Any) -> bool:
     return True
 
 
-def ref_of(run_id: str, status: Any, updated_at: Any, parent_run_id: str | None, created_at: Any) -> RunRef:
+def ref_of(run_id: str, status: Any, updated_at: Any, parent_run_id: str | None, created_at: Any,
+           workflow_name: Any = None) -> RunRef:
     """A run as plans see it: one whose created_at cannot be read is, like one whose updated_at cannot,
     never eligible (``data`` says which)."""
-    ref = RunRef.parse(run_id, status, updated_at, parent_run_id)
+    ref = RunRef.parse(run_id, status, updated_at, parent_run_id, workflow_name=workflow_name)
     if not readable(created_at):
         ref.updated_at, ref.data = None, UNREADABLE_CREATED_AT
     return ref
@@ -49,11 +50,13 @@ def refs(client: Client, conn: Connection, run_ids: Sequence[str], lock: bool = 
     d, r = client.dialect, client.table("workflow_runs").c
     found: dict[str, RunRef] = {}
     for chunk in chunked(sorted(run_ids), d.id_chunk):
-        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at).where(d.among(r.run_id, chunk))
+        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at, r.workflow_name).where(
+            d.among(r.run_id, chunk))
         if lock:
             stmt = d.lock(stmt.order_by(r.run_id))
         for row in conn.execute(stmt):
-            found[row.run_id] = ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at)
+            found[row.run_id] = ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at,
+                                       row.workflow_name)
     return found
 
 
@@ -81,11 +84,29 @@ def children(client: Client, conn: Connection, parent_ids: Iterable[str]) -> dic
     d, r = client.dialect, client.table("workflow_runs").c
     found: dict[str, list[RunRef]] = {}
     for chunk in chunked(sorted(parent_ids), d.id_chunk):
-        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at).where(
+        stmt = select(r.run_id, r.status, r.updated_at, r.parent_run_id, r.created_at, r.workflow_name).where(
             d.among(r.parent_run_id, chunk))
         for row in conn.execute(stmt):
-            ref = ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at)
+            ref = ref_of(row.run_id, row.status, row.updated_at, row.parent_run_id, row.created_at, row.workflow_name)
             found.setdefault(row.parent_run_id, []).append(ref)
+    return found
+
+
+def newest(client: Client, conn: Connection, n: int) -> dict[str, list[str]]:
+    """The ids of the ``n`` most recent terminal runs of every workflow name, newest first: one statement
+    (``ROW_NUMBER() OVER (PARTITION BY workflow_name ORDER BY created_at DESC, run_id DESC)``). The layout has no
+    index on (workflow_name, created_at): the server reads the terminal runs once (docs/backends/sql.md)."""
+    d, table = client.dialect, client.table("workflow_runs")
+    r = table.c
+    name = d.exact(r.workflow_name)
+    rank = func.row_number().over(partition_by=name, order_by=(r.created_at.desc(), r.run_id.desc())).label("rank")
+    ranked = select(r.workflow_name, r.run_id, r.created_at, rank).where(
+        d.exact(r.status).in_(sorted(TERMINAL_STATUSES)), r.workflow_name.is_not(None)).subquery()
+    stmt = select(ranked.c.workflow_name, ranked.c.run_id).where(ranked.c.rank <= n).order_by(
+        ranked.c.workflow_name, ranked.c.rank)
+    found: dict[str, list[str]] = {}
+    for workflow, run_id in conn.execute(stmt):
+        found.setdefault(workflow, []).append(run_id)
     return found
 
 

@@ -135,7 +135,7 @@ def stream_sweeps(client: Client, cutoff: datetime) -> list[KeyedSweep]:
 
 def purge_streams(client: Client, job: PurgeJob) -> None:
     """Run the purge's schedule and stream sweeps (a missing table is reported by the purge)."""
-    for sweep in stream_sweeps(client, job.cutoff):
+    for sweep in stream_sweeps(client, job.sweep_cutoff):
         if not client.has(sweep.table.name):
             continue
         run_sweep(client, job, sweep)

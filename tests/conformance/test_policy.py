@@ -1,0 +1,118 @@
+"""Retention policies (issue 21) on every backend: per status, per workflow glob, keep_last and pins.
+
+The store is written by pyworkflow-engine's own classes and inspected raw; the policy is decided per run by
+the shared planning code (:class:`workflow_retention.planning.Expiry`), the candidates paged by each backend
+with the policy's widest bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+
+from tests.conformance.checks import assert_no_orphans, run_ids, snapshot
+from tests.harness.base import Harness
+from tests.scenario import NOW, add_run
+from workflow_retention.planning import Expiry
+from workflow_retention.policy import Policy, parse_policy
+from workflow_retention.report import Kind
+
+POLICY = {"retention": {
+    "default": "30d", "min": "1d", "keep_last": 2,
+    "status": {"failed": "90d"},
+    "workflow": {"billing.*": "730d", "healthcheck": {"default": "1d", "keep_last": 0}},
+}}
+PINNED_RUNS = frozenset({"orders_pinned"})
+PINNED_WORKFLOWS = ("audit.*",)
+DAY = timedelta(days=1)
+
+
+@dataclass
+class PolicyScenario:
+    deleted: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
+
+
+async def build(pw) -> PolicyScenario:
+    sc = PolicyScenario()
+
+    async def run(run_id: str, workflow: str, status: str, age: timedelta, fate: set[str], **kw) -> None:
+        await add_run(pw, run_id, status, NOW - age, workflow=workflow, **kw)
+        fate.add(run_id)
+
+    # orders: the default 30d, failed 90d, keep_last 2 (the two newest are recent anyway)
+    await run("orders_new1", "orders", "completed", timedelta(hours=12), sc.kept)
+    await run("orders_new2", "orders", "completed", 2 * DAY, sc.kept)
+    await run("orders_old_completed", "orders", "completed", 40 * DAY, sc.deleted)
+    await run("orders_old_cancelled", "orders", "cancelled", 35 * DAY, sc.deleted)
+    await run("orders_old_failed", "orders", "failed", 40 * DAY, sc.kept)  # failed: 90d
+    await run("orders_older_failed", "orders", "failed", 100 * DAY, sc.deleted)
+    await run("orders_live", "orders", "running", 200 * DAY, sc.kept)
+    # a parent held by a child the failed rule keeps
+    await run("orders_parent", "orders", "completed", 50 * DAY, sc.held)
+    await run("orders_child_failed", "orders", "failed", 50 * DAY, sc.kept, parent="orders_parent", depth=1)
+    # a pinned run, and its parent held by it
+    await run("orders_pin_parent", "orders", "completed", 60 * DAY, sc.held)
+    await run("orders_pinned", "orders", "completed", 55 * DAY, sc.kept, parent="orders_pin_parent", depth=1)
+    # billing.*: 730d; keep_last keeps the two newest terminal runs whatever their age
+    await run("billing_old", "billing.invoice", "completed", 400 * DAY, sc.kept)
+    await run("billing_ancient", "billing.invoice", "completed", 800 * DAY, sc.kept)  # keep_last
+    await run("billing_ancient2", "billing.invoice", "failed", 900 * DAY, sc.deleted)
+    # healthcheck: 1d, keep_last 0; a whole tree goes
+    await run("hc_recent", "healthcheck", "completed", timedelta(hours=1), sc.kept)
+    await run("hc_1", "healthcheck", "completed", 2 * DAY, sc.deleted)
+    await run("hc_2", "healthcheck", "failed", 3 * DAY, sc.deleted)
+    await run("hc_tree_parent", "healthcheck", "completed", 5 * DAY, sc.deleted)
+    await run("hc_tree_child", "healthcheck", "completed", 5 * DAY, sc.deleted, parent="hc_tree_parent", depth=1)
+    # reports: only old runs; keep_last keeps the two created last, however the updates fell
+    await run("reports_a", "reports", "completed", 70 * DAY, sc.kept, created=NOW - 50 * DAY)
+    await run("reports_b", "reports", "completed", 60 * DAY, sc.kept, created=NOW - 60 * DAY - timedelta(hours=1))
+    await run("reports_c", "reports", "completed", 65 * DAY, sc.deleted, created=NOW - 65 * DAY)
+    await run("reports_live", "reports", "running", 10 * DAY, sc.kept, created=NOW - 10 * DAY)  # not terminal
+    # a workflow pin (glob)
+    await run("audit_old", "audit.trail", "completed", 100 * DAY, sc.kept)
+    return sc
+
+
+def expiry(policy: Policy | None = None) -> Expiry:
+    return Expiry(policy or parse_policy(POLICY), NOW, pinned_runs=PINNED_RUNS, pinned_workflows=PINNED_WORKFLOWS)
+
+
+@pytest.fixture
+def scenario(backend: Harness) -> PolicyScenario:
+    return backend.run(build(backend.pyworkflow()))
+
+
+def test_the_policy_deletes_exactly_the_expected_runs(backend: Harness, scenario: PolicyScenario) -> None:
+    before = snapshot(backend.inventory())
+    dry = backend.retention(batch_size=3).delete_old_runs(expiry(), dry_run=True)
+    assert snapshot(backend.inventory()) == before, "a dry run changed the store"
+
+    report = backend.retention(batch_size=3).delete_old_runs(expiry())
+    items = backend.inventory()
+    assert run_ids(items) == scenario.kept | scenario.held
+    assert report.runs == len(scenario.deleted)
+    assert report.held == len(scenario.held)
+    assert report.skipped == 0 and report.changed == 0, report.warnings
+    assert_no_orphans(items)
+    assert report.counts[Kind.CHECKPOINTS] == 2 * len(scenario.deleted)
+
+    assert (dry.runs, dry.held, dry.skipped) == (report.runs, report.held, report.skipped)
+    assert {k: v for k, v in dry.counts.items() if v} == {k: v for k, v in report.counts.items() if v}
+
+    after = snapshot(items)
+    again = backend.retention().delete_old_runs(expiry())
+    assert again.runs == 0 and sum(again.counts.values()) == 0
+    assert snapshot(backend.inventory()) == after
+
+
+def test_without_keep_last_and_pins_the_rules_alone_decide(backend: Harness, scenario: PolicyScenario) -> None:
+    policy = parse_policy({"retention": {**POLICY["retention"], "keep_last": 0}})
+    report = backend.retention().delete_old_runs(Expiry(policy, NOW))
+    gone = {"reports_a", "reports_b", "billing_ancient", "orders_pinned", "orders_pin_parent", "audit_old"}
+    assert run_ids(backend.inventory()) == (scenario.kept | scenario.held) - gone
+    assert report.runs == len(scenario.deleted | gone)
+    assert_no_orphans(backend.inventory())
