@@ -357,7 +357,7 @@ def _levels(chosen: Mapping[str, Entry]) -> list[list[Entry]]:
     def of(run_id: str) -> int:
         seen: list[str] = []
         node: str | None = run_id
-        while node in chosen and node not in depth and node not in seen:
+        while node is not None and node in chosen and node not in depth and node not in seen:
             seen.append(node)
             node = chosen[node].parent_run_id
         base = depth.get(node, -1) if node is not None else -1

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from workflow_retention import config, metrics, status, values
+from workflow_retention.archive import ArchiveStore, open_archive
 from workflow_retention.backends import by_url
 from workflow_retention.base import MAX_SHARDS, BatchInfo, Shard, StorageBackend, validate_shards
 from workflow_retention.exceptions import ConfigurationError, RetentionError, StorageError
@@ -96,6 +97,26 @@ def _parser() -> argparse.ArgumentParser:
                        help="SQLite: after the purge, give the free pages back to the file system (PRAGMA "
                             "incremental_vacuum when auto_vacuum=INCREMENTAL, else a full VACUUM, which rewrites the "
                             "file and holds the write lock until done)")
+
+    purge.add_argument("--archive", metavar="URL",
+                       help=f"archive every batch there, verified, before deleting it (default: ${config.ARCHIVE_URL}; "
+                            "file:///dir or s3://bucket/prefix; see docs/archive.md)")
+
+    restore = sub.add_parser("restore", help="write archived runs back into the store, refusing runs that exist")
+    restore.add_argument("--storage", metavar="URL", help=f"storage URL; default: ${config.STORAGE_URL} or "
+                                                          "PyWorkflow's PYWORKFLOW_STORAGE_* variables")
+    restore.add_argument("--batch-size", help="runs per existence check, 1 to 10000")
+    restore.add_argument("--archive", metavar="URL", help=f"the archive (default: ${config.ARCHIVE_URL})")
+    which = restore.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="RUN_ID", action="append", dest="runs", help="a run to restore (repeatable)")
+    which.add_argument("--all", action="store_true", help="every run in the archive")
+    restore.add_argument("--json", action="store_true", help="print what was written and refused as JSON")
+
+    archive_ = sub.add_parser("archive", help="list the purges in an archive (ls) and the runs of one (show)")
+    archive_.add_argument("--archive", metavar="URL", help=f"the archive (default: ${config.ARCHIVE_URL})")
+    archive_.add_argument("action", choices=("ls", "show"), help="ls: the purges; show PURGE: its runs")
+    archive_.add_argument("purge", nargs="?", metavar="PURGE", help="for show: a purge folder or id (from ls)")
+    archive_.add_argument("--json", action="store_true", help="print as JSON")
 
     check = sub.add_parser("check", help="validate the configuration and the connection")
     storage(check)
@@ -291,6 +312,10 @@ def format_purge(r: PurgeReport, sharded: ShardedPurge | None = None) -> str:
                   else f"FAILED: {sharded.failures.get(s.index)}") for s in sharded.shards]
         parts.append(("final pass", sharded.final.runs if sharded.final is not None else "(not run)"))
         text += "\n" + _table(f"runs per shard ({len(sharded.shards)} shards)", parts)
+    if r.archive:
+        a = r.archive
+        text += (f"\n  archived {a['runs']:,} run(s) in {a['objects']} object(s) to {a['url']} (purge {a['purge_id']}"
+                 f"; {a['already_archived']} already archived, {a['superseded']} superseded)")
     if r.stopped:
         text += f"\n  STOPPED: {r.stopped}"
     if r.space is not None:
@@ -456,16 +481,33 @@ def _vacuum_allowed(args: argparse.Namespace, backend: StorageBackend) -> None:
                                  "its own way (see docs/operations.md, Space); run the purge without it")
 
 
+def _archive(args: argparse.Namespace, settings: config.Settings, required: bool) -> ArchiveStore | None:
+    """``--archive`` or the setting, opened (a URL that cannot be used: exit 2 naming it, before any read)."""
+    url = getattr(args, "archive", None)
+    if url:
+        return open_archive(url, "--archive")
+    if settings.archive_url:
+        return open_archive(settings.archive_url, config.ARCHIVE_URL)
+    if required:
+        raise ConfigurationError(f"no archive given: pass --archive URL or set {config.ARCHIVE_URL}")
+    return None
+
+
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     cutoff = _cutoff(args, settings)
+    archive = _archive(args, settings, required=False)
     if args.shards > 1:
+        if archive is not None:
+            raise ConfigurationError("an archive is not supported with --shards above 1 yet (issue 20): purge with "
+                                     "--shards 1, or without the archive")
         return _purge_sharded(args, settings, cutoff)
     with _backend(args, settings) as backend, Progress("purge") as progress:
         _vacuum_allowed(args, backend)
         progress.tick("measuring the space used")
         before = None if args.dry_run else _space_before(backend)
         report = _recorded(args, settings, backend, metrics.PURGE,
-                           lambda on_batch: backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=on_batch),
+                           lambda on_batch: backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=on_batch,
+                                                                    archive=archive),
                            args.dry_run, progress)
         report.space = _space_after(backend, before, args.vacuum and not report.stopped, progress)
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
@@ -723,7 +765,58 @@ def _cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_restore(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Archived runs back into the store; exit 1 when a run asked for by ``--run`` was refused."""
+    archive = _archive(args, settings, required=True)
+    assert archive is not None
+    with _backend(args, settings) as backend:
+        report = backend.restore(archive, None if args.all else args.runs)
+    if args.json:
+        args.out(json.dumps(report.to_dict(), indent=2))
+    else:
+        lines = [f"restore {backend.url} from {archive.url}: {len(report.written)} run(s) written"]
+        lines += [f"  {kind:<20} {n:>10,}" for kind, n in sorted(report.counts.items())]
+        lines += [f"  refused {run_id}: {why}" for run_id, why in sorted(report.refused.items())]
+        args.out("\n".join(lines))
+    if report.refused:
+        log.warning("%d run(s) not restored (%s)", len(report.refused), "exist in the store, or are not in the "
+                    "archive" if args.all else "see the list")
+    return EXIT_FAILED if report.refused and not args.all else EXIT_OK
+
+
+def _cmd_archive(args: argparse.Namespace, settings: config.Settings) -> int:
+    """``archive ls``: the purges in an archive; ``archive show PURGE``: the runs one archived."""
+    from workflow_retention.archiving import archived_runs, purges
+
+    archive = _archive(args, settings, required=True)
+    assert archive is not None
+    found = purges(archive)
+    if args.action == "ls":
+        if args.json:
+            args.out(json.dumps(found, indent=2))
+        else:
+            args.out("\n".join([f"{p['folder']}  {p['outcome']:<10} runs={p['runs']}  cutoff={p.get('cutoff')}  "
+                                 f"backend={p.get('backend')}" for p in found] or ["(no purges)"]))
+        return EXIT_OK
+    if not args.purge:
+        raise ConfigurationError("archive show needs a purge folder or id (see archive ls)")
+    match = [p["folder"] for p in found if p["folder"] == args.purge or p["folder"].endswith(args.purge)
+             or p.get("purge_id") == args.purge]
+    if len(match) != 1:
+        raise ConfigurationError(f"archive show: {args.purge!r} names {len(match)} purges in {archive.url}")
+    runs_ = list(archived_runs(archive, match[0]))
+    if args.json:
+        args.out(json.dumps(runs_, indent=2))
+    else:
+        rows = [f"{r['run_id']}  {r['run_version']}{'  superseded' if r['superseded'] else ''}  "
+                f"{r['object'].rpartition('/')[2]}  " + " ".join(f"{k}={n}" for k, n in r["records"].items())
+                for r in runs_]
+        args.out("\n".join(rows or ["(no runs)"]))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
+    "restore": _cmd_restore, "archive": _cmd_archive,
     "purge": _cmd_purge, "check": _cmd_check, "seed": _cmd_seed, "orphans": _cmd_orphans, "audit": _cmd_audit,
     "metrics": _cmd_metrics, "status": _cmd_status, "explain": _cmd_explain,
 }

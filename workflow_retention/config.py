@@ -16,6 +16,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from workflow_retention import values
+from workflow_retention.archive import SETTING as ARCHIVE_URL
+from workflow_retention.archive import check_archive_url
 from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size, validate_shards
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.urls import REDIS_URL_PREFIXES, redact_url, secrets_of, split_url
@@ -101,6 +103,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     STARTUP_AUDIT: ("30s",
         "When a worker with the task starts, it logs what the store holds and what a purge would delete, "
         "counting for at most this long; 0s disables it."),
+    ARCHIVE_URL: ("unset (no archive)",
+        "Archive every batch of a purge there before deleting it, verified, fail-closed (docs/archive.md): "
+        "file:///absolute/dir or s3://bucket[/prefix][?endpoint_url=...&region=...]; S3 credentials come from the "
+        "AWS chain only."),
     SHARDS: ("1",
         "Shards the Celery task splits the purge into, each a task of its own (a chord), then a final "
         "whole-store pass; 1 to 1024. 1 is one purge in the task itself. Needs a result backend when above 1."),
@@ -130,6 +136,8 @@ class Settings:
     startup_audit: timedelta = field(default=DEFAULT_STARTUP_AUDIT, repr=False)
     #: PYWORKFLOW_RETENTION_SHARDS: how many shards the Celery task fans the purge out to (1: no fan-out).
     shards: int = field(default=1, repr=False)
+    #: PYWORKFLOW_RETENTION_ARCHIVE_URL: where a purge archives each batch before deleting it (None: no archive).
+    archive_url: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (f"Settings(retention_days={self.retention_days}, storage_url={self._safe(self.storage_url)}, "
@@ -362,6 +370,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, strict: bool = True) 
         shards=celery_only(lambda: validate_shards(env[SHARDS], SHARDS) if env.get(SHARDS) else 1,
                            1),  # type: ignore[arg-type]
         problems=tuple(problems),
+        archive_url=check_archive_url(env[ARCHIVE_URL], ARCHIVE_URL) if env.get(ARCHIVE_URL, "").strip() else None,
     )
 
 
