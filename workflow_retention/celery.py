@@ -61,6 +61,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from workflow_retention import config, metrics
+from workflow_retention.archive import ArchiveStore, check_archive_url, open_archive
 from workflow_retention.backends import by_url
 from workflow_retention.base import Shard, validate_shards
 from workflow_retention.exceptions import (
@@ -113,6 +114,7 @@ def install(
     entry_name: str = ENTRY_NAME,
     replace_pyworkflow_entry: bool = True,
     shards: int | None = None,
+    archive: str | None = None,
 ) -> Any:
     """Register the retention task on ``app`` and add its beat entry; return the task.
 
@@ -125,7 +127,9 @@ def install(
     ``replace_pyworkflow_entry`` the app's ``pyworkflow-data-retention`` entry,
     if any, is removed. ``shards`` (default ``PYWORKFLOW_RETENTION_SHARDS``,
     else 1) fans each purge out to that many shard tasks (docs/scaling.md);
-    the shard and callback tasks are registered on ``app`` either way. Call it
+    the shard and callback tasks are registered on ``app`` either way. ``archive``
+    (default ``PYWORKFLOW_RETENTION_ARCHIVE_URL``) archives every batch there before deleting it
+    (docs/archive.md); a URL that cannot be used is a :class:`ConfigurationError` here. Call it
     after the app's configuration is loaded.
     """
     spec = config.load_schedule()
@@ -134,6 +138,7 @@ def install(
     window = _seconds(expires) if expires is not None else default_expires(sched)
     options = {"queue": queue} if queue else {}
     fan_out = validate_shards(shards, "install(shards=...)") if shards is not None else None
+    archive_url = check_archive_url(archive, "install(archive=...)") if archive is not None else None
     task = app.task(bind=True, name=TASK_NAME)(_task_body)
     app.task(bind=True, name=SHARD_TASK_NAME, acks_late=True, reject_on_worker_lost=True,
              max_retries=SHARD_RETRIES)(_shard_body)
@@ -141,6 +146,8 @@ def install(
     kwargs: dict[str, Any] = {"beat_expires_s": window}
     if fan_out is not None:
         kwargs["shards"] = fan_out
+    if archive_url is not None:
+        kwargs["archive"] = archive_url
     if queue:
         kwargs["queue"] = queue  # where a fan-out sends its shard tasks and its callback
     app.add_periodic_task(sched, app.signature(TASK_NAME, kwargs=kwargs),
@@ -202,16 +209,17 @@ def _drop_pyworkflow_entry(app: Any) -> None:
 
 
 def _task_body(self: Any, beat_expires_s: float | None = None, shards: int | None = None,
-               queue: str | None = None) -> dict[str, Any]:
+               queue: str | None = None, archive: str | None = None) -> dict[str, Any]:
     sent_at = None
     if beat_expires_s and self.request.expires:
         sent_at = parse_timestamp(self.request.expires) - timedelta(seconds=beat_expires_s)
     return run_retention(broker_url=self.app.conf.broker_url, sent_at=sent_at, app=self.app, shards=shards,
-                         queue=queue)
+                         queue=queue, archive=archive)
 
 
 def run_retention(*, broker_url: str | None, sent_at: datetime | None = None, app: Any = None,
-                  shards: int | None = None, queue: str | None = None) -> dict[str, Any]:
+                  shards: int | None = None, queue: str | None = None,
+                  archive: str | None = None) -> dict[str, Any]:
     """Read the settings, take the lock, purge (and sweep orphans), return the report as a dict.
 
     ``broker_url`` is the lock's Redis unless ``PYWORKFLOW_RETENTION_LOCK_URL``
@@ -226,7 +234,7 @@ def run_retention(*, broker_url: str | None, sent_at: datetime | None = None, ap
     (else ``PYWORKFLOW_RETENTION_QUEUE``, else the app's default queue).
     """
     try:
-        return _run_retention(broker_url, sent_at, app, shards, queue)
+        return _run_retention(broker_url, sent_at, app, shards, queue, archive)
     except Exception as exc:
         _scrubbed(exc, broker_url)
         raise
@@ -253,7 +261,8 @@ def _celery_control() -> tuple[type[BaseException], ...]:
 
 
 def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = None,
-                   shards: int | None = None, queue: str | None = None) -> dict[str, Any]:
+                   shards: int | None = None, queue: str | None = None,
+                   archive: str | None = None) -> dict[str, Any]:
     settings = config.load_settings()
     if not settings.enabled:
         log.info("workflow-retention skipped status=disabled reason=%s=false", config.ENABLED)
@@ -265,6 +274,11 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = 
         raise ConfigurationError(f"{config.RETENTION_DAYS}={settings.retention_days} is shorter than "
                                  f"{config.MIN_AGE} ({settings.min_age}): refusing a purge of runs that "
                                  "finished so recently")
+    archive_url = archive or settings.archive_url
+    store = open_archive(archive_url, "archive" if archive else config.ARCHIVE_URL) if archive_url else None
+    if store is not None and (shards or settings.shards) > 1:
+        raise ConfigurationError(f"an archive is not supported with {config.SHARDS} above 1 yet (issue 20): "
+                                 "nothing is purged; set it to 1 or remove the archive")
     storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
     lease = open_lease(settings.lock_url_for(broker_url), settings.lock_key, settings.lock_ttl)
     history = _open_history(settings, broker_url, storage.url, lease.key)
@@ -274,7 +288,7 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = 
             log.info("workflow-retention skipped status=locked lock=%s holder=%s", lease.key, holder)
             return {"skipped": "locked", "lock_key": lease.key, "holder": holder}
         fan_out = FanOut(app, shards or settings.shards, queue) if (shards or settings.shards) > 1 else None
-        return _holding(lease, settings, storage, sent_at, history, fan_out)
+        return _holding(lease, settings, storage, sent_at, history, fan_out, store)
     finally:
         lease.client.close()
         if history is not None:
@@ -292,7 +306,8 @@ def _open_history(settings: config.Settings, broker_url: str | None, store: str,
 
 
 def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: datetime | None,
-             history: History | None = None, fan_out: FanOut | None = None) -> dict[str, Any]:
+             history: History | None = None, fan_out: FanOut | None = None,
+             archive: ArchiveStore | None = None) -> dict[str, Any]:
     """Under the acquired lease: purge, release, then log the summary line and push the metrics (whatever
     happened). With ``fan_out`` and a store that splits: plan the shards and dispatch them instead."""
     summary: dict[str, Any] | None = None
@@ -308,7 +323,7 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
                 if dispatched is not None:
                     return dispatched
             summary = {"status": "failed", "backend": storage.url, "lock": lease.key}
-            purge, orphans = _purge(settings, storage, lease, history)
+            purge, orphans = _purge(settings, storage, lease, history, archive)
             summary.update(_summary(purge, orphans))
             if summary["status"] == "purged":
                 _mark_done(lease)
@@ -330,15 +345,15 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
     return result
 
 
-def _purge(settings: config.Settings, storage: Any, lease: Lease,
-           history: History | None = None) -> tuple[PurgeReport, OrphanReport | None]:
+def _purge(settings: config.Settings, storage: Any, lease: Lease, history: History | None = None,
+           archive: ArchiveStore | None = None) -> tuple[PurgeReport, OrphanReport | None]:
     """The purge (and the orphan sweep), each recorded in the history, each batch fenced by the lease."""
     assert settings.retention_days is not None
     days = settings.retention_days
 
     def purge_run(on_batch: Any) -> PurgeReport:
         storage.open()  # inside the record: a store that cannot be opened is a failed purge too
-        return storage.delete_old_runs(utcnow() - timedelta(days=days), on_batch=on_batch)
+        return storage.delete_old_runs(utcnow() - timedelta(days=days), on_batch=on_batch, archive=archive)
 
     try:
         purge = record_run(history, metrics.PURGE, purge_run, then=lease.check, log=log)
