@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from workflow_retention import values
+from workflow_retention.backends.file import archive
 from workflow_retention.backends.file.census import census, space
 from workflow_retention.backends.file.client import Store, errors
 from workflow_retention.backends.file.layout import JSON, MARKER_SUFFIX, RUNS, Corrupt
@@ -64,7 +65,7 @@ class FileBackend(StorageBackend):
 
     name = "file"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
-                              Capability.SHARDS})
+                              Capability.SHARDS, Capability.ARCHIVE})
 
     def __init__(self, base_path: str | os.PathLike[str], *,
                  lock_timeout: float | str | timedelta = DEFAULT_LOCK_TIMEOUT, url: str | None = None,
@@ -141,6 +142,12 @@ class FileBackend(StorageBackend):
                         yield data.get("workflow_name"), data["run_id"], data.get("status"), data.get("created_at")
         with errors(self._base), Store.open(self._base) as store:
             return newest_terminal(runs(store), n)
+
+    def _gather(self, run_ids: Sequence[str]) -> dict[str, Any]:
+        return archive.gather(self._base, run_ids, self.lock_timeout)
+
+    def _restore(self, lines: list[dict[str, Any]]) -> None:
+        archive.restore(self._base, lines, self.lock_timeout)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         with errors(self._base), Store.open(self._base) as store:

@@ -1,0 +1,159 @@
+"""The archive primitives of the file store: a batch's files read raw before the purge deletes them, and
+archived files written back (docs/archive.md).
+
+A run's files are the ones the cascade (:mod:`.cascade`) deletes with it: ``runs/<id>.json`` and
+``runs/<id>.cancel``, ``events/<id>.jsonl``, its ``steps/`` files (by the run_id inside), its ``hooks/``
+files (``<id>__<hook_id>.json``, by the longest ``__``-prefix naming an existing run; a legacy
+``<hook_id>.json`` by its content), its step checkpoints (``checkpoints/<key>.json`` owned by it,
+:func:`~workflow_retention.planning.key_owner`), its per-run lock files and checkpoint locks in ``.locks/``,
+and its entries in ``_token_index.json``. Each file is archived as ``{"name", "data" (bytes), "mtime"}``;
+token-index entries as ``{"token", "value"}``. ``steps/``, ``hooks/`` and ``checkpoints/`` are listed once
+per batch (the layout has no index by run).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from workflow_retention.backends.file.client import NotRegular, Store, errors
+from workflow_retention.backends.file.layout import (
+    BASE,
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS,
+    EVENTS,
+    HOOK_SEPARATOR,
+    HOOKS,
+    JSON,
+    LOCKS,
+    RUNS,
+    STEPS,
+    TOKEN_INDEX,
+    TOKEN_INDEX_LOCK,
+    Corrupt,
+    events_file,
+    flag_file,
+    lock_file,
+    marker_file,
+    run_file,
+    run_locks,
+    step_owner,
+)
+from workflow_retention.backends.file.purge import read_run
+from workflow_retention.exceptions import StorageError
+from workflow_retention.planning import RunRef, key_owner
+
+#: Archive kinds: the store's folders (``.`` holds the token index), in the order they are restored (the
+#: run file last: a restored run is complete before the engine or a purge can find it).
+FOLDERS = (EVENTS, STEPS, HOOKS, CHECKPOINTS, LOCKS, RUNS)
+TOKENS = "token_index"
+
+
+def _file(store: Store, directory: str, name: str) -> dict[str, Any] | None:
+    st = store.lstat(directory, name)
+    if st is None:
+        return None
+    try:
+        data = store.read(directory, name)
+    except (FileNotFoundError, NotRegular):
+        return None
+    return {"name": name, "data": data, "mtime": st.st_mtime}
+
+
+def gather(base: Path, run_ids: Sequence[str], lock_timeout: float) -> dict[str, tuple[RunRef, dict[str, list[Any]]]]:
+    """Each run of ``run_ids`` that has a run file, with its files per folder, read without locks."""
+    with errors(base), Store.open(base) as store:
+        refs = {i: ref for i in dict.fromkeys(run_ids) if (ref := read_run(store, i)) is not None
+                and ref.unreadable is None}
+        if not refs:
+            return {}
+        found: dict[str, dict[str, list[Any]]] = {i: {} for i in refs}
+
+        def add(run_id: str, folder: str, record: dict[str, Any] | None) -> None:
+            if record is not None:
+                found[run_id].setdefault(folder, []).append(record)
+
+        def exists(run_id: str) -> bool:
+            name, marker = run_file(run_id), marker_file(run_id)
+            return run_id in refs or any(n is not None and store.exists(RUNS, n) for n in (name, marker))
+
+        for run_id in refs:
+            name = run_file(run_id)
+            assert name is not None
+            add(run_id, RUNS, _file(store, RUNS, name))
+            add(run_id, RUNS, _file(store, RUNS, flag_file(run_id)))
+            if store.has(EVENTS):
+                add(run_id, EVENTS, _file(store, EVENTS, events_file(run_id)))
+            if store.has(LOCKS):
+                for lock in run_locks(run_id):
+                    add(run_id, LOCKS, _file(store, LOCKS, lock))
+        if store.has(STEPS):
+            for entry in store.entries(STEPS):
+                if entry.name.endswith(JSON):
+                    try:
+                        step_run = step_owner(store.read_json(STEPS, entry.name))
+                    except (FileNotFoundError, Corrupt):
+                        continue
+                    if step_run in refs:
+                        add(step_run, STEPS, _file(store, STEPS, entry.name))
+        if store.has(HOOKS):
+            for entry in store.entries(HOOKS):
+                if not entry.name.endswith(JSON):
+                    continue
+                key = entry.name[: -len(JSON)]
+                hook_run = key_owner(key, exists, HOOK_SEPARATOR) if HOOK_SEPARATOR in key else None
+                if hook_run is None:  # a legacy hooks/<hook_id>.json: its content names the run
+                    try:
+                        data = store.read_json(HOOKS, entry.name)
+                    except (FileNotFoundError, Corrupt):
+                        continue
+                    named = data.get("run_id") if isinstance(data, dict) else None
+                    hook_run = named if isinstance(named, str) else None
+                if hook_run is not None and hook_run in refs:
+                    add(hook_run, HOOKS, _file(store, HOOKS, entry.name))
+        if store.has(CHECKPOINTS):
+            for entry in store.entries(CHECKPOINTS):
+                key = entry.name[: -len(JSON)]
+                if not entry.name.endswith(JSON) or (cp_run := key_owner(key, exists)) is None or cp_run not in refs:
+                    continue
+                add(cp_run, CHECKPOINTS, _file(store, CHECKPOINTS, entry.name))
+                if store.has(LOCKS):
+                    add(cp_run, LOCKS, _file(store, LOCKS, lock_file(CHECKPOINT_PREFIX, key)))
+        index = store.read_token_index()
+        if isinstance(index, dict):
+            for token, value in index.items():
+                if isinstance(value, str) and (token_run := key_owner(value, exists)) is not None \
+                        and token_run in refs:
+                    found[token_run].setdefault(TOKENS, []).append({"token": token, "value": value})
+    return {i: (refs[i], found[i]) for i in refs}
+
+
+def restore(base: Path, lines: list[dict[str, Any]], lock_timeout: float) -> None:
+    """Write the archived files of ``lines`` back (each with its mtime), the run file last and only if no
+    run file or purge marker of that id exists; token-index entries merged under the engine's index lock."""
+    with errors(base), Store.open(base) as store:
+        for line in lines:
+            run_id = line["run_id"]
+            unknown = set(line["records"]) - {*FOLDERS, TOKENS}
+            if unknown:
+                raise StorageError(f"cannot restore {run_id} into {base}: unknown folder(s) {sorted(unknown)}")
+            name, marker = run_file(run_id), marker_file(run_id)
+            if name is None or marker is None or store.exists(RUNS, name) or store.exists(RUNS, marker):
+                raise StorageError(f"cannot restore {run_id!r} into {base}: its run file exists (or its id is "
+                                   "not one file name)")
+            for folder in FOLDERS:
+                records = sorted(line["records"].get(folder, ()), key=lambda r: r["name"] == name)
+                for record in records:
+                    if not store.has(folder):
+                        raise StorageError(f"cannot restore {run_id} into {base}: it has no {folder}/ directory")
+                    store.write_new(folder, record["name"], record["data"], record.get("mtime"))
+        entries = {e["token"]: e["value"] for line in lines for e in line["records"].get(TOKENS, ())}
+        if entries:
+            with store.lock(TOKEN_INDEX_LOCK, lock_timeout):
+                index = store.read_token_index()
+                if not isinstance(index, dict):
+                    raise StorageError(f"cannot restore hook tokens into {base}: {TOKEN_INDEX} is unusable ({index})")
+                index.update({t: v for t, v in entries.items() if t not in index})
+                store.rewrite(BASE, TOKEN_INDEX, json.dumps(index, indent=2).encode())
