@@ -49,6 +49,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,11 +57,12 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflow_retention import config, metrics
+from workflow_retention import config, metrics, rules
 from workflow_retention.archive import ArchiveStore, check_archive_url, open_archive
 from workflow_retention.backends import by_url
 from workflow_retention.base import Shard, validate_shards
@@ -74,6 +76,7 @@ from workflow_retention.exceptions import (
 )
 from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import Lease, open_lease
+from workflow_retention.policy import Policy, parse_policy
 from workflow_retention.report import OrphanReport, PurgeReport
 from workflow_retention.shards import merge_reports, report_from_dict
 from workflow_retention.timeutil import parse_timestamp, utcnow
@@ -99,6 +102,8 @@ MAX_EXPIRES = timedelta(hours=12)
 SUMMARY_WARNINGS = 5
 #: How long the completion marker ``<lock key>:done`` is kept (longer than any ``expires``).
 DONE_TTL = timedelta(days=2)
+#: How ``install(policy=...)`` is named in the errors of the policy it was given.
+POLICY_SOURCE = "install(policy=...)"
 
 
 # -- the beat entry ---------------------------------------------------------------
@@ -115,6 +120,7 @@ def install(
     replace_pyworkflow_entry: bool = True,
     shards: int | None = None,
     archive: str | None = None,
+    policy: Mapping[str, Any] | None = None,
 ) -> Any:
     """Register the retention task on ``app`` and add its beat entry; return the task.
 
@@ -139,6 +145,9 @@ def install(
     options = {"queue": queue} if queue else {}
     fan_out = validate_shards(shards, "install(shards=...)") if shards is not None else None
     archive_url = check_archive_url(archive, "install(archive=...)") if archive is not None else None
+    if policy is not None:  # checked here, naming the key; sent with each run as the same plain mapping
+        parse_policy(policy, POLICY_SOURCE)
+        policy = json.loads(json.dumps(policy))
     task = app.task(bind=True, name=TASK_NAME)(_task_body)
     app.task(bind=True, name=SHARD_TASK_NAME, acks_late=True, reject_on_worker_lost=True,
              max_retries=SHARD_RETRIES)(_shard_body)
@@ -148,6 +157,8 @@ def install(
         kwargs["shards"] = fan_out
     if archive_url is not None:
         kwargs["archive"] = archive_url
+    if policy is not None:
+        kwargs["policy"] = policy
     if queue:
         kwargs["queue"] = queue  # where a fan-out sends its shard tasks and its callback
     app.add_periodic_task(sched, app.signature(TASK_NAME, kwargs=kwargs),
@@ -209,17 +220,18 @@ def _drop_pyworkflow_entry(app: Any) -> None:
 
 
 def _task_body(self: Any, beat_expires_s: float | None = None, shards: int | None = None,
-               queue: str | None = None, archive: str | None = None) -> dict[str, Any]:
+               queue: str | None = None, archive: str | None = None,
+               policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
     sent_at = None
     if beat_expires_s and self.request.expires:
         sent_at = parse_timestamp(self.request.expires) - timedelta(seconds=beat_expires_s)
     return run_retention(broker_url=self.app.conf.broker_url, sent_at=sent_at, app=self.app, shards=shards,
-                         queue=queue, archive=archive)
+                         queue=queue, archive=archive, policy=policy)
 
 
 def run_retention(*, broker_url: str | None, sent_at: datetime | None = None, app: Any = None,
                   shards: int | None = None, queue: str | None = None,
-                  archive: str | None = None) -> dict[str, Any]:
+                  archive: str | None = None, policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read the settings, take the lock, purge (and sweep orphans), return the report as a dict.
 
     ``broker_url`` is the lock's Redis unless ``PYWORKFLOW_RETENTION_LOCK_URL``
@@ -232,9 +244,13 @@ def run_retention(*, broker_url: str | None, sent_at: datetime | None = None, ap
     ``app``, ``shards`` and ``queue``: the fan-out (see docs/scaling.md): with more than one shard
     (``shards``, else ``PYWORKFLOW_RETENTION_SHARDS``) the shard tasks are sent through ``app`` to ``queue``
     (else ``PYWORKFLOW_RETENTION_QUEUE``, else the app's default queue).
+
+    ``policy``: a retention policy's keys (``install(policy=...)``), else ``PYWORKFLOW_RETENTION_POLICY``; a
+    policy that deletes sooner than the one the last successful purge applied is held back until accepted
+    (:func:`workflow_retention.rules.guard`, docs/policy.md). The store's pins are always honoured.
     """
     try:
-        return _run_retention(broker_url, sent_at, app, shards, queue, archive)
+        return _run_retention(broker_url, sent_at, app, shards, queue, archive, policy)
     except Exception as exc:
         _scrubbed(exc, broker_url)
         raise
@@ -262,18 +278,27 @@ def _celery_control() -> tuple[type[BaseException], ...]:
 
 def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = None,
                    shards: int | None = None, queue: str | None = None,
-                   archive: str | None = None) -> dict[str, Any]:
+                   archive: str | None = None, policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
     settings = config.load_settings()
+    if policy is not None:
+        settings = dataclasses.replace(settings, policy=parse_policy(policy, POLICY_SOURCE))
     if not settings.enabled:
         log.info("workflow-retention skipped status=disabled reason=%s=false", config.ENABLED)
         return {"skipped": "disabled"}
-    if settings.retention_days is None:
+    if settings.retention_days is None and settings.policy is None:
         log.debug("workflow-retention skipped status=unconfigured reason=%s unset", config.RETENTION_DAYS)
         return {"skipped": "retention-days-unset"}
-    if timedelta(days=settings.retention_days) < settings.min_age:
+    if settings.policy is not None and settings.policy.shortest() < settings.min_age:
+        raise ConfigurationError(f"the retention policy's shortest rule ({settings.policy.shortest()}) is shorter "
+                                 f"than {config.MIN_AGE} ({settings.min_age}): refusing a purge of runs that "
+                                 "finished so recently")
+    if settings.policy is None and timedelta(days=settings.retention_days or 0) < settings.min_age:
         raise ConfigurationError(f"{config.RETENTION_DAYS}={settings.retention_days} is shorter than "
                                  f"{config.MIN_AGE} ({settings.min_age}): refusing a purge of runs that "
                                  "finished so recently")
+    if settings.policy is not None and (shards or settings.shards) > 1:
+        raise ConfigurationError(f"a retention policy is not supported with {config.SHARDS} above 1 yet (issue 21): "
+                                 "nothing is purged; set it to 1")
     archive_url = archive or settings.archive_url
     store = open_archive(archive_url, "archive" if archive else config.ARCHIVE_URL) if archive_url else None
     if store is not None and (shards or settings.shards) > 1:
@@ -319,6 +344,9 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
                          lease.key, done.isoformat(), sent_at.isoformat())
                 return {"skipped": "already-done", "lock_key": lease.key, "done_at": done.isoformat()}
             if fan_out is not None:
+                if _state(settings, lease, history).pins():
+                    raise ConfigurationError(f"the store has pins, which {config.SHARDS} above 1 does not honour yet "
+                                             "(issue 21): nothing is purged; set it to 1 or remove the pins")
                 dispatched = fan_out.dispatch(lease, settings, storage, sent_at, history)
                 if dispatched is not None:
                     return dispatched
@@ -345,18 +373,51 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
     return result
 
 
+def _state(settings: config.Settings, lease: Lease, history: History | None) -> rules.StateStore:
+    """The store's pins and policy guard: in the state store (the history's Redis), else the lock's Redis."""
+    if history is not None:
+        return rules.StateStore(history.client, lease.key, history.secrets)
+    if settings.state_url is not None:  # the state store is configured but could not be used: pins unknown
+        raise StorageError("the state store could not be used, so the store's pins cannot be read: nothing purged")
+    return rules.StateStore(lease.client, lease.key)
+
+
+def _rule(settings: config.Settings, state: rules.StateStore) -> tuple[datetime, Policy, tuple[str, ...]]:
+    """The cutoff this run applies (the days cutoff as before, or the guarded policy with the pins), the policy
+    to record as applied when it succeeds, and what is held back."""
+    pins = state.pins()
+    if settings.policy is None:
+        days = settings.retention_days or 0
+        return rules.cutoff_for(days=days, policy=None, pins=pins), Policy.days(days), ()
+    guarded = rules.guard(settings.policy, state)
+    if guarded.held:
+        log.warning("workflow-retention policy held back: it deletes sooner than the policy the last successful "
+                    "purge applied, which this run applies instead, until `workflow-retention policy accept`: %s",
+                    "; ".join(guarded.held))
+    return rules.cutoff_for(days=None, policy=guarded.policy, pins=pins), guarded.policy, guarded.held
+
+
 def _purge(settings: config.Settings, storage: Any, lease: Lease, history: History | None = None,
            archive: ArchiveStore | None = None) -> tuple[PurgeReport, OrphanReport | None]:
     """The purge (and the orphan sweep), each recorded in the history, each batch fenced by the lease."""
-    assert settings.retention_days is not None
-    days = settings.retention_days
+    state = _state(settings, lease, history)
+    applied: list[Policy] = []
 
     def purge_run(on_batch: Any) -> PurgeReport:
         storage.open()  # inside the record: a store that cannot be opened is a failed purge too
-        return storage.delete_old_runs(utcnow() - timedelta(days=days), on_batch=on_batch, archive=archive)
+        cutoff, policy, held = _rule(settings, state)
+        state.record_held(held)
+        applied.append(policy)
+        report = storage.delete_old_runs(cutoff, on_batch=rules.capped(on_batch, settings.max_runs), archive=archive)
+        if held:
+            report.warn("the retention policy is held back (it deletes sooner than the last one applied) until "
+                        f"`workflow-retention policy accept`: {'; '.join(held)}")
+        return report
 
     try:
         purge = record_run(history, metrics.PURGE, purge_run, then=lease.check, log=log)
+        if not purge.stopped and applied:
+            state.record_applied(applied[0])
         orphans = None
         if settings.repair_orphans and not purge.stopped:
             orphans = record_run(history, metrics.ORPHANS, lambda on_batch: storage.sweep_orphans(

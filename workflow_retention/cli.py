@@ -15,13 +15,15 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from workflow_retention import config, metrics, status, values
+from workflow_retention import config, metrics, rules, status, values
 from workflow_retention.archive import ArchiveStore, open_archive
 from workflow_retention.backends import by_url
 from workflow_retention.base import MAX_SHARDS, BatchInfo, Shard, StorageBackend, validate_shards
 from workflow_retention.exceptions import ConfigurationError, RetentionError, StorageError
 from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import open_lease
+from workflow_retention.planning import Expiry
+from workflow_retention.policy import Policy
 from workflow_retention.report import AuditReport, OrphanReport, PurgeReport, SpaceReport
 from workflow_retention.seed import StoreNotEmpty, fresh_salt, generate
 from workflow_retention.shards import ShardedPurge, purge_sharded
@@ -166,6 +168,23 @@ def _parser() -> argparse.ArgumentParser:
     when.add_argument("--older-than", metavar="ISO8601", help="explicit cutoff, with a UTC offset")
     explain.add_argument("--allow-recent-cutoff", action="store_true", help="as for purge")
     explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
+
+    pin = sub.add_parser("pin", help="pins and legal holds: runs (and workflow name patterns) no purge deletes")
+    pin.add_argument("action", choices=("add", "rm", "ls"), help="add or rm pins, or ls them")
+    pin.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to pin or unpin")
+    pin.add_argument("--workflow", metavar="PATTERN", action="append", default=[],
+                     help="a workflow name or glob to pin or unpin (repeatable): every run of it is kept")
+    pin.add_argument("--reason", default="", help="why (required for add): an investigation, a legal hold, a ticket")
+    pin.add_argument("--storage", metavar="URL", help=f"the store the pins belong to; default: ${config.STORAGE_URL} "
+                                                      "or PyWorkflow's PYWORKFLOW_STORAGE_* variables")
+    pin.add_argument("--json", action="store_true", help="ls: print as JSON")
+
+    policy_ = sub.add_parser("policy", help=f"show the retention policy (${config.POLICY}) or accept a shorter one")
+    policy_.add_argument("action", choices=("show", "accept"),
+                         help="show: the policy, the one last applied, what is held back; accept: let the Celery "
+                              "task apply a policy that deletes sooner than the last one applied")
+    policy_.add_argument("--storage", metavar="URL", help="the store (default as for purge)")
+    policy_.add_argument("--json", action="store_true", help="show: print as JSON")
     return p
 
 
@@ -395,15 +414,26 @@ def _warnings(warnings: list[str], total: int) -> str:
 
 
 def _cutoff(args: argparse.Namespace, settings: config.Settings) -> datetime:
-    """The purge's cutoff, refused when it is newer than the minimum age (the blast-radius guard)."""
+    """The purge's cutoff, refused when it is newer than the minimum age (the blast-radius guard).
+
+    ``--older-than`` or ``--days``: that cutoff; else the policy (``PYWORKFLOW_RETENTION_POLICY``), else
+    ``PYWORKFLOW_DATA_RETENTION_DAYS``. The store's pins are honoured whenever a state store is configured
+    (:func:`_pins`); without a policy or a pin the cutoff is a plain instant, exactly as before.
+    """
     now = utcnow()
     if args.older_than:
         cutoff = values.iso_datetime(args.older_than, "--older-than")
+        pins = _pins(args, settings)
+        if pins:
+            cutoff = Expiry(Policy(default=max(now - cutoff, timedelta(0)), minimum=timedelta(0)), now,
+                            pinned_runs=pins.runs, pinned_workflows=pins.workflows)
     else:
         days = args.days or settings.retention_days
-        if not days:
-            raise ConfigurationError(f"give --days N or --older-than ISO8601, or set {config.RETENTION_DAYS}")
-        cutoff = now - timedelta(days=days)
+        policy = settings.policy if not args.days else None
+        if not days and policy is None:
+            raise ConfigurationError(f"give --days N or --older-than ISO8601, or set {config.RETENTION_DAYS} or "
+                                     f"{config.POLICY}")
+        cutoff = rules.cutoff_for(days=days, policy=policy, pins=_pins(args, settings), now=now)
     if cutoff > now - settings.min_age and not args.allow_recent_cutoff:
         ago = "in the future" if cutoff > now else f"only {now - cutoff} ago"
         raise ConfigurationError(
@@ -411,6 +441,28 @@ def _cutoff(args: argparse.Namespace, settings: config.Settings) -> datetime:
             f"deleted, including runs finished minutes ago. The minimum is {settings.min_age} "
             f"({config.MIN_AGE}); pass --allow-recent-cutoff if that is what you want")
     return cutoff
+
+
+def _state(args: argparse.Namespace, settings: config.Settings, required: bool = False) -> rules.StateStore | None:
+    """The store's pins and policy guard, in the state store (None when none is configured and not ``required``)."""
+    url = settings.cli_history_url
+    if url is None:
+        if required:
+            raise ConfigurationError(f"pins and the policy guard live in the state store: set {config.STATE_URL} "
+                                     f"(or {config.LOCK_URL}) to the Redis the Celery task uses")
+        return None
+    return rules.StateStore.open(url, _lock_key(args, settings), args.secrets)
+
+
+def _pins(args: argparse.Namespace, settings: config.Settings) -> rules.Pins:
+    """The store's pins (none without a state store); a state store that cannot be read fails the command."""
+    state = _state(args, settings)
+    if state is None:
+        return rules.Pins()
+    try:
+        return state.pins()
+    finally:
+        state.close()
 
 
 def _lock_key(args: argparse.Namespace, settings: config.Settings) -> str:
@@ -496,6 +548,9 @@ def _archive(args: argparse.Namespace, settings: config.Settings, required: bool
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     cutoff = _cutoff(args, settings)
     archive = _archive(args, settings, required=False)
+    if args.shards > 1 and isinstance(cutoff, Expiry):
+        raise ConfigurationError("a retention policy or pins are not supported with --shards above 1 yet "
+                                 "(issue 21): purge with --shards 1")
     if args.shards > 1:
         if archive is not None:
             raise ConfigurationError("an archive is not supported with --shards above 1 yet (issue 20): purge with "
@@ -506,13 +561,31 @@ def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
         progress.tick("measuring the space used")
         before = None if args.dry_run else _space_before(backend)
         report = _recorded(args, settings, backend, metrics.PURGE,
-                           lambda on_batch: backend.delete_old_runs(cutoff, dry_run=args.dry_run, on_batch=on_batch,
-                                                                    archive=archive),
+                           lambda on_batch: backend.delete_old_runs(
+                               cutoff, dry_run=args.dry_run, on_batch=rules.capped(on_batch, settings.max_runs),
+                               archive=archive),
                            args.dry_run, progress)
+        if not args.dry_run and not report.stopped:
+            _record_applied(args, settings, cutoff)
         report.space = _space_after(backend, before, args.vacuum and not report.stopped, progress)
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
+
+
+def _record_applied(args: argparse.Namespace, settings: config.Settings, cutoff: datetime) -> None:
+    """After a successful purge by the settings (no --days or --older-than): remember the policy it applied, which
+    the Celery task's guard compares a newer policy with."""
+    if args.older_than or args.days:
+        return
+    state = _state(args, settings)
+    if state is None:
+        return
+    try:
+        state.record_applied(cutoff.policy if isinstance(cutoff, Expiry)
+                             else Policy.days(settings.retention_days or 0))
+    finally:
+        state.close()
 
 
 def _purge_sharded(args: argparse.Namespace, settings: config.Settings, cutoff: datetime) -> int:
@@ -651,9 +724,11 @@ def _cmd_orphans(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
     days = args.days or settings.retention_days
+    policy = settings.policy if not args.days else None
+    cutoff = rules.cutoff_for(days=days, policy=policy, pins=_pins(args, settings)) if days or policy else None
     with _backend(args, settings) as backend, Progress("audit") as progress:
         progress.tick("census")
-        report = backend.audit(older_than=utcnow() - timedelta(days=days) if days else None,
+        report = backend.audit(older_than=cutoff,
                                grace=values.duration(args.grace, "--grace"),
                                on_progress=partial(_audit_progress, progress))
     args.out(report.to_json(indent=2) if args.json else format_audit(report))
@@ -742,6 +817,9 @@ def format_status(s: status.Status) -> str:
             ("last success", ago(s.last_success_at)), ("max age", human(s.max_age)),
             ("next run", f"{s.next_run_at.isoformat() if s.next_run_at else '(unknown)'}  [{s.schedule}]"),
             ("lock", f"{s.lock_key}: {holder}"), ("retention lag", lag)]
+    if s.policy_held:
+        rows.append(("policy", "HELD BACK until `workflow-retention policy accept` (the Celery task applies the last "
+                               "policy it applied): " + "; ".join(s.policy_held)))
     text = _table("status", rows)
     lines = []
     for run in s.runs:
@@ -815,7 +893,61 @@ def _cmd_archive(args: argparse.Namespace, settings: config.Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_pin(args: argparse.Namespace, settings: config.Settings) -> int:
+    """``pin add|rm|ls``: the store's pins in the state store (keyed per store, like its lock)."""
+    if args.action != "ls" and not (args.run_ids or args.workflow):
+        raise ConfigurationError(f"pin {args.action}: give RUN_ID... and/or --workflow PATTERN")
+    state = _state(args, settings, required=True)
+    assert state is not None
+    try:
+        if args.action == "add":
+            added = state.pin(rules.RUN, args.run_ids, args.reason) if args.run_ids else 0
+            added += state.pin(rules.WORKFLOW, args.workflow, args.reason) if args.workflow else 0
+            args.out(f"pinned {added} new of {len(args.run_ids) + len(args.workflow)}")
+        elif args.action == "rm":
+            removed = state.unpin(rules.RUN, args.run_ids) if args.run_ids else 0
+            removed += state.unpin(rules.WORKFLOW, args.workflow) if args.workflow else 0
+            args.out(f"unpinned {removed} of {len(args.run_ids) + len(args.workflow)}")
+        else:
+            pins = state.list_pins()
+            args.out(json.dumps(pins, indent=2) if args.json else "\n".join(
+                f"{p['kind']:<8} {p['target']}  pinned {p['pinned_at']}: {p['reason']}" for p in pins) or "no pins")
+    finally:
+        state.close()
+    return EXIT_OK
+
+
+def _cmd_policy(args: argparse.Namespace, settings: config.Settings) -> int:
+    """``policy show``: the configured policy, the last applied, what is held back; ``policy accept``."""
+    if settings.policy is None:
+        raise ConfigurationError(f"no retention policy: set {config.POLICY} to a TOML file (docs/policy.md)")
+    state = _state(args, settings, required=args.action == "accept")
+    try:
+        if args.action == "accept":
+            assert state is not None
+            digest = state.accept(settings.policy)
+            args.out(f"accepted policy {digest}: the Celery task applies it from its next run")
+            return EXIT_OK
+        guarded = rules.guard(settings.policy, state)
+        applied = state.applied() if state is not None else None
+        shown = {"policy": settings.policy.to_dict(), "fingerprint": rules.fingerprint(settings.policy),
+                 "applied": applied.to_dict() if applied else None, "held_back": list(guarded.held)}
+        if args.json:
+            args.out(json.dumps(shown, indent=2))
+        else:
+            held = "\n".join(f"  {line}" for line in guarded.held)
+            args.out(f"policy {shown['fingerprint']}: {json.dumps(shown['policy'])}\n"
+                     f"last applied: {json.dumps(shown['applied']) if applied else '(none recorded)'}\n"
+                     + (f"HELD BACK until `workflow-retention policy accept`; it deletes sooner:\n{held}"
+                        if guarded.held else "not held back"))
+    finally:
+        if state is not None:
+            state.close()
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
+    "pin": _cmd_pin, "policy": _cmd_policy,
     "restore": _cmd_restore, "archive": _cmd_archive,
     "purge": _cmd_purge, "check": _cmd_check, "seed": _cmd_seed, "orphans": _cmd_orphans, "audit": _cmd_audit,
     "metrics": _cmd_metrics, "status": _cmd_status, "explain": _cmd_explain,

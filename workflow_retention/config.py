@@ -20,6 +20,7 @@ from workflow_retention.archive import SETTING as ARCHIVE_URL
 from workflow_retention.archive import check_archive_url
 from workflow_retention.base import DEFAULT_BATCH_SIZE, DEFAULT_GRACE, validate_batch_size, validate_shards
 from workflow_retention.exceptions import ConfigurationError
+from workflow_retention.policy import Policy, load_policy
 from workflow_retention.urls import REDIS_URL_PREFIXES, redact_url, secrets_of, split_url
 
 RETENTION_DAYS = "PYWORKFLOW_DATA_RETENTION_DAYS"
@@ -41,6 +42,10 @@ PUSHGATEWAY_URL = "PYWORKFLOW_RETENTION_PUSHGATEWAY_URL"
 STATE_URL = "PYWORKFLOW_RETENTION_STATE_URL"
 STARTUP_AUDIT = "PYWORKFLOW_RETENTION_STARTUP_AUDIT"
 SHARDS = "PYWORKFLOW_RETENTION_SHARDS"
+POLICY = "PYWORKFLOW_RETENTION_POLICY"
+MAX_RUNS = "PYWORKFLOW_RETENTION_MAX_RUNS"
+#: The largest PYWORKFLOW_RETENTION_MAX_RUNS accepted.
+MAX_MAX_RUNS = 10**12
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
 DEFAULT_LOCK_TTL = timedelta(minutes=5)
@@ -107,6 +112,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "Archive every batch of a purge there before deleting it, verified, fail-closed (docs/archive.md): "
         "file:///absolute/dir or s3://bucket[/prefix][?endpoint_url=...&region=...]; S3 credentials come from the "
         "AWS chain only."),
+    POLICY: ("unset (PYWORKFLOW_DATA_RETENTION_DAYS alone decides)",
+        "Path of a TOML retention policy (docs/policy.md): per status, per workflow name or glob, keep_last, a "
+        "minimum. Read and checked before any store is opened; a bad policy is an error naming the key."),
+    MAX_RUNS: ("unset (no cap)",
+        "The most runs one purge may delete: a purge that would pass it stops at a batch boundary with an error."),
     SHARDS: ("1",
         "Shards the Celery task splits the purge into, each a task of its own (a chord), then a final "
         "whole-store pass; 1 to 1024. 1 is one purge in the task itself. Needs a result backend when above 1."),
@@ -136,6 +146,10 @@ class Settings:
     startup_audit: timedelta = field(default=DEFAULT_STARTUP_AUDIT, repr=False)
     #: PYWORKFLOW_RETENTION_SHARDS: how many shards the Celery task fans the purge out to (1: no fan-out).
     shards: int = field(default=1, repr=False)
+    #: PYWORKFLOW_RETENTION_POLICY, read and validated (None: the days setting alone decides).
+    policy: Policy | None = field(default=None, repr=False)
+    #: PYWORKFLOW_RETENTION_MAX_RUNS (None: no cap).
+    max_runs: int | None = field(default=None, repr=False)
     #: PYWORKFLOW_RETENTION_ARCHIVE_URL: where a purge archives each batch before deleting it (None: no archive).
     archive_url: str | None = field(default=None, repr=False)
 
@@ -371,6 +385,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, strict: bool = True) 
                            1),  # type: ignore[arg-type]
         problems=tuple(problems),
         archive_url=check_archive_url(env[ARCHIVE_URL], ARCHIVE_URL) if env.get(ARCHIVE_URL, "").strip() else None,
+        policy=load_policy(env[POLICY], POLICY) if env.get(POLICY, "").strip() else None,
+        max_runs=values.integer(env[MAX_RUNS], MAX_RUNS, maximum=MAX_MAX_RUNS, example=100000)
+        if env.get(MAX_RUNS, "").strip() else None,
     )
 
 

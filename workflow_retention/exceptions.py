@@ -56,3 +56,7 @@ class LockHeldError(RetentionError):
 
 class ArchiveError(RetentionError):
     """The archive could not be written, read or verified: nothing of the batch concerned is deleted."""
+
+
+class MaxRunsReached(RetentionError):
+    """A purge stopped at a batch boundary because it would delete more runs than ``PYWORKFLOW_RETENTION_MAX_RUNS``."""

@@ -28,6 +28,7 @@ from typing import Any
 from workflow_retention.planning import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
+    Expiry,
     Plan,
     RunRef,
     plan_deletion,
@@ -143,6 +144,9 @@ def _own_reasons(ref: RunRef, cutoff: datetime) -> list[str]:
         return [f"its status is {ref.status!r}: only terminal runs ({', '.join(sorted(TERMINAL_STATUSES))}) go"]
     if ref.status not in TERMINAL_STATUSES:
         return [f"its status {ref.status!r} is not one pyworkflow writes"]
+    if isinstance(cutoff, Expiry):
+        why = cutoff.why_kept(ref)
+        return [f"the retention policy keeps it: {why} ({cutoff.rule_label(ref)})"] if why else []
     if ref.updated_at is not None and ref.updated_at >= cutoff:
         return [f"it was updated at {ref.updated_at.isoformat()}, not before the cutoff {cutoff.isoformat()}"]
     return []

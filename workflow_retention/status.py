@@ -15,6 +15,7 @@ from workflow_retention import config, values
 from workflow_retention.exceptions import RetentionError
 from workflow_retention.history import History
 from workflow_retention.metrics import Lag, retention_lag
+from workflow_retention.rules import StateStore
 from workflow_retention.timeutil import parse_timestamp
 
 #: Runs listed by ``status``.
@@ -70,6 +71,8 @@ class Status:
     holder_error: str | None = None
     lag: Lag | None = None
     problems: list[str] = field(default_factory=list)
+    #: What the Celery task holds back of a shortened retention policy until it is accepted (docs/policy.md).
+    policy_held: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -97,7 +100,8 @@ class Status:
                 "next_run_at": self.next_run_at.isoformat() if self.next_run_at else None,
                 "schedule": self.schedule, "lock": {"key": self.lock_key, "holder": self.holder,
                                                     "error": self.holder_error},
-                "lag": self.lag.to_dict() if self.lag else None, "runs": self.runs, "problems": self.problems}
+                "lag": self.lag.to_dict() if self.lag else None, "runs": self.runs, "problems": self.problems,
+                "policy_held_back": self.policy_held}
 
 
 def collect(*, store: str, history: History | None, state_store: str | None, lease: Any | None,
@@ -122,6 +126,7 @@ def collect(*, store: str, history: History | None, state_store: str | None, lea
             status.lag = retention_lag(now, retention_days, clean, history.last_audit())
             purges = [r for r in status.runs if r.get("source") == "celery"]
             last_started = parse_timestamp(purges[0]["started_at"]) if purges else None
+            status.policy_held = StateStore(history.client, history.base, history.secrets).held()
         except RetentionError as exc:
             status.problems.append(str(exc))
     status.next_run_at = next_run(schedule, now, last_started)

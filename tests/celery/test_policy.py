@@ -1,0 +1,79 @@
+"""A shortened retention policy is held back by the real Celery task until an operator accepts it (issue 21).
+
+A real worker process (``celery -A tests.celery.testapp worker``), a real Redis (broker, lock, state store) and
+a real SQLite store; the operator's side is the command line in this process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.celery.conftest import CeleryEnv
+from tests.ops.test_policy_cli import RUNS, seed_runs
+from tests.services import clear_retention_env
+from workflow_retention import cli, config
+from workflow_retention.backends import by_url
+from workflow_retention.celery import TASK_NAME
+
+pytestmark = pytest.mark.slow
+RESULT_TIMEOUT = 60
+LONG = '[retention]\ndefault = "60d"\n[retention.status]\nfailed = "90d"\n'
+SHORT = '[retention]\ndefault = "30d"\n[retention.status]\nfailed = "90d"\n'
+
+
+def left(url: str) -> set[str]:
+    backend = by_url(url)
+    with backend:
+        return set(backend._read_runs(set(RUNS)))
+
+
+def status(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    cli.main(["status", "--json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_shortened_policy_is_held_back_until_accepted(celery_env: CeleryEnv, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite://{tmp_path / 'pyworkflow.db'}"
+    by_url(url).seed(seed_runs())
+    policy = tmp_path / "policy.toml"
+    policy.write_text(LONG)
+    worker = celery_env.worker(celery_env.env(url, PYWORKFLOW_RETENTION_POLICY=str(policy)))
+    worker.wait_for(r"\bready\.")
+    client = celery_env.client()
+    # the operator's command line: the same store, state store and lock key as the task
+    clear_retention_env(monkeypatch)
+    for name, value in {config.STORAGE_URL: url, config.STATE_URL: celery_env.redis_url,
+                        config.LOCK_KEY: celery_env.lock_key, config.POLICY: str(policy)}.items():
+        monkeypatch.setenv(name, value)
+
+    first = client.send_task(TASK_NAME).get(timeout=RESULT_TIMEOUT)
+    assert first["status"] == "purged", first
+    # 60d: both billing runs (300d, 400d) and both audit runs (60d, 70d) go
+    assert left(url) == {"run_orders_new", "run_orders_old", "run_orders_failed", "run_orders_pinned"}
+
+    policy.write_text(SHORT)  # 30d: deletes sooner than the 60d the last purge applied
+    second = client.send_task(TASK_NAME).get(timeout=RESULT_TIMEOUT)
+    assert second["status"] == "purged", second
+    assert {"run_orders_old", "run_orders_pinned"} <= left(url), "the shortened policy was applied unaccepted"
+    assert any("held back" in w and "60d -> 30d" in w for w in second["warnings"]), second["warnings"]
+    held = status(capsys)["policy_held_back"]
+    assert held and "60d -> 30d" in held[0]
+    cli.main(["status"])
+    assert "HELD BACK" in capsys.readouterr().out
+
+    assert cli.main(["policy", "accept"]) == 0
+    third = client.send_task(TASK_NAME).get(timeout=RESULT_TIMEOUT)
+    assert third["status"] == "purged" and third["counts"]["runs"] == 2, third
+    assert left(url) == {"run_orders_new", "run_orders_failed"}  # failed: 90d
+    assert status(capsys)["policy_held_back"] == []
+    # applied now: the same policy runs again without a guard
+    fourth = client.send_task(TASK_NAME).get(timeout=RESULT_TIMEOUT)
+    assert fourth["status"] == "purged" and fourth["counts"].get("runs", 0) == 0
+    assert not any("held back" in w for w in fourth.get("warnings", []))

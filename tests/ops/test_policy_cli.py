@@ -1,0 +1,151 @@
+"""Retention policies on the command line (issue 21): PYWORKFLOW_RETENTION_POLICY, pins in the state store,
+``policy show|accept``, PYWORKFLOW_RETENTION_MAX_RUNS; a real Redis and a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import clear_retention_env, delete_keys
+from workflow_retention import cli, config
+from workflow_retention.backends import by_url
+from workflow_retention.rules import StateStore
+from workflow_retention.seed import SeedRun, generate
+
+NOW = datetime.now(UTC)
+POLICY = """
+[retention]
+default = "30d"
+min = "1d"
+keep_last = 1
+
+[retention.status]
+failed = "90d"
+
+[retention.workflow]
+"billing.*" = "730d"
+"""
+#: run id -> (workflow, status, age in days)
+RUNS = {
+    "run_orders_new": ("orders", "completed", 2),
+    "run_orders_old": ("orders", "completed", 40),
+    "run_orders_failed": ("orders", "failed", 40),
+    "run_orders_pinned": ("orders", "completed", 50),
+    "run_billing_old": ("billing.invoice", "completed", 400),
+    "run_billing_new": ("billing.invoice", "completed", 300),
+    "run_audit_old": ("audit.trail", "completed", 60),
+    "run_audit_older": ("audit.trail", "completed", 70),
+}
+
+
+def seed_runs() -> list[SeedRun]:
+    template = next(generate(1, now=NOW))
+    runs = []
+    for run_id, (workflow, status, age) in RUNS.items():
+        when = (NOW - timedelta(days=age)).isoformat()
+        runs.append(replace(template, run={**template.run, "run_id": run_id, "workflow_name": workflow,
+                                           "status": status, "created_at": when, "updated_at": when,
+                                           "completed_at": when}, events=[], steps=[], hooks=[], checkpoints={}))
+    return runs
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch, redis_service: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
+    clear_retention_env(monkeypatch)
+    uid = uuid.uuid4().hex[:10]
+    url = f"sqlite:///{tmp_path}/store.db"
+    by_url(url).seed(seed_runs())
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    values = {config.STORAGE_URL: url, config.STATE_URL: redis_service.url, config.LOCK_URL: redis_service.url,
+              config.LOCK_KEY: f"wr-test-{uid}:lock", config.POLICY: str(policy)}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    yield values
+    delete_keys(redis_service.url, f"wr-test-{uid}")
+
+
+def left(store: dict[str, str]) -> set[str]:
+    backend = by_url(store[config.STORAGE_URL])
+    with backend:
+        return set(backend._read_runs(set(RUNS)))
+
+
+def test_the_policy_and_the_pins_decide_a_cli_purge(store: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pin", "add", "run_orders_pinned", "--reason", "INC-42 investigation"]) == 0
+    assert cli.main(["pin", "add", "--workflow", "audit.*", "--reason", "legal hold"]) == 0
+    capsys.readouterr()
+    assert cli.main(["pin", "ls", "--json"]) == 0
+    pins = json.loads(capsys.readouterr().out)
+    assert [(p["kind"], p["target"], p["reason"]) for p in pins] == [
+        ("run", "run_orders_pinned", "INC-42 investigation"), ("workflow", "audit.*", "legal hold")]
+
+    assert cli.main(["purge", "--dry-run", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert cli.main(["purge", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    # billing_old: 730d keeps it; orders_new: recent and keep_last; orders_failed: 90d; the pins
+    assert left(store) == set(RUNS) - {"run_orders_old"}
+    assert done["counts"]["runs"] == dry["counts"]["runs"] == 1
+
+    assert cli.main(["pin", "rm", "run_orders_pinned", "--workflow", "audit.*"]) == 0
+    assert cli.main(["purge"]) == 0
+    # unpinned: orders_pinned goes; audit keeps its newest by keep_last = 1
+    assert left(store) == set(RUNS) - {"run_orders_old", "run_orders_pinned", "run_audit_older"}
+
+
+def test_explicit_days_still_honour_the_pins(store: dict[str, str]) -> None:
+    assert cli.main(["pin", "add", "run_orders_old", "--reason", "hold"]) == 0
+    assert cli.main(["purge", "--days", "30"]) == 0
+    assert "run_orders_old" in left(store) and "run_orders_pinned" not in left(store)
+
+
+@pytest.mark.parametrize(("policy", "key"), [
+    ('[retention]\ndefault = "0d"\n', "retention.default"),
+    ('[retention]\ndefault = "30d"\n[retention.status]\nrunning = "5d"\n', "unknown key 'running'"),
+    ('[retention]\ndefault = "30d"\nkeep_last = -1\n', "retention.keep_last"),
+    ('[retention]\ndefault = "30d"\n[retention.workflow]\n"x" = "2x"\n', "retention.workflow.'x'"),
+    ('[retention\n', "is not valid TOML"),
+])
+def test_a_bad_policy_is_exit_2_naming_the_key_before_any_store_is_opened(
+        store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        policy: str, key: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(policy)
+    monkeypatch.setenv(config.POLICY, str(bad))
+    monkeypatch.setenv(config.STORAGE_URL, f"sqlite:///{tmp_path}/no/such/dir/store.db")
+    for argv in (["purge"], ["purge", "--dry-run"], ["audit"], ["pin", "ls"]):
+        assert cli.main(argv) == 2
+        assert key in caplog.text and config.POLICY in caplog.text
+        caplog.clear()
+    assert not (tmp_path / "no").exists()
+
+
+def test_max_runs_stops_the_purge_at_a_batch_boundary_loudly(store: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(config.MAX_RUNS, "1")
+    assert cli.main(["purge", "--days", "30", "--batch-size", "1"]) == 1
+    assert "PYWORKFLOW_RETENTION_MAX_RUNS=1" in caplog.text
+    # one batch of one run went; the cap stopped the next one
+    assert len(set(RUNS) - left(store)) == 1
+
+
+def test_policy_show_and_accept(store: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    state = StateStore.open(store[config.STATE_URL], store[config.LOCK_KEY])
+    from workflow_retention.policy import parse_policy
+    state.record_applied(parse_policy({"retention": {"default": "60d"}}))
+    assert cli.main(["policy", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["held_back"] and "60d -> 30d" in shown["held_back"][0]
+    assert cli.main(["policy", "accept"]) == 0
+    capsys.readouterr()
+    assert cli.main(["policy", "show", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["held_back"] == []
+    state.close()
