@@ -24,6 +24,7 @@ import base64
 import dataclasses
 import enum
 import importlib
+import json
 import logging
 import types
 import uuid
@@ -44,6 +45,7 @@ from workflow_retention.archive import (
     purge_folders,
     read_manifest,
     run_line,
+    sha256,
     unfinished,
 )
 from workflow_retention.exceptions import ArchiveError, ConfigurationError, RetentionError
@@ -191,6 +193,8 @@ class Archiving:
     #: Runs archived in this purge's own objects, and runs found archived by an unfinished purge.
     archived: int = 0
     reused: int = 0
+    #: Part lines written (records of committed runs found later: :meth:`records`).
+    parts: int = 0
 
     @classmethod
     def start(cls, backend: StorageBackend, store: ArchiveStore, cutoff: datetime,
@@ -230,6 +234,28 @@ class Archiving:
         for line in lines:
             self.pending[line["run_id"]] = (line["run_version"], written.name)
 
+    def records(self, found: Mapping[str, Mapping[str, list[Any]]]) -> None:
+        """Archive records of runs already committed, found after their batch and about to be deleted (the step
+        checkpoints a store finds by one scan after the batches): one verified object of ``part`` lines, each
+        merged by restore into the run's line archived before it. A part an unfinished purge archived with the
+        same content is not written again."""
+        stamp = utcnow().isoformat()
+        lines = []
+        for run_id, records in sorted(found.items()):
+            encoded = {kind: [encode(r) for r in rows] for kind, rows in records.items() if rows}
+            if not encoded:
+                continue
+            version = "part:" + sha256(json.dumps(encoded, sort_keys=True).encode())[:32]
+            if (run_id, version) in self.earlier:
+                self.reused += 1
+                continue
+            line = run_line(self.backend.name, run_id, version, encoded, archived_at=stamp)
+            line["part"] = True
+            lines.append(line)
+        if lines:
+            self.writer.write_batch(lines)
+            self.parts += len(lines)
+
     def settle(self, final: bool) -> None:
         """Forget the archived runs that are gone (deleted); record as superseded those kept: present with
         another version, or (``final``: the purge is over) present at all."""
@@ -252,7 +278,7 @@ class Archiving:
         if outcome == OK:
             self.settle(final=True)
         report.archive = {"url": self.writer.store.url, "purge_id": self.writer.purge_id,
-                          "objects": len(self.writer.objects), "runs": self.archived,
+                          "objects": len(self.writer.objects), "runs": self.archived, "parts": self.parts,
                           "already_archived": self.reused, "superseded": len(self.writer.superseded)}
         self.writer.finish(outcome, report.to_dict(), self.continues if outcome == OK else ())
 
@@ -288,13 +314,14 @@ def prepare(backend: StorageBackend, archive: ArchiveStore | str | None, dry_run
 
 @dataclass(frozen=True)
 class Entry:
-    """Where the newest archived line of a run is."""
+    """Where the newest archived line of a run is, and the objects holding its parts archived after it."""
 
     run_id: str
     archived_at: str
     object: str
     parent_run_id: str | None
     backend: str
+    parts: tuple[str, ...] = ()
 
 
 def purges(store: ArchiveStore) -> list[dict[str, Any]]:
@@ -305,7 +332,8 @@ def purges(store: ArchiveStore) -> list[dict[str, Any]]:
         if MANIFEST in leaves:
             manifest = read_manifest(store, folder)
             entry.update({k: manifest.get(k) for k in ("purge_id", "backend", "cutoff", "started_at", "outcome")})
-            entry["runs"] = sum(o.get("runs", 0) for o in manifest.get("objects", ()))
+            summary = (manifest.get("report") or {}).get("archive") or {}
+            entry["runs"] = summary.get("runs", sum(o.get("runs", 0) for o in manifest.get("objects", ())))
             entry["superseded"] = len(manifest.get("superseded", ()))
         else:
             entry["outcome"] = "unfinished"
@@ -324,15 +352,24 @@ def lines_of(store: ArchiveStore, name: str) -> list[dict[str, Any]]:
 def read_archive(store: ArchiveStore) -> dict[str, Entry]:
     """run_id -> where its newest archived line is (by ``archived_at``, then object name)."""
     newest: dict[str, Entry] = {}
+    parts: dict[str, list[tuple[str, str]]] = {}
     for folder, leaves in sorted(purge_folders(store).items()):
         for leaf in sorted(x for x in leaves if x.endswith(BATCH_SUFFIX)):
             name = f"{folder}/{leaf}"
             for line in lines_of(store, name):
-                entry = Entry(line["run_id"], str(line.get("archived_at", "")), name, line.get("parent_run_id"),
-                              line["backend"])
+                when = str(line.get("archived_at", ""))
+                if line.get("part"):
+                    parts.setdefault(line["run_id"], []).append((when, name))
+                    continue
+                entry = Entry(line["run_id"], when, name, line.get("parent_run_id"), line["backend"])
                 old = newest.get(entry.run_id)
                 if old is None or (entry.archived_at, entry.object) > (old.archived_at, old.object):
                     newest[entry.run_id] = entry
+    for run_id, found in parts.items():
+        main = newest.get(run_id)
+        if main is not None:
+            after = sorted({n for w, n in found if (w, n) > (main.archived_at, main.object)})
+            newest[run_id] = dataclasses.replace(main, parts=tuple(after))
     return newest
 
 
@@ -404,8 +441,13 @@ def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str]
         for entry in level:
             by_object.setdefault(entry.object, set()).add(entry.run_id)
         for name, ids in sorted(by_object.items()):
-            lines = [line for line in lines_of(store, name) if line["run_id"] in ids]
+            lines = [line for line in lines_of(store, name) if line["run_id"] in ids and not line.get("part")]
             for line in lines:
+                for part_object in chosen[line["run_id"]].parts:
+                    for part in lines_of(store, part_object):
+                        if part["run_id"] == line["run_id"] and part.get("part"):
+                            for kind, rows in part["records"].items():
+                                line["records"].setdefault(kind, []).extend(rows)
                 line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
             backend._restore(lines)
             for line in lines:
@@ -424,7 +466,7 @@ def archived_runs(store: ArchiveStore, folder: str) -> Iterator[dict[str, Any]]:
     for name in sorted(n for n in store.names(folder) if n.endswith(BATCH_SUFFIX)):
         for line in lines_of(store, name):
             yield {"run_id": line["run_id"], "run_version": line["run_version"], "object": name,
-                   "parent_run_id": line.get("parent_run_id"),
+                   "parent_run_id": line.get("parent_run_id"), "part": bool(line.get("part")),
                    "superseded": (line["run_id"], line["run_version"]) in superseded,
                    "records": {k: len(v) for k, v in sorted(line["records"].items())}}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -165,6 +165,15 @@ class PurgeJob(_Job):
         super().boundary(ids)
         if self.archive is not None:
             self.archive.batch(ids)
+
+    def archive_records(self, found: Mapping[str, Mapping[str, list[Any]]]) -> None:
+        """Records of runs this purge already committed, found after their batch and about to be deleted (a
+        store that finds step checkpoints by one scan after the batches): ``{run_id: {kind: [raw record]}}``.
+        With an archive they are written as one verified object before this returns (an
+        :class:`ArchiveError` stops the purge, nothing of them deleted); without one, nothing happens. Call it
+        after :meth:`boundary` and before deleting them; only a backend that has such records calls it."""
+        if self.archive is not None and not self.dry_run:
+            self.archive.records(found)
 
     @property
     def partial(self) -> bool:

@@ -69,7 +69,7 @@ def archived_ids(store: ArchiveStore) -> Counter:
     seen: Counter = Counter()
     for name in store.names("purges"):
         if name.endswith(".jsonl.gz"):
-            seen.update(line["run_id"] for line in lines_of(store, name))
+            seen.update(line["run_id"] for line in lines_of(store, name) if not line.get("part"))
     return seen
 
 

@@ -25,7 +25,7 @@ from workflow_retention.report import SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import split_url
 
-from . import segments
+from . import archive, segments
 from .census import census, count_runs, space
 from .client import Table, connect, default_region
 from .layout import KEY_SCHEMA, REQUIRED_INDEXES
@@ -119,7 +119,7 @@ class DynamoDBBackend(StorageBackend):
 
     name = "dynamodb"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
-                              Capability.SHARDS})
+                              Capability.SHARDS, Capability.ARCHIVE})
 
     def __init__(self, table: str = "pyworkflow", *, region: str | None = None, endpoint_url: str | None = None,
                  max_wcu_per_second: float | str | None = None,
@@ -238,6 +238,14 @@ class DynamoDBBackend(StorageBackend):
         """One GSI2 Query per workflow name (its runs by created_at), newest first, until n terminal runs."""
         self._verify()
         return newest_runs(self.table, names, n)
+
+    def _gather(self, run_ids: Sequence[str]) -> dict[str, Any]:
+        self.open()
+        return archive.gather(self.table, run_ids)
+
+    def _restore(self, lines: list[dict[str, Any]]) -> None:
+        self.open()
+        archive.restore(self.table, lines)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self._verify()

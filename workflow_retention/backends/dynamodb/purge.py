@@ -32,6 +32,7 @@ from workflow_retention.planning import (
 from workflow_retention.report import Kind
 
 from . import expr, segments
+from .archive import archive_checkpoints
 from .client import IN_VALUES, SCAN_PAGE, Table
 from .layout import (
     COUNTER_SK,
@@ -488,6 +489,7 @@ class Purge:
         if not doomed and not stream:
             return
         self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
+        archive_checkpoints(self.table, self.job, doomed)  # with an archive: verified before they are deleted
         self.report.add(Kind.CHECKPOINTS, len(doomed))
         for kind, _ in stream:
             self.report.add(kind)
