@@ -76,7 +76,8 @@ from workflow_retention.exceptions import (
 )
 from workflow_retention.history import History, fill_snapshot, record_run
 from workflow_retention.lock import Lease, open_lease
-from workflow_retention.policy import Policy, parse_policy
+from workflow_retention.planning import Expiry
+from workflow_retention.policy import Policy, cutoff_text, parse_cutoff, parse_policy
 from workflow_retention.report import OrphanReport, PurgeReport
 from workflow_retention.shards import merge_reports, report_from_dict
 from workflow_retention.timeutil import parse_timestamp, utcnow
@@ -296,9 +297,9 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = 
         raise ConfigurationError(f"{config.RETENTION_DAYS}={settings.retention_days} is shorter than "
                                  f"{config.MIN_AGE} ({settings.min_age}): refusing a purge of runs that "
                                  "finished so recently")
-    if settings.policy is not None and (shards or settings.shards) > 1:
-        raise ConfigurationError(f"a retention policy is not supported with {config.SHARDS} above 1 yet (issue 21): "
-                                 "nothing is purged; set it to 1")
+    if settings.max_runs is not None and (shards or settings.shards) > 1:
+        raise ConfigurationError(f"{config.MAX_RUNS} is not enforced across shard tasks yet: nothing is purged; set "
+                                 f"{config.SHARDS} to 1, or unset the cap")
     archive_url = archive or settings.archive_url
     store = open_archive(archive_url, "archive" if archive else config.ARCHIVE_URL) if archive_url else None
     if store is not None and (shards or settings.shards) > 1:
@@ -344,9 +345,6 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
                          lease.key, done.isoformat(), sent_at.isoformat())
                 return {"skipped": "already-done", "lock_key": lease.key, "done_at": done.isoformat()}
             if fan_out is not None:
-                if _state(settings, lease, history).pins():
-                    raise ConfigurationError(f"the store has pins, which {config.SHARDS} above 1 does not honour yet "
-                                             "(issue 21): nothing is purged; set it to 1 or remove the pins")
                 dispatched = fan_out.dispatch(lease, settings, storage, sent_at, history)
                 if dispatched is not None:
                     return dispatched
@@ -408,7 +406,9 @@ def _purge(settings: config.Settings, storage: Any, lease: Lease, history: Histo
         cutoff, policy, held = _rule(settings, state)
         state.record_held(held)
         applied.append(policy)
-        report = storage.delete_old_runs(cutoff, on_batch=rules.capped(on_batch, settings.max_runs), archive=archive)
+        report = storage.delete_old_runs(cutoff, on_batch=rules.capped(rules.by_rule(cutoff, on_batch),
+                                                                       settings.max_runs), archive=archive)
+        report.rules = rules.rule_counts(cutoff)
         if held:
             report.warn("the retention policy is held back (it deletes sooner than the last one applied) until "
                         f"`workflow-retention policy accept`: {'; '.join(held)}")
@@ -567,14 +567,14 @@ class FanOutState:
         """Start plan ``plan_id`` (replacing any other state of this store)."""
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(self.key)
-        pipe.hset(self.key, mapping={"plan": plan_id, "shards": json.dumps(shards), "cutoff": cutoff.isoformat(),
+        pipe.hset(self.key, mapping={"plan": plan_id, "shards": json.dumps(shards), "cutoff": cutoff_text(cutoff),
                                      "started_at": utcnow().isoformat(), "record": record or ""})
         pipe.pexpire(self.key, int(FANOUT_TTL.total_seconds() * 1000))
         pipe.execute()
 
     def resume(self, cutoff: datetime, record: str | None) -> None:
         """A later run takes the unfinished plan over: its cutoff and its history record."""
-        self.client.hset(self.key, mapping={"cutoff": cutoff.isoformat(), "record": record or ""})
+        self.client.hset(self.key, mapping={"cutoff": cutoff_text(cutoff), "record": record or ""})
         self.client.pexpire(self.key, int(FANOUT_TTL.total_seconds() * 1000))
 
     def lease_key(self, plan_id: str, index: int) -> str:
@@ -613,7 +613,6 @@ class FanOut:
         shards return their stored reports, the others resume from their cursors. A duplicate message of the
         slot that started the plan in progress is skipped (``already-running``).
         """
-        assert settings.retention_days is not None
         backend = getattr(getattr(self.app, "conf", None), "result_backend", None)
         if self.app is None or not backend or backend == "disabled":
             raise ConfigurationError(f"{config.SHARDS}={self.shards} fans the purge out as a Celery chord, which needs "
@@ -621,7 +620,9 @@ class FanOut:
                                      f"or {config.SHARDS}=1")
         state = FanOutState(lease.client, lease.key)
         meta = state.meta()
-        cutoff = utcnow() - timedelta(days=settings.retention_days)
+        rules_state = _state(settings, lease, history)
+        cutoff, _, held = _rule(settings, rules_state)  # the shards and the final pass all apply this one
+        rules_state.record_held(held)
         if meta.get("plan"):
             started = parse_timestamp(meta["started_at"])
             if sent_at is not None and started >= sent_at:
@@ -647,9 +648,9 @@ class FanOut:
 
         queue = self.queue or config.load_schedule().queue
         options = {"queue": queue} if queue else {}
-        header = group(self.app.signature(SHARD_TASK_NAME, args=(plan_id, s["index"], s, cutoff.isoformat()),
+        header = group(self.app.signature(SHARD_TASK_NAME, args=(plan_id, s["index"], s, cutoff_text(cutoff)),
                                           **options) for s in shards)
-        callback = chord(header)(self.app.signature(FINISH_TASK_NAME, args=(plan_id, cutoff.isoformat()),
+        callback = chord(header)(self.app.signature(FINISH_TASK_NAME, args=(plan_id, cutoff_text(cutoff)),
                                                     **options))
         log.info("workflow-retention fan-out dispatched backend=%s lock=%s plan=%s shards=%d resumed=%s cutoff=%s",
                  storage.url, lease.key, plan_id, len(shards), resumed, cutoff.isoformat())
@@ -736,7 +737,7 @@ def run_shard(task: Any, plan_id: str, index: int, shard_data: dict[str, Any], c
             storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
             try:
                 storage.open()
-                report = storage.delete_old_runs(parse_timestamp(cutoff_iso), shard=shard, resume_after=cursor,
+                report = storage.delete_old_runs(parse_cutoff(cutoff_iso), shard=shard, resume_after=cursor,
                                                  on_batch=lease.check, on_cursor=on_cursor)
             finally:
                 storage.close()
@@ -816,7 +817,7 @@ def finish_shards(task: Any, results: list[dict[str, Any]], plan_id: str, cutoff
         failures = {s.index: (outcomes.get(s.index) or {}).get("failed")
                     or f"no report ({(outcomes.get(s.index) or {}).get('skipped', 'no result')})"
                     for s in plan if s.index not in parts}
-        fan = _Finish(settings, storage, lease, history, state, plan_id, plan, parts, parse_timestamp(cutoff_iso),
+        fan = _Finish(settings, storage, lease, history, state, plan_id, plan, parts, parse_cutoff(cutoff_iso),
                       meta, outcomes)
         if failures:
             fan.failed(failures)
@@ -893,6 +894,9 @@ class _Finish:
                 if summary["status"] == "purged":
                     _mark_done(self.lease)
                     self.state.drop(self.plan_id)
+                    _state(self.settings, self.lease, self.history).record_applied(
+                        self.cutoff.policy if isinstance(self.cutoff, Expiry)
+                        else Policy.days(self.settings.retention_days or 0))
         except Exception as exc:
             if summary is not None:
                 summary["error"] = f"{type(exc).__name__}: {exc}"

@@ -331,6 +331,9 @@ def format_purge(r: PurgeReport, sharded: ShardedPurge | None = None) -> str:
                   else f"FAILED: {sharded.failures.get(s.index)}") for s in sharded.shards]
         parts.append(("final pass", sharded.final.runs if sharded.final is not None else "(not run)"))
         text += "\n" + _table(f"runs per shard ({len(sharded.shards)} shards)", parts)
+    if r.rules:
+        text += "\n" + _table("runs by rule" + (" (would delete)" if r.dry_run else " (deleted)"),
+                               list(r.rules.items()))
     if r.archive:
         a = r.archive
         text += (f"\n  archived {a['runs']:,} run(s) in {a['objects']} object(s) to {a['url']} (purge {a['purge_id']}"
@@ -548,9 +551,9 @@ def _archive(args: argparse.Namespace, settings: config.Settings, required: bool
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     cutoff = _cutoff(args, settings)
     archive = _archive(args, settings, required=False)
-    if args.shards > 1 and isinstance(cutoff, Expiry):
-        raise ConfigurationError("a retention policy or pins are not supported with --shards above 1 yet "
-                                 "(issue 21): purge with --shards 1")
+    if args.shards > 1 and settings.max_runs is not None:
+        raise ConfigurationError(f"{config.MAX_RUNS} is not enforced across --shards processes yet: purge with "
+                                 f"--shards 1, or unset the cap")
     if args.shards > 1:
         if archive is not None:
             raise ConfigurationError("an archive is not supported with --shards above 1 yet (issue 20): purge with "
@@ -562,9 +565,11 @@ def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
         before = None if args.dry_run else _space_before(backend)
         report = _recorded(args, settings, backend, metrics.PURGE,
                            lambda on_batch: backend.delete_old_runs(
-                               cutoff, dry_run=args.dry_run, on_batch=rules.capped(on_batch, settings.max_runs),
+                               cutoff, dry_run=args.dry_run,
+                               on_batch=rules.capped(rules.by_rule(cutoff, on_batch), settings.max_runs),
                                archive=archive),
                            args.dry_run, progress)
+        report.rules = rules.rule_counts(cutoff)
         if not args.dry_run and not report.stopped:
             _record_applied(args, settings, cutoff)
         report.space = _space_after(backend, before, args.vacuum and not report.stopped, progress)
@@ -728,9 +733,14 @@ def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
     cutoff = rules.cutoff_for(days=days, policy=policy, pins=_pins(args, settings)) if days or policy else None
     with _backend(args, settings) as backend, Progress("audit") as progress:
         progress.tick("census")
-        report = backend.audit(older_than=cutoff,
+        plain = not isinstance(cutoff, Expiry)
+        report = backend.audit(older_than=cutoff if plain else None,
                                grace=values.duration(args.grace, "--grace"),
                                on_progress=partial(_audit_progress, progress))
+        if cutoff is not None and not plain:  # the preview counted by rule
+            progress.tick("purge preview")
+            report.purge = backend.delete_old_runs(cutoff, dry_run=True, on_batch=rules.by_rule(cutoff, None))
+            report.purge.rules = rules.rule_counts(cutoff)
     args.out(report.to_json(indent=2) if args.json else format_audit(report))
     return EXIT_OK
 

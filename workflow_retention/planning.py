@@ -156,6 +156,10 @@ class RunRef:
 NewestRuns = Callable[[set[str], int], Mapping[str, Sequence[str]]]
 
 
+#: The most decisions an :class:`Expiry` remembers until their batch boundary (a few batches' worth).
+MAX_DECIDED = 50_000
+
+
 class Expiry(datetime):
     """A retention policy's cutoff at one instant: the per-run decision, shared by every backend.
 
@@ -175,6 +179,13 @@ class Expiry(datetime):
     pinned_workflows: tuple[str, ...]
     _newest: NewestRuns | None
     _kept: dict[str, tuple[str, ...]]
+    #: The rule of each run found expired and not yet at a batch boundary (bounded: see :meth:`counting`).
+    _decided: dict[str, str]
+    #: Runs counted at a boundary lately (bounded): a store that re-checks a run after its boundary, or names it
+    #: at a second boundary (a cascade's), does not count it twice.
+    _counted: dict[str, None]
+    #: Runs per rule, counted at the batch boundaries of the purges wrapped by :meth:`counting`.
+    rule_counts: dict[str, int]
 
     def __new__(cls, policy: Policy, now: datetime, *, pinned_runs: Collection[str] = (),
                 pinned_workflows: Sequence[str] = (), newest: NewestRuns | None = None) -> Expiry:
@@ -187,6 +198,7 @@ class Expiry(datetime):
         self.policy, self.instant = policy, now
         self.pinned_runs, self.pinned_workflows = frozenset(pinned_runs), tuple(pinned_workflows)
         self._newest, self._kept = newest, {}
+        self._decided, self._counted, self.rule_counts = {}, {}, {}
         return self
 
     def bound_to(self, newest: NewestRuns | None, whole_store: bool = False) -> Expiry:
@@ -197,6 +209,7 @@ class Expiry(datetime):
         """
         bound = Expiry(self.policy, self.instant, pinned_runs=self.pinned_runs, pinned_workflows=self.pinned_workflows,
                        newest=newest)
+        bound._decided, bound._counted, bound.rule_counts = self._decided, self._counted, self.rule_counts
         if newest is not None and whole_store:
             bound._kept = {name: tuple(ids) for name, ids in newest(set(), self.keeps_last).items()}
             bound._newest = lambda names, n: {}
@@ -229,7 +242,24 @@ class Expiry(datetime):
 
     def expires(self, ref: RunRef) -> bool:
         """Whether the policy expires ``ref`` (terminal, with a readable ``updated_at``) now."""
-        return ref.updated_at is not None and self.why_kept(ref) is None
+        if ref.updated_at is None or self.why_kept(ref) is not None:
+            return False
+        if ref.run_id not in self._decided and ref.run_id not in self._counted:
+            _remember(self._decided, ref.run_id, self.rule_label(ref))  # held runs never reach a boundary
+        return True
+
+    def counting(self, on_batch: Callable[[Any], None] | None) -> Callable[[Any], None]:
+        """``on_batch`` that first counts the batch's runs by the rule that expired each (:attr:`rule_counts`):
+        what each rule deletes, or in a dry run would delete (``purge --dry-run``, ``audit``)."""
+        def count(info: Any) -> None:
+            for run_id in info.run_ids:
+                label = self._decided.pop(run_id, None)
+                if label is not None:
+                    self.rule_counts[label] = self.rule_counts.get(label, 0) + 1
+                    _remember(self._counted, run_id, None)
+            if on_batch is not None:
+                on_batch(info)
+        return count
 
     def why_kept(self, ref: RunRef) -> str | None:
         """Why the policy keeps a terminal run (None: it expires): its rule, a pin, or keep_last."""
@@ -292,6 +322,13 @@ class Expiry(datetime):
 
     def __deepcopy__(self, memo: Any) -> Expiry:
         return self
+
+
+def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
+    """``memo[key] = value``, forgetting the oldest entry past :data:`MAX_DECIDED` (memory bounded by batches)."""
+    if len(memo) >= MAX_DECIDED:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
 
 
 def newest_terminal(runs: Iterable[tuple[object, str, object, object]], n: int,

@@ -33,6 +33,7 @@ before any store is opened.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ from typing import Any
 
 from workflow_retention import values
 from workflow_retention.exceptions import ConfigurationError
-from workflow_retention.planning import TERMINAL_STATUSES
+from workflow_retention.planning import TERMINAL_STATUSES, Expiry
+from workflow_retention.timeutil import parse_timestamp
 
 #: ``min`` when the policy does not set it.
 DEFAULT_MIN = timedelta(days=1)
@@ -244,3 +246,43 @@ def _statuses(table: Any, key: str, minimum: timedelta) -> dict[str, timedelta]:
         raise ConfigurationError(f"{key} must be a table of terminal status = duration")
     _only(table, set(TERMINAL_STATUSES), key)
     return {status: _duration(value, f"{key}.{status}", minimum) for status, value in table.items()}
+
+
+# -- a policy cutoff across a process boundary (shards: a process pool, a Celery message) --------------------
+
+
+def cutoff_text(cutoff: datetime) -> str:
+    """``cutoff`` as text for another process: an ISO instant, or a policy's :class:`Expiry` (its policy exactly,
+    durations in seconds, its instant and its pins) as JSON. :func:`parse_cutoff` reads it back."""
+    if not isinstance(cutoff, Expiry):
+        return cutoff.isoformat()
+    p = cutoff.policy
+    body = {"default": p.default.total_seconds(), "minimum": p.minimum.total_seconds(), "keep_last": p.keep_last,
+            "status": {s: d.total_seconds() for s, d in p.status.items()},
+            "workflows": [[w.pattern, w.default.total_seconds() if w.default is not None else None,
+                           {s: d.total_seconds() for s, d in w.status.items()}, w.keep_last] for w in p.workflows]}
+    return json.dumps({"policy": body, "now": cutoff.instant.isoformat(), "pinned_runs": sorted(cutoff.pinned_runs),
+                       "pinned_workflows": list(cutoff.pinned_workflows)}, sort_keys=True)
+
+
+def parse_cutoff(text: str) -> datetime:
+    """The cutoff :func:`cutoff_text` wrote (a :class:`ConfigurationError` for anything else)."""
+    try:
+        if not text.startswith("{"):
+            return parse_timestamp(text)
+        data = json.loads(text)
+        body = data["policy"]
+
+        def span(seconds: float) -> timedelta:
+            return timedelta(seconds=seconds)
+
+        policy = Policy(default=span(body["default"]), minimum=span(body["minimum"]), keep_last=int(body["keep_last"]),
+                        status={s: span(v) for s, v in body["status"].items()},
+                        workflows=tuple(WorkflowRule(pattern, span(d) if d is not None else None,
+                                                     {s: span(v) for s, v in st.items()},
+                                                     int(k) if k is not None else None)
+                                        for pattern, d, st, k in body["workflows"]))
+        return Expiry(policy, parse_timestamp(data["now"]), pinned_runs=data["pinned_runs"],
+                      pinned_workflows=data["pinned_workflows"])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigurationError(f"not a purge cutoff: {text[:200]!r}") from exc

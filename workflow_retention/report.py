@@ -122,6 +122,8 @@ class PurgeReport(_Report):
     #: With an archive (docs/archive.md): its URL, the purge's id there, objects written, runs archived in
     #: them, runs already archived by an unfinished purge, runs archived and then kept (superseded).
     archive: dict[str, Any] | None = None
+    #: With a retention policy (docs/policy.md): runs per rule that expired them, e.g. ``status.failed = 90d``.
+    rules: dict[str, int] = field(default_factory=dict)
 
     @property
     def runs(self) -> int:

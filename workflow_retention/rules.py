@@ -216,6 +216,17 @@ def cutoff_for(*, days: int | None, policy: Policy | None, pins: Pins = Pins(),
     return Expiry(policy, now, pinned_runs=pins.runs, pinned_workflows=pins.workflows)
 
 
+def by_rule(cutoff: datetime, on_batch: OnBatch | None) -> OnBatch | None:
+    """``on_batch`` that also counts each batch's runs by the policy rule that expired them (a policy's cutoff
+    only); :func:`rule_counts` reads the counts after the purge."""
+    return cutoff.counting(on_batch) if isinstance(cutoff, Expiry) else on_batch
+
+
+def rule_counts(cutoff: datetime) -> dict[str, int]:
+    """Runs per policy rule counted by :func:`by_rule` (empty for a plain cutoff)."""
+    return dict(sorted(cutoff.rule_counts.items())) if isinstance(cutoff, Expiry) else {}
+
+
 def capped(on_batch: OnBatch | None, max_runs: int | None) -> OnBatch | None:
     """``on_batch`` that first stops the purge (:class:`MaxRunsReached`, a loud error) at the batch boundary where
     the runs it deleted plus the batch would pass ``max_runs``. Every batch counts as runs (a sweep's batch

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from workflow_retention.base import OnBatch, Shard, StorageBackend, validate_shards
+from workflow_retention.policy import cutoff_text, parse_cutoff
 from workflow_retention.report import MAX_WARNINGS, PurgeReport
 from workflow_retention.timeutil import parse_timestamp, utcnow
 
@@ -145,7 +146,7 @@ def purge_one_shard(open_backend: Callable[[], StorageBackend], cutoff_iso: str,
     try:
         backend = open_backend()
         with backend:
-            report = backend.delete_old_runs(parse_timestamp(cutoff_iso), dry_run=dry_run,
+            report = backend.delete_old_runs(parse_cutoff(cutoff_iso), dry_run=dry_run,
                                              shard=Shard.from_dict(shard), on_batch=on_batch)
     except Exception as exc:  # noqa: BLE001 - reported by the caller as the shard's failure
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -180,7 +181,7 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
     result = ShardedPurge(report=PurgeReport(backend=backend_url, dry_run=False, cutoff=cutoff), shards=plan)
     pool: Executor = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers or len(plan))
     with pool:
-        futures = {pool.submit(purge_one_shard, open_backend, cutoff.isoformat(), s.to_dict(), False, on_batch): s
+        futures = {pool.submit(purge_one_shard, open_backend, cutoff_text(cutoff), s.to_dict(), False, on_batch): s
                    for s in plan}
         for future in as_completed(futures):
             shard = futures[future]

@@ -77,3 +77,28 @@ def test_a_shortened_policy_is_held_back_until_accepted(celery_env: CeleryEnv, t
     fourth = client.send_task(TASK_NAME).get(timeout=RESULT_TIMEOUT)
     assert fourth["status"] == "purged" and fourth["counts"].get("runs", 0) == 0
     assert not any("held back" in w for w in fourth.get("warnings", []))
+
+
+def test_shard_tasks_apply_the_policy_and_the_pins(celery_env: CeleryEnv, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYWORKFLOW_RETENTION_SHARDS=2 on a file store: the policy and the pins travel in the shard messages."""
+    url = f"file://{tmp_path / 'store'}"
+    by_url(url).seed(seed_runs())
+    policy = tmp_path / "policy.toml"
+    policy.write_text(SHORT)
+    clear_retention_env(monkeypatch)
+    for name, value in {config.STORAGE_URL: url, config.STATE_URL: celery_env.redis_url,
+                        config.LOCK_KEY: celery_env.lock_key, config.POLICY: str(policy)}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["pin", "add", "run_orders_pinned", "--reason", "legal hold"]) == 0
+    worker = celery_env.worker(celery_env.env(url, PYWORKFLOW_RETENTION_POLICY=str(policy),
+                                              PYWORKFLOW_RETENTION_SHARDS="2"), concurrency=2)
+    worker.wait_for(r"\bready\.")
+    client = celery_env.client()
+    dispatched = client.send_task(TASK_NAME).get(timeout=RESULT_TIMEOUT)
+    assert dispatched["status"] == "dispatched" and dispatched["shards"] == 2, dispatched
+    merged = client.AsyncResult(dispatched["callback"]).get(timeout=RESULT_TIMEOUT)
+    assert merged["status"] == "purged", merged
+    # 30d, failed 90d, the pin: everything older than 30 days goes but the failed run and the pinned one
+    assert left(url) == {"run_orders_new", "run_orders_failed", "run_orders_pinned"}
+    assert merged["counts"]["runs"] == len(RUNS) - 3

@@ -109,6 +109,21 @@ def test_the_policy_deletes_exactly_the_expected_runs(backend: Harness, scenario
     assert snapshot(backend.inventory()) == after
 
 
+BY_RULE = {"default = 30d": 3, "status.failed = 90d": 1, "workflow.'billing.*'.default = 730d": 1,
+           "workflow.'healthcheck'.default = 1d": 4}
+
+
+def test_the_dry_run_and_the_purge_say_what_each_rule_deletes(backend: Harness, scenario: PolicyScenario) -> None:
+    from workflow_retention import rules
+
+    for dry_run in (True, False):
+        cutoff = expiry()
+        report = backend.retention(batch_size=3).delete_old_runs(cutoff, dry_run=dry_run,
+                                                                 on_batch=rules.by_rule(cutoff, None))
+        assert rules.rule_counts(cutoff) == BY_RULE, dry_run
+        assert sum(BY_RULE.values()) == report.runs == len(scenario.deleted)
+
+
 def test_without_keep_last_and_pins_the_rules_alone_decide(backend: Harness, scenario: PolicyScenario) -> None:
     policy = parse_policy({"retention": {**POLICY["retention"], "keep_last": 0}})
     report = backend.retention().delete_old_runs(Expiry(policy, NOW))
@@ -116,3 +131,19 @@ def test_without_keep_last_and_pins_the_rules_alone_decide(backend: Harness, sce
     assert run_ids(backend.inventory()) == (scenario.kept | scenario.held) - gone
     assert report.runs == len(scenario.deleted | gone)
     assert_no_orphans(backend.inventory())
+
+
+def test_a_sharded_policy_purge_deletes_exactly_what_one_purge_deletes(backend: Harness,
+                                                                       scenario: PolicyScenario) -> None:
+    """Shards (4 where the backend splits) get the policy and the pins as text (policy.cutoff_text), as a
+    process pool or a Celery message would, and decide every run as one purge does."""
+    from workflow_retention.shards import purge_sharded
+
+    one = backend.retention().delete_old_runs(expiry(), dry_run=True)
+    result = purge_sharded(backend.retention, expiry(), 4, workers=4)
+    assert not result.failed, result.failure_text()
+    items = backend.inventory()
+    assert run_ids(items) == scenario.kept | scenario.held
+    assert (result.report.runs, result.report.held) == (one.runs, one.held) == \
+        (len(scenario.deleted), len(scenario.held))
+    assert_no_orphans(items)

@@ -94,6 +94,7 @@ def test_the_policy_and_the_pins_decide_a_cli_purge(store: dict[str, str], capsy
     # billing_old: 730d keeps it; orders_new: recent and keep_last; orders_failed: 90d; the pins
     assert left(store) == set(RUNS) - {"run_orders_old"}
     assert done["counts"]["runs"] == dry["counts"]["runs"] == 1
+    assert dry["rules"] == done["rules"] == {"default = 30d": 1}  # what each rule deletes
 
     assert cli.main(["pin", "rm", "run_orders_pinned", "--workflow", "audit.*"]) == 0
     assert cli.main(["purge"]) == 0
