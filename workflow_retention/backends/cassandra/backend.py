@@ -20,7 +20,7 @@ from workflow_retention.report import SpaceReport
 from workflow_retention.seed import SeedRun
 from workflow_retention.urls import query_params, redact_url
 
-from . import seed
+from . import archive, seed
 from .census import CENSUS_PAGE, census, count_runs, space
 from .client import Cql, driver
 from .layout import MARKER_STATEMENTS, MARKER_TABLE, STATEMENTS
@@ -219,7 +219,7 @@ class CassandraBackend(StorageBackend):
 
     name = "cassandra"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
-                              Capability.SHARDS})
+                              Capability.SHARDS, Capability.ARCHIVE})
     #: Each batch waits on a few rounds of concurrent requests: bigger batches keep the cluster busier.
     default_batch_size = 1000
 
@@ -339,6 +339,14 @@ class CassandraBackend(StorageBackend):
         self.cql.require_keyspace()
         rows = (row for page in self.cql.scan("scan_runs", CENSUS_PAGE) for row in page)
         return newest_terminal(((r.workflow_name, r.run_id, r.status, from_ms(r.created_at)) for r in rows), n)
+
+    def _gather(self, run_ids: Sequence[str]) -> dict[str, Any]:
+        self.cql.require_keyspace()
+        return archive.gather(self.cql, run_ids)
+
+    def _restore(self, lines: list[dict[str, Any]]) -> None:
+        self.cql.require_keyspace()
+        archive.restore(self.cql, lines)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self.cql.require_keyspace()

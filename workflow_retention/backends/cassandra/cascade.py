@@ -42,20 +42,7 @@ class Cascade:
         if not runs:
             return
         by_id = {r.run_id: r for r in runs}
-        ids = sorted(by_id)
-        own_reads: list[Statement] = [(read, (chunk,)) for read, _, _ in PARTITIONS
-                                            for chunk in chunked(ids, IN_CHUNK)]
-        keys = sorted({r.idempotency_key for r in runs if r.idempotency_key})
-        own_reads += [("idempotency_in", (chunk,)) for chunk in chunked(keys, IN_CHUNK)]
-        listing = _listing_reads(runs)
-        found: dict[str, list[Row]] = defaultdict(list)
-        for (name, _), rows in zip(own_reads + listing, self.cql.reads(own_reads + listing)):
-            found[name].extend(rows)
-        found.update(self.cql.reads_in({
-            "steps_by_id_in": sorted({s.step_id for s in found["steps_in"]}),
-            "hooks_by_id_in": sorted({h.hook_id for h in found["hooks_in"]}),
-            "tokens_in": sorted({h.token for h in found["hooks_in"] if h.token})}))
-
+        found = self.read(runs)
         first: dict[str, list[Statement]] = defaultdict(list)  # lookup and listing rows
         second: dict[str, list[Statement]] = defaultdict(list)  # the run's partitions
         counts: Counter[str] = Counter()
@@ -86,6 +73,24 @@ class Cascade:
         if not self.dry_run:
             self.cql.unlogged_batches(packed(first.values()))
             self.cql.unlogged_batches(packed(second.values()))
+
+    def read(self, runs: Sequence[RunKeys]) -> dict[str, list[Row]]:
+        """Everything of ``runs`` but their records, as the cascade finds it: statement name -> rows (keys and
+        write times; the archive reads the full rows by these keys)."""
+        ids = sorted({r.run_id for r in runs})
+        own_reads: list[Statement] = [(read, (chunk,)) for read, _, _ in PARTITIONS
+                                            for chunk in chunked(ids, IN_CHUNK)]
+        keys = sorted({r.idempotency_key for r in runs if r.idempotency_key})
+        own_reads += [("idempotency_in", (chunk,)) for chunk in chunked(keys, IN_CHUNK)]
+        listing = _listing_reads(runs)
+        found: dict[str, list[Row]] = defaultdict(list)
+        for (name, _), rows in zip(own_reads + listing, self.cql.reads(own_reads + listing)):
+            found[name].extend(rows)
+        found.update(self.cql.reads_in({
+            "steps_by_id_in": sorted({s.step_id for s in found["steps_in"]}),
+            "hooks_by_id_in": sorted({h.hook_id for h in found["hooks_in"]}),
+            "tokens_in": sorted({h.token for h in found["hooks_in"] if h.token})}))
+        return found
 
 
 def _listing_reads(runs: Sequence[RunKeys]) -> list[Statement]:

@@ -20,6 +20,7 @@ from workflow_retention.planning import (
 )
 from workflow_retention.report import Kind
 
+from .archive import archive_checkpoints
 from .cascade import Cascade
 from .client import Cql, packed
 from .layout import RECORD_COLUMNS, Row
@@ -247,6 +248,7 @@ class Purge:
             self.job.boundary(sorted(set(doomed.values())))
             if not self.job.dry_run:  # re-checked after on_batch (a marker, once read, stays until the end)
                 doomed, _ = self._doomed_checkpoints({key: rows[key] for key in doomed}, marked)
+                archive_checkpoints(self.cql, self.job, doomed)  # with an archive: verified before the delete
                 self.cql.unlogged_batches(packed(([("delete_checkpoint", (stamp([rows[key]]), key))]
                                                   for key in sorted(doomed)), CHECKPOINTS_PER_BATCH))
             self.report.add(Kind.CHECKPOINTS, len(doomed))

@@ -1,0 +1,133 @@
+"""The archive primitives of the Cassandra store: a batch's rows read whole before the purge deletes them,
+the step checkpoints of committed runs before the checkpoint pass deletes them, and archived rows written
+back (docs/archive.md).
+
+A run's rows are the ones the purge deletes with it, found exactly as :class:`~.cascade.Cascade` finds them
+(:meth:`~.cascade.Cascade.read`: keys and write times), then read whole by those keys: its record, its
+partitions (events, steps, hooks, flag), the pointer rows that still name it (idempotency key, step and
+hook ids, hook tokens) and its listing rows (by status, workflow, parent). Its step checkpoints, which the
+purge finds by one scan after the batches, are archived there (:func:`archive_checkpoints`), as part
+lines. Rows are written back with plain ``INSERT`` s (new write times), the run record last with
+``IF NOT EXISTS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from workflow_retention.base import PurgeJob
+from workflow_retention.exceptions import StorageError
+from workflow_retention.planning import RunRef
+from workflow_retention.report import PurgeReport
+
+from .cascade import POINTERS, Cascade
+from .client import Cql
+from .layout import STATEMENTS, TABLES
+from .runs import RunReader
+
+RECORDS = "workflow_runs"
+#: A run's own partitions, keyed by run_id.
+PARTITION_TABLES = ("events", "steps", "hooks", "cancellation_flags")
+#: The cascade's pointer reads -> the table they read (each keyed by its first column).
+POINTER_TABLES = {"idempotency_in": "runs_by_idempotency_key", "steps_by_id_in": "steps_by_id",
+                  "hooks_by_id_in": "hooks_by_id", "tokens_in": "hooks_by_token"}
+#: The cascade's listing reads -> (table, the key columns its rows carry, in the row's order).
+LISTINGS = {"status_rows_in": ("runs_by_status", ("status", "date_bucket", "created_at", "run_id")),
+            "workflow_rows_in": ("runs_by_workflow", ("workflow_name", "date_bucket", "created_at", "run_id")),
+            "parent_rows_in": ("runs_by_parent", ("parent_run_id", "created_at", "run_id"))}
+CHECKPOINTS = "checkpoints"
+#: Every table a run's rows are archived from, in the order they are restored (the record last).
+RESTORED = (*PARTITION_TABLES, *POINTER_TABLES.values(), *(t for t, _ in LISTINGS.values()), CHECKPOINTS, RECORDS)
+
+assert {read for read, _, _ in POINTERS} == set(POINTER_TABLES), "the cascade's pointer reads changed"
+
+
+def _bare(column: str) -> str:
+    return column.strip('"')
+
+
+_TYPES = {"TEXT", "TIMESTAMP", "TIMEUUID", "INT", "BIGINT", "BOOLEAN"}
+
+
+def columns_of(table: str) -> list[str]:
+    """A table's columns in declaration order, as :data:`~.layout.TABLES` declares them ("token" quoted)."""
+    return [parts[0] for piece in TABLES[table].split(", ")
+            if len(parts := piece.split()) >= 2 and parts[1].rstrip(",") in _TYPES]
+
+
+for _table in RESTORED:
+    _columns = columns_of(_table)
+    STATEMENTS[f"archive_rows_{_table}"] = f"SELECT * FROM {_table} WHERE {_columns[0]} IN ?"
+    STATEMENTS[f"archive_put_{_table}"] = (f"INSERT INTO {_table} ({', '.join(_columns)}) VALUES "
+                                           f"({', '.join('?' * len(_columns))})"
+                                           + (" IF NOT EXISTS" if _table == RECORDS else ""))
+for _table, _keys in LISTINGS.values():
+    STATEMENTS[f"archive_row_{_table}"] = (f"SELECT * FROM {_table} WHERE "
+                                           + " AND ".join(f"{k} = ?" for k in _keys))
+assert all(t in TABLES for t in RESTORED)
+
+
+def _dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    return [dict(row._asdict()) for row in rows]
+
+
+def gather(cql: Cql, run_ids: Sequence[str]) -> dict[str, tuple[RunRef, dict[str, list[Any]]]]:
+    """Each run of ``run_ids`` that has a record, with its rows per table, read whole."""
+    refs = RunReader(cql).refs(run_ids)
+    if not refs:
+        return {}
+    ids = sorted(refs)
+    found: dict[str, dict[str, list[Any]]] = {i: {} for i in ids}
+
+    def add(table: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if row.get("run_id") in found:
+                found[row["run_id"]].setdefault(table, []).append(row)
+
+    add(RECORDS, _dicts(cql.rows_in(f"archive_rows_{RECORDS}", ids)))
+    for table in PARTITION_TABLES:
+        add(table, _dicts(cql.rows_in(f"archive_rows_{table}", ids)))
+    keys = Cascade(cql, PurgeReport(backend="", dry_run=True), True).read([refs[i].data for i in ids])
+    for read, table in POINTER_TABLES.items():
+        wanted = sorted({row[0] for row in keys[read] if row.run_id in found})
+        if wanted:
+            add(table, _dicts(cql.rows_in(f"archive_rows_{table}", wanted)))
+    for read, (table, columns) in LISTINGS.items():
+        work = [(f"archive_row_{table}", tuple(getattr(row, c) for c in columns))
+                for row in keys[read] if row.run_id in found]
+        add(table, [d for rows in cql.reads(work) for d in _dicts(rows)])
+    return {i: (refs[i], found[i]) for i in ids}
+
+
+def archive_checkpoints(cql: Cql, job: PurgeJob, doomed: Mapping[str, str]) -> None:
+    """The step checkpoints about to be deleted (key -> owner run), read whole and archived as part lines of
+    their runs before the caller deletes them (nothing without an archive)."""
+    if job.archive is None or job.dry_run or not doomed:
+        return
+    found: dict[str, dict[str, list[Any]]] = {}
+    for row in _dicts(cql.rows_in(f"archive_rows_{CHECKPOINTS}", sorted(doomed))):
+        owner = doomed.get(row["step_run_id"])
+        if owner is not None:
+            found.setdefault(owner, {}).setdefault(CHECKPOINTS, []).append(row)
+    job.archive_records(found)
+
+
+def restore(cql: Cql, lines: list[dict[str, Any]]) -> None:
+    """Insert the archived rows of ``lines``: every table but the records in unlogged batches, then each run
+    record ``IF NOT EXISTS`` (a run that appeared meanwhile fails the restore)."""
+    unknown = {table for line in lines for table in line["records"]} - set(RESTORED)
+    if unknown:
+        raise StorageError(f"cannot restore into Cassandra: unknown table(s) {sorted(unknown)}")
+    statements = []
+    for table in RESTORED[:-1]:
+        columns = [_bare(c) for c in columns_of(table)]
+        statements += [(f"archive_put_{table}", tuple(row.get(c) for c in columns))
+                       for line in lines for row in line["records"].get(table, ())]
+    cql.unlogged_batches([statements[i:i + 20] for i in range(0, len(statements), 20)])
+    columns = [_bare(c) for c in columns_of(RECORDS)]
+    for line in lines:
+        for row in line["records"].get(RECORDS, ()):
+            result = cql.execute(f"archive_put_{RECORDS}", tuple(row.get(c) for c in columns)).one()
+            if result is not None and not getattr(result, "applied", result[0]):
+                raise StorageError(f"cannot restore run {line['run_id']!r} into Cassandra: it exists")
