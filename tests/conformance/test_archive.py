@@ -222,3 +222,34 @@ def test_a_crash_between_archive_and_delete_then_rerun_writes_no_duplicate(
     assert sorted(restored.written) == sorted(scenario.deleted)
     assert snapshot(h.inventory()) == before
     assert set(read_archive(store)) == scenario.deleted
+
+
+def test_a_run_changed_after_it_was_archived_is_kept_and_recorded_superseded(
+        archived_backend: Harness, scenario: Scenario, folder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyworkflow.storage.schemas import RunStatus
+
+    from workflow_retention.archiving import archived_runs
+
+    h = archived_backend
+    pw = h.pyworkflow()
+    store = open_archive(f"file://{folder}")
+    original = Archiving.batch
+    touched: dict[str, str] = {}
+
+    def archive_then_engine_writes(self: Archiving, ids: Any) -> None:
+        original(self, ids)
+        if not touched and ids and ids[0] in scenario.deleted:
+            victim = "run_tree_grandchild" if "run_tree_grandchild" in ids else ids[0]
+            h.run(pw.update_run_status(victim, RunStatus.FAILED))  # after the archive, before the delete
+            touched["id"] = victim
+
+    monkeypatch.setattr(Archiving, "batch", archive_then_engine_writes)
+    report = purge(h, store)
+    victim = touched["id"]
+    assert victim in run_ids(h.inventory()) and report.changed == 1
+    assert report.archive is not None and report.archive["superseded"] >= 1
+    [listed] = purges(store)
+    [shown] = [r for r in archived_runs(store, listed["folder"]) if r["run_id"] == victim]
+    assert shown["superseded"]
+    restored = h.retention().restore(store)
+    assert restored.refused.get(victim) == "exists in the store"  # kept by the purge: never overwritten
