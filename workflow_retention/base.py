@@ -796,6 +796,11 @@ class StorageBackend(ABC):
         report.backend = self.url
         return report
 
+    def filesystem_path(self) -> str | None:
+        """The path on this host whose filesystem holds the store (file and SQLite stores): a policy's disk pressure
+        reads its free space. None for database servers (their size is measured by :meth:`space` instead)."""
+        return None
+
     def _space(self) -> SpaceReport:
         """The store's :class:`SpaceReport` (see :meth:`space`); ``SpaceReport.unknown(reason)`` when it cannot tell."""
         return SpaceReport.unknown(self.url, f"the {self.name or type(self).__name__} backend does not report "

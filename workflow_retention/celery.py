@@ -380,9 +380,10 @@ def _state(settings: config.Settings, lease: Lease, history: History | None) -> 
     return rules.StateStore(lease.client, lease.key)
 
 
-def _rule(settings: config.Settings, state: rules.StateStore) -> tuple[datetime, Policy, tuple[str, ...]]:
-    """The cutoff this run applies (the days cutoff as before, or the guarded policy with the pins), the policy
-    to record as applied when it succeeds, and what is held back."""
+def _rule(settings: config.Settings, state: rules.StateStore, storage: Any,
+          history: History | None) -> tuple[datetime, Policy, tuple[str, ...]]:
+    """The cutoff this run applies (the days cutoff as before, or the guarded policy with the pins, under disk
+    pressure its emergency rule), the policy to record as applied when it succeeds, and what is held back."""
     pins = state.pins()
     if settings.policy is None:
         days = settings.retention_days or 0
@@ -392,7 +393,10 @@ def _rule(settings: config.Settings, state: rules.StateStore) -> tuple[datetime,
         log.warning("workflow-retention policy held back: it deletes sooner than the policy the last successful "
                     "purge applied, which this run applies instead, until `workflow-retention policy accept`: %s",
                     "; ".join(guarded.held))
-    return rules.cutoff_for(days=None, policy=guarded.policy, pins=pins), guarded.policy, guarded.held
+    cutoff, why = rules.pressured(rules.cutoff_for(days=None, policy=guarded.policy, pins=pins), storage)
+    if history is not None and guarded.policy.pressure is not None:
+        history.record_pressure(why)
+    return cutoff, guarded.policy, guarded.held
 
 
 def _purge(settings: config.Settings, storage: Any, lease: Lease, history: History | None = None,
@@ -403,7 +407,7 @@ def _purge(settings: config.Settings, storage: Any, lease: Lease, history: Histo
 
     def purge_run(on_batch: Any) -> PurgeReport:
         storage.open()  # inside the record: a store that cannot be opened is a failed purge too
-        cutoff, policy, held = _rule(settings, state)
+        cutoff, policy, held = _rule(settings, state, storage, history)
         state.record_held(held)
         applied.append(policy)
         report = storage.delete_old_runs(cutoff, on_batch=rules.capped(rules.by_rule(cutoff, on_batch),
@@ -620,8 +624,9 @@ class FanOut:
                                      f"or {config.SHARDS}=1")
         state = FanOutState(lease.client, lease.key)
         meta = state.meta()
+        # the shards and the final pass all apply this one
         rules_state = _state(settings, lease, history)
-        cutoff, _, held = _rule(settings, rules_state)  # the shards and the final pass all apply this one
+        cutoff, _, held = _rule(settings, rules_state, storage, history)
         rules_state.record_held(held)
         if meta.get("plan"):
             started = parse_timestamp(meta["started_at"])

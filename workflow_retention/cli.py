@@ -548,8 +548,24 @@ def _archive(args: argparse.Namespace, settings: config.Settings, required: bool
     return None
 
 
+def _pressured(args: argparse.Namespace, settings: config.Settings, cutoff: datetime, record: bool) -> datetime:
+    """A policy with ``[retention.pressure]``: the emergency rule while the store is short of room (announced at
+    WARNING; ``record``: also in the run history, which ``status`` and the metrics read)."""
+    if not isinstance(cutoff, Expiry) or cutoff.policy.pressure is None:
+        return cutoff
+    with _backend(args, settings) as probe:
+        cutoff, why = rules.pressured(cutoff, probe)
+        history = _history(args, settings, probe.url) if record else None
+    if history is not None:
+        try:
+            history.record_pressure(why)
+        finally:
+            history.close()
+    return cutoff
+
+
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
-    cutoff = _cutoff(args, settings)
+    cutoff = _pressured(args, settings, _cutoff(args, settings), record=not args.dry_run)
     archive = _archive(args, settings, required=False)
     if args.shards > 1 and settings.max_runs is not None:
         raise ConfigurationError(f"{config.MAX_RUNS} is not enforced across --shards processes yet: purge with "
@@ -731,6 +747,7 @@ def _cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
     days = args.days or settings.retention_days
     policy = settings.policy if not args.days else None
     cutoff = rules.cutoff_for(days=days, policy=policy, pins=_pins(args, settings)) if days or policy else None
+    cutoff = _pressured(args, settings, cutoff, record=False) if cutoff is not None else None
     with _backend(args, settings) as backend, Progress("audit") as progress:
         progress.tick("census")
         plain = not isinstance(cutoff, Expiry)
@@ -827,6 +844,8 @@ def format_status(s: status.Status) -> str:
             ("last success", ago(s.last_success_at)), ("max age", human(s.max_age)),
             ("next run", f"{s.next_run_at.isoformat() if s.next_run_at else '(unknown)'}  [{s.schedule}]"),
             ("lock", f"{s.lock_key}: {holder}"), ("retention lag", lag)]
+    if s.pressure:
+        rows.append(("disk pressure", f"the policy's emergency rule applies: {s.pressure}"))
     if s.policy_held:
         rows.append(("policy", "HELD BACK until `workflow-retention policy accept` (the Celery task applies the last "
                                "policy it applied): " + "; ".join(s.policy_held)))

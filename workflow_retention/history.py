@@ -207,6 +207,15 @@ class History:
         with self._errors("record the audit"):
             self.client.set(self.audit_key, json.dumps(snapshot))
 
+    def record_pressure(self, why: str | None, *, now: datetime | None = None) -> None:
+        """Disk pressure (docs/policy.md): why the emergency rule applies now, or None when it does not."""
+        with self._errors("record the disk pressure"):
+            if why is None:
+                self.client.hdel(self.state_key, "pressure")
+            else:
+                self.client.hset(self.state_key, "pressure",
+                                 json.dumps({"why": why, "at": (now or utcnow()).isoformat()}))
+
     # -- reading --------------------------------------------------------------------------------------
 
     def runs(self, limit: int = CAP) -> list[dict[str, Any]]:
@@ -326,3 +335,4 @@ def fill_snapshot(snapshot: Snapshot, history: History, retention_days: int | No
                           if isinstance(run := state.get(f"last_{op}"), dict) and run.get("finished_at")}
     snapshot.audit = snapshot.audit or history.last_audit()
     snapshot.lag = retention_lag(now, retention_days, clean, snapshot.audit)
+    snapshot.pressure = 1.0 if state.get("pressure") else 0.0

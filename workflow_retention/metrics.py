@@ -259,6 +259,8 @@ class Snapshot:
     last_runs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     audit: Mapping[str, Any] | None = None
     lag: Lag | None = None
+    #: 1 while a retention policy's emergency rule applies (disk pressure), 0 otherwise; None: unknown.
+    pressure: float | None = None
 
 
 class RetentionCollector:
@@ -307,6 +309,11 @@ class RetentionCollector:
                 duration.add_metric([store, operation], float(run["duration_s"]))
             success.add_metric([store, operation], 1.0 if run.get("outcome") == SUCCEEDED else 0.0)
         yield from (at, duration, success)
+        if s.pressure is not None:
+            pressure = gauge("disk_pressure", "1 while the retention policy's emergency rule applies because the "
+                             "store is short of room (docs/policy.md), else 0.")
+            pressure.add_metric([store], s.pressure)
+            yield pressure
         if s.audit is not None:
             yield from self._audit(s.audit, store, gauge, s.last_success_at)
         if s.totals is not None:

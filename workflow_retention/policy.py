@@ -34,6 +34,7 @@ before any store is opened.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,25 @@ class WorkflowRule:
         return workflow_name == self.pattern if self.exact else fnmatchcase(workflow_name, self.pattern)
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)\s*$", re.I)
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """``[retention.pressure]``: when the store is short of room, an emergency rule caps every retention.
+
+    ``free_below``: file and SQLite stores, the share of their filesystem still free (0 to 1) below which the
+    store is under pressure; ``size_above``: any store, its size in bytes (as ``audit`` measures it) above
+    which it is. ``default``: the emergency retention (never below ``min``): every rule is cut to at most it.
+    """
+
+    default: timedelta
+    free_below: float | None = None
+    size_above: int | None = None
+
+
 @dataclass(frozen=True)
 class Policy:
     """A validated retention policy; see the module docstring for the file format and precedence."""
@@ -80,6 +100,8 @@ class Policy:
     keep_last: int = 0
     status: Mapping[str, timedelta] = field(default_factory=dict)
     workflows: tuple[WorkflowRule, ...] = ()
+    #: The disk-pressure rule (None: off).
+    pressure: Pressure | None = None
 
     @classmethod
     def days(cls, days: int) -> Policy:
@@ -111,6 +133,22 @@ class Policy:
         """How many of the most recent terminal runs of ``workflow_name`` are always kept."""
         rule = self.rule_for(workflow_name)
         return rule.keep_last if rule is not None and rule.keep_last is not None else self.keep_last
+
+    def emergency(self) -> Policy:
+        """This policy under disk pressure: every retention cut to at most ``pressure.default`` (which is never
+        below ``min``); ``keep_last`` and the rest unchanged."""
+        if self.pressure is None:
+            return self
+        cap = self.pressure.default
+
+        def cut(d: timedelta | None) -> timedelta | None:
+            return min(d, cap) if d is not None else None
+
+        return Policy(default=min(self.default, cap), minimum=self.minimum, keep_last=self.keep_last,
+                      status={s: min(d, cap) for s, d in self.status.items()},
+                      workflows=tuple(WorkflowRule(w.pattern, cut(w.default),
+                                                   {s: min(d, cap) for s, d in w.status.items()}, w.keep_last)
+                                      for w in self.workflows))
 
     def max_keep_last(self) -> int:
         """The largest ``keep_last`` of any rule: how many recent runs per workflow a purge asks the store for."""
@@ -167,9 +205,16 @@ class Policy:
             if w.keep_last is not None:
                 body["keep_last"] = w.keep_last
             return body
-        return {"default": values.human(self.default), "min": values.human(self.minimum),
-                "keep_last": self.keep_last, "status": {s: values.human(d) for s, d in self.status.items()},
-                "workflow": {w.pattern: rule(w) for w in self.workflows}}
+        out: dict[str, Any] = {
+            "default": values.human(self.default), "min": values.human(self.minimum), "keep_last": self.keep_last,
+            "status": {s: values.human(d) for s, d in self.status.items()},
+            "workflow": {w.pattern: rule(w) for w in self.workflows}}
+        if self.pressure is not None:
+            p = self.pressure
+            out["pressure"] = {"default": values.human(p.default),
+                               **({"free_below": f"{p.free_below * 100:g}%"} if p.free_below is not None else {}),
+                               **({"size_above": f"{p.size_above}B"} if p.size_above is not None else {})}
+        return out
 
 
 def load_policy(path: str | Path, name: str = "PYWORKFLOW_RETENTION_POLICY") -> Policy:
@@ -194,7 +239,7 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy") -> Policy:
     if not isinstance(section, Mapping):
         raise ConfigurationError(f"{source}: a [retention] table is required")
     where = f"{source}: retention"
-    _only(section, {"default", "min", "keep_last", "status", "workflow"}, where)
+    _only(section, {"default", "min", "keep_last", "status", "workflow", "pressure"}, where)
     if "default" not in section:
         raise ConfigurationError(f"{where}.default is required (e.g. default = \"30d\")")
     minimum = _duration(section.get("min", DEFAULT_MIN), f"{where}.min", timedelta(0))
@@ -218,7 +263,35 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy") -> Policy:
                 keep_last=_keep_last(value["keep_last"], f"{key}.keep_last") if "keep_last" in value else None))
         else:
             rules.append(WorkflowRule(pattern, default=_duration(value, key, minimum)))
-    return Policy(default=default, minimum=minimum, keep_last=keep_last, status=status, workflows=tuple(rules))
+    pressure = _pressure(section["pressure"], f"{where}.pressure", minimum) if "pressure" in section else None
+    return Policy(default=default, minimum=minimum, keep_last=keep_last, status=status, workflows=tuple(rules),
+                  pressure=pressure)
+
+
+def _pressure(table: Any, key: str, minimum: timedelta) -> Pressure:
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"{key} must be a table: default = \"7d\" and free_below = \"10%\" and/or "
+                                 "size_above = \"50GB\"")
+    _only(table, {"default", "free_below", "size_above"}, key)
+    if "default" not in table:
+        raise ConfigurationError(f"{key}.default is required: the emergency retention, e.g. default = \"7d\"")
+    if "free_below" not in table and "size_above" not in table:
+        raise ConfigurationError(f"{key}: give free_below (e.g. \"10%\") and/or size_above (e.g. \"50GB\")")
+    free = None
+    if "free_below" in table:
+        match = _PERCENT.match(table["free_below"]) if isinstance(table["free_below"], str) else None
+        free = float(match.group(1)) / 100 if match else None
+        if free is None or not 0 < free <= 1:
+            raise ConfigurationError(f"{key}.free_below must be a percentage from 0% to 100%, e.g. \"10%\"; "
+                                     f"got {table['free_below']!r}")
+    size = None
+    if "size_above" in table:
+        match = _SIZE.match(table["size_above"]) if isinstance(table["size_above"], str) else None
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]) if match else None
+        if not size:
+            raise ConfigurationError(f"{key}.size_above must be a size such as \"500MB\" or \"50GB\"; "
+                                     f"got {table['size_above']!r}")
+    return Pressure(_duration(table["default"], f"{key}.default", minimum), free, size)
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str, statuses: bool = False) -> None:

@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflow_retention.base import BatchInfo, OnBatch
+from workflow_retention import values
+from workflow_retention.base import BatchInfo, OnBatch, StorageBackend
 from workflow_retention.exceptions import ConfigurationError, MaxRunsReached
 from workflow_retention.history import _RedisErrors
 from workflow_retention.planning import Expiry, is_safe_run_id
 from workflow_retention.policy import Policy, parse_policy
 from workflow_retention.timeutil import utcnow
+
+log = logging.getLogger("workflow_retention")
 
 RUN, WORKFLOW = "run", "workflow"
 #: The longest pin reason kept.
@@ -225,6 +230,45 @@ def by_rule(cutoff: datetime, on_batch: OnBatch | None) -> OnBatch | None:
 def rule_counts(cutoff: datetime) -> dict[str, int]:
     """Runs per policy rule counted by :func:`by_rule` (empty for a plain cutoff)."""
     return dict(sorted(cutoff.rule_counts.items())) if isinstance(cutoff, Expiry) else {}
+
+
+def pressure_of(policy: Policy, backend: StorageBackend) -> str | None:
+    """Why ``backend``'s store is under disk pressure now by ``policy``'s ``[retention.pressure]`` (None: it is
+    not, the policy has no such rule, or the store cannot tell; a figure that cannot be read never triggers it)."""
+    p = policy.pressure
+    if p is None:
+        return None
+    if p.free_below is not None:
+        path = backend.filesystem_path()
+        if path is not None:
+            try:
+                usage = shutil.disk_usage(path)
+            except OSError as exc:
+                log.warning("disk pressure: the free space of %s cannot be read: %s", path, exc.strerror or exc)
+            else:
+                share = usage.free / usage.total if usage.total else 1.0
+                if share < p.free_below:
+                    return (f"{share:.1%} of the filesystem holding {path} is free, below free_below "
+                            f"{p.free_below:.0%}")
+    if p.size_above is not None:
+        space = backend.measured_space()
+        if space.known and space.bytes is not None and space.bytes > p.size_above:
+            return f"the store occupies {space.bytes:,} bytes, above size_above {p.size_above:,}"
+    return None
+
+
+def pressured(cutoff: datetime, backend: StorageBackend) -> tuple[datetime, str | None]:
+    """``cutoff``, or under disk pressure the same policy's emergency rule (:meth:`Policy.emergency`), announced
+    at WARNING; and why (None: no pressure)."""
+    if not isinstance(cutoff, Expiry) or cutoff.policy.pressure is None:
+        return cutoff, None
+    why = pressure_of(cutoff.policy, backend)
+    if why is None:
+        return cutoff, None
+    log.warning("disk pressure on %s: %s; the emergency retention %s applies (never below min %s)", backend.url,
+                why, values.human(cutoff.policy.pressure.default), values.human(cutoff.policy.minimum))
+    return Expiry(cutoff.policy.emergency(), cutoff.instant, pinned_runs=cutoff.pinned_runs,
+                  pinned_workflows=cutoff.pinned_workflows), why
 
 
 def capped(on_batch: OnBatch | None, max_runs: int | None) -> OnBatch | None:

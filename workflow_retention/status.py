@@ -73,6 +73,8 @@ class Status:
     problems: list[str] = field(default_factory=list)
     #: What the Celery task holds back of a shortened retention policy until it is accepted (docs/policy.md).
     policy_held: list[str] = field(default_factory=list)
+    #: Disk pressure: why the policy's emergency rule applied at the last purge (None: it did not).
+    pressure: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -101,7 +103,7 @@ class Status:
                 "schedule": self.schedule, "lock": {"key": self.lock_key, "holder": self.holder,
                                                     "error": self.holder_error},
                 "lag": self.lag.to_dict() if self.lag else None, "runs": self.runs, "problems": self.problems,
-                "policy_held_back": self.policy_held}
+                "policy_held_back": self.policy_held, "disk_pressure": self.pressure}
 
 
 def collect(*, store: str, history: History | None, state_store: str | None, lease: Any | None,
@@ -127,6 +129,8 @@ def collect(*, store: str, history: History | None, state_store: str | None, lea
             purges = [r for r in status.runs if r.get("source") == "celery"]
             last_started = parse_timestamp(purges[0]["started_at"]) if purges else None
             status.policy_held = StateStore(history.client, history.base, history.secrets).held()
+            pressure = state.get("pressure")
+            status.pressure = str(pressure.get("why")) if isinstance(pressure, dict) else None
         except RetentionError as exc:
             status.problems.append(str(exc))
     status.next_run_at = next_run(schedule, now, last_started)

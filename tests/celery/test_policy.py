@@ -102,3 +102,33 @@ def test_shard_tasks_apply_the_policy_and_the_pins(celery_env: CeleryEnv, tmp_pa
     # 30d, failed 90d, the pin: everything older than 30 days goes but the failed run and the pinned one
     assert left(url) == {"run_orders_new", "run_orders_failed", "run_orders_pinned"}
     assert merged["counts"]["runs"] == len(RUNS) - 3
+
+
+def test_the_task_applies_the_emergency_rule_under_disk_pressure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 redis_service: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The task body in this process (run_retention), a real Redis and SQLite store: size_above = 1B."""
+    import uuid
+
+    from tests.services import delete_keys
+    from workflow_retention.celery import run_retention
+    from workflow_retention.history import History
+
+    url = f"sqlite://{tmp_path / 'pyworkflow.db'}"
+    by_url(url).seed(seed_runs())
+    policy = tmp_path / "policy.toml"
+    policy.write_text(LONG + '[retention.pressure]\ndefault = "35d"\nsize_above = "1B"\n')
+    key = f"wr-test-{uuid.uuid4().hex[:10]}:lock"
+    clear_retention_env(monkeypatch)
+    for name, value in {config.STORAGE_URL: url, config.LOCK_URL: redis_service.url, config.LOCK_KEY: key,
+                        config.POLICY: str(policy)}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        result = run_retention(broker_url=redis_service.url)
+        assert result["status"] == "purged", result
+        assert left(url) == {"run_orders_new"}  # 35d for every rule, failed included
+        assert "disk pressure" in caplog.text
+        state = History.open(redis_service.url, key, store=url, source="t").state()
+        assert "size_above" in state["pressure"]["why"]
+    finally:
+        delete_keys(redis_service.url, key.removesuffix(":lock"))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -150,3 +151,60 @@ def test_policy_show_and_accept(store: dict[str, str], capsys: pytest.CaptureFix
     assert cli.main(["policy", "show", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["held_back"] == []
     state.close()
+
+
+PRESSURE = """
+[retention]
+default = "60d"
+[retention.status]
+failed = "90d"
+[retention.pressure]
+default = "35d"
+{trigger}
+"""
+
+
+@pytest.mark.parametrize("trigger", ['free_below = "100%"', 'size_above = "1B"'])
+def test_disk_pressure_applies_the_emergency_rule_and_is_dropped_when_it_is_gone(
+        store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str], trigger: str) -> None:
+    policy = tmp_path / "pressure.toml"
+    monkeypatch.setenv(config.POLICY, str(policy))
+    policy.write_text(PRESSURE.format(trigger='free_below = "0.0001%"'))  # no pressure: 60d
+    assert cli.main(["purge"]) == 0
+    assert left(store) == set(RUNS) - {"run_billing_old", "run_billing_new", "run_audit_old", "run_audit_older"}
+    assert "disk pressure" not in caplog.text
+
+    policy.write_text(PRESSURE.format(trigger=trigger))  # under pressure: every rule at most 35d (failed too)
+    assert cli.main(["purge", "--dry-run"]) == 0
+    assert "disk pressure" in caplog.text and "emergency retention 35d" in caplog.text
+    assert cli.main(["purge"]) == 0
+    assert left(store) == {"run_orders_new"}
+    capsys.readouterr()
+    cli.main(["status", "--json"])
+    assert "emergency" not in (shown := json.loads(capsys.readouterr().out)) and shown["disk_pressure"]
+    assert cli.main(["metrics"]) in (0, 1)
+    assert re.search(r"^workflow_retention_disk_pressure\{[^}]*\} 1\.0$", capsys.readouterr().out, re.M)
+
+    policy.write_text(PRESSURE.format(trigger='free_below = "0.0001%"'))  # the pressure is gone
+    caplog.clear()
+    assert cli.main(["purge"]) == 0
+    assert "disk pressure" not in caplog.text
+    capsys.readouterr()
+    cli.main(["status", "--json"])
+    assert json.loads(capsys.readouterr().out)["disk_pressure"] is None
+
+
+@pytest.mark.parametrize(("pressure", "key"), [
+    ('[retention.pressure]\nfree_below = "10%"\n', "retention.pressure.default is required"),
+    ('[retention.pressure]\ndefault = "7d"\n', "free_below"),
+    ('[retention.pressure]\ndefault = "12h"\nfree_below = "10%"\n', "retention.pressure.default"),
+    ('[retention.pressure]\ndefault = "7d"\nfree_below = "110%"\n', "retention.pressure.free_below"),
+    ('[retention.pressure]\ndefault = "7d"\nsize_above = "lots"\n', "retention.pressure.size_above"),
+])
+def test_a_bad_pressure_rule_names_its_key(store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture, pressure: str, key: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[retention]\ndefault = "30d"\n' + pressure)
+    monkeypatch.setenv(config.POLICY, str(bad))
+    assert cli.main(["purge"]) == 2 and key in caplog.text

@@ -98,3 +98,19 @@ def test_newest_terminal_ranks_by_creation_then_id_and_skips_what_cannot_rank() 
             (None, "f", "completed", t), ("v", "g", "cancelled", t.isoformat())]
     assert newest_terminal(rows, 2) == {"w": ["b", "a"], "v": ["g"]}
     assert newest_terminal(rows, 3, names={"w"}) == {"w": ["b", "a", "c"]}
+
+
+def test_the_emergency_rule_caps_every_retention_and_keeps_keep_last() -> None:
+    policy = parse_policy({"retention": {
+        "default": "30d", "min": "2d", "keep_last": 2, "status": {"failed": "90d"},
+        "workflow": {"billing.*": {"default": "730d", "cancelled": "3d"}},
+        "pressure": {"default": "7d", "free_below": "10%", "size_above": "1.5GB"}}})
+    assert policy.pressure is not None and policy.pressure.free_below == 0.1
+    assert policy.pressure.size_above == 1_500_000_000
+    e = policy.emergency()
+    assert e.retention("orders", "completed") == timedelta(days=7)
+    assert e.retention("orders", "failed") == timedelta(days=7)
+    assert e.retention("billing.x", "failed") == timedelta(days=7)
+    assert e.retention("billing.x", "cancelled") == timedelta(days=3)  # already shorter: unchanged
+    assert e.keep_last == 2 and e.minimum == timedelta(days=2) and e.pressure is None
+    assert parse_policy({"retention": policy.to_dict()}) == policy  # the dict form round-trips

@@ -129,6 +129,9 @@ class FileBackend(StorageBackend):
 
     ranks_whole_store = True
 
+    def filesystem_path(self) -> str | None:
+        return str(self.base_path)
+
     def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
         """One pass over runs/ (the file layout has no ordering by workflow): every workflow name at once."""
         def runs(store: Store) -> Any:

@@ -135,6 +135,11 @@ class SQLBackend(StorageBackend):
     def _restore(self, lines: list[dict[str, Any]]) -> None:
         archive.restore(self.client, lines)
 
+    def filesystem_path(self) -> str | None:
+        """SQLite's database file (``SQLiteBackend.path``); None for PostgreSQL and MySQL servers."""
+        path = getattr(self, "path", None)
+        return str(path) if path is not None else None
+
     ranks_whole_store = True
 
     def _newest_runs(self, names: set[str], n: int) -> dict[str, list[str]]:
