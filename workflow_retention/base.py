@@ -276,6 +276,14 @@ class StorageBackend(ABC):
     finds it by, so a crash or stop at any point leaves a state the next purge
     completes. A rerun deletes nothing more and reports zero.
 
+    **Retention policies.** ``older_than`` may be a policy's
+    :class:`~workflow_retention.planning.Expiry` (docs/policy.md): as a datetime it is the latest cutoff any
+    rule gives, and the backend pages its candidates with it exactly as with a plain cutoff; the per-run
+    decision (status and workflow name, pins, ``keep_last``) is made by :meth:`RunRef.is_expired`, so every
+    ``RunRef`` a backend builds carries ``workflow_name`` as stored. ``keep_last`` asks
+    :meth:`_newest_runs`; the schedule and stream sweeps use ``PurgeJob.sweep_cutoff``. An Expiry is never
+    pickled: a backend passes it on as it is.
+
     **Dry run.** ``dry_run=True`` makes the same selection, counts everything
     that would go, and changes nothing. On a store nobody writes to, its counts
     equal those of the real purge that follows.
