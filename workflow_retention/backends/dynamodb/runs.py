@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from workflow_retention.planning import TERMINAL_STATUSES, RunRef, chunked, newest_terminal
+from workflow_retention.timeutil import parse_timestamp
 
 from . import expr
 from .client import IN_VALUES, SCAN_PAGE, Table
@@ -48,6 +49,15 @@ def get_runs(table: Table, ids: Iterable[str]) -> dict[str, RunRef]:
     return {ref.run_id: ref for ref in map(run_ref, items)}
 
 
+def readable(value: str | None) -> bool:
+    """Whether a stored timestamp parses (a run whose created_at does not is not ranked by keep_last)."""
+    try:
+        parse_timestamp(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def newest_runs(table: Table, names: Iterable[str], n: int) -> dict[str, list[str]]:
     """keep_last: the ``n`` most recent terminal runs of each workflow name, from GSI2 (``WORKFLOW#<name>``,
     sorted by ``created_at``) read newest first, page by page, until ``n`` terminal runs are found (schedules,
@@ -63,7 +73,7 @@ def newest_runs(table: Table, names: Iterable[str], n: int) -> dict[str, list[st
             for item in page:
                 key = text(item, "PK") or ""
                 if key.startswith("RUN#") and text(item, "SK") == "#METADATA" \
-                        and text(item, "status") in TERMINAL_STATUSES:
+                        and text(item, "status") in TERMINAL_STATUSES and readable(text(item, "created_at")):
                     seen.append((name, key[len("RUN#"):], text(item, "status"), text(item, "created_at")))
                     ranks.append(text(item, "GSI2SK") or "")
             last = text(page[-1], "GSI2SK") if page else None

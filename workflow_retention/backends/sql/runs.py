@@ -11,7 +11,14 @@ from sqlalchemy.engine import Connection
 
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.layout import MARKERS
-from workflow_retention.planning import KEY_SEPARATOR, TERMINAL_STATUSES, RunRef, chunked, key_owners
+from workflow_retention.planning import (
+    KEY_SEPARATOR,
+    TERMINAL_STATUSES,
+    RunRef,
+    chunked,
+    key_owners,
+    newest_terminal,
+)
 from workflow_retention.timeutil import parse_timestamp
 
 #: RunRef.data of a run whose created_at cannot be read.
@@ -95,18 +102,30 @@ def children(client: Client, conn: Connection, parent_ids: Iterable[str]) -> dic
 def newest(client: Client, conn: Connection, n: int) -> dict[str, list[str]]:
     """The ids of the ``n`` most recent terminal runs of every workflow name, newest first: one statement
     (``ROW_NUMBER() OVER (PARTITION BY workflow_name ORDER BY created_at DESC, run_id DESC)``). The layout has no
-    index on (workflow_name, created_at): the server reads the terminal runs once (docs/backends/sql.md)."""
+    index on (workflow_name, created_at): the server reads the terminal runs once (docs/backends/sql.md).
+
+    A ranked row whose ``created_at`` cannot be read (NULL, which PostgreSQL sorts first, or text that is no
+    timestamp) would take the place of a readable run: that workflow is ranked again in Python over all its
+    terminal runs (:func:`~workflow_retention.planning.newest_terminal`, which leaves such runs out)."""
     d, table = client.dialect, client.table("workflow_runs")
     r = table.c
-    name = d.exact(r.workflow_name)
-    rank = func.row_number().over(partition_by=name, order_by=(r.created_at.desc(), r.run_id.desc())).label("rank")
+    terminal = d.exact(r.status).in_(sorted(TERMINAL_STATUSES))
+    rank = func.row_number().over(partition_by=d.exact(r.workflow_name),
+                                  order_by=(r.created_at.desc(), r.run_id.desc())).label("rank")
     ranked = select(r.workflow_name, r.run_id, r.created_at, rank).where(
-        d.exact(r.status).in_(sorted(TERMINAL_STATUSES)), r.workflow_name.is_not(None)).subquery()
-    stmt = select(ranked.c.workflow_name, ranked.c.run_id).where(ranked.c.rank <= n).order_by(
+        terminal, r.workflow_name.is_not(None)).subquery()
+    stmt = select(ranked.c.workflow_name, ranked.c.run_id, ranked.c.created_at).where(ranked.c.rank <= n).order_by(
         ranked.c.workflow_name, ranked.c.rank)
     found: dict[str, list[str]] = {}
-    for workflow, run_id in conn.execute(stmt):
+    again: set[str] = set()
+    for workflow, run_id, created_at in conn.execute(stmt):
         found.setdefault(workflow, []).append(run_id)
+        if not readable(created_at):
+            again.add(workflow)
+    for workflow in sorted(again):
+        rows = conn.execute(select(r.workflow_name, r.run_id, r.status, r.created_at).where(
+            terminal, d.exact(r.workflow_name) == workflow))
+        found[workflow] = newest_terminal(rows, n).get(workflow, [])
     return found
 
 
