@@ -1,5 +1,8 @@
 """One timed purge in a fresh process: ``python -m benchmarks.child TARGET SLOT URL CUTOFF BATCH N NOW``.
 
+Slots: ``ours``, ``archived`` (ours with a file archive: every batch written, read back and verified before it
+is deleted), ``baseline`` (pyworkflow-engine's purge), ``floor``.
+
 Prints one JSON line: seconds, runs, peak RSS (VmHWM, reset right before the
 purge) and RSS growth during the purge, plus whatever the target adds.
 """
@@ -10,8 +13,10 @@ import asyncio
 import gc
 import importlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +72,17 @@ def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n:
         else:
             report = by_url(url, batch_size=int(batch) or None).delete_old_runs(cutoff)
             out.update(runs=report.runs, held=report.held, batches=report.batches, counts=dict(report.counts))
+    elif slot == "archived":  # ours, archiving every batch to a fresh file folder first (issue 20)
+        folder = Path(tempfile.mkdtemp(prefix="wr_bench_archive_"))
+        try:
+            backend = by_url(url, batch_size=int(batch) or None)
+            report = backend.delete_old_runs(cutoff, archive=f"file://{folder}")
+            backend.close()
+            out.update(runs=report.runs, held=report.held, batches=report.batches, counts=dict(report.counts),
+                       archive_objects=(report.archive or {}).get("objects"),
+                       archive_bytes=sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     elif slot == "baseline":
         result = call_baseline(target, url, cutoff)
         if isinstance(result, int):
