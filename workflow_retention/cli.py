@@ -776,9 +776,12 @@ def _cmd_metrics(args: argparse.Namespace, settings: config.Settings) -> int:
     """An audit, plus the history's counters when a state store is configured, in Prometheus' text format."""
     days = args.days or settings.retention_days
     now = utcnow()
+    policy = settings.policy if not args.days else None
+    # the policy's preview, without the pins: the metrics must come out even when the state store is down
+    cutoff = rules.cutoff_for(days=days, policy=policy, now=now) if days or policy else None
+    cutoff = _pressured(args, settings, cutoff, record=False) if cutoff is not None else None
     with _backend(args, settings) as backend:
-        report = backend.audit(older_than=now - timedelta(days=days) if days else None,
-                               grace=values.duration(args.grace, "--grace"))
+        report = backend.audit(older_than=cutoff, grace=values.duration(args.grace, "--grace"))
         store = backend.url
     audit = metrics.audit_snapshot(report, days)
     snapshot = metrics.Snapshot(store=metrics.store_label(store), audit=audit)

@@ -147,3 +147,15 @@ def test_a_sharded_policy_purge_deletes_exactly_what_one_purge_deletes(backend: 
     assert (result.report.runs, result.report.held) == (one.runs, one.held) == \
         (len(scenario.deleted), len(scenario.held))
     assert_no_orphans(items)
+
+
+def test_explain_agrees_with_the_policy_purge_and_names_the_reason(backend: Harness,
+                                                                   scenario: PolicyScenario) -> None:
+    store = backend.retention()
+    answers = {run_id: store.explain(run_id, expiry()) for run_id in sorted(scenario.deleted | scenario.kept
+                                                                            | scenario.held)}
+    assert {r for r, a in answers.items() if a.deleted} == scenario.deleted
+    assert any("it is pinned" in r for r in answers["orders_pinned"].reasons)
+    assert any("keep_last" in r for r in answers["billing_ancient"].reasons)
+    assert any("status.failed = 90d" in r for r in answers["orders_old_failed"].reasons)
+    assert any("audit.*" in r or "pinned" in r for r in answers["audit_old"].reasons)
