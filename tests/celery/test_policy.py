@@ -132,3 +132,19 @@ def test_the_task_applies_the_emergency_rule_under_disk_pressure(tmp_path: Path,
         assert "size_above" in state["pressure"]["why"]
     finally:
         delete_keys(redis_service.url, key.removesuffix(":lock"))
+
+
+def test_install_checks_the_policy_and_sends_it_with_each_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import Celery
+
+    from workflow_retention.celery import install
+    from workflow_retention.exceptions import ConfigurationError
+
+    clear_retention_env(monkeypatch)
+    app = Celery("wr_policy_test", broker="memory://")
+    with pytest.raises(ConfigurationError, match=r"install\(policy=...\): retention.status: unknown key 'running'"):
+        install(app, policy={"retention": {"default": "30d", "status": {"running": "1d"}}})
+    policy = {"retention": {"default": "30d", "status": {"failed": "90d"}}}
+    install(app, policy=policy)
+    entry = next(e for e in app.conf.beat_schedule.values() if e["task"] == TASK_NAME)
+    assert entry["kwargs"]["policy"] == policy
