@@ -24,7 +24,7 @@ from typing import Any
 
 from workflow_retention import values
 from workflow_retention.base import BatchInfo, OnBatch, StorageBackend
-from workflow_retention.exceptions import ConfigurationError, MaxRunsReached
+from workflow_retention.exceptions import ConfigurationError, MaxRunsReached, StorageError
 from workflow_retention.history import _RedisErrors
 from workflow_retention.planning import Expiry, is_safe_run_id
 from workflow_retention.policy import Policy, parse_policy
@@ -130,8 +130,10 @@ class StateStore:
             return None
         try:
             return parse_policy({"retention": json.loads(_text(raw))}, source="the last applied policy")
-        except (ValueError, ConfigurationError):
-            return None
+        except (ValueError, ConfigurationError) as exc:  # the guard cannot compare: fail, never guess
+            raise StorageError(f"the last applied policy in the state store ({self.policy_key}) cannot be read, so a "
+                               "shorter policy cannot be told apart: check it, or run `workflow-retention policy "
+                               "accept` to apply the configured one") from exc
 
     def record_applied(self, policy: Policy) -> None:
         with self._errors("record the applied policy"):
@@ -196,15 +198,13 @@ class Guarded:
 def guard(configured: Policy, state: StateStore | None) -> Guarded:
     """``configured``, unless it deletes sooner than the policy the last successful purge applied and an
     operator has not accepted it: then that earlier policy, and why (``held``)."""
-    if state is None:
+    if state is None or state.accepted() == fingerprint(configured):
         return Guarded(configured)
     previous = state.applied()
     if previous is None:
         return Guarded(configured)
     shrinks = configured.shrinks(previous)
-    if not shrinks or state.accepted() == fingerprint(configured):
-        return Guarded(configured)
-    return Guarded(previous, tuple(shrinks))
+    return Guarded(previous, tuple(shrinks)) if shrinks else Guarded(configured)
 
 
 def cutoff_for(*, days: int | None, policy: Policy | None, pins: Pins = Pins(),

@@ -17,6 +17,7 @@ import pytest
 from tests.services import clear_retention_env, delete_keys
 from workflow_retention import cli, config
 from workflow_retention.backends import by_url
+from workflow_retention.exceptions import StorageError
 from workflow_retention.rules import StateStore
 from workflow_retention.seed import SeedRun, generate
 
@@ -208,3 +209,17 @@ def test_a_bad_pressure_rule_names_its_key(store: dict[str, str], tmp_path: Path
     bad.write_text('[retention]\ndefault = "30d"\n' + pressure)
     monkeypatch.setenv(config.POLICY, str(bad))
     assert cli.main(["purge"]) == 2 and key in caplog.text
+
+
+def test_an_unreadable_applied_policy_fails_the_guard_until_accepted(store: dict[str, str]) -> None:
+    from workflow_retention.policy import load_policy
+    from workflow_retention.rules import guard
+
+    state = StateStore.open(store[config.STATE_URL], store[config.LOCK_KEY])
+    configured = load_policy(store[config.POLICY])
+    state.client.hset(state.policy_key, "applied", "{not json")
+    with pytest.raises(StorageError, match="cannot be read"):
+        guard(configured, state)
+    state.accept(configured)
+    assert guard(configured, state).policy == configured and not guard(configured, state).held
+    state.close()
