@@ -436,6 +436,14 @@ def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str]
         for run_id in sorted(backend._read_runs(ids)):
             report.refused[run_id] = "exists in the store"
             del chosen[run_id]
+    orphans = {e.parent_run_id for e in chosen.values() if e.parent_run_id and e.parent_run_id not in chosen}
+    present = backend._read_runs(orphans) if orphans else {}
+    for run_id, entry in sorted(chosen.items()):  # a child is never written without its parent
+        parent = entry.parent_run_id
+        if parent and parent not in chosen and parent not in present:
+            report.refused[run_id] = (f"its parent run {parent} is neither in the store nor restored with it "
+                                      f"(restore it too: --run {parent}, or --all)")
+            del chosen[run_id]
     for level in _levels(chosen):
         by_object: dict[str, set[str]] = {}
         for entry in level:

@@ -57,3 +57,26 @@ def test_an_unreachable_archive_fails_the_purge_and_deletes_nothing(store: str, 
     assert main(["purge", "--days", "30", "--archive", f"file://{tmp_path}/missing"]) == 1
     assert main(["purge", "--days", "30", "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["runs"] > 0  # still all there
+
+
+def test_a_child_is_not_restored_without_its_parent(store: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    assert main(["seed", "--runs", "400", "--append"]) == 0  # enough families whose runs all expire
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    archive = f"file://{folder}"
+    assert main(["purge", "--days", "30", "--archive", archive]) == 0
+    capsys.readouterr()
+    assert main(["archive", "ls", "--archive", archive, "--json"]) == 0
+    [purge] = json.loads(capsys.readouterr().out)
+    assert main(["archive", "show", purge["folder"], "--archive", archive, "--json"]) == 0
+    runs = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    child = next(r for r in runs.values() if r["parent_run_id"] in runs)
+    family = [child["run_id"]]
+    while runs[family[-1]]["parent_run_id"] in runs:
+        family.append(runs[family[-1]]["parent_run_id"])
+    assert main(["restore", "--archive", archive, "--run", child["run_id"], "--json"]) == 1
+    refused = json.loads(capsys.readouterr().out)["refused"]
+    assert child["parent_run_id"] in refused[child["run_id"]]
+    assert main(["restore", "--archive", archive, *(a for r in family for a in ("--run", r)), "--json"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["written"]) == sorted(family)
