@@ -153,8 +153,8 @@ def test_an_interrupted_purge_and_a_rerun_leave_a_clean_store(sql: Any) -> None:
     steps = {"n": 0}
     original = backend.client.timed_write
 
-    def crash_after_two_transactions(body: Any, cascade: bool = True) -> Any:
-        result = original(body, cascade)
+    def crash_after_two_transactions(body: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(body, *args, **kwargs)
         steps["n"] += 1
         if steps["n"] == 2:
             raise RuntimeError("killed")

@@ -50,3 +50,22 @@ def test_a_drivers_traceback_shows_only_with_verbose(capsys: pytest.CaptureFixtu
         assert "WARNING cassandra.cluster: Failed to connect" in err
         assert ("Traceback" in err) is shown
     cli._logging(False, [])
+
+
+# -- the SQL row budget follows time (issue 17) ---------------------------------------------------------
+
+
+def test_the_row_budget_grows_only_from_rows_counted_and_at_most_doubles() -> None:
+    from workflow_retention.backends.sql.client import next_budget
+
+    # quick, and 40,000 rows deleted: towards 80 % of the target at that rate, at most twice the budget
+    assert next_budget(40_000, 40_000, 0.05, 0.5, 1000, 200_000) == 80_000
+    assert next_budget(40_000, 40_000, 0.2, 0.5, 1000, 200_000) == 80_000
+    # a quick transaction that deleted few rows says little: the budget grows by what it measured only
+    assert next_budget(40_000, 1_000, 0.2, 0.5, 1000, 200_000) == 40_000
+    # rows not counted (a stream sweep): never grows
+    assert next_budget(40_000, None, 0.01, 0.5, 1000, 200_000) == 40_000
+    # never above max_rows, and slow transactions shrink it in proportion, not below the floor
+    assert next_budget(150_000, 150_000, 0.1, 0.5, 1000, 200_000) == 200_000
+    assert next_budget(40_000, 40_000, 1.0, 0.5, 1000, 200_000) == 20_000
+    assert next_budget(2_000, 2_000, 100.0, 0.5, 1000, 200_000) == 1000

@@ -34,6 +34,25 @@ log = logging.getLogger("workflow_retention.sql")
 T = TypeVar("T")
 
 
+#: A transaction quicker than this share of ``transaction_target`` lets the row budget grow ...
+GROW_BELOW = 0.5
+#: ... towards the rows that would take this share of it, at the rate it deleted (at most doubling).
+AIM = 0.8
+
+
+def next_budget(budget: int, used: int | None, seconds: float, target: float, floor: int, ceiling: int) -> int:
+    """The row budget after a write transaction with ``budget`` deleted ``used`` rows (None: not counted) in
+    ``seconds``: over ``target``, in proportion (not below ``floor``); well under it, grown to what ``AIM``
+    of the target would delete at the rate measured, at most twice ``budget`` and never above ``ceiling``.
+    A transaction whose rows are not counted only ever shrinks it."""
+    if seconds > target:
+        return max(floor, int(budget * target / seconds))
+    if used is not None and seconds < target * GROW_BELOW:
+        rate = used / max(seconds, 1e-3)
+        return max(budget, min(ceiling, 2 * budget, int(rate * AIM * target)))
+    return budget
+
+
 class Client:
     """One store's engine and transactions, through its :class:`Dialect`.
 
@@ -54,7 +73,7 @@ class Client:
         self.url = url
         self.max_rows = max_rows
         #: Rows the next write transaction of a purge may delete (adapted by :meth:`timed_write`).
-        self.row_budget = max_rows
+        self.row_budget = self.first_budget()
         #: The store's tables and missing indexes, read at the start of each operation.
         self.layout = Layout(frozenset(self.metadata.tables), (), ())
         #: Transactions retried after a deadlock or serialization failure (for logs and tests).
@@ -203,20 +222,19 @@ class Client:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def timed_write(self, body: Callable[[Connection], T], cascade: bool = True) -> T:
-        """:meth:`write`, timed: the row budget follows how long it took, then :meth:`Dialect.after_write`.
+    def first_budget(self) -> int:
+        """The row budget a purge starts with: the dialect's ``initial_rows``, at most ``max_rows``."""
+        return min(self.max_rows, self.dialect.initial_rows)
 
-        Over ``transaction_target`` the budget shrinks in proportion (not below ``min_rows``);
-        well under it, it grows back towards ``max_rows``.
-        """
+    def timed_write(self, body: Callable[[Connection], T], cascade: bool = True,
+                    rows: Callable[[T], int] | None = None) -> T:
+        """:meth:`write`, timed: the row budget follows how long it took (:func:`next_budget`; ``rows(result)``:
+        the rows it deleted, which lets the budget grow), then :meth:`Dialect.after_write`."""
         started = time.perf_counter()
         result = self.write(body, cascade)
         seconds = time.perf_counter() - started
-        if seconds > self.transaction_target:
-            self.row_budget = max(min(self.min_rows, self.max_rows),
-                                  int(self.row_budget * self.transaction_target / seconds))
-        elif seconds < self.transaction_target / 4:
-            self.row_budget = min(self.max_rows, self.row_budget * 2)
+        self.row_budget = next_budget(self.row_budget, rows(result) if rows is not None else None, seconds,
+                                      self.transaction_target, min(self.min_rows, self.max_rows), self.max_rows)
         self.dialect.after_write(seconds)
         return result
 

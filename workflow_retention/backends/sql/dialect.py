@@ -78,8 +78,12 @@ class Dialect:
     id_chunk: ClassVar[int] = 1000
     #: Run ids per step-checkpoint statement (each adds one range or LIKE term).
     checkpoint_chunk: ClassVar[int] = 256
-    #: Rows one write transaction deletes at most, unless the ``max_rows`` option says otherwise.
+    #: Rows one write transaction deletes at most, unless the ``max_rows`` option says otherwise. Within it,
+    #: the row budget follows the time transactions take (``Client.transaction_target``).
     default_max_rows: ClassVar[int] = 40_000
+    #: The row budget of a purge's first write transaction (at most ``max_rows``); the transactions' time
+    #: then moves it (:meth:`Client.timed_write`), so a large ``max_rows`` is reached only where it is quick.
+    initial_rows: ClassVar[int] = 40_000
     #: True when :meth:`without_cascade` can open a transaction in which deleting a run record does not
     #: fire the engine's ON DELETE CASCADE: a heavy run's record is then deleted first (its commit point)
     #: and its rows in bounded transactions after; False: a heavy run goes in one transaction.

@@ -44,7 +44,8 @@ class Markers:
         report = self.job.report
         while ids:
             self.job.boundary(ids)
-            counts, done, back = self.client.timed_write(partial(self._finish_step, run_ids=ids))
+            counts, done, back = self.client.timed_write(partial(self._finish_step, run_ids=ids),
+                                                         rows=lambda result: sum(result[0].values()))
             report.merge(counts)
             for run_id in sorted(back):
                 left_alone(report, f"run {run_id!r}", "marked for deletion by an interrupted purge, but its record "

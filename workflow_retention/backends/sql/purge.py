@@ -71,6 +71,11 @@ class Pending:
     future: Future
 
 
+def _deleted(result: tuple[int, int, Counter]) -> int:
+    """The rows a batch transaction deleted, from its (changed, held, counts)."""
+    return sum(result[2].values())
+
+
 def compact(plan: Plan) -> Plan:
     """``plan`` (roots sharing a window's nodes) with only the nodes its roots reach: a batch's own plan, cheap
     to copy per transaction attempt and safe to hand to another thread."""
@@ -106,6 +111,12 @@ class Purge:
     #: in run_id order: every index the cascade deletes from leads with run_id, so a batch then
     #: rewrites a narrow slice of each index instead of pages spread over all of it.
     window_batches: ClassVar[int] = 8
+    #: ... but a window holds at most this many candidates (or one batch, if larger): memory stays bounded
+    #: by the batch with large batches too.
+    window_rows: ClassVar[int] = 10_000
+    #: A batch is cut into parts of at most this share of the row budget in events, steps, hooks, flags and
+    #: records; its step checkpoints are counted in the transaction and fill the rest (:meth:`_parts`).
+    cut_share: ClassVar[float] = 0.75
 
     def __init__(self, client: Client, job: PurgeJob) -> None:
         self.client = client
@@ -129,8 +140,9 @@ class Purge:
         """Purge: the marked runs of an interrupted purge, then both discovery ranges, then the sweeps."""
         job, client = self.job, self.client
         # A shard reports its cursor after every window: one batch's worth, so a stopped shard redoes no batch.
-        window = job.batch_size * (1 if job.partial else self.window_batches)
-        client.row_budget = client.max_rows
+        window = job.batch_size if job.partial else max(job.batch_size, min(job.batch_size * self.window_batches,
+                                                                             self.window_rows))
+        client.row_budget = client.first_budget()
         r = client.table("workflow_runs").c
         # created_at < cutoff holds every expired run (updated_at >= created_at); created_at in the
         # future holds what sorts after every real timestamp (unreadable text, infinity), so that
@@ -321,31 +333,50 @@ class Purge:
         """The batch cut so that no write transaction deletes more than the row budget.
 
         Families (a root and its planned descendants) stay whole; a family over the budget on
-        its own is flagged heavy (deleted records first, see :meth:`_heavy`).
+        its own is flagged heavy (deleted records first, see :meth:`_heavy`). Parts are filled to
+        :attr:`cut_share` of the budget: the step checkpoints, counted only inside the transaction,
+        take the rest (a part they take over the budget rolls back and goes records first).
         """
         fold = self.dialect.id_fold
+        fill = max(1, int(budget * self.cut_share))
 
         def rows(refs: Iterable[RunRef]) -> int:  # + the run record and its cancellation flag (at most one)
             return sum(weights.of(fold(ref.run_id)) + 2 for ref in refs)
 
-        if rows(deletable) <= budget:
+        if rows(deletable) <= fill:
             return [(plan, False)]
+        doomed = {ref.run_id for ref in deletable}
+
+        def family_rows(root: str) -> int:  # the deletable runs of one root's family (families are disjoint)
+            total, stack, seen = 0, [root], set()
+            while stack:
+                run_id = stack.pop()
+                if run_id in seen:
+                    continue
+                seen.add(run_id)
+                if run_id in doomed:
+                    total += weights.of(fold(run_id)) + 2
+                stack.extend(plan.children.get(run_id, ()))
+            return total
+
+        def part(roots: list[str]) -> Plan:
+            return compact(Plan(plan.cutoff, plan.nodes, plan.children, roots))
+
         parts: list[tuple[Plan, bool]] = []
         group: list[str] = []
         size = 0
         for root in sorted(plan.roots):
-            family = Plan(plan.cutoff, plan.nodes, plan.children, [root])
-            weight = rows(family.order()[0])
+            weight = family_rows(root)
             if weight > budget:
-                parts.append((family, True))
+                parts.append((part([root]), True))
                 continue
-            if group and size + weight > budget:
-                parts.append((Plan(plan.cutoff, plan.nodes, plan.children, group), False))
+            if group and size + weight > fill:
+                parts.append((part(group), False))
                 group, size = [], 0
             group.append(root)
             size += weight
         if group:
-            parts.append((Plan(plan.cutoff, plan.nodes, plan.children, group), False))
+            parts.append((part(group), False))
         return parts
 
     def _weights(self, conn: Connection, plan: Plan) -> Weights:
@@ -490,11 +521,13 @@ class Purge:
         try:
             cascade = not self.dialect.batches_without_cascade
             try:
-                return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids), cascade)
+                return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids), cascade,
+                                               _deleted)
             except NotOwned:  # a ':' id: the one-statement cascade met another run's checkpoint; redo
                 tx.checkpoints_first = True
                 try:
-                    return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids), cascade)
+                    return self.client.timed_write(lambda conn: self._delete_batch(conn, plan.copy(), ids),
+                                                   cascade, _deleted)
                 finally:
                     tx.checkpoints_first = False
         finally:

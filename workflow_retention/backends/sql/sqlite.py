@@ -40,6 +40,9 @@ class SQLiteDialect(Dialect):
     exact_time = False
     #: Ids per statement: one JSON parameter whatever their number (see :meth:`among`).
     id_chunk = 10_000
+    # Every commit journals and fsyncs the pages it touched (the engine's random event_id index among
+    # them): fewer, larger transactions, bounded by time (Client.transaction_target), not by a small cap.
+    default_max_rows = 200_000
     checkpoint_chunk = 10_000  # ids per checkpoint-key statement (one JSON parameter, see checkpoint_keys)
     can_defer_cascade = True
     batches_without_cascade = True
@@ -159,8 +162,11 @@ class SQLiteBackend(SQLBackend):
 
     Options (keyword arguments of the constructor, ``from_url`` or ``by_url``):
 
-    * ``batch_size`` (default 1000): runs per batch; one writer at a time, so fewer, larger batches;
-    * ``max_rows`` (default 40000): rows one write transaction deletes at most, whatever the runs hold;
+    * ``batch_size`` (default 10000): runs per batch; one writer at a time, so fewer, larger batches
+      (each is cut into write transactions by ``max_rows`` and by time);
+    * ``max_rows`` (default 200000): rows one write transaction deletes at most, whatever the runs hold;
+      within it the budget follows time: a purge starts at 40,000 rows per transaction and moves so that
+      each takes about 0.5 s (docs/backends/sql.md, "Bounded transactions");
     * ``lock_timeout`` (seconds, default 10): SQLite's busy timeout, how long a statement waits for the
       database lock;
     * ``statement_timeout`` (seconds, default 30): accepted for symmetry with the servers (SQLite has none).
@@ -174,9 +180,10 @@ class SQLiteBackend(SQLBackend):
     capabilities = SQLBackend.capabilities | {Capability.CORRUPTIBLE_TIMESTAMPS}
     #: ``vacuum()`` (``purge --vacuum``) gives SQLite's free pages back to the file system.
     can_vacuum = True
-    # One writer at a time: each batch commits (journal + fsync), so fewer, larger batches are much
-    # cheaper; 1,000 runs hold the write lock for well under the engine's 5 s busy timeout.
-    default_batch_size = 1000
+    # One writer at a time: each transaction commits (journal + fsync), so fewer, larger ones are much
+    # cheaper; the time bound (0.5 s per transaction, then a pause: Dialect.after_write) keeps the write
+    # lock well under the engine's 5 s busy timeout whatever the batch holds.
+    default_batch_size = 10_000
 
     def __init__(self, path: str | Path, *, url: str | None = None, statement_timeout: object = 30.0,
                  lock_timeout: object = 10.0, batch_size: int | None = None, max_rows: int | None = None) -> None:
