@@ -992,10 +992,11 @@ def _startup_fields(settings: config.Settings, broker_url: str | None, schedule:
     fields: dict[str, Any] = {"store": storage.url, "enabled": settings.enabled,
                               "retention_days": days, "complete": True}
     report = None
+    # PYWORKFLOW_RETENTION_POLICY's preview (without pins: a start-up line never waits on the state store)
+    cutoff = rules.cutoff_for(days=days, policy=settings.policy, now=now) if days or settings.policy else None
     try:
         with storage:
-            report = storage.audit(older_than=now - timedelta(days=days) if days else None,
-                                   grace=settings.orphan_grace, on_progress=on_progress)
+            report = storage.audit(older_than=cutoff, grace=settings.orphan_grace, on_progress=on_progress)
     except _AuditDeadline as exc:
         fields.update(complete=False, stopped=str(exc))
     if report is not None:
