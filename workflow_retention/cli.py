@@ -648,6 +648,8 @@ def _purge_sharded(args: argparse.Namespace, settings: config.Settings, cutoff: 
     finally:
         if history is not None:
             history.close()
+    if not args.dry_run and not report.stopped:
+        _record_applied(args, settings, cutoff)
     with open_backend() as backend, progress:
         report.space = _space_after(backend, before, args.vacuum and not report.stopped, progress)
     args.out(report.to_json(indent=2) if args.json else format_purge(report, outcome[0]))

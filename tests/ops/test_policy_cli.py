@@ -223,3 +223,14 @@ def test_an_unreadable_applied_policy_fails_the_guard_until_accepted(store: dict
     state.accept(configured)
     assert guard(configured, state).policy == configured and not guard(configured, state).held
     state.close()
+
+
+def test_a_sharded_cli_purge_applies_the_policy_and_the_pins(store: dict[str, str]) -> None:
+    """purge --shards 4 --workers 2: the policy and the pins reach the shard processes as text."""
+    assert cli.main(["pin", "add", "run_orders_pinned", "--reason", "hold"]) == 0
+    assert cli.main(["purge", "--shards", "4", "--workers", "2"]) == 0
+    # orders_old (30d) and audit_older (keep_last 1 keeps audit_old) go; the pin, failed (90d), billing stay
+    assert left(store) == set(RUNS) - {"run_orders_old", "run_audit_older"}
+    state = StateStore.open(store[config.STATE_URL], store[config.LOCK_KEY])
+    assert state.applied() is not None  # recorded for the Celery task's guard
+    state.close()
