@@ -79,7 +79,7 @@ from workflow_retention.lock import Lease, open_lease
 from workflow_retention.planning import Expiry
 from workflow_retention.policy import Policy, cutoff_text, parse_cutoff, parse_policy
 from workflow_retention.report import OrphanReport, PurgeReport
-from workflow_retention.shards import merge_reports, report_from_dict
+from workflow_retention.shards import counted, merge_reports, report_from_dict
 from workflow_retention.timeutil import parse_timestamp, utcnow
 from workflow_retention.urls import redact_url, remove_secrets
 
@@ -742,8 +742,8 @@ def run_shard(task: Any, plan_id: str, index: int, shard_data: dict[str, Any], c
             storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
             try:
                 storage.open()
-                report = storage.delete_old_runs(parse_cutoff(cutoff_iso), shard=shard, resume_after=cursor,
-                                                 on_batch=lease.check, on_cursor=on_cursor)
+                report = counted(storage, parse_cutoff(cutoff_iso), lease.check, shard=shard, resume_after=cursor,
+                                 on_cursor=on_cursor)
             finally:
                 storage.close()
             if report.stopped:
@@ -884,7 +884,7 @@ class _Finish:
                 summary = self.head()
                 try:
                     self.storage.open()
-                    final = self.storage.delete_old_runs(self.cutoff, on_batch=self.lease.check)
+                    final = counted(self.storage, self.cutoff, self.lease.check)
                     orphans = None
                     if self.settings.repair_orphans and not final.stopped:
                         orphans = record_run(self.history, metrics.ORPHANS, lambda on_batch: self.storage.sweep_orphans(

@@ -249,13 +249,17 @@ class Expiry(datetime):
         return True
 
     def counting(self, on_batch: Callable[[Any], None] | None) -> Callable[[Any], None]:
-        """``on_batch`` that first counts the batch's runs by the rule that expired each (:attr:`rule_counts`):
-        what each rule deletes, or in a dry run would delete (``purge --dry-run``, ``audit``)."""
+        """``on_batch`` that first counts the batch's runs by the rule that expired each (:attr:`rule_counts`, and
+        the purge report's ``rules`` as it goes, so a report persisted at a cursor holds them too): what each
+        rule deletes, or in a dry run would delete (``purge --dry-run``, ``audit``)."""
         def count(info: Any) -> None:
+            live = getattr(info.report, "rules", None)
             for run_id in info.run_ids:
                 label = self._decided.pop(run_id, None)
                 if label is not None:
                     self.rule_counts[label] = self.rule_counts.get(label, 0) + 1
+                    if live is not None:
+                        live[label] = live.get(label, 0) + 1
                     _remember(self._counted, run_id, None)
             if on_batch is not None:
                 on_batch(info)

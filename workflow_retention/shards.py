@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from workflow_retention.base import OnBatch, Shard, StorageBackend, validate_shards
+from workflow_retention.planning import Expiry
 from workflow_retention.policy import cutoff_text, parse_cutoff
 from workflow_retention.report import MAX_WARNINGS, PurgeReport
 from workflow_retention.timeutil import parse_timestamp, utcnow
@@ -78,7 +79,8 @@ def report_from_dict(data: dict[str, Any]) -> PurgeReport:
         duration_s=float(data.get("duration_s") or 0.0), stopped=data.get("stopped"),
         warnings=list(data.get("warnings") or []), warnings_total=int(data.get("warnings_total") or 0),
         cutoff=parse_timestamp(cutoff) if cutoff else None, held=int(data.get("held") or 0),
-        changed=int(data.get("changed") or 0), skipped=int(data.get("skipped") or 0))
+        changed=int(data.get("changed") or 0), skipped=int(data.get("skipped") or 0),
+        rules={str(k): int(v) for k, v in (data.get("rules") or {}).items()})
 
 
 def merge_reports(parts: Sequence[PurgeReport], final: PurgeReport | None, *, backend: str,
@@ -98,6 +100,8 @@ def merge_reports(parts: Sequence[PurgeReport], final: PurgeReport | None, *, ba
                                                       default=None))
     for part in everything:
         merged.merge(dict(part.counts))
+        for rule, n in part.rules.items():
+            merged.rules[rule] = merged.rules.get(rule, 0) + n
         merged.batches += part.batches
         merged.changed += part.changed
         if merged.stopped is None and part.stopped:
@@ -146,11 +150,21 @@ def purge_one_shard(open_backend: Callable[[], StorageBackend], cutoff_iso: str,
     try:
         backend = open_backend()
         with backend:
-            report = backend.delete_old_runs(parse_cutoff(cutoff_iso), dry_run=dry_run,
-                                             shard=Shard.from_dict(shard), on_batch=on_batch)
+            report = counted(backend, parse_cutoff(cutoff_iso), on_batch, dry_run=dry_run,
+                             shard=Shard.from_dict(shard))
     except Exception as exc:  # noqa: BLE001 - reported by the caller as the shard's failure
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"report": report.to_dict()}
+
+
+def counted(backend: StorageBackend, cutoff: datetime, on_batch: OnBatch | None, **options: Any) -> PurgeReport:
+    """``backend.delete_old_runs(cutoff, ...)``, with a policy's runs by rule counted into ``report.rules`` as the
+    batches go (a fresh copy of the policy's cutoff: counts of this purge alone)."""
+    if not isinstance(cutoff, Expiry):
+        return backend.delete_old_runs(cutoff, on_batch=on_batch, **options)
+    mine = parse_cutoff(cutoff_text(cutoff))
+    assert isinstance(mine, Expiry)
+    return backend.delete_old_runs(mine, on_batch=mine.counting(on_batch), **options)
 
 
 def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, shards: int, *,
@@ -174,7 +188,7 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
     with open_backend() as planner:
         plan = planner.shards(shards) if not dry_run else [Shard.whole()]
         if len(plan) == 1:
-            report = planner.delete_old_runs(cutoff, dry_run=dry_run, on_batch=on_batch)
+            report = counted(planner, cutoff, on_batch, dry_run=dry_run)
             return ShardedPurge(report=report, shards=plan, parts={0: report})
         backend_url = planner.url
     log.info("sharded purge started backend=%s shards=%d workers=%s", backend_url, len(plan), workers or len(plan))
@@ -199,7 +213,7 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
                 on_shard(shard, part, outcome.get("error"))
     if not result.failed and not any(p.stopped for p in result.parts.values()):
         with open_backend() as backend:
-            result.final = backend.delete_old_runs(cutoff, on_batch=on_batch)
+            result.final = counted(backend, cutoff, on_batch)
     result.report = merge_reports([result.parts[i] for i in sorted(result.parts)], result.final,
                                   backend=backend_url, cutoff=cutoff, started_at=started,
                                   duration_s=time.monotonic() - clock)

@@ -102,6 +102,7 @@ def test_shard_tasks_apply_the_policy_and_the_pins(celery_env: CeleryEnv, tmp_pa
     # 30d, failed 90d, the pin: everything older than 30 days goes but the failed run and the pinned one
     assert left(url) == {"run_orders_new", "run_orders_failed", "run_orders_pinned"}
     assert merged["counts"]["runs"] == len(RUNS) - 3
+    assert merged["rules"] == {"default = 30d": len(RUNS) - 3}
 
 
 def test_the_task_applies_the_emergency_rule_under_disk_pressure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -146,6 +146,7 @@ def test_a_sharded_policy_purge_deletes_exactly_what_one_purge_deletes(backend: 
     assert run_ids(items) == scenario.kept | scenario.held
     assert (result.report.runs, result.report.held) == (one.runs, one.held) == \
         (len(scenario.deleted), len(scenario.held))
+    assert result.report.rules == BY_RULE  # counted in each shard and the final pass, merged
     assert_no_orphans(items)
 
 
