@@ -195,6 +195,8 @@ class Archiving:
     reused: int = 0
     #: Part lines written (records of committed runs found later: :meth:`records`).
     parts: int = 0
+    #: run_id -> kind -> how many records of it were gathered at the batch boundary (:meth:`rows_differ`).
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, backend: StorageBackend, store: ArchiveStore, cutoff: datetime,
@@ -218,6 +220,7 @@ class Archiving:
         stamp = utcnow().isoformat()
         lines = []
         for run_id, (ref, records) in gathered.items():
+            self.rows[run_id] = {kind: len(found) for kind, found in records.items() if found}
             version = version_of(ref)
             earlier = self.earlier.get((run_id, version))
             if earlier is not None:  # archived and verified by a purge that did not finish: not again
@@ -233,6 +236,14 @@ class Archiving:
         self.archived += len(lines)
         for line in lines:
             self.pending[line["run_id"]] = (line["run_version"], written.name)
+
+    def rows_differ(self, counted: Mapping[str, Mapping[str, int]]) -> set[str]:
+        """The runs of ``counted`` (run_id -> kind -> records, counted again under the delete's lock) whose
+        records are not the ones gathered for the archive: the engine added or removed some since (an event,
+        a hook, a flag: writes that leave the run's version alone). Such a run must be kept, as a changed one
+        is: the delete would remove what the archive does not hold."""
+        return {run_id for run_id, kinds in counted.items()
+                if run_id in self.rows and {k: n for k, n in kinds.items() if n} != self.rows[run_id]}
 
     def records(self, found: Mapping[str, Mapping[str, list[Any]]]) -> None:
         """Archive records of runs already committed, found after their batch and about to be deleted (the step

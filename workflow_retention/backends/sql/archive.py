@@ -9,10 +9,11 @@ dialect's driver returns them and written back the same way, so restored rows eq
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from workflow_retention.backends.sql import runs
@@ -51,6 +52,27 @@ def gather(client: Client, run_ids: Sequence[str]) -> dict[str, tuple[RunRef, di
                 for row in conn.execute(select(table).where(d.among(table.c.step_run_id, chunk))):
                     rows[owners[row.step_run_id]].setdefault("checkpoints", []).append(dict(row._mapping))
     return {i: (refs[i], rows[i]) for i in ids}
+
+
+def count_rows(client: Client, conn: Connection, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Each run's rows per table, as :func:`gather` reads them, counted (in the caller's transaction, under
+    its lock: what the delete is about to remove)."""
+    d = client.dialect
+    fold = {d.id_fold(i): i for i in run_ids}
+    counts: dict[str, Counter] = {i: Counter({"workflow_runs": 1}) for i in run_ids}
+    for name in TABLES[1:-1]:
+        if not client.has(name):
+            continue
+        column = client.table(name).c.run_id
+        for chunk in chunked(sorted(run_ids), d.id_chunk):
+            for run_id, n in conn.execute(select(column, func.count()).where(d.among(column, chunk))
+                                          .group_by(column)):
+                owner = fold.get(d.id_fold(run_id))
+                if owner is not None:
+                    counts[owner][name] += int(n)
+    for owner in runs.checkpoint_owners(client, conn, list(run_ids)).values():
+        counts[owner]["checkpoints"] += 1
+    return {i: dict(c) for i, c in counts.items()}
 
 
 def restore(client: Client, lines: list[dict[str, Any]]) -> None:

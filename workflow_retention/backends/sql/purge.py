@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from sqlalchemy import and_, not_, or_, select, text
 from sqlalchemy.engine import Connection
 
+from workflow_retention.backends.sql import archive as sql_archive
 from workflow_retention.backends.sql import runs, shards
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.layout import COUNTED_CHILDREN, PURGED_TABLES, RUN_CHILDREN
@@ -536,10 +537,13 @@ class Purge:
     def _recheck(self, conn: Connection, plan: Plan, ids: list[str]) -> tuple[set[str], list[RunRef], list[RunRef]]:
         """Lock the runs and read them again: (changed, deletable, held) as of now.
 
-        A run whose status or updated_at moved, or that is gone, has changed; it survives, and
+        A run whose status or updated_at moved, or that is gone, has changed (with an archive, also a run whose
+        rows differ from those the archive gathered: the engine added some since); it survives, and
         so does a child created since planning; their ancestors are held.
         """
         same = runs.unchanged(self.client, conn, [plan.nodes[i] for i in ids])
+        if self.job.archive is not None and same:  # rows added since the archive gathered them: kept
+            same -= self.job.archive.rows_differ(sql_archive.count_rows(self.client, conn, sorted(same)))
         changed = {i for i in ids if i not in same}
         survivors = set(changed)
         for parent, kids in runs.children(self.client, conn, ids).items():
