@@ -114,3 +114,17 @@ def test_the_emergency_rule_caps_every_retention_and_keeps_keep_last() -> None:
     assert e.retention("billing.x", "cancelled") == timedelta(days=3)  # already shorter: unchanged
     assert e.keep_last == 2 and e.minimum == timedelta(days=2) and e.pressure is None
     assert parse_policy({"retention": policy.to_dict()}) == policy  # the dict form round-trips
+
+
+def test_a_policy_cutoff_crosses_a_process_boundary_as_text_exactly() -> None:
+    from workflow_retention.exceptions import ConfigurationError
+    from workflow_retention.policy import cutoff_text, parse_cutoff
+
+    e = Expiry(POLICY, NOW + timedelta(microseconds=7), pinned_runs={"a", "b"}, pinned_workflows=("x.*",))
+    back = parse_cutoff(cutoff_text(e))
+    assert isinstance(back, Expiry) and back == e and back.instant == e.instant
+    assert back.policy == POLICY and back.pinned_runs == {"a", "b"} and back.pinned_workflows == ("x.*",)
+    plain = NOW - timedelta(days=30)
+    assert parse_cutoff(cutoff_text(plain)) == plain and type(parse_cutoff(cutoff_text(plain))) is datetime
+    with pytest.raises(ConfigurationError, match="not a purge cutoff"):
+        parse_cutoff('{"policy": 1}')
