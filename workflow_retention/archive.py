@@ -23,6 +23,7 @@ import json
 import os
 import stat
 import uuid
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ OK = "ok"
 BATCH_SUFFIX = ".jsonl.gz"
 _FORMS = "file:///absolute/dir or s3://bucket[/prefix][?endpoint_url=...&region=...]"
 _S3_PARAMS = {"endpoint_url", "region"}
+#: The most an object's lines may take uncompressed: a purge refuses to archive a larger batch, restore refuses
+#: to inflate a larger object (a gzip bomb).
+MAX_OBJECT_BYTES = 1 << 30
 
 
 class ArchiveCollision(ArchiveError):
@@ -312,18 +316,42 @@ def put_verified(store: ArchiveStore, name: str, data: bytes) -> str:
 
 
 def encode_lines(records: Iterable[Mapping[str, Any]]) -> bytes:
-    """gzip-compressed JSON Lines, deterministic (sorted keys, no timestamp in the gzip header)."""
+    """gzip-compressed JSON Lines, deterministic (sorted keys, no timestamp in the gzip header); an
+    :class:`ArchiveError` if the lines exceed :data:`MAX_OBJECT_BYTES` (restore would refuse the object)."""
     text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
-                   for r in records)
-    return gzip.compress(text.encode("utf-8"), mtime=0)
+                   for r in records).encode("utf-8")
+    if len(text) > MAX_OBJECT_BYTES:
+        raise ArchiveError(f"a batch of {len(text):,} bytes (uncompressed) is larger than an archive object may be "
+                           f"({MAX_OBJECT_BYTES:,}): nothing of it archived or deleted; purge with a smaller "
+                           f"--batch-size (PYWORKFLOW_RETENTION_BATCH_SIZE)")
+    return gzip.compress(text, mtime=0)
+
+
+def _inflate(data: bytes) -> bytes:
+    """gzip ``data`` decompressed, never more than :data:`MAX_OBJECT_BYTES` (a gzip bomb is refused unread)."""
+    out = bytearray()
+    rest = data
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # one gzip member (gzip.compress writes one)
+        pending = rest
+        while pending and not inflater.eof:
+            out += inflater.decompress(pending, MAX_OBJECT_BYTES + 1 - len(out))
+            if len(out) > MAX_OBJECT_BYTES:
+                raise ArchiveError(f"archive object inflates to larger than {MAX_OBJECT_BYTES:,} bytes: refused "
+                                   "(damaged, or not written by workflow-retention)")
+            pending = inflater.unconsumed_tail
+        if not inflater.eof:
+            raise EOFError("truncated gzip data")
+        rest = inflater.unused_data
+    return bytes(out)
 
 
 def decode_lines(data: bytes) -> list[dict[str, Any]]:
     """The records of an object written by :func:`encode_lines`."""
     try:
-        text = gzip.decompress(data).decode("utf-8")
+        text = _inflate(data).decode("utf-8")
         return [json.loads(line) for line in text.splitlines() if line]
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (zlib.error, EOFError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArchiveError(f"archive object cannot be decoded: {type(exc).__name__}") from exc
 
 
@@ -373,15 +401,19 @@ class ArchiveWriter:
                                                    "runs": entries}, sort_keys=True).encode())
         self.superseded.extend(entries)
 
-    def finish(self, outcome: str, report: Mapping[str, Any], continues: Iterable[str] = ()) -> str:
+    def finish(self, outcome: str, report: Mapping[str, Any], continues: Iterable[str] = (),
+               continued: Mapping[str, str] | None = None) -> str:
         """Write the manifest (last): the purge's cutoff, store, outcome, report and every object with its
         checksum. ``continues``: the unfinished purges (folders) whose archived runs this one relied on
-        (:func:`unfinished`); an ``ok`` manifest closes them. Returns its name."""
+        (:func:`unfinished`); an ``ok`` manifest closes them, and lists their objects with the checksums they
+        had when this purge relied on them (``continued``: name -> SHA-256), which restore verifies. Returns
+        its name."""
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "purge_id": self.purge_id,
                     "backend": self.backend, "cutoff": self.cutoff.isoformat(),
                     "started_at": self.started_at.isoformat(), "outcome": outcome, "report": dict(report),
                     "objects": [vars(o) for o in self.objects], "superseded": self.superseded,
-                    "continues": sorted(continues)}
+                    "continues": sorted(continues),
+                    "continued": [{"name": n, "sha256": h} for n, h in sorted((continued or {}).items())]}
         name = self.prefix + MANIFEST
         put_verified(self.store, name, json.dumps(manifest, sort_keys=True, indent=1).encode())
         return name
@@ -437,6 +469,8 @@ class Unfinished:
     folders: list[str] = field(default_factory=list)
     #: (run_id, version) -> the object that holds it.
     runs: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: name -> SHA-256 of each object those runs are in (a continuing manifest lists them: restore verifies them).
+    objects: dict[str, str] = field(default_factory=dict)
 
 
 def unfinished(store: ArchiveStore) -> Unfinished:
@@ -477,7 +511,29 @@ def unfinished(store: ArchiveStore) -> Unfinished:
                 continue  # written but never verified (killed mid-write): archived again
             for line in lines:
                 found.runs[(line["run_id"], line["run_version"])] = name
+            found.objects[name] = sha256(data)
     return found
+
+
+def verified_objects(store: ArchiveStore) -> tuple[dict[str, str], set[str]]:
+    """Every batch object some manifest vouches for (name -> SHA-256: the objects a purge verified, and those of
+    an unfinished purge a later one relied on, ``continued``), and the purge folders that have a manifest."""
+    checksums: dict[str, str] = {}
+    finished: set[str] = set()
+    for folder, leaves in sorted(purge_folders(store).items()):
+        if MANIFEST not in leaves:
+            continue
+        finished.add(folder)
+        manifest = read_manifest(store, folder)
+        for entry in [*manifest.get("objects", ()), *manifest.get("continued", ())]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+                    or not isinstance(entry.get("sha256"), str):
+                raise ArchiveError(f"manifest {folder}/{MANIFEST} in {store.url} lists an object without name "
+                                   "and checksum")
+            known = checksums.setdefault(entry["name"], entry["sha256"])
+            if known != entry["sha256"]:
+                raise ArchiveError(f"manifests in {store.url} disagree on the checksum of {entry['name']!r}")
+    return checksums, finished
 
 
 def archived_versions(store: ArchiveStore) -> dict[str, set[str]]:

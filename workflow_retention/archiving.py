@@ -47,6 +47,7 @@ from workflow_retention.archive import (
     run_line,
     sha256,
     unfinished,
+    verified_objects,
 )
 from workflow_retention.exceptions import ArchiveError, ConfigurationError, RetentionError
 from workflow_retention.planning import RunRef
@@ -120,16 +121,31 @@ def encode(value: Any) -> Any:
 
 
 def decode(value: Any) -> Any:
-    """The raw value :func:`encode` turned into ``value``."""
+    """The raw value :func:`encode` turned into ``value``; :class:`ArchiveError` for anything :func:`encode`
+    cannot have written (a damaged or altered archive): never a class outside the engine, never a call of
+    anything but an engine enum or a standard type."""
+    try:
+        return _decode(value)
+    except ArchiveError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError) as exc:
+        raise ArchiveError(f"an archived value cannot be decoded ({type(exc).__name__}): the archive is damaged "
+                           "or was not written by workflow-retention") from exc
+
+
+def _decode(value: Any) -> Any:
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [_decode(v) for v in value]
     if not isinstance(value, dict):
         return value
     if len(value) == 1 or (len(value) == 2 and ("$enum" in value or "$object" in value)):
         tag = next((k for k in value if k.startswith("$")), None)
         if tag is not None:
             return _decode_tagged(tag, value)
-    return {k: decode(v) for k, v in value.items()}
+    return {k: _decode(v) for k, v in value.items()}
+
+
+_STRING_TAGS = ("$float", "$datetime", "$date", "$time", "$decimal", "$uuid", "$bytes")
 
 
 def _decode_tagged(tag: str, value: dict[str, Any]) -> Any:
@@ -137,20 +153,30 @@ def _decode_tagged(tag: str, value: dict[str, Any]) -> Any:
     simple: dict[str, Callable[[Any], Any]] = {
         "$float": float, "$datetime": datetime.fromisoformat, "$date": date.fromisoformat,
         "$time": time.fromisoformat, "$timedelta": lambda v: timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
-        "$bytes": base64.b64decode, "$decimal": Decimal, "$uuid": uuid.UUID,
-        "$tuple": lambda v: tuple(decode(x) for x in v), "$set": lambda v: {decode(x) for x in v},
-        "$frozenset": lambda v: frozenset(decode(x) for x in v),
-        "$dict": lambda v: {decode(k): decode(x) for k, x in v},
+        "$bytes": lambda v: base64.b64decode(v, validate=True), "$decimal": Decimal, "$uuid": uuid.UUID,
+        "$tuple": lambda v: tuple(_decode(x) for x in v), "$set": lambda v: {_decode(x) for x in v},
+        "$frozenset": lambda v: frozenset(_decode(x) for x in v),
+        "$dict": lambda v: {_decode(k): _decode(x) for k, x in v},
     }
     if tag in simple:
+        if tag in _STRING_TAGS and not isinstance(body, str):
+            raise ArchiveError(f"an archived {tag} value is not a string")
         return simple[tag](body)
     if tag == "$enum":
-        return _trusted_class(body)(decode(value["value"]))
+        cls = _trusted_class(body)
+        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+            raise ArchiveError(f"an archived enum names {body!r}, which is not an enum: refused")
+        return cls(_decode(value["value"]))
     if tag == "$object":
         cls = _trusted_class(body)
-        fields = {k: decode(v) for k, v in value["fields"].items()}
+        fields = {k: _decode(v) for k, v in value["fields"].items()}
         if cls is types.SimpleNamespace:
             return types.SimpleNamespace(**fields)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ArchiveError(f"an archived object names {body!r}, which is not a dataclass: refused")
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ArchiveError(f"an archived {body} has fields it does not declare: {sorted(unknown)[:3]}")
         obj = cls.__new__(cls)  # the stored fields as they were, without running __init__ / __post_init__
         for name, field_value in fields.items():
             object.__setattr__(obj, name, field_value)
@@ -188,6 +214,8 @@ class Archiving:
     earlier: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Those unfinished purges (the manifest continues them when this purge finishes ok).
     continues: list[str] = field(default_factory=list)
+    #: Their objects (name -> SHA-256 as read): the ok manifest lists them, so restore can verify them.
+    continued: dict[str, str] = field(default_factory=dict)
     #: run_id -> (version, object) archived by this purge and not yet seen deleted or kept.
     pending: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: Runs archived in this purge's own objects, and runs found archived by an unfinished purge.
@@ -208,7 +236,7 @@ class Archiving:
             log.warning("archive %s: %d unfinished purge(s) archived %d run version(s); they are not archived "
                         "again", store.url, len(earlier.folders), len(earlier.runs))
         writer = ArchiveWriter(store, backend=backend.url, cutoff=cutoff, started_at=started_at)
-        return cls(backend, writer, earlier.runs, earlier.folders)
+        return cls(backend, writer, earlier.runs, earlier.folders, earlier.objects)
 
     def batch(self, ids: Sequence[str]) -> None:
         """Archive the runs of one batch (those of ``ids`` that have a record), verified, before it is deleted."""
@@ -291,7 +319,8 @@ class Archiving:
         report.archive = {"url": self.writer.store.url, "purge_id": self.writer.purge_id,
                           "objects": len(self.writer.objects), "runs": self.archived, "parts": self.parts,
                           "already_archived": self.reused, "superseded": len(self.writer.superseded)}
-        self.writer.finish(outcome, report.to_dict(), self.continues if outcome == OK else ())
+        self.writer.finish(outcome, report.to_dict(), self.continues if outcome == OK else (),
+                           self.continued if outcome == OK else None)
 
     def abandon(self, report: PurgeReport, error: BaseException) -> None:
         """The purge failed: write a ``failed`` manifest if the archive still takes it (a rerun then knows
@@ -353,21 +382,81 @@ def purges(store: ArchiveStore) -> list[dict[str, Any]]:
     return found
 
 
-def lines_of(store: ArchiveStore, name: str) -> list[dict[str, Any]]:
-    lines = decode_lines(store.get(name))
+@dataclass
+class Objects:
+    """An archive's batch objects as restore and ``archive show`` read them: each checked against the
+    checksum a manifest recorded for it (its purge's, or that of the purge that relied on it after a crash).
+    An object that differs is an :class:`ArchiveError` (altered or damaged: nothing is restored from the
+    archive); one in a finished purge that its manifest does not list was never verified, and is ignored; one
+    no manifest vouches for (a purge that crashed, and no later purge ran) is read unverified, with a warning."""
+
+    store: ArchiveStore
+    checksums: dict[str, str]
+    finished: set[str]
+    warned: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, store: ArchiveStore) -> Objects:
+        checksums, finished = verified_objects(store)
+        return cls(store, checksums, finished)
+
+    def usable(self, name: str) -> bool:
+        if name in self.checksums:
+            return True
+        listed = name.rpartition("/")[0] in self.finished
+        if name not in self.warned:
+            self.warned.add(name)
+            if listed:
+                log.warning("archive %s: %s is not listed in its purge's manifest (never verified): ignored",
+                            self.store.url, name)
+            else:
+                log.warning("archive %s: %s has no manifest to check it against (its purge did not finish and no "
+                            "later purge continued it): read unverified", self.store.url, name)
+        return not listed
+
+    def lines(self, name: str) -> list[dict[str, Any]]:
+        data = self.store.get(name)
+        expected = self.checksums.get(name)
+        if expected is not None and sha256(data) != expected:
+            raise ArchiveError(f"archive object {name!r} in {self.store.url} does not match the checksum its manifest "
+                               f"recorded (sha256 {sha256(data)[:12]}..., expected {expected[:12]}...): the archive "
+                               "was altered or damaged; nothing restored")
+        return checked_lines(data, name)
+
+
+def checked_lines(data: bytes, name: str) -> list[dict[str, Any]]:
+    """The lines of an object, each checked to be a run line of this format (:class:`ArchiveError` naming it)."""
+    lines = decode_lines(data)
     for n, line in enumerate(lines, 1):
-        check_format(line, f"{name} line {n}")
+        where = f"{name} line {n}"
+        check_format(line, where)
+        records = line.get("records")
+        if not (isinstance(line.get("run_id"), str) and line["run_id"] and isinstance(line.get("backend"), str)
+                and isinstance(line.get("run_version"), str) and isinstance(line.get("archived_at", ""), str)
+                and isinstance(line.get("parent_run_id", ""), (str, type(None)))
+                and isinstance(records, dict) and all(isinstance(k, str) and isinstance(v, list)
+                                                      for k, v in records.items())):
+            raise ArchiveError(f"{where} is not an archived run (run_id, backend, run_version, records)")
     return lines
 
 
-def read_archive(store: ArchiveStore) -> dict[str, Entry]:
-    """run_id -> where its newest archived line is (by ``archived_at``, then object name)."""
+def lines_of(store: ArchiveStore, name: str) -> list[dict[str, Any]]:
+    """The checked lines of one object, unverified (:class:`Objects` verifies them)."""
+    return checked_lines(store.get(name), name)
+
+
+def read_archive(store: ArchiveStore, objects: Objects | None = None) -> dict[str, Entry]:
+    """run_id -> where its newest archived line is (by ``archived_at``, then object name), among the objects
+    ``objects`` (default: :meth:`Objects.of`) accepts."""
+    objects = objects or Objects.of(store)
     newest: dict[str, Entry] = {}
     parts: dict[str, list[tuple[str, str]]] = {}
     for folder, leaves in sorted(purge_folders(store).items()):
         for leaf in sorted(x for x in leaves if x.endswith(BATCH_SUFFIX)):
             name = f"{folder}/{leaf}"
-            for line in lines_of(store, name):
+            if not objects.usable(name):
+                continue
+            for line in objects.lines(name):
                 when = str(line.get("archived_at", ""))
                 if line.get("part"):
                     parts.setdefault(line["run_id"], []).append((when, name))
@@ -429,7 +518,8 @@ def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str]
 
     if Capability.ARCHIVE not in backend.capabilities:
         raise ConfigurationError(f"the {backend.name} backend cannot restore archived runs yet")
-    index = read_archive(store)
+    objects = Objects.of(store)
+    index = read_archive(store, objects)
     report = RestoreReport()
     wanted = sorted(index) if run_ids is None else list(dict.fromkeys(run_ids))
     chosen: dict[str, Entry] = {}
@@ -460,14 +550,18 @@ def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str]
         for entry in level:
             by_object.setdefault(entry.object, set()).add(entry.run_id)
         for name, ids in sorted(by_object.items()):
-            lines = [line for line in lines_of(store, name) if line["run_id"] in ids and not line.get("part")]
+            lines = [line for line in objects.lines(name) if line["run_id"] in ids and not line.get("part")]
             for line in lines:
                 for part_object in chosen[line["run_id"]].parts:
-                    for part in lines_of(store, part_object):
+                    for part in objects.lines(part_object):
                         if part["run_id"] == line["run_id"] and part.get("part"):
                             for kind, rows in part["records"].items():
                                 line["records"].setdefault(kind, []).extend(rows)
-                line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
+                try:
+                    line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
+                except ArchiveError as exc:
+                    raise ArchiveError(f"run {line['run_id']} in {name}: {exc}; restored before it: "
+                                       f"{len(report.written)} run(s)") from exc
             backend._restore(lines)
             for line in lines:
                 report.written.append(line["run_id"])
@@ -482,8 +576,11 @@ def archived_runs(store: ArchiveStore, folder: str) -> Iterator[dict[str, Any]]:
     """The runs one purge archived: run id, version, parent, object and record counts (``archive show``)."""
     manifest = read_manifest(store, folder) if store_has(store, f"{folder}/{MANIFEST}") else {}
     superseded = {(s["run_id"], s["version"]) for s in manifest.get("superseded", ())}
+    objects = Objects.of(store)
     for name in sorted(n for n in store.names(folder) if n.endswith(BATCH_SUFFIX)):
-        for line in lines_of(store, name):
+        if not objects.usable(name):
+            continue
+        for line in objects.lines(name):
             yield {"run_id": line["run_id"], "run_version": line["run_version"], "object": name,
                    "parent_run_id": line.get("parent_run_id"), "part": bool(line.get("part")),
                    "superseded": (line["run_id"], line["run_version"]) in superseded,
