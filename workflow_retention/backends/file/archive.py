@@ -13,6 +13,7 @@ per batch (the layout has no index by run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from workflow_retention.backends.file.layout import (
     HOOK_SEPARATOR,
     HOOKS,
     JSON,
+    LOCK_SUFFIX,
     LOCKS,
     RUNS,
     STEPS,
@@ -37,13 +39,14 @@ from workflow_retention.backends.file.layout import (
     flag_file,
     lock_file,
     marker_file,
+    parse_json,
     run_file,
     run_locks,
     step_owner,
 )
 from workflow_retention.backends.file.purge import read_run
 from workflow_retention.exceptions import StorageError
-from workflow_retention.planning import RunRef, key_owner
+from workflow_retention.planning import RunRef, key_owner, key_prefixes
 
 #: Archive kinds: the store's folders (``.`` holds the token index), in the order they are restored (the
 #: run file last: a restored run is complete before the engine or a purge can find it).
@@ -130,30 +133,106 @@ def gather(base: Path, run_ids: Sequence[str], lock_timeout: float) -> dict[str,
     return {i: (refs[i], found[i]) for i in refs}
 
 
+def _owned(run_id: str, folder: str, record: Any) -> bool:
+    """Whether ``record`` (an archived file of ``folder``, or a token-index entry) can belong to ``run_id``: its
+    name is one of the run's own (steps and legacy hooks: the run_id inside), so restore never writes a file
+    of another run."""
+    if folder == TOKENS:
+        return isinstance(record, dict) and isinstance(record.get("token"), str) \
+            and isinstance(record.get("value"), str) and run_id in key_prefixes(record["value"])
+    if not (isinstance(record, dict) and isinstance(record.get("name"), str) and isinstance(record.get("data"), bytes)
+            and isinstance(record.get("mtime"), (int, float, type(None)))):
+        return False
+    name: str = record["name"]
+    key = name[: -len(JSON)] if name.endswith(JSON) else None
+    if folder == RUNS:
+        return name in (run_file(run_id), flag_file(run_id))
+    if folder == EVENTS:
+        return name == events_file(run_id)
+    if folder == LOCKS:
+        checkpoint = name[len(CHECKPOINT_PREFIX): -len(LOCK_SUFFIX)] if name.startswith(CHECKPOINT_PREFIX) \
+            and name.endswith(LOCK_SUFFIX) else None
+        return name in run_locks(run_id) or (checkpoint is not None and run_id in key_prefixes(checkpoint))
+    if folder == CHECKPOINTS:
+        return key is not None and run_id in key_prefixes(key)
+    if key is None:
+        return False
+    if folder == HOOKS and run_id in key_prefixes(key, HOOK_SEPARATOR):
+        return True
+    try:  # steps/<step_id>.json and a legacy hooks/<hook_id>.json name their run inside
+        data = parse_json(record["data"])
+    except Corrupt:
+        return False
+    return isinstance(data, dict) and data.get("run_id") == run_id
+
+
 def restore(base: Path, lines: list[dict[str, Any]], lock_timeout: float) -> None:
-    """Write the archived files of ``lines`` back (each with its mtime), the run file last and only if no
-    run file or purge marker of that id exists; token-index entries merged under the engine's index lock."""
+    """Write the archived files of ``lines`` back (each with its mtime), run by run: each file created new
+    (a name that exists is never replaced: the run is refused), the run file last and only if no run file or
+    purge marker of that id exists, token-index entries merged under the engine's index lock. A file that is
+    not the run's own refuses the run before anything is written; a failure midway removes what the run had
+    written (a run is restored whole or not at all)."""
     with errors(base), Store.open(base) as store:
         for line in lines:
-            run_id = line["run_id"]
-            unknown = set(line["records"]) - {*FOLDERS, TOKENS}
-            if unknown:
-                raise StorageError(f"cannot restore {run_id} into {base}: unknown folder(s) {sorted(unknown)}")
-            name, marker = run_file(run_id), marker_file(run_id)
-            if name is None or marker is None or store.exists(RUNS, name) or store.exists(RUNS, marker):
-                raise StorageError(f"cannot restore {run_id!r} into {base}: its run file exists (or its id is "
-                                   "not one file name)")
-            for folder in FOLDERS:
-                records = sorted(line["records"].get(folder, ()), key=lambda r: r["name"] == name)
-                for record in records:
-                    if not store.has(folder):
-                        raise StorageError(f"cannot restore {run_id} into {base}: it has no {folder}/ directory")
-                    store.write_new(folder, record["name"], record["data"], record.get("mtime"))
-        entries = {e["token"]: e["value"] for line in lines for e in line["records"].get(TOKENS, ())}
-        if entries:
-            with store.lock(TOKEN_INDEX_LOCK, lock_timeout):
+            _restore_run(base, store, line, lock_timeout)
+
+
+def _restore_run(base: Path, store: Store, line: dict[str, Any], lock_timeout: float) -> None:
+    run_id = line["run_id"]
+    records = line["records"]
+    unknown = set(records) - {*FOLDERS, TOKENS}
+    if unknown:
+        raise StorageError(f"cannot restore {run_id} into {base}: unknown folder(s) {sorted(unknown)}")
+    name, marker = run_file(run_id), marker_file(run_id)
+    if name is None or marker is None or store.exists(RUNS, name) or store.exists(RUNS, marker):
+        raise StorageError(f"cannot restore {run_id!r} into {base}: its run file exists (or its id is "
+                           "not one file name)")
+    for folder, rows in records.items():
+        for record in rows:
+            if not _owned(run_id, folder, record):
+                shown = record.get("name", record.get("token")) if isinstance(record, dict) else None
+                raise StorageError(f"cannot restore {run_id} into {base}: the archive holds {folder} entry "
+                                   f"{str(shown)[:200]!r}, which is not this run's: nothing of it written")
+            if folder != TOKENS and not store.has(folder):
+                raise StorageError(f"cannot restore {run_id} into {base}: it has no {folder}/ directory")
+    created: list[tuple[str, str]] = []
+    tokens: list[str] = []
+    try:
+        for folder in FOLDERS:
+            for record in sorted(records.get(folder, ()), key=lambda r: r["name"] == name):
+                try:
+                    store.write_new(folder, record["name"], record["data"], record.get("mtime"), exclusive=True)
+                except FileExistsError:
+                    raise StorageError(f"cannot restore {run_id} into {base}: {store.rel(folder, record['name'])} "
+                                       "exists (not replaced); nothing of the run written") from None
+                except BaseException:
+                    created.append((folder, record["name"]))  # created (O_EXCL) before the failure: removed below
+                    raise
+                created.append((folder, record["name"]))
+            if folder == LOCKS and records.get(TOKENS):  # before the run file: the run appears complete
+                tokens = _merge_tokens(base, store, records[TOKENS], lock_timeout)
+    except BaseException:
+        for folder, written in reversed(created):
+            with contextlib.suppress(StorageError):
+                store.unlink(folder, written, size=False)
+        if tokens:
+            with contextlib.suppress(StorageError, OSError), store.lock(TOKEN_INDEX_LOCK, lock_timeout):
                 index = store.read_token_index()
-                if not isinstance(index, dict):
-                    raise StorageError(f"cannot restore hook tokens into {base}: {TOKEN_INDEX} is unusable ({index})")
-                index.update({t: v for t, v in entries.items() if t not in index})
-                store.rewrite(BASE, TOKEN_INDEX, json.dumps(index, indent=2).encode())
+                if isinstance(index, dict):
+                    for token in tokens:
+                        index.pop(token, None)
+                    store.rewrite(BASE, TOKEN_INDEX, json.dumps(index, indent=2).encode())
+        raise
+
+
+def _merge_tokens(base: Path, store: Store, entries: list[dict[str, Any]], lock_timeout: float) -> list[str]:
+    """Add the run's token-index entries that are absent (under the engine's index lock); the tokens added."""
+    with store.lock(TOKEN_INDEX_LOCK, lock_timeout):
+        index = store.read_token_index()
+        if not isinstance(index, dict):
+            raise StorageError(f"cannot restore hook tokens into {base}: {TOKEN_INDEX} is unusable ({index})")
+        added = [e["token"] for e in entries if e["token"] not in index]
+        if added:
+            index.update({e["token"]: e["value"] for e in entries if e["token"] in added})
+            store.rewrite(BASE, TOKEN_INDEX, json.dumps(index, indent=2).encode())
+    return added

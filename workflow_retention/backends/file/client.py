@@ -294,9 +294,12 @@ class Store:
                 raise self.fail(f"cannot rewrite {what}", exc) from exc
             raise
 
-    def write_new(self, directory: str, name: str, data: bytes, mtime: float | None = None) -> None:
-        """Create or truncate a regular file (the seeder's write, as the engine's ``write_text``)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    def write_new(self, directory: str, name: str, data: bytes, mtime: float | None = None, *,
+                  exclusive: bool = False) -> None:
+        """Create or truncate a regular file (the seeder's write, as the engine's ``write_text``); ``exclusive``:
+        create it only (FileExistsError if the name exists: nothing is replaced)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        flags |= os.O_EXCL if exclusive else os.O_TRUNC
         fd = os.open(self._name(directory, name), flags, 0o644, dir_fd=self._fd(directory))
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
