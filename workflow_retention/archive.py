@@ -288,16 +288,24 @@ def _parse_url(url: str, setting: str) -> tuple[str, tuple[Any, ...]]:
             raise ConfigurationError(f"{setting}: credentials do not belong in the URL (they come from the "
                                      f"AWS chain: environment, shared files, roles); got {shown!r}")
         bucket = parts.hostname or ""
-        if not bucket or parts.fragment:
-            raise ConfigurationError(f"{setting}: expected {_FORMS}; got {shown!r}")
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         unknown = sorted(set(params) - _S3_PARAMS)
+        if unknown or parts.fragment:  # what the URL should not hold may be a secret: shown masked
+            shown = redact_url(url.strip().partition("#")[0].partition("?")[0]) + "".join(
+                f"{'?' if n == 0 else '&'}{k}={redact_url(v) if k in _S3_PARAMS else '***'}"
+                for n, (k, v) in enumerate(params.items())) + ("#***" if parts.fragment else "")
+        if not bucket or parts.fragment:
+            raise ConfigurationError(f"{setting}: expected {_FORMS}; got {shown!r}")
         if unknown:
-            raise ConfigurationError(f"{setting}: unknown parameter {unknown[0]!r} (allowed: "
+            raise ConfigurationError(f"{setting}: unknown parameter {unknown[0][:40]!r} (allowed: "
                                      f"{', '.join(sorted(_S3_PARAMS))}); got {shown!r}")
         endpoint = params.get("endpoint_url")
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
             raise ConfigurationError(f"{setting}: endpoint_url must be an http:// or https:// URL; got {shown!r}")
+        if endpoint is not None and "@" in endpoint.partition("://")[2].partition("/")[0]:
+            raise ConfigurationError(f"{setting}: credentials do not belong in endpoint_url (they come from the "
+                                     f"AWS chain: environment, shared files, roles); got "
+                                     f"{redact_url(url.strip()).partition('?')[0]!r}")
         prefix = parts.path.strip("/")
         return "s3", (bucket, prefix + "/" if prefix else "", shown, endpoint, params.get("region") or None)
     raise ConfigurationError(f"{setting}: expected {_FORMS}; got {shown!r}")
