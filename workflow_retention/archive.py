@@ -523,11 +523,13 @@ def unfinished(store: ArchiveStore) -> Unfinished:
     return found
 
 
-def verified_objects(store: ArchiveStore) -> tuple[dict[str, str], set[str]]:
+def verified_objects(store: ArchiveStore) -> tuple[dict[str, str], set[str], set[tuple[str, str]]]:
     """Every batch object some manifest vouches for (name -> SHA-256: the objects a purge verified, and those of
-    an unfinished purge a later one relied on, ``continued``), and the purge folders that have a manifest."""
+    an unfinished purge a later one relied on, ``continued``), the purge folders that have a manifest, and the
+    (run_id, version) pairs they record as superseded (archived, then kept: not deleted by that purge)."""
     checksums: dict[str, str] = {}
     finished: set[str] = set()
+    superseded: set[tuple[str, str]] = set()
     for folder, leaves in sorted(purge_folders(store).items()):
         if MANIFEST not in leaves:
             continue
@@ -541,7 +543,9 @@ def verified_objects(store: ArchiveStore) -> tuple[dict[str, str], set[str]]:
             known = checksums.setdefault(entry["name"], entry["sha256"])
             if known != entry["sha256"]:
                 raise ArchiveError(f"manifests in {store.url} disagree on the checksum of {entry['name']!r}")
-    return checksums, finished
+        superseded.update((str(e.get("run_id")), str(e.get("version"))) for e in manifest.get("superseded", ())
+                          if isinstance(e, dict))
+    return checksums, finished, superseded
 
 
 def archived_versions(store: ArchiveStore) -> dict[str, set[str]]:

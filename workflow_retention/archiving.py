@@ -362,6 +362,8 @@ class Entry:
     parent_run_id: str | None
     backend: str
     parts: tuple[str, ...] = ()
+    #: A manifest vouches for its object (see :class:`Objects`).
+    verified: bool = False
 
 
 def purges(store: ArchiveStore) -> list[dict[str, Any]]:
@@ -393,12 +395,14 @@ class Objects:
     store: ArchiveStore
     checksums: dict[str, str]
     finished: set[str]
+    #: (run_id, version) archived and then kept by their purge (recorded superseded in its manifest).
+    superseded: set[tuple[str, str]] = field(default_factory=set)
     warned: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, store: ArchiveStore) -> Objects:
-        checksums, finished = verified_objects(store)
-        return cls(store, checksums, finished)
+        checksums, finished, superseded = verified_objects(store)
+        return cls(store, checksums, finished, superseded)
 
     def usable(self, name: str) -> bool:
         if name in self.checksums:
@@ -445,12 +449,16 @@ def lines_of(store: ArchiveStore, name: str) -> list[dict[str, Any]]:
     return checked_lines(store.get(name), name)
 
 
-def read_archive(store: ArchiveStore, objects: Objects | None = None) -> dict[str, Entry]:
+def read_archive(store: ArchiveStore, objects: Objects | None = None,
+                 kept: set[str] | None = None) -> dict[str, Entry]:
     """run_id -> where its newest archived line is (by ``archived_at``, then object name), among the objects
-    ``objects`` (default: :meth:`Objects.of`) accepts."""
+    ``objects`` (default: :meth:`Objects.of`) accepts; a line a manifest vouches for wins over one none does.
+    A version its purge recorded superseded (archived, then kept: that purge did not delete it) is never
+    chosen; ``kept`` collects the runs that have only such lines."""
     objects = objects or Objects.of(store)
     newest: dict[str, Entry] = {}
     parts: dict[str, list[tuple[str, str]]] = {}
+    superseded: set[str] = set()
     for folder, leaves in sorted(purge_folders(store).items()):
         for leaf in sorted(x for x in leaves if x.endswith(BATCH_SUFFIX)):
             name = f"{folder}/{leaf}"
@@ -461,16 +469,27 @@ def read_archive(store: ArchiveStore, objects: Objects | None = None) -> dict[st
                 if line.get("part"):
                     parts.setdefault(line["run_id"], []).append((when, name))
                     continue
-                entry = Entry(line["run_id"], when, name, line.get("parent_run_id"), line["backend"])
+                if (line["run_id"], line["run_version"]) in objects.superseded:
+                    superseded.add(line["run_id"])
+                    continue
+                entry = Entry(line["run_id"], when, name, line.get("parent_run_id"), line["backend"],
+                              verified=name in objects.checksums)
                 old = newest.get(entry.run_id)
-                if old is None or (entry.archived_at, entry.object) > (old.archived_at, old.object):
+                if old is None or (entry.verified, entry.archived_at, entry.object) > (
+                        old.verified, old.archived_at, old.object):
                     newest[entry.run_id] = entry
+    if kept is not None:
+        kept.update(superseded - set(newest))
     for run_id, found in parts.items():
         main = newest.get(run_id)
         if main is not None:
             after = sorted({n for w, n in found if (w, n) > (main.archived_at, main.object)})
             newest[run_id] = dataclasses.replace(main, parts=tuple(after))
     return newest
+
+
+#: Why :func:`restore` refused a run that is in the store (expected with ``--all``).
+EXISTS = "exists in the store"
 
 
 @dataclass
@@ -519,23 +538,30 @@ def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str]
     if Capability.ARCHIVE not in backend.capabilities:
         raise ConfigurationError(f"the {backend.name} backend cannot restore archived runs yet")
     objects = Objects.of(store)
-    index = read_archive(store, objects)
+    kept: set[str] = set()
+    index = read_archive(store, objects, kept)
     report = RestoreReport()
-    wanted = sorted(index) if run_ids is None else list(dict.fromkeys(run_ids))
+    wanted = sorted(set(index) | kept) if run_ids is None else list(dict.fromkeys(run_ids))
     chosen: dict[str, Entry] = {}
+    superseded = [run_id for run_id in wanted if run_id not in index and run_id in kept]
+    backend.open()
+    present = backend._read_runs(set(superseded)) if superseded else {}
     for run_id in wanted:
         entry = index.get(run_id)
-        if entry is None:
+        if entry is None and run_id in kept:
+            report.refused[run_id] = EXISTS if run_id in present else (
+                "its archived version was superseded: the purge kept the run (it changed after it was archived), "
+                "so no purge of this archive deleted it")
+        elif entry is None:
             report.refused[run_id] = "not in the archive"
         elif entry.backend != backend.name:
             report.refused[run_id] = f"archived from a {entry.backend} store, not {backend.name}"
         else:
             chosen[run_id] = entry
-    backend.open()
     for chunk_start in range(0, len(chosen), max(1, backend.batch_size)):
         ids = set(sorted(chosen)[chunk_start:chunk_start + backend.batch_size])
         for run_id in sorted(backend._read_runs(ids)):
-            report.refused[run_id] = "exists in the store"
+            report.refused[run_id] = EXISTS
             del chosen[run_id]
     orphans = {e.parent_run_id for e in chosen.values() if e.parent_run_id and e.parent_run_id not in chosen}
     present = backend._read_runs(orphans) if orphans else {}

@@ -878,7 +878,10 @@ def _cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace, settings: config.Settings) -> int:
-    """Archived runs back into the store; exit 1 when a run asked for by ``--run`` was refused."""
+    """Archived runs back into the store; exit 1 when a run asked for by ``--run`` was refused, or with ``--all``
+    when a run was refused for another reason than that it exists."""
+    from workflow_retention.archiving import EXISTS
+
     archive = _archive(args, settings, required=True)
     assert archive is not None
     with _backend(args, settings) as backend:
@@ -890,10 +893,14 @@ def _cmd_restore(args: argparse.Namespace, settings: config.Settings) -> int:
         lines += [f"  {kind:<20} {n:>10,}" for kind, n in sorted(report.counts.items())]
         lines += [f"  refused {run_id}: {why}" for run_id, why in sorted(report.refused.items())]
         args.out("\n".join(lines))
+    # with --all, runs that exist are expected (a superseded run was kept, an earlier restore wrote it); any other
+    # refusal (another kind of store, a parent missing) means archived runs did not come back: exit 1
+    unexpected = {r: why for r, why in report.refused.items() if not args.all or why != EXISTS}
     if report.refused:
-        log.warning("%d run(s) not restored (%s)", len(report.refused), "exist in the store, or are not in the "
-                    "archive" if args.all else "see the list")
-    return EXIT_FAILED if report.refused and not args.all else EXIT_OK
+        log.warning("%d run(s) not restored (%s)", len(report.refused),
+                    f"{len(unexpected)} for another reason than that they exist in the store" if unexpected
+                    else "they exist in the store")
+    return EXIT_FAILED if unexpected else EXIT_OK
 
 
 def _cmd_archive(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -57,6 +57,8 @@ def test_a_line_naming_another_runs_file_is_refused(purged: tuple[Path, str, lis
     line["archived_at"] = "9999-01-01T00:00:00+00:00"
     line["records"]["events"].append({"name": live.name, "data": {"$bytes": "eA=="}, "mtime": 0.0})
     folder = Path(url[len("file://"):])
+    for manifest in folder.rglob("manifest.json"):  # unverified, like the forged object: the newer line wins
+        manifest.unlink()
     FileArchiveStore(folder, url).put_new("purges/9999-01-01-forged/batch-000001.jsonl.gz", encode_lines([line]))
     before = _names(store)
     assert main(["restore", "--archive", url, "--run", line["run_id"]]) == 1

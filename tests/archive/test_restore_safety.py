@@ -150,3 +150,63 @@ def test_a_line_that_is_not_a_run_is_refused_loudly(store: Path, tmp_path: Path,
     assert main(["restore", "--archive", f"file://{folder}", "--all"]) == 1
     assert "line 1" in caplog.text and "Traceback" not in caplog.text
     assert _runs(store) == before
+
+
+def test_a_superseded_version_is_not_restored_as_if_it_had_been_deleted(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from workflow_retention.archiving import Archiving
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    url = f"file://{folder}"
+    original = Archiving.batch
+    touched: list[str] = []
+
+    def archive_then_engine_writes(self: Archiving, ids: list[str]) -> None:
+        original(self, ids)
+        if ids and not touched:  # after the archive, before the delete: the engine changes the run
+            touched.append(ids[0])
+            with sqlite3.connect(store) as db:
+                db.execute("UPDATE workflow_runs SET status = 'failed', updated_at = ? WHERE run_id = ?",
+                           ("2026-01-01 00:00:00.000000", ids[0]))
+
+    monkeypatch.setattr(Archiving, "batch", archive_then_engine_writes)
+    assert main(["purge", "--days", "30", "--archive", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["archive"]["superseded"] == 1
+    [victim] = touched
+    with sqlite3.connect(store) as db:  # later deleted without an archive: this archive never saw it deleted
+        db.execute("PRAGMA foreign_keys = OFF")
+        for table in ("events", "steps", "hooks", "cancellation_flags", "workflow_runs"):
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (victim,))
+        db.execute("DELETE FROM checkpoints WHERE step_run_id LIKE ?", (f"{victim}:%",))
+    assert main(["restore", "--archive", url, "--run", victim, "--json"]) == 1
+    refused = json.loads(capsys.readouterr().out)["refused"]
+    assert "superseded" in refused[victim]
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM workflow_runs WHERE run_id = ?", (victim,)).fetchone()[0] == 0
+
+
+def test_an_unverified_line_never_wins_over_a_verified_one(store: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    url, folder = _purge(tmp_path, capsys)
+    [obj] = _objects(folder)
+    forged = json.loads(json.dumps(decode_lines(obj.read_bytes())[0]))
+    forged["archived_at"] = "9999-01-01T00:00:00+00:00"
+    _set_status(forged["records"]["workflow_runs"][0], "running")
+    # a folder with no manifest (as a crashed purge leaves): read unverified, and only for runs nothing verified holds
+    FileArchiveStore(folder, url).put_new("purges/9999-01-01-x/batch-000001.jsonl.gz", encode_lines([forged]))
+    assert main(["restore", "--archive", url, "--run", forged["run_id"], "--json"]) == 0
+    with sqlite3.connect(store) as db:
+        [(status,)] = db.execute("SELECT status FROM workflow_runs WHERE run_id = ?", (forged["run_id"],))
+    assert status != "running"
+
+
+def test_restore_all_into_another_kind_of_store_fails(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    url, _folder = _purge(tmp_path, capsys)
+    other = f"file://{tmp_path / 'files'}"
+    assert main(["seed", "--runs", "5", "--storage", other]) == 0
+    assert main(["restore", "--archive", url, "--all", "--storage", other]) == 1  # nothing could be written
+    assert "archived from a sqlite store" in capsys.readouterr().out
+    assert main(["restore", "--archive", url, "--all"]) == 0
+    assert main(["restore", "--archive", url, "--all"]) == 0  # now all exist: expected with --all
