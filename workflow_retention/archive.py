@@ -17,6 +17,8 @@ The format is versioned and described in ``docs/archive.md``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -98,7 +100,9 @@ def _clean_name(name: str) -> PurePosixPath:
 class FileArchiveStore(ArchiveStore):
     """A folder: each object a file, created with ``O_EXCL`` under a temporary name, ``fsync``-ed, then
     hard-linked to its name (which fails if the name exists: no object is ever replaced) and the folder
-    ``fsync``-ed. Reads open regular files only, never following a symlink and never blocking."""
+    ``fsync``-ed. Folders inside the archive are opened one by one without following a symlink, and reads
+    open regular files only, never following a symlink and never blocking: a symlink placed in the archive
+    never redirects a write or a read (only the archive folder itself, the URL's path, may be a symlink)."""
 
     def __init__(self, root: Path, url: str) -> None:
         self.root, self.url = root, url
@@ -106,54 +110,82 @@ class FileArchiveStore(ArchiveStore):
     def _path(self, name: str) -> Path:
         return self.root.joinpath(*_clean_name(name).parts)
 
-    def put_new(self, name: str, data: bytes) -> None:
-        final = self._path(name)
+    def _folder(self, parts: Iterable[str], name: str, create: bool) -> int:
+        """A descriptor of the folder ``parts`` under the root, each opened with ``O_NOFOLLOW`` (``create``: made
+        if missing, and fsync-ed into its parent); FileNotFoundError if missing and not ``create``."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            self._mkdirs(final.parent)
-            temp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
-            try:
-                with os.fdopen(fd, "wb", closefd=False) as out:
-                    out.write(data)
-                    out.flush()
-                os.fsync(fd)
-            finally:
+            for part in parts:
+                try:
+                    inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o750, dir_fd=fd)
+                        os.fsync(fd)
+                    inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise ArchiveError(f"archive folder {part!r} (for {name!r}) in {self.url} is a symlink or not "
+                                           "a folder: refused (an archive never follows a link inside it)") from exc
+                    raise
                 os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def put_new(self, name: str, data: bytes) -> None:
+        *parts, leaf = _clean_name(name).parts
+        try:
+            folder = self._folder(parts, name, create=True)
             try:
-                os.link(temp, final)  # atomic, and never replaces an existing name
-            except FileExistsError:
-                raise ArchiveCollision(f"archive object {name!r} already exists in {self.url}") from None
+                temp = f".{leaf}.{uuid.uuid4().hex}.tmp"
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640, dir_fd=folder)
+                try:
+                    with os.fdopen(fd, "wb", closefd=False) as out:
+                        out.write(data)
+                        out.flush()
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                try:  # atomic, and never replaces an existing name
+                    os.link(temp, leaf, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+                except FileExistsError:
+                    raise ArchiveCollision(f"archive object {name!r} already exists in {self.url}") from None
+                finally:
+                    os.unlink(temp, dir_fd=folder)
+                os.fsync(folder)
             finally:
-                os.unlink(temp)
-            _fsync_dir(final.parent)
+                os.close(folder)
         except ArchiveError:
             raise
         except OSError as exc:
             raise ArchiveError(f"cannot write archive object {name!r} to {self.url}: "
                                f"{exc.strerror or type(exc).__name__}") from exc
 
-    def _mkdirs(self, folder: Path) -> None:
-        missing = []
-        while not folder.exists():
-            missing.append(folder)
-            folder = folder.parent
-        for made in reversed(missing):
-            try:
-                made.mkdir(mode=0o750)
-            except FileExistsError:
-                continue
-            _fsync_dir(made.parent)
-
     def get(self, name: str) -> bytes:
-        path = self._path(name)
+        *parts, leaf = _clean_name(name).parts
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            folder = self._folder(parts, name, create=False)
+            try:
+                fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            finally:
+                os.close(folder)
+        except ArchiveError:
+            raise
         except OSError as exc:
             raise ArchiveError(f"cannot read archive object {name!r} in {self.url}: "
                                f"{exc.strerror or type(exc).__name__}") from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise ArchiveError(f"archive object {name!r} in {self.url} is not a regular file")
+            if st.st_size > MAX_OBJECT_BYTES:
+                raise ArchiveError(f"archive object {name!r} in {self.url} is larger than any archive object "
+                                   f"({st.st_size:,} bytes): refused")
             chunks = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
@@ -162,14 +194,24 @@ class FileArchiveStore(ArchiveStore):
             os.close(fd)
 
     def names(self, prefix: str = "") -> Iterator[str]:
-        base = self.root.joinpath(*_clean_name(prefix).parts) if prefix else self.root
-        if not base.is_dir():
+        parts = _clean_name(prefix).parts if prefix else ()
+        try:
+            top = self._folder(parts, prefix, create=False)
+        except FileNotFoundError:
             return
-        for folder, dirs, files in os.walk(base):
-            dirs.sort()
-            for file in sorted(files):
-                if not file.startswith("."):
-                    yield Path(folder, file).relative_to(self.root).as_posix()
+        except ArchiveError:
+            raise
+        except OSError as exc:
+            raise ArchiveError(f"cannot list {prefix or '/'} in {self.url}: {exc.strerror or type(exc).__name__}") \
+                from exc
+        try:  # fwalk: folders opened relative to their parent, symlinks never followed
+            for folder, dirs, files, _fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+                dirs.sort()
+                for file in sorted(files):
+                    if not file.startswith("."):
+                        yield PurePosixPath(*parts, folder, file).as_posix()
+        finally:
+            os.close(top)
 
     def check(self) -> None:
         if not self.root.is_dir():
@@ -178,12 +220,7 @@ class FileArchiveStore(ArchiveStore):
             raise ArchiveError(f"archive folder {self.url} is not writable by this user")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class S3ArchiveStore(ArchiveStore):

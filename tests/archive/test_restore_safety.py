@@ -142,6 +142,7 @@ def test_a_batch_larger_than_restore_accepts_is_not_archived(tmp_path: Path, mon
 def test_a_line_that_is_not_a_run_is_refused_loudly(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "archive"
+    folder.mkdir()
     obj = "purges/2026-01-01-x/batch-000001.jsonl.gz"
     FileArchiveStore(folder, f"file://{folder}").put_new(obj, encode_lines([
         {"format": "workflow-retention-archive", "version": 1, "backend": "sqlite", "run_id": ["x"],
