@@ -565,15 +565,15 @@ def _pressured(args: argparse.Namespace, settings: config.Settings, cutoff: date
 
 
 def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
+    archive = _archive(args, settings, required=False)  # a bad archive setting: exit 2 before the store is opened
+    if args.shards > 1 and archive is not None:
+        raise ConfigurationError("an archive is not supported with --shards above 1 yet (issue 20): purge with "
+                                 "--shards 1, or without the archive")
     cutoff = _pressured(args, settings, _cutoff(args, settings), record=not args.dry_run)
-    archive = _archive(args, settings, required=False)
     if args.shards > 1 and settings.max_runs is not None:
         raise ConfigurationError(f"{config.MAX_RUNS} is not enforced across --shards processes yet: purge with "
                                  f"--shards 1, or unset the cap")
     if args.shards > 1:
-        if archive is not None:
-            raise ConfigurationError("an archive is not supported with --shards above 1 yet (issue 20): purge with "
-                                     "--shards 1, or without the archive")
         return _purge_sharded(args, settings, cutoff)
     with _backend(args, settings) as backend, Progress("purge") as progress:
         _vacuum_allowed(args, backend)
