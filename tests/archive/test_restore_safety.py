@@ -211,3 +211,25 @@ def test_restore_all_into_another_kind_of_store_fails(store: Path, tmp_path: Pat
     assert "archived from a sqlite store" in capsys.readouterr().out
     assert main(["restore", "--archive", url, "--all"]) == 0
     assert main(["restore", "--archive", url, "--all"]) == 0  # now all exist: expected with --all
+
+
+def test_a_line_whose_rows_belong_to_another_run_is_refused(store: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    url, folder = _purge(tmp_path, capsys)
+    with sqlite3.connect(store) as db:
+        live = db.execute("SELECT run_id FROM workflow_runs ORDER BY run_id LIMIT 1").fetchone()[0]
+        events = db.execute("SELECT count(*) FROM events WHERE run_id = ?", (live,)).fetchone()[0]
+    [obj] = _objects(folder)
+    line = json.loads(json.dumps(next(x for x in decode_lines(obj.read_bytes())
+                                      if not x.get("parent_run_id") and x["records"].get("events"))))
+    old_id = line["run_id"]
+    text = json.dumps(line).replace(old_id, "run_forged0000000")
+    line = json.loads(text)
+    for pair in line["records"]["events"][0]["$dict"]:  # one event row aimed at a live run
+        if pair[0] == "run_id":
+            pair[1] = live
+    FileArchiveStore(folder, url).put_new("purges/2026-01-01-x/batch-000001.jsonl.gz", encode_lines([line]))
+    assert main(["restore", "--archive", url, "--run", "run_forged0000000"]) == 1
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM events WHERE run_id = ?", (live,)).fetchone()[0] == events
+        assert db.execute("SELECT count(*) FROM workflow_runs WHERE run_id = 'run_forged0000000'").fetchone()[0] == 0

@@ -20,7 +20,7 @@ from workflow_retention.backends.sql import runs
 from workflow_retention.backends.sql.client import Client
 from workflow_retention.backends.sql.layout import RUN_CHILDREN
 from workflow_retention.exceptions import StorageError
-from workflow_retention.planning import RunRef, chunked
+from workflow_retention.planning import RunRef, chunked, key_prefixes
 
 #: The tables a run's rows are archived from, in the order they are restored (the record first).
 TABLES = ("workflow_runs", *(name for name, _kind in RUN_CHILDREN), "checkpoints")
@@ -82,6 +82,17 @@ def restore(client: Client, lines: list[dict[str, Any]]) -> None:
     if unknown:
         raise StorageError(f"cannot restore into {client.url}: archived table(s) {sorted(unknown)} are not "
                            "pyworkflow's")
+    fold = client.dialect.id_fold
+    for line in lines:  # every row must be the run's own: an archive never writes into another run
+        own = fold(line["run_id"])
+        for name, rows in line["records"].items():
+            for row in rows:
+                key = row.get("step_run_id") if isinstance(row, dict) and name == "checkpoints" else None
+                owner = row.get("run_id") if isinstance(row, dict) and name != "checkpoints" else None
+                if not (isinstance(owner, str) and fold(owner) == own) and not (
+                        isinstance(key, str) and own in {fold(p) for p in key_prefixes(key)}):
+                    raise StorageError(f"cannot restore {line['run_id']} into {client.url}: the archive holds a "
+                                       f"{name} row that is not this run's; nothing restored")
 
     def write(conn: Connection) -> None:
         for name in TABLES:
