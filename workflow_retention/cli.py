@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"allow a cutoff newer than ${config.MIN_AGE} (default 1h) ago: runs that finished "
                             "minutes ago would be deleted")
     purge.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+    purge.add_argument("--no-pins", action="store_true",
+                       help="purge by the policy although no state store is configured, so no pin or legal hold is "
+                            "read (without it such a purge is refused)")
     purge.add_argument("--json", action="store_true", help="print the report as JSON")
     purge.add_argument("--shards", type=_shards, default=1,
                        help="split the store into N shards purged side by side, then a final whole-store pass "
@@ -458,9 +461,22 @@ def _state(args: argparse.Namespace, settings: config.Settings, required: bool =
 
 
 def _pins(args: argparse.Namespace, settings: config.Settings) -> rules.Pins:
-    """The store's pins (none without a state store); a state store that cannot be read fails the command."""
+    """The store's pins; a state store that cannot be read fails the command.
+
+    Without a state store no pin can be read, and a pinned run would go like any other: with a policy configured,
+    a purge by it is refused (exit 2, before the store is opened) unless ``--no-pins``, and any other command says
+    so at WARNING. By ``PYWORKFLOW_DATA_RETENTION_DAYS`` alone (no policy) it is as before issue 21 (INFO).
+    """
     state = _state(args, settings)
     if state is None:
+        purging = args.command == "purge" and not args.dry_run
+        if purging and settings.policy is not None and not (args.days or args.older_than) and not args.no_pins:
+            raise ConfigurationError(
+                f"pins and legal holds live in the state store, and none is configured: set {config.STATE_URL} (or "
+                f"{config.LOCK_URL}) to the Redis the Celery task uses, or pass --no-pins to purge without them")
+        log.log(logging.WARNING if settings.policy is not None else logging.INFO,
+                "pins and legal holds not read: no state store is configured (%s or %s), so a pinned run %s like "
+                "any other", config.STATE_URL, config.LOCK_URL, "is deleted" if purging else "is counted")
         return rules.Pins()
     try:
         return state.pins()
@@ -602,8 +618,8 @@ def _record_applied(args: argparse.Namespace, settings: config.Settings, cutoff:
     state = _state(args, settings)
     if state is None:
         return
-    try:
-        state.record_applied(cutoff.policy if isinstance(cutoff, Expiry)
+    try:  # the configured policy, never the emergency rule disk pressure made of it (the guard compares these)
+        state.record_applied(settings.policy if settings.policy is not None
                              else Policy.days(settings.retention_days or 0))
     finally:
         state.close()

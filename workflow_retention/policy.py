@@ -34,7 +34,9 @@ before any store is opened.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +54,8 @@ from workflow_retention.timeutil import parse_timestamp
 DEFAULT_MIN = timedelta(days=1)
 #: The largest ``keep_last`` accepted.
 MAX_KEEP_LAST = 100_000
+#: The largest policy file read (a policy is a few lines; a larger file is a wrong path).
+MAX_POLICY_BYTES = 1024 * 1024
 _GLOB = frozenset("*?[")
 
 
@@ -218,13 +222,31 @@ class Policy:
 
 
 def load_policy(path: str | Path, name: str = "PYWORKFLOW_RETENTION_POLICY") -> Policy:
-    """Read and validate the policy file at ``path`` (``name`` is the setting that gave it, for errors)."""
+    """Read and validate the policy file at ``path`` (``name`` is the setting that gave it, for errors).
+
+    Only a regular file of at most :data:`MAX_POLICY_BYTES` in UTF-8 is read: the open never blocks (a FIFO,
+    a device), and anything else is a :class:`ConfigurationError` naming ``name``."""
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigurationError(f"{name}: {str(path)!r} is not a regular file: give the path of a TOML "
+                                         "policy file")
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                raw = handle.read(MAX_POLICY_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigurationError(f"{name}: cannot read the policy file {str(path)!r}: "
                                  f"{exc.strerror or type(exc).__name__}") from exc
+    if len(raw) > MAX_POLICY_BYTES:
+        raise ConfigurationError(f"{name}: {str(path)!r} is larger than {MAX_POLICY_BYTES:,} bytes: not a "
+                                 "retention policy")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{name}: {str(path)!r} is not UTF-8 text (byte {exc.start}): TOML files are "
+                                 "UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{name}: {str(path)!r} is not valid TOML: {exc}") from exc
     return parse_policy(data, source=name)
@@ -252,6 +274,8 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy") -> Policy:
     rules = []
     for pattern, value in workflows.items():
         key = f"{where}.workflow.{pattern!r}"
+        if not isinstance(pattern, str):
+            raise ConfigurationError(f"{key}: a workflow name or glob must be a string")
         if not pattern.strip():
             raise ConfigurationError(f"{key}: a workflow name or glob cannot be empty")
         if isinstance(value, Mapping):

@@ -277,13 +277,17 @@ def capped(on_batch: OnBatch | None, max_runs: int | None) -> OnBatch | None:
     too): the cap errs on the side of stopping early."""
     if max_runs is None:
         return on_batch
+    # The runs of the batches already let through, not ``report.runs``: a backend may approve several batches
+    # before any of them is deleted (SQL's parallel batches approve a wave, then run it), so the report lags.
+    approved = [0]
 
     def check(info: BatchInfo) -> None:
-        done = getattr(info.report, "runs", 0)
+        done = max(approved[0], getattr(info.report, "runs", 0))
         if done + len(info.run_ids) > max_runs:
             raise MaxRunsReached(f"this purge would delete more than PYWORKFLOW_RETENTION_MAX_RUNS={max_runs:,} "
-                                 f"runs ({done:,} deleted, {len(info.run_ids):,} in the next batch): stopped at a "
+                                 f"runs ({done:,} approved, {len(info.run_ids):,} in the next batch): stopped at a "
                                  "batch boundary. Check the retention policy; raise the cap if this is intended")
+        approved[0] = done + len(info.run_ids)
         if on_batch is not None:
             on_batch(info)
     return check

@@ -234,3 +234,85 @@ def test_a_sharded_cli_purge_applies_the_policy_and_the_pins(store: dict[str, st
     state = StateStore.open(store[config.STATE_URL], store[config.LOCK_KEY])
     assert state.applied() is not None  # recorded for the Celery task's guard
     state.close()
+
+
+def test_a_policy_path_that_is_not_a_small_utf8_file_is_exit_2_and_never_blocks(
+        store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review of issue 21: a non-UTF-8 file was a UnicodeDecodeError (exit 1, the setting not named), a FIFO
+    blocked the command forever, a huge file was read whole into memory."""
+    import os
+    import signal
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.toml"
+    huge.write_bytes(b'[retention]\ndefault = "30d"\n' + b"#" * (2 * 1024 * 1024) + b"\n")
+    cases = {"non-UTF-8": (tmp_path / "latin1.toml", "UTF-8"), "FIFO": (fifo, "not a regular file"),
+             "directory": (tmp_path, "not a regular file"), "huge": (huge, "larger than")}
+    (tmp_path / "latin1.toml").write_bytes(b'[retention]\ndefault = "30d"\n# caf\xe9\n')
+    monkeypatch.setenv(config.STORAGE_URL, f"sqlite:///{tmp_path}/no/such/dir/store.db")
+
+    def hang(*_: Any) -> None:
+        raise TimeoutError("the policy file's open blocked")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    try:
+        for what, (path, message) in cases.items():
+            monkeypatch.setenv(config.POLICY, str(path))
+            caplog.clear()
+            signal.alarm(5)
+            try:
+                assert cli.main(["purge", "--dry-run"]) == 2, what
+            finally:
+                signal.alarm(0)
+            assert message in caplog.text and config.POLICY in caplog.text, (what, caplog.text)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_purge_under_disk_pressure_records_the_configured_policy_not_the_emergency_one(
+        store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of issue 21: the command line recorded the emergency rule as the applied policy, so the guard then
+    compared a shortened policy with the emergency one and let it through unconfirmed."""
+    from workflow_retention.policy import load_policy
+    from workflow_retention.rules import guard
+
+    policy = tmp_path / "pressure.toml"
+    policy.write_text(PRESSURE.format(trigger='size_above = "1B"'))  # under pressure: 35d
+    monkeypatch.setenv(config.POLICY, str(policy))
+    assert cli.main(["purge"]) == 0
+    state = StateStore.open(store[config.STATE_URL], store[config.LOCK_KEY])
+    try:
+        assert state.applied() == load_policy(policy)
+        shorter = tmp_path / "shorter.toml"
+        shorter.write_text('[retention]\ndefault = "40d"\n[retention.status]\nfailed = "90d"\n')
+        held = guard(load_policy(shorter), state)
+        assert held.held and "60d -> 40d" in held.held[0]
+    finally:
+        state.close()
+
+
+def test_a_purge_that_cannot_read_the_pins_refuses_or_says_so(
+        store: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Review of issue 21: without a state store configured, a command-line purge read no pins and deleted a
+    pinned run without a word. With a policy it now refuses (exit 2, nothing read) unless --no-pins; by the days
+    setting alone (as before issue 21, when no pin can have been written by this configuration) it purges as before;
+    with --days or --older-than beside a policy, with a WARNING that pins were not read."""
+    assert cli.main(["pin", "add", "run_orders_old", "--reason", "legal hold"]) == 0
+    monkeypatch.delenv(config.STATE_URL)
+    monkeypatch.delenv(config.LOCK_URL)
+    assert cli.main(["purge"]) == 2
+    assert config.STATE_URL in caplog.text and "--no-pins" in caplog.text
+    assert left(store) == set(RUNS)
+    caplog.clear()
+    assert cli.main(["purge", "--dry-run"]) == 0  # a preview is not refused, but says so
+    assert "pins" in caplog.text and "WARNING" in caplog.text
+    caplog.clear()
+    assert cli.main(["purge", "--no-pins"]) == 0
+    assert "run_orders_old" not in left(store) and "not read" in caplog.text
+
+    caplog.clear()
+    assert cli.main(["purge", "--days", "30"]) == 0  # explicit: purged, and said at WARNING
+    assert "pins and legal holds not read" in caplog.text and "WARNING" in caplog.text

@@ -98,3 +98,18 @@ def test_a_run_revived_at_its_boundary_keeps_all_its_data(server: Any) -> None:
     items = server.inventory()
     assert items_of(items, {touched["id"]}) == touched["items"], "the revived run lost data"
     assert_no_orphans(items)
+
+
+def test_max_runs_holds_with_parallel_batches(server: Any) -> None:
+    """Review of issue 21: the cap compared each batch with ``report.runs``, which a wave's batches do not raise
+    until the wave has run, so with waves of two a purge deleted up to a batch more than the cap."""
+    from workflow_retention.exceptions import MaxRunsReached
+    from workflow_retention.rules import capped
+
+    server.retention().seed(generate(300, now=NOW, seed=7))
+    before = run_ids(server.inventory())
+    with pytest.raises(MaxRunsReached):
+        parallel(server).delete_old_runs(CUTOFF, on_batch=capped(None, 15))
+    deleted = len(before - run_ids(server.inventory()))
+    assert 0 < deleted <= 15, deleted
+    assert_no_orphans(server.inventory())
