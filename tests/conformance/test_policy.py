@@ -160,3 +160,88 @@ def test_explain_agrees_with_the_policy_purge_and_names_the_reason(backend: Harn
     assert any("keep_last" in r for r in answers["billing_ancient"].reasons)
     assert any("status.failed = 90d" in r for r in answers["orders_old_failed"].reasons)
     assert any("audit.*" in r or "pinned" in r for r in answers["audit_old"].reasons)
+
+
+# -- review of issue 21: a 1-day default beside a 730-day workflow rule, with the engine writing during the purge --
+
+SHORT = {"retention": {"default": "1d", "min": "1h", "keep_last": 2, "status": {"failed": "90d"},
+                       "workflow": {"billing.*": "730d"}}}
+
+
+async def build_short(pw) -> dict[str, set[str]]:
+    """Runs of a policy whose shortest rule (1d) is far below its longest (730d); returns kept/deleted/held ids."""
+    fate: dict[str, set[str]] = {"kept": set(), "deleted": set(), "held": set()}
+
+    async def run(run_id: str, workflow: str, status: str, age: timedelta, to: str, **kw) -> None:
+        await add_run(pw, run_id, status, NOW - age, workflow=workflow, **kw)
+        fate[to].add(run_id)
+
+    await run("bill_a", "billing.invoice", "completed", 400 * DAY, "kept")     # its rule: 730d
+    await run("bill_b", "billing.invoice", "completed", 800 * DAY, "kept")     # expired by 730d; keep_last 2
+    await run("bill_c", "billing.invoice", "failed", 900 * DAY, "deleted")     # the workflow rule beats failed 90d
+    await run("bill_d", "billing.ledger", "completed", 700 * DAY, "kept")
+    await run("bill_e", "billing.ledger", "completed", 710 * DAY, "kept")
+    await run("bill_f", "billing.ledger", "completed", 720 * DAY, "kept")      # third newest, but within 730d
+    for i, age in enumerate((2, 3, 4, 5, 6, 7), start=1):                      # o1, o2: keep_last
+        await run(f"ord_{i}", "orders", "completed", age * DAY, "kept" if i <= 4 else "deleted")
+    await run("ord_failed", "orders", "failed", 40 * DAY, "kept")              # failed: 90d
+    await run("misc_a", "misc", "completed", 2 * DAY, "kept")
+    await run("misc_b", "misc", "completed", 3 * DAY, "kept")
+    await run("misc_parent", "misc", "completed", 30 * DAY, "held")            # its pinned child holds it
+    await run("misc_pinned", "misc", "completed", 10 * DAY, "kept", parent="misc_parent", depth=1)
+    await run("misc_old", "misc", "completed", 20 * DAY, "deleted")
+    await run("hc_1", "healthcheck", "completed", timedelta(hours=36), "kept")
+    await run("hc_2", "healthcheck", "completed", timedelta(hours=38), "kept")
+    await run("hc_parent", "healthcheck", "completed", 3 * DAY, "deleted")
+    await run("hc_child", "healthcheck", "completed", 3 * DAY, "deleted", parent="hc_parent", depth=1)
+    return fate
+
+
+def test_a_short_default_beside_a_long_workflow_rule_with_the_engine_writing(backend: Harness) -> None:
+    """Every backend, its raw store read before and after: no run is deleted by the shortest rule (1d) when its own
+    rule (730d, failed 90d), keep_last or a pin keeps it, also at the delete-time re-check while the engine revives
+    a planned run (ord_3) and rewrites one's status to one with a longer rule (ord_4, failed: 90d, updated_at as
+    it was) between the plan and the delete of their batch, and finishes a newer run of a keep_last workflow
+    (ord_new) at the first batch boundary. (A child started under a parent that is not running is no engine
+    write; Cassandra and DynamoDB do not re-read children at the commit: see the review's report.)"""
+    from pyworkflow.storage.schemas import RunStatus
+
+    fate = backend.run(build_short(backend.pyworkflow()))
+    before = backend.inventory()
+    cutoff = Expiry(parse_policy(SHORT), NOW, pinned_runs={"misc_pinned"})
+    dry = backend.retention(batch_size=2).delete_old_runs(cutoff, dry_run=True)
+    assert dry.runs == len(fate["deleted"]) + 2, dry.warnings  # ord_3, ord_4 would go without the engine
+
+    calls: list[int] = []
+    pw = backend.pyworkflow()
+    changes = {"ord_3": lambda: backend.run(pw.update_run_status("ord_3", RunStatus.RUNNING)),
+               "ord_4": lambda: backend.set_status("ord_4", "failed")}
+
+    def engine(info) -> None:  # between the plan and the delete of the batch that holds each run
+        calls.append(info.index)
+        if len(calls) == 1:
+            backend.run(add_run(pw, "ord_new", "completed", NOW, workflow="orders", created=NOW))
+        for run_id in set(info.run_ids) & set(changes):
+            changes.pop(run_id)()
+
+    cutoff = Expiry(parse_policy(SHORT), NOW, pinned_runs={"misc_pinned"})
+    report = backend.retention(batch_size=2).delete_old_runs(cutoff, on_batch=engine)
+    assert calls, "no batch"
+    after = backend.inventory()
+    kept = fate["kept"] | fate["held"] | {"ord_new"}
+    # ord_2 was among the 2 newest orders runs until ord_new finished: a store that ranks once before the first
+    # batch keeps it this time, DynamoDB (which ranks a workflow when it first meets it) may rank after ord_new
+    late = {"ord_2"} - run_ids(after)
+    assert run_ids(after) | late == kept, (sorted(run_ids(after) - kept), sorted(kept - run_ids(after)))
+    assert not late or backend.name == "dynamodb", late
+    assert not changes, f"never in a batch: {sorted(changes)}"
+    assert report.runs == len(fate["deleted"] | late) and report.skipped == 0, report.warnings
+    assert report.changed == 2, report  # ord_3, ord_4: found changed at the re-check
+    assert_no_orphans(after)
+    # every run kept lost nothing it had (beyond status index entries its status change rewrote)
+    lost = {(i.run_id, i.kind) for i in before if i.run_id in kept - late} - {(i.run_id, i.kind) for i in after}
+    assert not {x for x in lost if x[1] not in backend.status_index_kinds}, sorted(lost)
+    # ord_new now takes a keep_last place: ord_2 (3 days, the 1-day rule) goes at the next purge, nothing else
+    again = backend.retention().delete_old_runs(Expiry(parse_policy(SHORT), NOW, pinned_runs={"misc_pinned"}))
+    assert run_ids(backend.inventory()) == kept - {"ord_2"} and again.runs == 1 - len(late), again.warnings
+    assert_no_orphans(backend.inventory())
