@@ -961,10 +961,17 @@ def _cmd_pin(args: argparse.Namespace, settings: config.Settings) -> int:
             added = state.pin(rules.RUN, args.run_ids, args.reason) if args.run_ids else 0
             added += state.pin(rules.WORKFLOW, args.workflow, args.reason) if args.workflow else 0
             args.out(f"pinned {added} new of {len(args.run_ids) + len(args.workflow)}")
+            if args.run_ids:
+                _check_pinned_runs(args, settings)
         elif args.action == "rm":
+            existing = {(p["kind"], p["target"]) for p in state.list_pins()}
+            missing = [t for kind, targets in ((rules.RUN, args.run_ids), (rules.WORKFLOW, args.workflow))
+                       for t in targets if (kind, t.strip()) not in existing]
             removed = state.unpin(rules.RUN, args.run_ids) if args.run_ids else 0
             removed += state.unpin(rules.WORKFLOW, args.workflow) if args.workflow else 0
             args.out(f"unpinned {removed} of {len(args.run_ids) + len(args.workflow)}")
+            if missing:
+                log.warning("pin rm: not pinned, nothing removed: %s", ", ".join(repr(t) for t in missing))
         else:
             pins = state.list_pins()
             args.out(json.dumps(pins, indent=2) if args.json else "\n".join(
@@ -972,6 +979,22 @@ def _cmd_pin(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         state.close()
     return EXIT_OK
+
+
+def _check_pinned_runs(args: argparse.Namespace, settings: config.Settings) -> None:
+    """After ``pin add``: a WARNING naming each pinned run id the store does not hold (a typo leaves the run meant
+    unprotected). The pins are written first: a store that cannot be read only says so."""
+    ids = {t.strip() for t in args.run_ids}
+    try:
+        with by_url(args.storage or settings.require_storage_url()) as backend:
+            found = set(backend._read_runs(ids))
+    except Exception as exc:  # noqa: BLE001 - the pins are written: a failed check only says so
+        log.warning("pin add: cannot check that the pinned runs exist in the store (they are pinned): %s", exc)
+        return
+    missing = sorted(ids - found)
+    if missing:
+        log.warning("pin add: the store holds no run %s: pinned all the same; check the id (a run created later "
+                    "with it is kept)", ", ".join(repr(t) for t in missing))
 
 
 def _cmd_policy(args: argparse.Namespace, settings: config.Settings) -> int:

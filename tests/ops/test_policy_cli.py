@@ -316,3 +316,20 @@ def test_a_purge_that_cannot_read_the_pins_refuses_or_says_so(
     caplog.clear()
     assert cli.main(["purge", "--days", "30"]) == 0  # explicit: purged, and said at WARNING
     assert "pins and legal holds not read" in caplog.text and "WARNING" in caplog.text
+
+
+def test_pin_add_of_a_run_the_store_does_not_hold_is_kept_and_said(
+        store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Review of issue 21: a mistyped run id was pinned without a word (the run meant stayed unprotected). It is
+    still pinned (a pin never waits for the store), with a WARNING naming it; so is a pin rm of no pin."""
+    assert cli.main(["pin", "add", "run_orders_old", "run_ordres_old", "--reason", "legal hold"]) == 0
+    assert "run_ordres_old" in caplog.text and "WARNING" in caplog.text and "run_orders_old'" not in caplog.text
+    assert "pinned 2 new of 2" in capsys.readouterr().out
+    caplog.clear()
+    monkeypatch.setenv(config.STORAGE_URL, f"sqlite:///{tmp_path}/no/such/dir/store.db")  # the store is down
+    assert cli.main(["pin", "add", "run_x", "--reason", "hold"]) == 0  # pinned all the same
+    assert "cannot check" in caplog.text
+    caplog.clear()
+    assert cli.main(["pin", "rm", "run_nope", "run_x"]) == 0
+    assert "unpinned 1 of 2" in capsys.readouterr().out and "run_nope" in caplog.text
