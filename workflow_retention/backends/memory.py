@@ -312,10 +312,17 @@ class MemoryBackend(StorageBackend):
             taken = [line["run_id"] for line in lines if line["run_id"] in store._runs]
             if taken:
                 raise StorageError(f"cannot restore into {self.url}: run {taken[0]} exists")
-            for line in lines:
+            for line in lines:  # nothing is replaced: an entry that exists (a key a live run now holds) refuses all
                 for name, pairs in line["records"].items():
                     if name not in self._ARCHIVED:
                         raise StorageError(f"cannot restore {line['run_id']} into {self.url}: unknown kind {name!r}")
+                    target = getattr(store, name)
+                    held = next((key for key, _value in pairs if key in target), None)
+                    if held is not None:
+                        raise StorageError(f"cannot restore {line['run_id']} into {self.url}: its {name} entry "
+                                           f"{str(held)[:200]!r} exists (a live run holds it); nothing restored")
+            for line in lines:
+                for name, pairs in line["records"].items():
                     target = getattr(store, name)
                     for key, value in pairs:
                         target[key] = value

@@ -119,6 +119,15 @@ def restore(cql: Cql, lines: list[dict[str, Any]]) -> None:
     unknown = {table for line in lines for table in line["records"]} - set(RESTORED)
     if unknown:
         raise StorageError(f"cannot restore into Cassandra: unknown table(s) {sorted(unknown)}")
+    for table in POINTER_TABLES.values():  # a pointer a live run now holds (an idempotency key taken since) refuses
+        first = _bare(columns_of(table)[0])
+        wanted = {row.get(first): line["run_id"] for line in lines for row in line["records"].get(table, ())}
+        if wanted:
+            for row in _dicts(cql.rows_in(f"archive_rows_{table}", sorted(wanted))):
+                if row.get("run_id") != wanted.get(row.get(first)):
+                    raise StorageError(f"cannot restore run {wanted.get(row.get(first))!r} into Cassandra: its "
+                                       f"{table} row {str(row.get(first))[:200]!r} names live run "
+                                       f"{row.get('run_id')!r}; nothing restored")
     statements = []
     for table in RESTORED[:-1]:
         columns = [_bare(c) for c in columns_of(table)]

@@ -84,6 +84,11 @@ def restore(table: Table, lines: list[dict[str, Any]]) -> None:
         raise StorageError(f"cannot restore into {table.name}: unknown item kinds {sorted(unknown)}")
     items = [i for line in lines for i in line["records"].get(ITEMS, ())]
     records = [i for i in items if i["SK"]["S"] == RUN_SK and i["PK"]["S"].startswith("RUN#")]
+    keys = {k: r["PK"]["S"] for r in records if (k := text(r, "GSI3PK"))}
+    for chunk in chunked(sorted(keys), IN_VALUES):  # an idempotency key a live run took since: refused
+        for held in _select_all(table, "GSI3PK", chunk, index="GSI3"):
+            raise StorageError(f"cannot restore {keys[text(held, 'GSI3PK') or '']} into {table.name}: its "
+                               f"idempotency key is held by live run {held['PK']['S']}; nothing restored")
     table.put_many([i for i in items if not (i["SK"]["S"] == RUN_SK and i["PK"]["S"].startswith("RUN#"))])
     for record in records:
         try:

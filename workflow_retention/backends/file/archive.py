@@ -47,6 +47,7 @@ from workflow_retention.backends.file.layout import (
 from workflow_retention.backends.file.purge import read_run
 from workflow_retention.exceptions import StorageError
 from workflow_retention.planning import RunRef, key_owner, key_prefixes
+from workflow_retention.report import printable
 
 #: Archive kinds: the store's folders (``.`` holds the token index), in the order they are restored (the
 #: run file last: a restored run is complete before the engine or a purge can find it).
@@ -173,8 +174,38 @@ def restore(base: Path, lines: list[dict[str, Any]], lock_timeout: float) -> Non
     not the run's own refuses the run before anything is written; a failure midway removes what the run had
     written (a run is restored whole or not at all)."""
     with errors(base), Store.open(base) as store:
+        _check_keys(base, store, lines)
         for line in lines:
             _restore_run(base, store, line, lock_timeout)
+
+
+def _check_keys(base: Path, store: Store, lines: list[dict[str, Any]]) -> None:
+    """Refuse (before anything is written) a run whose idempotency key a live run took since it was deleted: the
+    engine finds a run by its key by reading the run files, and would find either."""
+    keys: dict[str, str] = {}
+    for line in lines:
+        for record in line["records"].get(RUNS, ()):
+            if isinstance(record, dict) and record.get("name") == run_file(line["run_id"]):
+                try:
+                    data = parse_json(record["data"])
+                except (Corrupt, TypeError):
+                    continue
+                key = data.get("idempotency_key") if isinstance(data, dict) else None
+                if isinstance(key, str):
+                    keys[key] = line["run_id"]
+    if not keys:
+        return
+    for entry in store.entries(RUNS):
+        if not entry.name.endswith(JSON):
+            continue
+        try:
+            data = store.read_json(RUNS, entry.name)
+        except (FileNotFoundError, Corrupt):
+            continue
+        key = data.get("idempotency_key") if isinstance(data, dict) else None
+        if isinstance(key, str) and key in keys:
+            raise StorageError(f"cannot restore {keys[key]} into {base}: its idempotency key is held by live run "
+                               f"file runs/{printable(entry.name)}; nothing restored")
 
 
 def _restore_run(base: Path, store: Store, line: dict[str, Any], lock_timeout: float) -> None:
