@@ -410,8 +410,8 @@ def _purge(settings: config.Settings, storage: Any, lease: Lease, history: Histo
         cutoff, policy, held = _rule(settings, state, storage, history)
         state.record_held(held)
         applied.append(policy)
-        report = storage.delete_old_runs(cutoff, on_batch=rules.capped(rules.by_rule(cutoff, on_batch),
-                                                                       settings.max_runs), archive=archive)
+        watched = rules.pins_watched(rules.by_rule(cutoff, on_batch), state, rules.pins_of(cutoff))
+        report = storage.delete_old_runs(cutoff, on_batch=rules.capped(watched, settings.max_runs), archive=archive)
         report.rules = rules.rule_counts(cutoff)
         if held:
             report.warn("the retention policy is held back (it deletes sooner than the last one applied) until "

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -591,14 +591,16 @@ def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
                                  f"--shards 1, or unset the cap")
     if args.shards > 1:
         return _purge_sharded(args, settings, cutoff)
-    with _backend(args, settings) as backend, Progress("purge") as progress:
+    watch = None if args.dry_run else _state(args, settings)  # pins added while it runs stop it (rules.pins_watched)
+    with _backend(args, settings) as backend, Progress("purge") as progress, _closing(watch):
         _vacuum_allowed(args, backend)
         progress.tick("measuring the space used")
         before = None if args.dry_run else _space_before(backend)
         report = _recorded(args, settings, backend, metrics.PURGE,
                            lambda on_batch: backend.delete_old_runs(
                                cutoff, dry_run=args.dry_run,
-                               on_batch=rules.capped(rules.by_rule(cutoff, on_batch), settings.max_runs),
+                               on_batch=rules.capped(rules.pins_watched(rules.by_rule(cutoff, on_batch), watch,
+                                                                        rules.pins_of(cutoff)), settings.max_runs),
                                archive=archive),
                            args.dry_run, progress)
         report.rules = rules.rule_counts(cutoff)
@@ -608,6 +610,15 @@ def _cmd_purge(args: argparse.Namespace, settings: config.Settings) -> int:
     args.out(report.to_json(indent=2) if args.json else format_purge(report))
     _left_alone(report.skipped, report.warnings)
     return EXIT_STOPPED if report.stopped else EXIT_OK
+
+
+@contextlib.contextmanager
+def _closing(state: rules.StateStore | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if state is not None:
+            state.close()
 
 
 def _record_applied(args: argparse.Namespace, settings: config.Settings, cutoff: datetime) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from workflow_retention import values
 from workflow_retention.base import BatchInfo, OnBatch, StorageBackend
-from workflow_retention.exceptions import ConfigurationError, MaxRunsReached, StorageError
+from workflow_retention.exceptions import ConfigurationError, MaxRunsReached, PurgeStopped, StorageError
 from workflow_retention.history import _RedisErrors
 from workflow_retention.planning import Expiry, is_safe_run_id
 from workflow_retention.policy import Policy, parse_policy
@@ -269,6 +269,32 @@ def pressured(cutoff: datetime, backend: StorageBackend) -> tuple[datetime, str 
                 why, values.human(cutoff.policy.pressure.default), values.human(cutoff.policy.minimum))
     return Expiry(cutoff.policy.emergency(), cutoff.instant, pinned_runs=cutoff.pinned_runs,
                   pinned_workflows=cutoff.pinned_workflows), why
+
+
+def pins_of(cutoff: datetime) -> Pins:
+    """The pins a purge's cutoff carries (none for a plain cutoff)."""
+    if isinstance(cutoff, Expiry):
+        return Pins(frozenset(cutoff.pinned_runs), tuple(cutoff.pinned_workflows))
+    return Pins()
+
+
+def pins_watched(on_batch: OnBatch | None, state: StateStore | None, pins: Pins) -> OnBatch | None:
+    """``on_batch`` that first reads the store's pins again and stops the purge (:class:`PurgeStopped`) at the batch
+    boundary when one was added since the purge read ``pins`` (a legal hold placed while a long purge runs): the
+    batch is not deleted, and the next purge honours the pin. A state store that cannot be read fails the purge
+    (:class:`StorageError`), as at its start. No ``state``: ``on_batch`` unchanged."""
+    if state is None:
+        return on_batch
+
+    def check(info: BatchInfo) -> None:
+        now = state.pins()
+        added = sorted(now.runs - pins.runs) + sorted(set(now.workflows) - set(pins.workflows))
+        if added:
+            raise PurgeStopped(f"{len(added)} pin(s) added while the purge ran ({', '.join(map(repr, added[:5]))}): "
+                               "stopped at a batch boundary before deleting more; the next purge honours them")
+        if on_batch is not None:
+            on_batch(info)
+    return check
 
 
 def capped(on_batch: OnBatch | None, max_runs: int | None) -> OnBatch | None:

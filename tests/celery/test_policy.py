@@ -149,3 +149,52 @@ def test_install_checks_the_policy_and_sends_it_with_each_run(monkeypatch: pytes
     install(app, policy=policy)
     entry = next(e for e in app.conf.beat_schedule.values() if e["task"] == TASK_NAME)
     assert entry["kwargs"]["policy"] == policy
+
+
+def test_a_pin_added_while_the_task_purges_stops_it_before_the_next_batch(
+        monkeypatch: pytest.MonkeyPatch, redis_service: Any) -> None:
+    """Review of issue 21: the task read the pins once, at its start; a legal hold placed during a long purge did not
+    protect its run. Now the task stops at the next batch boundary (a failed task, nothing more deleted)."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from tests.services import delete_keys
+    from workflow_retention import rules
+    from workflow_retention.celery import run_retention
+    from workflow_retention.exceptions import LeaseLostError
+    from workflow_retention.rules import RUN, StateStore
+    from workflow_retention.seed import generate
+
+    clear_retention_env(monkeypatch)
+    uid = uuid.uuid4().hex[:10]
+    url = f"memory://pins-{uid}"
+    for name, value in {config.RETENTION_DAYS: "30", config.STORAGE_URL: url, config.LOCK_URL: redis_service.url,
+                        config.LOCK_KEY: f"wr-test-{uid}:lock", config.BATCH_SIZE: "5"}.items():
+        monkeypatch.setenv(name, value)
+    by_url(url).seed(generate(60, now=datetime.now(UTC), seed=3))
+    doomed: list[str] = []
+    by_url(url).delete_old_runs(datetime.now(UTC) - timedelta(days=30), dry_run=True,
+                                on_batch=lambda b: doomed.extend(b.run_ids))
+    assert len(doomed) > 10, doomed
+    held = doomed[-1]  # deleted last: a later batch
+    real = rules.capped
+
+    def capped(on_batch: Any, max_runs: Any) -> Any:
+        inner = real(on_batch, max_runs)
+
+        def hold_placed(info: Any) -> None:
+            state = StateStore.open(redis_service.url, f"wr-test-{uid}:lock")
+            state.pin(RUN, [held], "legal hold placed mid-purge")
+            state.close()
+            inner(info)
+        return hold_placed
+
+    monkeypatch.setattr(rules, "capped", capped)
+    try:
+        with pytest.raises(LeaseLostError, match="pin"):
+            run_retention(broker_url=None)
+        with by_url(url) as backend:
+            assert held in backend._read_runs({held})
+            assert set(backend._read_runs(set(doomed))) == set(doomed)  # stopped before the first batch went
+    finally:
+        delete_keys(redis_service.url, f"wr-test-{uid}")

@@ -333,3 +333,35 @@ def test_pin_add_of_a_run_the_store_does_not_hold_is_kept_and_said(
     caplog.clear()
     assert cli.main(["pin", "rm", "run_nope", "run_x"]) == 0
     assert "unpinned 1 of 2" in capsys.readouterr().out and "run_nope" in caplog.text
+
+
+def test_a_pin_added_while_a_purge_runs_stops_it_before_the_next_batch(
+        store: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review of issue 21: pins were read once, when the purge started, so a legal hold placed during a long purge
+    did not protect its run for the rest of it. A pin added meanwhile now stops the purge at the next batch
+    boundary (exit 3, STOPPED), before that batch is deleted; the next purge honours it."""
+    from workflow_retention import rules
+    from workflow_retention.rules import RUN
+
+    real = rules.capped
+    added: list[int] = []
+
+    def capped(on_batch: Any, max_runs: Any) -> Any:
+        inner = real(on_batch, max_runs)
+
+        def hold_placed(info: Any) -> None:
+            if not added:  # an operator pins a run the purge would delete later, as the first batch is approved
+                state = StateStore.open(store[config.STATE_URL], store[config.LOCK_KEY])
+                state.pin(RUN, ["run_orders_pinned"], "legal hold placed mid-purge")
+                state.close()
+                added.append(1)
+            inner(info)
+        return hold_placed
+
+    monkeypatch.setattr(rules, "capped", capped)
+    assert cli.main(["purge", "--batch-size", "1"]) == cli.EXIT_STOPPED
+    assert "STOPPED" in capsys.readouterr().out and added
+    assert "run_orders_pinned" in left(store)
+    monkeypatch.setattr(rules, "capped", real)
+    assert cli.main(["purge"]) == 0
+    assert left(store) == set(RUNS) - {"run_orders_old", "run_audit_older"}
