@@ -187,7 +187,8 @@ class Policy:
         policy names, and for ``keep_last``: the guard that holds a shortened
         policy back until an operator accepts it.
         """
-        names: list[str | None] = [None, *dict.fromkeys(r.pattern for r in (*previous.workflows, *self.workflows))]
+        patterns = [r.pattern for r in (*previous.workflows, *self.workflows)]
+        names: list[str | None] = [None, *dict.fromkeys(n for p in patterns for n in (p, *_samples(p)))]
         out: list[str] = []
         for name in names:
             for status in sorted(TERMINAL_STATUSES):
@@ -219,6 +220,42 @@ class Policy:
                                **({"free_below": f"{p.free_below * 100:g}%"} if p.free_below is not None else {}),
                                **({"size_above": f"{p.size_above}B"} if p.size_above is not None else {})}
         return out
+
+
+def _samples(pattern: str) -> list[str]:
+    """Workflow names ``pattern`` matches, for the guard's comparison (:meth:`Policy.shrinks`): a glob with ``[...]``
+    or ``?`` need not match its own text, so the rule it gives would otherwise never be compared. ``*`` as nothing
+    and as one character, ``?`` as one, a class as a character it admits."""
+    if not _GLOB.intersection(pattern):
+        return []
+    out: list[str] = []
+    for star in ("", "x"):
+        text, i = [], 0
+        while i < len(pattern):
+            c = pattern[i]
+            if c == "*":
+                text.append(star)
+            elif c == "?":
+                text.append("x")
+            elif c == "[":
+                j = i + 1
+                negated = j < len(pattern) and pattern[j] == "!"
+                j += 1 if negated else 0
+                end = pattern.find("]", j + 1)  # a ']' first in the class is one of its characters
+                if end < 0:
+                    text.append("[")
+                else:
+                    chars = pattern[j:end]
+                    allowed = [ch for ch in "xa0_Z.-" + chars if fnmatchcase(ch, pattern[i:end + 1])]
+                    text.append(allowed[0] if allowed else "x")
+                    i = end
+            else:
+                text.append(c)
+            i += 1
+        sample = "".join(text)
+        if fnmatchcase(sample, pattern):
+            out.append(sample)
+    return out
 
 
 def load_policy(path: str | Path, name: str = "PYWORKFLOW_RETENTION_POLICY") -> Policy:

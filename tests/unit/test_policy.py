@@ -121,3 +121,14 @@ def test_the_policy_round_trips_through_its_dict_form() -> None:
     policy = parse_policy({"retention": {"default": "30d", "keep_last": 2, "status": {"failed": "90d"},
                                          "workflow": {"a.*": "10d", "b": {"failed": "5d", "keep_last": 1}}}})
     assert parse_policy({"retention": policy.to_dict()}) == policy
+
+
+def test_the_guard_sees_a_shorter_rule_hidden_behind_a_glob_that_does_not_match_itself() -> None:
+    """Review of issue 21: names were probed with the patterns themselves, and ``billing.[it]*`` does not match the
+    text ``billing.[it]*``: a rule cutting billing.invoice from 730 days to 1 passed the guard unconfirmed."""
+    before = parse_policy({"retention": {"default": "30d", "workflow": {"billing.*": "730d"}}})
+    for pattern in ("billing.[it]*", "billing.[!x]nvoice", "billing.inv?ice"):
+        after = parse_policy({"retention": {"default": "30d", "workflow": {pattern: "1d", "billing.*": "730d"}}})
+        assert any("730d -> 1d" in line for line in after.shrinks(before)), pattern
+    same = parse_policy({"retention": {"default": "30d", "workflow": {"billing.[it]*": "730d", "billing.*": "730d"}}})
+    assert same.shrinks(before) == []
