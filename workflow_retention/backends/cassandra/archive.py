@@ -18,7 +18,7 @@ from typing import Any
 
 from workflow_retention.base import PurgeJob
 from workflow_retention.exceptions import StorageError
-from workflow_retention.planning import RunRef
+from workflow_retention.planning import RunRef, key_prefixes
 from workflow_retention.report import PurgeReport
 
 from .cascade import POINTERS, Cascade
@@ -119,6 +119,14 @@ def restore(cql: Cql, lines: list[dict[str, Any]]) -> None:
     unknown = {table for line in lines for table in line["records"]} - set(RESTORED)
     if unknown:
         raise StorageError(f"cannot restore into Cassandra: unknown table(s) {sorted(unknown)}")
+    for line in lines:  # every row must be the run's own: an archive never writes into another run
+        for table, rows in line["records"].items():
+            for row in rows:
+                key = row.get("step_run_id") if isinstance(row, dict) and table == CHECKPOINTS else None
+                if not ((isinstance(row, dict) and table != CHECKPOINTS and row.get("run_id") == line["run_id"])
+                        or (isinstance(key, str) and line["run_id"] in key_prefixes(key))):
+                    raise StorageError(f"cannot restore run {line['run_id']!r} into Cassandra: the archive holds a "
+                                       f"{table} row that is not this run's; nothing restored")
     for table in POINTER_TABLES.values():  # a pointer a live run now holds (an idempotency key taken since) refuses
         first = _bare(columns_of(table)[0])
         wanted = {row.get(first): line["run_id"] for line in lines for row in line["records"].get(table, ())}

@@ -18,7 +18,7 @@ from typing import Any
 
 from workflow_retention.base import PurgeJob
 from workflow_retention.exceptions import StorageError
-from workflow_retention.planning import RunRef, chunked
+from workflow_retention.planning import RunRef, chunked, key_prefixes
 
 from . import expr
 from .client import IN_VALUES, SCAN_PAGE, Table
@@ -74,6 +74,21 @@ def archive_checkpoints(table: Table, job: PurgeJob, doomed: list[tuple[str, Ite
     job.archive_records(found)
 
 
+def _owned(run_id: str, item: Any) -> bool:
+    """Whether an archived item can be ``run_id``'s: its partition, its flag, its hooks, their tokens, its
+    step checkpoints (the keys :func:`gather` and :func:`archive_checkpoints` read)."""
+    if not isinstance(item, dict):
+        return False
+    pk, sk = text(item, "PK"), text(item, "SK")
+    if pk is None or sk is None:
+        return False
+    if pk in (f"RUN#{run_id}", f"CANCEL#{run_id}") or pk.startswith(f"HOOK#{run_id}#"):
+        return True
+    if pk.startswith("TOKEN#"):
+        return sk.startswith(f"HOOK#{run_id}#")
+    return pk.startswith("CHECKPOINT#") and run_id in key_prefixes(pk[len("CHECKPOINT#"):])
+
+
 def restore(table: Table, lines: list[dict[str, Any]]) -> None:
     """Put the archived items of ``lines`` back: everything but the run records first, then each record
     only if it does not exist (a run that appeared meanwhile fails the restore)."""
@@ -82,6 +97,12 @@ def restore(table: Table, lines: list[dict[str, Any]]) -> None:
     unknown = {kind for line in lines for kind in line["records"]} - {ITEMS}
     if unknown:
         raise StorageError(f"cannot restore into {table.name}: unknown item kinds {sorted(unknown)}")
+    for line in lines:  # every item must be the run's own: an archive never writes into another run
+        for item in line["records"].get(ITEMS, ()):
+            if not _owned(line["run_id"], item):
+                raise StorageError(f"cannot restore {line['run_id']} into {table.name}: the archive holds an item "
+                                   f"({str(text(item, 'PK') if isinstance(item, dict) else item)[:200]!r}) that is "
+                                   "not this run's; nothing restored")
     items = [i for line in lines for i in line["records"].get(ITEMS, ())]
     records = [i for i in items if i["SK"]["S"] == RUN_SK and i["PK"]["S"].startswith("RUN#")]
     keys = {k: r["PK"]["S"] for r in records if (k := text(r, "GSI3PK"))}
