@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from workflow_retention.planning import TERMINAL_STATUSES, RunRef, chunked, newest_terminal
 from workflow_retention.timeutil import parse_timestamp
@@ -65,7 +66,7 @@ def newest_runs(table: Table, names: Iterable[str], n: int) -> dict[str, list[st
     found: dict[str, list[str]] = {}
     for name in sorted(set(names)):
         seen: list[tuple[str, str, str | None, str | None]] = []
-        ranks: list[str] = []  # GSI2SK of the terminal runs met, newest first
+        instants: list[datetime] = []  # created_at of the terminal runs met
         params = expr.query("GSI2PK", f"WORKFLOW#{name}", index="GSI2",
                             fields=("PK", "SK", "status", "created_at", "GSI2SK"), limit=SCAN_PAGE)
         params["ScanIndexForward"] = False
@@ -75,13 +76,28 @@ def newest_runs(table: Table, names: Iterable[str], n: int) -> dict[str, list[st
                 if key.startswith("RUN#") and text(item, "SK") == "#METADATA" \
                         and text(item, "status") in TERMINAL_STATUSES and readable(text(item, "created_at")):
                     seen.append((name, key[len("RUN#"):], text(item, "status"), text(item, "created_at")))
-                    ranks.append(text(item, "GSI2SK") or "")
-            last = text(page[-1], "GSI2SK") if page else None
-            # past the n-th terminal run and every run created at the same instant as it (ties go by run_id)
-            if len(ranks) >= n and last is not None and last < ranks[n - 1]:
+                    instants.append(parse_timestamp(text(item, "created_at")))
+            last = _wall(text(page[-1], "GSI2SK")) if page else None
+            # GSI2SK sorts by the writer's wall-clock time: every item after ``last`` was created at most
+            # OFFSET_SLACK after last's wall time. Stop once that is before the n-th newest instant met (strictly:
+            # runs created at the same instant as it go by run_id)
+            if len(instants) >= n and last is not None and last + OFFSET_SLACK < sorted(instants, reverse=True)[n - 1]:
                 break
         found.update(newest_terminal(seen, n))
     return found
+
+
+#: More than the largest UTC offset a created_at text can carry (UTC-12 gives an instant 12 hours after its text).
+OFFSET_SLACK = timedelta(hours=14)
+
+
+def _wall(value: str | None) -> datetime | None:
+    """The wall-clock time an ISO ``created_at`` text starts with (what GSI2SK's order follows), as if UTC; None
+    when it does not start with one (never a reason to stop reading)."""
+    try:
+        return datetime.fromisoformat(value[:19]).replace(tzinfo=UTC) if value else None
+    except ValueError:
+        return None
 
 
 def children_of(table: Table, parent_ids: Iterable[str]) -> dict[str, list[RunRef]]:
