@@ -560,13 +560,14 @@ def unfinished(store: ArchiveStore) -> Unfinished:
     return found
 
 
-def verified_objects(store: ArchiveStore) -> tuple[dict[str, str], set[str], set[tuple[str, str]]]:
+def verified_objects(store: ArchiveStore) -> tuple[dict[str, str], set[str], set[tuple[str, str, str]]]:
     """Every batch object some manifest vouches for (name -> SHA-256: the objects a purge verified, and those of
     an unfinished purge a later one relied on, ``continued``), the purge folders that have a manifest, and the
-    (run_id, version) pairs they record as superseded (archived, then kept: not deleted by that purge)."""
+    (run_id, version, object) they record as superseded (archived in that object, then kept: not deleted by that
+    purge; a later purge may archive the same version again, and delete it)."""
     checksums: dict[str, str] = {}
     finished: set[str] = set()
-    superseded: set[tuple[str, str]] = set()
+    superseded: set[tuple[str, str, str]] = set()
     for folder, leaves in sorted(purge_folders(store).items()):
         if MANIFEST not in leaves:
             continue
@@ -580,8 +581,8 @@ def verified_objects(store: ArchiveStore) -> tuple[dict[str, str], set[str], set
             known = checksums.setdefault(entry["name"], entry["sha256"])
             if known != entry["sha256"]:
                 raise ArchiveError(f"manifests in {store.url} disagree on the checksum of {entry['name']!r}")
-        superseded.update((str(e.get("run_id")), str(e.get("version"))) for e in manifest.get("superseded", ())
-                          if isinstance(e, dict))
+        superseded.update((str(e.get("run_id")), str(e.get("version")), str(e.get("object")))
+                          for e in manifest.get("superseded", ()) if isinstance(e, dict))
     return checksums, finished, superseded
 
 

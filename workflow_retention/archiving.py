@@ -395,8 +395,8 @@ class Objects:
     store: ArchiveStore
     checksums: dict[str, str]
     finished: set[str]
-    #: (run_id, version) archived and then kept by their purge (recorded superseded in its manifest).
-    superseded: set[tuple[str, str]] = field(default_factory=set)
+    #: (run_id, version, object) archived and then kept by their purge (recorded superseded in its manifest).
+    superseded: set[tuple[str, str, str]] = field(default_factory=set)
     warned: set[str] = field(default_factory=set)
 
     @classmethod
@@ -469,7 +469,7 @@ def read_archive(store: ArchiveStore, objects: Objects | None = None,
                 if line.get("part"):
                     parts.setdefault(line["run_id"], []).append((when, name))
                     continue
-                if (line["run_id"], line["run_version"]) in objects.superseded:
+                if (line["run_id"], line["run_version"], name) in objects.superseded:
                     superseded.add(line["run_id"])
                     continue
                 entry = Entry(line["run_id"], when, name, line.get("parent_run_id"), line["backend"],
