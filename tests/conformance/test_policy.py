@@ -245,3 +245,20 @@ def test_a_short_default_beside_a_long_workflow_rule_with_the_engine_writing(bac
     again = backend.retention().delete_old_runs(Expiry(parse_policy(SHORT), NOW, pinned_runs={"misc_pinned"}))
     assert run_ids(backend.inventory()) == kept - {"ord_2"} and again.runs == 1 - len(late), again.warnings
     assert_no_orphans(backend.inventory())
+
+
+def test_keep_last_ranks_by_instant_whatever_the_offset_created_at_was_written_with(backend: Harness) -> None:
+    """Review of issue 21: the newest run of a workflow, its created_at written at UTC-10 (its text sorts below
+    runs created hours before it in UTC), keeps its keep_last place on every backend."""
+    from datetime import timezone
+
+    pw = backend.pyworkflow()
+    t0 = NOW - 10 * DAY
+    backend.run(add_run(pw, "run_newest", "completed", t0, workflow="w", extras=False,
+                        created=t0.astimezone(timezone(timedelta(hours=-10)))))
+    for i in range(1, 4):
+        backend.run(add_run(pw, f"run_older_{i}", "completed", t0, workflow="w", extras=False,
+                            created=t0 - timedelta(hours=i)))
+    policy = parse_policy({"retention": {"default": "1d", "keep_last": 1}})
+    report = backend.retention().delete_old_runs(Expiry(policy, NOW))
+    assert run_ids(backend.inventory()) == {"run_newest"}, report.warnings

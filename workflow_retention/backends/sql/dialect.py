@@ -160,6 +160,11 @@ class Dialect:
         """An aware UTC datetime as this dialect binds it to a timestamp column."""
         return when
 
+    def instant(self, column: ColumnElement) -> ColumnElement:
+        """A timestamp column as its instant, for ordering: the column itself where it is typed; SQLite's text,
+        written with its writer's UTC offset, orders by instant only once converted."""
+        return column
+
     def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
         """SQL for ``column < when``: exact on typed columns, a superset where it cannot be (SQLite)."""
         return column < self.db_time(when)

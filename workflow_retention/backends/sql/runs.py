@@ -110,8 +110,9 @@ def newest(client: Client, conn: Connection, n: int) -> dict[str, list[str]]:
     d, table = client.dialect, client.table("workflow_runs")
     r = table.c
     terminal = d.exact(r.status).in_(sorted(TERMINAL_STATUSES))
-    rank = func.row_number().over(partition_by=d.exact(r.workflow_name),
-                                  order_by=(r.created_at.desc(), r.run_id.desc())).label("rank")
+    rank = func.row_number().over(partition_by=d.exact(r.workflow_name),  # by instant, whatever the offsets
+                                  order_by=(d.instant(r.created_at).desc(), r.created_at.desc(),
+                                            r.run_id.desc())).label("rank")
     ranked = select(r.workflow_name, r.run_id, r.created_at, rank).where(
         terminal, r.workflow_name.is_not(None)).subquery()
     stmt = select(ranked.c.workflow_name, ranked.c.run_id, ranked.c.created_at).where(ranked.c.rank <= n).order_by(

@@ -130,6 +130,10 @@ class SQLiteDialect(Dialect):
     def db_time(self, when: datetime) -> Any:
         return when.isoformat()
 
+    def instant(self, column: ColumnElement) -> ColumnElement:
+        # julianday() reads the ISO text with its offset (to the millisecond); NULL when it cannot, sorted last
+        return func.julianday(column)
+
     def before(self, column: ColumnElement, when: datetime) -> ColumnElement:
         return column < (when + OFFSET_MARGIN).isoformat()
 
