@@ -516,6 +516,16 @@ class Unfinished:
     runs: dict[tuple[str, str], str] = field(default_factory=dict)
     #: name -> SHA-256 of each object those runs are in (a continuing manifest lists them: restore verifies them).
     objects: dict[str, str] = field(default_factory=dict)
+    #: (run_id, version) -> :func:`records_digest` of what was archived (a rerun reuses the line only if the
+    #: run's records are still the same: a row added since is archived, not deleted unarchived).
+    digests: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def records_digest(records: Mapping[str, list[Any]]) -> str:
+    """A digest of a run's encoded records that does not depend on the order rows were read in."""
+    canonical = {kind: sorted(json.dumps(r, sort_keys=True, separators=(",", ":")) for r in rows)
+                 for kind, rows in records.items() if rows}
+    return sha256(json.dumps(canonical, sort_keys=True).encode())
 
 
 def unfinished(store: ArchiveStore) -> Unfinished:
@@ -556,6 +566,7 @@ def unfinished(store: ArchiveStore) -> Unfinished:
                 continue  # written but never verified (killed mid-write): archived again
             for line in lines:
                 found.runs[(line["run_id"], line["run_version"])] = name
+                found.digests[(line["run_id"], line["run_version"])] = records_digest(line.get("records") or {})
             found.objects[name] = sha256(data)
     return found
 

@@ -44,6 +44,7 @@ from workflow_retention.archive import (
     decode_lines,
     purge_folders,
     read_manifest,
+    records_digest,
     run_line,
     sha256,
     unfinished,
@@ -216,6 +217,8 @@ class Archiving:
     continues: list[str] = field(default_factory=list)
     #: Their objects (name -> SHA-256 as read): the ok manifest lists them, so restore can verify them.
     continued: dict[str, str] = field(default_factory=dict)
+    #: (run_id, version) -> digest of the records they archived (reused only while the run's records are the same).
+    earlier_digests: dict[tuple[str, str], str] = field(default_factory=dict)
     #: run_id -> (version, object) archived by this purge and not yet seen deleted or kept.
     pending: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: Runs archived in this purge's own objects, and runs found archived by an unfinished purge.
@@ -236,7 +239,7 @@ class Archiving:
             log.warning("archive %s: %d unfinished purge(s) archived %d run version(s); they are not archived "
                         "again", store.url, len(earlier.folders), len(earlier.runs))
         writer = ArchiveWriter(store, backend=backend.url, cutoff=cutoff, started_at=started_at)
-        return cls(backend, writer, earlier.runs, earlier.folders, earlier.objects)
+        return cls(backend, writer, earlier.runs, earlier.folders, earlier.objects, earlier.digests)
 
     def batch(self, ids: Sequence[str]) -> None:
         """Archive the runs of one batch (those of ``ids`` that have a record), verified, before it is deleted."""
@@ -250,13 +253,14 @@ class Archiving:
         for run_id, (ref, records) in gathered.items():
             self.rows[run_id] = {kind: len(found) for kind, found in records.items() if found}
             version = version_of(ref)
+            encoded = {kind: [encode(r) for r in rows] for kind, rows in records.items()}
             earlier = self.earlier.get((run_id, version))
-            if earlier is not None:  # archived and verified by a purge that did not finish: not again
+            if earlier is not None and self.earlier_digests.get((run_id, version)) == records_digest(encoded):
+                # archived and verified by a purge that did not finish, with these very records: not again
                 self.pending[run_id] = (version, earlier)
                 self.reused += 1
                 continue
-            lines.append(run_line(self.backend.name, run_id, version,
-                                  {kind: [encode(r) for r in rows] for kind, rows in records.items()},
+            lines.append(run_line(self.backend.name, run_id, version, encoded,
                                   parent_run_id=ref.parent_run_id, archived_at=stamp))
         if not lines:
             return

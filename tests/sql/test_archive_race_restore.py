@@ -32,3 +32,32 @@ def test_a_run_superseded_with_its_version_unchanged_is_restored_from_the_purge_
     restored = sql.retention().restore(store, ["run_00000"])
     assert restored.written == ["run_00000"], restored.refused
     assert sum(1 for i in sql.inventory() if i.kind == "events" and i.run_id == "run_00000") == 4
+
+
+class Crash(BaseException):
+    """The process dies between the archive and the delete."""
+
+
+def test_a_row_added_between_a_crash_and_the_rerun_is_archived_before_the_rerun_deletes_it(
+        sql: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workflow_retention.archive import ArchiveWriter
+
+    fill_heavy(sql, 2, 3, prefix="run")
+    store = open_archive(f"file://{tmp_path}")
+    original = ArchiveWriter.write_batch
+
+    def write_then_crash(self: ArchiveWriter, lines: list[dict[str, Any]]) -> Any:
+        original(self, lines)
+        raise Crash("killed after archiving the first batch")
+
+    monkeypatch.setattr(ArchiveWriter, "write_batch", write_then_crash)
+    monkeypatch.setattr(Archiving, "abandon", lambda self, report, exc: None)  # killed: no manifest
+    with pytest.raises(Crash):
+        sql.retention(batch_size=2).delete_old_runs(CUTOFF, archive=store)
+    monkeypatch.setattr(ArchiveWriter, "write_batch", original)
+    pw = sql.pyworkflow()
+    sql.run(pw.record_event(event_of("run_00000", "hook.received")))  # same version, one more event
+    sql.retention(batch_size=2).delete_old_runs(CUTOFF, archive=store)
+    restored = sql.retention().restore(store, ["run_00000"])
+    assert restored.written == ["run_00000"], restored.refused
+    assert sum(1 for i in sql.inventory() if i.kind == "events" and i.run_id == "run_00000") == 4  # none lost
