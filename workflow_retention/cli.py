@@ -457,6 +457,13 @@ def _state(args: argparse.Namespace, settings: config.Settings, required: bool =
             raise ConfigurationError(f"pins and the policy guard live in the state store: set {config.STATE_URL} "
                                      f"(or {config.LOCK_URL}) to the Redis the Celery task uses")
         return None
+    storage = getattr(args, "storage", None)
+    if (storage and settings.storage_url and settings.lock_key != config.lock_key_for(settings.storage_url)
+            and config.lock_key_for(storage) != config.lock_key_for(settings.storage_url)):
+        raise ConfigurationError(
+            f"{config.LOCK_KEY} is set ({settings.lock_key}): it names the pins and policy guard of "
+            f"{config.STORAGE_URL}, not of the store --storage gives; run this with {config.LOCK_KEY} set to that "
+            f"store's key, or without --storage")
     return rules.StateStore.open(url, _lock_key(args, settings), args.secrets)
 
 

@@ -365,3 +365,21 @@ def test_a_pin_added_while_a_purge_runs_stops_it_before_the_next_batch(
     monkeypatch.setattr(rules, "capped", real)
     assert cli.main(["purge"]) == 0
     assert left(store) == set(RUNS) - {"run_orders_old", "run_audit_older"}
+
+
+def test_pins_of_another_store_are_never_read_or_written_under_this_ones_key(
+        store: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review of issue 21: with PYWORKFLOW_RETENTION_LOCK_KEY set (it names one store's lock, pins and guard),
+    ``--storage`` naming another store used that key all the same: ``pin add --storage B`` wrote B's legal hold
+    among A's pins (B's own purges never saw it) and ``purge --storage B`` applied A's pins to B. Refused now."""
+    other = f"sqlite:///{tmp_path}/other.db"
+    by_url(other).seed(seed_runs())
+    for argv in (["pin", "add", "run_orders_old", "--storage", other, "--reason", "hold"],
+                 ["pin", "ls", "--storage", other], ["purge", "--storage", other],
+                 ["policy", "accept", "--storage", other]):
+        caplog.clear()
+        assert cli.main(argv) == 2, argv
+        assert config.LOCK_KEY in caplog.text, argv
+    assert cli.main(["pin", "ls", "--storage", store[config.STORAGE_URL]]) == 0  # the store the key names
+    with by_url(other) as backend:
+        assert set(backend._read_runs(set(RUNS))) == set(RUNS)
