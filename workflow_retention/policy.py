@@ -187,6 +187,13 @@ class Policy:
         policy names, and for ``keep_last``: the guard that holds a shortened
         policy back until an operator accepts it.
         """
+        out = self._shrinks(previous)
+        if self.pressure is not None:  # its emergency rule against the previous one's (or its rules, if none)
+            out += [f"under disk pressure: {line}" for line in self.emergency()._shrinks(previous.emergency())]
+        return out
+
+    def _shrinks(self, previous: Policy) -> list[str]:
+        """:meth:`shrinks` by the rules alone (not the emergency rule)."""
         patterns = [r.pattern for r in (*previous.workflows, *self.workflows)]
         names: list[str | None] = [None, *dict.fromkeys(n for p in patterns for n in (p, *_samples(p)))]
         out: list[str] = []

@@ -132,3 +132,15 @@ def test_the_guard_sees_a_shorter_rule_hidden_behind_a_glob_that_does_not_match_
         assert any("730d -> 1d" in line for line in after.shrinks(before)), pattern
     same = parse_policy({"retention": {"default": "30d", "workflow": {"billing.[it]*": "730d", "billing.*": "730d"}}})
     assert same.shrinks(before) == []
+
+
+def test_the_guard_holds_back_a_shorter_emergency_rule() -> None:
+    """Review of issue 21: the guard compared the rules only: a disk-pressure rule cut from 30 days to 7 (or added
+    where there was none) deleted sooner under pressure without an operator's confirmation."""
+    body = {"default": "60d", "status": {"failed": "90d"}}
+    before = parse_policy({"retention": {**body, "pressure": {"default": "30d", "free_below": "10%"}}})
+    cut = parse_policy({"retention": {**body, "pressure": {"default": "7d", "free_below": "10%"}}})
+    assert any("disk pressure" in line and "30d -> 7d" in line for line in cut.shrinks(before)), cut.shrinks(before)
+    plain = parse_policy({"retention": body})
+    assert any("disk pressure" in line and "60d -> 7d" in line for line in cut.shrinks(plain))
+    assert before.shrinks(before) == [] and before.shrinks(cut) == [] and plain.shrinks(before) == []
