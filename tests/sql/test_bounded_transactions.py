@@ -37,7 +37,7 @@ ENGINE_WAIT_S = BUSY_TIMEOUT_S - 1.0
 
 
 #: The documented defaults of ``max_rows``.
-DEFAULT_MAX_ROWS = {"sqlite": 200_000, "postgres": 200_000, "mysql": 5_000}
+DEFAULT_MAX_ROWS = {"sqlite": 200_000, "postgres": 40_000, "mysql": 5_000}
 #: The row budget a purge starts with (the dialect's ``initial_rows``, at most ``max_rows``): one batch is
 #: cut with one budget, so no transaction of the first batch deletes more.
 FIRST_BUDGET = {"sqlite": 40_000, "postgres": 40_000, "mysql": 5_000}

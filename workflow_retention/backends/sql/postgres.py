@@ -139,7 +139,6 @@ class PostgresDialect(Dialect):
                   ts=TIMESTAMP(timezone=True), flag=Boolean(), long_default="'{0}'", now_default=True,
                   streams_v5=True)
     id_chunk = checkpoint_chunk = 10_000  # ids travel as one array parameter
-    default_max_rows = 200_000  # within it the time bound decides (Client.transaction_target)
     one_statement_cascade = True
     #: One batch at a time unless asked: on the loaded test machine two at once made each transaction slower,
     #: so the time bound cut batches smaller (docs/backends/sql.md, "Parallel batches").
@@ -301,12 +300,11 @@ class PostgresBackend(SQLBackend):
 
     Options (keyword arguments of the constructor, ``from_url`` or ``by_url``):
 
-    * ``batch_size`` (default 5000): runs per batch (each is cut into write transactions by ``max_rows``
-      and by time);
-    * ``max_rows`` (default 200000): rows one write transaction deletes at most, whatever the runs hold
+    * ``batch_size`` (default 500): runs per batch (larger batches were slower here at 100,000 runs:
+      docs/benchmarks.md);
+    * ``max_rows`` (default 40000): rows one write transaction deletes at most, whatever the runs hold
       (a single run over it is deleted in one transaction: docs/backends/sql.md); within it the budget
-      follows time: a purge starts at 40,000 rows per transaction and moves so that each takes about
-      0.5 s;
+      follows time (about 0.5 s per transaction);
     * ``statement_timeout`` (seconds, default 30) and ``lock_timeout`` (seconds, default 10): the server
       settings of every connection (``idle_in_transaction_session_timeout`` follows);
     * ``parallel_batches`` (default 1): write batches a purge runs at once, each on its own connection
@@ -321,9 +319,6 @@ class PostgresBackend(SQLBackend):
 
     name = "postgresql"
     capabilities = SQLBackend.capabilities | {Capability.SCHEDULED_SIGNALS}
-    # Per-batch costs (a plan, a re-check, one statement, a commit) dominate small batches; the row
-    # budget and the time bound, not the batch, keep each transaction short.
-    default_batch_size = 5000
 
     def __init__(self, *, host: str = "localhost", port: int = 5432, user: str = "pyworkflow",
                  password: str = "", database: str = "pyworkflow", schema: str | None = None,
