@@ -12,6 +12,7 @@ import pytest
 
 from tests.harness.cassandra import CassandraHarness, CassandraServer
 from tests.scenario import CUTOFF, NOW, OLD, add_run
+from workflow_retention.archive import open_archive
 from workflow_retention.backends.cassandra import CassandraBackend
 from workflow_retention.backends.cassandra import purge as purge_module
 from workflow_retention.backends.cassandra.client import Cql, Statement
@@ -141,8 +142,9 @@ def _engine_writes_before_the_first_delete(monkeypatch: pytest.MonkeyPatch, serv
 
 
 def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraServer,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """One workload that makes the backend issue every statement it has, on the real server."""
+                                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """One workload that makes the backend issue every statement it has, on the real server (the last purge
+    archives what it deletes, and everything is then restored: the archive's reads and writes)."""
     server = cassandra_service
     keyspace = f"{server.prefix}_coverage"
     backend = CassandraBackend.from_url(server.url(keyspace), batch_size=20)
@@ -160,7 +162,8 @@ def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraS
         stopped = backend.delete_old_runs(CUTOFF, on_batch=_stop_at(2))  # leaves its markers
         # finishes them, drops them; past OWN_IDS its checkpoint pass reads the markers (markers_in)
         monkeypatch.setattr(purge_module, "OWN_IDS", 0)
-        report = backend.delete_old_runs(CUTOFF)
+        archive = open_archive(f"file://{tmp_path}")
+        report = backend.delete_old_runs(CUTOFF, archive=archive)
         assert orphans.total == len(ORPHAN_ROWS), dict(orphans.counts)
         assert {s.table for s in SOURCES} == {table for table, _, _ in ORPHAN_ROWS}
         assert stopped.stopped and stopped.runs > 0 and stopped.changed == 1
@@ -168,6 +171,8 @@ def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraS
         assert report.counts["schedules"] == 1 and report.counts["signals"] == 1
         back = server.session.execute(f"SELECT status FROM {keyspace}.schedules WHERE schedule_id = 'sched_back'").one()
         assert back is not None and back.status == "active", "a schedule written before its delete was put back"
+        restored = backend.restore(archive)
+        assert restored.written and not restored.refused, restored.to_dict()
         executed = set(backend.statements)
         missing = sorted(set(STATEMENTS) - executed)
         assert not missing, f"statements never executed by the server: {missing}"
