@@ -899,8 +899,8 @@ class _Finish:
                 if summary["status"] == "purged":
                     _mark_done(self.lease)
                     self.state.drop(self.plan_id)
-                    _state(self.settings, self.lease, self.history).record_applied(
-                        self.cutoff.policy if isinstance(self.cutoff, Expiry)
+                    _state(self.settings, self.lease, self.history).record_applied(  # never the emergency rule
+                        self.cutoff.applied if isinstance(self.cutoff, Expiry)
                         else Policy.days(self.settings.retention_days or 0))
         except Exception as exc:
             if summary is not None:

@@ -174,6 +174,9 @@ class Expiry(datetime):
     """
 
     policy: Policy
+    #: The configured policy this cutoff applies (``policy`` itself, or under disk pressure the policy whose emergency
+    #: rule ``policy`` is): what a successful purge records as applied, for the guard.
+    applied: Policy
     instant: datetime
     pinned_runs: frozenset[str]
     pinned_workflows: tuple[str, ...]
@@ -188,7 +191,8 @@ class Expiry(datetime):
     rule_counts: dict[str, int]
 
     def __new__(cls, policy: Policy, now: datetime, *, pinned_runs: Collection[str] = (),
-                pinned_workflows: Sequence[str] = (), newest: NewestRuns | None = None) -> Expiry:
+                pinned_workflows: Sequence[str] = (), newest: NewestRuns | None = None,
+                applied: Policy | None = None) -> Expiry:
         if now.tzinfo is None:
             raise ValueError("an Expiry needs a timezone-aware now")
         now = now.astimezone(UTC)
@@ -196,6 +200,7 @@ class Expiry(datetime):
         self = datetime.__new__(cls, bound.year, bound.month, bound.day, bound.hour, bound.minute, bound.second,
                                 bound.microsecond, bound.tzinfo)
         self.policy, self.instant = policy, now
+        self.applied = applied if applied is not None else policy
         self.pinned_runs, self.pinned_workflows = frozenset(pinned_runs), tuple(pinned_workflows)
         self._newest, self._kept = newest, {}
         self._decided, self._counted, self.rule_counts = {}, {}, {}
@@ -208,7 +213,7 @@ class Expiry(datetime):
         purge opens any transaction), and a name it did not return has no terminal run.
         """
         bound = Expiry(self.policy, self.instant, pinned_runs=self.pinned_runs, pinned_workflows=self.pinned_workflows,
-                       newest=newest)
+                       newest=newest, applied=self.applied)
         bound._decided, bound._counted, bound.rule_counts = self._decided, self._counted, self.rule_counts
         if newest is not None and whole_store:
             bound._kept = {name: tuple(ids) for name, ids in newest(set(), self.keeps_last).items()}

@@ -224,9 +224,14 @@ class Policy:
         if self.pressure is not None:
             p = self.pressure
             out["pressure"] = {"default": values.human(p.default),
-                               **({"free_below": f"{p.free_below * 100:g}%"} if p.free_below is not None else {}),
+                               **({"free_below": _percent(p.free_below)} if p.free_below is not None else {}),
                                **({"size_above": f"{p.size_above}B"} if p.size_above is not None else {})}
         return out
+
+
+def _percent(share: float) -> str:
+    """``share`` (0 to 1) as the percentage text ``free_below`` is read from, never in exponent form."""
+    return f"{share * 100:.12f}".rstrip("0").rstrip(".") + "%"
 
 
 def _samples(pattern: str) -> list[str]:
@@ -402,8 +407,12 @@ def cutoff_text(cutoff: datetime) -> str:
             "status": {s: d.total_seconds() for s, d in p.status.items()},
             "workflows": [[w.pattern, w.default.total_seconds() if w.default is not None else None,
                            {s: d.total_seconds() for s, d in w.status.items()}, w.keep_last] for w in p.workflows]}
-    return json.dumps({"policy": body, "now": cutoff.instant.isoformat(), "pinned_runs": sorted(cutoff.pinned_runs),
-                       "pinned_workflows": list(cutoff.pinned_workflows)}, sort_keys=True)
+    out = {"policy": body, "now": cutoff.instant.isoformat(), "pinned_runs": sorted(cutoff.pinned_runs),
+           "pinned_workflows": list(cutoff.pinned_workflows)}
+    if cutoff.applied != p or p.pressure is not None:  # the configured policy, pressure table and all (the text
+        # above has none): what the final pass records as applied
+        out["applied"] = cutoff.applied.to_dict()
+    return json.dumps(out, sort_keys=True)
 
 
 def parse_cutoff(text: str) -> datetime:
@@ -423,7 +432,9 @@ def parse_cutoff(text: str) -> datetime:
                                                      {s: span(v) for s, v in st.items()},
                                                      int(k) if k is not None else None)
                                         for pattern, d, st, k in body["workflows"]))
+        applied = parse_policy({"retention": data["applied"]}, source="the cutoff's applied policy") \
+            if "applied" in data else None
         return Expiry(policy, parse_timestamp(data["now"]), pinned_runs=data["pinned_runs"],
-                      pinned_workflows=data["pinned_workflows"])
+                      pinned_workflows=data["pinned_workflows"], applied=applied)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ConfigurationError(f"not a purge cutoff: {text[:200]!r}") from exc

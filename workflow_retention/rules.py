@@ -268,7 +268,7 @@ def pressured(cutoff: datetime, backend: StorageBackend) -> tuple[datetime, str 
     log.warning("disk pressure on %s: %s; the emergency retention %s applies (never below min %s)", backend.url,
                 why, values.human(cutoff.policy.pressure.default), values.human(cutoff.policy.minimum))
     return Expiry(cutoff.policy.emergency(), cutoff.instant, pinned_runs=cutoff.pinned_runs,
-                  pinned_workflows=cutoff.pinned_workflows), why
+                  pinned_workflows=cutoff.pinned_workflows, applied=cutoff.applied), why
 
 
 def pins_of(cutoff: datetime) -> Pins:

@@ -128,3 +128,25 @@ def test_a_policy_cutoff_crosses_a_process_boundary_as_text_exactly() -> None:
     assert parse_cutoff(cutoff_text(plain)) == plain and type(parse_cutoff(cutoff_text(plain))) is datetime
     with pytest.raises(ConfigurationError, match="not a purge cutoff"):
         parse_cutoff('{"policy": 1}')
+
+
+def test_the_policy_a_purge_applies_survives_disk_pressure_and_the_process_boundary(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of issue 21: a sharded Celery purge recorded ``cutoff.policy`` as the applied policy: under disk
+    pressure the emergency rule, and after the text crossing (shards) a policy without its pressure table; the
+    guard then compared the next policy with the wrong one. ``Expiry.applied`` is the configured policy."""
+    from workflow_retention import rules
+    from workflow_retention.backends.memory import MemoryBackend
+    from workflow_retention.policy import cutoff_text, parse_cutoff
+
+    policy = parse_policy({"retention": {"default": "60d", "status": {"failed": "90d"},
+                                         "pressure": {"default": "35d", "size_above": "1B"}}})
+    monkeypatch.setattr(rules, "pressure_of", lambda policy, backend: "the store is full")
+    cutoff, why = rules.pressured(Expiry(policy, NOW), MemoryBackend(store_name="applied-under-pressure"))
+    assert why and cutoff.policy != policy and cutoff.applied == policy
+    back = parse_cutoff(cutoff_text(cutoff))
+    assert isinstance(back, Expiry) and back.policy == cutoff.policy and back.applied == policy
+    plain = parse_cutoff(cutoff_text(Expiry(policy, NOW)))
+    assert isinstance(plain, Expiry) and plain.applied == policy
+    tiny = parse_policy({"retention": {"default": "60d", "pressure": {"default": "35d", "free_below": "0.00001%"}}})
+    assert parse_policy({"retention": tiny.to_dict()}) == tiny  # no exponent form the file cannot hold
