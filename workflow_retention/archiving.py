@@ -68,6 +68,12 @@ Gathered = tuple[RunRef, dict[str, list[Any]]]
 _TRUSTED_MODULES = ("pyworkflow.", "types")
 
 
+def _digest(records: Mapping[str, list[Any]]) -> str:
+    """SHA-256 of a run's records as archived (kinds without records left out)."""
+    return sha256(json.dumps({k: [encode(r) for r in rows] for k, rows in records.items() if rows},
+                             sort_keys=True).encode())
+
+
 def version_of(ref: RunRef) -> str:
     """The version a purge's re-check compares (:meth:`RunRef.same_version`): status and updated_at as an instant."""
     when = ref.updated_at.astimezone(UTC).isoformat() if ref.updated_at is not None else "unreadable"
@@ -228,6 +234,8 @@ class Archiving:
     parts: int = 0
     #: run_id -> kind -> how many records of it were gathered at the batch boundary (:meth:`rows_differ`).
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: run_id -> SHA-256 of its records as gathered at the batch boundary (:meth:`records_differ`).
+    digests: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, backend: StorageBackend, store: ArchiveStore, cutoff: datetime,
@@ -252,6 +260,7 @@ class Archiving:
         lines = []
         for run_id, (ref, records) in gathered.items():
             self.rows[run_id] = {kind: len(found) for kind, found in records.items() if found}
+            self.digests[run_id] = _digest(records)
             version = version_of(ref)
             encoded = {kind: [encode(r) for r in rows] for kind, rows in records.items()}
             earlier = self.earlier.get((run_id, version))
@@ -276,6 +285,13 @@ class Archiving:
         is: the delete would remove what the archive does not hold."""
         return {run_id for run_id, kinds in counted.items()
                 if run_id in self.rows and {k: n for k, n in kinds.items() if n} != self.rows[run_id]}
+
+    def records_differ(self, gathered: Mapping[str, Gathered]) -> set[str]:
+        """The runs of ``gathered`` (read again under the delete's lock, as ``_gather`` reads them) whose
+        records are not, value for value, the ones archived: such a run must be kept (:meth:`rows_differ`
+        compares counts only, where reading every record twice would cost too much)."""
+        return {run_id for run_id, (_ref, records) in gathered.items()
+                if run_id in self.digests and _digest(records) != self.digests[run_id]}
 
     def records(self, found: Mapping[str, Mapping[str, list[Any]]]) -> None:
         """Archive records of runs already committed, found after their batch and about to be deleted (the step

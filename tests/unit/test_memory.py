@@ -52,3 +52,39 @@ def test_on_batch_runs_with_the_engines_lock_released() -> None:
 
     report = backend.delete_old_runs(datetime.now(UTC) - timedelta(days=30), on_batch=on_batch)
     assert report.runs and free and all(free)
+
+
+def test_an_event_appended_after_the_archive_keeps_the_run(tmp_path, monkeypatch) -> None:
+    """The archive gathers a batch outside the store's lock; an event the engine appends before the delete
+    (a write that leaves the run's version alone) must not go unarchived: the run is kept (issue 20)."""
+    import copy
+
+    from pyworkflow.storage.memory import InMemoryStorageBackend
+
+    from workflow_retention.archive import open_archive
+    from workflow_retention.archiving import Archiving
+
+    now = datetime.now(UTC)
+    store = InMemoryStorageBackend()
+    backend = MemoryBackend(store, batch_size=2)
+    seeded = list(generate(4, now=now, seed=3))
+    backend.seed(seeded)
+    for seed in seeded:
+        run = store._runs[seed.run_id]
+        run.status, run.updated_at, run.parent_run_id = "completed", now - timedelta(days=90), None
+    victim = next(s.run_id for s in seeded if store._events.get(s.run_id))
+    before = len(store._events[victim])
+    original = Archiving.batch
+
+    def archive_then_engine_writes(self: Archiving, ids) -> None:
+        original(self, ids)
+        if victim in ids:
+            with store._lock:  # as the engine's record_event does
+                late = copy.deepcopy(store._events[victim][-1])
+                late.sequence = before + 1
+                store._events[victim].append(late)
+
+    monkeypatch.setattr(Archiving, "batch", archive_then_engine_writes)
+    report = backend.delete_old_runs(now - timedelta(days=30), archive=open_archive(f"file://{tmp_path}"))
+    assert victim in store._runs and len(store._events[victim]) == before + 1
+    assert report.changed == 1 and report.runs == 3

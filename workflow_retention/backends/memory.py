@@ -161,6 +161,8 @@ class MemoryBackend(StorageBackend):
             ids = [r.run_id for r in deletable]
             changed = {i for i in ids
                        if (fresh := self._ref_of(i)) is None or not plan.nodes[i].same_version(fresh)}
+            if job.archive is not None:  # written to since the archive read it (an event appended): kept
+                changed |= job.archive.records_differ(self._gather([i for i in ids if i not in changed]))
             survivors = set(changed)
             for parent, kids in self._children_of(ids).items():  # a child started since planning holds its parent
                 for kid in kids:
