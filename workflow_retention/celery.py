@@ -289,8 +289,9 @@ def _run_retention(broker_url: str | None, sent_at: datetime | None, app: Any = 
     if settings.retention_days is None and settings.policy is None:
         log.debug("workflow-retention skipped status=unconfigured reason=%s unset", config.RETENTION_DAYS)
         return {"skipped": "retention-days-unset"}
-    if settings.policy is not None and settings.policy.shortest() < settings.min_age:
-        raise ConfigurationError(f"the retention policy's shortest rule ({settings.policy.shortest()}) is shorter "
+    if settings.policy is not None and settings.policy.emergency().shortest() < settings.min_age:
+        raise ConfigurationError(f"the retention policy's shortest rule ({settings.policy.emergency().shortest()}, "
+                                 "its disk-pressure emergency rule included) is shorter "
                                  f"than {config.MIN_AGE} ({settings.min_age}): refusing a purge of runs that "
                                  "finished so recently")
     if settings.policy is None and timedelta(days=settings.retention_days or 0) < settings.min_age:

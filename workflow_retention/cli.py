@@ -440,7 +440,11 @@ def _cutoff(args: argparse.Namespace, settings: config.Settings) -> datetime:
             raise ConfigurationError(f"give --days N or --older-than ISO8601, or set {config.RETENTION_DAYS} or "
                                      f"{config.POLICY}")
         cutoff = rules.cutoff_for(days=days, policy=policy, pins=_pins(args, settings), now=now)
-    if cutoff > now - settings.min_age and not args.allow_recent_cutoff:
+    latest: datetime = cutoff
+    if isinstance(cutoff, Expiry) and cutoff.policy.pressure is not None:  # the emergency rule may apply too
+        latest = max(cutoff.bound, now - cutoff.policy.emergency().shortest())
+    if latest > now - settings.min_age and not args.allow_recent_cutoff:
+        cutoff = latest
         ago = "in the future" if cutoff > now else f"only {now - cutoff} ago"
         raise ConfigurationError(
             f"the cutoff {cutoff.isoformat()} is {ago}: every terminal run that finished before it would be "

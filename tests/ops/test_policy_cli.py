@@ -383,3 +383,30 @@ def test_pins_of_another_store_are_never_read_or_written_under_this_ones_key(
     assert cli.main(["pin", "ls", "--storage", store[config.STORAGE_URL]]) == 0  # the store the key names
     with by_url(other) as backend:
         assert set(backend._read_runs(set(RUNS))) == set(RUNS)
+
+
+def test_a_purge_whose_state_store_is_down_deletes_nothing(
+        store: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Pins cannot be read: the purge fails (exit 1, one ERROR line, no password), by the policy and by --days."""
+    monkeypatch.setenv(config.STATE_URL, "redis://:Sup3rSecretPw@127.0.0.1:1/0")
+    monkeypatch.setenv(config.LOCK_URL, "redis://:Sup3rSecretPw@127.0.0.1:1/0")
+    for argv in (["purge"], ["purge", "--days", "30"], ["purge", "--no-pins"], ["audit"]):
+        caplog.clear()
+        assert cli.main(argv) == 1, argv
+        assert "pins" in caplog.text and "Sup3rSecretPw" not in caplog.text, argv
+    assert left(store) == set(RUNS)
+
+
+def test_an_emergency_rule_shorter_than_the_minimum_age_is_refused(
+        store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review of issue 21: PYWORKFLOW_RETENTION_MIN_AGE (the blast-radius guard) was checked against the policy's
+    rules only; under disk pressure an emergency rule of 10 minutes (min lowered to 0s) deleted runs that had just
+    finished, without --allow-recent-cutoff."""
+    policy = tmp_path / "emergency.toml"
+    policy.write_text('[retention]\ndefault = "30d"\nmin = "0s"\n[retention.pressure]\ndefault = "10m"\n'
+                      'free_below = "100%"\n')
+    monkeypatch.setenv(config.POLICY, str(policy))
+    assert cli.main(["purge"]) == 2
+    assert config.MIN_AGE in caplog.text and left(store) == set(RUNS)
+    assert cli.main(["purge", "--allow-recent-cutoff"]) == 0
