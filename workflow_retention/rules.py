@@ -73,6 +73,16 @@ class StateStore:
         return f"{self.base}:pins"
 
     @property
+    def pins_version_key(self) -> str:
+        """A counter every pin add or rm raises: a purge watching the pins reads it, not the whole hash, per batch."""
+        return f"{self.base}:pins:version"
+
+    def pins_version(self) -> int:
+        with self._errors("read the pins"):
+            raw = self.client.get(self.pins_version_key)
+        return int(_text(raw)) if raw else 0
+
+    @property
     def policy_key(self) -> str:
         return f"{self.base}:policy"
 
@@ -92,13 +102,16 @@ class StateStore:
             pipe = self.client.pipeline()
             for target in targets:
                 pipe.hsetnx(self.pins_key, f"{kind}:{target}", record)
-            return sum(bool(x) for x in pipe.execute())
+            pipe.incr(self.pins_version_key)
+            return sum(bool(x) for x in pipe.execute()[:-1])
 
     def unpin(self, kind: str, targets: Iterable[str]) -> int:
         """Remove pins; returns how many existed."""
         targets = _targets(kind, targets)
         with self._errors("remove the pins"):
-            return int(self.client.hdel(self.pins_key, *(f"{kind}:{t}" for t in targets)))
+            removed = int(self.client.hdel(self.pins_key, *(f"{kind}:{t}" for t in targets)))
+            self.client.incr(self.pins_version_key)
+            return removed
 
     def list_pins(self) -> list[dict[str, str]]:
         """Every pin: ``{"kind", "target", "reason", "pinned_at"}``, sorted by kind and target."""
@@ -285,10 +298,16 @@ def pins_watched(on_batch: OnBatch | None, state: StateStore | None, pins: Pins)
     (:class:`StorageError`), as at its start. No ``state``: ``on_batch`` unchanged."""
     if state is None:
         return on_batch
+    seen: list[int] = []  # the pins' version when last read in full (none yet: the first boundary reads them)
 
     def check(info: BatchInfo) -> None:
-        now = state.pins()
-        added = sorted(now.runs - pins.runs) + sorted(set(now.workflows) - set(pins.workflows))
+        version = state.pins_version()
+        if seen and seen[0] == version:
+            added: list[str] = []
+        else:
+            now = state.pins()
+            added = sorted(now.runs - pins.runs) + sorted(set(now.workflows) - set(pins.workflows))
+            seen[:] = [version]
         if added:
             raise PurgeStopped(f"{len(added)} pin(s) added while the purge ran ({', '.join(map(repr, added[:5]))}): "
                                "stopped at a batch boundary before deleting more; the next purge honours them")

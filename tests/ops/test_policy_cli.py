@@ -350,18 +350,18 @@ def test_a_pin_added_while_a_purge_runs_stops_it_before_the_next_batch(
         inner = real(on_batch, max_runs)
 
         def hold_placed(info: Any) -> None:
-            if not added:  # an operator pins a run the purge would delete later, as the first batch is approved
+            added.append(info.index)
+            if len(added) == 2:  # an operator pins a run the purge would delete later, as the 2nd batch is approved
                 state = StateStore.open(store[config.STATE_URL], store[config.LOCK_KEY])
                 state.pin(RUN, ["run_orders_pinned"], "legal hold placed mid-purge")
                 state.close()
-                added.append(1)
             inner(info)
         return hold_placed
 
     monkeypatch.setattr(rules, "capped", capped)
     assert cli.main(["purge", "--batch-size", "1"]) == cli.EXIT_STOPPED
-    assert "STOPPED" in capsys.readouterr().out and added
-    assert "run_orders_pinned" in left(store)
+    assert "STOPPED" in capsys.readouterr().out and len(added) == 2
+    assert "run_orders_pinned" in left(store) and len(set(RUNS) - left(store)) == 1  # the first batch went
     monkeypatch.setattr(rules, "capped", real)
     assert cli.main(["purge"]) == 0
     assert left(store) == set(RUNS) - {"run_orders_old", "run_audit_older"}
