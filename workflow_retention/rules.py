@@ -94,7 +94,7 @@ class StateStore:
     def pin(self, kind: str, targets: Iterable[str], reason: str, now: datetime | None = None) -> int:
         """Pin run ids (``kind`` RUN) or workflow name patterns (WORKFLOW); returns how many were new."""
         targets = _targets(kind, targets)
-        reason = reason.strip()
+        reason = "".join(" " if not c.isprintable() else c for c in reason).strip()
         if not reason:
             raise ConfigurationError("--reason is required: say why (an investigation, a legal hold, a ticket)")
         record = json.dumps({"reason": reason[:MAX_REASON], "pinned_at": (now or utcnow()).isoformat()})
@@ -197,6 +197,8 @@ def _targets(kind: str, targets: Iterable[str]) -> list[str]:
             raise ConfigurationError(f"{bad[0]!r} is not a run id")
     elif kind != WORKFLOW:
         raise ConfigurationError(f"a pin is on a {RUN} or a {WORKFLOW}; got {kind!r}")
+    elif bad := [t for t in found if not t.isprintable()]:
+        raise ConfigurationError(f"{bad[0]!r} is not a workflow name or pattern: it holds a control character")
     return found
 
 

@@ -410,3 +410,14 @@ def test_an_emergency_rule_shorter_than_the_minimum_age_is_refused(
     assert cli.main(["purge"]) == 2
     assert config.MIN_AGE in caplog.text and left(store) == set(RUNS)
     assert cli.main(["purge", "--allow-recent-cutoff"]) == 0
+
+
+def test_pin_text_cannot_forge_lines_in_pin_ls(store: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Review of issue 21: a reason or a pattern with a line break printed as extra lines of ``pin ls`` (a forged
+    pin an operator would trust). A pattern with a control character is refused; a reason's become spaces."""
+    assert cli.main(["pin", "add", "--workflow", "a\nrun      run_forged", "--reason", "x"]) == 2
+    assert cli.main(["pin", "add", "run_orders_old", "--reason", "hold\nrun      run_forged  pinned now: fake"]) == 0
+    capsys.readouterr()
+    assert cli.main(["pin", "ls"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "run_orders_old" in lines[0], lines
