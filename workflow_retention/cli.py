@@ -427,6 +427,10 @@ def _cutoff(args: argparse.Namespace, settings: config.Settings) -> datetime:
     (:func:`_pins`); without a policy or a pin the cutoff is a plain instant, exactly as before.
     """
     now = utcnow()
+    if (args.older_than or args.days) and settings.policy is not None:
+        log.warning("%s replaces the retention policy (%s): its status and workflow rules and keep_last do not "
+                    "apply to this %s (pins do)", "--older-than" if args.older_than else "--days", config.POLICY,
+                    args.command)
     if args.older_than:
         cutoff = values.iso_datetime(args.older_than, "--older-than")
         pins = _pins(args, settings)

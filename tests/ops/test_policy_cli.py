@@ -421,3 +421,11 @@ def test_pin_text_cannot_forge_lines_in_pin_ls(store: dict[str, str], capsys: py
     assert cli.main(["pin", "ls"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "run_orders_old" in lines[0], lines
+
+
+def test_days_given_beside_a_policy_says_it_replaces_it(store: dict[str, str],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Review of issue 21: ``purge --days 30`` beside a policy silently dropped its workflow rules and keep_last
+    (the 730-day billing runs went at 30 days). It still does what it is told, and says so at WARNING."""
+    assert cli.main(["purge", "--days", "30", "--dry-run"]) == 0
+    assert "WARNING" in caplog.text and "replaces the retention policy" in caplog.text
