@@ -307,3 +307,21 @@ def test_unchanged_store_after_a_dry_run_of_heavy_runs(sql: Any) -> None:
     report = sql.retention(max_rows=1000).delete_old_runs(CUTOFF, dry_run=True)
     assert report.runs == 1 and report.counts["events"] == 2500
     assert snapshot(sql.inventory()) == before
+
+
+def test_the_transaction_time_target_is_an_option_and_a_url_parameter(sql: Any) -> None:
+    """``transaction_s`` (default 0.5 s): a maintenance window with no engine writing may allow longer
+    transactions, fewer commits (issue 17). Given in the URL, it needs no other setting."""
+    assert sql.retention().client.transaction_target == 0.5
+    assert sql.retention(transaction_s=5).client.transaction_target == 5.0
+    url = sql.retention().url
+    joined = f"{url}{'&' if '?' in url else '?'}transaction_s=2.5"
+    from workflow_retention.backends import by_url
+
+    backend = by_url(joined)
+    assert backend.client.transaction_target == 2.5
+    backend.close()
+    for bad in ("0", "-1", "soon", "7200"):
+        with pytest.raises(ConfigurationError, match="transaction_s"):
+            sql.retention(transaction_s=bad)
+

@@ -34,6 +34,19 @@ if TYPE_CHECKING:
 
 #: The largest ``max_rows`` accepted.
 MAX_ROWS = 10_000_000
+#: The longest ``transaction_s`` accepted, in seconds.
+MAX_TRANSACTION_S = 600.0
+#: The backend option (and URL query parameter) that sets the time a write transaction aims at.
+TRANSACTION_S = "transaction_s"
+
+
+def url_options(params: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus the URL's ``transaction_s`` (taken out of ``params``); the constructor checks it."""
+    if TRANSACTION_S in params:
+        options = {TRANSACTION_S: params.pop(TRANSACTION_S), **options}
+    return options
+
+
 #: The longest ``statement_timeout`` / ``lock_timeout`` accepted, in seconds.
 MAX_TIMEOUT_S = 86_400.0
 
@@ -51,14 +64,16 @@ class SQLBackend(StorageBackend):
                                                         Capability.ARCHIVE})
 
     def __init__(self, *, url: str, dialect: Dialect, batch_size: int | None = None,
-                 max_rows: int | None = None) -> None:
+                 max_rows: int | None = None, transaction_s: object = None) -> None:
         super().__init__(url=url, batch_size=batch_size)
         rows = values.integer(max_rows if max_rows is not None else dialect.default_max_rows, "max_rows",
                               maximum=MAX_ROWS, example=dialect.default_max_rows)
+        target = Client.transaction_target if transaction_s is None else \
+            values.seconds(transaction_s, "transaction_s", maximum=MAX_TRANSACTION_S)
         #: What differs between SQL dialects (every hook the shared code calls).
         self.dialect = dialect
         #: The engine, transactions and the store's layout.
-        self.client = Client(dialect, self.url, rows)
+        self.client = Client(dialect, self.url, rows, target)
 
     # -- what tests, benchmarks and tools use -------------------------------------------
 

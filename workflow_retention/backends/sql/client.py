@@ -63,15 +63,18 @@ class Client:
 
     #: Attempts of a batch transaction that hits a deadlock or serialization failure.
     retry_attempts: ClassVar[int] = 6
-    #: Seconds a write transaction should take at most: a longer one shrinks the row budget.
-    transaction_target: ClassVar[float] = 0.5
+    #: Seconds a write transaction should take at most: a longer one shrinks the row budget (the backend's
+    #: ``transaction_s`` option sets it per store).
+    transaction_target: float = 0.5
     #: The row budget never shrinks below this (nor grows above ``max_rows``).
     min_rows: ClassVar[int] = 1000
 
-    def __init__(self, dialect: Dialect, url: str, max_rows: int) -> None:
+    def __init__(self, dialect: Dialect, url: str, max_rows: int, transaction_s: float | None = None) -> None:
         self.dialect = dialect
         self.url = url
         self.max_rows = max_rows
+        if transaction_s is not None:  # the backend's ``transaction_s`` option
+            self.transaction_target = transaction_s
         #: Rows the next write transaction of a purge may delete (adapted by :meth:`timed_write`).
         self.row_budget = self.first_budget()
         #: The store's tables and missing indexes, read at the start of each operation.

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
 from workflow_retention import values
-from workflow_retention.backends.sql.backend import SQLBackend, timeout
+from workflow_retention.backends.sql.backend import TRANSACTION_S, SQLBackend, timeout, url_options
 from workflow_retention.backends.sql.dialect import MAX_PARALLEL_BATCHES, Dialect, expanded_after
 from workflow_retention.backends.sql.layout import Types
 from workflow_retention.exceptions import BackendUnavailableError, ConfigurationError
@@ -130,13 +130,16 @@ class MySQLDialect(Dialect):
 class MySQLBackend(SQLBackend):
     """pyworkflow-engine's MySQL/MariaDB store: ``mysql://user:password@host:3306/database``.
 
-    URL query options: ``charset`` (default ``utf8mb4``; one PyMySQL knows) and ``connect_timeout``
-    (whole seconds, default 10).
+    URL query options: ``charset`` (default ``utf8mb4``; one PyMySQL knows), ``connect_timeout``
+    (whole seconds, default 10) and ``transaction_s`` (below).
 
     Options (keyword arguments of the constructor, ``from_url`` or ``by_url``):
 
     * ``batch_size`` (default 500): runs per batch;
     * ``max_rows`` (default 5000): rows one write transaction deletes at most, whatever the runs hold;
+    * ``transaction_s`` (seconds, default 0.5; also ``?transaction_s=`` in the URL): how long a write
+      transaction should take; the row budget follows it (longer: fewer commits, a faster purge, and the
+      engine's writers of the same rows waiting that long);
     * ``lock_timeout`` (seconds, default 10): ``innodb_lock_wait_timeout`` (rounded up to whole seconds);
     * ``statement_timeout`` (seconds, default 30): ``max_execution_time`` (MySQL, SELECTs) or
       ``max_statement_time`` (MariaDB, every statement);
@@ -155,7 +158,7 @@ class MySQLBackend(SQLBackend):
     def __init__(self, *, host: str = "localhost", port: int = 3306, user: str = "pyworkflow", password: str = "",
                  database: str = "pyworkflow", query: dict[str, str] | None = None, url: str | None = None,
                  statement_timeout: object = 30.0, lock_timeout: object = 10.0, batch_size: int | None = None,
-                 max_rows: int | None = None,
+                 max_rows: int | None = None, transaction_s: object = None,
                  parallel_batches: object = MySQLDialect.default_parallel_batches) -> None:
         try:
             from pymysql.charset import charset_by_name
@@ -174,12 +177,13 @@ class MySQLBackend(SQLBackend):
         parallel = values.integer(parallel_batches, "parallel_batches", maximum=MAX_PARALLEL_BATCHES, example=2)
         dialect = MySQLDialect(sa_url, connect_timeout, self.statement_timeout, self.lock_timeout, parallel)
         super().__init__(url=url or f"mysql://{user}@{host}:{port}/{database}", dialect=dialect,
-                         batch_size=batch_size, max_rows=max_rows)
+                         batch_size=batch_size, max_rows=max_rows, transaction_s=transaction_s)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MySQLBackend:
         parts, database = server_and_database(url, "MySQL URL must be mysql://user:password@host:3306/database")
-        params = query_params(parts, QUERY, url)
+        params = query_params(parts, QUERY | {TRANSACTION_S}, url)
+        options = url_options(params, options)
         if not params.get("connect_timeout", "10").isdigit():
             raise ConfigurationError(f"connect_timeout in the MySQL URL must be whole seconds; "
                                      f"got {redact_url(url)!r}")

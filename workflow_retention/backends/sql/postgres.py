@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
 from workflow_retention import values
-from workflow_retention.backends.sql.backend import SQLBackend, timeout
+from workflow_retention.backends.sql.backend import TRANSACTION_S, SQLBackend, timeout, url_options
 from workflow_retention.backends.sql.dialect import MAX_PARALLEL_BATCHES, Dialect
 from workflow_retention.backends.sql.layout import Types
 from workflow_retention.base import Capability
@@ -296,7 +296,7 @@ class PostgresBackend(SQLBackend):
 
     URL query options: ``schema`` (a lower-case identifier, through ``search_path``), ``sslmode``
     (disable, allow, prefer, require, verify-ca, verify-full), ``sslrootcert``, ``connect_timeout``
-    (whole seconds, default 10), ``application_name``.
+    (whole seconds, default 10), ``application_name``, and ``transaction_s`` (below).
 
     Options (keyword arguments of the constructor, ``from_url`` or ``by_url``):
 
@@ -304,7 +304,10 @@ class PostgresBackend(SQLBackend):
       docs/benchmarks.md);
     * ``max_rows`` (default 40000): rows one write transaction deletes at most, whatever the runs hold
       (a single run over it is deleted in one transaction: docs/backends/sql.md); within it the budget
-      follows time (about 0.5 s per transaction);
+      follows time (``transaction_s``);
+    * ``transaction_s`` (seconds, default 0.5; also ``?transaction_s=`` in the URL): how long a write
+      transaction should take; the row budget follows it (longer: fewer commits, a faster purge, and the
+      engine's writers of the same rows waiting that long);
     * ``statement_timeout`` (seconds, default 30) and ``lock_timeout`` (seconds, default 10): the server
       settings of every connection (``idle_in_transaction_session_timeout`` follows);
     * ``parallel_batches`` (default 1): write batches a purge runs at once, each on its own connection
@@ -324,6 +327,7 @@ class PostgresBackend(SQLBackend):
                  password: str = "", database: str = "pyworkflow", schema: str | None = None,
                  query: dict[str, str] | None = None, url: str | None = None, statement_timeout: object = 30.0,
                  lock_timeout: object = 10.0, batch_size: int | None = None, max_rows: int | None = None,
+                 transaction_s: object = None,
                  parallel_batches: object = PostgresDialect.default_parallel_batches) -> None:
         try:
             import psycopg  # noqa: F401
@@ -347,13 +351,15 @@ class PostgresBackend(SQLBackend):
         url = url or f"postgresql://{user}@{host}:{port}/{database}"
         parallel = values.integer(parallel_batches, "parallel_batches", maximum=MAX_PARALLEL_BATCHES, example=2)
         dialect = PostgresDialect(sa_url, schema, self.statement_timeout, self.lock_timeout, redact_url(url), parallel)
-        super().__init__(url=url, dialect=dialect, batch_size=batch_size, max_rows=max_rows)
+        super().__init__(url=url, dialect=dialect, batch_size=batch_size, max_rows=max_rows,
+                         transaction_s=transaction_s)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBackend:
         parts, database = server_and_database(
             url, "PostgreSQL URL must be postgresql://user:password@host:5432/database[?schema=NAME]")
-        params = query_params(parts, QUERY, url)
+        params = query_params(parts, QUERY | {TRANSACTION_S}, url)
+        options = url_options(params, options)
         schema = params.pop("schema", None)
         return cls(host=parts.hostname or "localhost", port=parts.port or 5432,
                    user=unquote(parts.username or "pyworkflow"), password=unquote(parts.password or ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -17,17 +18,22 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from workflow_retention.backends.sql.backend import SQLBackend, timeout
+from workflow_retention.backends.sql.backend import TRANSACTION_S, SQLBackend, timeout, url_options
 from workflow_retention.backends.sql.dialect import Dialect
 from workflow_retention.backends.sql.layout import IsoText, Types
 from workflow_retention.backends.sql.space import sqlite_vacuum
 from workflow_retention.base import Capability
 from workflow_retention.exceptions import ConfigurationError
 from workflow_retention.report import SpaceReport
-from workflow_retention.urls import redact_url, split_url
+from workflow_retention.urls import query_params, redact_url, split_url
 
 #: Largest UTC offset in use (+14:00) plus margin: the SQL pre-filter's widening.
 OFFSET_MARGIN = timedelta(hours=15)
+
+
+log = logging.getLogger("workflow_retention.sql")
+#: pyworkflow-engine's SQLite busy timeout (its writers give up after waiting this long for the lock).
+ENGINE_BUSY_TIMEOUT_S = 5.0
 
 
 class SQLiteDialect(Dialect):
@@ -171,6 +177,10 @@ class SQLiteBackend(SQLBackend):
     * ``max_rows`` (default 200000): rows one write transaction deletes at most, whatever the runs hold;
       within it the budget follows time: a purge starts at 40,000 rows per transaction and moves so that
       each takes about 0.5 s (docs/backends/sql.md, "Bounded transactions");
+    * ``transaction_s`` (seconds, default 0.5; also ``?transaction_s=`` in the URL): how long a write
+      transaction should take; the row budget follows it. Longer means fewer commits and a faster purge,
+      and the engine's writers waiting that long: keep it well under pyworkflow's 5 s busy timeout unless
+      no engine writes during the purge (a maintenance window);
     * ``lock_timeout`` (seconds, default 10): SQLite's busy timeout, how long a statement waits for the
       database lock;
     * ``statement_timeout`` (seconds, default 30): accepted for symmetry with the servers (SQLite has none).
@@ -190,25 +200,33 @@ class SQLiteBackend(SQLBackend):
     default_batch_size = 10_000
 
     def __init__(self, path: str | Path, *, url: str | None = None, statement_timeout: object = 30.0,
-                 lock_timeout: object = 10.0, batch_size: int | None = None, max_rows: int | None = None) -> None:
+                 lock_timeout: object = 10.0, batch_size: int | None = None, max_rows: int | None = None,
+                 transaction_s: object = None) -> None:
         self.path = Path(path)
         if not self.path.is_absolute():
             raise ConfigurationError(f"the SQLite database path must be absolute; got {str(path)!r}")
         self.statement_timeout = timeout(statement_timeout, "statement_timeout")
         self.lock_timeout = timeout(lock_timeout, "lock_timeout")
         super().__init__(url=url or f"sqlite://{self.path}", dialect=SQLiteDialect(self.path, self.lock_timeout),
-                         batch_size=batch_size, max_rows=max_rows)
+                         batch_size=batch_size, max_rows=max_rows, transaction_s=transaction_s)
+        if self.client.transaction_target >= ENGINE_BUSY_TIMEOUT_S:
+            log.warning("%s: transaction_s=%g: a write transaction may hold SQLite's write lock as long as "
+                        "pyworkflow's %g s busy timeout, so the engine's own writes may fail meanwhile; use it "
+                        "only while no engine writes to this store", self.url, self.client.transaction_target,
+                        ENGINE_BUSY_TIMEOUT_S)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
         parts = split_url(url)
         path = unquote(parts.path)
-        if parts.scheme.lower() not in ("sqlite", "sqlite+pysqlite") or parts.netloc or parts.query \
+        if parts.scheme.lower() not in ("sqlite", "sqlite+pysqlite") or parts.netloc \
                 or not path.startswith("/") or path.endswith("/"):
             raise ConfigurationError(
-                f"SQLite URL must be sqlite:///absolute/path/to/pyworkflow.db; got {redact_url(url)!r}")
+                f"SQLite URL must be sqlite:///absolute/path/to/pyworkflow.db[?transaction_s=SECONDS]; "
+                f"got {redact_url(url)!r}")
         if path.startswith("//"):  # SQLAlchemy's spelling sqlite:////abs/path
             path = path[1:]
+        options = url_options(query_params(parts, {TRANSACTION_S}, url), options)
         return cls(path, url=url, **options)
 
     def _vacuum(self) -> SpaceReport:
