@@ -50,7 +50,7 @@ from workflow_retention.archive import (
     unfinished,
     verified_objects,
 )
-from workflow_retention.exceptions import ArchiveError, ConfigurationError, RetentionError
+from workflow_retention.exceptions import ArchiveError, ConfigurationError, RetentionError, StorageError
 from workflow_retention.planning import RunRef
 from workflow_retention.timeutil import utcnow
 
@@ -591,31 +591,43 @@ def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str]
             report.refused[run_id] = (f"its parent run {parent} is neither in the store nor restored with it "
                                       f"(restore it too: --run {parent}, or --all)")
             del chosen[run_id]
-    for level in _levels(chosen):
-        by_object: dict[str, set[str]] = {}
-        for entry in level:
-            by_object.setdefault(entry.object, set()).add(entry.run_id)
-        for name, ids in sorted(by_object.items()):
-            lines = [line for line in objects.lines(name) if line["run_id"] in ids and not line.get("part")]
-            for line in lines:
-                for part_object in chosen[line["run_id"]].parts:
-                    for part in objects.lines(part_object):
-                        if part["run_id"] == line["run_id"] and part.get("part"):
-                            for kind, rows in part["records"].items():
-                                line["records"].setdefault(kind, []).extend(rows)
-                try:
-                    line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
-                except ArchiveError as exc:
-                    raise ArchiveError(f"run {line['run_id']} in {name}: {exc}; restored before it: "
-                                       f"{len(report.written)} run(s)") from exc
-            backend._restore(lines)
-            for line in lines:
-                report.written.append(line["run_id"])
-                for kind, rows in line["records"].items():
-                    report.counts[kind] = report.counts.get(kind, 0) + len(rows)
-            if on_progress is not None:
-                on_progress(len(report.written))
+    try:
+        for level in _levels(chosen):
+            _restore_level(backend, objects, chosen, level, report, on_progress)
+    except (StorageError, ArchiveError) as exc:  # say what is already back (whole runs): a rerun refuses those
+        if not report.written:
+            raise
+        raise (ArchiveError if isinstance(exc, ArchiveError) else StorageError)(
+            f"{exc}; {len(report.written)} run(s) restored before this (e.g. {', '.join(sorted(report.written)[:3])}); "
+            "a rerun refuses them as existing") from exc
     return report
+
+
+def _restore_level(backend: StorageBackend, objects: Objects, chosen: Mapping[str, Entry], level: list[Entry],
+                   report: RestoreReport, on_progress: Callable[[int], None] | None) -> None:
+    """Write one level of the chosen runs (parents are in an earlier level), object by object."""
+    by_object: dict[str, set[str]] = {}
+    for entry in level:
+        by_object.setdefault(entry.object, set()).add(entry.run_id)
+    for name, ids in sorted(by_object.items()):
+        lines = [line for line in objects.lines(name) if line["run_id"] in ids and not line.get("part")]
+        for line in lines:
+            for part_object in chosen[line["run_id"]].parts:
+                for part in objects.lines(part_object):
+                    if part["run_id"] == line["run_id"] and part.get("part"):
+                        for kind, rows in part["records"].items():
+                            line["records"].setdefault(kind, []).extend(rows)
+            try:
+                line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
+            except ArchiveError as exc:
+                raise ArchiveError(f"run {line['run_id']} in {name}: {exc}") from exc
+        backend._restore(lines)
+        for line in lines:
+            report.written.append(line["run_id"])
+            for kind, rows in line["records"].items():
+                report.counts[kind] = report.counts.get(kind, 0) + len(rows)
+        if on_progress is not None:
+            on_progress(len(report.written))
 
 
 def archived_runs(store: ArchiveStore, folder: str) -> Iterator[dict[str, Any]]:

@@ -233,3 +233,21 @@ def test_a_line_whose_rows_belong_to_another_run_is_refused(store: Path, tmp_pat
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT count(*) FROM events WHERE run_id = ?", (live,)).fetchone()[0] == events
         assert db.execute("SELECT count(*) FROM workflow_runs WHERE run_id = 'run_forged0000000'").fetchone()[0] == 0
+
+
+def test_a_restore_that_fails_midway_says_what_it_had_written(store: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["seed", "--runs", "300", "--append"]) == 0  # enough runs for purged children
+    url, folder = _purge(tmp_path, capsys)
+    lines = [x for obj in _objects(folder) for x in decode_lines(obj.read_bytes())]
+    child = next(x for x in lines if x.get("parent_run_id") and x["records"].get("events"))
+    event = dict(child["records"]["events"][0]["$dict"])
+    with sqlite3.connect(store) as db:  # a row in the way of one child (parents are written before children)
+        db.execute("PRAGMA foreign_keys = OFF")
+        db.execute("INSERT INTO events (event_id, run_id, sequence, type, timestamp, data) VALUES (?, ?, 1, 'x', "
+                   "'2026-01-01 00:00:00', '{}')", (event["event_id"], "run_elsewhere"))
+    before = _runs(store)
+    assert main(["restore", "--archive", url, "--all"]) == 1
+    written = _runs(store) - before
+    assert written > 0 and f"{written} run(s) restored before" in caplog.text
