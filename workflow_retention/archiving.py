@@ -603,11 +603,44 @@ def restore(backend: StorageBackend, store: ArchiveStore, run_ids: Iterable[str]
     return report
 
 
+#: Runs in a row whose restore fails one by one before the failure is taken for the store's, not theirs.
+_FAILING_IN_A_ROW = 3
+
+
+def _write(backend: StorageBackend, lines: list[dict[str, Any]], report: RestoreReport) -> list[dict[str, Any]]:
+    """Write ``lines`` at once; if the store refuses them (one run whose key a live run holds, a row in the way),
+    write them one by one and refuse, with the store's reason, each that fails (each write is whole or nothing).
+    The lines written; raises when several in a row fail (the store, not the runs)."""
+    try:
+        backend._restore(lines)
+        return lines
+    except (StorageError, ArchiveError):
+        if len(lines) == 1 and not report.written:
+            raise
+    written: list[dict[str, Any]] = []
+    failing = 0
+    for line in lines:
+        try:
+            backend._restore([line])
+        except (StorageError, ArchiveError) as exc:
+            failing += 1
+            if failing >= _FAILING_IN_A_ROW:
+                raise
+            report.refused[line["run_id"]] = f"the store refused it: {exc}"
+            continue
+        failing = 0
+        written.append(line)
+    return written
+
+
 def _restore_level(backend: StorageBackend, objects: Objects, chosen: Mapping[str, Entry], level: list[Entry],
                    report: RestoreReport, on_progress: Callable[[int], None] | None) -> None:
     """Write one level of the chosen runs (parents are in an earlier level), object by object."""
     by_object: dict[str, set[str]] = {}
     for entry in level:
+        if entry.parent_run_id in report.refused and entry.parent_run_id in chosen:
+            report.refused[entry.run_id] = f"its parent run {entry.parent_run_id} was not restored (see its reason)"
+            continue
         by_object.setdefault(entry.object, set()).add(entry.run_id)
     for name, ids in sorted(by_object.items()):
         lines = [line for line in objects.lines(name) if line["run_id"] in ids and not line.get("part")]
@@ -621,8 +654,7 @@ def _restore_level(backend: StorageBackend, objects: Objects, chosen: Mapping[st
                 line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
             except ArchiveError as exc:
                 raise ArchiveError(f"run {line['run_id']} in {name}: {exc}") from exc
-        backend._restore(lines)
-        for line in lines:
+        for line in _write(backend, lines, report):
             report.written.append(line["run_id"])
             for kind, rows in line["records"].items():
                 report.counts[kind] = report.counts.get(kind, 0) + len(rows)

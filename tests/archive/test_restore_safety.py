@@ -235,19 +235,21 @@ def test_a_line_whose_rows_belong_to_another_run_is_refused(store: Path, tmp_pat
         assert db.execute("SELECT count(*) FROM workflow_runs WHERE run_id = 'run_forged0000000'").fetchone()[0] == 0
 
 
-def test_a_restore_that_fails_midway_says_what_it_had_written(store: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_a_run_the_store_refuses_is_reported_and_the_others_are_restored(store: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
     assert main(["seed", "--runs", "300", "--append"]) == 0  # enough runs for purged children
     url, folder = _purge(tmp_path, capsys)
     lines = [x for obj in _objects(folder) for x in decode_lines(obj.read_bytes())]
     child = next(x for x in lines if x.get("parent_run_id") and x["records"].get("events"))
     event = dict(child["records"]["events"][0]["$dict"])
-    with sqlite3.connect(store) as db:  # a row in the way of one child (parents are written before children)
+    with sqlite3.connect(store) as db:  # a row in the way of one run
         db.execute("PRAGMA foreign_keys = OFF")
         db.execute("INSERT INTO events (event_id, run_id, sequence, type, timestamp, data) VALUES (?, ?, 1, 'x', "
                    "'2026-01-01 00:00:00', '{}')", (event["event_id"], "run_elsewhere"))
     before = _runs(store)
-    assert main(["restore", "--archive", url, "--all"]) == 1
-    written = _runs(store) - before
-    assert written > 0 and f"{written} run(s) restored before" in caplog.text
+    assert main(["restore", "--archive", url, "--all", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert "the store refused it" in report["refused"][child["run_id"]]
+    below = {x["run_id"] for x in lines if x.get("parent_run_id") == child["run_id"]}
+    assert set(report["refused"]) == {child["run_id"], *below}  # and its children, never without it
+    assert len(report["written"]) == len(lines) - 1 - len(below) == _runs(store) - before
