@@ -1,7 +1,8 @@
 """One timed purge in a fresh process: ``python -m benchmarks.child TARGET SLOT URL CUTOFF BATCH N NOW``.
 
-Slots: ``ours``, ``archived`` (ours with a file archive: every batch written, read back and verified before it
-is deleted), ``baseline`` (pyworkflow-engine's purge), ``floor``.
+Slots: ``ours``; ``policy`` (ours with a policy of status and workflow rules that expires exactly the days
+cutoff's runs: issue 21); ``archived`` (ours with a file archive: every batch written, read back and verified
+before it is deleted); ``baseline`` (pyworkflow-engine's purge); ``floor``.
 
 Prints one JSON line: seconds, runs, peak RSS (VmHWM, reset right before the
 purge) and RSS growth during the purge, plus whatever the target adds.
@@ -83,6 +84,18 @@ def main(target_name: str, slot: str, url: str, cutoff_text: str, batch: str, n:
                        archive_bytes=sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+    elif slot == "policy":  # ours with a retention policy that expires exactly the runs of the days cutoff (issue 21)
+        from workflow_retention.planning import Expiry
+        from workflow_retention.policy import parse_policy
+
+        days = f"{(now - cutoff).days}d"
+        policy = parse_policy({"retention": {"default": days, "min": "1d", "status": {"failed": days},
+                                             "workflow": {"order_*": days, "invoice_sync": days,
+                                                          "billing.*": "730d"}}})
+        backend = by_url(url, batch_size=int(batch) or None)
+        report = backend.delete_old_runs(Expiry(policy, now))
+        backend.close()
+        out.update(runs=report.runs, held=report.held, batches=report.batches, counts=dict(report.counts))
     elif slot == "baseline":
         result = call_baseline(target, url, cutoff)
         if isinstance(result, int):
