@@ -236,6 +236,9 @@ class Archiving:
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     #: run_id -> SHA-256 of its records as gathered at the batch boundary (:meth:`records_differ`).
     digests: dict[str, str] = field(default_factory=dict)
+    #: run_id -> its records as gathered (and archived) at the batch boundary, kept until the run is settled
+    #: (one batch's worth): :meth:`unarchived` compares a cascade's findings with them.
+    gathered: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, backend: StorageBackend, store: ArchiveStore, cutoff: datetime,
@@ -261,6 +264,7 @@ class Archiving:
         for run_id, (ref, records) in gathered.items():
             self.rows[run_id] = {kind: len(found) for kind, found in records.items() if found}
             self.digests[run_id] = _digest(records)
+            self.gathered[run_id] = {kind: list(found) for kind, found in records.items()}
             version = version_of(ref)
             encoded = {kind: [encode(r) for r in rows] for kind, rows in records.items()}
             earlier = self.earlier.get((run_id, version))
@@ -285,6 +289,17 @@ class Archiving:
         is: the delete would remove what the archive does not hold."""
         return {run_id for run_id, kinds in counted.items()
                 if run_id in self.rows and {k: n for k, n in kinds.items() if n} != self.rows[run_id]}
+
+    def unarchived(self, run_id: str, kind: str, found: Sequence[Any], identity: Callable[[Any], Any]) -> list[Any]:
+        """Those of ``found`` (``run_id``'s records of ``kind`` that a cascade found after the run's commit and
+        is about to delete) that are not among the records archived at its boundary, compared by ``identity``
+        (a record's key): the engine wrote them since. The caller archives them (:meth:`records`) before the
+        delete. Empty for a run this purge did not gather (one an interrupted purge committed)."""
+        records = self.gathered.get(run_id)
+        if records is None:
+            return []
+        have = {identity(r) for r in records.get(kind, ())}
+        return [r for r in found if identity(r) not in have]
 
     def records_differ(self, gathered: Mapping[str, Gathered]) -> set[str]:
         """The runs of ``gathered`` (read again under the delete's lock, as ``_gather`` reads them) whose
@@ -314,6 +329,10 @@ class Archiving:
         if lines:
             self.writer.write_batch(lines)
             self.parts += len(lines)
+        for run_id, records in found.items():  # archived now: a later look at the same records finds them
+            if run_id in self.gathered:
+                for kind, rows in records.items():
+                    self.gathered[run_id].setdefault(kind, []).extend(rows)
 
     def settle(self, final: bool) -> None:
         """Forget the archived runs that are gone (deleted); record as superseded those kept: present with
@@ -326,9 +345,11 @@ class Archiving:
             ref = fresh.get(run_id)
             if ref is None:
                 del self.pending[run_id]
+                self.gathered.pop(run_id, None)
             elif final or version_of(ref) != version:
                 kept.setdefault(name, {})[run_id] = version
                 del self.pending[run_id]
+                self.gathered.pop(run_id, None)
         for name, runs in sorted(kept.items()):
             self.writer.supersede(runs, name)
 
@@ -651,7 +672,8 @@ def _restore_level(backend: StorageBackend, objects: Objects, chosen: Mapping[st
                         for kind, rows in part["records"].items():
                             line["records"].setdefault(kind, []).extend(rows)
             try:
-                line["records"] = {kind: [decode(r) for r in rows] for kind, rows in line["records"].items()}
+                line["records"] = {kind: _newest(backend, kind, [decode(r) for r in rows])
+                                   for kind, rows in line["records"].items()}
             except ArchiveError as exc:
                 raise ArchiveError(f"run {line['run_id']} in {name}: {exc}") from exc
         for line in _write(backend, lines, report):
@@ -660,6 +682,16 @@ def _restore_level(backend: StorageBackend, objects: Objects, chosen: Mapping[st
                 report.counts[kind] = report.counts.get(kind, 0) + len(rows)
         if on_progress is not None:
             on_progress(len(report.written))
+
+
+def _newest(backend: StorageBackend, kind: str, records: list[Any]) -> list[Any]:
+    """``records`` of one kind with, for each key the backend names (:meth:`StorageBackend._record_key`), only
+    the last: a part line archived later (a record the engine rewrote before the delete) replaces the earlier."""
+    keyed = [(backend._record_key(kind, r), r) for r in records]
+    if all(k is None for k, _ in keyed):
+        return records
+    last = {k: i for i, (k, _) in enumerate(keyed) if k is not None}
+    return [r for i, (k, r) in enumerate(keyed) if k is None or last[k] == i]
 
 
 def archived_runs(store: ArchiveStore, folder: str) -> Iterator[dict[str, Any]]:

@@ -99,7 +99,8 @@ def _ref(run: Any) -> RunRef:
 class MemoryBackend(StorageBackend):
     name = "memory"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SCHEDULED_SIGNALS,
-                              Capability.CORRUPTIBLE_TIMESTAMPS, Capability.ARCHIVE})
+                              Capability.CORRUPTIBLE_TIMESTAMPS, Capability.ARCHIVE,
+                              Capability.ARCHIVE_RECHECK})
     # A batch is one hold of the store's lock plus one pass over its dicts; larger
     # batches amortize the pass (this backend's own memory stays O(batch)).
     default_batch_size = 5000

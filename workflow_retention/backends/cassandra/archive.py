@@ -13,9 +13,11 @@ lines. Rows are written back with plain ``INSERT`` s (new write times), the run 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from workflow_retention.archiving import encode
 from workflow_retention.base import PurgeJob
 from workflow_retention.exceptions import StorageError
 from workflow_retention.planning import RunRef, key_prefixes
@@ -82,25 +84,84 @@ def gather(cql: Cql, run_ids: Sequence[str]) -> dict[str, tuple[RunRef, dict[str
         return {}
     ids = sorted(refs)
     found: dict[str, dict[str, list[Any]]] = {i: {} for i in ids}
+    for row in _dicts(cql.rows_in(f"archive_rows_{RECORDS}", ids)):
+        if row.get("run_id") in found:
+            found[row["run_id"]].setdefault(RECORDS, []).append(row)
+    runs = [refs[i].data for i in ids]
+    keys = Cascade(cql, PurgeReport(backend="", dry_run=True), True).read(runs)
+    for run_id, tables in _rows(cql, runs, keys).items():
+        found[run_id].update(tables)
+    return {i: (refs[i], found[i]) for i in ids}
+
+
+def _rows(cql: Cql, runs: Sequence[Any], keys: Mapping[str, list[Any]]) -> dict[str, dict[str, list[Any]]]:
+    """Everything of ``runs`` (their :class:`~.runs.RunKeys`) but their records, read whole: their partitions,
+    and the pointer and listing rows that ``keys`` (what :meth:`Cascade.read` found) name."""
+    found: dict[str, dict[str, list[Any]]] = {r.run_id: {} for r in runs}
+    ids = sorted(found)
 
     def add(table: str, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             if row.get("run_id") in found:
                 found[row["run_id"]].setdefault(table, []).append(row)
 
-    add(RECORDS, _dicts(cql.rows_in(f"archive_rows_{RECORDS}", ids)))
     for table in PARTITION_TABLES:
         add(table, _dicts(cql.rows_in(f"archive_rows_{table}", ids)))
-    keys = Cascade(cql, PurgeReport(backend="", dry_run=True), True).read([refs[i].data for i in ids])
     for read, table in POINTER_TABLES.items():
-        wanted = sorted({row[0] for row in keys[read] if row.run_id in found})
+        wanted = sorted({row[0] for row in keys.get(read, ()) if row.run_id in found})
         if wanted:
             add(table, _dicts(cql.rows_in(f"archive_rows_{table}", wanted)))
     for read, (table, columns) in LISTINGS.items():
         work = [(f"archive_row_{table}", tuple(getattr(row, c) for c in columns))
-                for row in keys[read] if row.run_id in found]
+                for row in keys.get(read, ()) if row.run_id in found]
         add(table, [d for rows in cql.reads(work) for d in _dicts(rows)])
-    return {i: (refs[i], found[i]) for i in ids}
+    return found
+
+
+def archive_late_rows(cql: Cql, job: PurgeJob, runs: Sequence[Any], keys: Mapping[str, list[Any]]) -> None:
+    """With an archive, before a cascade deletes what it found of committed ``runs``: their rows that are not,
+    value for value, among those archived at their boundary (the engine wrote them since: an event, a step,
+    a hook) are archived first, verified, as part lines (restore keeps the newest row of each primary key).
+    Read whole again for the comparison, only with an archive."""
+    archive = job.archive
+    if archive is None or job.dry_run:
+        return
+    mine = [r for r in runs if r.run_id in archive.gathered]
+    if not mine:
+        return
+    late: dict[str, dict[str, list[Any]]] = {}
+    for run_id, tables in _rows(cql, mine, keys).items():
+        for table, rows in tables.items():
+            if extra := archive.unarchived(run_id, table, rows, _row_value):
+                late.setdefault(run_id, {})[table] = extra
+    if late:
+        job.archive_records(late)
+
+
+def _row_value(row: Mapping[str, Any]) -> str:
+    """A row's whole value, as one comparable text."""
+    return json.dumps(encode(dict(row)), sort_keys=True)
+
+
+def primary_key(table: str) -> list[str]:
+    """The primary key columns of ``table`` (partition and clustering), as its DDL declares them."""
+    ddl = TABLES[table]
+    if "PRIMARY KEY (" in ddl:
+        inner = ddl.split("PRIMARY KEY (", 1)[1]
+        depth = 1
+        for end, char in enumerate(inner):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                return [_bare(c.strip(" ()")) for c in inner[:end].split(",")]
+        raise AssertionError(f"unbalanced PRIMARY KEY in {table}")
+    return [_bare(ddl.split(" PRIMARY KEY", 1)[0].split(",")[-1].split()[0])]
+
+
+def row_key(table: str, row: Any) -> tuple[Any, ...] | None:
+    """An archived row's primary key (with its table), or None for anything that is not such a row."""
+    if table not in TABLES or not isinstance(row, dict):
+        return None
+    return (table, *(row.get(c) for c in primary_key(table)))
 
 
 def archive_checkpoints(cql: Cql, job: PurgeJob, doomed: Mapping[str, str]) -> None:

@@ -219,7 +219,8 @@ class CassandraBackend(StorageBackend):
 
     name = "cassandra"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
-                              Capability.SHARDS, Capability.ARCHIVE})
+                              Capability.SHARDS, Capability.ARCHIVE,
+                              Capability.ARCHIVE_RECHECK})
     #: Each batch waits on a few rounds of concurrent requests: bigger batches keep the cluster busier.
     default_batch_size = 1000
 
@@ -347,6 +348,9 @@ class CassandraBackend(StorageBackend):
     def _restore(self, lines: list[dict[str, Any]]) -> None:
         self.cql.require_keyspace()
         archive.restore(self.cql, lines)
+
+    def _record_key(self, kind: str, record: Any) -> Any:
+        return archive.row_key(kind, record)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self.cql.require_keyspace()

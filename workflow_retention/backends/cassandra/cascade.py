@@ -11,7 +11,7 @@ partitions and keys), then the partitions themselves.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from workflow_retention.planning import RUN_STATUSES, chunked
 from workflow_retention.report import Kind, PurgeReport
@@ -33,9 +33,13 @@ POINTERS = (("idempotency_in", "delete_idempotency", Kind.IDEMPOTENCY_KEYS),
 MAX_BUCKETS = 64
 
 
+#: Called with the runs and what the cascade found of them, before it deletes anything (the archive's check).
+BeforeDelete = Callable[[Sequence[RunKeys], dict[str, list[Row]]], None]
+
+
 class Cascade:
-    def __init__(self, cql: Cql, report: PurgeReport, dry_run: bool) -> None:
-        self.cql, self.report, self.dry_run = cql, report, dry_run
+    def __init__(self, cql: Cql, report: PurgeReport, dry_run: bool, before_delete: BeforeDelete | None = None) -> None:
+        self.cql, self.report, self.dry_run, self.before_delete = cql, report, dry_run, before_delete
 
     def run(self, runs: Sequence[RunKeys]) -> None:
         """Count, then (unless a dry run) delete, everything of ``runs`` but their records."""
@@ -43,6 +47,8 @@ class Cascade:
             return
         by_id = {r.run_id: r for r in runs}
         found = self.read(runs)
+        if self.before_delete is not None and not self.dry_run:
+            self.before_delete(runs, found)
         first: dict[str, list[Statement]] = defaultdict(list)  # lookup and listing rows
         second: dict[str, list[Statement]] = defaultdict(list)  # the run's partitions
         counts: Counter[str] = Counter()

@@ -6,6 +6,7 @@ Soft-deleted schedules and stream data are :mod:`.streams`'s; the backend runs i
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
@@ -20,7 +21,7 @@ from workflow_retention.planning import (
 )
 from workflow_retention.report import Kind
 
-from .archive import archive_checkpoints
+from .archive import archive_checkpoints, archive_late_rows
 from .cascade import Cascade
 from .client import Cql, packed
 from .layout import RECORD_COLUMNS, Row
@@ -43,7 +44,8 @@ class Purge:
         self.cql, self.job, self.report = cql, job, job.report
         self.reader = RunReader(cql, job.cutoff)
         self.markers = Markers(cql)
-        self.cascade = Cascade(cql, job.report, job.dry_run)
+        self.cascade = Cascade(cql, job.report, job.dry_run,
+                               partial(archive_late_rows, cql, job) if job.archive is not None else None)
         self.records = Versioned(cql, "records_in", "delete_run", "restore_run", RECORD_COLUMNS)
         self.cascaded = 0  # runs this purge cascaded (in a dry run: would cascade)
         #: The runs this purge committed and cascaded (and those it finished for earlier purges), while at

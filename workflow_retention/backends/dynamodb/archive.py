@@ -61,6 +61,14 @@ def gather(table: Table, run_ids: Sequence[str]) -> dict[str, tuple[RunRef, dict
     return {i: (refs[i], {ITEMS: found[i]}) for i in ids}
 
 
+def item_key(item: Any) -> tuple[str, str] | None:
+    """An archived item's key (PK, SK), or None for anything that is not an item."""
+    try:
+        return item["PK"]["S"], item["SK"]["S"]
+    except (TypeError, KeyError):
+        return None
+
+
 def archive_checkpoints(table: Table, job: PurgeJob, doomed: list[tuple[str, Item]]) -> None:
     """The step checkpoints about to be deleted (``(owner, key)`` pairs of the Scan's join), read whole and
     archived as part lines of their runs before the caller deletes them (nothing without an archive)."""

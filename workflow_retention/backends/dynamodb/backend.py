@@ -119,7 +119,8 @@ class DynamoDBBackend(StorageBackend):
 
     name = "dynamodb"
     capabilities = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.CORRUPTIBLE_TIMESTAMPS,
-                              Capability.SHARDS, Capability.ARCHIVE})
+                              Capability.SHARDS, Capability.ARCHIVE,
+                              Capability.ARCHIVE_RECHECK})
 
     def __init__(self, table: str = "pyworkflow", *, region: str | None = None, endpoint_url: str | None = None,
                  max_wcu_per_second: float | str | None = None,
@@ -246,6 +247,9 @@ class DynamoDBBackend(StorageBackend):
     def _restore(self, lines: list[dict[str, Any]]) -> None:
         self.open()
         archive.restore(self.table, lines)
+
+    def _record_key(self, kind: str, record: Any) -> Any:
+        return archive.item_key(record)
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self._verify()

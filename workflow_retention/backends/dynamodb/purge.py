@@ -6,6 +6,7 @@ cascade, the one Scan, ghosts) is in docs/backends/dynamodb.md.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from workflow_retention.planning import (
 from workflow_retention.report import Kind
 
 from . import expr, segments
-from .archive import archive_checkpoints
+from .archive import ITEMS, archive_checkpoints
 from .client import IN_VALUES, SCAN_PAGE, Table
 from .layout import (
     COUNTER_SK,
@@ -114,6 +115,8 @@ class Purge:
         # The bulk delete running behind the purge (defer/settle), with the live-engine window it closes.
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynamodb-retention-bulk")
         self.pending: tuple[Future[None], tuple[float, float, int] | None] | None = None
+        # Archive writes of the cascade's worker threads, one at a time (archive_unarchived).
+        self.archiving = threading.Lock()
 
     def run(self) -> None:
         """The purge: a shard's (:meth:`run_shard`), or the whole store's with its Scan and schedule sweep."""
@@ -352,6 +355,9 @@ class Purge:
         hooks = [h for part in self.table.map(self.hooks_of, chunks) for h in part]
         derived = [key(f"TOKEN#{text(h, 'token')}", h["PK"]["S"]) for h in hooks if text(h, "token")]
         found = self.table.get_many(derived + [flag_key(r) for r in run_ids], expr.projection("PK", "SK"))
+        owners = {f"TOKEN#{text(h, 'token')}": text(h, "run_id") for h in hooks if text(h, "token")}
+        self.archive_unarchived(found + hooks, lambda i: owners.get(i["PK"]["S"]) if i["PK"]["S"].startswith(
+            "TOKEN#") else i["PK"]["S"][len("CANCEL#"):] if i["PK"]["S"].startswith("CANCEL#") else text(i, "run_id"))
         tokens = [k for k in found if k["PK"]["S"].startswith("TOKEN#")]
         self.report.add(Kind.HOOK_TOKENS, len(tokens))
         self.report.add(Kind.CANCELLATION_FLAGS, len(found) - len(tokens))
@@ -366,6 +372,28 @@ class Purge:
         if not self.dry:
             self.defer(rest, window)
         self.ghosts.report(self.report)
+
+    def archive_unarchived(self, items: list[Item], owner_of: Callable[[Item], str | None]) -> None:
+        """With an archive: the items of committed runs that a cascade is about to delete and that are not, value
+        for value, among those archived at the runs' boundary (the engine wrote them since: an event, a hook, a
+        flag, the event counter it moved) are archived first, verified, as part lines
+        (:meth:`Archiving.unarchived`; restore puts the newest version of each key). Each item is read whole
+        again for the comparison: one BatchGetItem per 100, only with an archive. Called on worker threads."""
+        archive = self.job.archive
+        if archive is None or self.dry or not items:
+            return
+        owners = {_item_key(i): owner for i in items
+                  if i["SK"]["S"] != RUN_SK and (owner := owner_of(i)) is not None and owner in archive.gathered}
+        if not owners:
+            return
+        by_owner: dict[str, list[Item]] = {}
+        for item in self.table.get_many([key(pk, sk) for pk, sk in owners]):
+            by_owner.setdefault(owners[_item_key(item)], []).append(item)
+        with self.archiving:
+            late = {owner: {ITEMS: extra} for owner, found in by_owner.items()
+                    if (extra := archive.unarchived(owner, ITEMS, found, _item_value))}
+            if late:
+                self.job.archive_records(late)
 
     def hooks_of(self, run_ids: list[str]) -> list[Item]:
         """The hooks of up to 50 runs, from GSI1 (``RUN_HOOKS#<run_id>``), each naming its run."""
@@ -391,6 +419,7 @@ class Purge:
             if pending and not self.dry:
                 self.table.delete_many(pending, parallel=False)
             pending = []
+            self.archive_unarchived(page, lambda i: i["PK"]["S"][len("RUN#"):])
             for item in page:
                 sk = item["SK"]["S"]
                 if sk == RUN_SK:  # the live record (dry run), or one written after the commit: keep it
@@ -538,6 +567,15 @@ class Purge:
             return set()
         plan = plan_deletion(roots, lambda parents: children_of(self.table, parents), self.cutoff)
         return {r.run_id for r in plan.order()[0]} & ids
+
+
+def _item_key(item: Item) -> tuple[str, str]:
+    return item["PK"]["S"], item["SK"]["S"]
+
+
+def _item_value(item: Item) -> str:
+    """An item's whole value, as one comparable text (attribute order ignored)."""
+    return json.dumps(item, sort_keys=True, default=repr)
 
 
 def from_shortest_marked(key: str, marked: set[str]) -> list[str]:

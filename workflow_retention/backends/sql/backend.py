@@ -61,7 +61,7 @@ class SQLBackend(StorageBackend):
     :class:`~.mysql.MySQLBackend` (not registered itself)."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({Capability.SCHEDULES, Capability.STREAMS, Capability.SHARDS,
-                                                        Capability.ARCHIVE})
+                                                        Capability.ARCHIVE, Capability.ARCHIVE_RECHECK})
 
     def __init__(self, *, url: str, dialect: Dialect, batch_size: int | None = None,
                  max_rows: int | None = None, transaction_s: object = None) -> None:
