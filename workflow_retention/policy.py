@@ -57,6 +57,15 @@ MAX_KEEP_LAST = 100_000
 #: The largest policy file read (a policy is a few lines; a larger file is a wrong path).
 MAX_POLICY_BYTES = 1024 * 1024
 _GLOB = frozenset("*?[")
+#: Patterns known to hold no glob character (``WorkflowRule.exact``, asked for every run a purge decides).
+_EXACT: set[str] = set()
+
+
+def _exact(pattern: str) -> bool:
+    if _GLOB.intersection(pattern):
+        return False
+    _EXACT.add(pattern)
+    return True
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class WorkflowRule:
 
     @property
     def exact(self) -> bool:
-        return not _GLOB.intersection(self.pattern)
+        return self.pattern in _EXACT or _exact(self.pattern)
 
     def matches(self, workflow_name: str) -> bool:
         return workflow_name == self.pattern if self.exact else fnmatchcase(workflow_name, self.pattern)
@@ -106,6 +115,9 @@ class Policy:
     workflows: tuple[WorkflowRule, ...] = ()
     #: The disk-pressure rule (None: off).
     pressure: Pressure | None = None
+    #: Answers already given by :meth:`rule_for` and :meth:`retention` (a purge asks once per run and more;
+    #: the names and statuses are few). Not part of the policy's value.
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def days(cls, days: int) -> Policy:
@@ -116,11 +128,21 @@ class Policy:
         """The workflow rule that applies to ``workflow_name`` (an exact name first, else the first glob)."""
         if workflow_name is None:
             return None
-        exact = next((w for w in self.workflows if w.exact and w.pattern == workflow_name), None)
-        return exact or next((w for w in self.workflows if not w.exact and w.matches(workflow_name)), None)
+        key = ("rule", workflow_name)
+        if key not in self._memo:
+            exact = next((w for w in self.workflows if w.exact and w.pattern == workflow_name), None)
+            self._memo[key] = exact or next((w for w in self.workflows
+                                             if not w.exact and w.matches(workflow_name)), None)
+        return self._memo[key]
 
     def retention(self, workflow_name: str | None, status: str) -> timedelta:
         """How long a terminal run of ``workflow_name`` in ``status`` is kept after its last update."""
+        key = ("retention", workflow_name, status)
+        if key not in self._memo:
+            self._memo[key] = self._retention(workflow_name, status)
+        return self._memo[key]
+
+    def _retention(self, workflow_name: str | None, status: str) -> timedelta:
         rule = self.rule_for(workflow_name)
         if rule is not None:
             if status in rule.status:

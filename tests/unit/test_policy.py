@@ -144,3 +144,22 @@ def test_the_guard_holds_back_a_shorter_emergency_rule() -> None:
     plain = parse_policy({"retention": body})
     assert any("disk pressure" in line and "60d -> 7d" in line for line in cut.shrinks(plain))
     assert before.shrinks(before) == [] and before.shrinks(cut) == [] and plain.shrinks(before) == []
+
+
+def test_a_policy_answers_each_name_and_status_once() -> None:
+    """A purge asks the policy for every run, several times (issue 21's 1.2x of a days purge): the answers
+    are remembered per name and status, and remembering never changes them or the policy's value."""
+    from datetime import timedelta
+
+    from workflow_retention.policy import parse_policy
+
+    policy = parse_policy({"retention": {"default": "30d", "status": {"failed": "90d"},
+                                         "workflow": {"billing.*": "730d", "health": "1d"}}})
+    twin = parse_policy({"retention": {"default": "30d", "status": {"failed": "90d"},
+                                       "workflow": {"billing.*": "730d", "health": "1d"}}})
+    for _ in range(3):
+        assert policy.retention("billing.invoice", "completed") == timedelta(days=730)
+        assert policy.retention("health", "failed") == timedelta(days=1)
+        assert policy.retention("orders", "failed") == timedelta(days=90)
+        assert policy.retention(None, "completed") == timedelta(days=30)
+    assert policy == twin and repr(policy) == repr(twin)
