@@ -151,3 +151,15 @@ async def _aux(h: Harness, pw: Any, sc: Scenario) -> None:
                                             due_at=NOW, stream_run_id="srun_1")
         await pw.mark_scheduled_signal_delivered(new_done)
         sc.aux_deleted[Kind.SCHEDULED_SIGNALS] = 1
+
+
+async def newest_written_at_an_offset(pw: Any, older: int, t0: datetime) -> None:
+    """``run_newest`` of workflow ``w``, created at ``t0`` but written at UTC-10 (its text sorts below runs
+    created hours before it in UTC), and ``older`` runs ``run_older_<i>`` created ``i`` hours before it; all
+    completed at ``t0`` (the keep_last cases of issue 21's review)."""
+    await add_run(pw, "run_newest", "completed", t0, workflow="w", extras=False,
+                  created=t0.astimezone(timezone(timedelta(hours=-10))))
+    for i in range(1, older + 1):
+        await add_run(pw, f"run_older_{i}", "completed", t0, workflow="w", extras=False,
+                      created=t0 - timedelta(hours=i))
+

@@ -73,6 +73,18 @@ def archived_ids(store: ArchiveStore) -> Counter:
     return seen
 
 
+def after_each_archive(monkeypatch: pytest.MonkeyPatch, write: Any) -> None:
+    """``write(ids)`` runs right after each batch is archived, before anything of it is deleted (the engine
+    writing in that window)."""
+    original = Archiving.batch
+
+    def archive_then_write(self: Archiving, ids: Any) -> None:
+        original(self, ids)
+        write(list(ids))
+
+    monkeypatch.setattr(Archiving, "batch", archive_then_write)
+
+
 def purge(h: Harness, archive: Any, **kwargs: Any):
     return h.retention(batch_size=kwargs.pop("batch_size", 2)).delete_old_runs(CUTOFF, archive=archive, **kwargs)
 
@@ -233,17 +245,15 @@ def test_a_run_changed_after_it_was_archived_is_kept_and_recorded_superseded(
     h = archived_backend
     pw = h.pyworkflow()
     store = open_archive(f"file://{folder}")
-    original = Archiving.batch
     touched: dict[str, str] = {}
 
-    def archive_then_engine_writes(self: Archiving, ids: Any) -> None:
-        original(self, ids)
+    def engine_writes(ids: list[str]) -> None:
         if not touched and ids and ids[0] in scenario.deleted:
             victim = "run_tree_grandchild" if "run_tree_grandchild" in ids else ids[0]
             h.run(pw.update_run_status(victim, RunStatus.FAILED))  # after the archive, before the delete
             touched["id"] = victim
 
-    monkeypatch.setattr(Archiving, "batch", archive_then_engine_writes)
+    after_each_archive(monkeypatch, engine_writes)
     report = purge(h, store)
     victim = touched["id"]
     assert victim in run_ids(h.inventory()) and report.changed == 1

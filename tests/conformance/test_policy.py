@@ -14,7 +14,7 @@ import pytest
 
 from tests.conformance.checks import assert_no_orphans, run_ids, snapshot
 from tests.harness.base import Harness
-from tests.scenario import NOW, add_run
+from tests.scenario import NOW, add_run, newest_written_at_an_offset
 from workflow_retention.planning import Expiry
 from workflow_retention.policy import Policy, parse_policy
 from workflow_retention.report import Kind
@@ -250,15 +250,7 @@ def test_a_short_default_beside_a_long_workflow_rule_with_the_engine_writing(bac
 def test_keep_last_ranks_by_instant_whatever_the_offset_created_at_was_written_with(backend: Harness) -> None:
     """Review of issue 21: the newest run of a workflow, its created_at written at UTC-10 (its text sorts below
     runs created hours before it in UTC), keeps its keep_last place on every backend."""
-    from datetime import timezone
-
-    pw = backend.pyworkflow()
-    t0 = NOW - 10 * DAY
-    backend.run(add_run(pw, "run_newest", "completed", t0, workflow="w", extras=False,
-                        created=t0.astimezone(timezone(timedelta(hours=-10)))))
-    for i in range(1, 4):
-        backend.run(add_run(pw, f"run_older_{i}", "completed", t0, workflow="w", extras=False,
-                            created=t0 - timedelta(hours=i)))
+    backend.run(newest_written_at_an_offset(backend.pyworkflow(), 3, NOW - 10 * DAY))
     policy = parse_policy({"retention": {"default": "1d", "keep_last": 1}})
     report = backend.retention().delete_old_runs(Expiry(policy, NOW))
     assert run_ids(backend.inventory()) == {"run_newest"}, report.warnings

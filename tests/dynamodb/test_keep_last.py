@@ -3,13 +3,13 @@ offset) read newest first; a run whose offset makes its text sort lower is still
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
 from tests.conformance.checks import run_ids
 from tests.harness.dynamodb import DynamoDBHarness
-from tests.scenario import NOW, add_run
+from tests.scenario import NOW, newest_written_at_an_offset
 from workflow_retention.planning import Expiry
 from workflow_retention.policy import parse_policy
 
@@ -23,13 +23,7 @@ def test_the_newest_run_is_kept_whatever_the_offset_its_created_at_was_written_w
 
     monkeypatch.setattr(runs, "SCAN_PAGE", 2)
     h = dynamodb_harness
-    pw = h.pyworkflow()
-    t0 = NOW - timedelta(days=10)
-    h.run(add_run(pw, "run_newest", "completed", t0, workflow="w", extras=False,
-                  created=t0.astimezone(timezone(timedelta(hours=-10)))))
-    for i in range(1, 5):
-        h.run(add_run(pw, f"run_older_{i}", "completed", t0, workflow="w", extras=False,
-                      created=t0 - timedelta(hours=i)))
+    h.run(newest_written_at_an_offset(h.pyworkflow(), 4, NOW - timedelta(days=10)))
     policy = parse_policy({"retention": {"default": "1d", "keep_last": 1}})
     report = h.retention(batch_size=10).delete_old_runs(Expiry(policy, NOW))
     assert run_ids(h.inventory()) == {"run_newest"}, report.warnings
