@@ -76,6 +76,8 @@ class FileHarness(Harness):
         items: list[Item] = []
         for directory, _dirs, files in os.walk(self.base):
             for name in files:
+                if name.startswith(".wr-probe-"):  # a purge's write probe (created and removed at once), not data
+                    continue
                 path = Path(directory, name)
                 items += self._items(path.relative_to(self.base), path.read_bytes())
         return items
