@@ -189,6 +189,9 @@ class Expiry(datetime):
     _counted: dict[str, None]
     #: Runs per rule, counted at the batch boundaries of the purges wrapped by :meth:`counting`.
     rule_counts: dict[str, int]
+    #: Each (workflow name, status)'s cutoff, and whether a pinned pattern matches a name: asked per run.
+    _limits: dict[tuple[str | None, str], datetime]
+    _pinned_names: dict[str, bool]
 
     def __new__(cls, policy: Policy, now: datetime, *, pinned_runs: Collection[str] = (),
                 pinned_workflows: Sequence[str] = (), newest: NewestRuns | None = None,
@@ -204,6 +207,7 @@ class Expiry(datetime):
         self.pinned_runs, self.pinned_workflows = frozenset(pinned_runs), tuple(pinned_workflows)
         self._newest, self._kept = newest, {}
         self._decided, self._counted, self.rule_counts = {}, {}, {}
+        self._limits, self._pinned_names = {}, {}
         return self
 
     def bound_to(self, newest: NewestRuns | None, whole_store: bool = False) -> Expiry:
@@ -243,7 +247,18 @@ class Expiry(datetime):
 
     def limit(self, ref: RunRef) -> datetime:
         """The cutoff of ``ref``'s own rule: it goes when updated strictly before it."""
-        return self.instant - self.policy.retention(ref.workflow_name, ref.status)
+        key = (ref.workflow_name, ref.status)
+        found = self._limits.get(key)
+        if found is None:
+            found = self._limits[key] = self.instant - self.policy.retention(ref.workflow_name, ref.status)
+        return found
+
+    def _name_pinned(self, name: str) -> bool:
+        """Whether a pinned workflow pattern matches ``name`` (asked per run; answered once per name)."""
+        found = self._pinned_names.get(name)
+        if found is None:
+            found = self._pinned_names[name] = any(fnmatchcase(name, p) for p in self.pinned_workflows)
+        return found
 
     def expires(self, ref: RunRef) -> bool:
         """Whether the policy expires ``ref`` (terminal, with a readable ``updated_at``) now."""
@@ -282,7 +297,7 @@ class Expiry(datetime):
         if ref.run_id in self.pinned_runs:
             return "it is pinned"
         name = ref.workflow_name
-        if name is not None and any(fnmatchcase(name, p) for p in self.pinned_workflows):
+        if name is not None and self.pinned_workflows and self._name_pinned(name):
             return f"its workflow {name!r} is pinned"
         keep = self.policy.keep_last_for(name) if name is not None else 0
         if name is not None and keep and ref.run_id in self.kept_last(name)[:keep]:
