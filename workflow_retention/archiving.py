@@ -68,10 +68,15 @@ Gathered = tuple[RunRef, dict[str, list[Any]]]
 _TRUSTED_MODULES = ("pyworkflow.", "types")
 
 
-def _digest(records: Mapping[str, list[Any]]) -> str:
-    """SHA-256 of a run's records as archived (kinds without records left out)."""
-    return sha256(json.dumps({k: [encode(r) for r in rows] for k, rows in records.items() if rows},
-                             sort_keys=True).encode())
+def _encoded(records: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+    """A run's records as an archive line holds them (:func:`encode`)."""
+    return {kind: [encode(r) for r in rows] for kind, rows in records.items()}
+
+
+def record_value(record: Any) -> str:
+    """A raw record's whole value as one comparable text (mapping order ignored): what
+    :meth:`Archiving.unarchived` compares when a record may have been rewritten in place."""
+    return json.dumps(record, sort_keys=True, default=encode)
 
 
 def version_of(ref: RunRef) -> str:
@@ -232,9 +237,8 @@ class Archiving:
     reused: int = 0
     #: Part lines written (records of committed runs found later: :meth:`records`).
     parts: int = 0
-    #: run_id -> kind -> how many records of it were gathered at the batch boundary (:meth:`rows_differ`).
-    rows: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: run_id -> SHA-256 of its records as gathered at the batch boundary (:meth:`records_differ`).
+    #: run_id -> :func:`~workflow_retention.archive.records_digest` of its records as archived at the batch
+    #: boundary (:meth:`records_differ`; taken then: a store may hand out live objects the engine changes later).
     digests: dict[str, str] = field(default_factory=dict)
     #: run_id -> its records as gathered (and archived) at the batch boundary, kept until the run is settled
     #: (one batch's worth): :meth:`unarchived` compares a cascade's findings with them.
@@ -262,13 +266,12 @@ class Archiving:
         stamp = utcnow().isoformat()
         lines = []
         for run_id, (ref, records) in gathered.items():
-            self.rows[run_id] = {kind: len(found) for kind, found in records.items() if found}
-            self.digests[run_id] = _digest(records)
+            encoded = _encoded(records)
+            digest = self.digests[run_id] = records_digest(encoded)
             self.gathered[run_id] = {kind: list(found) for kind, found in records.items()}
             version = version_of(ref)
-            encoded = {kind: [encode(r) for r in rows] for kind, rows in records.items()}
             earlier = self.earlier.get((run_id, version))
-            if earlier is not None and self.earlier_digests.get((run_id, version)) == records_digest(encoded):
+            if earlier is not None and self.earlier_digests.get((run_id, version)) == digest:
                 # archived and verified by a purge that did not finish, with these very records: not again
                 self.pending[run_id] = (version, earlier)
                 self.reused += 1
@@ -287,8 +290,12 @@ class Archiving:
         records are not the ones gathered for the archive: the engine added or removed some since (an event,
         a hook, a flag: writes that leave the run's version alone). Such a run must be kept, as a changed one
         is: the delete would remove what the archive does not hold."""
-        return {run_id for run_id, kinds in counted.items()
-                if run_id in self.rows and {k: n for k, n in kinds.items() if n} != self.rows[run_id]}
+        return {run_id for run_id, kinds in counted.items() if run_id in self.gathered
+                and {k: n for k, n in kinds.items() if n} != self._counts(run_id)}
+
+    def _counts(self, run_id: str) -> dict[str, int]:
+        """How many records of each kind this purge archived of ``run_id`` (kinds without any left out)."""
+        return {kind: len(found) for kind, found in self.gathered[run_id].items() if found}
 
     def unarchived(self, run_id: str, kind: str, found: Sequence[Any], identity: Callable[[Any], Any]) -> list[Any]:
         """Those of ``found`` (``run_id``'s records of ``kind`` that a cascade found after the run's commit and
@@ -306,7 +313,7 @@ class Archiving:
         records are not, value for value, the ones archived: such a run must be kept (:meth:`rows_differ`
         compares counts only, where reading every record twice would cost too much)."""
         return {run_id for run_id, (_ref, records) in gathered.items()
-                if run_id in self.digests and _digest(records) != self.digests[run_id]}
+                if run_id in self.digests and records_digest(_encoded(records)) != self.digests[run_id]}
 
     def records(self, found: Mapping[str, Mapping[str, list[Any]]]) -> None:
         """Archive records of runs already committed, found after their batch and about to be deleted (the step
@@ -334,6 +341,11 @@ class Archiving:
                 for kind, rows in records.items():
                     self.gathered[run_id].setdefault(kind, []).extend(rows)
 
+    def _forget(self, run_id: str) -> None:
+        """Drop what was kept of a settled run to compare the delete with (memory: one batch's worth)."""
+        self.gathered.pop(run_id, None)
+        self.digests.pop(run_id, None)
+
     def settle(self, final: bool) -> None:
         """Forget the archived runs that are gone (deleted); record as superseded those kept: present with
         another version, or (``final``: the purge is over) present at all."""
@@ -345,11 +357,11 @@ class Archiving:
             ref = fresh.get(run_id)
             if ref is None:
                 del self.pending[run_id]
-                self.gathered.pop(run_id, None)
+                self._forget(run_id)
             elif final or version_of(ref) != version:
                 kept.setdefault(name, {})[run_id] = version
                 del self.pending[run_id]
-                self.gathered.pop(run_id, None)
+                self._forget(run_id)
         for name, runs in sorted(kept.items()):
             self.writer.supersede(runs, name)
 

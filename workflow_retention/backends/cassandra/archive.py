@@ -13,11 +13,10 @@ lines. Rows are written back with plain ``INSERT`` s (new write times), the run 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workflow_retention.archiving import encode
+from workflow_retention.archiving import record_value
 from workflow_retention.base import PurgeJob
 from workflow_retention.exceptions import StorageError
 from workflow_retention.planning import RunRef, key_prefixes
@@ -132,15 +131,10 @@ def archive_late_rows(cql: Cql, job: PurgeJob, runs: Sequence[Any], keys: Mappin
     late: dict[str, dict[str, list[Any]]] = {}
     for run_id, tables in _rows(cql, mine, keys).items():
         for table, rows in tables.items():
-            if extra := archive.unarchived(run_id, table, rows, _row_value):
+            if extra := archive.unarchived(run_id, table, rows, record_value):
                 late.setdefault(run_id, {})[table] = extra
     if late:
         job.archive_records(late)
-
-
-def _row_value(row: Mapping[str, Any]) -> str:
-    """A row's whole value, as one comparable text."""
-    return json.dumps(encode(dict(row)), sort_keys=True)
 
 
 def primary_key(table: str) -> list[str]:

@@ -61,12 +61,9 @@ def gather(table: Table, run_ids: Sequence[str]) -> dict[str, tuple[RunRef, dict
     return {i: (refs[i], {ITEMS: found[i]}) for i in ids}
 
 
-def item_key(item: Any) -> tuple[str, str] | None:
-    """An archived item's key (PK, SK), or None for anything that is not an item."""
-    try:
-        return item["PK"]["S"], item["SK"]["S"]
-    except (TypeError, KeyError):
-        return None
+def item_key(item: Item) -> tuple[str, str]:
+    """An item's key, (PK, SK)."""
+    return item["PK"]["S"], item["SK"]["S"]
 
 
 def archive_checkpoints(table: Table, job: PurgeJob, doomed: list[tuple[str, Item]]) -> None:

@@ -249,7 +249,10 @@ class DynamoDBBackend(StorageBackend):
         archive.restore(self.table, lines)
 
     def _record_key(self, kind: str, record: Any) -> Any:
-        return archive.item_key(record)
+        try:
+            return archive.item_key(record)
+        except (TypeError, KeyError):
+            return None  # not an item: written as archived
 
     def _sweep_orphans(self, job: OrphanJob) -> None:
         self._verify()

@@ -6,7 +6,6 @@ cascade, the one Scan, ghosts) is in docs/backends/dynamodb.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
+from workflow_retention.archiving import record_value
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
     TERMINAL_STATUSES,
@@ -33,7 +33,7 @@ from workflow_retention.planning import (
 from workflow_retention.report import Kind
 
 from . import expr, segments
-from .archive import ITEMS, archive_checkpoints
+from .archive import ITEMS, archive_checkpoints, item_key
 from .client import IN_VALUES, SCAN_PAGE, Table
 from .layout import (
     COUNTER_SK,
@@ -382,16 +382,16 @@ class Purge:
         archive = self.job.archive
         if archive is None or self.dry or not items:
             return
-        owners = {_item_key(i): owner for i in items
+        owners = {item_key(i): owner for i in items
                   if i["SK"]["S"] != RUN_SK and (owner := owner_of(i)) is not None and owner in archive.gathered}
         if not owners:
             return
         by_owner: dict[str, list[Item]] = {}
         for item in self.table.get_many([key(pk, sk) for pk, sk in owners]):
-            by_owner.setdefault(owners[_item_key(item)], []).append(item)
+            by_owner.setdefault(owners[item_key(item)], []).append(item)
         with self.archiving:
             late = {owner: {ITEMS: extra} for owner, found in by_owner.items()
-                    if (extra := archive.unarchived(owner, ITEMS, found, _item_value))}
+                    if (extra := archive.unarchived(owner, ITEMS, found, record_value))}
             if late:
                 self.job.archive_records(late)
 
@@ -567,15 +567,6 @@ class Purge:
             return set()
         plan = plan_deletion(roots, lambda parents: children_of(self.table, parents), self.cutoff)
         return {r.run_id for r in plan.order()[0]} & ids
-
-
-def _item_key(item: Item) -> tuple[str, str]:
-    return item["PK"]["S"], item["SK"]["S"]
-
-
-def _item_value(item: Item) -> str:
-    """An item's whole value, as one comparable text (attribute order ignored)."""
-    return json.dumps(item, sort_keys=True, default=repr)
 
 
 def from_shortest_marked(key: str, marked: set[str]) -> list[str]:
