@@ -150,3 +150,9 @@ def test_the_policy_a_purge_applies_survives_disk_pressure_and_the_process_bound
     assert isinstance(plain, Expiry) and plain.applied == policy
     tiny = parse_policy({"retention": {"default": "60d", "pressure": {"default": "35d", "free_below": "0.00001%"}}})
     assert parse_policy({"retention": tiny.to_dict()}) == tiny  # no exponent form the file cannot hold
+
+
+def test_a_policy_cutoff_needs_an_aware_now_and_never_deletes_by_a_naive_one() -> None:
+    """A naive "now" would shift every rule by the machine's UTC offset: refused before any store is read."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Expiry(POLICY, NOW.replace(tzinfo=None))
