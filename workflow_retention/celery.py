@@ -57,9 +57,10 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from workflow_retention import config, metrics, rules
@@ -741,12 +742,18 @@ def run_shard(task: Any, plan_id: str, index: int, shard_data: dict[str, Any], c
                     raise LeaseLostError(f"the cursor of shard {shard.label} could not be saved: lease or plan gone")
 
             storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
+            cutoff = parse_cutoff(cutoff_iso)
+            pins = _pins_source(settings, broker_url, secrets)
             try:
                 storage.open()
-                report = counted(storage, parse_cutoff(cutoff_iso), lease.check, shard=shard, resume_after=cursor,
-                                 on_cursor=on_cursor)
+                with rules.watching(pins, lease.check, cutoff) as watched:
+                    report = counted(storage, cutoff, watched, shard=shard, resume_after=cursor, on_cursor=on_cursor)
             finally:
                 storage.close()
+            if report.stopped and _pins_added(pins, cutoff):
+                # Not retried: every retry would stop again at its first boundary. The callback fails the purge;
+                # the next run takes the plan over with a cutoff that carries the new pins.
+                return _shard_failed(shard, PurgeStopped(report.stopped), secrets)
             if report.stopped:
                 raise LeaseLostError(f"shard {shard.label} stopped at a batch boundary: {report.stopped}")
             report = _added(before, report)
@@ -767,6 +774,21 @@ def run_shard(task: Any, plan_id: str, index: int, shard_data: dict[str, Any], c
         return _shard_failed(shard, exc, secrets)
     finally:
         client.close()
+
+
+def _pins_source(settings: config.Settings, broker_url: str | None,
+                 secrets: list[str]) -> Callable[[], rules.StateStore]:
+    """What opens the store's pins for a part of a fan-out (a shard task, the final pass): where the whole-store
+    purge reads them (:func:`_state`: the state store, else the lock's Redis)."""
+    return partial(rules.StateStore.open, settings.history_url_for(broker_url), settings.lock_key, secrets)
+
+
+def _pins_added(source: Callable[[], rules.StateStore], cutoff: datetime) -> list[str]:
+    state = source()
+    try:
+        return rules.pins_added(state, rules.pins_of(cutoff))
+    finally:
+        state.close()
 
 
 def _added(before: dict[str, Any] | None, report: PurgeReport) -> PurgeReport:
@@ -824,7 +846,7 @@ def finish_shards(task: Any, results: list[dict[str, Any]], plan_id: str, cutoff
                     or f"no report ({(outcomes.get(s.index) or {}).get('skipped', 'no result')})"
                     for s in plan if s.index not in parts}
         fan = _Finish(settings, storage, lease, history, state, plan_id, plan, parts, parse_cutoff(cutoff_iso),
-                      meta, outcomes)
+                      meta, outcomes, broker_url)
         if failures:
             fan.failed(failures)
         if not lease.acquire():
@@ -853,6 +875,7 @@ class _Finish:
     cutoff: datetime
     meta: dict[str, str]
     outcomes: dict[int, dict[str, Any]]
+    broker_url: str | None = None
 
     def merged(self, final: PurgeReport | None) -> PurgeReport:
         started = parse_timestamp(self.meta["started_at"])
@@ -885,7 +908,9 @@ class _Finish:
                 summary = self.head()
                 try:
                     self.storage.open()
-                    final = counted(self.storage, self.cutoff, self.lease.check)
+                    pins = _pins_source(self.settings, self.broker_url, config.secrets(urls=(self.broker_url,)))
+                    with rules.watching(pins, self.lease.check, self.cutoff) as watched:
+                        final = counted(self.storage, self.cutoff, watched)
                     orphans = None
                     if self.settings.repair_orphans and not final.stopped:
                         orphans = record_run(self.history, metrics.ORPHANS, lambda on_batch: self.storage.sweep_orphans(

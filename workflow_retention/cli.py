@@ -459,6 +459,14 @@ def _cutoff(args: argparse.Namespace, settings: config.Settings) -> datetime:
 
 def _state(args: argparse.Namespace, settings: config.Settings, required: bool = False) -> rules.StateStore | None:
     """The store's pins and policy guard, in the state store (None when none is configured and not ``required``)."""
+    source = _state_source(args, settings, required)
+    return None if source is None else source()
+
+
+def _state_source(args: argparse.Namespace, settings: config.Settings,
+                  required: bool = False) -> Callable[[], rules.StateStore] | None:
+    """What opens the state store (it pickles: ``purge --shards`` processes open their own), or None (see
+    :func:`_state`)."""
     url = settings.cli_history_url
     if url is None:
         if required:
@@ -472,7 +480,7 @@ def _state(args: argparse.Namespace, settings: config.Settings, required: bool =
             f"{config.LOCK_KEY} is set ({settings.lock_key}): it names the pins and policy guard of "
             f"{config.STORAGE_URL}, not of the store --storage gives; run this with {config.LOCK_KEY} set to that "
             f"store's key, or without --storage")
-    return rules.StateStore.open(url, _lock_key(args, settings), args.secrets)
+    return partial(rules.StateStore.open, url, _lock_key(args, settings), args.secrets)
 
 
 def _pins(args: argparse.Namespace, settings: config.Settings) -> rules.Pins:
@@ -666,6 +674,7 @@ def _purge_sharded(args: argparse.Namespace, settings: config.Settings, cutoff: 
         before = None if args.dry_run else _space_before(backend)
     progress = Progress("purge")
     outcome: list[ShardedPurge] = []
+    pins = None if args.dry_run else _state_source(args, settings)  # every shard and the final pass watch them
 
     def shard_done(shard: Shard, report: PurgeReport | None, error: str | None) -> None:
         text = f"{report.runs:,} runs in {report.duration_s:.1f}s" if report is not None else f"FAILED: {error}"
@@ -673,7 +682,7 @@ def _purge_sharded(args: argparse.Namespace, settings: config.Settings, cutoff: 
 
     def run(on_batch: Any) -> PurgeReport:
         result = purge_sharded(open_backend, cutoff, args.shards, workers=args.workers, processes=True,
-                               dry_run=args.dry_run, on_shard=shard_done)
+                               dry_run=args.dry_run, on_shard=shard_done, pins=pins)
         outcome.append(result)
         if result.failed:
             raise StorageError(f"{len(result.failures)} of {len(result.shards)} shards failed, so the final pass "

@@ -17,7 +17,8 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -304,18 +305,37 @@ def pins_watched(on_batch: OnBatch | None, state: StateStore | None, pins: Pins)
 
     def check(info: BatchInfo) -> None:
         version = state.pins_version()
-        if seen and seen[0] == version:
-            added: list[str] = []
-        else:
-            now = state.pins()
-            added = sorted(now.runs - pins.runs) + sorted(set(now.workflows) - set(pins.workflows))
+        if not (seen and seen[0] == version):
+            added = pins_added(state, pins)
             seen[:] = [version]
-        if added:
-            raise PurgeStopped(f"{len(added)} pin(s) added while the purge ran ({', '.join(map(repr, added[:5]))}): "
-                               "stopped at a batch boundary before deleting more; the next purge honours them")
+            if added:
+                raise PurgeStopped(f"{len(added)} pin(s) added while the purge ran "
+                                   f"({', '.join(map(repr, added[:5]))}): stopped at a batch boundary before "
+                                   "deleting more; the next purge honours them")
         if on_batch is not None:
             on_batch(info)
     return check
+
+
+@contextmanager
+def watching(source: Callable[[], StateStore] | None, on_batch: OnBatch | None,
+             cutoff: datetime) -> Iterator[OnBatch | None]:
+    """:func:`pins_watched` for a part of a sharded purge run elsewhere (a thread, a process, a Celery shard task):
+    ``source()`` opens the state store there (it must pickle for a process: ``partial(StateStore.open, ...)``),
+    the pins ``cutoff`` carries are what the plan read, and the store is closed when the part ends. ``source``
+    None (no state store configured): ``on_batch`` unchanged."""
+    state = source() if source is not None else None
+    try:
+        yield pins_watched(on_batch, state, pins_of(cutoff))
+    finally:
+        if state is not None:
+            state.close()
+
+
+def pins_added(state: StateStore, pins: Pins) -> list[str]:
+    """The run ids and workflow patterns pinned in ``state`` now that ``pins`` (what a purge read) lacks."""
+    now = state.pins()
+    return sorted(now.runs - pins.runs) + sorted(set(now.workflows) - set(pins.workflows))
 
 
 def capped(on_batch: OnBatch | None, max_runs: int | None) -> OnBatch | None:

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from workflow_retention import rules
 from workflow_retention.base import OnBatch, Shard, StorageBackend, validate_shards
 from workflow_retention.planning import Expiry
 from workflow_retention.policy import cutoff_text, parse_cutoff
 from workflow_retention.report import MAX_WARNINGS, PurgeReport
+from workflow_retention.rules import StateStore
 from workflow_retention.timeutil import parse_timestamp, utcnow
 
 log = logging.getLogger("workflow_retention.shards")
@@ -141,17 +143,19 @@ class ShardedPurge:
 
 
 def purge_one_shard(open_backend: Callable[[], StorageBackend], cutoff_iso: str, shard: dict[str, Any],
-                    dry_run: bool = False, on_batch: OnBatch | None = None) -> dict[str, Any]:
+                    dry_run: bool = False, on_batch: OnBatch | None = None,
+                    pins: Callable[[], StateStore] | None = None) -> dict[str, Any]:
     """Purge one shard in this process or thread; ``{"report": {...}}`` or ``{"error": "Type: message"}``.
 
     Module-level and given plain values only, so a process pool can run it. An error is returned as text
     (the caller fails loudly with it), never raised across the process boundary, where it might not pickle.
+    ``pins`` opens the state store whose pins the shard re-reads at every batch boundary (:func:`rules.watching`).
     """
     try:
+        cutoff = parse_cutoff(cutoff_iso)
         backend = open_backend()
-        with backend:
-            report = counted(backend, parse_cutoff(cutoff_iso), on_batch, dry_run=dry_run,
-                             shard=Shard.from_dict(shard))
+        with backend, rules.watching(pins, on_batch, cutoff) as watched:
+            report = counted(backend, cutoff, watched, dry_run=dry_run, shard=Shard.from_dict(shard))
     except Exception as exc:  # noqa: BLE001 - reported by the caller as the shard's failure
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"report": report.to_dict()}
@@ -170,7 +174,7 @@ def counted(backend: StorageBackend, cutoff: datetime, on_batch: OnBatch | None,
 def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, shards: int, *,
                   workers: int | None = None, processes: bool = False, dry_run: bool = False,
                   on_shard: Callable[[Shard, PurgeReport | None, str | None], None] | None = None,
-                  on_batch: OnBatch | None = None) -> ShardedPurge:
+                  on_batch: OnBatch | None = None, pins: Callable[[], StateStore] | None = None) -> ShardedPurge:
     """Purge the store ``open_backend()`` opens in ``shards`` shards, ``workers`` at a time, then the final pass.
 
     ``open_backend`` builds a new backend object (each shard gets its own, in its own thread or process;
@@ -179,7 +183,9 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
     whole-store dry run: it counts exactly what the sharded purge would delete, in one report.
     ``on_shard(shard, report, error)`` is called as each shard ends. ``on_batch`` is every purge's (the
     shards' and the final pass's; threads only: it does not cross a process boundary). When a shard fails,
-    the final pass is not run and ``failures`` says why; the caller must fail loudly.
+    the final pass is not run and ``failures`` says why; the caller must fail loudly. ``pins`` opens the state
+    store (``partial(StateStore.open, url, key)``: it pickles): every shard and the final pass re-read its pins at
+    each batch boundary and stop when one was added since ``cutoff`` was made (the final pass is then not run).
     """
     if processes and on_batch is not None:
         raise ValueError("on_batch cannot be sent to other processes: use threads (processes=False)")
@@ -188,15 +194,16 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
     with open_backend() as planner:
         plan = planner.shards(shards) if not dry_run else [Shard.whole()]
         if len(plan) == 1:
-            report = counted(planner, cutoff, on_batch, dry_run=dry_run)
+            with rules.watching(None if dry_run else pins, on_batch, cutoff) as watched:
+                report = counted(planner, cutoff, watched, dry_run=dry_run)
             return ShardedPurge(report=report, shards=plan, parts={0: report})
         backend_url = planner.url
     log.info("sharded purge started backend=%s shards=%d workers=%s", backend_url, len(plan), workers or len(plan))
     result = ShardedPurge(report=PurgeReport(backend=backend_url, dry_run=False, cutoff=cutoff), shards=plan)
     pool: Executor = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers or len(plan))
     with pool:
-        futures = {pool.submit(purge_one_shard, open_backend, cutoff_text(cutoff), s.to_dict(), False, on_batch): s
-                   for s in plan}
+        futures = {pool.submit(purge_one_shard, open_backend, cutoff_text(cutoff), s.to_dict(), False, on_batch,
+                               pins): s for s in plan}
         for future in as_completed(futures):
             shard = futures[future]
             try:
@@ -212,8 +219,8 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
             if on_shard is not None:
                 on_shard(shard, part, outcome.get("error"))
     if not result.failed and not any(p.stopped for p in result.parts.values()):
-        with open_backend() as backend:
-            result.final = counted(backend, cutoff, on_batch)
+        with open_backend() as backend, rules.watching(pins, on_batch, cutoff) as watched:
+            result.final = counted(backend, cutoff, watched)
     result.report = merge_reports([result.parts[i] for i in sorted(result.parts)], result.final,
                                   backend=backend_url, cutoff=cutoff, started_at=started,
                                   duration_s=time.monotonic() - clock)

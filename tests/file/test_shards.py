@@ -36,11 +36,11 @@ def run(capsys: Any, *argv: str) -> tuple[int, str, str]:
 
 
 def fail_shard_two(open_backend: Any, cutoff_iso: str, shard: dict[str, Any], dry_run: bool = False,
-                   on_batch: Any = None) -> dict:
+                   on_batch: Any = None, pins: Any = None) -> dict:
     """Stands in for :func:`shards.purge_one_shard` in the pool's (forked) processes: shard 2/4 fails."""
     if shard["index"] == 1:
         return {"error": "StorageError: injected failure of shard 2"}
-    return ORIGINAL(open_backend, cutoff_iso, shard, dry_run, on_batch)
+    return ORIGINAL(open_backend, cutoff_iso, shard, dry_run, on_batch, pins)
 
 
 ORIGINAL = shards.purge_one_shard
