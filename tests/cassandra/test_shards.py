@@ -171,11 +171,53 @@ def test_a_family_inside_one_shard_is_that_shards(cassandra_harness: CassandraHa
     h.run(add_run(pw, top, "completed", OLD))
     h.run(add_run(pw, kid, "completed", OLD, parent=top, depth=1))
     part = retention.delete_old_runs(CUTOFF, shard=shard)
-    assert (part.runs, part.held) == (3, 0) and not part.counts["checkpoints"]
+    assert (part.runs, part.held) == (3, 0)
     assert run_ids(h.inventory()) == {live}
-    # the checkpoint pass (one token scan of the whole table) is the final pass's: once, for every shard
+    # the shard deletes the checkpoints in its own token range of the table; the other shard never ran, so
+    # the final pass scans the whole table for the rest
     final = retention.delete_old_runs(CUTOFF)
-    assert final.runs == 0 and final.counts["checkpoints"] == 6
+    assert final.runs == 0 and part.counts["checkpoints"] + final.counts["checkpoints"] == 6
     items = h.inventory()
     assert run_ids(items) == {live}
     assert_no_orphans(items)
+
+
+def test_each_shard_finishes_its_own_runs_and_the_final_pass_only_resolves_what_is_left(
+        cassandra_harness: CassandraHarness) -> None:
+    """Shards run one after the other (the worst order for the checkpoints: each shard's segment of the
+    checkpoints table is scanned before the later shards commit). Each shard deletes the checkpoints of its token
+    range of the table whose runs are committed when it scans; the final pass neither re-cascades the shards' runs
+    nor scans the checkpoints table: it resolves by key only what a segment scan found owned by a run still to be
+    committed, and drops the markers."""
+    h = cassandra_harness
+    pw = h.pyworkflow()
+    ids = sorted(f"run_seg_{n:03d}" for n in range(24))
+    for run_id in ids:
+        h.run(add_run(pw, run_id, "completed", OLD))
+    retention: Any = h.retention(batch_size=4)
+    plan = retention.shards(4)
+    space = retention.cql.token_space
+
+    def segment(key: str) -> int:
+        token = retention.cql.token_of(key)
+        return next(s.index for s in plan if shard_range(s, *space)[0] < token <= shard_range(s, *space)[1])
+
+    parts = [retention.delete_old_runs(CUTOFF, shard=s) for s in plan]
+    committed_by = {r: segment(r) for r in ids}
+    assert sum(p.runs for p in parts) == len(ids)
+    items = h.inventory()
+    assert not run_ids(items)
+    left = [i for i in items if i.kind == "checkpoints"]
+    assert {i.kind for i in items} <= {"checkpoints"}, "a shard left more than checkpoints of its runs"
+    # a checkpoint is left only where its segment was scanned before its run's shard committed it
+    assert all(segment(i.key) < committed_by[i.run_id] for i in left), left
+    assert sum(p.counts["checkpoints"] for p in parts) == 2 * len(ids) - len(left) > 0
+    final_backend: Any = h.retention(batch_size=4)
+    final = final_backend.delete_old_runs(CUTOFF)
+    statements = final_backend.cql.statements
+    assert final.runs == 0 and final.counts["checkpoints"] == len(left)
+    assert not statements["events_in"], "the final pass re-cascaded the shards' runs"
+    assert not statements["scan_checkpoint_keys"], "the final pass scanned the whole checkpoints table"
+    after = h.inventory()
+    assert not after
+    assert not list(h.execute("SELECT * FROM {ks}.retention_purge_markers")), "markers left"

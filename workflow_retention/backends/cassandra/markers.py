@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from uuid import uuid4
 
 from workflow_retention.planning import chunked
@@ -27,6 +27,12 @@ from .layout import MARKER_TABLE, MARKER_TABLE_CQL
 from .runs import RunKeys
 
 SHARDS = 16
+#: Reserved partitions (a purge id starts with a digit; these with ``#``): the segment records of a sharded
+#: purge's shards (one row per shard purge: ``run_id`` its purge id, ``status`` its cutoff, ``workflow_name``
+#: ``index/count``), and per shard purge the checkpoint keys its segment scan left (``#pending:<purge id>``).
+RESERVED = "#"
+SEGMENTS = "#segments"
+PENDING = "#pending:"
 #: Rows per UNLOGGED batch (one partition each): well under the servers' batch-size warnings.
 ROWS_PER_BATCH = 20
 
@@ -53,18 +59,71 @@ class Markers:
             self.cql.ddl(MARKER_TABLE, MARKER_TABLE_CQL)
             self.available = True
 
-    def earlier_pages(self, size: int) -> Iterator[list[RunKeys]]:
-        """Every marker left by earlier purges (finished or interrupted), a page at a time."""
+    def earlier_pages(self, size: int, finished: Collection[str] = ()) -> Iterator[tuple[list[RunKeys], list[str]]]:
+        """Every marker left by earlier purges (finished or interrupted), a page at a time: the markers of
+        purges not in ``finished``, and the run ids the markers of ``finished`` shard purges name (their
+        cascades are complete: see :meth:`write_segment`)."""
         if not self.available:
             return
         for page in self.cql.scan("scan_markers", size):
-            keys = []
+            keys, done = [], []
             for row in page:
-                if row.purge_id != self.purge_id:
+                if row.purge_id != self.purge_id and not row.purge_id.startswith(RESERVED):
                     self.earlier.add((row.purge_id, row.shard))
-                    keys.append(RunKeys.of(row))
-            if keys:
-                yield keys
+                    if row.purge_id in finished:
+                        done.append(row.run_id)
+                    else:
+                        keys.append(RunKeys.of(row))
+            if keys or done:
+                yield keys, done
+
+    def learn(self) -> None:
+        """Note every other purge's marker partitions (partition keys only), so that :meth:`marked` reads them
+        too: a shard's segment scan judges checkpoints of runs any purge committed (marked, record gone)."""
+        if self.available:
+            self.earlier = {(row.purge_id, row.shard) for page in self.cql.scan("marker_partitions", 1000)
+                            for row in page if row.purge_id != self.purge_id
+                            and not row.purge_id.startswith(RESERVED)}
+
+    # -- a sharded purge's segments (docs/backends/cassandra.md, "Shards") --------------------------
+
+    def write_pending(self, keys: Sequence[str]) -> None:
+        """Note checkpoint keys this shard's segment scan found owned by a run still to be committed."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for k in keys:
+            by_shard[shard_of(k)].append(k)
+        self.cql.unlogged_batches([
+            [("write_marker", (PENDING + self.purge_id, shard, k, None, None, None, None, None, None))
+             for k in chunk] for shard, group in sorted(by_shard.items()) for chunk in chunked(group, ROWS_PER_BATCH)])
+
+    def write_segment(self, index: int, count: int, cutoff: str) -> None:
+        """Record that this shard purge is finished: every run it committed is cascaded, and segment ``index``
+        of ``count`` of the checkpoints table was scanned under ``cutoff`` (written last)."""
+        self.cql.concurrent([("write_marker", (SEGMENTS, 0, self.purge_id, cutoff, None, None, None,
+                                               f"{index}/{count}", None))])
+
+    def segments(self) -> dict[str, tuple[int, int, str]]:
+        """The finished shard purges: purge id -> (index, count, cutoff)."""
+        if not self.available:
+            return {}
+        found = {}
+        for row in self.cql.reads([("marker_rows", (SEGMENTS, 0))])[0]:
+            index, _, count = (row.workflow_name or "").partition("/")
+            if index.isdigit() and count.isdigit() and row.status:
+                found[row.run_id] = (int(index), int(count), row.status)
+        return found
+
+    def pending(self, purge_ids: Iterable[str]) -> list[str]:
+        """The checkpoint keys the segment scans of ``purge_ids`` left."""
+        reads: list[Statement] = [("marker_rows", (PENDING + p, shard)) for p in sorted(purge_ids)
+                                  for shard in range(SHARDS)]
+        return sorted({row.run_id for rows in self.cql.reads(reads) for row in rows})
+
+    def drop_segments(self, purge_ids: Iterable[str]) -> None:
+        """Delete the segment records of ``purge_ids`` and the keys they left (after their markers are dropped)."""
+        ids = sorted(purge_ids)
+        self.cql.concurrent([("drop_markers", (PENDING + p, shard)) for p in ids for shard in range(SHARDS)])
+        self.cql.concurrent([("drop_marker_row", (SEGMENTS, 0, p)) for p in ids])
 
     def write(self, runs: Sequence[RunKeys]) -> None:
         """Mark ``runs`` (before their commits): single-partition UNLOGGED batches, all at once."""

@@ -5,13 +5,14 @@ Soft-deleted schedules and stream data are :mod:`.streams`'s; the backend runs i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from functools import partial
 
 from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
     Plan,
     RunRef,
+    chunked,
     heights,
     is_safe_run_id,
     key_owners,
@@ -19,7 +20,9 @@ from workflow_retention.planning import (
     left_alone,
     plan_page,
 )
+from workflow_retention.policy import cutoff_text
 from workflow_retention.report import Kind
+from workflow_retention.shards import may_be_committed
 
 from .archive import archive_checkpoints, archive_late_rows
 from .cascade import Cascade
@@ -48,6 +51,7 @@ class Purge:
                                partial(archive_late_rows, cql, job) if job.archive is not None else None)
         self.records = Versioned(cql, "records_in", "delete_run", "restore_run", RECORD_COLUMNS)
         self.cascaded = 0  # runs this purge cascaded (in a dry run: would cascade)
+        self.known = 0  # runs of finished shard purges' markers (committed and cascaded by their shard)
         #: The runs this purge committed and cascaded (and those it finished for earlier purges), while at
         #: most OWN_IDS; None past that (the checkpoint pass then reads the markers).
         self.own: set[str] | None = set()
@@ -60,28 +64,42 @@ class Purge:
             return
         if self.job.partial:
             # A shard of several: its token range only. The other shards of its plan write their markers
-            # meanwhile, so earlier markers (resume, drop) and the checkpoint pass (one token scan of the
-            # whole table) are the final pass's: it is alone, finishes every shard's cascades from their
-            # markers and deletes their checkpoints in one scan (docs/backends/cassandra.md, "Shards").
+            # meanwhile, so earlier markers (resume, drop) are the final pass's. The shard finishes its own
+            # runs, and scans its token range of the checkpoints table once, against the runs any purge has
+            # committed; what it finds owned by a run still to be committed is noted for the final pass, and
+            # its segment record, written last, tells the final pass that its markers need no re-cascade
+            # (docs/backends/cassandra.md, "Shards").
             self.purge_runs()
+            if not self.job.dry_run:
+                self.segment_pass()
             return
-        self.resume()
+        finished = self.markers.segments() if not self.job.dry_run else {}
+        self.resume(finished)
         self.purge_runs()
-        self.purge_checkpoints()
-        if not self.job.dry_run:
+        if covers(finished.values(), cutoff_text(self.job.cutoff)):
+            self.resolve_pending(finished)
+        else:
+            self.purge_checkpoints()
+        if not self.job.dry_run:  # (the pending keys of a shard attempt that died go with its markers)
+            resumed = {purge for purge, _ in self.markers.earlier}
             self.markers.drop_earlier()
+            self.markers.drop_segments(set(finished) | resumed)
 
     # -- runs committed by earlier purges: finish (or re-check) their cascades ------------------
 
-    def resume(self) -> None:
+    def resume(self, finished: Collection[str] = ()) -> None:
         """Cascade every run an earlier purge marked and committed (its record is gone).
 
         An interrupted purge leaves its committed runs' cascades unfinished; a
         finished one leaves nothing, unless the engine wrote to a run after its
         commit: either way this deletes what is left. A marked run whose record
-        exists was never committed and is left alone.
+        exists was never committed and is left alone. The runs of ``finished``
+        shard purges (a segment record: every cascade of theirs is complete) are
+        not cascaded again, only noted for the checkpoints.
         """
-        for keys in self.markers.earlier_pages(self.job.batch_size):
+        for keys, done in self.markers.earlier_pages(self.job.batch_size, finished):
+            self.known += len(done)
+            self._own(done)
             for k in keys:
                 if not is_safe_run_id(k.run_id):
                     left_alone(self.report, "purge marker", f"it names the run id {k.run_id!r}, not a safe identifier")
@@ -240,20 +258,65 @@ class Purge:
         run, an existing one or one this purge committed (planning.key_owners);
         a checkpoint whose owner is neither is the orphan sweep's, with its grace.
         """
-        if not self.cascaded:
+        if not self.cascaded and not self.known:
             return
         for page in self.cql.scan("scan_checkpoint_keys", self.job.batch_size):
+            self._checkpoints({row.step_run_id: row for row in page if key_prefixes(row.step_run_id)})
+
+    def _checkpoints(self, rows: dict[str, Row], marked: set[str] | None = None, by_key: bool = False) -> None:
+        """Delete (count) those of ``rows`` whose owner this purge committed (``marked``: the marked runs among
+        their prefixes, if known). The batch is named by its owners, or ``by_key`` by ``CHECKPOINT#<key>`` (a
+        shard's segment: the owners are runs other batches, and other shards, committed and counted)."""
+        doomed, marked = self._doomed_checkpoints(rows, marked) if rows else ({}, set())
+        if not doomed:
+            return
+        self.job.boundary(sorted(f"CHECKPOINT#{k}" for k in doomed) if by_key else sorted(set(doomed.values())))
+        if not self.job.dry_run:  # re-checked after on_batch (a marker, once read, stays until the end)
+            doomed, _ = self._doomed_checkpoints({key: rows[key] for key in doomed}, marked)
+            archive_checkpoints(self.cql, self.job, doomed)  # with an archive: verified before the delete
+            self.cql.unlogged_batches(packed(([("delete_checkpoint", (stamp([rows[key]]), key))]
+                                              for key in sorted(doomed)), CHECKPOINTS_PER_BATCH))
+        self.report.add(Kind.CHECKPOINTS, len(doomed))
+
+    # -- a sharded purge: each shard's part of the checkpoints table, the final pass's leftovers ---------
+
+    def segment_pass(self) -> None:
+        """A shard's scan of its token range of the checkpoints table (the shards' ranges cover the ring once).
+
+        A checkpoint's key is ``<run_id>:<step_id>``, so its token is not its run's: the shard judges every key
+        of its range against the runs any purge has committed so far (marked, record gone: their markers stay
+        until the final pass). It deletes those; a key owned by an existing run that may still be committed
+        under this cutoff (eligible: another shard's, or a parent the final pass deletes) is noted as pending
+        for the final pass, which resolves it by key. A run committed later under this cutoff existed,
+        eligible, when this scan read it (``updated_at`` only grows), so nothing is missed. The segment record
+        is written last: the final pass skips the full checkpoint scan only when every segment of the plan
+        has one (:func:`covers`), and never cascades again the runs of a shard purge that wrote one.
+        """
+        first, last = shard_range(self.job.shard, *self.cql.token_space)
+        for page in self.cql.pages("scan_checkpoint_range", (first, last), self.job.batch_size):
             rows = {row.step_run_id: row for row in page if key_prefixes(row.step_run_id)}
-            doomed, marked = self._doomed_checkpoints(rows) if rows else ({}, set())
-            if not doomed:
+            if not rows:
                 continue
-            self.job.boundary(sorted(set(doomed.values())))
-            if not self.job.dry_run:  # re-checked after on_batch (a marker, once read, stays until the end)
-                doomed, _ = self._doomed_checkpoints({key: rows[key] for key in doomed}, marked)
-                archive_checkpoints(self.cql, self.job, doomed)  # with an archive: verified before the delete
-                self.cql.unlogged_batches(packed(([("delete_checkpoint", (stamp([rows[key]]), key))]
-                                                  for key in sorted(doomed)), CHECKPOINTS_PER_BATCH))
-            self.report.add(Kind.CHECKPOINTS, len(doomed))
+            refs = self.reader.refs({p for key in rows for p in key_prefixes(key)})
+            gone = {p for key in rows for p in key_prefixes(key)} - set(refs)
+            marked: set[str] = set()
+            if gone:  # read after the runs: a run gone by then was marked before, by a purge learnt now
+                self.markers.learn()
+                marked = self.markers.marked(gone)
+            named = set(refs) | marked
+            owners = key_owners(rows, named.intersection)
+            pending = sorted(k for k, o in owners.items() if o in refs and may_be_committed(refs[o], self.job.cutoff))
+            if marked:
+                self._checkpoints(rows, marked, by_key=True)
+            if pending:
+                self.markers.write_pending(pending)
+        self.markers.write_segment(self.job.shard.index, self.job.shard.count, cutoff_text(self.job.cutoff))
+
+    def resolve_pending(self, finished: Collection[str]) -> None:
+        """The final pass, every segment scanned: the checkpoints the segments left pending, read by key and
+        judged like the scan's (owned by a run committed since: deleted); no scan of the table."""
+        for keys in chunked(self.markers.pending(finished), self.job.batch_size):
+            self._checkpoints({row.step_run_id: row for row in self.cql.rows_in("checkpoint_keys_in", keys)})
 
     def _doomed_checkpoints(self, rows: dict[str, Row], marked: set[str] | None = None
                             ) -> tuple[dict[str, str], set[str]]:
@@ -283,6 +346,15 @@ class Purge:
             goes |= self.reader.deletable(refs[o] for o in set(owners.values()) if o in refs)
         goes = self.job.within(goes)
         return {key: owner for key, owner in owners.items() if owner in goes}, marked
+
+
+def covers(segments: Iterable[tuple[int, int, str]], cutoff: str) -> bool:
+    """Whether the segment records ``(index, count, cutoff)`` include every segment of one plan under ``cutoff``."""
+    seen: dict[int, set[int]] = {}
+    for index, count, theirs in segments:
+        if theirs == cutoff:
+            seen.setdefault(count, set()).add(index)
+    return any(indices == set(range(count)) for count, indices in seen.items())
 
 
 def _from_shortest_marked(key: str, marked: set[str]) -> list[str]:
