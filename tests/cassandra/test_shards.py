@@ -221,3 +221,31 @@ def test_each_shard_finishes_its_own_runs_and_the_final_pass_only_resolves_what_
     after = h.inventory()
     assert not after
     assert not list(h.execute("SELECT * FROM {ks}.retention_purge_markers")), "markers left"
+
+
+def test_a_shard_that_dies_in_its_checkpoint_segment_is_finished_by_the_final_pass(
+        cassandra_harness: CassandraHarness) -> None:
+    """The last shard dies at its first checkpoint batch (its runs committed and cascaded, no segment record): the
+    final pass cascades its markers again and scans the whole checkpoints table, as before the split."""
+    h = cassandra_harness
+    pw = h.pyworkflow()
+    ids = sorted(f"run_die_{n:03d}" for n in range(16))
+    for run_id in ids:
+        h.run(add_run(pw, run_id, "completed", OLD))
+    retention: Any = h.retention(batch_size=4)
+    plan = retention.shards(4)
+
+    def die_at_checkpoints(info: Any) -> None:
+        if any(r.startswith("CHECKPOINT#") for r in info.run_ids):
+            raise PurgeStopped("injected: died in its checkpoint segment")
+
+    parts = [retention.delete_old_runs(CUTOFF, shard=s) for s in plan[:-1]]
+    dead = retention.delete_old_runs(CUTOFF, shard=plan[-1], on_batch=die_at_checkpoints)
+    assert dead.stopped and sum(p.runs for p in [*parts, dead]) == len(ids)
+    final_backend: Any = h.retention(batch_size=4)
+    final = final_backend.delete_old_runs(CUTOFF)
+    assert final_backend.cql.statements["scan_checkpoint_keys"], "no segment record: the final pass must scan"
+    assert sum(p.counts["checkpoints"] for p in [*parts, dead, final]) == 2 * len(ids)
+    items = h.inventory()
+    assert not items
+    assert not list(h.execute("SELECT * FROM {ks}.retention_purge_markers")), "markers or segment rows left"

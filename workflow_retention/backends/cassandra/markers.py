@@ -51,6 +51,8 @@ class Markers:
         self.written = False
         #: Partitions of earlier purges seen by :meth:`earlier_pages` (dropped by :meth:`drop_earlier`).
         self.earlier: set[tuple[str, int]] = set()
+        #: Shard purges whose pending checkpoint keys :meth:`earlier_pages` saw (finished or not).
+        self.pending_of: set[str] = set()
 
     def open(self, create: bool) -> None:
         """Find the table; create it if missing and ``create`` (a real purge; a dry run never writes)."""
@@ -68,6 +70,8 @@ class Markers:
         for page in self.cql.scan("scan_markers", size):
             keys, done = [], []
             for row in page:
+                if row.purge_id.startswith(PENDING):  # a shard attempt's pending keys (dropped by the final pass)
+                    self.pending_of.add(row.purge_id[len(PENDING):])
                 if row.purge_id != self.purge_id and not row.purge_id.startswith(RESERVED):
                     self.earlier.add((row.purge_id, row.shard))
                     if row.purge_id in finished:
@@ -122,6 +126,8 @@ class Markers:
     def drop_segments(self, purge_ids: Iterable[str]) -> None:
         """Delete the segment records of ``purge_ids`` and the keys they left (after their markers are dropped)."""
         ids = sorted(purge_ids)
+        if not ids:
+            return
         self.cql.concurrent([("drop_markers", (PENDING + p, shard)) for p in ids for shard in range(SHARDS)])
         self.cql.concurrent([("drop_marker_row", (SEGMENTS, 0, p)) for p in ids])
 

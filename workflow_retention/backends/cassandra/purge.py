@@ -80,10 +80,9 @@ class Purge:
             self.resolve_pending(finished)
         else:
             self.purge_checkpoints()
-        if not self.job.dry_run:  # (the pending keys of a shard attempt that died go with its markers)
-            resumed = {purge for purge, _ in self.markers.earlier}
+        if not self.job.dry_run:  # (the pending keys of a shard attempt that died go too)
             self.markers.drop_earlier()
-            self.markers.drop_segments(set(finished) | resumed)
+            self.markers.drop_segments(set(finished) | self.markers.pending_of)
 
     # -- runs committed by earlier purges: finish (or re-check) their cascades ------------------
 
