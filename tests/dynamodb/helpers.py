@@ -33,7 +33,7 @@ def markers(h: DynamoDBHarness) -> set[str]:
     while True:
         page = h.client.scan(**params)
         for item in page.get("Items", []):
-            if item["PK"]["S"].startswith(MARKER_PREFIX):
+            if item["PK"]["S"].startswith(MARKER_PREFIX) and not item["SK"]["S"].startswith("SEGMENT#"):
                 marker = Marker.parse(item)
                 named |= marker.runs.keys() if marker.runs or marker.batch else {item["SK"]["S"]}
         if "LastEvaluatedKey" not in page:

@@ -2,8 +2,8 @@
 
 The conformance suite (tests/conformance/test_shards.py) purges every case in 4 shards; these tests look at
 the paging itself: the segments are disjoint and cover every run once, a shard resumed from its cursor redoes
-no batch and misses no run, cursors are checked, a shard leaves its markers to the final pass, and each shard
-keeps to its share of ``max_wcu_per_second``.
+no batch and misses no run, cursors are checked, a shard leaves its markers to the final pass, each shard
+deletes the checkpoints of its segment of the table, and each shard keeps to its share of ``max_wcu_per_second``.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_a_cursor_of_another_shard_or_of_nothing_is_refused(dynamodb_harness: Dy
     assert run_ids(h.inventory()) >= {"run_flat_000", "run_flat_001", "run_flat_002"}
 
 
-def test_shards_leave_their_markers_and_checkpoints_to_the_final_pass(dynamodb_harness: DynamoDBHarness) -> None:
+def test_shards_leave_their_markers_to_the_final_pass(dynamodb_harness: DynamoDBHarness) -> None:
     h = dynamodb_harness
     expired = _flat(h, 6, extras=True)
     retention = h.retention(batch_size=4)
@@ -119,11 +119,9 @@ def test_shards_leave_their_markers_and_checkpoints_to_the_final_pass(dynamodb_h
     items = h.inventory()
     assert not run_ids(items) & expired and sum(p.runs for p in parts) == 6
     assert markers(h) == expired, "a shard's markers are the final pass's"
-    assert {i.run_id for i in items if i.kind == "checkpoints"} >= expired
-    assert sum(p.counts[Kind.CHECKPOINTS] for p in parts) == 0
     final = retention.delete_old_runs(CUTOFF)
     items = h.inventory()
-    assert final.runs == 0 and final.counts[Kind.CHECKPOINTS] > 0
+    assert final.runs == 0 and sum(p.counts[Kind.CHECKPOINTS] for p in [*parts, final]) == 12
     assert final.counts[Kind.HOOKS] == final.counts[Kind.EVENTS] == 0, "the shards' cascades were counted again"
     assert markers(h) == set()
     assert_no_orphans(items)
@@ -226,4 +224,40 @@ def test_a_run_another_purge_deleted_first_is_left_to_the_final_pass_and_counted
         assert sum(p.counts[kind] for p in parts) + final.counts[kind] == twin.counts[kind], kind
     items = h.inventory()
     assert not run_ids(items) & expired and not markers(h)
+    assert_no_orphans(items)
+
+
+def test_each_shard_finishes_its_own_runs_and_the_final_pass_only_resolves_what_is_left(
+        dynamodb_harness: DynamoDBHarness) -> None:
+    """Shards run one after the other (the worst order: each shard's Scan segment of the table is read before the
+    later shards commit). Each shard deletes the checkpoints of its segment whose runs are committed when it reads
+    them; the final pass neither cascades the shards' runs again nor joins a Scan of the table with checkpoints:
+    it reads by key what a segment found owned by a run still to be committed, and drops the markers."""
+    h = dynamodb_harness
+    expired = _flat(h, 24, extras=True)
+    retention = h.retention(batch_size=4)
+    twin = retention.delete_old_runs(CUTOFF, dry_run=True)
+    parts = [retention.delete_old_runs(CUTOFF, shard=s) for s in retention.shards(4)]
+    items = h.inventory()
+    assert not run_ids(items) & expired and sum(p.runs for p in parts) == 24
+    left = {i.key for i in items if i.kind == "checkpoints" and i.run_id in expired}
+    assert {i.kind for i in items if i.run_id in expired} <= {"checkpoints"}, "a shard left more than checkpoints"
+    assert sum(p.counts[Kind.CHECKPOINTS] for p in parts) == 2 * 24 - len(left) > 0
+    final_backend, client = faulty_backend(h, batch_size=4)
+    filters: list[str] = []
+
+    def spy(real: Any, n: int, **params: Any) -> Any:
+        filters.append(json.dumps(params.get("ExpressionAttributeValues"), sort_keys=True))
+        return real(**params)
+
+    client.rules["scan"] = spy
+    final = final_backend.delete_old_runs(CUTOFF)
+    assert final.runs == 0 and final.counts[Kind.CHECKPOINTS] == len(left)
+    assert not client.calls["execute_statement"], "the final pass cascaded the shards' runs again"
+    assert filters and not any("CHECKPOINT#" in f for f in filters), "the final pass scanned for checkpoints"
+    for kind in (Kind.HOOKS, Kind.EVENTS, Kind.CHECKPOINTS, Kind.HOOK_TOKENS):
+        assert sum(p.counts[kind] for p in parts) + final.counts[kind] == twin.counts[kind], kind
+    items = h.inventory()
+    assert not run_ids(items) & expired and not markers(h)
+    assert not [i for i in items if i.run_id in expired]
     assert_no_orphans(items)

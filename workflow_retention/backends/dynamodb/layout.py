@@ -159,6 +159,8 @@ def classify(item: Item) -> tuple[str | None, str | None, object]:
         prefixes = key_prefixes(rest)
         return Kind.CHECKPOINTS, prefixes[0] if prefixes else None, written(item, "updated_at", "created_at")
     if pk.startswith(MARKER_PREFIX):
+        if sk.startswith("SEGMENT#"):  # a sharded purge's segment items (markers.py): its final pass drops them
+            return None, None, None
         return Kind.INDEX_ENTRIES, sk, written(item, "created_at")
     other = {"SCHEDULE": Kind.SCHEDULES, "STREAM": Kind.STREAMS, "STREAM_RUN": Kind.SIGNALS,
              "STREAMSUB": Kind.SUBSCRIPTIONS, "SIGACK": Kind.ACKNOWLEDGMENTS}

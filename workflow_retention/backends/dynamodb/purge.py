@@ -30,7 +30,9 @@ from workflow_retention.planning import (
     plan_deletion,
     plan_page,
 )
+from workflow_retention.policy import cutoff_text
 from workflow_retention.report import Kind
+from workflow_retention.shards import may_be_committed
 
 from . import expr, segments
 from .archive import ITEMS, archive_checkpoints, item_key
@@ -51,7 +53,7 @@ from .layout import (
     s,
     text,
 )
-from .markers import Marker, Markers, outdated, seen_of
+from .markers import Marker, Markers, Segments, outdated, seen_of
 from .runs import RUN_FIELDS, children_of, get_runs, run_ref, version
 from .streams import STREAM_FIELDS, ScheduleSweep, old_stream_items
 
@@ -117,12 +119,23 @@ class Purge:
         self.pending: tuple[Future[None], tuple[float, float, int] | None] | None = None
         # Archive writes of the cascade's worker threads, one at a time (archive_unarchived).
         self.archiving = threading.Lock()
+        # A sharded purge (docs/backends/dynamodb.md, "Shards"): a shard's runs found gone at their commit (another
+        # purge's to cascade); the final pass's view of the finished shards' segments, whether they cover the
+        # table's checkpoints under its cutoff, the finished shards' markers it drops, and the runs they name.
+        self.gone_at_commit: set[str] = set()
+        self.segments = Segments()
+        self.covered = False
+        self.finished: list[Marker] = []
+        self.known = 0
 
     def run(self) -> None:
         """The purge: a shard's (:meth:`run_shard`), or the whole store's with its Scan and schedule sweep."""
         if self.job.partial:
             self.run_shard()
             return
+        if not self.dry and self.job.only is None:
+            self.segments = self.markers.segments()
+            self.covered = self.segments.covers(cutoff_text(self.cutoff))
         try:
             if self.job.only is None:
                 self.resume()
@@ -130,6 +143,8 @@ class Purge:
                 self.batch(page)
             self.settle()
             self.scan()
+            if self.covered:
+                self.resolve_pending()
             self.settle()
         except BaseException:
             self.settle(quiet=True)  # nothing keeps writing after the error is raised
@@ -139,6 +154,7 @@ class Purge:
         if not self.dry:
             self.finish_waiting()
             self.markers.drop_own()
+            self.drop_finished()
         if self.job.sweeps:
             ScheduleSweep(self.table, self.job).run()
 
@@ -166,6 +182,8 @@ class Purge:
                 self.settle()
                 self.markers.own.clear()  # a shard's markers stay (for the final pass): forget their keys
                 self.job.finished(cursor)
+            if not self.dry:
+                self.segment_pass()
         except BaseException:
             self.settle(quiet=True)
             raise
@@ -300,6 +318,8 @@ class Purge:
                 longest, first, count = self.committing or (0.0, now, 0)
                 self.committing = (max(longest, *waits), first, count + len(waits))
         kept = [r.run_id for r in planned if outcome.get(r.run_id) not in COMMITTED]
+        if self.job.partial:
+            self.gone_at_commit.update(i for i, result in outcome.items() if result == "gone")
         if kept and per_run:
             self.table.map(self.markers.unmark, kept)
         elif kept:  # the marker names only committed runs again (a shard's stay for the final pass)
@@ -448,7 +468,39 @@ class Purge:
         for partition in self.markers.occupied():
             for page in self.markers.pages(partition):
                 # (a per-run marker naming no safe run id is left alone; a claim of this purge may be on the page)
-                self.resume_page([m for m in page if m.purge_id != self.purge_id and (m.batch or m.runs)])
+                self.resume_page(self.take_finished([m for m in page if m.purge_id != self.purge_id
+                                                     and (m.batch or m.runs)]))
+
+    def take_finished(self, page: list[Marker]) -> list[Marker]:
+        """The markers of ``page`` to resume: those of finished shard purges are not, but for the runs they found
+        gone at their commit (another purge's cascade: done here); their other runs, committed and cascaded by
+        their shard, are only noted for the checkpoints, and the markers are dropped at the end."""
+        rest = []
+        for m in page:
+            if m.purge_id not in self.segments.records:
+                rest.append(m)
+                continue
+            gone = self.segments.gone.get(m.purge_id, set()) & m.runs.keys()
+            done = [r for r in m.runs if r not in gone]
+            if self.spilled or len(self.own) + len(done) > OWN_IDS:
+                rest.append(m)  # too many to note in memory: resumed (claimed) as before
+                continue
+            self.remember(done)
+            self.known += len(done)
+            self.finished.append(m)
+            if gone:
+                rest.append(Marker(m.key, m.purge_id, m.units, {r: m.runs[r] for r in gone}, m.batch))
+        return rest
+
+    def drop_finished(self) -> None:
+        """Delete the finished shard purges' markers, then their segment items (last: until then a rerun
+        finds the shards finished)."""
+        if self.finished:
+            self.table.delete_many([m.key for m in self.finished], units=[m.units for m in self.finished])
+            self.finished = []
+        if self.segments.keys:
+            self.table.delete_many(self.segments.keys)
+            self.segments = Segments()
 
     def resume_page(self, page: list[Marker]) -> None:
         alive = get_runs(self.table, {r for m in page for r in m.runs})
@@ -500,7 +552,10 @@ class Purge:
         """One paged Scan after the batches, its items joined ``JOIN_ITEMS`` at a time against the purge's
         committed runs (a Scan page of 1,000 items evaluated returns ~160 checkpoints: joined alone, its run
         records would take a BatchGetItem of a few dozen keys)."""
-        params = expr.scan_prefixes(SCANNED_PREFIXES, SCAN_FIELDS, limit=self.page)
+        prefixes = tuple(p for p in SCANNED_PREFIXES if not (self.covered and p == "CHECKPOINT#"))
+        if not self.job.sweeps and prefixes != SCANNED_PREFIXES:
+            return
+        params = expr.scan_prefixes(prefixes, SCAN_FIELDS, limit=self.page)
         held: list[Item] = []
         for page in self.table.scan(**params):
             held += page
@@ -510,11 +565,12 @@ class Purge:
         if held:
             self.sweep(held)
 
-    def sweep(self, page: list[Item]) -> None:
+    def sweep(self, page: list[Item], stream_items: bool = True) -> None:
         """The checkpoints and stream items of some Scan pages: count them and delete them (in the background)."""
         doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
-            if self.cascaded else []
-        stream = old_stream_items(page, self.job.sweep_cutoff, self.report) if self.job.sweeps else []
+            if self.cascaded or self.known else []
+        stream = old_stream_items(page, self.job.sweep_cutoff, self.report) if self.job.sweeps and stream_items \
+            else []
         if not doomed and not stream:
             return
         self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
@@ -524,6 +580,59 @@ class Purge:
             self.report.add(kind)
         if not self.dry:
             self.defer([key_of(i) for _, i in doomed + stream])
+
+    # -- a sharded purge: each shard's Scan segment of the table, the final pass's leftovers --------
+
+    def segment_pass(self) -> None:
+        """A shard's Scan segment of the table (``Segment=i, TotalSegments=n``: the shards' segments cover it once),
+        for checkpoints, joined against the runs any purge has committed so far (named by a marker, record gone).
+
+        A checkpoint's key names its run, but its segment is not its run's: a shard deletes those of its segment
+        whose owner is committed, and notes as pending for the final pass (resolved by key, no Scan) those owned
+        by an existing run that may still be committed under this cutoff (eligible: another shard's, a parent the
+        final pass deletes). A run committed later under this cutoff existed, eligible, when this read it. The
+        markers are read whole (every partition) when a page names a run gone and not yet known to be marked;
+        past ``OWN_IDS`` named runs the shard gives up its segment (no record: the final pass scans the table).
+        The segment record is written last.
+        """
+        number, total = segments.segment_of(self.job.shard)
+        params = expr.scan_prefixes(("CHECKPOINT#",), ("PK", "SK"), limit=self.page)
+        params.update(Segment=number, TotalSegments=total)
+        known: set[str] = set()
+        for page in self.table.pages("scan", **params):
+            keys = {k: item for item in page if (k := checkpoint_key(item)) is not None}
+            prefixes = {p for k in keys for p in key_prefixes(k)}
+            if not prefixes:
+                continue
+            alive = get_runs(self.table, prefixes)
+            gone = prefixes - set(alive)
+            if gone - known:  # read after the runs: a run gone by then was marked before
+                named = self.markers.named(OWN_IDS)
+                if named is None:
+                    return
+                known = named
+            committed = (gone & known) | self.markers.marked(gone - known)
+            named_now = set(alive) | committed
+            owners = key_owners(keys, named_now.intersection)
+            doomed = sorted(((o, keys[k]) for k, o in owners.items() if o is not None and o in committed),
+                            key=lambda pair: pair[0])
+            pending = [keys[k]["PK"]["S"] for k, o in owners.items()
+                       if o is not None and o in alive and may_be_committed(alive[o], self.cutoff)]
+            if doomed:  # named by the items' keys: the owners are runs other batches, and other shards, counted
+                self.job.boundary(sorted(i["PK"]["S"] for _, i in doomed))
+                archive_checkpoints(self.table, self.job, doomed)
+                self.report.add(Kind.CHECKPOINTS, len(doomed))
+                self.table.delete_many([key_of(i) for _, i in doomed])
+            if pending:
+                self.markers.write_pending(pending)
+        self.markers.write_segment(number, total, cutoff_text(self.cutoff), self.gone_at_commit)
+
+    def resolve_pending(self) -> None:
+        """The final pass, every segment read: the checkpoints the segments left pending, read by key and joined
+        like the Scan's (owned by a run committed since: deleted)."""
+        wanted = [key(pk, "#DATA") for pk in self.segments.pending]
+        for chunk in chunked(wanted, JOIN_ITEMS):
+            self.sweep(self.table.get_many(chunk, expr.projection(*SCAN_FIELDS)), stream_items=False)
 
     def doomed_checkpoints(self, items: list[Item]) -> list[tuple[str, Item]]:
         """Checkpoints whose owner (``planning.key_owners``) is a committed run: marked, its record gone.
