@@ -261,3 +261,37 @@ def test_each_shard_finishes_its_own_runs_and_the_final_pass_only_resolves_what_
     assert not run_ids(items) & expired and not markers(h)
     assert not [i for i in items if i.run_id in expired]
     assert_no_orphans(items)
+
+
+def test_a_final_pass_that_dies_after_resuming_a_shards_gone_run_is_finished_by_a_rerun(
+        dynamodb_harness: DynamoDBHarness) -> None:
+    """A shard finds a run of its batch gone at its commit (another purge's): the final pass cascades that run from
+    the shard's marker, which also names the batch's other runs, whose checkpoints a segment left pending. The final
+    pass dies before it deletes those checkpoints: its rerun must still find their runs committed."""
+    h = dynamodb_harness
+    expired = _flat(h, 16, extras=True)
+    retention = h.retention(batch_size=40)
+    first, second = retention.shards(2)
+    part = retention.delete_old_runs(CUTOFF, shard=first)  # its segment is read before the other shard commits
+    taken: list[str] = []
+
+    def someone_else_deletes_one_first(info: Any) -> None:
+        if not taken and len(info.run_ids) > 1:
+            victim = sorted(info.run_ids)[0]
+            h.client.delete_item(TableName=h.table, Key={"PK": {"S": f"RUN#{victim}"}, "SK": {"S": "#METADATA"}})
+            taken.append(victim)
+
+    retention.delete_old_runs(CUTOFF, shard=second, on_batch=someone_else_deletes_one_first)
+    assert taken and part.runs
+    left = {i.key for i in h.inventory() if i.kind == "checkpoints" and i.run_id in expired}
+    assert left, "no checkpoint left pending: the case is not reached"
+    dying, client = faulty_backend(h, batch_size=40)
+    client.crash_when("batch_write_item", writes("CHECKPOINT#"))
+    with pytest.raises(Crash):
+        dying.delete_old_runs(CUTOFF)
+    dying.close()
+    retention.delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert not [i for i in items if i.run_id in expired], "checkpoints of deleted runs were left"
+    assert not markers(h)
+    assert_no_orphans(items)

@@ -521,6 +521,8 @@ class Purge:
             else:
                 self.markers.claim_batch(claims)
             for m in done:  # after the claims: a committed run is never left unmarked
+                if m.purge_id in self.segments.records:
+                    continue  # a finished shard's marker names its other runs too: dropped last (drop_finished)
                 self.markers.take_over(m, set(m.runs) - waiting[id(m)], whole=not waiting[id(m)])
             self.wait_for([m for m in page if waiting[id(m)]])
         self.remember(claims)
