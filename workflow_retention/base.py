@@ -510,19 +510,22 @@ class StorageBackend(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot rank runs per workflow (_newest_runs): "
                                   "keep_last is not available on it")
 
-    def shards(self, n: int) -> list[Shard]:
+    def shards(self, n: int, until: datetime | None = None) -> list[Shard]:
         """Split the store into at most ``n`` disjoint shards that together cover every run.
 
         Computed without a scan of the runs (the store's key space or metadata). A backend without
         :attr:`Capability.SHARDS`, or ``n == 1``, gives ``[Shard.whole()]``. Each shard is JSON-serialisable
         (:meth:`Shard.to_dict`) and is purged with ``delete_old_runs(..., shard=...)``. ``n``: 1 to
-        :data:`MAX_SHARDS` (:class:`ConfigurationError` otherwise).
+        :data:`MAX_SHARDS` (:class:`ConfigurationError` otherwise). ``until``: the purge's cutoff (a policy's
+        latest), a hint for balance only: a run created at or after it cannot have expired (``created_at`` is at
+        most ``updated_at``), so a backend whose shards are spans of creation time spreads them below it. The
+        shards cover every run whatever ``until`` is.
         """
         n = validate_shards(n)
         if n == 1 or Capability.SHARDS not in self.capabilities:
             return [Shard.whole()]
         self.open()
-        planned = self._shards(n)
+        planned = self._shards(n, until)
         if not planned or any(s.count != len(planned) or s.index != i for i, s in enumerate(planned)):
             raise RuntimeError(f"{type(self).__name__}._shards({n}) must return shards 0..k-1 of count k")
         return planned
@@ -537,7 +540,7 @@ class StorageBackend(ABC):
                                      f"(shards(n) returns it); got shard {shard.label}")
         return shard
 
-    def _shards(self, n: int) -> list[Shard]:
+    def _shards(self, n: int, until: datetime | None) -> list[Shard]:
         """The shards of a backend with :attr:`Capability.SHARDS` (``n`` > 1); see :meth:`shards`."""
         raise NotImplementedError(f"{type(self).__name__} declares Capability.SHARDS but has no _shards()")
 

@@ -641,7 +641,7 @@ class FanOut:
             state.resume(cutoff, record)
         else:
             try:
-                plan = storage.shards(self.shards)
+                plan = storage.shards(self.shards, until=cutoff)
             finally:
                 storage.close()
             if len(plan) == 1:

@@ -209,7 +209,7 @@ def purge_sharded(open_backend: Callable[[], StorageBackend], cutoff: datetime, 
     shards = validate_shards(shards, "shards")
     started, clock = utcnow(), time.monotonic()
     with open_backend() as planner:
-        plan = planner.shards(shards) if not dry_run else [Shard.whole()]
+        plan = planner.shards(shards, until=cutoff) if not dry_run else [Shard.whole()]
         if len(plan) == 1:
             with rules.watching(None if dry_run else pins, on_batch, cutoff) as watched:
                 report = counted(planner, cutoff, watched, dry_run=dry_run)

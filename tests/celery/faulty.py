@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -58,8 +59,8 @@ class FaultyBackend(StorageBackend):
     def close(self) -> None:
         self.inner.close()
 
-    def _shards(self, n: int) -> list[Shard]:
-        return self.inner._shards(n)
+    def _shards(self, n: int, until: datetime | None) -> list[Shard]:
+        return self.inner._shards(n, until)
 
     def _purge(self, job: PurgeJob) -> None:
         job.on_batch = self._faulty(job.on_batch, None if job.shard.is_whole else job.shard.index)

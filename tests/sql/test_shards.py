@@ -38,6 +38,22 @@ def test_the_shards_split_the_runs_evenly_in_time_disjoint_and_complete(sql: Any
     assert sum(counts) == 400 and min(counts) >= 60, counts
 
 
+def test_the_shards_are_cut_below_the_cutoff_where_runs_can_expire(sql: Any) -> None:
+    """A store of 120 days purged at 30: runs created since the cutoff cannot have expired (created_at is at most
+    updated_at), so a plan given the cutoff spreads its shards over the older 90 days (every shard has expired runs
+    to delete) and its last shard still holds every newer run."""
+    rows = [run_row(sql, f"run_{i:04d}", "completed", NOW - timedelta(days=i % 120), created=NOW - timedelta(
+        days=i % 120, hours=1)) for i in range(480)]
+    insert_rows(sql, "workflow_runs", rows)
+    plan = sql.retention().shards(4, until=CUTOFF)
+    counts = _per_shard(sql, plan)
+    assert sum(counts) == 480, counts
+    with sql.retention() as backend:
+        expired = [backend.delete_old_runs(CUTOFF, dry_run=True, shard=s).runs for s in plan]
+    assert sum(expired) == sum(1 for i in range(480) if i % 120 > 30), expired
+    assert min(expired) >= 60, f"a shard has (almost) nothing to delete: {expired}"
+
+
 def test_values_the_purge_cannot_read_fall_in_exactly_one_shard(sqlite_harness: Any) -> None:
     """SQLite keeps whatever it is given in a text column: numbers, garbage, offsets other than UTC."""
     _spread(sqlite_harness, 40)

@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -300,7 +301,7 @@ class CassandraBackend(StorageBackend):
 
     # -- the operations -------------------------------------------------------------------
 
-    def _shards(self, n: int) -> list[Shard]:
+    def _shards(self, n: int, until: datetime | None) -> list[Shard]:
         """``n`` contiguous token ranges of the driver's token map (:mod:`.ring`): no run is read.
 
         Plans a real purge (a sharded dry run is one whole-store dry run), so it also creates the purge

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -213,7 +213,7 @@ class DynamoDBBackend(StorageBackend):
 
     # -- the operations -----------------------------------------------------------------
 
-    def _shards(self, n: int) -> list[Shard]:
+    def _shards(self, n: int, until: datetime | None) -> list[Shard]:
         """``n`` parallel Scan segments of GSI1 (``Segment=i, TotalSegments=n``): nothing is read to plan them."""
         return segments.plan(n)
 

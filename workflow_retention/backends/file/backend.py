@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -103,7 +103,7 @@ class FileBackend(StorageBackend):
                 "run_files": sum(1 for n in names if n.endswith(JSON)),
                 "pending_purge_markers": sum(1 for n in names if n.endswith(MARKER_SUFFIX))}
 
-    def _shards(self, n: int) -> list[Shard]:
+    def _shards(self, n: int, until: datetime | None) -> list[Shard]:
         """``n`` hash ranges of the run id (the file name): no directory is read to plan them."""
         return hash_shards(n)
 

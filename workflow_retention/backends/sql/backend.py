@@ -124,10 +124,10 @@ class SQLBackend(StorageBackend):
                 f"{'the purge refuses' if need.refuse else 'slower purge'}; add it with: {need.create}")
         return facts
 
-    def _shards(self, n: int) -> list[Shard]:
-        """``n`` ranges of ``(created_at, run_id)`` cut at the index ends (see :mod:`.shards`)."""
+    def _shards(self, n: int, until: datetime | None) -> list[Shard]:
+        """``n`` ranges of ``(created_at, run_id)`` cut at the index ends, below ``until`` (see :mod:`.shards`)."""
         with self.client.translated("shards"):
-            return shards.plan(self.client, n)
+            return shards.plan(self.client, n, until)
 
     def _purge(self, job: PurgeJob) -> None:
         Purge(self.client, job).run()

@@ -2,7 +2,8 @@
 
 A plan of ``n`` shards cuts that key at ``n - 1`` boundaries, read from the index ends (the
 smallest and largest ``created_at`` and ``run_id``: a few index lookups, no scan): spread evenly in
-time between the smallest and largest ``created_at``; where those cannot be told apart (one
+time between the smallest and largest ``created_at`` (or the purge's cutoff, where it comes first: a run
+created since cannot have expired); where those cannot be told apart (one
 instant, unreadable text, an empty store), at one ``created_at`` and ``run_id`` values spread over
 the characters that follow the common prefix of the smallest and largest run id. Shard ``i``
 holds the rows with ``b[i] <= (created_at, run_id) < b[i+1]``; the first also holds every key below
@@ -41,8 +42,10 @@ from workflow_retention.timeutil import parse_timestamp
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def plan(client: Client, n: int) -> list[Shard]:
-    """``n`` shards of the store, boundaries from the index ends (see the module docstring)."""
+def plan(client: Client, n: int, until: datetime | None = None) -> list[Shard]:
+    """``n`` shards of the store, boundaries from the index ends (see the module docstring); with ``until`` (the
+    purge's cutoff), spread below it where the oldest ``created_at`` is older: the runs created since cannot have
+    expired, and the last shard holds them all whatever the cuts."""
     r = client.table("workflow_runs").c
     with client.read() as conn:  # one query each: every engine's min/max optimisation reads one index end
         low, high = (conn.execute(select(f(r.created_at))).scalar() for f in (func.min, func.max))
@@ -53,6 +56,8 @@ def plan(client: Client, n: int) -> list[Shard]:
         first, last = parse_timestamp(low), parse_timestamp(high)
     except (TypeError, ValueError):
         first = last = None
+    if first is not None and last is not None and until is not None and first < until < last:
+        last = until
     if first is not None and last is not None and last > first:
         step = (last - first) / n
         cuts: list[tuple[Any, str]] = [(client.dialect.db_time(first + step * k), "") for k in range(1, n)]
