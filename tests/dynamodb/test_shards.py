@@ -295,3 +295,35 @@ def test_a_final_pass_that_dies_after_resuming_a_shards_gone_run_is_finished_by_
     assert not [i for i in items if i.run_id in expired], "checkpoints of deleted runs were left"
     assert not markers(h)
     assert_no_orphans(items)
+
+
+def test_segment_records_a_crashed_final_pass_left_do_not_cover_a_later_plan_whose_shard_gave_up_its_segment(
+        dynamodb_harness: DynamoDBHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan's shards all finish, its final pass dies before it drops their segment records. A later plan under the
+    same cutoff (``--before`` a date) has a shard that gives up its segment (its markers name too many runs): its
+    final pass must scan the table, not trust the older plan's records and only read their pending keys."""
+    from workflow_retention.backends.dynamodb.markers import Markers
+
+    h = dynamodb_harness
+    expired = _flat(h, 8, extras=True)
+    retention = h.retention(batch_size=40)
+    for shard in retention.shards(2):
+        retention.delete_old_runs(CUTOFF, shard=shard)
+    dying, client = faulty_backend(h, batch_size=40)
+    client.crash_when("batch_write_item", writes("CHECKPOINT#"))
+    with pytest.raises(Crash):
+        dying.delete_old_runs(CUTOFF)
+    dying.close()
+    pw = h.pyworkflow()
+    later = {f"run_later_{n:03d}" for n in range(8)}
+    for run_id in sorted(later):
+        h.run(add_run(pw, run_id, "completed", OLD, hooks=(), extras=True))
+    with monkeypatch.context() as patch:
+        patch.setattr(Markers, "named", lambda self, limit: None)  # past OWN_IDS named runs
+        for shard in retention.shards(2):
+            retention.delete_old_runs(CUTOFF, shard=shard)
+    retention.delete_old_runs(CUTOFF)
+    items = h.inventory()
+    assert not [i for i in items if i.run_id in expired | later], "checkpoints of deleted runs were left"
+    assert not markers(h)
+    assert_no_orphans(items)

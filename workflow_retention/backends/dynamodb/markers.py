@@ -317,7 +317,10 @@ class Segments:
     keys: list[Item] = field(default_factory=list)  # every segment item read (dropped last)
 
     def covers(self, cutoff: str) -> bool:
-        """Whether every segment of one plan under ``cutoff`` has its record."""
+        """Whether every segment of one plan under ``cutoff`` has its record, and no shard gave up its segment (a
+        record of segment -1: the records of an older plan under the same cutoff may cover without it)."""
+        if any(index < 0 for index, _, _ in self.records.values()):
+            return False
         seen: dict[int, set[int]] = {}
         for index, count, theirs in self.records.values():
             if theirs == cutoff:

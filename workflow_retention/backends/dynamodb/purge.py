@@ -594,7 +594,8 @@ class Purge:
         by an existing run that may still be committed under this cutoff (eligible: another shard's, a parent the
         final pass deletes). A run committed later under this cutoff existed, eligible, when this read it. The
         markers are read whole (every partition) when a page names a run gone and not yet known to be marked;
-        past ``OWN_IDS`` named runs the shard gives up its segment (no record: the final pass scans the table).
+        past ``OWN_IDS`` named runs the shard gives up its segment (its record says so: the final pass scans the table,
+        whatever other records, an older plan's under the same cutoff, cover).
         The segment record is written last.
         """
         number, total = segments.segment_of(self.job.shard)
@@ -610,7 +611,8 @@ class Purge:
             gone = prefixes - set(alive)
             if gone - known:  # read after the runs: a run gone by then was marked before
                 named = self.markers.named(OWN_IDS)
-                if named is None:
+                if named is None:  # its runs are cascaded, its segment is not read: a record that covers nothing
+                    self.markers.write_segment(-1, total, cutoff_text(self.cutoff), self.gone_at_commit)
                     return
                 known = named
             committed = (gone & known) | self.markers.marked(gone - known)
