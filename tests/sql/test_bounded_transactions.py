@@ -274,7 +274,8 @@ def test_the_row_budget_shrinks_when_a_transaction_is_slow(sqlite_harness: Any) 
 
 def test_a_budget_that_shrinks_inside_a_batch_wastes_no_transaction(sqlite_harness: Any) -> None:
     """A batch cut in two parts; the first part's transaction is slow, so the budget shrinks before the
-    second: the second still goes in one transaction, never rolled back and redone in steps."""
+    second: the second is cut again for the new budget before it starts, never rolled back and redone in
+    steps (test_the_parts_left_of_a_batch_are_cut_again_when_the_budget_shrinks)."""
     h = sqlite_harness
     fill_heavy(h, 40, 100)  # 4,040 rows: two parts of at most 3,000
     backend = h.retention(max_rows=3000, batch_size=40)
@@ -292,8 +293,43 @@ def test_a_budget_that_shrinks_inside_a_batch_wastes_no_transaction(sqlite_harne
         report = backend.delete_old_runs(CUTOFF)
     finally:
         type(backend.client).write = original  # type: ignore[method-assign]
-    assert report.runs == 40 and report.batches == 2
+    assert report.runs == 40 and report.batches > 2
     assert not rollbacks
+
+
+def test_the_parts_left_of_a_batch_are_cut_again_when_the_budget_shrinks(sql: Any) -> None:
+    """400 runs of 100 events (40,400 rows) in one batch of the default size, cut by the first budget into
+    parts; the first part's transaction is slow (heavy payloads, a slow disk), so the budget shrinks: every
+    later transaction deletes at most the budget in force when it begins. Before, the rest of the batch kept
+    the first cut: on MySQL (batches of 2,000 runs) ten more parts of 3,700 rows against a budget of 1,250,
+    each as slow as the first."""
+    fill_heavy(sql, 400, 100)
+    backend = sql.retention()
+    rows = RowsPerWrite(sql, backend)
+    client = backend.client
+    budgets: list[int] = []  # the row budget as each write transaction begins (in RowsPerWrite's order)
+    writes = backend.dialect.write_options()
+    event.listen(backend.engine, "begin", lambda conn: budgets.append(client.row_budget) if all(
+        conn.get_execution_options().get(k) == v for k, v in writes.items()) else None)
+    original = client.write
+    slow = [True]
+
+    def slow_first(body: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(body, *args, **kwargs)
+        if slow:
+            slow.clear()
+            time.sleep(4 * client.transaction_target)  # as if its rows were heavy, or the disk slow
+        return result
+
+    client.write = slow_first  # type: ignore[method-assign]
+    report = backend.delete_old_runs(CUTOFF)
+    assert (report.runs, report.counts["events"]) == (400, 40_000)
+    marks = [*rows.counts, rows.rows()]
+    sizes = [(a - b, budget) for a, b, budget in zip(marks, marks[1:], budgets) if a != b]
+    assert len(sizes) >= 2, sizes
+    over = [(n, budget) for n, budget in sizes[1:] if n > budget]
+    assert not over, f"transactions over the budget they began with (rows, budget): {over}; all: {sizes}"
+    assert not run_ids(sql.inventory())
 
 
 @pytest.mark.parametrize("value", [0, -5, 1.5, "many", True])

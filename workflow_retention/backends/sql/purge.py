@@ -325,9 +325,17 @@ class Purge:
         if not deletable:
             self.job.report.held += len(held)
             return
-        budget = self.client.row_budget  # the transactions adapt it; this batch is cut with one value
-        for part, heavy in self._parts(plan, deletable, weights, budget):
+        budget = self.client.row_budget  # the transactions adapt it; each part is cut and checked with one value
+        parts = self._parts(plan, deletable, weights, budget)
+        while parts:
+            part, heavy = parts.pop(0)
             self._part(part, heavy, budget, (deletable, held) if part is plan else None)
+            if parts and self.client.row_budget < budget:
+                # A part took longer than the target: the parts left were cut for a budget the store no longer
+                # allows. Cut them again, before any of them starts (never rolled back: cut and checked alike).
+                budget = self.client.row_budget
+                rest = compact(Plan(plan.cutoff, plan.nodes, plan.children, [r for p, _ in parts for r in p.roots]))
+                parts = self._parts(rest, rest.order()[0], weights, budget)
 
     def _parts(self, plan: Plan, deletable: list[RunRef], weights: Weights,
                budget: int) -> list[tuple[Plan, bool]]:
