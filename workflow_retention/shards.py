@@ -30,7 +30,7 @@ from typing import Any
 
 from workflow_retention import rules
 from workflow_retention.base import OnBatch, Shard, StorageBackend, validate_shards
-from workflow_retention.planning import TERMINAL_STATUSES, Expiry, RunRef, is_safe_run_id
+from workflow_retention.planning import Expiry
 from workflow_retention.policy import cutoff_text, parse_cutoff
 from workflow_retention.report import MAX_WARNINGS, PurgeReport
 from workflow_retention.rules import StateStore
@@ -66,23 +66,6 @@ def in_hash_shard(shard: Shard, run_id: str) -> bool:
     if spec.get("hash") != HASH_KIND:
         raise ValueError(f"shard {shard.label} is not a hash range of run ids: {spec!r}")
     return int(spec["from"]) <= hash_slot(run_id) < int(spec["to"])
-
-
-# -- what a shard's part of a scanned table leaves pending ---------------------------------------------------
-
-
-def may_be_committed(ref: RunRef, cutoff: datetime) -> bool:
-    """Whether a purge under ``cutoff`` may still commit ``ref`` (an existing run): a shard's scan of its part of
-    a table keyed by run-derived keys (step checkpoints) leaves such a run's keys to the final pass.
-
-    A superset of ``ref.eligible(cutoff)`` that records nothing (a policy's :class:`Expiry` counts the runs it
-    is asked about, by rule): terminal, with a readable ``updated_at`` and a safe id, and, with a plain cutoff,
-    updated before it; with a policy, any rule may expire it. ``updated_at`` only grows, so a run this says no
-    to is never committed under this cutoff.
-    """
-    if ref.status not in TERMINAL_STATUSES or ref.updated_at is None or not is_safe_run_id(ref.run_id):
-        return False
-    return isinstance(cutoff, Expiry) or ref.updated_at < cutoff
 
 
 # -- reports ---------------------------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_every_statement_is_executed_by_the_server(cassandra_service: CassandraS
         restored = backend.restore(archive)
         assert restored.written and not restored.refused, restored.to_dict()
         # the restored runs again, in 2 shards (each scans its token range of checkpoints), then the final
-        # pass, which resolves by key the checkpoints the first shard's segment left pending
+        # pass, which scans the whole table after every commit
         parts = [backend.delete_old_runs(CUTOFF, shard=shard) for shard in backend.shards(2)]
         final = backend.delete_old_runs(CUTOFF)
         assert sum(p.runs for p in parts) + final.runs == len(restored.written) > 0

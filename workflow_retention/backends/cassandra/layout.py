@@ -184,10 +184,9 @@ STATEMENTS: dict[str, str] = {
     "scan_checkpoint_keys": "SELECT step_run_id, WRITETIME(data) AS written FROM checkpoints "
                             "WHERE token(step_run_id) > ?",
     "delete_checkpoint": "DELETE FROM checkpoints USING TIMESTAMP ? WHERE step_run_id = ?",
-    # a shard's part of the checkpoints table (its token range), and checkpoints a segment left, by key
+    # a shard's part of the checkpoints table (its token range)
     "scan_checkpoint_range": "SELECT step_run_id, WRITETIME(data) AS written FROM checkpoints "
                              "WHERE token(step_run_id) > ? AND token(step_run_id) <= ?",
-    "checkpoint_keys_in": "SELECT step_run_id, WRITETIME(data) AS written FROM checkpoints WHERE step_run_id IN ?",
     # -- the purge markers (the purge's own table, MARKER_TABLE) -------------------------------
     "write_marker": f"INSERT INTO {MARKER_TABLE} (purge_id, shard, run_id, status, updated_at, created_at, "
                     "parent_run_id, workflow_name, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -195,7 +194,7 @@ STATEMENTS: dict[str, str] = {
                     f"workflow_name, idempotency_key FROM {MARKER_TABLE} WHERE token(purge_id, shard) > ?",
     "markers_in": f"SELECT run_id FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ? AND run_id IN ?",
     "drop_markers": f"DELETE FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ?",
-    # a shard's segment records and the checkpoint keys its segment left (reserved partitions, markers.py)
+    # a shard's segment records (a reserved partition, markers.py)
     "marker_partitions": f"SELECT DISTINCT purge_id, shard FROM {MARKER_TABLE} WHERE token(purge_id, shard) > ?",
     "marker_rows": f"SELECT run_id, status, workflow_name FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ?",
     "drop_marker_row": f"DELETE FROM {MARKER_TABLE} WHERE purge_id = ? AND shard = ? AND run_id = ?",

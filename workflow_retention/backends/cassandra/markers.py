@@ -32,7 +32,6 @@ SHARDS = 16
 #: ``index/count``), and per shard purge the checkpoint keys its segment scan left (``#pending:<purge id>``).
 RESERVED = "#"
 SEGMENTS = "#segments"
-PENDING = "#pending:"
 #: Rows per UNLOGGED batch (one partition each): well under the servers' batch-size warnings.
 ROWS_PER_BATCH = 20
 
@@ -51,8 +50,6 @@ class Markers:
         self.written = False
         #: Partitions of earlier purges seen by :meth:`earlier_pages` (dropped by :meth:`drop_earlier`).
         self.earlier: set[tuple[str, int]] = set()
-        #: Shard purges whose pending checkpoint keys :meth:`earlier_pages` saw (finished or not).
-        self.pending_of: set[str] = set()
 
     def open(self, create: bool) -> None:
         """Find the table; create it if missing and ``create`` (a real purge; a dry run never writes)."""
@@ -70,8 +67,6 @@ class Markers:
         for page in self.cql.scan("scan_markers", size):
             keys, done = [], []
             for row in page:
-                if row.purge_id.startswith(PENDING):  # a shard attempt's pending keys (dropped by the final pass)
-                    self.pending_of.add(row.purge_id[len(PENDING):])
                 if row.purge_id != self.purge_id and not row.purge_id.startswith(RESERVED):
                     self.earlier.add((row.purge_id, row.shard))
                     if row.purge_id in finished:
@@ -91,15 +86,6 @@ class Markers:
 
     # -- a sharded purge's segments (docs/backends/cassandra.md, "Shards") --------------------------
 
-    def write_pending(self, keys: Sequence[str]) -> None:
-        """Note checkpoint keys this shard's segment scan found owned by a run still to be committed."""
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for k in keys:
-            by_shard[shard_of(k)].append(k)
-        self.cql.unlogged_batches([
-            [("write_marker", (PENDING + self.purge_id, shard, k, None, None, None, None, None, None))
-             for k in chunk] for shard, group in sorted(by_shard.items()) for chunk in chunked(group, ROWS_PER_BATCH)])
-
     def write_segment(self, index: int, count: int, cutoff: str) -> None:
         """Record that this shard purge is finished: every run it committed is cascaded, and segment ``index``
         of ``count`` of the checkpoints table was scanned under ``cutoff`` (written last)."""
@@ -117,19 +103,11 @@ class Markers:
                 found[row.run_id] = (int(index), int(count), row.status)
         return found
 
-    def pending(self, purge_ids: Iterable[str]) -> list[str]:
-        """The checkpoint keys the segment scans of ``purge_ids`` left."""
-        reads: list[Statement] = [("marker_rows", (PENDING + p, shard)) for p in sorted(purge_ids)
-                                  for shard in range(SHARDS)]
-        return sorted({row.run_id for rows in self.cql.reads(reads) for row in rows})
-
     def drop_segments(self, purge_ids: Iterable[str]) -> None:
-        """Delete the segment records of ``purge_ids`` and the keys they left (after their markers are dropped)."""
+        """Delete the segment records of ``purge_ids`` (after their markers are dropped)."""
         ids = sorted(purge_ids)
-        if not ids:
-            return
-        self.cql.concurrent([("drop_markers", (PENDING + p, shard)) for p in ids for shard in range(SHARDS)])
-        self.cql.concurrent([("drop_marker_row", (SEGMENTS, 0, p)) for p in ids])
+        if ids:
+            self.cql.concurrent([("drop_marker_row", (SEGMENTS, 0, p)) for p in ids])
 
     def write(self, runs: Sequence[RunKeys]) -> None:
         """Mark ``runs`` (before their commits): single-partition UNLOGGED batches, all at once."""

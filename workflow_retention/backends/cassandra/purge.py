@@ -12,7 +12,6 @@ from workflow_retention.base import PurgeJob
 from workflow_retention.planning import (
     Plan,
     RunRef,
-    chunked,
     heights,
     is_safe_run_id,
     key_owners,
@@ -22,7 +21,6 @@ from workflow_retention.planning import (
 )
 from workflow_retention.policy import cutoff_text
 from workflow_retention.report import Kind
-from workflow_retention.shards import may_be_committed
 
 from .archive import archive_checkpoints, archive_late_rows
 from .cascade import Cascade
@@ -76,13 +74,12 @@ class Purge:
         finished = self.markers.segments() if not self.job.dry_run else {}
         self.resume(finished)
         self.purge_runs()
-        if covers(finished.values(), cutoff_text(self.job.cutoff)):
-            self.resolve_pending(finished)
-        else:
-            self.purge_checkpoints()
-        if not self.job.dry_run:  # (the pending keys of a shard attempt that died go too)
+        # Always the whole table, after every commit of the plan: a key the engine wrote for a run after that
+        # run's segment was scanned, before another shard committed the run, is in no shard's scan.
+        self.purge_checkpoints()
+        if not self.job.dry_run:
             self.markers.drop_earlier()
-            self.markers.drop_segments(set(finished) | self.markers.pending_of)
+            self.markers.drop_segments(finished)
 
     # -- runs committed by earlier purges: finish (or re-check) their cascades ------------------
 
@@ -284,12 +281,10 @@ class Purge:
 
         A checkpoint's key is ``<run_id>:<step_id>``, so its token is not its run's: the shard judges every key
         of its range against the runs any purge has committed so far (marked, record gone: their markers stay
-        until the final pass). It deletes those; a key owned by an existing run that may still be committed
-        under this cutoff (eligible: another shard's, or a parent the final pass deletes) is noted as pending
-        for the final pass, which resolves it by key. A run committed later under this cutoff existed,
-        eligible, when this scan read it (``updated_at`` only grows), so nothing is missed. The segment record
-        is written last: the final pass skips the full checkpoint scan only when every segment of the plan
-        has one (:func:`covers`), and never cascades again the runs of a shard purge that wrote one.
+        until the final pass) and deletes those, side by side with the other shards. What it cannot see (a key
+        of a run another shard commits later, or one the engine writes after this scan) the final pass's scan
+        of the whole table, after every commit, deletes. The segment record is written last: the final pass
+        never cascades again the runs of a shard purge that wrote one.
         """
         first, last = shard_range(self.job.shard, *self.cql.token_space)
         for page in self.cql.pages("scan_checkpoint_range", (first, last), self.job.batch_size):
@@ -302,20 +297,9 @@ class Purge:
             if gone:  # read after the runs: a run gone by then was marked before, by a purge learnt now
                 self.markers.learn()
                 marked = self.markers.marked(gone)
-            named = set(refs) | marked
-            owners = key_owners(rows, named.intersection)
-            pending = sorted(k for k, o in owners.items() if o in refs and may_be_committed(refs[o], self.job.cutoff))
             if marked:
                 self._checkpoints(rows, marked, by_key=True)
-            if pending:
-                self.markers.write_pending(pending)
         self.markers.write_segment(self.job.shard.index, self.job.shard.count, cutoff_text(self.job.cutoff))
-
-    def resolve_pending(self, finished: Collection[str]) -> None:
-        """The final pass, every segment scanned: the checkpoints the segments left pending, read by key and
-        judged like the scan's (owned by a run committed since: deleted); no scan of the table."""
-        for keys in chunked(self.markers.pending(finished), self.job.batch_size):
-            self._checkpoints({row.step_run_id: row for row in self.cql.rows_in("checkpoint_keys_in", keys)})
 
     def _doomed_checkpoints(self, rows: dict[str, Row], marked: set[str] | None = None
                             ) -> tuple[dict[str, str], set[str]]:
@@ -345,15 +329,6 @@ class Purge:
             goes |= self.reader.deletable(refs[o] for o in set(owners.values()) if o in refs)
         goes = self.job.within(goes)
         return {key: owner for key, owner in owners.items() if owner in goes}, marked
-
-
-def covers(segments: Iterable[tuple[int, int, str]], cutoff: str) -> bool:
-    """Whether the segment records ``(index, count, cutoff)`` include every segment of one plan under ``cutoff``."""
-    seen: dict[int, set[int]] = {}
-    for index, count, theirs in segments:
-        if theirs == cutoff:
-            seen.setdefault(count, set()).add(index)
-    return any(indices == set(range(count)) for count, indices in seen.items())
 
 
 def _from_shortest_marked(key: str, marked: set[str]) -> list[str]:

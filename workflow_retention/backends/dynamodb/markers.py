@@ -42,11 +42,9 @@ from .runs import version
 MARKER_FIELDS = ("PK", "SK", "purge_id", "seen_status", "seen_updated_at", "runs", "created_at")
 BATCH_PREFIX = "BATCH#"
 #: A sharded purge's segment items, in the shard purge's marker partition: ``SEGMENT#<purge_id>#record`` (written
-#: last: the shard is finished; its segment, count and cutoff, and the runs it found gone at their commit) and
-#: ``SEGMENT#<purge_id>#p<n>`` (checkpoint keys its segment of the table left pending). No ``purge_id``
-#: attribute, and ``#`` in no safe run id: no purge takes them for markers.
+#: last: the shard is finished; its segment, count and cutoff, and the runs it found gone at their commit). No
+#: ``purge_id`` attribute, and ``#`` in no safe run id: no purge takes them for markers.
 SEGMENT_PREFIX = "SEGMENT#"
-PENDING_KEYS = 10_000  # checkpoint keys per pending item (under 400 KB)
 BATCH_BYTES = 100_000  # the most one batch marker holds (DynamoDB's item limit is 400 KB); more: several items
 REMOVE_AT_ONCE = 100  # map entries one UpdateItem removes (an expression is at most 4 KB)
 
@@ -221,15 +219,6 @@ class Markers:
 
     # -- a sharded purge's segments (docs/backends/dynamodb.md, "Shards") ---------------------------
 
-    def write_pending(self, pks: list[str]) -> None:
-        """Note checkpoint keys (their PK) this shard's segment found owned by a run still to be committed."""
-        items = []
-        for part in _chunks(pks, PENDING_KEYS):
-            self.written += 1
-            items.append({**key(self.partition, f"{SEGMENT_PREFIX}{self.purge_id}#p{self.written:08d}"),
-                          "entity_type": s("retention_purge_segment"), "keys": {"L": [s(k) for k in part]}})
-        self.table.put_many(items)
-
     def write_segment(self, segment: int, count: int, cutoff: str, gone: Iterable[str]) -> None:
         """Record that this shard purge is finished (written last): every run it committed is cascaded, but
         ``gone`` (found gone at their commit: another purge's to cascade), and segment ``segment`` of ``count``
@@ -247,9 +236,7 @@ class Markers:
         for pages in self.table.map(lambda pair: list(self.table.pages("query", **pair[1])), params):
             for item in (i for page in pages for i in page):
                 found.keys.append(key_of(item))
-                if "keys" in item:
-                    found.pending += [v["S"] for v in item["keys"].get("L", []) if "S" in v]
-                elif (owner := text(item, "shard_purge")) and "segment" in item and "segments" in item:
+                if (owner := text(item, "shard_purge")) and "segment" in item and "segments" in item:
                     found.records[owner] = (int(item["segment"]["N"]), int(item["segments"]["N"]),
                                             text(item, "cutoff") or "")
                     found.gone[owner] = {v["S"] for v in item.get("gone", {}).get("L", []) if "S" in v}
@@ -313,19 +300,7 @@ class Segments:
 
     records: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # purge id -> (segment, count, cutoff)
     gone: dict[str, set[str]] = field(default_factory=dict)  # purge id -> runs found gone at their commit
-    pending: list[str] = field(default_factory=list)  # checkpoint PKs left pending
     keys: list[Item] = field(default_factory=list)  # every segment item read (dropped last)
-
-    def covers(self, cutoff: str) -> bool:
-        """Whether every segment of one plan under ``cutoff`` has its record, and no shard gave up its segment (a
-        record of segment -1: the records of an older plan under the same cutoff may cover without it)."""
-        if any(index < 0 for index, _, _ in self.records.values()):
-            return False
-        seen: dict[int, set[int]] = {}
-        for index, count, theirs in self.records.values():
-            if theirs == cutoff:
-                seen.setdefault(count, set()).add(index)
-        return any(indices == set(range(count)) for count, indices in seen.items())
 
 
 def _chunks(values: list[str], size: int) -> Iterator[list[str]]:

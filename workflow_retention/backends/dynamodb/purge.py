@@ -32,7 +32,6 @@ from workflow_retention.planning import (
 )
 from workflow_retention.policy import cutoff_text
 from workflow_retention.report import Kind
-from workflow_retention.shards import may_be_committed
 
 from . import expr, segments
 from .archive import ITEMS, archive_checkpoints, item_key
@@ -124,7 +123,6 @@ class Purge:
         # table's checkpoints under its cutoff, the finished shards' markers it drops, and the runs they name.
         self.gone_at_commit: set[str] = set()
         self.segments = Segments()
-        self.covered = False
         self.finished: list[Marker] = []
         self.known = 0
 
@@ -135,16 +133,13 @@ class Purge:
             return
         if not self.dry and self.job.only is None:
             self.segments = self.markers.segments()
-            self.covered = self.segments.covers(cutoff_text(self.cutoff))
         try:
             if self.job.only is None:
                 self.resume()
             for page in chunked(self.candidates(), self.job.batch_size):
                 self.batch(page)
             self.settle()
-            self.scan()
-            if self.covered:
-                self.resolve_pending()
+            self.scan()  # the whole table, after every commit: see segment_pass
             self.settle()
         except BaseException:
             self.settle(quiet=True)  # nothing keeps writing after the error is raised
@@ -554,10 +549,7 @@ class Purge:
         """One paged Scan after the batches, its items joined ``JOIN_ITEMS`` at a time against the purge's
         committed runs (a Scan page of 1,000 items evaluated returns ~160 checkpoints: joined alone, its run
         records would take a BatchGetItem of a few dozen keys)."""
-        prefixes = tuple(p for p in SCANNED_PREFIXES if not (self.covered and p == "CHECKPOINT#"))
-        if not self.job.sweeps and prefixes != SCANNED_PREFIXES:
-            return
-        params = expr.scan_prefixes(prefixes, SCAN_FIELDS, limit=self.page)
+        params = expr.scan_prefixes(SCANNED_PREFIXES, SCAN_FIELDS, limit=self.page)
         held: list[Item] = []
         for page in self.table.scan(**params):
             held += page
@@ -567,12 +559,11 @@ class Purge:
         if held:
             self.sweep(held)
 
-    def sweep(self, page: list[Item], stream_items: bool = True) -> None:
+    def sweep(self, page: list[Item]) -> None:
         """The checkpoints and stream items of some Scan pages: count them and delete them (in the background)."""
         doomed = self.doomed_checkpoints([i for i in page if i["PK"]["S"].startswith("CHECKPOINT#")]) \
             if self.cascaded or self.known else []
-        stream = old_stream_items(page, self.job.sweep_cutoff, self.report) if self.job.sweeps and stream_items \
-            else []
+        stream = old_stream_items(page, self.job.sweep_cutoff, self.report) if self.job.sweeps else []
         if not doomed and not stream:
             return
         self.job.boundary(sorted({owner for owner, _ in doomed}) + [i["PK"]["S"] for _, i in stream])
@@ -590,13 +581,11 @@ class Purge:
         for checkpoints, joined against the runs any purge has committed so far (named by a marker, record gone).
 
         A checkpoint's key names its run, but its segment is not its run's: a shard deletes those of its segment
-        whose owner is committed, and notes as pending for the final pass (resolved by key, no Scan) those owned
-        by an existing run that may still be committed under this cutoff (eligible: another shard's, a parent the
-        final pass deletes). A run committed later under this cutoff existed, eligible, when this read it. The
-        markers are read whole (every partition) when a page names a run gone and not yet known to be marked;
-        past ``OWN_IDS`` named runs the shard gives up its segment (its record says so: the final pass scans the table,
-        whatever other records, an older plan's under the same cutoff, cover).
-        The segment record is written last.
+        whose owner is committed, side by side with the other shards. What it cannot see (a key of a run another
+        shard commits later, or one the engine writes after this read) the final pass's Scan of the whole table,
+        after every commit, deletes. The markers are read whole (every partition) when a page names a run gone
+        and not yet known to be marked; past ``OWN_IDS`` named runs the shard gives up its segment (its record,
+        of segment -1, still tells the final pass that its runs are cascaded). The segment record is written last.
         """
         number, total = segments.segment_of(self.job.shard)
         params = expr.scan_prefixes(("CHECKPOINT#",), ("PK", "SK"), limit=self.page)
@@ -620,23 +609,12 @@ class Purge:
             owners = key_owners(keys, named_now.intersection)
             doomed = sorted(((o, keys[k]) for k, o in owners.items() if o is not None and o in committed),
                             key=lambda pair: pair[0])
-            pending = [keys[k]["PK"]["S"] for k, o in owners.items()
-                       if o is not None and o in alive and may_be_committed(alive[o], self.cutoff)]
             if doomed:  # named by the items' keys: the owners are runs other batches, and other shards, counted
                 self.job.boundary(sorted(i["PK"]["S"] for _, i in doomed))
                 archive_checkpoints(self.table, self.job, doomed)
                 self.report.add(Kind.CHECKPOINTS, len(doomed))
                 self.table.delete_many([key_of(i) for _, i in doomed])
-            if pending:
-                self.markers.write_pending(pending)
         self.markers.write_segment(number, total, cutoff_text(self.cutoff), self.gone_at_commit)
-
-    def resolve_pending(self) -> None:
-        """The final pass, every segment read: the checkpoints the segments left pending, read by key and joined
-        like the Scan's (owned by a run committed since: deleted)."""
-        wanted = [key(pk, "#DATA") for pk in self.segments.pending]
-        for chunk in chunked(wanted, JOIN_ITEMS):
-            self.sweep(self.table.get_many(chunk, expr.projection(*SCAN_FIELDS)), stream_items=False)
 
     def doomed_checkpoints(self, items: list[Item]) -> list[tuple[str, Item]]:
         """Checkpoints whose owner (``planning.key_owners``) is a committed run: marked, its record gone.
