@@ -875,7 +875,7 @@ class _Finish:
     cutoff: datetime
     meta: dict[str, str]
     outcomes: dict[int, dict[str, Any]]
-    broker_url: str | None = None
+    broker_url: str | None
 
     def merged(self, final: PurgeReport | None) -> PurgeReport:
         started = parse_timestamp(self.meta["started_at"])

@@ -16,6 +16,25 @@ from workflow_retention.exceptions import ConfigurationError, PurgeStopped
 LOW, HIGH = TOKEN_SPACES["Murmur3Partitioner"]
 
 
+def _index_of(retention: Any, plan: list[Shard]) -> Any:
+    """The index of the shard of ``plan`` whose token range holds a key (a run id or a checkpoint key)."""
+    space = retention.cql.token_space
+
+    def index(key: str) -> int:
+        token = retention.cql.token_of(key)
+        return next(s.index for s in plan if shard_range(s, *space)[0] < token <= shard_range(s, *space)[1])
+    return index
+
+
+def _old_runs(h: CassandraHarness, prefix: str, count: int) -> list[str]:
+    """``count`` expired runs without parents, written by pyworkflow's own storage."""
+    pw = h.pyworkflow()
+    ids = sorted(f"{prefix}_{n:03d}" for n in range(count))
+    for run_id in ids:
+        h.run(add_run(pw, run_id, "completed", OLD))
+    return ids
+
+
 def _covers(plan: list[Shard], low: int, high: int) -> None:
     assert [s.index for s in plan] == list(range(len(plan))) and {s.count for s in plan} == {len(plan)}
     ranges = [shard_range(s, low, high) for s in plan]
@@ -129,11 +148,7 @@ def test_a_run_whose_live_parent_is_in_another_shard_is_left_to_the_final_pass(
     h = cassandra_harness
     retention: Any = h.retention()
     plan = retention.shards(2)
-    space = retention.cql.token_space
-
-    def shard_of(run_id: str) -> int:
-        return next(s.index for s in plan if shard_range(s, *space)[0] < retention.cql.token_of(run_id)
-                    <= shard_range(s, *space)[1])
+    shard_of = _index_of(retention, plan)
 
     names = [f"run_x_{n}" for n in range(20_000)]  # enough for both shards whatever the node's random token
     parent = next(n for n in names if shard_of(n) == 1)
@@ -190,17 +205,10 @@ def test_each_shard_finishes_its_own_runs_and_the_final_pass_only_resolves_what_
     its one scan of the checkpoints table, after every commit, deletes what the segments could not see, and it
     drops the markers."""
     h = cassandra_harness
-    pw = h.pyworkflow()
-    ids = sorted(f"run_seg_{n:03d}" for n in range(24))
-    for run_id in ids:
-        h.run(add_run(pw, run_id, "completed", OLD))
+    ids = _old_runs(h, "run_seg", 24)
     retention: Any = h.retention(batch_size=4)
     plan = retention.shards(4)
-    space = retention.cql.token_space
-
-    def segment(key: str) -> int:
-        token = retention.cql.token_of(key)
-        return next(s.index for s in plan if shard_range(s, *space)[0] < token <= shard_range(s, *space)[1])
+    segment = _index_of(retention, plan)
 
     parts = [retention.delete_old_runs(CUTOFF, shard=s) for s in plan]
     committed_by = {r: segment(r) for r in ids}
@@ -229,10 +237,7 @@ def test_a_shard_that_dies_in_its_checkpoint_segment_is_finished_by_the_final_pa
     """The last shard dies at its first checkpoint batch (its runs committed and cascaded, no segment record): the
     final pass cascades its markers again and scans the whole checkpoints table, as before the split."""
     h = cassandra_harness
-    pw = h.pyworkflow()
-    ids = sorted(f"run_die_{n:03d}" for n in range(16))
-    for run_id in ids:
-        h.run(add_run(pw, run_id, "completed", OLD))
+    ids = _old_runs(h, "run_die", 16)
     retention: Any = h.retention(batch_size=4)
     plan = retention.shards(4)
 
@@ -255,20 +260,15 @@ def test_a_shard_that_dies_in_its_checkpoint_segment_is_finished_by_the_final_pa
 def test_a_checkpoint_the_engine_writes_after_a_segment_scan_goes_with_its_run(
         cassandra_harness: CassandraHarness) -> None:
     """The engine saves a checkpoint of an expired run (``save_checkpoint`` leaves the run record as it was) after
-    the segment holding the new key was scanned, before another shard commits the run: the key was in no scan and
-    is pending nowhere, yet its run is deleted. The final pass must still delete it (no orphan)."""
+    the segment holding the new key was scanned, before another shard commits the run: the key is in no shard's
+    scan, and its run is deleted. The final pass's scan of the whole table, after every commit, must still delete
+    it (no orphan)."""
     h = cassandra_harness
     pw = h.pyworkflow()
-    ids = sorted(f"run_late_{n:03d}" for n in range(8))
-    for run_id in ids:
-        h.run(add_run(pw, run_id, "completed", OLD))
+    ids = _old_runs(h, "run_late", 8)
     retention: Any = h.retention(batch_size=4)
     plan = retention.shards(2)
-    space = retention.cql.token_space
-
-    def segment(key: str) -> int:
-        token = retention.cql.token_of(key)
-        return next(s.index for s in plan if shard_range(s, *space)[0] < token <= shard_range(s, *space)[1])
+    segment = _index_of(retention, plan)
 
     victim = next(r for r in ids if segment(r) == 1)
     late = next(k for k in (f"{victim}:late_{n}" for n in range(1000)) if segment(k) == 0)

@@ -21,7 +21,7 @@ import pytest
 from tests.services import clear_retention_env, delete_keys
 from workflow_retention import config
 from workflow_retention.backends import by_url
-from workflow_retention.base import BatchInfo
+from workflow_retention.base import BatchInfo, Shard
 from workflow_retention.policy import cutoff_text
 from workflow_retention.rules import RUN, StateStore
 from workflow_retention.seed import generate
@@ -55,6 +55,26 @@ def seeded(path: Path, batch_size: int = 4) -> tuple[str, list[str]]:
 def present(url: str, run_ids: set[str]) -> set[str]:
     with by_url(url) as backend:
         return set(backend._read_runs(run_ids))
+
+def planned(monkeypatch: pytest.MonkeyPatch, url: str, redis_url: str, lock_key: str, plan_id: str) -> tuple[
+        list[Shard], Any, Any]:
+    """The daily task's settings for ``url`` (batches of 4) and a fan-out state of ``plan_id`` in 2 shards, as the
+    task writes it before it dispatches the shards: the plan, the lock's Redis client and the state."""
+    from workflow_retention.celery import FanOutState
+    from workflow_retention.lock import redis_client
+
+    clear_retention_env(monkeypatch)
+    for name, value in {config.RETENTION_DAYS: "30", config.STORAGE_URL: url, config.LOCK_URL: redis_url,
+                        config.LOCK_KEY: lock_key, config.BATCH_SIZE: "4"}.items():
+        monkeypatch.setenv(name, value)
+    with by_url(url) as backend:
+        plan = backend.shards(2)
+    assert len(plan) == 2
+    client = redis_client(redis_url, timedelta(seconds=30))
+    state = FanOutState(client, lock_key)
+    state.create(plan_id, [s.to_dict() for s in plan], CUTOFF, None)
+    return plan, client, state
+
 
 
 def test_a_pin_added_while_purge_shards_run_keeps_its_run(tmp_path: Path, redis_service: Any, lock_key: str) -> None:
@@ -93,19 +113,10 @@ class _Task:
 def test_a_shard_task_stopped_by_a_new_pin_fails_for_good_without_deleting_the_run(
         tmp_path: Path, redis_service: Any, lock_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from workflow_retention import celery as task_module
-    from workflow_retention.celery import FanOutState, run_shard
-    from workflow_retention.lock import redis_client
+    from workflow_retention.celery import run_shard
 
     url, doomed = seeded(tmp_path / "store")
-    clear_retention_env(monkeypatch)
-    for name, value in {config.RETENTION_DAYS: "30", config.STORAGE_URL: url, config.LOCK_URL: redis_service.url,
-                        config.LOCK_KEY: lock_key, config.BATCH_SIZE: "4"}.items():
-        monkeypatch.setenv(name, value)
-    with by_url(url) as backend:
-        plan = backend.shards(2)
-    assert len(plan) == 2
-    client = redis_client(redis_service.url, timedelta(seconds=30))
-    FanOutState(client, lock_key).create("plan-1", [s.to_dict() for s in plan], CUTOFF, None)
+    plan, client, _ = planned(monkeypatch, url, redis_service.url, lock_key, "plan-1")
     held = doomed[-1]
     calls = [0]
     real = task_module.Lease.check
@@ -130,20 +141,11 @@ def test_a_pin_placed_after_the_shards_keeps_its_run_from_the_final_pass(
         tmp_path: Path, redis_service: Any, lock_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The final pass's cutoff carries the plan's pins; a pin placed since (here, between the shards and the
     callback) stops it before its batch: a failed callback, the run kept, the plan left for the next run."""
-    from workflow_retention.celery import FanOutState, finish_shards, run_shard
+    from workflow_retention.celery import finish_shards, run_shard
     from workflow_retention.exceptions import RetentionError
-    from workflow_retention.lock import redis_client
 
     url, doomed = seeded(tmp_path / "store")
-    clear_retention_env(monkeypatch)
-    for name, value in {config.RETENTION_DAYS: "30", config.STORAGE_URL: url, config.LOCK_URL: redis_service.url,
-                        config.LOCK_KEY: lock_key, config.BATCH_SIZE: "4"}.items():
-        monkeypatch.setenv(name, value)
-    with by_url(url) as backend:
-        plan = backend.shards(2)
-    client = redis_client(redis_service.url, timedelta(seconds=30))
-    state = FanOutState(client, lock_key)
-    state.create("plan-2", [s.to_dict() for s in plan], CUTOFF, None)
+    plan, client, state = planned(monkeypatch, url, redis_service.url, lock_key, "plan-2")
     outcomes = [run_shard(_Task(), "plan-2", s.index, s.to_dict(), cutoff_text(CUTOFF), broker_url=None)
                 for s in plan]
     assert all("report" in o for o in outcomes), outcomes

@@ -34,8 +34,8 @@ class MySQLDialect(Dialect):
                   streams_v5=False)
     # InnoDB deletes row by row through every index (and checks foreign keys): about a quarter of
     # SQLite's or PostgreSQL's rate here, so the first transaction gets a quarter of their rows; the time
-    # bound grows the budget from there (10,000 runs: 11 transactions instead of 35, 2.1x the floor
-    # instead of 2.6-2.9x; docs/benchmarks.md, "fourth session").
+    # bound grows the budget from there (10,000 runs: 19-20 transactions instead of 35, 1.8-2.3x the
+    # floor instead of 2.6-2.9x; docs/benchmarks.md, "fourth session").
     default_max_rows = 40_000
     initial_rows = 5_000
     can_defer_cascade = True
