@@ -265,13 +265,14 @@ def test_a_checkpoint_the_engine_writes_after_a_segment_scan_goes_with_its_run(
     it (no orphan)."""
     h = cassandra_harness
     pw = h.pyworkflow()
-    ids = _old_runs(h, "run_late", 8)
     retention: Any = h.retention(batch_size=4)
-    plan = retention.shards(2)
+    plan = retention.shards(2)  # cut at the node's random token: one shard may hold a small part of the ring
     segment = _index_of(retention, plan)
-
-    victim = next(r for r in ids if segment(r) == 1)
-    late = next(k for k in (f"{victim}:late_{n}" for n in range(1000)) if segment(k) == 0)
+    # names searched before seeding (enough for either shard whatever the token), then written by the engine
+    victim = next(r for r in (f"run_late_{n:05d}" for n in range(20_000)) if segment(r) == 1)
+    late = next(k for k in (f"{victim}:late_{n}" for n in range(20_000)) if segment(k) == 0)
+    h.run(add_run(pw, victim, "completed", OLD))
+    _old_runs(h, "run_late_other", 7)  # and runs of either shard beside it
     retention.delete_old_runs(CUTOFF, shard=plan[0])
     h.run(pw.save_checkpoint(late, {"cursor": 9}))
     retention.delete_old_runs(CUTOFF, shard=plan[1])
