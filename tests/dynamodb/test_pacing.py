@@ -56,3 +56,35 @@ def test_max_wcu_per_second_caps_a_real_purge(dynamodb_harness: DynamoDBHarness)
     assert units > 120
     assert elapsed >= (units - 40) / 40 * 0.95, f"{units} write units in {elapsed:.1f}s at a cap of 40/s"
     assert_no_orphans(h.inventory())
+
+
+def test_writes_are_counted_as_billed_without_asking_the_service_and_reads_report_their_units(
+        dynamodb_harness: DynamoDBHarness) -> None:
+    """``ReturnConsumedCapacity`` on a write costs DynamoDB Local a third more work per delete (issue 17); the
+    purge counts what each write is billed (the pacing's own figure) and asks the service only for read units."""
+    from tests.dynamodb.helpers import faulty_backend
+    from workflow_retention.backends.dynamodb.client import WRITES
+
+    h = dynamodb_harness
+    h.run(build(h, h.pyworkflow()))
+    expected = h.retention().delete_old_runs(CUTOFF, dry_run=True)
+    backend, client = faulty_backend(h)
+    asked: dict[str, set[bool]] = {}
+
+    def recording(op: str):
+        def rule(real_fn, n, **params):
+            asked.setdefault(op, set()).add("ReturnConsumedCapacity" in params)
+            return real_fn(**params)
+        return rule
+
+    for op in (*WRITES, "query", "scan", "batch_get_item", "execute_statement"):
+        client.rules[op] = recording(op)
+    report = backend.delete_old_runs(CUTOFF)
+    assert dict(report.counts) == dict(expected.counts) and report.runs > 0
+    assert asked.get("batch_write_item") == {False} and asked.get("transact_write_items") == {False}
+    assert all(asked[op] == {True} for op in ("scan", "execute_statement") if op in asked)
+    capacity = backend.table.capacity
+    # every item deleted once, the commits' transactional deletes twice, plus the purge's markers
+    assert capacity.items_written >= sum(report.counts.values()) + report.runs
+    assert capacity.read_units > 0
+    assert_no_orphans(h.inventory())

@@ -88,30 +88,33 @@ def _code(exc: Exception) -> str:
     return str(error.get("Code") or "") if isinstance(error, dict) else ""
 
 
+#: The requests that write. They are counted by what DynamoDB bills for them (``Capacity.items_written``, as the
+#: pacing spends it), not by asking the service: ``ReturnConsumedCapacity`` on a write makes DynamoDB Local do
+#: a third more work per delete (issue 17: 18,836 deletes on 8 threads, 5.9 s of its CPU against 4.5 s without).
+WRITES = frozenset({"batch_write_item", "transact_write_items", "delete_item", "put_item", "update_item"})
+
+
 @dataclass
 class Capacity:
-    """What this process asked of the table: items written and capacity units the service reported."""
+    """What this process asked of the table: write units as DynamoDB bills them (counted here, see
+    :data:`WRITES`) and the read units the service reported."""
 
     items_written: int = 0
-    write_units: float = 0.0
     read_units: float = 0.0
     calls: int = 0
     retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, response: dict[str, Any], *, write: bool) -> None:
+    def record(self, response: dict[str, Any]) -> None:
         used = response.get("ConsumedCapacity") or []
         units = sum(float(e.get("CapacityUnits") or 0) for e in (used if isinstance(used, list) else [used]))
         with self.lock:
             self.calls += 1
-            if write:
-                self.write_units += units
-            else:
-                self.read_units += units
+            self.read_units += units
 
     def as_dict(self) -> dict[str, float]:
-        return {"items_written": self.items_written, "write_units_reported": round(self.write_units, 1),
-                "read_units_reported": round(self.read_units, 1), "calls": self.calls, "retries": self.retries}
+        return {"items_written": self.items_written, "read_units_reported": round(self.read_units, 1),
+                "calls": self.calls, "retries": self.retries}
 
 
 class RateLimiter:
@@ -265,7 +268,8 @@ class Table:
             if self.limiter and write_units:
                 self.limiter.spend(write_units)
             try:
-                response = getattr(self.client, op)(ReturnConsumedCapacity="TOTAL", **params)
+                response = getattr(self.client, op)(**params) if op in WRITES else \
+                    getattr(self.client, op)(ReturnConsumedCapacity="TOTAL", **params)
             except ClientError as exc:
                 code = _code(exc)
                 if code == passthrough:  # e.g. a failed condition: billed as a write all the same
@@ -279,7 +283,7 @@ class Table:
             except BotoCoreError as exc:
                 raise self.error(exc, op) from exc
             else:
-                self.capacity.record(response, write=bool(write_units))
+                self.capacity.record(response)
                 if op in ("delete_item", "put_item", "update_item"):
                     with self.capacity.lock:
                         self.capacity.items_written += max(1, int(write_units))
