@@ -688,6 +688,7 @@ class StorageBackend(ABC):
             body()
         except PurgeStopped as exc:
             report.stopped = str(exc) or type(exc).__name__
+            report.stop_outcome = exc.outcome
             log.error("%s stopped at a batch boundary backend=%s reason=%s", what, self.url, report.stopped)
         except Exception as exc:
             # The caller reports the error it receives (the CLI's one ERROR line, Celery's failed task);

@@ -71,6 +71,7 @@ from workflow_retention.exceptions import (
     ConfigurationError,
     LeaseLostError,
     LockHeldError,
+    PinAdded,
     PurgeStopped,
     RetentionError,
     StorageError,
@@ -368,9 +369,15 @@ def _holding(lease: Lease, settings: config.Settings, storage: Any, sent_at: dat
     if orphans is not None:
         result["orphans"] = orphans.to_dict()
     if summary["status"] == "stopped":
-        raise LeaseLostError(f"purge stopped at a batch boundary: {summary['stopped']}; partial report: "
-                             f"{json.dumps(result, default=str)}")
+        raise _stop_error(summary, f"purge stopped at a batch boundary: {summary['stopped']}; partial report: "
+                                   f"{json.dumps(result, default=str)}")
     return result
+
+
+def _stop_error(summary: dict[str, Any], message: str) -> PurgeStopped:
+    """The error a task that stopped at a batch boundary fails with: :class:`PinAdded` for a new pin, else
+    :class:`LeaseLostError` (the only other stop a task's purge has)."""
+    return PinAdded(message) if summary.get("stop_outcome") == metrics.PIN_ADDED else LeaseLostError(message)
 
 
 def _state(settings: config.Settings, lease: Lease, history: History | None) -> rules.StateStore:
@@ -462,7 +469,8 @@ def _push(url: str, settings: config.Settings, store_url: str, history: History 
     except RetentionError as exc:
         log.error("workflow-retention metrics incomplete (no counters, no last success): %s", exc)
         replace = False
-        outcome = {"purged": metrics.SUCCEEDED, "stopped": metrics.LEASE_LOST}.get(summary["status"], metrics.FAILED)
+        outcome = {"purged": metrics.SUCCEEDED, "stopped": summary.get("stop_outcome")}.get(summary["status"]) \
+            or metrics.FAILED
         snapshot.last_runs = {metrics.PURGE: {"finished_at": time.time(), "outcome": outcome,
                                               "duration_s": summary.get("duration_s")}}
         if outcome == metrics.SUCCEEDED:
@@ -500,6 +508,8 @@ def _summary(purge: PurgeReport, orphans: OrphanReport | None) -> dict[str, Any]
     }
     if stopped:
         out["stopped"] = stopped
+        by = purge if purge.stopped else orphans
+        out["stop_outcome"] = (by.stop_outcome if by is not None else None) or metrics.LEASE_LOST
     warnings = purge.warnings + (orphans.warnings if orphans else [])
     if warnings:  # what was left alone, and why: the first few, the total in warnings_total
         out["warnings_total"] = purge.warnings_total + (orphans.warnings_total if orphans else 0)
@@ -750,10 +760,10 @@ def run_shard(task: Any, plan_id: str, index: int, shard_data: dict[str, Any], c
                     report = counted(storage, cutoff, watched, shard=shard, resume_after=cursor, on_cursor=on_cursor)
             finally:
                 storage.close()
-            if report.stopped and _pins_added(pins, cutoff):
+            if report.stopped and report.stop_outcome == metrics.PIN_ADDED:
                 # Not retried: every retry would stop again at its first boundary. The callback fails the purge;
                 # the next run takes the plan over with a cutoff that carries the new pins.
-                return _shard_failed(shard, PurgeStopped(report.stopped), secrets)
+                return _shard_failed(shard, PinAdded(report.stopped), secrets)
             if report.stopped:
                 raise LeaseLostError(f"shard {shard.label} stopped at a batch boundary: {report.stopped}")
             report = _added(before, report)
@@ -781,14 +791,6 @@ def _pins_source(settings: config.Settings, broker_url: str | None,
     """What opens the store's pins for a part of a fan-out (a shard task, the final pass): where the whole-store
     purge reads them (:func:`_state`: the state store, else the lock's Redis)."""
     return partial(rules.StateStore.open, settings.history_url_for(broker_url), settings.lock_key, secrets)
-
-
-def _pins_added(source: Callable[[], rules.StateStore], cutoff: datetime) -> list[str]:
-    state = source()
-    try:
-        return rules.pins_added(state, rules.pins_of(cutoff))
-    finally:
-        state.close()
 
 
 def _added(before: dict[str, Any] | None, report: PurgeReport) -> PurgeReport:
@@ -920,7 +922,7 @@ class _Finish:
                 merged = self.merged(final)
                 summary.update(_summary(merged, orphans))
                 summary["final_pass_runs"] = final.runs
-                outcome = metrics.SUCCEEDED if summary["status"] == "purged" else metrics.LEASE_LOST
+                outcome = metrics.SUCCEEDED if summary["status"] == "purged" else summary["stop_outcome"]
                 _finish_record(self.history, record, outcome, report=merged)
                 if summary["status"] == "purged":
                     _mark_done(self.lease)
@@ -945,8 +947,8 @@ class _Finish:
         if orphans is not None:
             result["orphans"] = orphans.to_dict()
         if summary["status"] == "stopped":
-            raise LeaseLostError(f"the final pass stopped at a batch boundary: {summary['stopped']}; the next run "
-                                 "finishes it")
+            raise _stop_error(summary, f"the final pass stopped at a batch boundary: {summary['stopped']}; the next "
+                                       "run finishes it")
         return result
 
 

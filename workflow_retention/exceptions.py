@@ -7,6 +7,8 @@ is kept.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class RetentionError(Exception):
     """Base class of every error raised by workflow-retention."""
@@ -40,14 +42,26 @@ class PurgeStopped(RetentionError):
     """A purge stopped at a batch boundary on purpose.
 
     Raised from an ``on_batch`` callback (for example when the singleton lock's
-    lease is lost). ``delete_old_runs`` catches it, records the reason in the
-    report and returns the partial report; everything deleted so far is
-    complete, and the next run resumes.
+    lease is lost). ``delete_old_runs`` catches it, records the reason and
+    :attr:`outcome` in the report and returns the partial report; everything
+    deleted so far is complete, and the next run resumes.
     """
+
+    #: The outcome the run history and the metrics record for a run stopped this way (``failures_total{outcome}``).
+    outcome: ClassVar[str] = "stopped"
 
 
 class LeaseLostError(PurgeStopped):
     """The singleton lock was lost, so this worker must stop deleting."""
+
+    outcome: ClassVar[str] = "lease-lost"
+
+
+class PinAdded(PurgeStopped):
+    """A pin (a legal hold) was added while the purge ran: it stopped before its next batch, so that the next purge
+    honours the pin."""
+
+    outcome: ClassVar[str] = "pin-added"
 
 
 class LockHeldError(RetentionError):

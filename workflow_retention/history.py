@@ -195,11 +195,13 @@ class History:
         return int(done) == 1
 
     def outcome_of(self, exc: BaseException | None, report: PurgeReport | OrphanReport | None) -> str:
-        """The outcome a run ended with: an error, a stop on a lost lease, or success."""
+        """The outcome a run ended with: an error, a stop (its kind: ``lease-lost``, ``pin-added``...), or success."""
         from workflow_retention.exceptions import PurgeStopped
 
-        if isinstance(exc, PurgeStopped) or (exc is None and report is not None and report.stopped):
-            return LEASE_LOST
+        if isinstance(exc, PurgeStopped):
+            return exc.outcome
+        if exc is None and report is not None and report.stopped:
+            return report.stop_outcome or LEASE_LOST
         return "failed" if exc is not None else SUCCEEDED
 
     def record_audit(self, snapshot: dict[str, Any]) -> None:

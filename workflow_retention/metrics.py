@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflow_retention.exceptions import StorageError
+from workflow_retention.exceptions import LeaseLostError, PinAdded, StorageError
 from workflow_retention.report import AGE_BUCKETS, AuditReport, Kind, OrphanReport, PurgeReport, SpaceReport
 from workflow_retention.urls import redact_url, scrub, split_url
 
@@ -40,7 +40,9 @@ PREFIX = "workflow_retention"
 #: Upper bounds (seconds) of the batch-duration histogram's buckets; +Inf is added.
 BATCH_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 PURGE, ORPHANS = "purge", "orphans"
-SUCCEEDED, FAILED, LEASE_LOST = "succeeded", "failed", "lease-lost"
+#: Outcomes of a run: it succeeded, failed, or stopped at a batch boundary (each kind of stop its own outcome).
+SUCCEEDED, FAILED = "succeeded", "failed"
+LEASE_LOST, PIN_ADDED = LeaseLostError.outcome, PinAdded.outcome
 
 # Field names of the cumulative totals (a flat string -> number map; the history keeps it in a Redis hash).
 _SEP = "|"

@@ -68,6 +68,9 @@ class _Report:
     started_at: datetime | None = None
     duration_s: float = 0.0
     stopped: str | None = None
+    #: How it stopped (with ``stopped``): the :attr:`~workflow_retention.exceptions.PurgeStopped.outcome` of the stop,
+    #: e.g. ``lease-lost`` or ``pin-added``, as the run history and the metrics record it.
+    stop_outcome: str | None = None
     warnings: list[str] = field(default_factory=list)
     warnings_total: int = 0
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from workflow_retention import values
 from workflow_retention.base import BatchInfo, OnBatch, StorageBackend
-from workflow_retention.exceptions import ConfigurationError, MaxRunsReached, PurgeStopped, StorageError
+from workflow_retention.exceptions import ConfigurationError, MaxRunsReached, PinAdded, StorageError
 from workflow_retention.history import _RedisErrors
 from workflow_retention.planning import Expiry, is_safe_run_id
 from workflow_retention.policy import Policy, parse_policy
@@ -295,7 +295,7 @@ def pins_of(cutoff: datetime) -> Pins:
 
 
 def pins_watched(on_batch: OnBatch | None, state: StateStore | None, pins: Pins) -> OnBatch | None:
-    """``on_batch`` that first reads the store's pins again and stops the purge (:class:`PurgeStopped`) at the batch
+    """``on_batch`` that first reads the store's pins again and stops the purge (:class:`PinAdded`) at the batch
     boundary when one was added since the purge read ``pins`` (a legal hold placed while a long purge runs): the
     batch is not deleted, and the next purge honours the pin. A state store that cannot be read fails the purge
     (:class:`StorageError`), as at its start. No ``state``: ``on_batch`` unchanged."""
@@ -309,7 +309,7 @@ def pins_watched(on_batch: OnBatch | None, state: StateStore | None, pins: Pins)
             added = pins_added(state, pins)
             seen[:] = [version]
             if added:
-                raise PurgeStopped(f"{len(added)} pin(s) added while the purge ran "
+                raise PinAdded(f"{len(added)} pin(s) added while the purge ran "
                                    f"({', '.join(map(repr, added[:5]))}): stopped at a batch boundary before "
                                    "deleting more; the next purge honours them")
         if on_batch is not None:

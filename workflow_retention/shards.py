@@ -79,6 +79,7 @@ def report_from_dict(data: dict[str, Any]) -> PurgeReport:
         backend=data["backend"], dry_run=bool(data.get("dry_run")), counts=Counter(data.get("counts") or {}),
         batches=int(data.get("batches") or 0), started_at=parse_timestamp(started) if started else None,
         duration_s=float(data.get("duration_s") or 0.0), stopped=data.get("stopped"),
+        stop_outcome=data.get("stop_outcome"),
         warnings=list(data.get("warnings") or []), warnings_total=int(data.get("warnings_total") or 0),
         cutoff=parse_timestamp(cutoff) if cutoff else None, held=int(data.get("held") or 0),
         changed=int(data.get("changed") or 0), skipped=int(data.get("skipped") or 0),
@@ -107,7 +108,7 @@ def merge_reports(parts: Sequence[PurgeReport], final: PurgeReport | None, *, ba
         merged.batches += part.batches
         merged.changed += part.changed
         if merged.stopped is None and part.stopped:
-            merged.stopped = part.stopped
+            merged.stopped, merged.stop_outcome = part.stopped, part.stop_outcome
     judged = [final] if final is not None else list(parts)
     for part in judged:
         merged.held += part.held

@@ -154,14 +154,17 @@ def test_install_checks_the_policy_and_sends_it_with_each_run(monkeypatch: pytes
 def test_a_pin_added_while_the_task_purges_stops_it_before_the_next_batch(
         monkeypatch: pytest.MonkeyPatch, redis_service: Any) -> None:
     """Review of issue 21: the task read the pins once, at its start; a legal hold placed during a long purge did not
-    protect its run. Now the task stops at the next batch boundary (a failed task, nothing more deleted)."""
+    protect its run. Now the task stops at the next batch boundary (a failed task, nothing more deleted), and says
+    why: the task fails with PinAdded and the run history (hence the metrics) records ``pin-added``, not a lost
+    lease that would send an operator after the lock."""
     import uuid
     from datetime import UTC, datetime, timedelta
 
     from tests.services import delete_keys
     from workflow_retention import rules
     from workflow_retention.celery import run_retention
-    from workflow_retention.exceptions import LeaseLostError
+    from workflow_retention.exceptions import PinAdded
+    from workflow_retention.history import History
     from workflow_retention.rules import RUN, StateStore
     from workflow_retention.seed import generate
 
@@ -191,8 +194,10 @@ def test_a_pin_added_while_the_task_purges_stops_it_before_the_next_batch(
 
     monkeypatch.setattr(rules, "capped", capped)
     try:
-        with pytest.raises(LeaseLostError, match="pin"):
+        with pytest.raises(PinAdded, match="pin"):
             run_retention(broker_url=None)
+        [record] = History.open(redis_service.url, f"wr-test-{uid}:lock", store=url, source="t").runs()
+        assert record["outcome"] == "pin-added", record
         with by_url(url) as backend:
             assert held in backend._read_runs({held})
             assert set(backend._read_runs(set(doomed))) == set(doomed)  # stopped before the first batch went

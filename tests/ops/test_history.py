@@ -131,6 +131,24 @@ def test_record_run_counts_an_exception_from_on_batch_as_a_lost_lease(history: H
     assert history.runs()[0]["outcome"] == "lease-lost"
 
 
+def test_a_run_stopped_by_a_new_pin_is_recorded_as_such_not_as_a_lost_lease(history: History) -> None:
+    """A legal hold placed during a purge stops it on purpose: ``pin-added`` in the history and the metrics, so that
+    an alert on lost leases does not send an operator after the lock."""
+    from workflow_retention.exceptions import PinAdded
+
+    def pinned(on_batch: Any) -> PurgeReport:
+        raise PinAdded("1 pin(s) added while the purge ran")
+
+    with pytest.raises(PinAdded):
+        record_run(history, "purge", pinned)
+    stopped = report(stopped="1 pin(s) added while the purge ran")
+    stopped.stop_outcome = PinAdded.outcome
+    assert record_run(history, "purge", lambda on_batch: stopped).stopped
+    assert [r["outcome"] for r in history.runs()] == ["pin-added", "pin-added"]
+    assert history.totals()["failures|purge|pin-added"] == 2
+    assert "failures|purge|lease-lost" not in history.totals()
+
+
 def test_a_state_store_that_fails_is_an_error_line_and_the_run_still_returns(
         caplog: pytest.LogCaptureFixture) -> None:
     down = History.open("redis://:Hist-pass-7@127.0.0.1:1/0", "wr-test-down", store=STORE, source="cli",

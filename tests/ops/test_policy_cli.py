@@ -362,6 +362,10 @@ def test_a_pin_added_while_a_purge_runs_stops_it_before_the_next_batch(
     assert cli.main(["purge", "--batch-size", "1"]) == cli.EXIT_STOPPED
     assert "STOPPED" in capsys.readouterr().out and len(added) == 2
     assert "run_orders_pinned" in left(store) and len(set(RUNS) - left(store)) == 1  # the first batch went
+    from workflow_retention.history import History
+
+    history = History.open(store[config.STATE_URL], store[config.LOCK_KEY], store=store[config.STORAGE_URL], source="t")
+    assert history.runs()[0]["outcome"] == "pin-added"  # a legal hold honoured, not a lost lease
     monkeypatch.setattr(rules, "capped", real)
     assert cli.main(["purge"]) == 0
     assert left(store) == set(RUNS) - {"run_orders_old", "run_audit_older"}
