@@ -763,7 +763,7 @@ def run_shard(task: Any, plan_id: str, index: int, shard_data: dict[str, Any], c
             if report.stopped and report.stop_outcome == metrics.PIN_ADDED:
                 # Not retried: every retry would stop again at its first boundary. The callback fails the purge;
                 # the next run takes the plan over with a cutoff that carries the new pins.
-                return _shard_failed(shard, PinAdded(report.stopped), secrets)
+                return {**_shard_failed(shard, PinAdded(report.stopped), secrets), "stop_outcome": metrics.PIN_ADDED}
             if report.stopped:
                 raise LeaseLostError(f"shard {shard.label} stopped at a batch boundary: {report.stopped}")
             report = _added(before, report)
@@ -829,7 +829,8 @@ def finish_shards(task: Any, results: list[dict[str, Any]], plan_id: str, cutoff
     """The chord's callback: the final pass under the singleton lease, one merged report, summary and record.
 
     Fails (raises :class:`StorageError`, after an ERROR summary line and a failed history record) when a
-    shard failed for good; the fan-out state is kept so that the next run resumes the unfinished shards.
+    shard failed for good; the fan-out state is kept so that the next run resumes the unfinished shards. When
+    every shard that failed was stopped by a new pin: :class:`PinAdded`, and the record says ``pin-added``.
     """
     settings = config.load_settings()
     storage = by_url(settings.require_storage_url(), batch_size=settings.batch_size)
@@ -850,7 +851,8 @@ def finish_shards(task: Any, results: list[dict[str, Any]], plan_id: str, cutoff
         fan = _Finish(settings, storage, lease, history, state, plan_id, plan, parts, parse_cutoff(cutoff_iso),
                       meta, outcomes, broker_url)
         if failures:
-            fan.failed(failures)
+            pinned = all((outcomes.get(i) or {}).get("stop_outcome") == metrics.PIN_ADDED for i in failures)
+            fan.failed(failures, pinned=pinned)
         if not lease.acquire():
             if task.request.retries < SHARD_RETRIES:
                 log.warning("workflow-retention fan-out %s: the lock is held by %s; the final pass waits", plan_id,
@@ -889,17 +891,22 @@ class _Finish:
         return {"status": "failed", "backend": self.storage.url, "lock": self.lease.key, "plan": self.plan_id,
                 "shards": len(self.plan)}
 
-    def failed(self, failures: dict[int, str]) -> None:
-        """Log the ERROR summary, record the failure, push the metrics, and raise: the purge failed."""
+    def failed(self, failures: dict[int, str], *, pinned: bool = False) -> None:
+        """Log the ERROR summary, record the failure, push the metrics, and raise: the purge failed. ``pinned``:
+        every shard that failed was stopped by a new pin, so the purge is recorded as ``pin-added`` (and fails with
+        :class:`PinAdded`), as a whole-store purge stopped by a pin is."""
         text = "; ".join(f"shard {self.plan[i].label}: {why}" for i, why in sorted(failures.items()))
         error = (f"{len(failures)} of {len(self.plan)} shards failed for good, so the final pass was not run; the next "
                  f"run resumes them from their cursors: {text}")
         merged = self.merged(None)
         summary = {**self.head(), **_summary(merged, None), "status": "failed", "error": error}
-        _finish_record(self.history, self.meta.get("record"), metrics.FAILED, report=merged, error=error)
+        outcome = metrics.PIN_ADDED if pinned else metrics.FAILED
+        if pinned:
+            summary.update(status="stopped", stop_outcome=outcome)
+        _finish_record(self.history, self.meta.get("record"), outcome, report=merged, error=error)
         _log_summary(summary, self.lease)
         _push_metrics(self.settings, self.storage.url, self.history, summary)
-        raise StorageError(error)
+        raise PinAdded(error) if pinned else StorageError(error)
 
     def final_pass(self) -> dict[str, Any]:
         """Under the acquired singleton lease: the final whole-store pass (and the orphan sweep), then the merge."""

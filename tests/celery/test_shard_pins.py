@@ -158,3 +158,46 @@ def test_a_pin_placed_after_the_shards_keeps_its_run_from_the_final_pass(
     assert held in present(url, {held}), "the final pass deleted a run pinned after the plan was made"
     assert state.meta().get("plan") == "plan-2", "the unfinished plan was dropped"
     client.close()
+
+
+def test_a_fan_out_stopped_by_a_new_pin_in_a_shard_is_recorded_as_pin_added(
+        tmp_path: Path, redis_service: Any, lock_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 8f07076: a shard task stopped by a new pin fails for good, and the chord's callback recorded the
+    whole purge as ``failed`` (history, failures_total): a legal hold honoured looked like a broken purge, where the
+    whole-store task and ``purge --shards`` record ``pin-added``. The callback now records ``pin-added`` and fails
+    with PinAdded when every shard that failed was stopped by a pin."""
+    from workflow_retention import celery as task_module
+    from workflow_retention import metrics
+    from workflow_retention.celery import finish_shards, run_shard
+    from workflow_retention.exceptions import PinAdded
+    from workflow_retention.history import History
+
+    url, doomed = seeded(tmp_path / "store")
+    plan, client, state = planned(monkeypatch, url, redis_service.url, lock_key, "plan-3")
+    history = History.open(redis_service.url, lock_key, store=url, source="t")
+    record = history.start(metrics.PURGE)
+    client.hset(f"{lock_key}:fanout", "record", record)
+    assert state.meta().get("record") == record, state.meta()
+    held = doomed[-1]
+    calls = [0]
+    real = task_module.Lease.check
+
+    def check(self: Any, info: object = None) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            StateStore(client, lock_key).pin(RUN, [held], "legal hold placed mid-purge")
+        real(self, info)
+
+    monkeypatch.setattr(task_module.Lease, "check", check)
+    outcomes = [run_shard(_Task(), "plan-3", s.index, s.to_dict(), cutoff_text(CUTOFF), broker_url=None)
+                for s in plan]
+    assert any("failed" in o for o in outcomes), outcomes
+    monkeypatch.setattr(task_module.Lease, "check", real)
+    with pytest.raises(PinAdded, match="pin"):
+        finish_shards(_Task(), outcomes, "plan-3", cutoff_text(CUTOFF), broker_url=None)
+    [run] = [r for r in history.runs() if r["id"] == record]
+    assert run["outcome"] == "pin-added", run
+    assert held in present(url, {held})
+    history.close()
+    client.close()
+
