@@ -268,7 +268,7 @@ def _scrubbed(exc: Exception, broker_url: str | None) -> None:
     if remove_secrets(full, secrets) == full:
         return
     clean = remove_secrets(str(exc), secrets)
-    cls = type(exc) if isinstance(exc, (ConfigurationError, StorageError, LeaseLostError)) else StorageError
+    cls = type(exc) if isinstance(exc, (ConfigurationError, StorageError, PurgeStopped)) else StorageError
     raise cls(f"{type(exc).__name__}: {clean}" if cls is not type(exc) else clean) from None
 
 

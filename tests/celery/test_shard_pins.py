@@ -201,3 +201,15 @@ def test_a_fan_out_stopped_by_a_new_pin_in_a_shard_is_recorded_as_pin_added(
     history.close()
     client.close()
 
+
+def test_a_pin_stop_keeps_its_type_when_its_text_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 8f07076: the task's error is scrubbed of secrets, keeping the type of a LeaseLostError but turning
+    any other error into a StorageError: a PinAdded whose text held a secret failed the task as a StorageError."""
+    from workflow_retention.celery import _scrubbed
+    from workflow_retention.exceptions import PinAdded
+
+    clear_retention_env(monkeypatch)
+    monkeypatch.setenv(config.LOCK_URL, "redis://:hunter2-pw@127.0.0.1:6379/0")
+    with pytest.raises(PinAdded) as raised:
+        _scrubbed(PinAdded("1 pin(s) added while the purge ran ('run-hunter2-pw')"), None)
+    assert "hunter2-pw" not in str(raised.value)
