@@ -303,7 +303,7 @@ class RetentionCollector:
                    ("operation",))
         duration = gauge("last_duration_seconds", "How long the last run of the operation took.", ("operation",))
         success = gauge("last_run_success", "1 if the last run of the operation succeeded, 0 if it failed or "
-                        "stopped on a lost lease.", ("operation",))
+                        "stopped (a lost lease, a new pin).", ("operation",))
         for operation, run in sorted(s.last_runs.items()):
             if run.get("finished_at") is not None:
                 at.add_metric([store, operation], float(run["finished_at"]))
@@ -376,7 +376,8 @@ class RetentionCollector:
                  "records_skipped": family("records_skipped", "Records left alone as unreadable or unsafe.")}
         data = family("data_deleted", "Data deleted with the runs, per kind.", ("kind",))
         orphans = family("orphans_deleted", "Orphans deleted, per kind.", ("kind",))
-        failures = family("failures", "Runs that failed or stopped on a lost lease.", ("operation", "outcome"))
+        failures = family("failures", "Runs that failed, or stopped on a lost lease (lease-lost) or a new pin "
+                          "(pin-added).", ("operation", "outcome"))
         for name, metric in plain.items():
             metric.add_metric([store], totals.get(name, 0.0))
         batches: dict[str, dict[str, Any]] = {}

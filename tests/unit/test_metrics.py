@@ -209,3 +209,11 @@ def test_expired_runs_from_an_audit_older_than_the_last_success_are_not_exported
     assert "workflow_retention_expired_runs{" in before
     assert "workflow_retention_expired_runs{" not in after
     assert "workflow_retention_audit_timestamp_seconds{" in after
+
+
+def test_the_failures_help_names_every_kind_of_stop() -> None:
+    """Review of 8f07076: failures_total{outcome="pin-added"} is a legal hold honoured, not a lock problem; its HELP
+    said "Runs that failed or stopped on a lost lease"."""
+    text = metrics.text(metrics.registry_for(metrics.Snapshot(store=STORE, totals={"failures|purge|pin-added": 1.0})))
+    [help_line] = [line for line in text.splitlines() if line.startswith("# HELP workflow_retention_failures")]
+    assert "pin" in help_line and "lease" in help_line, help_line
