@@ -29,7 +29,7 @@ from .runs import RunKeys
 SHARDS = 16
 #: Reserved partitions (a purge id starts with a digit; these with ``#``): the segment records of a sharded
 #: purge's shards (one row per shard purge: ``run_id`` its purge id, ``status`` its cutoff, ``workflow_name``
-#: ``index/count``), and per shard purge the checkpoint keys its segment scan left (``#pending:<purge id>``).
+#: ``index/count``).
 RESERVED = "#"
 SEGMENTS = "#segments"
 #: Rows per UNLOGGED batch (one partition each): well under the servers' batch-size warnings.

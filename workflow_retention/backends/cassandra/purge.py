@@ -64,8 +64,8 @@ class Purge:
             # A shard of several: its token range only. The other shards of its plan write their markers
             # meanwhile, so earlier markers (resume, drop) are the final pass's. The shard finishes its own
             # runs, and scans its token range of the checkpoints table once, against the runs any purge has
-            # committed; what it finds owned by a run still to be committed is noted for the final pass, and
-            # its segment record, written last, tells the final pass that its markers need no re-cascade
+            # committed (what it cannot see, the final pass's scan of the whole table deletes); its segment
+            # record, written last, tells the final pass that its markers need no re-cascade
             # (docs/backends/cassandra.md, "Shards").
             self.purge_runs()
             if not self.job.dry_run:
@@ -291,8 +291,8 @@ class Purge:
             rows = {row.step_run_id: row for row in page if key_prefixes(row.step_run_id)}
             if not rows:
                 continue
-            refs = self.reader.refs({p for key in rows for p in key_prefixes(key)})
-            gone = {p for key in rows for p in key_prefixes(key)} - set(refs)
+            prefixes = {p for key in rows for p in key_prefixes(key)}
+            gone = prefixes - set(self.reader.refs(prefixes))
             marked: set[str] = set()
             if gone:  # read after the runs: a run gone by then was marked before, by a purge learnt now
                 self.markers.learn()

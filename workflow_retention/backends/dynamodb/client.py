@@ -264,12 +264,12 @@ class Table:
         if op not in ("batch_write_item", "batch_get_item", "execute_statement", "transact_write_items"):
             params["TableName"] = self.name
         deadline = deadline or self.deadline(op)
+        asked = {} if op in WRITES else {"ReturnConsumedCapacity": "TOTAL"}  # writes: counted here, see WRITES
         while True:
             if self.limiter and write_units:
                 self.limiter.spend(write_units)
             try:
-                response = getattr(self.client, op)(**params) if op in WRITES else \
-                    getattr(self.client, op)(ReturnConsumedCapacity="TOTAL", **params)
+                response = getattr(self.client, op)(**params, **asked)
             except ClientError as exc:
                 code = _code(exc)
                 if code == passthrough:  # e.g. a failed condition: billed as a write all the same
